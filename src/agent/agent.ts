@@ -1,0 +1,219 @@
+import { readFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { TowerError } from '../errors.ts';
+import type { Logger } from '../observe/log.ts';
+import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
+import { hostOf, normalizeHostPort, splitHostPort, UNAUTHORIZED } from '../tunnel/protocol.ts';
+import { VERSION } from '../version.ts';
+import type { Credentials } from './credentials.ts';
+import { dialWebSocket } from './dial.ts';
+
+export const HANDSHAKE_TIMEOUT_MS = 30_000;
+export const UPSTREAM_DIAL_TIMEOUT_MS = 10_000;
+export const TOKEN_FILE_CHECK_MS = 10_000;
+const BACKOFF_BASE_MS = 1000;
+/** a lost session is retried after a random delay below this, so that agents don't return in lockstep */
+const RECONNECT_SPREAD_MS = 1000;
+const MIN_PING_TIMEOUT_MS = 10_000;
+
+export interface AgentOptions {
+  name: string;
+  token: string;
+  /** ws:// or wss:// URL, normalised */
+  proxyUrl: string;
+  /** reads the credentials afresh at each connection (token files rotate) */
+  credentials: () => Credentials;
+  kubernetesService?: string;
+  kubesphereService: string;
+  keepaliveMs: number;
+  /** 0: never give up */
+  maxRetry: number;
+  maxRetryIntervalMs: number;
+  proxyFingerprint?: string;
+  log: Logger;
+}
+
+/** The agent: keeps one tunnel to the proxy up and pipes the channels it is given to its upstreams. */
+export class TowerAgent {
+  #opts: AgentOptions;
+  #log: Logger;
+  #stopped = false;
+  #session: TunnelClientSession | undefined;
+  #wake: (() => void) | undefined;
+
+  constructor(opts: AgentOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#session?.close();
+    this.#wake?.();
+  }
+
+  /** Resolves when stopped; rejects with a one-line reason when the agent must give up. */
+  async run(): Promise<void> {
+    let failures = 0;
+    let lastError: Error | undefined;
+    let warnedFingerprint = false;
+    while (!this.#stopped) {
+      if (failures > 0) {
+        const { maxRetry } = this.#opts;
+        if (maxRetry > 0 && failures >= maxRetry) {
+          throw new TowerError('EGAVEUP', `gave up after ${failures} failed attempts (--max-retry ${maxRetry}): ${lastError?.message}`);
+        }
+        const delay = backoffDelay(failures, this.#opts.maxRetryIntervalMs);
+        this.#log.warn('connection failed; retrying', { attempt: maxRetry > 0 ? `${failures}/${maxRetry}` : failures, in: `${(delay / 1000).toFixed(1)}s`, err: lastError?.message });
+        await this.#sleep(delay);
+        if (this.#stopped) break;
+      }
+      let session: TunnelClientSession;
+      let creds: Credentials;
+      try {
+        creds = this.#opts.credentials();
+        session = await this.#connect(creds);
+      } catch (err) {
+        if (err instanceof ConfigRejectedError && err.message.includes(UNAUTHORIZED)) {
+          throw new TowerError('EUNAUTHORIZED', `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`);
+        }
+        failures++;
+        lastError = err as Error;
+        continue;
+      }
+      failures = 0;
+      if (!this.#opts.proxyFingerprint && !warnedFingerprint) {
+        warnedFingerprint = true;
+        this.#log.warn('the proxy\'s host key is not verified; pin it with --proxy-fingerprint', { fingerprint: session.hostKeyFingerprint });
+      }
+      this.#log.info('connected to proxy', { proxy: this.#opts.proxyUrl, cluster: this.#opts.name, upstream: this.#upstreams(creds)[0], credentials: creds.origin });
+      const why = await this.#hold(session, creds);
+      if (this.#stopped) break;
+      this.#log.warn('disconnected from proxy; reconnecting', { why });
+      await this.#sleep(Math.random() * RECONNECT_SPREAD_MS);
+    }
+  }
+
+  #upstreams(creds: Credentials): string[] {
+    return [normalizeHostPort(this.#opts.kubernetesService ?? creds.hostPort, 443), normalizeHostPort(this.#opts.kubesphereService, 80)];
+  }
+
+  async #connect(creds: Credentials): Promise<TunnelClientSession> {
+    const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
+    const allowed = new Set([kubernetes, kubesphere]);
+    const stream = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS });
+    return dialTunnel(stream, {
+      config: {
+        version: VERSION,
+        name: this.#opts.name,
+        token: this.#opts.token,
+        kubernetesSvcHost: kubernetes,
+        kubesphereSvcHost: kubesphere,
+        caData: creds.caData,
+        certData: creds.certData,
+        keyData: creds.keyData,
+        bearerToken: creds.bearerToken,
+      },
+      expectFingerprint: this.#opts.proxyFingerprint,
+      handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+      onChannel: (hostPort, accept, reject) => {
+        if (!allowed.has(hostPort)) {
+          this.#log.warn('refused a channel to an upstream this agent did not announce', { target: hostPort });
+          reject();
+          return;
+        }
+        this.#pipe(hostPort, accept, reject);
+      },
+    }).catch((err: Error) => {
+      if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
+      throw err;
+    });
+  }
+
+  /** Dials the upstream first, so that a dead upstream refuses the channel instead of half-opening it. */
+  #pipe(hostPort: string, accept: () => import('ssh2').ClientChannel, reject: () => void): void {
+    const hp = splitHostPort(hostPort);
+    if (!hp) { reject(); return; }
+    const tcp = netConnect({ host: hostOf(hostPort), port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
+    tcp.setNoDelay(true);
+    const onDialError = (err: Error) => {
+      this.#log.warn('cannot reach upstream', { target: hostPort, err: err.message });
+      reject();
+    };
+    tcp.once('error', onDialError);
+    tcp.once('timeout', () => tcp.destroy(new Error(`no connection within ${UPSTREAM_DIAL_TIMEOUT_MS} ms`)));
+    tcp.once('connect', () => {
+      tcp.off('error', onDialError);
+      tcp.setTimeout(0);
+      const ch = accept();
+      tcp.on('error', () => ch.destroy());
+      ch.on('error', () => tcp.destroy());
+      tcp.pipe(ch);
+      ch.pipe(tcp);
+      // an ssh2 channel that nobody reads never closes: end both together
+      ch.once('close', () => tcp.destroy());
+      tcp.once('close', () => ch.destroy());
+    });
+  }
+
+  /** Keeps the session until it ends; returns why it ended. */
+  #hold(session: TunnelClientSession, creds: Credentials): Promise<string> {
+    this.#session = session;
+    return new Promise((resolve) => {
+      const timers: NodeJS.Timeout[] = [];
+      const end = (why: string) => {
+        for (const t of timers) clearInterval(t);
+        this.#session = undefined;
+        session.close();
+        resolve(why);
+      };
+      session.once('close', () => end('the connection closed'));
+      const { keepaliveMs } = this.#opts;
+      if (keepaliveMs > 0) {
+        timers.push(setInterval(() => {
+          session.ping(Math.max(keepaliveMs, MIN_PING_TIMEOUT_MS)).catch((err: Error) => end(err.message));
+        }, keepaliveMs));
+      }
+      if (creds.tokenFile) {
+        const file = creds.tokenFile;
+        const announced = creds.bearerToken;
+        timers.push(setInterval(() => {
+          let now: Buffer;
+          try { now = readFileSync(file); } catch { return; }
+          // a rotated token is announced by reconnecting, which every v1 proxy understands
+          if (announced && !now.equals(announced)) end(`the token in ${file} rotated`);
+        }, TOKEN_FILE_CHECK_MS));
+      }
+    });
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const ac = new AbortController();
+      this.#wake = () => ac.abort();
+      sleep(ms, undefined, { signal: ac.signal }).then(resolve, resolve);
+    });
+  }
+}
+
+/** Exponential from 1 s, capped, with jitter in [50%, 100%] of the step. */
+export function backoffDelay(failures: number, capMs: number): number {
+  const step = Math.min(capMs, BACKOFF_BASE_MS * 2 ** Math.min(failures - 1, 30));
+  return step / 2 + Math.random() * (step / 2);
+}
+
+/** `--proxy-server` as the Go agent reads it: http→ws, https→wss, a default port per scheme. */
+export function normalizeProxyServer(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value.includes('://') ? value : `http://${value}`);
+  } catch {
+    throw new TowerError('ECONFIG', `invalid --proxy-server ${JSON.stringify(value)}: want a URL such as http://proxy.example:8080`);
+  }
+  const scheme = { 'http:': 'ws:', 'https:': 'wss:', 'ws:': 'ws:', 'wss:': 'wss:' }[url.protocol];
+  if (!scheme) throw new TowerError('ECONFIG', `invalid --proxy-server ${JSON.stringify(value)}: the scheme must be http, https, ws or wss`);
+  const port = url.port || (scheme === 'wss:' ? '443' : '80');
+  const path = url.pathname === '/' ? '' : url.pathname;
+  return `${scheme}//${url.hostname}:${port}${path}${url.search}`;
+}

@@ -1,0 +1,114 @@
+import { Agent, request as httpRequest, type AgentOptions, type ClientRequestArgs } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import WebSocket from 'ws';
+import { TowerError } from '../errors.ts';
+import { SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { WebSocketStream } from '../tunnel/ws-stream.ts';
+
+const MAX_MESSAGE_BYTES = 256 * 1024;
+
+export interface DialWebSocketOptions {
+  timeoutMs: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * Opens the WebSocket to the proxy's agent port. The subprotocol goes as a raw header: the Go
+ * proxy's 101 does not echo it, which ws would otherwise refuse; ours echoes it, and both pass.
+ */
+export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<WebSocketStream> {
+  const proxy = proxyFor(new URL(url), opts.env ?? process.env);
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, {
+      headers: { 'Sec-WebSocket-Protocol': SUBPROTOCOL },
+      perMessageDeflate: false,
+      maxPayload: MAX_MESSAGE_BYTES,
+      handshakeTimeout: opts.timeoutMs,
+      followRedirects: false,
+      // masking protects browsers' peers, not a tunnel of encrypted bytes; a zero mask skips the XOR
+      generateMask: (mask: Buffer) => { mask.fill(0); },
+      agent: proxy ? new ConnectProxyAgent(proxy, url.startsWith('wss:'), { keepAlive: false }) : undefined,
+    });
+    let done = false;
+    const fail = (err: Error) => {
+      if (done) return;
+      done = true;
+      ws.terminate();
+      reject(err);
+    };
+    ws.on('upgrade', (res) => {
+      const p = res.headers['sec-websocket-protocol'];
+      if (p !== undefined && p !== SUBPROTOCOL) fail(new TowerError('EPROTOCOL', `${url} answered with WebSocket subprotocol ${p}, not ${SUBPROTOCOL}: is this a tower proxy?`));
+      delete res.headers['sec-websocket-protocol'];
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { if (body.length < 200) body += d; });
+      res.on('end', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode} ${res.statusMessage}${body.trim() ? `: ${body.trim().slice(0, 200)}` : ''} (is --proxy-server the proxy's agent port?)`)));
+      res.on('error', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode}`)));
+    });
+    ws.on('error', (err: NodeJS.ErrnoException) => fail(new TowerError(err.code ?? 'EDIAL', `cannot reach the proxy at ${url}${proxy ? ` through ${proxy.host}` : ''}: ${err.message}`)));
+    ws.on('open', () => {
+      if (done) return;
+      done = true;
+      const sock = (ws as unknown as { _socket?: Socket })._socket;
+      sock?.setNoDelay(true);
+      resolve(new WebSocketStream(ws, url));
+    });
+  });
+}
+
+/** HTTP(S)_PROXY and NO_PROXY as Go's ProxyFromEnvironment reads them. */
+export function proxyFor(target: URL, env: NodeJS.ProcessEnv): URL | undefined {
+  const secure = target.protocol === 'wss:' || target.protocol === 'https:';
+  const raw = secure ? env.HTTPS_PROXY ?? env.https_proxy : env.HTTP_PROXY ?? env.http_proxy;
+  if (!raw) return undefined;
+  const noProxy = (env.NO_PROXY ?? env.no_proxy ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  const host = target.hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  for (const rule of noProxy) {
+    if (rule === '*') return undefined;
+    const r = rule.replace(/:\d+$/, '').replace(/^\*?\./, '.');
+    if (host === r.replace(/^\./, '') || (r.startsWith('.') && host.endsWith(r))) return undefined;
+  }
+  try {
+    return new URL(raw.includes('://') ? raw : `http://${raw}`);
+  } catch {
+    throw new TowerError('ECONFIG', `invalid ${secure ? 'HTTPS_PROXY' : 'HTTP_PROXY'} ${JSON.stringify(raw)}: want a URL such as http://proxy.example:3128`);
+  }
+}
+
+/** Reaches the target through an HTTP CONNECT proxy; wraps TLS itself for wss. */
+class ConnectProxyAgent extends Agent {
+  #proxy: URL;
+  #secure: boolean;
+  constructor(proxy: URL, secure: boolean, opts: AgentOptions) {
+    super(opts);
+    this.#proxy = proxy;
+    this.#secure = secure;
+  }
+
+  override createConnection(options: ClientRequestArgs & { servername?: string; ca?: unknown }, callback?: (err: Error | null, stream: Duplex) => void): undefined {
+    const cb = (err: Error | null, socket?: Duplex) => callback?.(err, socket as Duplex);
+    const target = `${options.host}:${options.port}`;
+    const headers: Record<string, string> = { host: target };
+    if (this.#proxy.username) {
+      headers['proxy-authorization'] = 'Basic ' + Buffer.from(`${decodeURIComponent(this.#proxy.username)}:${decodeURIComponent(this.#proxy.password)}`).toString('base64');
+    }
+    const req = httpRequest({ host: this.#proxy.hostname, port: this.#proxy.port || 80, method: 'CONNECT', path: target, headers, agent: false });
+    req.once('connect', (res, socket) => {
+      if (res.statusCode !== 200) {
+        socket.destroy();
+        cb(new Error(`proxy ${this.#proxy.host} refused CONNECT ${target}: ${res.statusCode} ${res.statusMessage}`));
+        return;
+      }
+      if (!this.#secure) { cb(null, socket); return; }
+      cb(null, tlsConnect({ socket, servername: options.servername ?? options.host ?? undefined, ca: options.ca as string | undefined }));
+    });
+    req.once('error', (err) => cb(err));
+    req.end();
+    return undefined;
+  }
+}

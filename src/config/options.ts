@@ -1,0 +1,63 @@
+import { isIP } from 'node:net';
+import { opt, registerOptionNames, type Specs } from './loader.ts';
+
+/** The option tables of every subcommand: the one place that says what each accepts and its default. */
+
+const port = (v: number) => (v >= 0 && v <= 65535 ? undefined : 'a port is 1-65535 (or 0 for any free one)');
+const nonNegative = (v: number) => (v >= 0 ? undefined : 'must not be negative');
+const logFormat = (v: string) => (v === 'text' || v === 'json' ? undefined : 'use text or json');
+const address = (v: string) => (v === '' || /\s|\/|^:|:$/.test(v) && !isIP(v) ? 'want a host name or IP address (no scheme, no port)' : undefined);
+
+const COMMON = {
+  v: opt.int(0, (v) => (v >= 0 && v <= 10 ? undefined : 'verbosity is 0-10')),
+  logFormat: opt.string('text', logFormat),
+};
+
+const DATA_DIR = { dataDir: { ...opt.string(), alsoEnv: 'TOWER_HOME' } };
+
+export const PROXY_OPTIONS = {
+  ...COMMON,
+  ...DATA_DIR,
+  caCert: opt.string(),
+  caKey: opt.string(),
+  host: opt.string('0.0.0.0', address),
+  port: opt.int(8080, port),
+  gatewayPort: opt.int(6443, port),
+  publishServiceAddress: opt.string('127.0.0.1', address),
+  kubeconfig: opt.string(),
+  leaderElect: opt.bool(false),
+} satisfies Specs;
+
+export const AGENT_OPTIONS = {
+  ...COMMON,
+  name: opt.string(),
+  token: opt.string(),
+  proxyServer: opt.string('http://127.0.0.1:8080'),
+  proxyFingerprint: opt.string(undefined, (v) => (/^SHA256:[A-Za-z0-9+/]{43}$/.test(v) ? undefined : 'want SHA256: and 43 base64 characters, as `tower token` prints it')),
+  kubeconfig: opt.string(),
+  kubernetesService: opt.string(),
+  kubesphereService: opt.string('ks-apiserver.kubesphere-system.svc:80'),
+  keepalive: opt.duration(60_000, nonNegative),
+  maxRetry: opt.int(0, nonNegative),
+  maxRetryInterval: opt.duration(300_000, nonNegative),
+} satisfies Specs;
+
+export const TOKEN_OPTIONS = {
+  ...COMMON,
+  ...DATA_DIR,
+  rotate: opt.bool(false),
+  proxyServer: opt.string(),
+} satisfies Specs;
+
+export const KUBECONFIG_OPTIONS = {
+  ...COMMON,
+  ...DATA_DIR,
+  caCert: opt.string(),
+  caKey: opt.string(),
+  user: opt.string('tower-admin', (v) => (v.trim() ? undefined : 'must not be empty')),
+  group: opt.string('system:masters'),
+  server: opt.string(undefined, (v) => (/^https:\/\/[^/]/.test(v) ? undefined : 'want an https:// URL')),
+  days: opt.int(365, (v) => (v >= 1 && v <= 3650 ? undefined : 'a certificate lives 1-3650 days')),
+} satisfies Specs;
+
+for (const s of [PROXY_OPTIONS, AGENT_OPTIONS, TOKEN_OPTIONS, KUBECONFIG_OPTIONS]) registerOptionNames(s);

@@ -1,0 +1,152 @@
+import { createHash, createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
+import { isIP } from 'node:net';
+import * as x509 from '@peculiar/x509';
+import { TowerError } from '../errors.ts';
+
+x509.cryptoProvider.set(webcrypto as never);
+
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
+type Algorithm = webcrypto.Algorithm;
+type EcdsaParams = webcrypto.EcdsaParams;
+
+const CA_VALIDITY_DAYS = 3650;
+const DAY_MS = 86_400_000;
+const EC_KEY = { name: 'ECDSA', namedCurve: 'P-256' } as const;
+const EC_SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
+/**
+ * SHA-256 of the CA that the Go tower's repository publishes together with its private key, and
+ * that KubeSphere's installer used: anyone can sign client certificates for it.
+ */
+export const PUBLIC_KUBESPHERE_CA_SHA256 = 'B9:3C:AA:53:37:5A:81:92:94:69:5D:74:A4:B7:D7:B4:E5:1C:4A:63:D3:32:F9:77:D7:39:A0:82:13:82:19:97';
+
+export interface KeyPairPem { cert: string; key: string }
+
+/** tower's certificate authority: issues the gateway's serving certificate and kubeconfig client certificates. */
+export class CertificateAuthority {
+  readonly certPem: string;
+  readonly cert: x509.X509Certificate;
+  #key: CryptoKey;
+  #signAlg: Algorithm | EcdsaParams;
+
+  private constructor(certPem: string, cert: x509.X509Certificate, key: CryptoKey, signAlg: Algorithm | EcdsaParams) {
+    this.certPem = certPem;
+    this.cert = cert;
+    this.#key = key;
+    this.#signAlg = signAlg;
+  }
+
+  static async create(commonName = 'tower-ca'): Promise<KeyPairPem> {
+    const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']) as CryptoKeyPair;
+    const now = Date.now();
+    const cert = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: serial(),
+      name: `CN=${commonName}`,
+      notBefore: new Date(now - 5 * 60_000),
+      notAfter: new Date(now + CA_VALIDITY_DAYS * DAY_MS),
+      keys: keys as never,
+      signingAlgorithm: EC_SIGN,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+        await x509.SubjectKeyIdentifierExtension.create(keys.publicKey as never),
+      ],
+    });
+    return { cert: cert.toString('pem') + '\n', key: await exportKeyPem(keys.privateKey) };
+  }
+
+  /** Loads a CA from PEM; `origin` names where it came from in error messages. */
+  static async load(pair: KeyPairPem, origin: string): Promise<CertificateAuthority> {
+    let nodeCert: NodeX509;
+    try {
+      nodeCert = new NodeX509(pair.cert);
+    } catch (err) {
+      throw new TowerError('ECA', `cannot parse the CA certificate from ${origin}: ${(err as Error).message} (want a PEM certificate)`);
+    }
+    if (nodeCert.fingerprint256 === PUBLIC_KUBESPHERE_CA_SHA256) {
+      throw new TowerError('EPUBLICCA', `the CA from ${origin} is the public KubeSphere CA whose private key is published; anyone could sign client certificates for it. Drop --ca-cert/--ca-key to let tower create a CA of its own`);
+    }
+    if (!nodeCert.ca) throw new TowerError('ECA', `the certificate from ${origin} is not a CA (basicConstraints CA:TRUE missing)`);
+    let keyObj;
+    try {
+      keyObj = createPrivateKey(pair.key);
+    } catch (err) {
+      throw new TowerError('ECA', `cannot parse the CA key from ${origin}: ${(err as Error).message} (want a PEM private key)`);
+    }
+    if (!nodeCert.checkPrivateKey(keyObj)) throw new TowerError('ECA', `the CA key from ${origin} does not belong to its certificate`);
+    const der = keyObj.export({ format: 'der', type: 'pkcs8' });
+    let importAlg: webcrypto.RsaHashedImportParams | webcrypto.EcKeyImportParams;
+    let signAlg: Algorithm | EcdsaParams;
+    if (keyObj.asymmetricKeyType === 'rsa') {
+      importAlg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' };
+      signAlg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' } as Algorithm;
+    } else if (keyObj.asymmetricKeyType === 'ec') {
+      const curve = keyObj.asymmetricKeyDetails?.namedCurve;
+      const namedCurve = curve === 'prime256v1' ? 'P-256' : curve === 'secp384r1' ? 'P-384' : curve === 'secp521r1' ? 'P-521' : undefined;
+      if (!namedCurve) throw new TowerError('ECA', `the CA key from ${origin} uses curve ${curve}, which tower cannot sign with (use P-256, P-384 or P-521)`);
+      importAlg = { name: 'ECDSA', namedCurve };
+      signAlg = { name: 'ECDSA', hash: namedCurve === 'P-256' ? 'SHA-256' : 'SHA-384' } as EcdsaParams;
+    } else {
+      throw new TowerError('ECA', `the CA key from ${origin} is ${keyObj.asymmetricKeyType}; tower signs with RSA or ECDSA CA keys`);
+    }
+    const key = await webcrypto.subtle.importKey('pkcs8', der, importAlg, false, ['sign']);
+    return new CertificateAuthority(pair.cert, new x509.X509Certificate(pair.cert), key, signAlg);
+  }
+
+  get notAfter(): Date { return this.cert.notAfter; }
+
+  get fingerprint256(): string {
+    return createHash('sha256').update(Buffer.from(this.cert.rawData)).digest('hex');
+  }
+
+  /** A TLS server certificate for the given host names and addresses. */
+  issueServer(hosts: string[], days = 365): Promise<KeyPairPem> {
+    const names = [...new Set(hosts.filter(Boolean))];
+    return this.#issue(names[0] ?? 'tower', [], days, [
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+      new x509.SubjectAlternativeNameExtension(names.map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h }))),
+    ]);
+  }
+
+  /** A TLS client certificate: Kubernetes reads CN as the user and O as the groups. */
+  issueClient(user: string, groups: string[], days = 365): Promise<KeyPairPem> {
+    return this.#issue(user, groups, days, [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])]);
+  }
+
+  async #issue(cn: string, orgs: string[], days: number, extensions: x509.Extension[]): Promise<KeyPairPem> {
+    const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']) as CryptoKeyPair;
+    const now = Date.now();
+    // a leaf never outlives its CA
+    const notAfter = new Date(Math.min(now + days * DAY_MS, this.cert.notAfter.getTime()));
+    const subject = [...orgs.map((o) => ({ O: [o] })), { CN: [cn] }];
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: serial(),
+      subject,
+      // the CA's own Name object keeps its subject bytes as the issuer, which Go's chain building compares
+      issuer: this.cert.subjectName,
+      notBefore: new Date(now - 5 * 60_000),
+      notAfter,
+      publicKey: keys.publicKey as never,
+      signingKey: this.#key as never,
+      signingAlgorithm: this.#signAlg,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
+        await x509.AuthorityKeyIdentifierExtension.create(this.cert, false),
+        ...extensions,
+      ],
+    });
+    return { cert: cert.toString('pem') + '\n', key: await exportKeyPem(keys.privateKey) };
+  }
+}
+
+function serial(): string {
+  const b = randomBytes(16);
+  b[0]! &= 0x7f; // positive
+  return b.toString('hex');
+}
+
+async function exportKeyPem(key: CryptoKey): Promise<string> {
+  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
+  return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').replace(/.{1,64}/g, '$&\n')}-----END PRIVATE KEY-----\n`;
+}

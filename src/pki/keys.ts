@@ -1,0 +1,29 @@
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../errors.ts';
+import type { ClusterStore } from '../store/types.ts';
+import { generateHostKey } from '../tunnel/ssh.ts';
+import { CertificateAuthority } from './ca.ts';
+
+/** tower's CA: from --ca-cert/--ca-key when given, else the store's own, created on first use. */
+export async function loadCertificateAuthority(store: ClusterStore, caCert?: string, caKey?: string): Promise<CertificateAuthority> {
+  if (caCert || caKey) {
+    if (!caCert || !caKey) throw new ConfigError('give both --ca-cert and --ca-key, or neither to let tower keep its own CA in the data dir');
+    const read = (path: string, flag: string) => {
+      try { return readFileSync(path, 'utf8'); } catch (err) {
+        throw new ConfigError(`cannot read ${flag} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+    };
+    return CertificateAuthority.load({ cert: read(caCert, '--ca-cert'), key: read(caKey, '--ca-key') }, `${caCert} and ${caKey}`);
+  }
+  const m = await store.loadOrCreateKeyMaterial('ca', async () => {
+    const pair = await CertificateAuthority.create('tower-ca');
+    return { 'ca.crt': pair.cert, 'ca.key': pair.key };
+  });
+  return CertificateAuthority.load({ cert: m['ca.crt']!, key: m['ca.key']! }, store.location);
+}
+
+/** The proxy's persistent SSH host key (OpenSSH PEM), created on first use. */
+export async function loadHostKey(store: ClusterStore): Promise<string> {
+  const m = await store.loadOrCreateKeyMaterial('ssh-host-key', async () => ({ ssh_host_key: generateHostKey() }));
+  return m.ssh_host_key!;
+}

@@ -1,0 +1,226 @@
+import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import type { Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../observe/log.ts';
+import { clusterNameProblem } from '../store/names.ts';
+import type { AgentSession } from '../tunnel/server.ts';
+import type { SessionRegistry } from './registry.ts';
+import { MemberApiserver } from './upstream.ts';
+
+const HEADERS_TIMEOUT_MS = 30_000;
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
+const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
+
+export interface GatewayOptions {
+  registry: SessionRegistry;
+  /** whether the store knows the cluster (the proxy keeps this from the store's watch) */
+  knows: (name: string) => boolean;
+  caPem: string;
+  cert: string;
+  key: string;
+  log: Logger;
+}
+
+/**
+ * The cluster gateway: one HTTPS port, client certificates from tower's CA required, routing
+ * /clusters/<name>/… to that member's kube-apiserver through one of its agents. Upgrades
+ * (SPDY, WebSocket) and watches stream through; no body is buffered.
+ */
+export class Gateway {
+  readonly server: Server;
+  #opts: GatewayOptions;
+  #members = new WeakMap<AgentSession, MemberApiserver>();
+  #log: Logger;
+
+  constructor(opts: GatewayOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.server = createServer({
+      cert: opts.cert,
+      key: opts.key,
+      ca: opts.caPem,
+      requestCert: true,
+      // verified below, so that a missing or foreign certificate gets a readable 401
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+      headersTimeout: HEADERS_TIMEOUT_MS,
+      requestTimeout: 0,
+      keepAliveTimeout: 60_000,
+    });
+    this.server.on('request', (req, res) => this.#onRequest(req, res));
+    this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
+    this.server.on('tlsClientError', (err, socket) => {
+      this.#log.debug(1, 'gateway TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
+      socket.destroy();
+    });
+    this.server.on('clientError', (err, socket) => {
+      this.#log.debug(1, 'gateway dropped a malformed request', { err: err.message });
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      socket.destroy();
+    });
+  }
+
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve((this.server.address() as { port: number }).port);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  /** Checks the client certificate and the route; answers the problem itself when there is one. */
+  #route(req: IncomingMessage): { member: MemberApiserver; path: string; cluster: string } | { status: number; reason: string; message: string } {
+    const socket = req.socket as TLSSocket;
+    if (!socket.authorized) {
+      const why = socket.authorizationError ? String(socket.authorizationError) : 'no client certificate';
+      return { status: 401, reason: 'Unauthorized', message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
+    }
+    const m = CLUSTER_PATH.exec(req.url ?? '');
+    if (!m) return { status: 404, reason: 'NotFound', message: `tower gateway: no route for ${JSON.stringify(req.url)}; paths look like /clusters/<name>/api/...` };
+    const name = decodeURIComponent(m[1]!);
+    const problem = clusterNameProblem(name);
+    if (problem) return { status: 400, reason: 'BadRequest', message: `tower gateway: invalid cluster name ${JSON.stringify(name)}: ${problem}` };
+    if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    const session = this.#opts.registry.pick(name);
+    if (!session) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
+    let member = this.#members.get(session);
+    if (!member) {
+      member = new MemberApiserver(session);
+      this.#members.set(session, member);
+    }
+    return { member, path: (m[2] || '/') + (m[3] ?? ''), cluster: name };
+  }
+
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const route = this.#route(req);
+    if ('status' in route) {
+      this.#log.debug(1, 'gateway refused a request', { url: req.url, status: route.status, why: route.message });
+      sendStatus(res, route.status, route.reason, route.message);
+      req.resume();
+      return;
+    }
+    const { member, path, cluster } = route;
+    this.#log.debug(4, 'forward', { cluster, method: req.method, path, session: member.session.id });
+    const upstream = httpRequest({
+      agent: member.pool,
+      method: req.method,
+      path,
+      headers: upstreamHeaders(req, member),
+    });
+    upstream.on('response', (up) => {
+      res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up));
+      // watch responses must reach the client before the first event
+      res.flushHeaders();
+      pipeline(up, res).catch(() => upstream.destroy());
+    });
+    upstream.on('error', (err) => {
+      if (!res.headersSent) {
+        sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`);
+      } else {
+        res.destroy();
+      }
+    });
+    res.on('close', () => { if (!res.writableFinished) upstream.destroy(); });
+    pipeline(req, upstream).catch(() => upstream.destroy());
+  }
+
+  #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const route = this.#route(req);
+    socket.on('error', () => socket.destroy());
+    if ('status' in route) {
+      this.#log.debug(1, 'gateway refused an upgrade', { url: req.url, status: route.status, why: route.message });
+      const body = statusBody(route.status, route.reason, route.message);
+      socket.end(`HTTP/1.1 ${route.status} ${route.reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      return;
+    }
+    const { member, path, cluster } = route;
+    this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade });
+    // upgraded connections get a channel of their own, never a pooled one
+    member.connect().then((tls) => {
+      const headers = upstreamHeaders(req, member);
+      headers.connection = 'Upgrade';
+      headers.upgrade = req.headers.upgrade;
+      const upReq = httpRequest({ createConnection: () => tls, agent: false, method: req.method, path, headers });
+      upReq.on('upgrade', (upRes, upSocket, upHead) => {
+        socket.write(rawHead(upRes));
+        if (upHead.length) socket.write(upHead);
+        if (head.length) upSocket.write(head);
+        upSocket.on('error', () => socket.destroy());
+        socket.on('close', () => upSocket.destroy());
+        upSocket.on('close', () => socket.destroy());
+        upSocket.pipe(socket);
+        socket.pipe(upSocket);
+      });
+      upReq.on('response', (upRes) => {
+        // the upgrade was refused (403, 400, …): relay the answer as it is
+        socket.write(rawHead(upRes, true));
+        upRes.pipe(socket);
+      });
+      upReq.on('error', (err) => {
+        this.#log.warn('upgrade through the tunnel failed', { cluster, err: err.message });
+        socket.destroy();
+      });
+      socket.on('close', () => upReq.destroy());
+      req.pipe(upReq);
+    }, (err: Error) => {
+      const body = statusBody(502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`);
+      socket.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
+  }
+}
+
+function upstreamHeaders(req: IncomingMessage, member: MemberApiserver): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
+  for (const [k, v] of Object.entries(req.headers)) {
+    // the caller authenticated to tower with its certificate; upstream credentials are the agent's
+    if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'authorization' || k === 'host' || v === undefined) continue;
+    out[k] = v;
+  }
+  out.host = member.hostPort.replace(/:443$/, '');
+  if (member.authorization) out.authorization = member.authorization;
+  return out;
+}
+
+function downstreamHeaders(up: IncomingMessage): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  const listed = new Set((up.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
+  for (const [k, v] of Object.entries(up.headers)) {
+    if (HOP_BY_HOP.has(k) || listed.has(k) || v === undefined) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+function rawHead(res: IncomingMessage, close = false): string {
+  let s = `HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n`;
+  for (let i = 0; i < res.rawHeaders.length; i += 2) {
+    // a relayed refusal is framed by closing the connection: Node already removed the chunking
+    if (close && /^(connection|transfer-encoding|content-length)$/i.test(res.rawHeaders[i]!)) continue;
+    s += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`;
+  }
+  if (close) s += 'Connection: close\r\n';
+  return s + '\r\n';
+}
+
+/** A metav1.Status, so that kubectl prints the message as the server's own. */
+function statusBody(code: number, reason: string, message: string): string {
+  return JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }) + '\n';
+}
+
+function sendStatus(res: ServerResponse, code: number, reason: string, message: string): void {
+  const body = statusBody(code, reason, message);
+  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}

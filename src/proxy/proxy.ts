@@ -1,0 +1,188 @@
+import { timingSafeEqual } from 'node:crypto';
+import { hostname } from 'node:os';
+import { TowerError } from '../errors.ts';
+import type { Logger } from '../observe/log.ts';
+import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
+import { clusterNameProblem } from '../store/names.ts';
+import type { Cluster, ClusterStore, Closer } from '../store/types.ts';
+import { UNAUTHORIZED, type AgentConfig } from '../tunnel/protocol.ts';
+import { hostKeyFingerprint } from '../tunnel/ssh.ts';
+import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
+import { AgentEndpoint } from './agent-endpoint.ts';
+import { Gateway } from './gateway.ts';
+import { SessionRegistry } from './registry.ts';
+
+const STATUS_WRITE_DELAY_MS = 200;
+const GATEWAY_CERT_DAYS = 365;
+
+export interface ProxyOptions {
+  store: ClusterStore;
+  host: string;
+  port: number;
+  gatewayPort: number;
+  publishServiceAddress: string;
+  caCert?: string;
+  caKey?: string;
+  log: Logger;
+}
+
+/** The proxy: agent endpoint, session registry and cluster gateway over one store. */
+export class Proxy {
+  readonly registry = new SessionRegistry();
+  agentPort = 0;
+  gatewayPort = 0;
+  hostKeyFingerprint = '';
+  #opts: ProxyOptions;
+  #log: Logger;
+  #clusters = new Map<string, Cluster>();
+  #watch: Closer | undefined;
+  #endpoint: AgentEndpoint | undefined;
+  #gateway: Gateway | undefined;
+  #statusTimers = new Map<string, NodeJS.Timeout>();
+
+  constructor(opts: ProxyOptions) {
+    this.#opts = opts;
+    this.#log = opts.log;
+  }
+
+  async start(): Promise<void> {
+    const { store } = this.#opts;
+    const ca = await loadCertificateAuthority(store, this.#opts.caCert, this.#opts.caKey);
+    const hostKey = await loadHostKey(store);
+    this.hostKeyFingerprint = hostKeyFingerprint(hostKey);
+
+    await this.#watchClusters();
+    this.registry.on('change', (name: string) => this.#scheduleStatus(name));
+
+    const publish = this.#opts.publishServiceAddress;
+    const sans = [publish, 'localhost', '127.0.0.1', '::1', hostname()];
+    if (this.#opts.host !== '0.0.0.0' && this.#opts.host !== '::') sans.push(this.#opts.host);
+    const serving = await ca.issueServer(sans, GATEWAY_CERT_DAYS);
+
+    this.#endpoint = new AgentEndpoint({
+      tunnel: new TunnelServer(hostKey),
+      authorize: (config, remote) => this.#authorize(config, remote),
+      onSession: (s) => this.#admit(s),
+      log: this.#log,
+    });
+    this.#gateway = new Gateway({
+      registry: this.registry,
+      knows: (name) => this.#clusters.has(name),
+      caPem: ca.certPem,
+      cert: serving.cert,
+      key: serving.key,
+      log: this.#log,
+    });
+    this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
+    this.gatewayPort = await listenOrExplain(this.#gateway.listen(this.#opts.gatewayPort, this.#opts.host), this.#opts.host, this.#opts.gatewayPort, '--gateway-port');
+
+    const h = publish.includes(':') ? `[${publish}]` : publish;
+    await store.writeProxyRecord({
+      agentUrl: `http://${h}:${this.agentPort}`,
+      gatewayUrl: `https://${h}:${this.gatewayPort}`,
+      hostKeyFingerprint: this.hostKeyFingerprint,
+      pid: process.pid,
+    });
+    this.#log.info('proxy serving', {
+      agents: `${this.#opts.host}:${this.agentPort}`,
+      gateway: `${this.#opts.host}:${this.gatewayPort}`,
+      store: store.location,
+      clusters: this.#clusters.size,
+      hostKey: this.hostKeyFingerprint,
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#watch?.close();
+    this.registry.closeAll();
+    await Promise.all([this.#endpoint?.close(), this.#gateway?.close()]);
+    for (const t of this.#statusTimers.values()) clearTimeout(t);
+    await Promise.all([...this.#clusters.keys()].map((name) => this.#writeStatus(name)));
+    this.#opts.store.close();
+  }
+
+  /** Keeps the known clusters; a rotated token or a removed cluster drops the sessions that no longer qualify. */
+  async #watchClusters(): Promise<void> {
+    for (const c of await this.#opts.store.list()) this.#clusters.set(c.name, c);
+    this.#watch = this.#opts.store.watch((ev) => {
+      if (ev.type === 'deleted') {
+        this.#clusters.delete(ev.name);
+        const n = this.registry.close(ev.name);
+        this.#log.info('cluster removed from the store', { cluster: ev.name, sessionsClosed: n });
+        return;
+      }
+      const before = this.#clusters.get(ev.cluster.name);
+      this.#clusters.set(ev.cluster.name, ev.cluster);
+      if (!before) { this.#log.info('cluster registered', { cluster: ev.cluster.name }); return; }
+      if (before.token !== ev.cluster.token) {
+        const n = this.registry.close(ev.cluster.name, (s) => !tokensEqual(s.config.token, ev.cluster.token));
+        this.#log.info('cluster token rotated', { cluster: ev.cluster.name, sessionsClosed: n });
+      }
+    });
+  }
+
+  async #authorize(config: AgentConfig, remote: string): Promise<string | undefined> {
+    const problem = clusterNameProblem(config.name);
+    const cluster = problem ? undefined : this.#clusters.get(config.name);
+    if (!cluster) {
+      this.#log.warn('agent refused: unknown cluster', { cluster: config.name, remote, fix: problem ?? `register it with: tower token ${config.name}` });
+      return UNAUTHORIZED;
+    }
+    if (!tokensEqual(config.token, cluster.token)) {
+      this.#log.warn('agent refused: wrong token', { cluster: config.name, remote, fix: `print the current token with: tower token ${config.name}` });
+      return UNAUTHORIZED;
+    }
+    if (!config.kubernetesSvcHost) return 'config lacks KubernetesSvcHost: the agent must name its kube-apiserver';
+    return undefined;
+  }
+
+  #admit(session: AgentSession): void {
+    const cluster = this.#clusters.get(session.name);
+    // the token may have rotated, or the cluster gone, while the handshake ran
+    if (!cluster || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
+    this.registry.add(session);
+    this.#log.info('agent connected', {
+      cluster: session.name, remote: session.remote, session: session.id, agents: this.registry.count(session.name),
+      version: session.config.version || undefined, upstream: session.config.kubernetesSvcHost,
+      auth: session.config.bearerToken?.length ? 'bearer token' : session.config.certData?.length ? 'client certificate' : 'none',
+    });
+    session.once('close', () => this.#log.info('agent disconnected', { cluster: session.name, session: session.id, agents: this.registry.count(session.name) }));
+  }
+
+  #scheduleStatus(name: string): void {
+    if (this.#statusTimers.has(name)) return;
+    this.#statusTimers.set(name, setTimeout(() => {
+      this.#statusTimers.delete(name);
+      void this.#writeStatus(name);
+    }, STATUS_WRITE_DELAY_MS));
+  }
+
+  async #writeStatus(name: string): Promise<void> {
+    if (!this.#clusters.has(name)) return;
+    const agents = this.registry.count(name);
+    try {
+      await this.#opts.store.writeStatus(name, { connected: agents > 0, agents, lastSeen: new Date().toISOString() });
+    } catch (err) {
+      this.#log.warn('cannot write cluster status', { cluster: name, err: (err as Error).message });
+    }
+  }
+}
+
+export function tokensEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  // compare equal lengths only, so that the time does not tell where they differ
+  if (x.length !== y.length) { timingSafeEqual(y, y); return false; }
+  return timingSafeEqual(x, y);
+}
+
+async function listenOrExplain(p: Promise<number>, host: string, port: number, flag: string): Promise<number> {
+  try {
+    return await p;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new TowerError('EADDRINUSE', `${host}:${port} is already in use (another proxy running? choose another ${flag})`);
+    if (code === 'EACCES') throw new TowerError('EACCES', `no permission to listen on ${host}:${port} (choose a port above 1023 with ${flag})`);
+    throw err;
+  }
+}

@@ -1,0 +1,66 @@
+import { EventEmitter } from 'node:events';
+import type { AgentSession } from '../tunnel/server.ts';
+
+/**
+ * Live agent sessions by cluster. Several agents may serve one cluster: requests are spread over
+ * them round-robin, and the cluster is disconnected only when the last one goes.
+ */
+export class SessionRegistry extends EventEmitter {
+  #byCluster = new Map<string, AgentSession[]>();
+  #next = new Map<string, number>();
+
+  add(session: AgentSession): void {
+    const list = this.#byCluster.get(session.name) ?? [];
+    list.push(session);
+    this.#byCluster.set(session.name, list);
+    session.once('close', () => this.#remove(session));
+    this.emit('change', session.name, list.length);
+  }
+
+  /** A live session of `name`, taking turns among them; undefined when none is connected. */
+  pick(name: string): AgentSession | undefined {
+    const list = this.#byCluster.get(name);
+    if (!list || list.length === 0) return undefined;
+    const i = (this.#next.get(name) ?? 0) % list.length;
+    this.#next.set(name, i + 1);
+    return list[i];
+  }
+
+  sessions(name: string): readonly AgentSession[] {
+    return this.#byCluster.get(name) ?? [];
+  }
+
+  count(name: string): number {
+    return this.#byCluster.get(name)?.length ?? 0;
+  }
+
+  get size(): number {
+    let n = 0;
+    for (const list of this.#byCluster.values()) n += list.length;
+    return n;
+  }
+
+  /** Closes the sessions of `name` for which `which` holds (all by default). */
+  close(name: string, which: (s: AgentSession) => boolean = () => true): number {
+    const victims = (this.#byCluster.get(name) ?? []).filter(which);
+    for (const s of victims) s.close();
+    return victims.length;
+  }
+
+  closeAll(): void {
+    for (const name of [...this.#byCluster.keys()]) this.close(name);
+  }
+
+  #remove(session: AgentSession): void {
+    const list = this.#byCluster.get(session.name);
+    if (!list) return;
+    const i = list.indexOf(session);
+    if (i < 0) return;
+    list.splice(i, 1);
+    if (list.length === 0) {
+      this.#byCluster.delete(session.name);
+      this.#next.delete(session.name);
+    }
+    this.emit('change', session.name, list.length);
+  }
+}

@@ -1,0 +1,79 @@
+import { Agent, type AgentOptions, type ClientRequestArgs } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { hostOf, normalizeHostPort } from '../tunnel/protocol.ts';
+import type { AgentSession } from '../tunnel/server.ts';
+
+const TLS_HANDSHAKE_TIMEOUT_MS = 15_000;
+const IDLE_SOCKET_TIMEOUT_MS = 90_000;
+const MAX_SOCKETS_PER_SESSION = 256;
+const MAX_FREE_SOCKETS_PER_SESSION = 32;
+
+/**
+ * How the proxy reaches a member's kube-apiserver: TLS made by the proxy inside a tunnel channel,
+ * with the credentials that this very session's agent announced.
+ */
+export class MemberApiserver {
+  readonly session: AgentSession;
+  readonly hostPort: string;
+  readonly host: string;
+  /** keep-alive pool of TLS connections through this session */
+  readonly pool: Agent;
+  #bearer: string | undefined;
+
+  constructor(session: AgentSession) {
+    this.session = session;
+    this.hostPort = normalizeHostPort(session.config.kubernetesSvcHost, 443);
+    this.host = hostOf(this.hostPort);
+    const token = session.config.bearerToken?.toString('utf8').trim();
+    this.#bearer = token ? `Bearer ${token}` : undefined;
+    this.pool = new ChannelAgent(this, {
+      keepAlive: true,
+      maxSockets: MAX_SOCKETS_PER_SESSION,
+      maxFreeSockets: MAX_FREE_SOCKETS_PER_SESSION,
+      timeout: IDLE_SOCKET_TIMEOUT_MS,
+    });
+    session.once('close', () => this.pool.destroy());
+  }
+
+  get authorization(): string | undefined { return this.#bearer; }
+
+  /** A fresh TLS connection to the apiserver through a new channel (for upgrades, which leave the pool). */
+  async connect(): Promise<TLSSocket> {
+    const channel = await this.session.openChannel(this.hostPort);
+    const c = this.session.config;
+    const socket = tlsConnect({
+      socket: channel as unknown as Socket,
+      host: this.host,
+      servername: isIP(this.host) ? undefined : this.host,
+      ca: c.caData && c.caData.length > 0 ? c.caData : undefined,
+      cert: c.certData && c.certData.length > 0 ? c.certData : undefined,
+      key: c.keyData && c.keyData.length > 0 ? c.keyData : undefined,
+      ALPNProtocols: ['http/1.1'],
+    });
+    // ssh2 channels never close while unread: tear the channel down with the TLS socket
+    socket.once('close', () => channel.destroy());
+    channel.once('close', () => socket.destroy());
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => socket.destroy(new Error(`TLS handshake with ${this.hostPort} timed out after ${TLS_HANDSHAKE_TIMEOUT_MS} ms`)), TLS_HANDSHAKE_TIMEOUT_MS);
+      socket.once('secureConnect', () => { clearTimeout(timer); resolve(); });
+      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
+    });
+    socket.setNoDelay(true);
+    return socket;
+  }
+}
+
+class ChannelAgent extends Agent {
+  #member: MemberApiserver;
+  constructor(member: MemberApiserver, opts: AgentOptions) {
+    super(opts);
+    this.#member = member;
+  }
+
+  override createConnection(_opts: ClientRequestArgs, cb?: (err: Error | null, stream: Duplex) => void): undefined {
+    this.#member.connect().then((s) => cb?.(null, s), (err: Error) => cb?.(err, undefined as never));
+    return undefined;
+  }
+}

@@ -1,0 +1,286 @@
+import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { StoreError } from '../errors.ts';
+import { log } from '../observe/log.ts';
+import { assertClusterName, clusterNameProblem } from './names.ts';
+import type { Cluster, ClusterEvent, ClusterStatus, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord } from './types.ts';
+
+const LOCK_WAIT_MS = 10_000;
+const LOCK_STALE_MS = 30_000;
+const LOCK_RETRY_MS = 15;
+const WATCH_POLL_MS = 500;
+const KEY_FILES: Record<KeyMaterialKind, string[]> = { ca: ['ca.crt', 'ca.key'], 'ssh-host-key': ['ssh_host_key'] };
+const PUBLIC_FILES = new Set(['ca.crt']);
+
+/**
+ * The embedded store: plain files under the data dir. Writes are atomic (temp file, fsync, rename)
+ * and serialized by a lock file, so `tower token` can run beside a live proxy; secrets are 0600.
+ */
+export class FileStore implements ClusterStore {
+  readonly dir: string;
+  readonly location: string;
+  #clustersDir: string;
+  #statusDir: string;
+  #closers = new Set<Closer>();
+
+  constructor(dir: string) {
+    this.dir = dir;
+    this.location = dir.startsWith(homedir() + '/') ? '~' + dir.slice(homedir().length) : dir;
+    this.#clustersDir = join(dir, 'clusters');
+    this.#statusDir = join(dir, 'status');
+    try {
+      for (const d of [dir, this.#clustersDir, this.#statusDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw new StoreError('EDATADIR', `cannot create data dir ${dir}: ${(err as Error).message} (choose another with --data-dir or TOWER_HOME)`);
+    }
+  }
+
+  async get(name: string): Promise<Cluster | undefined> {
+    assertClusterName(name);
+    return this.#readCluster(name);
+  }
+
+  async list(): Promise<Cluster[]> {
+    const out: Cluster[] = [];
+    for (const f of await readdir(this.#clustersDir)) {
+      const name = clusterFileName(f);
+      if (!name) continue;
+      const c = await this.#readCluster(name);
+      if (c) out.push(c);
+    }
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async create(name: string, token: string): Promise<Cluster> {
+    assertClusterName(name);
+    return this.#locked(async () => {
+      if (await this.#readCluster(name)) throw new StoreError('EEXIST', `cluster "${name}" already exists in ${this.location}`);
+      const cluster: Cluster = { name, token, createdAt: new Date().toISOString(), generation: 1 };
+      this.#writeFile(join(this.#clustersDir, `${name}.yaml`), toYaml(cluster), true);
+      return cluster;
+    });
+  }
+
+  async update(cluster: Cluster): Promise<Cluster> {
+    assertClusterName(cluster.name);
+    return this.#locked(async () => {
+      const current = await this.#readCluster(cluster.name);
+      if (!current) throw new StoreError('ENOTFOUND', `cluster "${cluster.name}" not found in ${this.location} (create it with: tower token ${cluster.name})`);
+      if (current.generation !== cluster.generation) {
+        throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated (generation ${current.generation}, not ${cluster.generation}); retry`);
+      }
+      const next = { ...cluster, generation: current.generation + 1 };
+      this.#writeFile(join(this.#clustersDir, `${cluster.name}.yaml`), toYaml(next), true);
+      return next;
+    });
+  }
+
+  async getStatus(name: string): Promise<ClusterStatus | undefined> {
+    assertClusterName(name);
+    return (await this.#readYaml(join(this.#statusDir, `${name}.yaml`))) as ClusterStatus | undefined;
+  }
+
+  async writeStatus(name: string, status: ClusterStatus): Promise<void> {
+    assertClusterName(name);
+    // only the proxy writes status, so no lock: the rename alone keeps readers consistent
+    this.#writeFile(join(this.#statusDir, `${name}.yaml`), toYaml(status), false);
+  }
+
+  async readProxyRecord(): Promise<ProxyRecord | undefined> {
+    return (await this.#readYaml(join(this.dir, 'proxy.yaml'))) as ProxyRecord | undefined;
+  }
+
+  async writeProxyRecord(record: ProxyRecord): Promise<void> {
+    await this.#locked(async () => this.#writeFile(join(this.dir, 'proxy.yaml'), toYaml(record), false));
+  }
+
+  async loadOrCreateKeyMaterial(kind: KeyMaterialKind, create: () => Promise<KeyMaterial>): Promise<KeyMaterial> {
+    const files = KEY_FILES[kind];
+    const read = () => {
+      const present = files.filter((f) => exists(join(this.dir, f)));
+      if (present.length === 0) return undefined;
+      if (present.length !== files.length) {
+        throw new StoreError('EKEYMATERIAL', `${this.location} holds ${present.join(', ')} but not ${files.filter((f) => !present.includes(f)).join(', ')}; restore the missing file or remove the others to start afresh`);
+      }
+      return Object.fromEntries(files.map((f) => [f, readFileSync(join(this.dir, f), 'utf8')]));
+    };
+    const existing = read();
+    if (existing) return existing;
+    return this.#locked(async () => {
+      const again = read();
+      if (again) return again;
+      const made = await create();
+      for (const f of files) {
+        if (typeof made[f] !== 'string') throw new Error(`key material for ${kind} lacks ${f}`);
+        this.#writeFile(join(this.dir, f), made[f]!, !PUBLIC_FILES.has(f));
+      }
+      return made;
+    });
+  }
+
+  watch(onEvent: (event: ClusterEvent) => void): Closer {
+    const seen = new Map<string, { stamp: string; cluster: Cluster }>();
+    let scanning = false;
+    let again = false;
+    let closed = false;
+    const scan = async () => {
+      if (scanning) { again = true; return; }
+      scanning = true;
+      try {
+        do {
+          again = false;
+          const names = new Set<string>();
+          for (const f of await readdir(this.#clustersDir)) {
+            const name = clusterFileName(f);
+            if (!name) continue;
+            names.add(name);
+            const st = await stat(join(this.#clustersDir, f)).catch(() => undefined);
+            if (!st) continue;
+            const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+            const prev = seen.get(name);
+            if (prev?.stamp === stamp) continue;
+            const cluster = await this.#readCluster(name);
+            if (!cluster || closed) continue;
+            seen.set(name, { stamp, cluster });
+            if (!prev) onEvent({ type: 'added', cluster });
+            else if (prev.cluster.generation !== cluster.generation || prev.cluster.token !== cluster.token) onEvent({ type: 'modified', cluster });
+          }
+          for (const name of [...seen.keys()]) {
+            if (!names.has(name) && !closed) {
+              seen.delete(name);
+              onEvent({ type: 'deleted', name });
+            }
+          }
+        } while (again && !closed);
+      } catch (err) {
+        log.warn('cannot scan the cluster store', { dir: this.#clustersDir, err: (err as Error).message });
+      } finally {
+        scanning = false;
+      }
+    };
+    let watcher: FSWatcher | undefined;
+    try {
+      watcher = watch(this.#clustersDir, { persistent: false }, () => void scan());
+      watcher.on('error', () => watcher?.close());
+    } catch {
+      watcher = undefined; // polling below still picks changes up
+    }
+    // inotify can miss events (e.g. on network file systems); a cheap poll bounds the delay
+    const timer = setInterval(() => void scan(), WATCH_POLL_MS);
+    timer.unref();
+    void scan();
+    const closer = {
+      close: () => {
+        closed = true;
+        clearInterval(timer);
+        watcher?.close();
+        this.#closers.delete(closer);
+      },
+    };
+    this.#closers.add(closer);
+    return closer;
+  }
+
+  close(): void {
+    for (const c of [...this.#closers]) c.close();
+  }
+
+  async #readCluster(name: string): Promise<Cluster | undefined> {
+    const path = join(this.#clustersDir, `${name}.yaml`);
+    const doc = await this.#readYaml(path);
+    if (doc === undefined) return undefined;
+    const c = doc as Partial<Cluster>;
+    if (c.name !== name || typeof c.token !== 'string' || typeof c.generation !== 'number') {
+      log.warn('ignoring malformed cluster file', { path, fix: `remove it, then run: tower token ${name}` });
+      return undefined;
+    }
+    return { name: c.name, token: c.token, createdAt: String(c.createdAt ?? ''), generation: c.generation };
+  }
+
+  async #readYaml(path: string): Promise<unknown> {
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      return parseYaml(text) ?? undefined;
+    } catch (err) {
+      log.warn('ignoring unreadable file in the data dir', { path, err: (err as Error).message.split('\n')[0] });
+      return undefined;
+    }
+  }
+
+  /** temp file, fsync, rename, fsync of the directory: readers see the old or the new file, whole */
+  #writeFile(path: string, content: string, secret: boolean): void {
+    const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, secret ? 0o600 : 0o644);
+    try {
+      writeSync(fd, content);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+    const dfd = openSync(join(path, '..'), 'r');
+    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+  }
+
+  async #locked<T>(fn: () => Promise<T>): Promise<T> {
+    const lock = join(this.dir, '.lock');
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    for (;;) {
+      try {
+        const fd = openSync(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+        writeSync(fd, String(process.pid));
+        closeSync(fd);
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        if (lockIsStale(lock)) { rmSync(lock, { force: true }); continue; }
+        if (Date.now() > deadline) {
+          throw new StoreError('ELOCKED', `${this.location} is locked by another tower process (${lock}); if none runs, remove that file`);
+        }
+        await sleep(LOCK_RETRY_MS);
+      }
+    }
+    try {
+      return await fn();
+    } finally {
+      rmSync(lock, { force: true });
+    }
+  }
+}
+
+function clusterFileName(file: string): string | undefined {
+  if (!file.endsWith('.yaml')) return undefined;
+  const name = file.slice(0, -'.yaml'.length);
+  return clusterNameProblem(name) ? undefined : name;
+}
+
+function exists(path: string): boolean {
+  try { statSync(path); return true; } catch { return false; }
+}
+
+function lockIsStale(lock: string): boolean {
+  try {
+    const pid = Number(readFileSync(lock, 'utf8'));
+    if (Number.isInteger(pid) && pid > 0) {
+      try { process.kill(pid, 0); } catch (err) { return (err as NodeJS.ErrnoException).code === 'ESRCH'; }
+    }
+    return Date.now() - statSync(lock).mtimeMs > LOCK_STALE_MS;
+  } catch {
+    return false;
+  }
+}
+
+export function defaultDataDir(): string {
+  return join(homedir(), '.tower');
+}
+

@@ -1,0 +1,52 @@
+/** The registry of member clusters, behind which the proxy and the commands never see files or APIs. */
+export interface Cluster {
+  name: string;
+  /** hex of 32 random bytes; agents present it in their `config` request */
+  token: string;
+  createdAt: string;
+  /** bumped on every write; update() refuses a stale one (optimistic concurrency) */
+  generation: number;
+}
+
+export interface ClusterStatus {
+  connected: boolean;
+  agents: number;
+  lastSeen?: string;
+}
+
+/** Where the proxy serves, recorded by it so that `tower token` and `tower kubeconfig` can print addresses. */
+export interface ProxyRecord {
+  agentUrl: string;
+  gatewayUrl: string;
+  hostKeyFingerprint: string;
+  pid?: number;
+}
+
+export type ClusterEvent =
+  | { type: 'added' | 'modified'; cluster: Cluster }
+  | { type: 'deleted'; name: string };
+
+export type KeyMaterialKind = 'ca' | 'ssh-host-key';
+export type KeyMaterial = Record<string, string>;
+
+export interface Closer { close(): void }
+
+export interface ClusterStore {
+  /** where the store keeps its data, for messages ("~/.tower", "cluster.kubesphere.io") */
+  readonly location: string;
+  get(name: string): Promise<Cluster | undefined>;
+  list(): Promise<Cluster[]>;
+  /** fails with StoreError EEXIST when the cluster exists */
+  create(name: string, token: string): Promise<Cluster>;
+  /** fails with StoreError ECONFLICT when `cluster.generation` is not the stored one */
+  update(cluster: Cluster): Promise<Cluster>;
+  getStatus(name: string): Promise<ClusterStatus | undefined>;
+  writeStatus(name: string, status: ClusterStatus): Promise<void>;
+  /** calls back for every change after the current state has been delivered as 'added' events */
+  watch(onEvent: (event: ClusterEvent) => void): Closer;
+  readProxyRecord(): Promise<ProxyRecord | undefined>;
+  writeProxyRecord(record: ProxyRecord): Promise<void>;
+  /** returns the stored material of `kind`, creating it with `create` once, race-free across processes */
+  loadOrCreateKeyMaterial(kind: KeyMaterialKind, create: () => Promise<KeyMaterial>): Promise<KeyMaterial>;
+  close(): void;
+}

@@ -1,0 +1,136 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import ssh2 from 'ssh2';
+import type { ClientChannel } from 'ssh2';
+import { TowerError } from '../errors.ts';
+import { ALGORITHMS, fingerprint, type TunnelClient } from './ssh.ts';
+import { CHANNEL_TYPE, CLIENT_IDENT, encodeConfig, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
+
+/** The proxy refused this agent's `config`; the text is the proxy's own words. */
+export class ConfigRejectedError extends TowerError {
+  constructor(message: string) {
+    super('EREJECTED', message);
+    this.name = 'ConfigRejectedError';
+  }
+}
+
+export class HostKeyMismatchError extends TowerError {
+  constructor(message: string) {
+    super('EHOSTKEY', message);
+    this.name = 'HostKeyMismatchError';
+  }
+}
+
+export interface DialOptions {
+  config: AgentConfig;
+  /** "SHA256:…"; when set, any other host key is refused */
+  expectFingerprint?: string;
+  handshakeTimeoutMs: number;
+  /** a `kubesphere` channel the proxy opened towards `hostPort` */
+  onChannel: (hostPort: string, accept: () => ClientChannel, reject: () => void) => void;
+}
+
+/**
+ * The agent's side of the tunnel core: SSH client over `stream`, sends `config` and resolves once
+ * the proxy accepted it.
+ */
+export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelClientSession> {
+  return new Promise((resolve, reject) => {
+    const client = new ssh2.Client() as TunnelClient;
+    let settled = false;
+    let seenFingerprint = '';
+    const fail = (err: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(err);
+      client.end();
+      stream.destroy();
+    };
+    const timer = setTimeout(() => fail(new TowerError('ETIMEDOUT', `the proxy did not complete the handshake within ${opts.handshakeTimeoutMs} ms`)), opts.handshakeTimeoutMs);
+    client.on('error', (err: Error) => fail(hostKeyError ?? new TowerError('ESSH', `SSH handshake with the proxy failed: ${err.message}`)));
+    client.on('close', () => fail(hostKeyError ?? new TowerError('ECLOSED', 'the proxy closed the connection during the handshake')));
+    let hostKeyError: Error | undefined;
+    client.on('channel open', (info, accept, rejectChannel) => {
+      if (info.type !== CHANNEL_TYPE) { rejectChannel(); return; }
+      opts.onChannel((info.data.raw ?? Buffer.alloc(0)).toString('latin1'), accept, rejectChannel);
+    });
+    client.on('ready', () => {
+      client.globalRequest(REQUEST_CONFIG, encodeConfig(opts.config), (failed, data) => {
+        // Go peers put the reason in the payload, and Go agents read only the payload
+        const text = data && data.length > 0 ? data.toString('utf8') : '';
+        if (failed || text) {
+          fail(new ConfigRejectedError(text || 'the proxy rejected the config without a reason'));
+          return;
+        }
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(new TunnelClientSession(client, stream, seenFingerprint));
+      });
+    });
+    client.connect({
+      sock: stream as never,
+      username: '',
+      password: '',
+      ident: CLIENT_IDENT,
+      algorithms: ALGORITHMS as never,
+      readyTimeout: 0,
+      keepaliveInterval: 0,
+      hostVerifier: (key: Buffer) => {
+        seenFingerprint = fingerprint(key);
+        if (opts.expectFingerprint && opts.expectFingerprint !== seenFingerprint) {
+          hostKeyError = new HostKeyMismatchError(`the proxy's host key is ${seenFingerprint}, not ${opts.expectFingerprint} as --proxy-fingerprint demands; this may be another server posing as the proxy (if the proxy's data dir was reset, print the new join command with: tower token <name>)`);
+          return false;
+        }
+        return true;
+      },
+    });
+  });
+}
+
+/** An admitted tunnel: keepalive pings and its end. */
+export class TunnelClientSession extends EventEmitter {
+  readonly hostKeyFingerprint: string;
+  #client: TunnelClient;
+  #stream: Duplex;
+  #closed = false;
+
+  constructor(client: TunnelClient, stream: Duplex, hostKeyFingerprint: string) {
+    super();
+    this.#client = client;
+    this.#stream = stream;
+    this.hostKeyFingerprint = hostKeyFingerprint;
+    client.on('close', () => this.#onClose());
+    client.on('error', (err: Error) => this.emit('warning', err));
+    stream.once('close', () => this.#onClose());
+  }
+
+  get closed(): boolean { return this.#closed; }
+
+  /** Resolves when the proxy answered within `timeoutMs`, rejects otherwise. */
+  ping(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new TowerError('ETIMEDOUT', `the proxy did not answer a ping within ${timeoutMs} ms`)), timeoutMs);
+      try {
+        this.#client.globalRequest(REQUEST_PING, null, () => { clearTimeout(timer); resolve(); });
+      } catch (err) {
+        clearTimeout(timer);
+        reject(err as Error);
+      }
+    });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#client.end();
+    this.#stream.destroy();
+    this.#onClose();
+  }
+
+  #onClose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.emit('close');
+  }
+}

@@ -1,0 +1,183 @@
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import ssh2 from 'ssh2';
+import type { ServerChannel } from 'ssh2';
+import type { Logger } from '../observe/log.ts';
+import { ALGORITHMS, type TunnelConnection } from './ssh.ts';
+import { CHANNEL_TYPE, decodeConfig, ProtocolError, REQUEST_CONFIG, REQUEST_PING, SERVER_IDENT, type AgentConfig } from './protocol.ts';
+
+export const CHANNEL_OPEN_TIMEOUT_MS = 15_000;
+export const MAX_CHANNELS_PER_SESSION = 4096;
+/** time for a rejection's text to reach the agent before the connection is closed */
+const REJECT_LINGER_MS = 200;
+
+/** The proxy's verdict on an agent's `config`: undefined to admit it, or the text Go agents print. */
+export type Authorizer = (config: AgentConfig, remote: string) => Promise<string | undefined>;
+
+export interface AcceptOptions {
+  remote: string;
+  authorize: Authorizer;
+  handshakeTimeoutMs: number;
+  log: Logger;
+}
+
+/**
+ * The proxy's side of the tunnel core: an SSH server over streams it is handed (WebSocket
+ * connections), which admits an agent once its `config` is authorized.
+ */
+export class TunnelServer {
+  #ssh: ssh2.Server;
+  #pending = new WeakMap<object, (conn: TunnelConnection) => void>();
+
+  constructor(hostKey: string) {
+    this.#ssh = new ssh2.Server({ hostKeys: [hostKey], ident: SERVER_IDENT, algorithms: ALGORITHMS as never }, (conn) => {
+      const c = conn as TunnelConnection;
+      const onConnection = this.#pending.get(c._sock as object);
+      if (onConnection) onConnection(c);
+      else c.end();
+    });
+  }
+
+  /** SSH handshake and `config` exchange on `stream`; resolves with the admitted session. */
+  accept(stream: Duplex, opts: AcceptOptions): Promise<AgentSession> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let conn: TunnelConnection | undefined;
+      const fail = (err: Error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+        if (conn) conn.end();
+        stream.destroy();
+      };
+      const timer = setTimeout(() => fail(new ProtocolError(`no valid config request within ${opts.handshakeTimeoutMs} ms`)), opts.handshakeTimeoutMs);
+      stream.once('close', () => fail(new ProtocolError('connection closed during the handshake')));
+      this.#pending.set(stream, (c) => {
+        conn = c;
+        c.on('error', (err: Error) => fail(new ProtocolError(`SSH handshake failed: ${err.message}`)));
+        c.on('authentication', (ctx: ssh2.AuthContext) => {
+          // the real authentication is the token in `config`; Go clients try "none" first
+          if (ctx.method === 'password') ctx.accept();
+          else ctx.reject(['password']);
+        });
+        refuseAgentChannels(c, opts.log);
+        c.on('global request', (name, data, _wantReply, reply) => {
+          if (name === REQUEST_PING) { reply(true); return; }
+          if (name !== REQUEST_CONFIG || settled) { reply(false, Buffer.from(`unexpected request ${JSON.stringify(name)}`)); return; }
+          let config: AgentConfig;
+          try {
+            config = decodeConfig(data);
+          } catch (err) {
+            reply(false, Buffer.from((err as Error).message));
+            setTimeout(() => fail(err as Error), REJECT_LINGER_MS).unref();
+            return;
+          }
+          opts.authorize(config, opts.remote).then((denied) => {
+            if (settled) return;
+            if (denied !== undefined) {
+              reply(false, Buffer.from(denied || 'rejected'));
+              const err = new ProtocolError(denied);
+              setTimeout(() => fail(err), REJECT_LINGER_MS).unref();
+              return;
+            }
+            settled = true;
+            clearTimeout(timer);
+            reply(true);
+            resolve(new AgentSession(c, stream, config, opts.remote));
+          }, (err: Error) => {
+            reply(false, Buffer.from(`proxy error: ${err.message}`));
+            fail(err);
+          });
+        });
+      });
+      this.#ssh.injectSocket(stream as never);
+    });
+  }
+}
+
+/** Channels are opened by the proxy only: an agent must not make the proxy dial anything. */
+function refuseAgentChannels(conn: TunnelConnection, log: Logger): void {
+  conn.on('session', (_accept: unknown, reject: () => void) => {
+    log.warn('refused a session channel that the agent tried to open');
+    reject();
+  });
+  conn.on('tcpip', (_accept: unknown, reject: () => void, info: { destIP: string; destPort: number }) => {
+    log.warn('refused a channel that the agent tried to open', { target: `${info.destIP}:${info.destPort}` });
+    reject();
+  });
+}
+
+let nextSessionId = 1;
+
+/** One admitted agent: opens `kubesphere` channels to the upstreams it announced. */
+export class AgentSession extends EventEmitter {
+  readonly id = nextSessionId++;
+  readonly config: AgentConfig;
+  readonly remote: string;
+  readonly connectedAt = new Date();
+  lastSeen = new Date();
+  #conn: TunnelConnection;
+  #stream: Duplex;
+  #channels = 0;
+  #closed = false;
+
+  constructor(conn: TunnelConnection, stream: Duplex, config: AgentConfig, remote: string) {
+    super();
+    this.#conn = conn;
+    this.#stream = stream;
+    this.config = config;
+    this.remote = remote;
+    conn.on('global request', (name) => { if (name === REQUEST_PING) this.lastSeen = new Date(); });
+    conn.on('close', () => this.#onClose());
+    stream.once('close', () => this.#onClose());
+  }
+
+  get name(): string { return this.config.name; }
+  get closed(): boolean { return this.#closed; }
+  get channels(): number { return this.#channels; }
+
+  /** A channel to `hostPort` through the agent; the agent dials it. */
+  openChannel(hostPort: string): Promise<ServerChannel> {
+    if (this.#closed) return Promise.reject(new Error('the agent session is closed'));
+    if (this.#channels >= MAX_CHANNELS_PER_SESSION) {
+      return Promise.reject(new Error(`the agent session has ${this.#channels} open channels, the limit`));
+    }
+    this.#channels++;
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const release = () => { this.#channels--; };
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        release();
+        reject(new Error(`the agent did not open a channel to ${hostPort} within ${CHANNEL_OPEN_TIMEOUT_MS} ms`));
+      }, CHANNEL_OPEN_TIMEOUT_MS);
+      this.#conn.openChannel(CHANNEL_TYPE, Buffer.from(hostPort), (err, channel) => {
+        clearTimeout(timer);
+        if (done) { if (channel) channel.close(); return; }
+        done = true;
+        if (err) {
+          release();
+          reject(new Error(`the agent refused a channel to ${hostPort}: ${err.message}`));
+          return;
+        }
+        channel.once('close', release);
+        resolve(channel);
+      });
+    });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#conn.end();
+    this.#stream.destroy();
+    this.#onClose();
+  }
+
+  #onClose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.emit('close');
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * Types and settings for the ssh2 extensions that wire protocol v1 needs. The extensions
+ * themselves are a committed patch to ssh2 (patches/ssh2+1.17.0.patch, applied at install):
+ * Go-style identification strings, raw global requests with failure payloads, and channels of
+ * custom types with raw extra data. Nothing else in tower touches ssh2 internals.
+ */
+import { createHash } from 'node:crypto';
+import type { Client, Connection, ClientChannel, ServerChannel } from 'ssh2';
+import ssh2 from 'ssh2';
+
+export type Channel = ClientChannel | ServerChannel;
+
+export interface IncomingChannelInfo {
+  type: string;
+  sender: number;
+  window: number;
+  packetSize: number;
+  data: { raw?: Buffer };
+}
+
+/** The agent's SSH client with the patched API. */
+export interface TunnelClient extends Client {
+  /** cb(failed, replyPayload) */
+  globalRequest(name: string, data: Buffer | null, cb?: (failed: boolean, data: Buffer | null) => void): this;
+  on(event: 'channel open', listener: (info: IncomingChannelInfo, accept: () => ClientChannel, reject: () => void) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
+/** One agent's connection on the proxy's SSH server, with the patched API. */
+export interface TunnelConnection extends Connection {
+  openChannel(type: string, data: Buffer, cb: (err: Error | undefined, channel: ServerChannel) => void): this;
+  on(event: 'global request', listener: (name: string, data: Buffer, wantReply: boolean, reply: (ok: boolean, data?: Buffer) => void) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  _sock: unknown;
+}
+
+/** Fast, widely supported choices first; Go's x/crypto/ssh speaks all of these. */
+export const ALGORITHMS = {
+  kex: ['curve25519-sha256', 'curve25519-sha256@libssh.org', 'ecdh-sha2-nistp256'],
+  cipher: ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'chacha20-poly1305@openssh.com', 'aes128-ctr'],
+  serverHostKey: ['ssh-ed25519', 'ecdsa-sha2-nistp256', 'rsa-sha2-256', 'rsa-sha2-512'],
+  hmac: ['hmac-sha2-256-etm@openssh.com', 'hmac-sha2-256'],
+  compress: ['none'],
+} as const;
+
+/** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
+export function fingerprint(publicKeyBlob: Buffer): string {
+  return 'SHA256:' + createHash('sha256').update(publicKeyBlob).digest('base64').replace(/=+$/, '');
+}
+
+export function generateHostKey(): string {
+  return ssh2.utils.generateKeyPairSync('ed25519').private;
+}
+
+export function hostKeyFingerprint(privateKey: string): string {
+  const parsed = ssh2.utils.parseKey(privateKey);
+  if (parsed instanceof Error) throw parsed;
+  const key = Array.isArray(parsed) ? parsed[0]! : parsed;
+  return fingerprint(key.getPublicSSH());
+}
