@@ -11,8 +11,9 @@ export class KubeconfigCommand extends TowerCommand {
   static override usage = Command.Usage({
     description: 'Print a kubeconfig that reaches a member cluster through the gateway',
     details: `
-      The client certificate is signed by tower's CA (CN from --user, O from --group); the server is
-      the gateway address the proxy recorded in the data dir, with /clusters/<name>.
+      The client certificate is signed by tower's CA (CN from --user, O from --group) and bound to
+      the cluster: the gateway serves it that cluster only. The server is the gateway address the
+      proxy recorded in the data dir, with /clusters/<name>.
     `,
     examples: [['Admin access to alpha', '$0 kubeconfig alpha > alpha.kubeconfig'], ['A read-only group', '$0 kubeconfig alpha --user jane --group viewers']],
   });
@@ -41,7 +42,7 @@ export class KubeconfigCommand extends TowerCommand {
       const record = await store.readProxyRecord();
       const server = o.server ?? `${record?.gatewayUrl ?? 'https://127.0.0.1:6443'}/clusters/${name}`;
       const groups = o.group.split(',').map((g) => g.trim()).filter(Boolean);
-      const leaf = await ca.issueClient(o.user, groups, o.days);
+      const leaf = await ca.issueClient(o.user, groups, o.days, name);
       process.stdout.write(renderKubeconfig({ cluster: name, server, caPem: ca.certPem, user: o.user, certPem: leaf.cert, keyPem: leaf.key }));
       return 0;
     } finally {

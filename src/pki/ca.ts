@@ -108,9 +108,14 @@ export class CertificateAuthority {
     ]);
   }
 
-  /** A TLS client certificate: Kubernetes reads CN as the user and O as the groups. */
-  issueClient(user: string, groups: string[], days = 365): Promise<KeyPairPem> {
-    return this.#issue(user, groups, days, [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])]);
+  /**
+   * A TLS client certificate: Kubernetes reads CN as the user and O as the groups. With `cluster`,
+   * the certificate is bound to that cluster (a URI SAN the gateway reads).
+   */
+  issueClient(user: string, groups: string[], days = 365, cluster?: string): Promise<KeyPairPem> {
+    const ext: x509.Extension[] = [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])];
+    if (cluster) ext.push(new x509.SubjectAlternativeNameExtension([{ type: 'url', value: clusterUri(cluster) }]));
+    return this.#issue(user, groups, days, ext);
   }
 
   async #issue(cn: string, orgs: string[], days: number, extensions: x509.Extension[]): Promise<KeyPairPem> {
@@ -138,6 +143,21 @@ export class CertificateAuthority {
     });
     return { cert: cert.toString('pem') + '\n', key: await exportKeyPem(keys.privateKey) };
   }
+}
+
+const CLUSTER_URI_PREFIX = 'urn:tower:cluster:';
+
+export function clusterUri(cluster: string): string {
+  return CLUSTER_URI_PREFIX + cluster;
+}
+
+/** The cluster a client certificate is bound to, from Node's `subjectaltname` string. */
+export function boundCluster(subjectAltName: string | undefined): string | undefined {
+  if (!subjectAltName) return undefined;
+  for (const part of subjectAltName.split(', ')) {
+    if (part.startsWith('URI:' + CLUSTER_URI_PREFIX)) return part.slice(4 + CLUSTER_URI_PREFIX.length);
+  }
+  return undefined;
 }
 
 function serial(): string {

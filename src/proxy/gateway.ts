@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.ts';
+import { boundCluster } from '../pki/ca.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { AgentSession } from '../tunnel/server.ts';
 import type { SessionRegistry } from './registry.ts';
@@ -32,6 +33,8 @@ export class Gateway {
   readonly server: Server;
   #opts: GatewayOptions;
   #members = new WeakMap<AgentSession, MemberApiserver>();
+  /** the cluster each client connection's certificate is bound to ('' for none) */
+  #bound = new WeakMap<TLSSocket, string>();
   #log: Logger;
 
   constructor(opts: GatewayOptions) {
@@ -86,11 +89,25 @@ export class Gateway {
       const why = socket.authorizationError ? String(socket.authorizationError) : 'no client certificate';
       return { status: 401, reason: 'Unauthorized', message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
     }
+    const bound = this.#boundCluster(socket);
     const m = CLUSTER_PATH.exec(req.url ?? '');
-    if (!m) return { status: 404, reason: 'NotFound', message: `tower gateway: no route for ${JSON.stringify(req.url)}; paths look like /clusters/<name>/api/...` };
-    const name = decodeURIComponent(m[1]!);
+    let name: string;
+    let path: string;
+    if (m) {
+      name = safeDecode(m[1]!);
+      path = (m[2] || '/') + (m[3] ?? '');
+    } else if (bound) {
+      // `kubectl get --raw /version` drops the server's path; the certificate still names the cluster
+      name = bound;
+      path = req.url ?? '/';
+    } else {
+      return { status: 404, reason: 'NotFound', message: `tower gateway: no route for ${JSON.stringify(req.url)}; paths look like /clusters/<name>/api/...` };
+    }
     const problem = clusterNameProblem(name);
     if (problem) return { status: 400, reason: 'BadRequest', message: `tower gateway: invalid cluster name ${JSON.stringify(name)}: ${problem}` };
+    if (bound && bound !== name) {
+      return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
+    }
     if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
     const session = this.#opts.registry.pick(name);
     if (!session) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
@@ -99,7 +116,16 @@ export class Gateway {
       member = new MemberApiserver(session);
       this.#members.set(session, member);
     }
-    return { member, path: (m[2] || '/') + (m[3] ?? ''), cluster: name };
+    return { member, path, cluster: name };
+  }
+
+  #boundCluster(socket: TLSSocket): string | undefined {
+    let b = this.#bound.get(socket);
+    if (b === undefined) {
+      b = boundCluster(socket.getPeerCertificate().subjectaltname) ?? '';
+      this.#bound.set(socket, b);
+    }
+    return b || undefined;
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
@@ -178,6 +204,10 @@ export class Gateway {
       socket.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
     });
   }
+}
+
+function safeDecode(s: string): string {
+  try { return decodeURIComponent(s); } catch { return s; }
 }
 
 function upstreamHeaders(req: IncomingMessage, member: MemberApiserver): OutgoingHttpHeaders {

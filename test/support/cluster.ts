@@ -1,0 +1,32 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, run, tempDir } from './tower.ts';
+
+const SCRIPT = join(ROOT, 'scripts', 'test-cluster.sh');
+
+/** A real kube-apiserver v1.20.2 + etcd on loopback (scripts/test-cluster.sh). */
+export interface MemberCluster {
+  dir: string;
+  server: string;
+  /** admin kubeconfig with a system:masters client certificate */
+  kubeconfig: string;
+  /** a system:masters bearer token */
+  token: string;
+  caPem: string;
+  stop(): Promise<void>;
+}
+
+export async function startMemberCluster(): Promise<MemberCluster> {
+  const dir = tempDir('apiserver');
+  const r = await run('bash', [SCRIPT, 'start', dir], { timeoutMs: 120_000 });
+  const m = /ready (https:\/\/\S+)/.exec(r.stdout);
+  if (r.code !== 0 || !m) throw new Error(`kube-apiserver did not start:\n${r.stdout}\n${r.stderr}`);
+  return {
+    dir,
+    server: m[1]!,
+    kubeconfig: join(dir, 'admin.kubeconfig'),
+    token: readFileSync(join(dir, 'token'), 'utf8').trim(),
+    caPem: readFileSync(join(dir, 'pki', 'ca.crt'), 'utf8'),
+    stop: async () => { await run('bash', [SCRIPT, 'stop', dir]); },
+  };
+}
