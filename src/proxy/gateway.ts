@@ -105,10 +105,10 @@ export class Gateway {
     }
     const problem = clusterNameProblem(name);
     if (problem) return { status: 400, reason: 'BadRequest', message: `tower gateway: invalid cluster name ${JSON.stringify(name)}: ${problem}` };
+    if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
     if (bound && bound !== name) {
       return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
     }
-    if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
     const session = this.#opts.registry.pick(name);
     if (!session) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
     let member = this.#members.get(session);
@@ -177,7 +177,7 @@ export class Gateway {
       const headers = upstreamHeaders(req, member);
       headers.connection = 'Upgrade';
       headers.upgrade = req.headers.upgrade;
-      const upReq = httpRequest({ createConnection: () => tls, agent: false, method: req.method, path, headers });
+      const upReq = httpRequest({ createConnection: () => tls, method: req.method, path, headers });
       upReq.on('upgrade', (upRes, upSocket, upHead) => {
         socket.write(rawHead(upRes));
         if (upHead.length) socket.write(upHead);

@@ -1,0 +1,163 @@
+import { writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { stringify } from 'yaml';
+import { CertificateAuthority } from '../../src/pki/ca.ts';
+
+const EXEC_PROTOCOL = 'v5.channel.k8s.io';
+const STDIN = 0;
+const STDOUT = 1;
+const ERROR = 3;
+const CLOSE = 255;
+const POD = 'echo';
+
+/**
+ * A stand-in kube-apiserver for what needs a kubelet: HTTPS with client-certificate and bearer
+ * auth, a Running pod "echo" in "default" whose exec (kubectl's WebSocket protocol
+ * v5.channel.k8s.io) echoes stdin to stdout and exits with the status named by its command
+ * (`kubectl exec echo -i -- exit 3`), and bulk endpoints for streaming tests.
+ */
+export class TestUpstream {
+  readonly server: Server;
+  readonly token = 'test-upstream-token-' + Math.random().toString(36).slice(2);
+  port = 0;
+  caPem = '';
+  clientCert = '';
+  clientKey = '';
+  /** how each request authenticated, in order */
+  readonly auth: string[] = [];
+  #wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: (p) => (p.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false) });
+
+  private constructor(server: Server) {
+    this.server = server;
+  }
+
+  static async start(): Promise<TestUpstream> {
+    const caPair = await CertificateAuthority.create('test-upstream-ca');
+    const ca = await CertificateAuthority.load(caPair, 'test');
+    const serving = await ca.issueServer(['127.0.0.1', 'localhost']);
+    const client = await ca.issueClient('agent', ['system:masters']);
+    const server = createServer({ cert: serving.cert, key: serving.key, ca: caPair.cert, requestCert: true, rejectUnauthorized: false });
+    const u = new TestUpstream(server);
+    u.caPem = caPair.cert;
+    u.clientCert = client.cert;
+    u.clientKey = client.key;
+    server.on('request', (req, res) => u.#onRequest(req, res));
+    server.on('upgrade', (req, socket, head) => {
+      if (!u.#authenticate(req)) { socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n'); return; }
+      u.#wss.handleUpgrade(req, socket, head, (ws) => u.#exec(req, ws));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    u.port = (server.address() as { port: number }).port;
+    return u;
+  }
+
+  get hostPort(): string { return `127.0.0.1:${this.port}`; }
+
+  /** A kubeconfig for the agent: client certificate or bearer token. */
+  writeKubeconfig(path: string, how: 'cert' | 'token'): string {
+    const user = how === 'cert'
+      ? { 'client-certificate-data': Buffer.from(this.clientCert).toString('base64'), 'client-key-data': Buffer.from(this.clientKey).toString('base64') }
+      : { token: this.token };
+    writeFileSync(path, stringify({
+      apiVersion: 'v1', kind: 'Config',
+      clusters: [{ name: 'u', cluster: { server: `https://${this.hostPort}`, 'certificate-authority-data': Buffer.from(this.caPem).toString('base64') } }],
+      users: [{ name: 'u', user }],
+      contexts: [{ name: 'u', context: { cluster: 'u', user: 'u' } }],
+      'current-context': 'u',
+    }), { mode: 0o600 });
+    return path;
+  }
+
+  close(): Promise<void> {
+    for (const ws of this.#wss.clients) ws.terminate();
+    return new Promise((resolve) => { this.server.close(() => resolve()); this.server.closeAllConnections(); });
+  }
+
+  #authenticate(req: IncomingMessage): boolean {
+    const socket = req.socket as TLSSocket;
+    if (req.headers.authorization === `Bearer ${this.token}`) { this.auth.push('token'); return true; }
+    if (socket.authorized) { this.auth.push('cert'); return true; }
+    this.auth.push('none');
+    return false;
+  }
+
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    if (!this.#authenticate(req)) return json(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
+    const url = new URL(req.url ?? '/', 'https://upstream');
+    const p = url.pathname;
+    if (p === '/api') return json(res, 200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: this.hostPort }] });
+    if (p === '/api/v1') {
+      return json(res, 200, { kind: 'APIResourceList', groupVersion: 'v1', resources: [
+        { name: 'pods', singularName: 'pod', namespaced: true, kind: 'Pod', verbs: ['get', 'list'], shortNames: ['po'] },
+        { name: 'pods/exec', singularName: '', namespaced: true, kind: 'PodExecOptions', verbs: ['create', 'get'] },
+      ] });
+    }
+    if (p === '/apis') return json(res, 200, { kind: 'APIGroupList', apiVersion: 'v1', groups: [] });
+    if (p === `/api/v1/namespaces/default/pods/${POD}`) return json(res, 200, pod());
+    if (p === '/upload' && req.method === 'POST') {
+      let bytes = 0;
+      req.on('data', (d: Buffer) => { bytes += d.length; });
+      req.on('end', () => json(res, 200, { bytes }));
+      return;
+    }
+    if (p === '/download') {
+      const total = Number(url.searchParams.get('bytes') ?? '0');
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      let sent = 0;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': total });
+      const pump = () => {
+        while (sent < total) {
+          const n = Math.min(chunk.length, total - sent);
+          sent += n;
+          if (!res.write(n === chunk.length ? chunk : chunk.subarray(0, n))) { res.once('drain', pump); return; }
+        }
+        res.end();
+      };
+      pump();
+      return;
+    }
+    json(res, 404, status(404, 'NotFound', `no ${p} here`));
+  }
+
+  /** remotecommand over WebSocket, protocol v5: byte 0 of each message is the stream. */
+  #exec(req: IncomingMessage, ws: WebSocket): void {
+    const url = new URL(req.url ?? '/', 'https://upstream');
+    const command = url.searchParams.getAll('command');
+    const exitCode = command[0] === 'exit' ? Number(command[1] ?? 0) : 0;
+    const finish = () => {
+      const st = exitCode === 0
+        ? { metadata: {}, status: 'Success' }
+        : { metadata: {}, status: 'Failure', message: `command terminated with non-zero exit code: ${exitCode}`, reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: String(exitCode) }] } };
+      ws.send(Buffer.concat([Buffer.from([ERROR]), Buffer.from(JSON.stringify(st))]));
+      ws.close(1000);
+    };
+    ws.on('message', (data: Buffer) => {
+      if (data.length === 0) return;
+      if (data[0] === STDIN && data.length > 1) ws.send(Buffer.concat([Buffer.from([STDOUT]), data.subarray(1)]));
+      else if (data[0] === CLOSE && data[1] === STDIN) finish();
+    });
+    if (url.searchParams.get('stdin') !== 'true') finish();
+  }
+}
+
+function pod() {
+  return {
+    kind: 'Pod', apiVersion: 'v1',
+    metadata: { name: POD, namespace: 'default', uid: '00000000-0000-0000-0000-000000000001', resourceVersion: '1' },
+    spec: { containers: [{ name: 'main', image: 'echo' }] },
+    status: { phase: 'Running', containerStatuses: [{ name: 'main', ready: true, restartCount: 0, image: 'echo', imageID: '', state: { running: {} } }] },
+  };
+}
+
+function status(code: number, reason: string, message: string) {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', reason, message, code };
+}
+
+function json(res: ServerResponse, code: number, body: unknown): void {
+  const s = JSON.stringify(body);
+  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s) });
+  res.end(s);
+}
