@@ -162,7 +162,10 @@ export class TowerAgent {
     this.#session = session;
     return new Promise((resolve) => {
       const timers: NodeJS.Timeout[] = [];
+      let ended = false;
       const end = (why: string) => {
+        if (ended) return;
+        ended = true;
         for (const t of timers) clearInterval(t);
         this.#session = undefined;
         session.close();

@@ -11,6 +11,8 @@ import type { SessionRegistry } from './registry.ts';
 import { MemberApiserver } from './upstream.ts';
 
 const HEADERS_TIMEOUT_MS = 30_000;
+/** agents tried for one request without a body before the gateway answers 502 */
+const MAX_ATTEMPTS = 3;
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
 const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
 
@@ -109,13 +111,8 @@ export class Gateway {
     if (bound && bound !== name) {
       return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
     }
-    const session = this.#opts.registry.pick(name);
-    if (!session) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
-    let member = this.#members.get(session);
-    if (!member) {
-      member = new MemberApiserver(session);
-      this.#members.set(session, member);
-    }
+    const member = this.#member(this.#opts.registry.pick(name));
+    if (!member) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
     return { member, path, cluster: name };
   }
 
@@ -136,29 +133,54 @@ export class Gateway {
       req.resume();
       return;
     }
-    const { member, path, cluster } = route;
+    res.on('close', () => { if (!res.writableFinished) req.destroy(); });
+    this.#forward(req, res, route.member, route.path, route.cluster, new Set());
+  }
+
+  /**
+   * Sends the request through `member`. A request without a body that fails before any answer
+   * (the agent died, the channel was refused) is retried through another agent of the cluster.
+   */
+  #forward(req: IncomingMessage, res: ServerResponse, member: MemberApiserver, path: string, cluster: string, tried: Set<AgentSession>): void {
+    tried.add(member.session);
+    const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
     this.#log.debug(4, 'forward', { cluster, method: req.method, path, session: member.session.id });
-    const upstream = httpRequest({
-      agent: member.pool,
-      method: req.method,
-      path,
-      headers: upstreamHeaders(req, member),
-    });
+    const upstream = httpRequest({ agent: member.pool, method: req.method, path, headers: upstreamHeaders(req, member) });
+    let answered = false;
     upstream.on('response', (up) => {
+      answered = true;
       res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up));
       // watch responses must reach the client before the first event
       res.flushHeaders();
       pipeline(up, res).catch(() => upstream.destroy());
     });
     upstream.on('error', (err) => {
-      if (!res.headersSent) {
-        sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`);
-      } else {
-        res.destroy();
+      if (answered || res.headersSent) { res.destroy(); return; }
+      const next = bodyless && tried.size < MAX_ATTEMPTS && !res.destroyed ? this.#member(this.#opts.registry.pick(cluster, tried)) : undefined;
+      if (next) {
+        this.#log.debug(1, 'retrying a request through another agent', { cluster, session: member.session.id, err: err.message });
+        this.#forward(req, res, next, path, cluster, tried);
+        return;
       }
+      sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`);
     });
     res.on('close', () => { if (!res.writableFinished) upstream.destroy(); });
-    pipeline(req, upstream).catch(() => upstream.destroy());
+    if (bodyless) {
+      req.resume();
+      upstream.end();
+    } else {
+      pipeline(req, upstream).catch(() => upstream.destroy());
+    }
+  }
+
+  #member(session: AgentSession | undefined): MemberApiserver | undefined {
+    if (!session) return undefined;
+    let member = this.#members.get(session);
+    if (!member) {
+      member = new MemberApiserver(session);
+      this.#members.set(session, member);
+    }
+    return member;
   }
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

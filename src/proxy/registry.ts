@@ -17,13 +17,17 @@ export class SessionRegistry extends EventEmitter {
     this.emit('change', session.name, list.length);
   }
 
-  /** A live session of `name`, taking turns among them; undefined when none is connected. */
-  pick(name: string): AgentSession | undefined {
+  /** A live session of `name`, taking turns among them, none of `except`; undefined when there is none. */
+  pick(name: string, except?: ReadonlySet<AgentSession>): AgentSession | undefined {
     const list = this.#byCluster.get(name);
     if (!list || list.length === 0) return undefined;
-    const i = (this.#next.get(name) ?? 0) % list.length;
-    this.#next.set(name, i + 1);
-    return list[i];
+    for (let n = 0; n < list.length; n++) {
+      const i = (this.#next.get(name) ?? 0) % list.length;
+      this.#next.set(name, i + 1);
+      const s = list[i]!;
+      if (!s.closed && !except?.has(s)) return s;
+    }
+    return undefined;
   }
 
   sessions(name: string): readonly AgentSession[] {
