@@ -34,8 +34,15 @@ export class TokenCommand extends TowerCommand {
       let cluster = await store.get(name);
       let note: string;
       if (!cluster) {
-        cluster = await store.create(name, newToken());
-        note = `registered cluster "${name}" in ${store.location}`;
+        try {
+          cluster = await store.create(name, newToken());
+          note = `registered cluster "${name}" in ${store.location}`;
+        } catch (err) {
+          // another `tower token` created it meanwhile: print that one
+          if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
+          cluster = (await store.get(name))!;
+          note = `cluster "${name}" is already registered in ${store.location}`;
+        }
       } else if (o.rotate) {
         cluster = await this.#rotate(store, name);
         note = `rotated the token of cluster "${name}"; agents with the old one are disconnected`;

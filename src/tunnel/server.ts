@@ -51,8 +51,14 @@ export class TunnelServer {
         if (conn) conn.end();
         stream.destroy();
       };
+      // a refused agent may hang up before the linger ends: report the refusal, not the hang-up
+      let refusal: Error | undefined;
+      const refuse = (err: Error) => {
+        refusal = err;
+        setTimeout(() => fail(err), REJECT_LINGER_MS).unref();
+      };
       const timer = setTimeout(() => fail(new ProtocolError(`no valid config request within ${opts.handshakeTimeoutMs} ms`)), opts.handshakeTimeoutMs);
-      stream.once('close', () => fail(new ProtocolError('connection closed during the handshake')));
+      stream.once('close', () => fail(refusal ?? new ProtocolError('connection closed during the handshake')));
       this.#pending.set(stream, (c) => {
         conn = c;
         c.on('error', (err: Error) => fail(new ProtocolError(`SSH handshake failed: ${err.message}`)));
@@ -70,15 +76,14 @@ export class TunnelServer {
             config = decodeConfig(data);
           } catch (err) {
             reply(false, Buffer.from((err as Error).message));
-            setTimeout(() => fail(err as Error), REJECT_LINGER_MS).unref();
+            refuse(err as Error);
             return;
           }
           opts.authorize(config, opts.remote).then((denied) => {
             if (settled) return;
             if (denied !== undefined) {
               reply(false, Buffer.from(denied || 'rejected'));
-              const err = new ProtocolError(denied);
-              setTimeout(() => fail(err), REJECT_LINGER_MS).unref();
+              refuse(new ProtocolError(denied || 'rejected'));
               return;
             }
             settled = true;
