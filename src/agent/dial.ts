@@ -1,6 +1,6 @@
 import { Agent, request as httpRequest, type AgentOptions, type ClientRequestArgs } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { TowerError } from '../errors.ts';
@@ -61,13 +61,15 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
   });
 }
 
-/** HTTP(S)_PROXY and NO_PROXY as Go's ProxyFromEnvironment reads them. */
+/** HTTP(S)_PROXY and NO_PROXY as Go's ProxyFromEnvironment reads them (loopback never proxied). */
 export function proxyFor(target: URL, env: NodeJS.ProcessEnv): URL | undefined {
   const secure = target.protocol === 'wss:' || target.protocol === 'https:';
   const raw = secure ? env.HTTPS_PROXY ?? env.https_proxy : env.HTTP_PROXY ?? env.http_proxy;
   if (!raw) return undefined;
   const noProxy = (env.NO_PROXY ?? env.no_proxy ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
   const host = target.hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  // as Go: never through a proxy to this machine
+  if (host === 'localhost' || (isIP(host) && (host === '::1' || host.startsWith('127.')))) return undefined;
   for (const rule of noProxy) {
     if (rule === '*') return undefined;
     const r = rule.replace(/:\d+$/, '').replace(/^\*?\./, '.');

@@ -22,6 +22,10 @@ const POD = 'echo';
 export class TestUpstream {
   readonly server: Server;
   readonly token = 'test-upstream-token-' + Math.random().toString(36).slice(2);
+  /** bearer tokens accepted besides `token` (a rotated service-account token, say) */
+  readonly extraTokens = new Set<string>();
+  /** the bearer token of the last request that used one */
+  lastToken = '';
   port = 0;
   caPem = '';
   clientCert = '';
@@ -78,7 +82,12 @@ export class TestUpstream {
 
   #authenticate(req: IncomingMessage): boolean {
     const socket = req.socket as TLSSocket;
-    if (req.headers.authorization === `Bearer ${this.token}`) { this.auth.push('token'); return true; }
+    const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+    if (bearer && (bearer === this.token || this.extraTokens.has(bearer))) {
+      this.auth.push('token');
+      this.lastToken = bearer;
+      return true;
+    }
     if (socket.authorized) { this.auth.push('cert'); return true; }
     this.auth.push('none');
     return false;
