@@ -13,5 +13,9 @@ cli.register(KubeconfigCommand);
 cli.register(Builtins.HelpCommand);
 cli.register(Builtins.VersionCommand);
 
-// SEA binaries see [node, binary, ...]; so does `node bundle.cjs`
-cli.runExit(process.argv.slice(2));
+// SEA binaries see [node, binary, ...]; so does `node bundle.cjs`. Exit when the command is done,
+// even if a library left a handle open: pipes and files are written synchronously on Linux.
+cli.run(process.argv.slice(2)).then((code) => process.exit(code), (err: Error) => {
+  process.stderr.write(`tower: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});

@@ -12,7 +12,7 @@ import { dialWebSocket } from '../src/agent/dial.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import type { TunnelClient } from '../src/tunnel/ssh.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import { freePort, removeDir, tower, waitUntil } from './support/tower.ts';
+import { freePort, removeDir, tempDir, tower, waitUntil } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 let upstream: TestUpstream;
@@ -213,10 +213,22 @@ describe('commands', () => {
     assert.match(flag.stderr, /invalid --keepalive value "10x" from flag --keepalive: want a duration such as 30s/);
   });
 
-  test('a second proxy on the same ports says the port is taken', async () => {
-    const r = await tower(['proxy', '--host', '127.0.0.1', '--port', String(stack.agentPort), '--gateway-port', '0'], stack.env);
+  test('a second proxy on the same data dir is refused while the first runs', async () => {
+    const r = await tower(['proxy', '--host', '127.0.0.1', '--port', '0', '--gateway-port', '0'], stack.env);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${stack.agentPort} is already in use`));
+    assert.match(r.stderr, new RegExp(`^tower proxy: another proxy \\(pid ${stack.proxy!.pid}\\) serves .*; stop it, or give this one its own --data-dir\n$`));
+    await stillServing();
+  });
+
+  test('a proxy on a taken port says so, and exits', async () => {
+    const other = tempDir('other');
+    try {
+      const r = await tower(['proxy', '--host', '127.0.0.1', '--port', '0', '--gateway-port', String(stack.gatewayPort)], { TOWER_HOME: other });
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${stack.gatewayPort} is already in use \\(another proxy running\\? choose another --gateway-port\\)`));
+    } finally {
+      removeDir(other);
+    }
     await stillServing();
   });
 });

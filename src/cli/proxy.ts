@@ -45,7 +45,12 @@ export class ProxyCommand extends TowerCommand {
       caKey: o.caKey,
       log,
     });
-    await proxy.start();
+    try {
+      await proxy.start();
+    } catch (err) {
+      await proxy.close();
+      throw err;
+    }
     const signal = await new Promise<string>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));
       process.once('SIGTERM', () => resolve('SIGTERM'));

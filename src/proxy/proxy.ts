@@ -39,6 +39,7 @@ export class Proxy {
   #endpoint: AgentEndpoint | undefined;
   #gateway: Gateway | undefined;
   #statusTimers = new Map<string, NodeJS.Timeout>();
+  #claim: Closer | undefined;
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
@@ -47,6 +48,7 @@ export class Proxy {
 
   async start(): Promise<void> {
     const { store } = this.#opts;
+    this.#claim = await store.claim();
     const ca = await loadCertificateAuthority(store, this.#opts.caCert, this.#opts.caKey);
     const hostKey = await loadHostKey(store);
     this.hostKeyFingerprint = hostKeyFingerprint(hostKey);
@@ -97,7 +99,9 @@ export class Proxy {
     this.registry.closeAll();
     await Promise.all([this.#endpoint?.close(), this.#gateway?.close()]);
     for (const t of this.#statusTimers.values()) clearTimeout(t);
-    await Promise.all([...this.#clusters.keys()].map((name) => this.#writeStatus(name)));
+    // only the proxy that held the store writes its final status
+    if (this.#claim) await Promise.all([...this.#clusters.keys()].map((name) => this.#writeStatus(name)));
+    this.#claim?.close();
     this.#opts.store.close();
   }
 

@@ -122,6 +122,27 @@ export class FileStore implements ClusterStore {
     });
   }
 
+  async claim(): Promise<Closer> {
+    const path = join(this.dir, 'proxy.lock');
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+        writeSync(fd, String(process.pid));
+        closeSync(fd);
+        return { close: () => rmSync(path, { force: true }) };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const holder = Number(readFileSync(path, 'utf8'));
+        // a holder with our own pid is a previous life of this container (pid 1 again)
+        if (holder !== process.pid && pidAlive(holder)) {
+          throw new StoreError('EBUSY', `another proxy (pid ${holder}) serves ${this.location}; stop it, or give this one its own --data-dir`);
+        }
+        rmSync(path, { force: true }); // left by a proxy that died
+      }
+    }
+    throw new StoreError('EBUSY', `cannot claim ${path}`);
+  }
+
   watch(onEvent: (event: ClusterEvent) => void): Closer {
     const seen = new Map<string, { stamp: string; cluster: Cluster }>();
     let scanning = false;
@@ -268,12 +289,20 @@ function exists(path: string): boolean {
   try { statSync(path); return true; } catch { return false; }
 }
 
+function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
 function lockIsStale(lock: string): boolean {
   try {
     const pid = Number(readFileSync(lock, 'utf8'));
-    if (Number.isInteger(pid) && pid > 0) {
-      try { process.kill(pid, 0); } catch (err) { return (err as NodeJS.ErrnoException).code === 'ESRCH'; }
-    }
+    if (Number.isInteger(pid) && pid > 0 && !pidAlive(pid)) return true;
     return Date.now() - statSync(lock).mtimeMs > LOCK_STALE_MS;
   } catch {
     return false;

@@ -46,6 +46,8 @@ export interface ClusterStore {
   watch(onEvent: (event: ClusterEvent) => void): Closer;
   readProxyRecord(): Promise<ProxyRecord | undefined>;
   writeProxyRecord(record: ProxyRecord): Promise<void>;
+  /** makes this process the one proxy serving the store; fails while another one does */
+  claim(): Promise<Closer>;
   /** returns the stored material of `kind`, creating it with `create` once, race-free across processes */
   loadOrCreateKeyMaterial(kind: KeyMaterialKind, create: () => Promise<KeyMaterial>): Promise<KeyMaterial>;
   close(): void;

@@ -39,6 +39,7 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
     const client = new ssh2.Client() as TunnelClient;
     let settled = false;
     let seenFingerprint = '';
+    let hostKeyError: Error | undefined;
     const fail = (err: Error) => {
       if (settled) return;
       settled = true;
@@ -50,7 +51,6 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
     const timer = setTimeout(() => fail(new TowerError('ETIMEDOUT', `the proxy did not complete the handshake within ${opts.handshakeTimeoutMs} ms`)), opts.handshakeTimeoutMs);
     client.on('error', (err: Error) => fail(hostKeyError ?? new TowerError('ESSH', `SSH handshake with the proxy failed: ${err.message}`)));
     client.on('close', () => fail(hostKeyError ?? new TowerError('ECLOSED', 'the proxy closed the connection during the handshake')));
-    let hostKeyError: Error | undefined;
     client.on('channel open', (info, accept, rejectChannel) => {
       if (info.type !== CHANNEL_TYPE) { rejectChannel(); return; }
       opts.onChannel((info.data.raw ?? Buffer.alloc(0)).toString('latin1'), accept, rejectChannel);
