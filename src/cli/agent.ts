@@ -6,6 +6,7 @@ import { log } from '../observe/log.ts';
 import { normalizeProxyServer, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
 import { clusterNameProblem } from '../store/names.ts';
+import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
 import { TowerCommand } from './base.ts';
 
 export class AgentCommand extends TowerCommand {
@@ -59,7 +60,7 @@ export class AgentCommand extends TowerCommand {
       proxyFingerprint: o.proxyFingerprint,
       log,
     });
-    log.info('agent starting', { cluster: o.name, proxy: proxyUrl, keepalive: formatDuration(o.keepalive) });
+    log.info('agent starting', { cluster: o.name, proxy: proxyUrl, keepalive: formatDuration(o.keepalive), crypto: CRYPTO_BACKEND });
     const stop = () => agent.stop();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);

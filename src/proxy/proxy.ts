@@ -6,7 +6,7 @@ import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { Cluster, ClusterStore, Closer } from '../store/types.ts';
 import { UNAUTHORIZED, type AgentConfig } from '../tunnel/protocol.ts';
-import { hostKeyFingerprint } from '../tunnel/ssh.ts';
+import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
 import { Gateway } from './gateway.ts';
@@ -91,6 +91,7 @@ export class Proxy {
       store: store.location,
       clusters: this.#clusters.size,
       hostKey: this.hostKeyFingerprint,
+      crypto: CRYPTO_BACKEND,
     });
   }
 

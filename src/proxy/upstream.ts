@@ -3,11 +3,12 @@ import type { Duplex } from 'node:stream';
 import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { hostOf, normalizeHostPort } from '../tunnel/protocol.ts';
-import type { AgentSession } from '../tunnel/server.ts';
+import { MAX_CHANNELS_PER_SESSION, type AgentSession } from '../tunnel/server.ts';
 
 const TLS_HANDSHAKE_TIMEOUT_MS = 15_000;
 const IDLE_SOCKET_TIMEOUT_MS = 90_000;
-const MAX_SOCKETS_PER_SESSION = 256;
+/** every watch holds a connection: allow as many as the session has channels */
+const MAX_SOCKETS_PER_SESSION = MAX_CHANNELS_PER_SESSION;
 const MAX_FREE_SOCKETS_PER_SESSION = 32;
 
 /**

@@ -7,6 +7,8 @@
 import { createHash } from 'node:crypto';
 import type { Client, Connection, ClientChannel, ServerChannel } from 'ssh2';
 import ssh2 from 'ssh2';
+// @ts-expect-error: an internal module of ssh2 without types; tells whether its native binding loaded
+import { bindingAvailable } from 'ssh2/lib/protocol/crypto.js';
 
 export type Channel = ClientChannel | ServerChannel;
 
@@ -42,6 +44,9 @@ export const ALGORITHMS = {
   hmac: ['hmac-sha2-256-etm@openssh.com', 'hmac-sha2-256'],
   compress: ['none'],
 } as const;
+
+/** Which implementation runs the SSH ciphers: the native binding (fast) or ssh2's JS fallback. */
+export const CRYPTO_BACKEND: 'native' | 'js' = bindingAvailable ? 'native' : 'js';
 
 /** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
 export function fingerprint(publicKeyBlob: Buffer): string {

