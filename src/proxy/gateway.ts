@@ -150,8 +150,9 @@ export class Gateway {
     upstream.on('response', (up) => {
       answered = true;
       res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up));
-      // watch responses must reach the client before the first event
-      res.flushHeaders();
+      // a streamed answer (a watch) must reach the client before its first event; one with a
+      // length leaves with its body, in one record
+      if (up.headers['content-length'] === undefined) res.flushHeaders();
       pipeline(up, res).catch(() => upstream.destroy());
     });
     upstream.on('error', (err) => {

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import type { Client, Connection, ClientChannel, ServerChannel } from 'ssh2';
 import ssh2 from 'ssh2';
 // @ts-expect-error: an internal module of ssh2 without types; tells whether its native binding loaded
-import { bindingAvailable } from 'ssh2/lib/protocol/crypto.js';
+import sshCrypto from 'ssh2/lib/protocol/crypto.js';
 
 export type Channel = ClientChannel | ServerChannel;
 
@@ -46,7 +46,7 @@ export const ALGORITHMS = {
 } as const;
 
 /** Which implementation runs the SSH ciphers: the native binding (fast) or ssh2's JS fallback. */
-export const CRYPTO_BACKEND: 'native' | 'js' = bindingAvailable ? 'native' : 'js';
+export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable: boolean }).bindingAvailable ? 'native' : 'js';
 
 /** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
 export function fingerprint(publicKeyBlob: Buffer): string {

@@ -1,0 +1,410 @@
+// npm run bench [-- --agents N] [--json FILE] [--quick] [--only bulk,small,watch,cold,scale] [--profile DIR]
+// Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
+//   direct   client → upstream
+//   openssh  client → ssh -L (Debian's OpenSSH, aes128-gcm@openssh.com) → upstream
+//   tunnel   client → tower gateway (client cert) → SSH channel → tower agent → upstream
+// and prints each figure with the ratios tunnel/direct and tunnel/openssh, plus CPU seconds and
+// peak RSS of the two relaying processes (tower: proxy and agent; OpenSSH: ssh and sshd).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+import { CertificateAuthority } from '../src/pki/ca.ts';
+import { binary, ensureBuilt } from './lib.mjs';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const args = process.argv.slice(2);
+const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+const QUICK = args.includes('--quick');
+const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
+const JSON_OUT = flag('--json');
+const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,scale').split(','));
+/** --profile DIR: the proxy and agent write V8 CPU profiles there (node --cpu-prof) */
+const PROFILE = flag('--profile');
+const TOWER_ENV = PROFILE ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${PROFILE}` } : {};
+const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
+const BULK_RUNS = 3;
+const SMALL_SECONDS = QUICK ? 3 : 10;
+const WATCH_STREAMS = QUICK ? 200 : 1000;
+const WATCH_EVENTS = QUICK ? 5 : 10;
+const CLK_TCK = 100;
+
+type PathName = 'direct' | 'openssh' | 'tunnel';
+const PATHS: PathName[] = ['direct', 'openssh', 'tunnel'];
+interface Endpoint { host: string; port: number; prefix: string; ca: string; cert: string; key: string }
+interface Row { workload: string; figure: string; unit: string; better: 'higher' | 'lower'; values: Partial<Record<PathName, number>> }
+interface Usage { workload: string; path: PathName; cpuA: number; cpuB: number; peakA: number; peakB: number }
+
+const rows: Row[] = [];
+const usage: Usage[] = [];
+const children: ChildProcess[] = [];
+const work = mkdtempSync(join(tmpdir(), 'tower-bench-'));
+
+function log(msg: string): void { process.stderr.write(`bench: ${msg}\n`); }
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as { port: number }; s.close(() => resolve(port)); });
+  });
+}
+
+async function waitPort(port: number, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function start(cmd: string, argv: string[], opts: { env?: NodeJS.ProcessEnv } = {}): ChildProcess & { output: string } {
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } }) as ChildProcess & { output: string };
+  child.output = '';
+  const add = (d: Buffer) => { child.output += d.toString(); if (child.output.length > 1e6) child.output = child.output.slice(-5e5); };
+  child.stdout!.on('data', add);
+  child.stderr!.on('data', add);
+  children.push(child);
+  return child;
+}
+
+async function waitOutput(child: ChildProcess & { output: string }, re: RegExp, timeoutMs = 20_000, from = 0): Promise<RegExpExecArray> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = re.exec(child.output.slice(from));
+    if (m) return m;
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`${child.spawnargs.join(' ')} did not print ${re}:\n${child.output.slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+function resetPeak(pid: number): void { try { writeFileSync(`/proc/${pid}/clear_refs`, '5'); } catch { /* older kernels: lifetime peak */ } }
+function peakMiB(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Runs one load job in its own process. */
+async function load(ep: Endpoint, job: Record<string, unknown>): Promise<Record<string, number>> {
+  const child = spawn(process.execPath, [join(HERE, 'bench', 'load.ts'), JSON.stringify({ host: ep.host, port: ep.port, ca: ep.ca, cert: ep.cert, key: ep.key, ...job, path: ep.prefix + job.path })], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const [code] = await once(child, 'exit');
+  if (code !== 0) throw new Error(`load ${JSON.stringify(job)} failed: ${err.trim()}`);
+  return JSON.parse(out);
+}
+
+/** The two processes that relay bytes on a path (none for direct). */
+let relays: Record<PathName, [number, number] | undefined>;
+
+async function measured<T>(workload: string, path: PathName, fn: () => Promise<T>): Promise<T> {
+  const pids = relays[path];
+  if (pids) for (const p of pids) resetPeak(p);
+  const cpu0 = pids?.map(cpuSeconds);
+  const r = await fn();
+  if (pids && cpu0) {
+    usage.push({ workload, path, cpuA: cpuSeconds(pids[0]) - cpu0[0]!, cpuB: cpuSeconds(pids[1]) - cpu0[1]!, peakA: peakMiB(pids[0]), peakB: peakMiB(pids[1]) });
+  }
+  return r;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+// ---------------------------------------------------------------------------------------------
+async function setupPki() {
+  const caPair = await CertificateAuthority.create('bench-upstream-ca');
+  const ca = await CertificateAuthority.load(caPair, 'bench');
+  const server = await ca.issueServer(['127.0.0.1', 'localhost']);
+  const client = await ca.issueClient('bench', ['system:masters']);
+  const files = { ca: join(work, 'up-ca.crt'), cert: join(work, 'up.crt'), key: join(work, 'up.key'), ccert: join(work, 'client.crt'), ckey: join(work, 'client.key') };
+  writeFileSync(files.ca, caPair.cert);
+  writeFileSync(files.cert, server.cert);
+  writeFileSync(files.key, server.key);
+  writeFileSync(files.ccert, client.cert);
+  writeFileSync(files.ckey, client.key);
+  return { files, client, caPem: caPair.cert };
+}
+
+function ensureOpenSSH(): void {
+  const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
+  if (have('ssh') && (have('sshd') || spawnSync('test', ['-x', '/usr/sbin/sshd']).status === 0)) return;
+  log('installing openssh-server and openssh-client with apt-get');
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  spawnSync('apt-get', ['update', '-qq'], { stdio: 'ignore', env });
+  const r = spawnSync('apt-get', ['install', '-y', '-qq', 'openssh-server', 'openssh-client'], { stdio: 'ignore', env });
+  if (r.status !== 0) throw new Error('cannot install OpenSSH (apt-get failed)');
+}
+
+async function setupOpenSSH(upstreamPort: number): Promise<{ endpoint: Omit<Endpoint, 'ca' | 'cert' | 'key'>; pids: [number, number] }> {
+  ensureOpenSSH();
+  const d = join(work, 'ssh');
+  mkdirSync(d, { mode: 0o700 });
+  for (const k of ['host_key', 'user_key']) spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(d, k)]);
+  writeFileSync(join(d, 'authorized_keys'), readFileSync(join(d, 'user_key.pub')));
+  chmodSync(join(d, 'authorized_keys'), 0o600);
+  mkdirSync('/run/sshd', { recursive: true });
+  const sshdPort = await freePort();
+  writeFileSync(join(d, 'sshd_config'), [
+    `ListenAddress 127.0.0.1:${sshdPort}`, `HostKey ${join(d, 'host_key')}`, `AuthorizedKeysFile ${join(d, 'authorized_keys')}`,
+    'PermitRootLogin prohibit-password', 'PasswordAuthentication no', 'StrictModes no', 'UsePAM no', 'AllowTcpForwarding yes',
+    'Ciphers aes128-gcm@openssh.com', `PidFile ${join(d, 'sshd.pid')}`,
+  ].join('\n') + '\n');
+  const sshd = start('/usr/sbin/sshd', ['-D', '-e', '-f', join(d, 'sshd_config')]);
+  await waitPort(sshdPort);
+  const localPort = await freePort();
+  const user = process.env.USER ?? 'root';
+  const ssh = start('ssh', ['-N', '-T', '-i', join(d, 'user_key'), '-p', String(sshdPort), '-c', 'aes128-gcm@openssh.com',
+    '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', '-o', 'ExitOnForwardFailure=yes',
+    '-L', `${localPort}:127.0.0.1:${upstreamPort}`, `${user}@127.0.0.1`]);
+  await waitPort(localPort);
+  // the per-connection sshd process relays the bytes
+  let session = 0;
+  for (let i = 0; i < 100 && !session; i++) {
+    const r = spawnSync('pgrep', ['-P', String(sshd.pid)], { encoding: 'utf8' });
+    session = Number(r.stdout.trim().split('\n').pop() || 0);
+    if (!session) await new Promise((res) => setTimeout(res, 50));
+  }
+  // with privilege separation the relay is a grandchild
+  const grand = spawnSync('pgrep', ['-P', String(session)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number);
+  return { endpoint: { host: '127.0.0.1', port: localPort, prefix: '' }, pids: [ssh.pid!, grand[0] ?? session] };
+}
+
+async function setupTower(pki: Awaited<ReturnType<typeof setupPki>>, upstreamPort: number) {
+  const dataDir = join(work, 'tower');
+  const env = { TOWER_HOME: dataDir };
+  const agentPort = await freePort();
+  const gatewayPort = await freePort();
+  const proxyArgs = ['proxy', '--host', '127.0.0.1', '--port', String(agentPort), '--gateway-port', String(gatewayPort)];
+  const proxy = start(binary, proxyArgs, { env: { ...env, ...TOWER_ENV } });
+  await waitOutput(proxy, /proxy serving/);
+  const tok = spawnSync(binary, ['token', 'bench'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+  const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
+  const memberKc = join(work, 'member.kubeconfig');
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  writeFileSync(memberKc, [
+    'apiVersion: v1', 'kind: Config', 'current-context: c',
+    `clusters: [{name: m, cluster: {server: "https://127.0.0.1:${upstreamPort}", certificate-authority-data: ${b64(pki.caPem)}}}]`,
+    `users: [{name: u, user: {client-certificate-data: ${b64(pki.client.cert)}, client-key-data: ${b64(pki.client.key)}}}]`,
+    'contexts: [{name: c, context: {cluster: m, user: u}}]',
+  ].join('\n') + '\n');
+  const agentArgs = ['agent', '--name', 'bench', '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', memberKc];
+  const agent = start(binary, agentArgs, { env: TOWER_ENV });
+  await waitOutput(agent, /connected to proxy/);
+  const kc = parse(spawnSync(binary, ['kubeconfig', 'bench'], { env: { ...process.env, ...env }, encoding: 'utf8' }).stdout);
+  const gw = { ca: join(work, 'gw-ca.crt'), cert: join(work, 'gw.crt'), key: join(work, 'gw.key') };
+  writeFileSync(gw.ca, Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'));
+  writeFileSync(gw.cert, Buffer.from(kc.users[0].user['client-certificate-data'], 'base64'));
+  writeFileSync(gw.key, Buffer.from(kc.users[0].user['client-key-data'], 'base64'));
+  return { env, token, agentPort, gatewayPort, proxy, agent, proxyArgs, memberKc, endpoint: { host: '127.0.0.1', port: gatewayPort, prefix: '/clusters/bench', ...gw } };
+}
+
+// ---------------------------------------------------------------------------------------------
+async function main(): Promise<void> {
+  const t0 = Date.now();
+  ensureBuilt();
+  const pki = await setupPki();
+  const upstream = start(process.execPath, [join(HERE, 'bench', 'upstream.ts'), pki.files.cert, pki.files.key, pki.files.ca]);
+  const upstreamPort = Number((await waitOutput(upstream, /^(\d+)$/m))[1]);
+  const clientTls = { ca: pki.files.ca, cert: pki.files.ccert, key: pki.files.ckey };
+  const ssh = await setupOpenSSH(upstreamPort);
+  if (PROFILE) mkdirSync(PROFILE, { recursive: true });
+  const tower = await setupTower(pki, upstreamPort);
+  const eps: Record<PathName, Endpoint> = {
+    direct: { host: '127.0.0.1', port: upstreamPort, prefix: '', ...clientTls },
+    openssh: { ...ssh.endpoint, ...clientTls },
+    tunnel: tower.endpoint,
+  };
+  relays = { direct: undefined, openssh: ssh.pids, tunnel: [tower.proxy.pid!, tower.agent.pid!] };
+  log(`upstream :${upstreamPort}, ssh -L :${ssh.endpoint.port}, gateway :${tower.gatewayPort}; ${QUICK ? 'quick run' : 'full run'}`);
+
+  // 1. bulk
+  if (ONLY.has('bulk')) await bulkWorkload(eps);
+  if (ONLY.has('small')) await smallWorkload(eps);
+  if (ONLY.has('watch')) await watchWorkload(eps);
+  if (ONLY.has('cold')) await coldWorkload(eps, tower);
+  const scale = ONLY.has('scale') ? await scaleWorkload(tower) : undefined;
+  if (PROFILE) {
+    // a clean exit writes the profiles
+    for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
+    log(`CPU profiles in ${PROFILE}`);
+  }
+  report(scale, (Date.now() - t0) / 1000);
+}
+
+/** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
+function curlBulk(ep: Endpoint, path: string): Promise<{ bytes: number; seconds: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('curl', ['-s', '-o', '/dev/null', '-w', '%{size_download} %{time_total}', '--cacert', ep.ca, '--cert', ep.cert, '--key', ep.key,
+      `https://${ep.host}:${ep.port}${ep.prefix}${path}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.on('exit', (code) => {
+      const [bytes, seconds] = out.trim().split(' ').map(Number);
+      if (code === 0 && bytes && seconds) resolve({ bytes, seconds });
+      else reject(new Error(`curl ${path} on ${ep.port} failed (${code}): ${out}`));
+    });
+  });
+}
+
+async function bulkWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
+  const bulk: Record<PathName, number[]> = { direct: [], openssh: [], tunnel: [] };
+  for (let run = 0; run < BULK_RUNS; run++) {
+    for (const p of PATHS) {
+      const r = await measured('bulk', p, () => curlBulk(eps[p], `/bulk?bytes=${BULK_BYTES}`));
+      if (r.bytes !== BULK_BYTES) throw new Error(`bulk on ${p}: ${r.bytes} of ${BULK_BYTES} bytes`);
+      bulk[p].push(r.bytes / 1e6 / r.seconds);
+    }
+  }
+  rows.push({ workload: 'bulk', figure: `GET ${BULK_BYTES / 2 ** 20} MiB (curl), median of ${BULK_RUNS}`, unit: 'MB/s', better: 'higher', values: Object.fromEntries(PATHS.map((p) => [p, median(bulk[p])])) });
+  const node = await load(eps.direct, { mode: 'bulk', path: `/bulk?bytes=${BULK_BYTES}` });
+  log(`load generator check: the Node client gets ${(node.bytes! / 1e6 / node.seconds!).toFixed(0)} MB/s direct, curl ${median(bulk.direct).toFixed(0)} MB/s`);
+}
+
+async function smallWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
+  for (const c of [1, 64]) {
+    const res: Partial<Record<PathName, Record<string, number>>> = {};
+    for (const p of PATHS) res[p] = await measured(`small c=${c}`, p, () => load(eps[p], { mode: 'small', path: '/small', concurrency: c, seconds: SMALL_SECONDS }));
+    const pick = (k: string) => Object.fromEntries(PATHS.map((p) => [p, k === 'rps' ? res[p]!.requests! / res[p]!.seconds! : res[p]![k]!]));
+    rows.push({ workload: `small c=${c}`, figure: 'requests/s', unit: 'req/s', better: 'higher', values: pick('rps') });
+    rows.push({ workload: `small c=${c}`, figure: 'p50 latency', unit: 'ms', better: 'lower', values: pick('p50') });
+    rows.push({ workload: `small c=${c}`, figure: 'p99 latency', unit: 'ms', better: 'lower', values: pick('p99') });
+  }
+}
+
+async function watchWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
+  const watch: Partial<Record<PathName, number>> = {};
+  for (const p of PATHS) {
+    const r = await measured('watch', p, () => load(eps[p], { mode: 'watch', path: `/watch?n=${WATCH_EVENTS}`, streams: WATCH_STREAMS }));
+    if (r.failed) log(`watch on ${p}: ${r.failed} of ${WATCH_STREAMS} streams failed`);
+    watch[p] = r.events! / (WATCH_STREAMS * WATCH_EVENTS);
+  }
+  rows.push({ workload: 'watch', figure: `${WATCH_STREAMS} streams × ${WATCH_EVENTS} events delivered`, unit: 'fraction', better: 'higher', values: watch });
+}
+
+/** a fresh agent process to its first answered request, against one request on a fresh client */
+async function coldWorkload(eps: Record<PathName, Endpoint>, tower: Awaited<ReturnType<typeof setupTower>>): Promise<void> {
+  const cold: Partial<Record<PathName, number>> = {};
+  {
+    const tok = spawnSync(binary, ['token', 'cold'], { env: { ...process.env, ...tower.env }, encoding: 'utf8' });
+    const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
+    const kc = parse(spawnSync(binary, ['kubeconfig', 'cold'], { env: { ...process.env, ...tower.env }, encoding: 'utf8' }).stdout);
+    const coldEp: Endpoint = { ...tower.endpoint, prefix: '/clusters/cold', cert: join(work, 'cold.crt'), key: join(work, 'cold.key') };
+    writeFileSync(coldEp.cert, Buffer.from(kc.users[0].user['client-certificate-data'], 'base64'));
+    writeFileSync(coldEp.key, Buffer.from(kc.users[0].user['client-key-data'], 'base64'));
+    const s = Date.now();
+    const agent = start(binary, ['agent', '--name', 'cold', '--token', token, '--proxy-server', `http://127.0.0.1:${tower.agentPort}`, '--kubeconfig', tower.memberKc]);
+    for (;;) {
+      try { await load(coldEp, { mode: 'bulk', path: '/small' }); break; } catch { if (Date.now() - s > 20_000) throw new Error('cold agent never served'); }
+    }
+    cold.tunnel = Date.now() - s;
+    agent.kill('SIGTERM');
+    const d = Date.now();
+    await load(eps.direct, { mode: 'bulk', path: '/small' });
+    cold.direct = Date.now() - d;
+  }
+  rows.push({ workload: 'cold path', figure: 'start to first answered request (incl. a client process start)', unit: 'ms', better: 'lower', values: cold });
+}
+
+async function scaleWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
+  const proxyPid = () => tower.proxy.pid!;
+  // a fresh proxy, so that the earlier workloads' heap does not hide the agents' cost
+  await restartProxy(tower);
+  await new Promise((r) => setTimeout(r, 1000));
+  const before = rssMiB(proxyPid());
+  const tok = spawnSync(binary, ['token', 'swarm'], { env: { ...process.env, ...tower.env }, encoding: 'utf8' });
+  const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
+  const swarm = start(process.execPath, [join(HERE, 'bench', 'swarm.ts'), `ws://127.0.0.1:${tower.agentPort}`, 'swarm', token, String(AGENTS)]);
+  const connectedCount = () => { const all = [...swarm.output.matchAll(/"connected":(\d+)/g)]; return all.length ? Number(all.at(-1)![1]) : 0; };
+  const waitAll = async (limitMs: number) => {
+    const s = Date.now();
+    while (connectedCount() < AGENTS) {
+      if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return (Date.now() - s) / 1000;
+  };
+  const connectSeconds = await waitAll(180_000);
+  const cpuConnect = cpuSeconds(proxyPid());
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = rssMiB(proxyPid());
+  log(`${AGENTS} agents connected in ${connectSeconds.toFixed(1)} s (proxy RSS ${before.toFixed(0)} → ${after.toFixed(0)} MiB)`);
+  // restart the proxy on the same ports and data dir, once every agent has seen it go
+  const r0 = Date.now();
+  await restartProxy(tower, () => connectedCount() === 0);
+  const back = await waitAll(60_000);
+  const rec = Number.isNaN(back) ? NaN : (Date.now() - r0) / 1000;
+  swarm.kill('SIGTERM');
+  return { agents: AGENTS, connectSeconds, perAgentKiB: ((after - before) * 1024) / AGENTS, handshakesPerSecond: AGENTS / connectSeconds, reconnectSeconds: rec, proxyRssMiB: after, proxyCpuSeconds: cpuConnect };
+}
+
+/** Stops the proxy and starts it again on the same ports and data dir (after `gone()` holds, if given). */
+async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?: () => boolean): Promise<void> {
+  tower.proxy.kill('SIGTERM');
+  if (tower.proxy.exitCode === null) await once(tower.proxy, 'exit');
+  const s = Date.now();
+  while (gone && !gone() && Date.now() - s < 10_000) await new Promise((r) => setTimeout(r, 20));
+  tower.proxy = start(binary, tower.proxyArgs, { env: { ...tower.env, ...TOWER_ENV } });
+  await waitOutput(tower.proxy, /proxy serving/);
+}
+
+function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, elapsed: number): void {
+  const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+  const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
+  const lines: string[] = [];
+  lines.push('| workload | figure | unit | direct | openssh | tunnel | tunnel/direct | tunnel/openssh |');
+  lines.push('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows) {
+    const v = r.values;
+    lines.push(`| ${r.workload} | ${r.figure} | ${r.unit} | ${fmt(v.direct)} | ${fmt(v.openssh)} | ${fmt(v.tunnel)} | ${ratio(v.tunnel, v.direct)} | ${ratio(v.tunnel, v.openssh)} |`);
+  }
+  lines.push('');
+  lines.push('| workload | path | CPU s (proxy / ssh) | CPU s (agent / sshd) | peak RSS MiB (proxy / ssh) | peak RSS MiB (agent / sshd) |');
+  lines.push('| --- | --- | ---: | ---: | ---: | ---: |');
+  const merged = new Map<string, Usage>();
+  for (const u of usage) {
+    const k = `${u.workload}|${u.path}`;
+    const m = merged.get(k);
+    if (!m) merged.set(k, { ...u });
+    else { m.cpuA += u.cpuA; m.cpuB += u.cpuB; m.peakA = Math.max(m.peakA, u.peakA); m.peakB = Math.max(m.peakB, u.peakB); }
+  }
+  for (const u of merged.values()) lines.push(`| ${u.workload} | ${u.path} | ${fmt(u.cpuA)} | ${fmt(u.cpuB)} | ${fmt(u.peakA)} | ${fmt(u.peakB)} |`);
+  lines.push('');
+  if (scale) {
+    lines.push('| scale (tower only) | value |');
+    lines.push('| --- | ---: |');
+    lines.push(`| idle agents on one proxy | ${scale.agents} |`);
+    lines.push(`| proxy RSS with them, MiB | ${fmt(scale.proxyRssMiB)} |`);
+    lines.push(`| proxy RSS per agent, KiB | ${fmt(scale.perAgentKiB)} |`);
+    lines.push(`| handshakes per second (all agents dialing at once) | ${fmt(scale.handshakesPerSecond)} |`);
+    lines.push(`| all agents back after a proxy restart, s | ${fmt(scale.reconnectSeconds)} |`);
+    lines.push('');
+  }
+  lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
+  console.log(lines.join('\n'));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], scale, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+}
+
+function cleanup(): void {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  rmSync(work, { recursive: true, force: true });
+}
+
+main().then(() => { cleanup(); process.exit(0); }, (err: Error) => { log(err.stack ?? err.message); cleanup(); process.exit(1); });

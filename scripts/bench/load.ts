@@ -1,0 +1,59 @@
+// The benchmark's load generator, in a process of its own so that it does not share an event loop
+// with what it measures. Reads one JSON job from argv, prints one JSON result.
+//   bulk:  GET `path` once, count bytes → { bytes, seconds }
+//   small: `concurrency` loops of GET `path` for `seconds` → { requests, seconds, p50, p99 } (ms)
+//   watch: `streams` concurrent GETs of a stream, count events until they end → { events, seconds }
+import { readFileSync } from 'node:fs';
+import { Agent, request } from 'node:https';
+
+interface Job { mode: 'bulk' | 'small' | 'watch'; host: string; port: number; path: string; ca: string; cert: string; key: string; concurrency?: number; seconds?: number; streams?: number }
+const job = JSON.parse(process.argv[2]!) as Job;
+const tls = { ca: readFileSync(job.ca), cert: readFileSync(job.cert), key: readFileSync(job.key) };
+const agent = new Agent({ keepAlive: true, maxSockets: Math.max(job.concurrency ?? 1, job.streams ?? 1), ...tls });
+
+function get(path: string, onData?: (d: Buffer) => void): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: job.host, port: job.port, path, agent, servername: undefined }, (res) => {
+      let bytes = 0;
+      if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode} for ${path}`));
+      res.on('data', (d: Buffer) => { bytes += d.length; onData?.(d); });
+      res.on('end', () => resolve(bytes));
+      res.on('error', reject);
+    });
+    req.setNoDelay(true);
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function main(): Promise<unknown> {
+  if (job.mode === 'bulk') {
+    const t0 = process.hrtime.bigint();
+    const bytes = await get(job.path);
+    return { bytes, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+  }
+  if (job.mode === 'small') {
+    await get(job.path); // warm the connection
+    const latencies: number[] = [];
+    const end = Date.now() + (job.seconds ?? 10) * 1000;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: job.concurrency ?? 1 }, async () => {
+      while (Date.now() < end) {
+        const s = process.hrtime.bigint();
+        await get(job.path);
+        latencies.push(Number(process.hrtime.bigint() - s) / 1e6);
+      }
+    }));
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    latencies.sort((a, b) => a - b);
+    const q = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]!;
+    return { requests: latencies.length, seconds, p50: q(0.5), p99: q(0.99) };
+  }
+  let events = 0;
+  const t0 = process.hrtime.bigint();
+  const results = await Promise.allSettled(Array.from({ length: job.streams ?? 1 }, () => get(job.path, (d) => { for (const b of d) if (b === 0x0a) events++; })));
+  const failed = results.filter((r) => r.status === 'rejected').length;
+  return { events, failed, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
+}
+
+main().then((r) => { console.log(JSON.stringify(r)); process.exit(0); }, (err: Error) => { console.error(err.message); process.exit(1); });
