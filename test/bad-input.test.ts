@@ -124,7 +124,8 @@ describe('garbage on the agent port', () => {
   });
 
   test('a malformed config payload is answered with the reason, then the connection is closed', async () => {
-    const stream = await dialWebSocket(stack.proxyUrl.replace('http', 'ws'), { timeoutMs: 5000 });
+    const { stream, features } = await dialWebSocket(stack.proxyUrl.replace('http', 'ws'), { timeoutMs: 5000 });
+    assert.deepEqual(features, ['tls-at-agent'], 'the proxy offers its extension in the 101');
     const client = new ssh2.Client() as TunnelClient;
     client.on('error', () => {});
     client.connect({ sock: stream as never, username: '', password: '', ident: 'SSH-kubesphere-v1-client' });

@@ -39,7 +39,7 @@ function serve(b: Socket, verdict: string | undefined = undefined, timeoutMs = 5
 describe('wire protocol v1 on the patched ssh2', () => {
   test('both sides send the Go tower identification strings, byte for byte, and still agree on keys', async () => {
     const { a, b, fromA, fromB } = await socketPair();
-    const [session, client] = await Promise.all([serve(b), dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: (_h, _acc, rej) => rej() })]);
+    const [session, client] = await Promise.all([serve(b), dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: (_h, _t, _acc, rej) => rej() })]);
     assert.ok(Buffer.concat(fromA).toString('latin1').startsWith(CLIENT_IDENT + '\r\n'));
     assert.ok(Buffer.concat(fromB).toString('latin1').startsWith(SERVER_IDENT + '\r\n'));
     assert.equal(client.hostKeyFingerprint, hostKeyFingerprint(hostKey));
@@ -64,7 +64,7 @@ describe('wire protocol v1 on the patched ssh2', () => {
     const seen: string[] = [];
     const [session, client] = await Promise.all([serve(b), dialTunnel(a, {
       config, handshakeTimeoutMs: 5000,
-      onChannel: (hostPort, accept, reject) => {
+      onChannel: (hostPort, _type, accept, reject) => {
         seen.push(hostPort);
         if (hostPort !== '10.0.0.1:443') { reject(); return; }
         const ch = accept();

@@ -20,6 +20,7 @@ const agents = Array.from({ length: Number(n) }, () => new TowerAgent({
   keepaliveMs: 60_000,
   maxRetry: 0,
   maxRetryIntervalMs: 5_000,
+  tlsAtAgent: true,
   log: new CountingLogger(),
 }));
 for (const a of agents) a.run().catch((err: Error) => { console.error(err.message); process.exit(1); });

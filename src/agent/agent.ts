@@ -1,10 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
+import type { ClientChannel } from 'ssh2';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
-import { hostOf, normalizeHostPort, splitHostPort, UNAUTHORIZED } from '../tunnel/protocol.ts';
+import { CHANNEL_TYPE_TLS, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort, splitHostPort, UNAUTHORIZED } from '../tunnel/protocol.ts';
 import { VERSION } from '../version.ts';
 import type { Credentials } from './credentials.ts';
 import { dialWebSocket } from './dial.ts';
@@ -31,6 +33,8 @@ export interface AgentOptions {
   maxRetry: number;
   maxRetryIntervalMs: number;
   proxyFingerprint?: string;
+  /** make the TLS to the kube-apiserver here when the proxy offers it (false: always as Go agents do) */
+  tlsAtAgent: boolean;
   log: Logger;
 }
 
@@ -102,7 +106,8 @@ export class TowerAgent {
   async #connect(creds: Credentials): Promise<TunnelClientSession> {
     const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
     const allowed = new Set([kubernetes, kubesphere]);
-    const stream = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS });
+    const { stream, features } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS });
+    const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
     return dialTunnel(stream, {
       config: {
         version: VERSION,
@@ -110,20 +115,23 @@ export class TowerAgent {
         token: this.#opts.token,
         kubernetesSvcHost: kubernetes,
         kubesphereSvcHost: kubesphere,
-        caData: creds.caData,
-        certData: creds.certData,
-        keyData: creds.keyData,
+        // with TLS made here, the client certificate and key never leave the member cluster
+        caData: tlsHere ? undefined : creds.caData,
+        certData: tlsHere ? undefined : creds.certData,
+        keyData: tlsHere ? undefined : creds.keyData,
         bearerToken: creds.bearerToken,
+        features: tlsHere ? [FEATURE_TLS_AT_AGENT] : undefined,
       },
       expectFingerprint: this.#opts.proxyFingerprint,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
-      onChannel: (hostPort, accept, reject) => {
-        if (!allowed.has(hostPort)) {
-          this.#log.warn('refused a channel to an upstream this agent did not announce', { target: hostPort });
+      onChannel: (hostPort, type, accept, reject) => {
+        const tls = type === CHANNEL_TYPE_TLS;
+        if (!allowed.has(hostPort) || (tls && hostPort !== kubernetes)) {
+          this.#log.warn('refused a channel to an upstream this agent did not announce', { target: hostPort, type });
           reject();
           return;
         }
-        this.#pipe(hostPort, accept, reject);
+        this.#pipe(hostPort, tls ? creds : undefined, accept, reject);
       },
     }).catch((err: Error) => {
       if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
@@ -131,29 +139,38 @@ export class TowerAgent {
     });
   }
 
-  /** Dials the upstream first, so that a dead upstream refuses the channel instead of half-opening it. */
-  #pipe(hostPort: string, accept: () => import('ssh2').ClientChannel, reject: () => void): void {
+  /**
+   * Dials the upstream first (with TLS when `tls` holds its credentials), so that a dead upstream
+   * refuses the channel instead of half-opening it.
+   */
+  #pipe(hostPort: string, tls: Credentials | undefined, accept: () => ClientChannel, reject: () => void): void {
     const hp = splitHostPort(hostPort);
     if (!hp) { reject(); return; }
-    const tcp = netConnect({ host: hostOf(hostPort), port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
-    tcp.setNoDelay(true);
+    const host = hostOf(hostPort);
+    const upstream: Socket = tls
+      ? tlsConnect({
+        host, port: hp.port, servername: isIP(host) ? undefined : host, timeout: UPSTREAM_DIAL_TIMEOUT_MS,
+        secureContext: secureContextOf(tls), ALPNProtocols: ['http/1.1'],
+      })
+      : netConnect({ host, port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
+    upstream.setNoDelay(true);
     const onDialError = (err: Error) => {
       this.#log.warn('cannot reach upstream', { target: hostPort, err: err.message });
       reject();
     };
-    tcp.once('error', onDialError);
-    tcp.once('timeout', () => tcp.destroy(new Error(`no connection within ${UPSTREAM_DIAL_TIMEOUT_MS} ms`)));
-    tcp.once('connect', () => {
-      tcp.off('error', onDialError);
-      tcp.setTimeout(0);
+    upstream.once('error', onDialError);
+    upstream.once('timeout', () => upstream.destroy(new Error(`no connection within ${UPSTREAM_DIAL_TIMEOUT_MS} ms`)));
+    upstream.once(tls ? 'secureConnect' : 'connect', () => {
+      upstream.off('error', onDialError);
+      upstream.setTimeout(0);
       const ch = accept();
-      tcp.on('error', () => ch.destroy());
-      ch.on('error', () => tcp.destroy());
-      tcp.pipe(ch);
-      ch.pipe(tcp);
+      upstream.on('error', () => ch.destroy());
+      ch.on('error', () => upstream.destroy());
+      upstream.pipe(ch);
+      ch.pipe(upstream);
       // an ssh2 channel that nobody reads never closes: end both together
-      ch.once('close', () => tcp.destroy());
-      tcp.once('close', () => ch.destroy());
+      ch.once('close', () => upstream.destroy());
+      upstream.once('close', () => ch.destroy());
     });
   }
 
@@ -198,6 +215,17 @@ export class TowerAgent {
       sleep(ms, undefined, { signal: ac.signal }).then(resolve, resolve);
     });
   }
+}
+
+const contexts = new WeakMap<Credentials, SecureContext>();
+/** the member's CA and client certificate, parsed once per set of credentials */
+function secureContextOf(c: Credentials): SecureContext {
+  let ctx = contexts.get(c);
+  if (!ctx) {
+    ctx = createSecureContext({ ca: c.caData, cert: c.certData, key: c.keyData });
+    contexts.set(c, ctx);
+  }
+  return ctx;
 }
 
 /** Exponential from 1 s, capped, with jitter in [50%, 100%] of the step. */

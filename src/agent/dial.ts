@@ -4,7 +4,7 @@ import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { TowerError } from '../errors.ts';
-import { SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURES_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 
 const MAX_MESSAGE_BYTES = 256 * 1024;
@@ -18,7 +18,13 @@ export interface DialWebSocketOptions {
  * Opens the WebSocket to the proxy's agent port. The subprotocol goes as a raw header: the Go
  * proxy's 101 does not echo it, which ws would otherwise refuse; ours echoes it, and both pass.
  */
-export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<WebSocketStream> {
+export interface ProxyConnection {
+  stream: WebSocketStream;
+  /** the extensions the proxy offered in its 101 (none from a Go proxy) */
+  features: string[];
+}
+
+export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<ProxyConnection> {
   const proxy = proxyFor(new URL(url), opts.env ?? process.env);
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
@@ -32,6 +38,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       agent: proxy ? new ConnectProxyAgent(proxy, url.startsWith('wss:'), { keepAlive: false }) : undefined,
     });
     let done = false;
+    let features: string[] = [];
     const fail = (err: Error) => {
       if (done) return;
       done = true;
@@ -42,6 +49,8 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       const p = res.headers['sec-websocket-protocol'];
       if (p !== undefined && p !== SUBPROTOCOL) fail(new TowerError('EPROTOCOL', `${url} answered with WebSocket subprotocol ${p}, not ${SUBPROTOCOL}: is this a tower proxy?`));
       delete res.headers['sec-websocket-protocol'];
+      const offered = res.headers[FEATURES_HEADER];
+      if (typeof offered === 'string') features = offered.split(',').map((f) => f.trim()).filter(Boolean);
     });
     ws.on('unexpected-response', (_req, res) => {
       let body = '';
@@ -56,7 +65,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       done = true;
       const sock = (ws as unknown as { _socket?: Socket })._socket;
       sock?.setNoDelay(true);
-      resolve(new WebSocketStream(ws, url));
+      resolve({ stream: new WebSocketStream(ws, url), features });
     });
   });
 }

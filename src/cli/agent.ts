@@ -31,12 +31,13 @@ export class AgentCommand extends TowerCommand {
   keepalive = Option.String('--keepalive', { description: 'Interval of keepalive pings; a proxy that misses one is dropped and redialed (default 1m; 0 disables)' });
   maxRetry = Option.String('--max-retry', { description: 'Give up after this many failed connection attempts in a row (default 0: never)' });
   maxRetryInterval = Option.String('--max-retry-interval', { description: 'Longest wait between attempts (default 5m)' });
+  tlsAtAgent = Option.String('--tls-at-agent', { description: 'Make the TLS to the kube-apiserver here when the proxy offers it, keeping the client key in the cluster (default true; false: as Go agents)' });
 
   async run(): Promise<number> {
     const o = this.load(AGENT_OPTIONS, {
       name: this.name, token: this.token, proxyServer: this.proxyServer, proxyFingerprint: this.proxyFingerprint,
       kubeconfig: this.kubeconfig, kubernetesService: this.kubernetesService, kubesphereService: this.kubesphereService,
-      keepalive: this.keepalive, maxRetry: this.maxRetry, maxRetryInterval: this.maxRetryInterval,
+      keepalive: this.keepalive, maxRetry: this.maxRetry, maxRetryInterval: this.maxRetryInterval, tlsAtAgent: this.tlsAtAgent,
     }, ['token']);
     if (!o.name) throw new ConfigError('--name is required: the cluster name given to `tower token`');
     const problem = clusterNameProblem(o.name);
@@ -58,6 +59,7 @@ export class AgentCommand extends TowerCommand {
       // as the Go agent: an interval under a second means the default
       maxRetryIntervalMs: o.maxRetryInterval < 1000 ? 300_000 : o.maxRetryInterval,
       proxyFingerprint: o.proxyFingerprint,
+      tlsAtAgent: o.tlsAtAgent,
       log,
     });
     log.info('agent starting', { cluster: o.name, proxy: proxyUrl, keepalive: formatDuration(o.keepalive), crypto: CRYPTO_BACKEND });

@@ -40,6 +40,7 @@ export const AGENT_OPTIONS = {
   keepalive: opt.duration(60_000, nonNegative),
   maxRetry: opt.int(0, nonNegative),
   maxRetryInterval: opt.duration(300_000, nonNegative),
+  tlsAtAgent: opt.bool(true),
 } satisfies Specs;
 
 export const TOKEN_OPTIONS = {

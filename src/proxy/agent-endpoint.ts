@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../observe/log.ts';
 import { VERSION } from '../version.ts';
-import { SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURE_TLS_AT_AGENT, FEATURES_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 
@@ -48,6 +48,8 @@ export class AgentEndpoint {
       // echo the subprotocol (Go's proxy omits it; Go and tower agents accept either)
       handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
     });
+    // offer tower's extensions in the 101; Go agents ignore the header
+    this.#wss.on('headers', (headers) => headers.push(`${FEATURES_HEADER}: ${FEATURE_TLS_AT_AGENT}`));
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {

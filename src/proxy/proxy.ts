@@ -5,7 +5,7 @@ import type { Logger } from '../observe/log.ts';
 import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { Cluster, ClusterStore, Closer } from '../store/types.ts';
-import { UNAUTHORIZED, type AgentConfig } from '../tunnel/protocol.ts';
+import { FEATURE_TLS_AT_AGENT, UNAUTHORIZED, type AgentConfig } from '../tunnel/protocol.ts';
 import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
@@ -146,10 +146,12 @@ export class Proxy {
     // the token may have rotated, or the cluster gone, while the handshake ran
     if (!cluster || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
     this.registry.add(session);
+    const tlsAtAgent = session.config.features?.includes(FEATURE_TLS_AT_AGENT) ?? false;
     this.#log.info('agent connected', {
       cluster: session.name, remote: session.remote, session: session.id, agents: this.registry.count(session.name),
       version: session.config.version || undefined, upstream: session.config.kubernetesSvcHost,
-      auth: session.config.bearerToken?.length ? 'bearer token' : session.config.certData?.length ? 'client certificate' : 'none',
+      auth: session.config.bearerToken?.length ? 'bearer token' : session.config.certData?.length ? 'client certificate' : tlsAtAgent ? 'kept by the agent' : 'none',
+      upstreamTls: tlsAtAgent ? 'agent' : 'proxy',
     });
     session.once('close', () => this.#log.info('agent disconnected', { cluster: session.name, session: session.id, agents: this.registry.count(session.name) }));
   }

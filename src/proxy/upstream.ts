@@ -1,15 +1,17 @@
 import { Agent, type AgentOptions, type ClientRequestArgs } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { hostOf, normalizeHostPort } from '../tunnel/protocol.ts';
+import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
+import type { ServerChannel } from 'ssh2';
+import { CHANNEL_TYPE_TLS, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort } from '../tunnel/protocol.ts';
 import { MAX_CHANNELS_PER_SESSION, type AgentSession } from '../tunnel/server.ts';
 
 const TLS_HANDSHAKE_TIMEOUT_MS = 15_000;
 const IDLE_SOCKET_TIMEOUT_MS = 90_000;
 /** every watch holds a connection: allow as many as the session has channels */
 const MAX_SOCKETS_PER_SESSION = MAX_CHANNELS_PER_SESSION;
-const MAX_FREE_SOCKETS_PER_SESSION = 32;
+/** idle connections kept per session: below the client's concurrency, every burst would pay new handshakes */
+const MAX_FREE_SOCKETS_PER_SESSION = 256;
 
 /**
  * How the proxy reaches a member's kube-apiserver: TLS made by the proxy inside a tunnel channel,
@@ -22,6 +24,7 @@ export class MemberApiserver {
   /** keep-alive pool of TLS connections through this session */
   readonly pool: Agent;
   #bearer: string | undefined;
+  #context: SecureContext | undefined;
 
   constructor(session: AgentSession) {
     this.session = session;
@@ -40,17 +43,33 @@ export class MemberApiserver {
 
   get authorization(): string | undefined { return this.#bearer; }
 
-  /** A fresh TLS connection to the apiserver through a new channel (for upgrades, which leave the pool). */
-  async connect(): Promise<TLSSocket> {
+  /** parsed once per session: the agent's CA and client certificate */
+  #secureContext(): SecureContext {
+    if (!this.#context) {
+      const c = this.session.config;
+      this.#context = createSecureContext({
+        ca: c.caData && c.caData.length > 0 ? c.caData : undefined,
+        cert: c.certData && c.certData.length > 0 ? c.certData : undefined,
+        key: c.keyData && c.keyData.length > 0 ? c.keyData : undefined,
+      });
+    }
+    return this.#context;
+  }
+
+  /** whether the agent makes the TLS (negotiated), so that the proxy sends plain HTTP into the channel */
+  get tlsAtAgent(): boolean {
+    return this.session.config.features?.includes(FEATURE_TLS_AT_AGENT) ?? false;
+  }
+
+  /** A fresh connection to the apiserver through a new channel (for upgrades, which leave the pool). */
+  async connect(): Promise<Duplex> {
+    if (this.tlsAtAgent) return asSocket(await this.session.openChannel(this.hostPort, CHANNEL_TYPE_TLS));
     const channel = await this.session.openChannel(this.hostPort);
-    const c = this.session.config;
     const socket = tlsConnect({
       socket: channel as unknown as Socket,
       host: this.host,
       servername: isIP(this.host) ? undefined : this.host,
-      ca: c.caData && c.caData.length > 0 ? c.caData : undefined,
-      cert: c.certData && c.certData.length > 0 ? c.certData : undefined,
-      key: c.keyData && c.keyData.length > 0 ? c.keyData : undefined,
+      secureContext: this.#secureContext(),
       ALPNProtocols: ['http/1.1'],
     });
     // ssh2 channels never close while unread: tear the channel down with the TLS socket
@@ -64,6 +83,30 @@ export class MemberApiserver {
     socket.setNoDelay(true);
     return socket;
   }
+}
+
+/**
+ * Node's HTTP client and its keep-alive pool call a few net.Socket methods that a channel lacks;
+ * on a channel they have nothing to do (no TCP underneath, lifetimes are managed here).
+ */
+function asSocket(channel: ServerChannel): Duplex {
+  const c = channel as ServerChannel & Record<string, unknown>;
+  for (const m of ['setKeepAlive', 'setNoDelay', 'ref', 'unref']) c[m] = () => c;
+  c.setTimeout = (ms: number, cb?: () => void) => {
+    clearTimeout(c.__idleTimer as NodeJS.Timeout);
+    if (cb) c.once('timeout', cb);
+    if (ms > 0) {
+      const arm = () => { clearTimeout(c.__idleTimer as NodeJS.Timeout); c.__idleTimer = setTimeout(() => c.emit('timeout'), ms); };
+      arm();
+      if (!c.__idleArmed) { c.__idleArmed = true; c.on('data', () => c.__idleTimer && arm()); }
+    } else {
+      c.__idleTimer = undefined;
+    }
+    return c;
+  };
+  c.destroySoon = () => { c.end(); };
+  channel.once('close', () => clearTimeout(c.__idleTimer as NodeJS.Timeout));
+  return channel;
 }
 
 class ChannelAgent extends Agent {

@@ -4,7 +4,7 @@ import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
 import { TowerError } from '../errors.ts';
 import { ALGORITHMS, fingerprint, type TunnelClient } from './ssh.ts';
-import { CHANNEL_TYPE, CLIENT_IDENT, encodeConfig, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
+import { CHANNEL_TYPE, CHANNEL_TYPE_TLS, CLIENT_IDENT, encodeConfig, FEATURE_TLS_AT_AGENT, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
 
 /** The proxy refused this agent's `config`; the text is the proxy's own words. */
 export class ConfigRejectedError extends TowerError {
@@ -26,8 +26,8 @@ export interface DialOptions {
   /** "SHA256:…"; when set, any other host key is refused */
   expectFingerprint?: string;
   handshakeTimeoutMs: number;
-  /** a `kubesphere` channel the proxy opened towards `hostPort` */
-  onChannel: (hostPort: string, accept: () => ClientChannel, reject: () => void) => void;
+  /** a channel the proxy opened towards `hostPort`: `kubesphere`, or CHANNEL_TYPE_TLS when negotiated */
+  onChannel: (hostPort: string, type: string, accept: () => ClientChannel, reject: () => void) => void;
 }
 
 /**
@@ -52,8 +52,9 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
     client.on('error', (err: Error) => fail(hostKeyError ?? new TowerError('ESSH', `SSH handshake with the proxy failed: ${err.message}`)));
     client.on('close', () => fail(hostKeyError ?? new TowerError('ECLOSED', 'the proxy closed the connection during the handshake')));
     client.on('channel open', (info, accept, rejectChannel) => {
-      if (info.type !== CHANNEL_TYPE) { rejectChannel(); return; }
-      opts.onChannel((info.data.raw ?? Buffer.alloc(0)).toString('latin1'), accept, rejectChannel);
+      const tlsAllowed = info.type === CHANNEL_TYPE_TLS && opts.config.features?.includes(FEATURE_TLS_AT_AGENT);
+      if (info.type !== CHANNEL_TYPE && !tlsAllowed) { rejectChannel(); return; }
+      opts.onChannel((info.data.raw ?? Buffer.alloc(0)).toString('latin1'), info.type, accept, rejectChannel);
     });
     client.on('ready', () => {
       client.globalRequest(REQUEST_CONFIG, encodeConfig(opts.config), (failed, data) => {

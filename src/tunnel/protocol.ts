@@ -10,6 +10,15 @@ export const SUBPROTOCOL = 'kubesphere-v1';
 export const CLIENT_IDENT = 'SSH-kubesphere-v1-client';
 export const SERVER_IDENT = 'SSH-kubesphere-v1-server';
 export const CHANNEL_TYPE = 'kubesphere';
+/**
+ * Extension, negotiated: a channel whose bytes the agent wraps in TLS to the named upstream with
+ * credentials it keeps. Only opened to agents that announced FEATURE_TLS_AT_AGENT.
+ */
+export const CHANNEL_TYPE_TLS = 'tower-tls@v1';
+/** the proxy lists its extensions in this header of the WebSocket 101 (Go proxies send none) */
+export const FEATURES_HEADER = 'x-tower-features';
+/** the agent makes the TLS to the member kube-apiserver: the proxy's crypto halves, keys stay home */
+export const FEATURE_TLS_AT_AGENT = 'tls-at-agent';
 export const REQUEST_CONFIG = 'config';
 export const REQUEST_PING = 'ping';
 /** the failure text the Go proxy sends for a bad name or token; Go agents exit on it */
@@ -29,6 +38,8 @@ export interface AgentConfig {
   certData?: Buffer;
   keyData?: Buffer;
   bearerToken?: Buffer;
+  /** tower extensions the agent uses on this session (JSON TowerFeatures, unknown to Go peers) */
+  features?: string[];
 }
 
 export class ProtocolError extends TowerError {
@@ -51,7 +62,9 @@ export function encodeConfig(c: AgentConfig): Buffer {
   if (c.certData) json.CertData = c.certData.toString('base64');
   if (c.keyData) json.KeyData = c.keyData.toString('base64');
   if (c.bearerToken) json.BearerToken = c.bearerToken.toString('base64');
-  return Buffer.from(JSON.stringify(json));
+  const out: Record<string, unknown> = json;
+  if (c.features?.length) out.TowerFeatures = c.features;
+  return Buffer.from(JSON.stringify(out));
 }
 
 const STRING_FIELDS = { version: 'version', name: 'name', token: 'token', kubernetessvchost: 'kubernetesSvcHost', kubespheresvchost: 'kubesphereSvcHost' } as const;
@@ -75,6 +88,10 @@ export function decodeConfig(payload: Buffer): AgentConfig {
       if (v === null) continue;
       if (typeof v !== 'string') throw new ProtocolError(`malformed config payload: field ${k} must be a string`);
       out[STRING_FIELDS[lk as keyof typeof STRING_FIELDS]] = v;
+    } else if (lk === 'towerfeatures') {
+      if (v === null) continue;
+      if (!Array.isArray(v) || v.some((f) => typeof f !== 'string')) throw new ProtocolError(`malformed config payload: field ${k} must be a list of strings`);
+      out.features = v;
     } else if (lk in BYTE_FIELDS) {
       if (v === null || v === '') continue;
       if (typeof v !== 'string' || !BASE64.test(v)) throw new ProtocolError(`malformed config payload: field ${k} must be base64`);

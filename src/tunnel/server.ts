@@ -142,8 +142,8 @@ export class AgentSession extends EventEmitter {
   get closed(): boolean { return this.#closed; }
   get channels(): number { return this.#channels; }
 
-  /** A channel to `hostPort` through the agent; the agent dials it. */
-  openChannel(hostPort: string): Promise<ServerChannel> {
+  /** A channel to `hostPort` through the agent; the agent dials it (and, for CHANNEL_TYPE_TLS, wraps it in TLS). */
+  openChannel(hostPort: string, type: string = CHANNEL_TYPE): Promise<ServerChannel> {
     if (this.#closed) return Promise.reject(new Error('the agent session is closed'));
     if (this.#channels >= MAX_CHANNELS_PER_SESSION) {
       return Promise.reject(new Error(`the agent session has ${this.#channels} open channels, the limit`));
@@ -158,7 +158,7 @@ export class AgentSession extends EventEmitter {
         release();
         reject(new Error(`the agent did not open a channel to ${hostPort} within ${CHANNEL_OPEN_TIMEOUT_MS} ms`));
       }, CHANNEL_OPEN_TIMEOUT_MS);
-      this.#conn.openChannel(CHANNEL_TYPE, Buffer.from(hostPort), (err, channel) => {
+      this.#conn.openChannel(type, Buffer.from(hostPort), (err, channel) => {
         clearTimeout(timer);
         if (done) { if (channel) channel.close(); return; }
         done = true;
