@@ -1,7 +1,6 @@
 import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import type { Duplex } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.ts';
 import { boundCluster } from '../pki/ca.ts';
@@ -153,7 +152,9 @@ export class Gateway {
       // a streamed answer (a watch) must reach the client before its first event; one with a
       // length leaves with its body, in one record
       if (up.headers['content-length'] === undefined) res.flushHeaders();
-      pipeline(up, res).catch(() => upstream.destroy());
+      // pipe, not pipeline: the promise version costs an AbortController (and DOMException) per request
+      up.on('error', () => res.destroy());
+      up.pipe(res);
     });
     upstream.on('error', (err) => {
       if (answered || res.headersSent) { res.destroy(); return; }
@@ -170,7 +171,8 @@ export class Gateway {
       req.resume();
       upstream.end();
     } else {
-      pipeline(req, upstream).catch(() => upstream.destroy());
+      req.on('error', () => upstream.destroy());
+      req.pipe(upstream);
     }
   }
 
