@@ -1,4 +1,6 @@
 // npm run bench [-- --agents N] [--json FILE] [--quick] [--only bulk,small,watch,cold,scale] [--profile DIR]
+//                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
+//                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
 //   direct   client → upstream
 //   openssh  client → ssh -L (Debian's OpenSSH, aes128-gcm@openssh.com) → upstream
@@ -14,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { CertificateAuthority } from '../src/pki/ca.ts';
-import { binary, ensureBuilt } from './lib.mjs';
+import { binary as builtBinary, ensureBuilt } from './lib.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -25,6 +27,8 @@ const JSON_OUT = flag('--json');
 const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,scale').split(','));
 /** --profile DIR: the proxy and agent write V8 CPU profiles there (node --cpu-prof) */
 const PROFILE = flag('--profile');
+const binary = flag('--binary') ?? builtBinary;
+const AGENT_ARGS = (flag('--agent-args') ?? '').split(' ').filter(Boolean);
 const TOWER_ENV = PROFILE ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${PROFILE}` } : {};
 const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
 const BULK_RUNS = 3;
@@ -205,7 +209,7 @@ async function setupTower(pki: Awaited<ReturnType<typeof setupPki>>, upstreamPor
     `users: [{name: u, user: {client-certificate-data: ${b64(pki.client.cert)}, client-key-data: ${b64(pki.client.key)}}}]`,
     'contexts: [{name: c, context: {cluster: m, user: u}}]',
   ].join('\n') + '\n');
-  const agentArgs = ['agent', '--name', 'bench', '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', memberKc];
+  const agentArgs = ['agent', '--name', 'bench', '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', memberKc, ...AGENT_ARGS];
   const agent = start(binary, agentArgs, { env: TOWER_ENV });
   await waitOutput(agent, /connected to proxy/);
   const kc = parse(spawnSync(binary, ['kubeconfig', 'bench'], { env: { ...process.env, ...env }, encoding: 'utf8' }).stdout);
@@ -219,7 +223,7 @@ async function setupTower(pki: Awaited<ReturnType<typeof setupPki>>, upstreamPor
 // ---------------------------------------------------------------------------------------------
 async function main(): Promise<void> {
   const t0 = Date.now();
-  ensureBuilt();
+  if (!flag('--binary')) ensureBuilt();
   const pki = await setupPki();
   const upstream = start(process.execPath, [join(HERE, 'bench', 'upstream.ts'), pki.files.cert, pki.files.key, pki.files.ca]);
   const upstreamPort = Number((await waitOutput(upstream, /^(\d+)$/m))[1]);
@@ -397,7 +401,7 @@ function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, el
     lines.push(`| all agents back after a proxy restart, s | ${fmt(scale.reconnectSeconds)} |`);
     lines.push('');
   }
-  lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
+  lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
   if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], scale, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
