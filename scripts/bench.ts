@@ -147,18 +147,20 @@ async function setupPki() {
   return { files, client, caPem: caPair.cert };
 }
 
-function ensureOpenSSH(): void {
-  const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
-  if (have('ssh') && (have('sshd') || spawnSync('test', ['-x', '/usr/sbin/sshd']).status === 0)) return;
-  log('installing openssh-server and openssh-client with apt-get');
+/** OpenSSH (the peer path) and curl (the bulk client), from Debian's archive when missing. */
+function ensureTools(): void {
+  const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c} || test -x /usr/sbin/${c}`]).status === 0;
+  const missing = [['ssh', 'openssh-client'], ['sshd', 'openssh-server'], ['curl', 'curl']].filter(([c]) => !have(c!)).map(([, p]) => p!);
+  if (missing.length === 0) return;
+  log(`installing ${missing.join(', ')} with apt-get`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   spawnSync('apt-get', ['update', '-qq'], { stdio: 'ignore', env });
-  const r = spawnSync('apt-get', ['install', '-y', '-qq', 'openssh-server', 'openssh-client'], { stdio: 'ignore', env });
-  if (r.status !== 0) throw new Error('cannot install OpenSSH (apt-get failed)');
+  const r = spawnSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'ignore', env });
+  if (r.status !== 0) throw new Error(`cannot install ${missing.join(', ')} (apt-get failed)`);
 }
 
 async function setupOpenSSH(upstreamPort: number): Promise<{ endpoint: Omit<Endpoint, 'ca' | 'cert' | 'key'>; pids: [number, number] }> {
-  ensureOpenSSH();
+  ensureTools();
   const d = join(work, 'ssh');
   mkdirSync(d, { mode: 0o700 });
   for (const k of ['host_key', 'user_key']) spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(d, k)]);
