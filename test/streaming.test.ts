@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { parse } from 'yaml';
@@ -44,8 +45,8 @@ test('kubectl exec through the tunnel: stdin echoed to stdout, the exit status c
 });
 
 /** An HTTPS request through the gateway with the kubeconfig's client certificate. */
-function gatewayRequest(method: string, path: string, body?: () => AsyncGenerator<Buffer>) {
-  const doc = parse(readFileSync(kc, 'utf8'));
+function gatewayRequest(method: string, path: string, body?: () => AsyncGenerator<Buffer>, kubeconfig = kc) {
+  const doc = parse(readFileSync(kubeconfig, 'utf8'));
   const server = new URL(doc.clusters[0].cluster.server);
   const b64 = (s: string) => Buffer.from(s, 'base64');
   return new Promise<{ status: number; bytes: number; text: string }>((resolve, reject) => {
@@ -87,6 +88,40 @@ test('a 256 MiB upload and a 256 MiB download stream through while proxy and age
   assert.ok(proxyPeak < RSS_LIMIT_BYTES, `proxy peak RSS ${(proxyPeak / MIB).toFixed(0)} MiB`);
   assert.ok(agentPeak < RSS_LIMIT_BYTES, `agent peak RSS ${(agentPeak / MIB).toFixed(0)} MiB`);
   console.log(`# peak RSS: proxy ${(proxyPeak / MIB).toFixed(0)} MiB, agent ${(agentPeak / MIB).toFixed(0)} MiB`);
+});
+
+test('over a slow link the agent\'s queued SSH packets still leave in frames the proxy accepts', async () => {
+  // a relay that lets ~16 MB/s through from agent to proxy; eight downloads at once keep 16 MiB of
+  // SSH window in flight, more than the kernel buffers, so the agent's WebSocket queue grows
+  const BYTES_PER_MS = 16_000;
+  const relay = createServer((fromAgent) => {
+    const toProxy = connect(stack.agentPort, '127.0.0.1');
+    toProxy.pipe(fromAgent);
+    fromAgent.on('data', (d: Buffer) => {
+      toProxy.write(d);
+      fromAgent.pause();
+      setTimeout(() => fromAgent.resume(), Math.ceil(d.length / BYTES_PER_MS));
+    });
+    fromAgent.on('end', () => toProxy.end());
+    const close = () => { fromAgent.destroy(); toProxy.destroy(); };
+    fromAgent.on('error', close);
+    toProxy.on('error', close);
+    fromAgent.on('close', close);
+    toProxy.on('close', close);
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  try {
+    const { token } = await stack.token('slow');
+    const agent = stack.startAgent('slow', token, join(stack.dataDir, 'upstream.kubeconfig'), ['--proxy-server', `http://127.0.0.1:${(relay.address() as { port: number }).port}`]);
+    await agent.waitFor(/connected to proxy/);
+    const slowKc = await stack.kubeconfig('slow');
+    const downs = await Promise.all(Array.from({ length: 8 }, () => gatewayRequest('GET', `/download?bytes=${8 * MIB}`, undefined, slowKc)));
+    for (const d of downs) assert.deepEqual([d.status, d.bytes], [200, 8 * MIB]);
+    assert.doesNotMatch(agent.output, /disconnected from proxy/);
+    await agent.stop();
+  } finally {
+    relay.close();
+  }
 });
 
 test('the upstream saw the agent\'s client certificate, never a caller\'s credentials', () => {
