@@ -23,8 +23,3 @@ export class StoreError extends TowerError {
     this.name = 'StoreError';
   }
 }
-
-export function errorMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
-}

@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
+import { createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
 import { TowerError } from '../errors.ts';
@@ -91,12 +91,6 @@ export class CertificateAuthority {
     }
     const key = await webcrypto.subtle.importKey('pkcs8', der, importAlg, false, ['sign']);
     return new CertificateAuthority(pair.cert, new x509.X509Certificate(pair.cert), key, signAlg);
-  }
-
-  get notAfter(): Date { return this.cert.notAfter; }
-
-  get fingerprint256(): string {
-    return createHash('sha256').update(Buffer.from(this.cert.rawData)).digest('hex');
   }
 
   /** A TLS server certificate for the given host names and addresses. */

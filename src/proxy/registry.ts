@@ -30,18 +30,8 @@ export class SessionRegistry extends EventEmitter {
     return undefined;
   }
 
-  sessions(name: string): readonly AgentSession[] {
-    return this.#byCluster.get(name) ?? [];
-  }
-
   count(name: string): number {
     return this.#byCluster.get(name)?.length ?? 0;
-  }
-
-  get size(): number {
-    let n = 0;
-    for (const list of this.#byCluster.values()) n += list.length;
-    return n;
   }
 
   /** Closes the sessions of `name` for which `which` holds (all by default). */

@@ -309,7 +309,3 @@ function lockIsStale(lock: string): boolean {
   }
 }
 
-export function defaultDataDir(): string {
-  return join(homedir(), '.tower');
-}
-

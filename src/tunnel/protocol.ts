@@ -24,8 +24,6 @@ export const REQUEST_PING = 'ping';
 /** the failure text the Go proxy sends for a bad name or token; Go agents exit on it */
 export const UNAUTHORIZED = 'Unauthorized agent';
 export const MAX_CONFIG_BYTES = 256 * 1024;
-/** the longest "host:port" a channel may name */
-export const MAX_UPSTREAM_LENGTH = 512;
 
 /** What the agent announces: who it is and how the proxy reaches its apiservers (Go field names). */
 export interface AgentConfig {
