@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { parse, stringify } from 'yaml';
 import { kubectl, Stack } from './support/stack.ts';
-import { removeDir, TowerProcess } from './support/tower.ts';
+import { TowerProcess } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 let upstream: TestUpstream;
@@ -46,7 +46,6 @@ after(async () => {
   await upstream?.close();
   for (const s of tunnels) s.destroy();
   connectProxy?.close();
-  removeDir(stack?.dataDir);
 });
 
 test('the agent reaches the proxy through HTTP_PROXY (CONNECT), resolving nothing itself', async () => {

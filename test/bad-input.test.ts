@@ -19,6 +19,17 @@ let upstream: TestUpstream;
 let stack: Stack;
 let kc: string;
 
+/** Sends raw bytes to the agent port and returns all it answers until it closes the connection. */
+async function rawExchange(bytes: string, end: boolean): Promise<string> {
+  const sock = connect(stack.agentPort, '127.0.0.1');
+  if (end) sock.end(bytes);
+  else sock.write(bytes);
+  let answer = '';
+  sock.setEncoding('latin1').on('data', (d: string) => { answer += d; });
+  await once(sock, 'close');
+  return answer;
+}
+
 /** The proxy still serves the healthy cluster: the point of every test here. */
 async function stillServing() {
   const r = await kubectl(kc, ['get', '--raw', '/api']);
@@ -40,7 +51,6 @@ before(async () => {
 after(async () => {
   await stack?.close();
   await upstream?.close();
-  removeDir(stack?.dataDir);
 });
 
 describe('agents with bad credentials', () => {
@@ -80,11 +90,7 @@ describe('agents with bad credentials', () => {
 
 describe('garbage on the agent port', () => {
   test('bytes that are not HTTP get a 400 and the connection is closed', async () => {
-    const sock = connect(stack.agentPort, '127.0.0.1');
-    sock.end('\x16\x03\x01\x02\x00garbage that is not HTTP\r\n\r\n');
-    let answer = '';
-    sock.setEncoding('latin1').on('data', (d: string) => { answer += d; });
-    await once(sock, 'close');
+    const answer = await rawExchange('\x16\x03\x01\x02\x00garbage that is not HTTP\r\n\r\n', true);
     assert.match(answer, /^HTTP\/1\.1 400 Bad Request/);
     await stack.proxy!.waitFor(/dropped a connection that does not speak HTTP on the agent port/);
     await stillServing();
@@ -98,11 +104,7 @@ describe('garbage on the agent port', () => {
   });
 
   test('a WebSocket without the kubesphere-v1 subprotocol is refused', async () => {
-    const sock = connect(stack.agentPort, '127.0.0.1');
-    sock.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
-    let answer = '';
-    sock.setEncoding('latin1').on('data', (d: string) => { answer += d; });
-    await once(sock, 'close');
+    const answer = await rawExchange('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', false);
     assert.match(answer, /^HTTP\/1\.1 400 Bad Request[^]*WebSocket subprotocol must be kubesphere-v1/);
   });
 

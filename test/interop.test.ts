@@ -2,14 +2,14 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
-import { GoPeer, goPeerBinary } from './support/go-peer.ts';
+import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import { freePort, removeDir } from './support/tower.ts';
+import { freePort, type TowerProcess } from './support/tower.ts';
 
 let member: MemberCluster;
 let stack: Stack;
 let goPeer: string;
-const peers: GoPeer[] = [];
+const peers: TowerProcess[] = [];
 
 before(async () => {
   goPeer = await goPeerBinary();
@@ -19,15 +19,13 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all(peers.map((p) => p.stop()));
+  await Promise.all(peers.map((p) => p.stop('SIGKILL')));
   await stack?.close();
   await member?.stop();
-  removeDir(stack?.dataDir);
-  removeDir(member?.dir);
 });
 
-function peer(args: string[]): GoPeer {
-  const p = new GoPeer(goPeer, args);
+function peer(args: string[]): TowerProcess {
+  const p = startGoPeer(goPeer, args);
   peers.push(p);
   return p;
 }

@@ -3,7 +3,6 @@ import { after, before, test } from 'node:test';
 import { dialWebSocket } from '../src/agent/dial.ts';
 import { dialTunnel } from '../src/tunnel/client.ts';
 import { Stack } from './support/stack.ts';
-import { removeDir } from './support/tower.ts';
 
 let stack: Stack;
 
@@ -15,7 +14,6 @@ before(async () => {
 
 after(async () => {
   await stack?.close();
-  removeDir(stack?.dataDir);
 });
 
 async function attempt(token: string): Promise<string> {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { kubectl, Stack, writeTokenKubeconfig } from './support/stack.ts';
-import { removeDir, tower, waitUntil } from './support/tower.ts';
+import { tower, waitUntil } from './support/tower.ts';
 
 let member: MemberCluster;
 let stack: Stack;
@@ -18,8 +18,6 @@ before(async () => {
 after(async () => {
   await stack?.close();
   await member?.stop();
-  removeDir(stack?.dataDir);
-  removeDir(member?.dir);
 });
 
 /** The README's Quick start, with the agent authenticating to the member as `how`. */

@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import { parse } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import { removeDir, waitUntil } from './support/tower.ts';
+import { waitUntil } from './support/tower.ts';
 
 let member: MemberCluster;
 let stack: Stack;
@@ -20,8 +20,6 @@ before(async () => {
 after(async () => {
   await stack?.close();
   await member?.stop();
-  removeDir(stack?.dataDir);
-  removeDir(member?.dir);
 });
 
 function status(name: string) {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { parse } from 'yaml';
 import { kubectl, Stack } from './support/stack.ts';
-import { peakRssBytes, removeDir } from './support/tower.ts';
+import { peakRssBytes } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 const MIB = 1024 * 1024;
@@ -32,7 +32,6 @@ before(async () => {
 after(async () => {
   await stack?.close();
   await upstream?.close();
-  removeDir(stack?.dataDir);
 });
 
 test('kubectl exec through the tunnel: stdin echoed to stdout, the exit status carried back', async () => {

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, run, tempDir } from './tower.ts';
+import { removeDir, ROOT, run, tempDir } from './tower.ts';
 
 const SCRIPT = join(ROOT, 'scripts', 'test-cluster.sh');
 
@@ -13,6 +13,7 @@ export interface MemberCluster {
   /** a system:masters bearer token */
   token: string;
   caPem: string;
+  /** stops etcd and the apiserver (by PID) and removes the state dir */
   stop(): Promise<void>;
 }
 
@@ -27,6 +28,9 @@ export async function startMemberCluster(): Promise<MemberCluster> {
     kubeconfig: join(dir, 'admin.kubeconfig'),
     token: readFileSync(join(dir, 'token'), 'utf8').trim(),
     caPem: readFileSync(join(dir, 'pki', 'ca.crt'), 'utf8'),
-    stop: async () => { await run('bash', [SCRIPT, 'stop', dir]); },
+    stop: async () => {
+      await run('bash', [SCRIPT, 'stop', dir]);
+      removeDir(dir);
+    },
   };
 }

@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { freePort, run, tempDir, tower, TowerProcess, type RunResult } from './tower.ts';
+import { freePort, removeDir, run, tempDir, tower, TowerProcess, type RunResult } from './tower.ts';
 
 /** A proxy on its own data dir and loopback ports, with helpers to register clusters and start agents. */
 export class Stack {
@@ -55,9 +55,10 @@ export class Stack {
     return path;
   }
 
-  /** Stops every process this stack started (by PID). */
+  /** Stops every process this stack started (by PID) and removes its data dir. */
   async close(): Promise<void> {
     await Promise.all(this.processes.map((p) => p.stop('SIGKILL')));
+    removeDir(this.dataDir);
   }
 }
 

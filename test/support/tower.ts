@@ -51,7 +51,7 @@ export function tower(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunR
   return run(TOWER, args, { env });
 }
 
-/** A long-running `dist/tower` process whose logs the test can wait on. */
+/** A long-running `dist/tower` process (or another binary) whose output the test can wait on. */
 export class TowerProcess {
   readonly child: ChildProcess;
   readonly name: string;
@@ -59,9 +59,9 @@ export class TowerProcess {
   readonly exited: Promise<number | null>;
   #waiters = new Set<() => void>();
 
-  constructor(name: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  constructor(name: string, args: string[], env: NodeJS.ProcessEnv = {}, binary = TOWER) {
     this.name = name;
-    this.child = spawn(TOWER, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = spawn(binary, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     const onData = (d: string) => {
       this.output += d;
       for (const w of this.#waiters) w();
