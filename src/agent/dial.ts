@@ -1,6 +1,6 @@
 import { Agent, request as httpRequest, type AgentOptions, type ClientRequestArgs } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { isIP, type Socket } from 'node:net';
+import { isIP } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { TowerError } from '../errors.ts';
@@ -63,8 +63,6 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
     ws.on('open', () => {
       if (done) return;
       done = true;
-      const sock = (ws as unknown as { _socket?: Socket })._socket;
-      sock?.setNoDelay(true);
       resolve({ stream: new WebSocketStream(ws, url), features });
     });
   });

@@ -143,7 +143,8 @@ export class Gateway {
   #forward(req: IncomingMessage, res: ServerResponse, member: MemberApiserver, path: string, cluster: string, tried: Set<AgentSession>): void {
     tried.add(member.session);
     const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
-    this.#log.debug(4, 'forward', { cluster, method: req.method, path, session: member.session.id });
+    // the fields object is built only when someone reads it: this runs for every request
+    if (this.#log.enabled(4)) this.#log.debug(4, 'forward', { cluster, method: req.method, path, session: member.session.id });
     const upstream = httpRequest({ agent: member.pool, method: req.method, path, headers: upstreamHeaders(req, member) });
     let answered = false;
     upstream.on('response', (up) => {
@@ -196,7 +197,7 @@ export class Gateway {
       return;
     }
     const { member, path, cluster } = route;
-    this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade });
+    if (this.#log.enabled(4)) this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade });
     // upgraded connections get a channel of their own, never a pooled one
     member.connect().then((tls) => {
       const headers = upstreamHeaders(req, member);

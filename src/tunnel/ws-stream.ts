@@ -21,6 +21,8 @@ export class WebSocketStream extends Duplex {
     this.ws = ws;
     this.remoteAddress = remoteAddress;
     ws.binaryType = 'nodebuffer';
+    // SSH packets are latency-sensitive and already sized: no Nagle on either side
+    this.#socket?.setNoDelay(true);
     ws.on('message', (data: Buffer) => {
       if (!this.push(data)) ws.pause();
     });
