@@ -92,20 +92,22 @@ export class MemberApiserver {
 function asSocket(channel: ServerChannel): Duplex {
   const c = channel as ServerChannel & Record<string, unknown>;
   for (const m of ['setKeepAlive', 'setNoDelay', 'ref', 'unref']) c[m] = () => c;
+  // net.Socket's inactivity timeout, which the pool uses to drop idle connections
+  let idleMs = 0;
+  let idle: NodeJS.Timeout | undefined;
+  const arm = () => {
+    clearTimeout(idle);
+    idle = idleMs > 0 ? setTimeout(() => channel.emit('timeout'), idleMs) : undefined;
+  };
+  channel.on('data', () => { if (idleMs > 0) arm(); });
+  channel.once('close', () => clearTimeout(idle));
   c.setTimeout = (ms: number, cb?: () => void) => {
-    clearTimeout(c.__idleTimer as NodeJS.Timeout);
-    if (cb) c.once('timeout', cb);
-    if (ms > 0) {
-      const arm = () => { clearTimeout(c.__idleTimer as NodeJS.Timeout); c.__idleTimer = setTimeout(() => c.emit('timeout'), ms); };
-      arm();
-      if (!c.__idleArmed) { c.__idleArmed = true; c.on('data', () => c.__idleTimer && arm()); }
-    } else {
-      c.__idleTimer = undefined;
-    }
+    if (cb) channel.once('timeout', cb);
+    idleMs = ms;
+    arm();
     return c;
   };
-  c.destroySoon = () => { c.end(); };
-  channel.once('close', () => clearTimeout(c.__idleTimer as NodeJS.Timeout));
+  c.destroySoon = () => { channel.end(); };
   return channel;
 }
 
