@@ -1,4 +1,4 @@
-import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { request as httpRequest, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -192,8 +192,7 @@ export class Gateway {
     socket.on('error', () => socket.destroy());
     if ('status' in route) {
       this.#log.debug(1, 'gateway refused an upgrade', { url: req.url, status: route.status, why: route.message });
-      const body = statusBody(route.status, route.reason, route.message);
-      socket.end(`HTTP/1.1 ${route.status} ${route.reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      socket.end(rawStatus(route.status, route.reason, route.message));
       return;
     }
     const { member, path, cluster } = route;
@@ -226,8 +225,7 @@ export class Gateway {
       socket.on('close', () => upReq.destroy());
       req.pipe(upReq);
     }, (err: Error) => {
-      const body = statusBody(502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`);
-      socket.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      socket.end(rawStatus(502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`));
     });
   }
 }
@@ -273,6 +271,12 @@ function rawHead(res: IncomingMessage, close = false): string {
 /** A metav1.Status, so that kubectl prints the message as the server's own. */
 function statusBody(code: number, reason: string, message: string): string {
   return JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }) + '\n';
+}
+
+/** The same, as a whole HTTP response on a socket that was to be upgraded. */
+function rawStatus(code: number, reason: string, message: string): string {
+  const body = statusBody(code, reason, message);
+  return `HTTP/1.1 ${code} ${STATUS_CODES[code] ?? reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
 
 function sendStatus(res: ServerResponse, code: number, reason: string, message: string): void {
