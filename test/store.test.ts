@@ -20,7 +20,7 @@ test('clusters are written atomically with 0600, and a stale update is refused',
   assert.equal(statSync(join(store.dir, 'clusters', 'alpha.yaml')).mode & 0o777, 0o600);
   await assert.rejects(store.create('alpha', 'b'), /cluster "alpha" already exists/);
   const c2 = await store.update({ ...c, token: 'c'.repeat(64) });
-  assert.equal(c2.generation, c.generation + 1);
+  assert.notEqual(c2.revision, c.revision);
   await assert.rejects(store.update({ ...c, token: 'd' }), (err: Error & { code?: string }) => err.code === 'ECONFLICT');
   assert.equal((await store.get('alpha'))?.token, 'c'.repeat(64));
   await assert.rejects(store.get('../x'), /invalid cluster name/);

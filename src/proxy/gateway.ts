@@ -1,5 +1,5 @@
-import { request as httpRequest, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
-import { createServer, type Server } from 'node:https';
+import { createServer as createHttpServer, request as httpRequest, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.ts';
@@ -7,7 +7,7 @@ import { boundCluster } from '../pki/ca.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { AgentSession } from '../tunnel/server.ts';
 import type { SessionRegistry } from './registry.ts';
-import { MemberApiserver } from './upstream.ts';
+import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
 
 const HEADERS_TIMEOUT_MS = 30_000;
 /** agents tried for one request without a body before the gateway answers 502 */
@@ -19,9 +19,12 @@ export interface GatewayOptions {
   registry: SessionRegistry;
   /** whether the store knows the cluster (the proxy keeps this from the store's watch) */
   knows: (name: string) => boolean;
-  caPem: string;
-  cert: string;
-  key: string;
+  /** HTTPS with client certificates from this CA required; without it, plain HTTP and no client check */
+  tls?: { caPem: string; cert: string; key: string };
+  /** serves this one cluster at the root (a cluster's own port) instead of /clusters/<name>/ */
+  cluster?: string;
+  /** what the requests reach in the member: its kube-apiserver (default) or its ks-apiserver */
+  target?: 'kubernetes' | 'kubesphere';
   log: Logger;
 }
 
@@ -31,9 +34,9 @@ export interface GatewayOptions {
  * (SPDY, WebSocket) and watches stream through; no body is buffered.
  */
 export class Gateway {
-  readonly server: Server;
+  readonly server: Server | HttpsServer;
   #opts: GatewayOptions;
-  #members = new WeakMap<AgentSession, MemberApiserver>();
+  #members = new WeakMap<AgentSession, Upstream>();
   /** the cluster each client connection's certificate is bound to ('' for none) */
   #bound = new WeakMap<TLSSocket, string>();
   #log: Logger;
@@ -41,24 +44,28 @@ export class Gateway {
   constructor(opts: GatewayOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.server = createServer({
-      cert: opts.cert,
-      key: opts.key,
-      ca: opts.caPem,
-      requestCert: true,
-      // verified below, so that a missing or foreign certificate gets a readable 401
-      rejectUnauthorized: false,
-      ALPNProtocols: ['http/1.1'],
-      headersTimeout: HEADERS_TIMEOUT_MS,
-      requestTimeout: 0,
-      keepAliveTimeout: 60_000,
-    });
+    const http = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: 0, keepAliveTimeout: 60_000 };
+    if (opts.tls) {
+      const https = createHttpsServer({
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        ca: opts.tls.caPem,
+        requestCert: true,
+        // verified below, so that a missing or foreign certificate gets a readable 401
+        rejectUnauthorized: false,
+        ALPNProtocols: ['http/1.1'],
+        ...http,
+      });
+      https.on('tlsClientError', (err, socket) => {
+        this.#log.debug(1, 'gateway TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
+        socket.destroy();
+      });
+      this.server = https;
+    } else {
+      this.server = createHttpServer(http);
+    }
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
-    this.server.on('tlsClientError', (err, socket) => {
-      this.#log.debug(1, 'gateway TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
-      socket.destroy();
-    });
     this.server.on('clientError', (err, socket) => {
       this.#log.debug(1, 'gateway dropped a malformed request', { err: err.message });
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
@@ -76,6 +83,13 @@ export class Gateway {
     });
   }
 
+  /** Serves a new certificate to new connections (e.g. when a load balancer's address joins the SANs). */
+  setCertificate(cert: string, key: string): void {
+    if (!this.#opts.tls) return;
+    this.#opts.tls = { ...this.#opts.tls, cert, key };
+    (this.server as HttpsServer).setSecureContext({ cert, key, ca: this.#opts.tls.caPem });
+  }
+
   close(): Promise<void> {
     return new Promise((resolve) => {
       this.server.close(() => resolve());
@@ -84,17 +98,20 @@ export class Gateway {
   }
 
   /** Checks the client certificate and the route; answers the problem itself when there is one. */
-  #route(req: IncomingMessage): { member: MemberApiserver; path: string; cluster: string } | { status: number; reason: string; message: string } {
+  #route(req: IncomingMessage): { member: Upstream; path: string; cluster: string } | { status: number; reason: string; message: string } {
     const socket = req.socket as TLSSocket;
-    if (!socket.authorized) {
+    if (this.#opts.tls && !socket.authorized) {
       const why = socket.authorizationError ? String(socket.authorizationError) : 'no client certificate';
       return { status: 401, reason: 'Unauthorized', message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
     }
-    const bound = this.#boundCluster(socket);
-    const m = CLUSTER_PATH.exec(req.url ?? '');
+    const bound = this.#opts.tls ? this.#boundCluster(socket) : undefined;
+    const m = this.#opts.cluster ? undefined : CLUSTER_PATH.exec(req.url ?? '');
     let name: string;
     let path: string;
-    if (m) {
+    if (this.#opts.cluster) {
+      name = this.#opts.cluster;
+      path = req.url ?? '/';
+    } else if (m) {
       name = safeDecode(m[1]!);
       path = (m[2] || '/') + (m[3] ?? '');
     } else if (bound) {
@@ -112,6 +129,7 @@ export class Gateway {
     }
     const member = this.#member(this.#opts.registry.pick(name));
     if (!member) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
+    if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, reason: 'BadGateway', message: `the agent of cluster "${name}" announced no ${this.#opts.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
     return { member, path, cluster: name };
   }
 
@@ -140,7 +158,7 @@ export class Gateway {
    * Sends the request through `member`. A request without a body that fails before any answer
    * (the agent died, the channel was refused) is retried through another agent of the cluster.
    */
-  #forward(req: IncomingMessage, res: ServerResponse, member: MemberApiserver, path: string, cluster: string, tried: Set<AgentSession>): void {
+  #forward(req: IncomingMessage, res: ServerResponse, member: Upstream, path: string, cluster: string, tried: Set<AgentSession>): void {
     tried.add(member.session);
     const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
     // the fields object is built only when someone reads it: this runs for every request
@@ -165,7 +183,7 @@ export class Gateway {
         this.#forward(req, res, next, path, cluster, tried);
         return;
       }
-      sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`);
+      sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
     });
     res.on('close', () => { if (!res.writableFinished) upstream.destroy(); });
     if (bodyless) {
@@ -177,11 +195,15 @@ export class Gateway {
     }
   }
 
-  #member(session: AgentSession | undefined): MemberApiserver | undefined {
+  get #what(): string {
+    return this.#opts.target === 'kubesphere' ? 'ks-apiserver' : 'kube-apiserver';
+  }
+
+  #member(session: AgentSession | undefined): Upstream | undefined {
     if (!session) return undefined;
     let member = this.#members.get(session);
     if (!member) {
-      member = new MemberApiserver(session);
+      member = this.#opts.target === 'kubesphere' ? new MemberKubesphere(session) : new MemberApiserver(session);
       this.#members.set(session, member);
     }
     return member;
@@ -225,7 +247,7 @@ export class Gateway {
       socket.on('close', () => upReq.destroy());
       req.pipe(upReq);
     }, (err: Error) => {
-      socket.end(rawStatus(502, 'BadGateway', `tower gateway: cannot reach the kube-apiserver of cluster "${cluster}" through its agent: ${err.message}`));
+      socket.end(rawStatus(502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`));
     });
   }
 }
@@ -234,15 +256,16 @@ function safeDecode(s: string): string {
   try { return decodeURIComponent(s); } catch { return s; }
 }
 
-function upstreamHeaders(req: IncomingMessage, member: MemberApiserver): OutgoingHttpHeaders {
+function upstreamHeaders(req: IncomingMessage, member: Upstream): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
+  const dropAuth = !member.keepsClientAuthorization;
   for (const [k, v] of Object.entries(req.headers)) {
     // the caller authenticated to tower with its certificate; upstream credentials are the agent's
-    if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'authorization' || k === 'host' || v === undefined) continue;
+    if (HOP_BY_HOP.has(k) || listed.has(k) || (dropAuth && k === 'authorization') || k === 'host' || v === undefined) continue;
     out[k] = v;
   }
-  out.host = member.hostPort.replace(/:443$/, '');
+  out.host = member.hostHeader;
   if (member.authorization) out.authorization = member.authorization;
   return out;
 }

@@ -2,6 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
 import { TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
+import type { CertificateAuthority } from '../pki/ca.ts';
 import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { Cluster, ClusterStore, Closer } from '../store/types.ts';
@@ -9,6 +10,7 @@ import { FEATURE_TLS_AT_AGENT, UNAUTHORIZED, type AgentConfig } from '../tunnel/
 import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
+import { ClusterPorts } from './cluster-ports.ts';
 import { Gateway } from './gateway.ts';
 import { SessionRegistry } from './registry.ts';
 
@@ -40,6 +42,9 @@ export class Proxy {
   #gateway: Gateway | undefined;
   #statusTimers = new Map<string, NodeJS.Timeout>();
   #claim: Closer | undefined;
+  #ca: CertificateAuthority | undefined;
+  /** clusters served on ports of their own (Kubernetes mode) */
+  #ports = new Map<string, ClusterPorts>();
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
@@ -50,9 +55,11 @@ export class Proxy {
     const { store } = this.#opts;
     this.#claim = await store.claim();
     const ca = await loadCertificateAuthority(store, this.#opts.caCert, this.#opts.caKey);
+    this.#ca = ca;
     const hostKey = await loadHostKey(store);
     this.hostKeyFingerprint = hostKeyFingerprint(hostKey);
 
+    await store.reconcile?.({ ca, agents: (name) => this.registry.count(name) });
     await this.#watchClusters();
     this.registry.on('change', (name: string) => this.#scheduleStatus(name));
 
@@ -70,9 +77,7 @@ export class Proxy {
     this.#gateway = new Gateway({
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
-      caPem: ca.certPem,
-      cert: serving.cert,
-      key: serving.key,
+      tls: { caPem: ca.certPem, cert: serving.cert, key: serving.key },
       log: this.#log,
     });
     this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
@@ -98,11 +103,11 @@ export class Proxy {
   async close(): Promise<void> {
     this.#watch?.close();
     this.registry.closeAll();
-    await Promise.all([this.#endpoint?.close(), this.#gateway?.close()]);
+    await Promise.all([this.#endpoint?.close(), this.#gateway?.close(), ...[...this.#ports.values()].map((p) => p.close())]);
     for (const t of this.#statusTimers.values()) clearTimeout(t);
     // only the proxy that held the store writes its final status
     if (this.#claim) await Promise.all([...this.#clusters.keys()].map((name) => this.#writeStatus(name)));
-    this.#claim?.close();
+    await this.#claim?.close();
     this.#opts.store.close();
   }
 
@@ -112,18 +117,41 @@ export class Proxy {
     this.#watch = this.#opts.store.watch((ev) => {
       if (ev.type === 'deleted') {
         this.#clusters.delete(ev.name);
+        this.#servePorts(ev.name, undefined);
         const n = this.registry.close(ev.name);
         this.#log.info('cluster removed from the store', { cluster: ev.name, sessionsClosed: n });
         return;
       }
       const before = this.#clusters.get(ev.cluster.name);
       this.#clusters.set(ev.cluster.name, ev.cluster);
+      this.#servePorts(ev.cluster.name, ev.cluster);
       if (!before) { this.#log.info('cluster registered', { cluster: ev.cluster.name }); return; }
       if (before.token !== ev.cluster.token) {
         const n = this.registry.close(ev.cluster.name, (s) => !tokensEqual(s.config.token, ev.cluster.token));
         this.#log.info('cluster token rotated', { cluster: ev.cluster.name, sessionsClosed: n });
       }
     });
+  }
+
+  #servePorts(name: string, cluster: Cluster | undefined): void {
+    let ports = this.#ports.get(name);
+    if (!cluster?.serve) {
+      if (ports) {
+        this.#ports.delete(name);
+        void ports.close();
+      }
+      return;
+    }
+    if (!ports) {
+      const publish = this.#opts.publishServiceAddress;
+      ports = new ClusterPorts({
+        name, host: this.#opts.host, ca: this.#ca!, registry: this.registry, log: this.#log,
+        knows: (n) => this.#clusters.has(n),
+        baseNames: [publish, 'localhost', '127.0.0.1', '::1'],
+      });
+      this.#ports.set(name, ports);
+    }
+    void ports.apply(cluster.serve);
   }
 
   async #authorize(config: AgentConfig, remote: string): Promise<string | undefined> {

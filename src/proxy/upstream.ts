@@ -13,14 +13,33 @@ const MAX_SOCKETS_PER_SESSION = MAX_CHANNELS_PER_SESSION;
 /** idle connections kept per session: below the client's concurrency, every burst would pay new handshakes */
 const MAX_FREE_SOCKETS_PER_SESSION = 256;
 
+/** An HTTP server in a member cluster, reached through one agent session. */
+export interface Upstream {
+  readonly session: AgentSession;
+  /** "host:port" the agent dials */
+  readonly hostPort: string;
+  /** the Host header to send */
+  readonly hostHeader: string;
+  /** keep-alive pool of connections through this session */
+  readonly pool: Agent;
+  /** the Authorization to send instead of the client's; undefined with keepsClientAuthorization */
+  readonly authorization: string | undefined;
+  /** whether the client's own Authorization header goes through (ks-apiserver authenticates its users) */
+  readonly keepsClientAuthorization: boolean;
+  /** a fresh connection through a new channel (for upgrades, which leave the pool) */
+  connect(): Promise<Duplex>;
+}
+
 /**
  * How the proxy reaches a member's kube-apiserver: TLS made by the proxy inside a tunnel channel,
  * with the credentials that this very session's agent announced.
  */
-export class MemberApiserver {
+export class MemberApiserver implements Upstream {
   readonly session: AgentSession;
   readonly hostPort: string;
   readonly host: string;
+  readonly hostHeader: string;
+  readonly keepsClientAuthorization = false;
   /** keep-alive pool of TLS connections through this session */
   readonly pool: Agent;
   #bearer: string | undefined;
@@ -30,6 +49,7 @@ export class MemberApiserver {
     this.session = session;
     this.hostPort = normalizeHostPort(session.config.kubernetesSvcHost, 443);
     this.host = hostOf(this.hostPort);
+    this.hostHeader = this.hostPort.replace(/:443$/, '');
     const token = session.config.bearerToken?.toString('utf8').trim();
     this.#bearer = token ? `Bearer ${token}` : undefined;
     this.pool = new ChannelAgent(this, {
@@ -86,6 +106,31 @@ export class MemberApiserver {
 }
 
 /**
+ * A member's ks-apiserver (the agent's KubeSphereSvcHost): plain HTTP through `kubesphere`
+ * channels; the client's Authorization goes through, as ks-apiserver authenticates its users.
+ */
+export class MemberKubesphere implements Upstream {
+  readonly session: AgentSession;
+  readonly hostPort: string;
+  readonly hostHeader: string;
+  readonly pool: Agent;
+  readonly authorization = undefined;
+  readonly keepsClientAuthorization = true;
+
+  constructor(session: AgentSession) {
+    this.session = session;
+    this.hostPort = normalizeHostPort(session.config.kubesphereSvcHost, 80);
+    this.hostHeader = this.hostPort.replace(/:80$/, '');
+    this.pool = new ChannelAgent(this, { keepAlive: true, maxSockets: MAX_SOCKETS_PER_SESSION, maxFreeSockets: 32, timeout: IDLE_SOCKET_TIMEOUT_MS });
+    session.once('close', () => this.pool.destroy());
+  }
+
+  async connect(): Promise<Duplex> {
+    return asSocket(await this.session.openChannel(this.hostPort));
+  }
+}
+
+/**
  * Node's HTTP client and its keep-alive pool call a few net.Socket methods that a channel lacks;
  * on a channel they have nothing to do (no TCP underneath, lifetimes are managed here).
  */
@@ -112,8 +157,8 @@ function asSocket(channel: ServerChannel): Duplex {
 }
 
 class ChannelAgent extends Agent {
-  #member: MemberApiserver;
-  constructor(member: MemberApiserver, opts: AgentOptions) {
+  #member: Upstream;
+  constructor(member: Upstream, opts: AgentOptions) {
     super(opts);
     this.#member = member;
   }

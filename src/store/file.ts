@@ -16,6 +16,13 @@ const WATCH_POLL_MS = 500;
 const KEY_FILES: Record<KeyMaterialKind, string[]> = { ca: ['ca.crt', 'ca.key'], 'ssh-host-key': ['ssh_host_key'] };
 const PUBLIC_FILES = new Set(['ca.crt']);
 
+/** clusters/<name>.yaml: the revision is a generation counter */
+interface ClusterFile { name: string; token: string; createdAt: string; generation: number }
+
+function fromFile(f: ClusterFile): Cluster {
+  return { name: f.name, token: f.token, createdAt: f.createdAt, revision: String(f.generation) };
+}
+
 /**
  * The embedded store: plain files under the data dir. Writes are atomic (temp file, fsync, rename)
  * and serialized by a lock file, so `tower token` can run beside a live proxy; secrets are 0600.
@@ -59,9 +66,9 @@ export class FileStore implements ClusterStore {
     assertClusterName(name);
     return this.#locked(async () => {
       if (await this.#readCluster(name)) throw new StoreError('EEXIST', `cluster "${name}" already exists in ${this.location}`);
-      const cluster: Cluster = { name, token, createdAt: new Date().toISOString(), generation: 1 };
-      this.#writeFile(join(this.#clustersDir, `${name}.yaml`), toYaml(cluster), true);
-      return cluster;
+      const record: ClusterFile = { name, token, createdAt: new Date().toISOString(), generation: 1 };
+      this.#writeFile(join(this.#clustersDir, `${name}.yaml`), toYaml(record), true);
+      return fromFile(record);
     });
   }
 
@@ -70,12 +77,12 @@ export class FileStore implements ClusterStore {
     return this.#locked(async () => {
       const current = await this.#readCluster(cluster.name);
       if (!current) throw new StoreError('ENOTFOUND', `cluster "${cluster.name}" not found in ${this.location} (create it with: tower token ${cluster.name})`);
-      if (current.generation !== cluster.generation) {
-        throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated (generation ${current.generation}, not ${cluster.generation}); retry`);
+      if (current.revision !== cluster.revision) {
+        throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated (revision ${current.revision}, not ${cluster.revision}); retry`);
       }
-      const next = { ...cluster, generation: current.generation + 1 };
+      const next: ClusterFile = { name: cluster.name, token: cluster.token, createdAt: cluster.createdAt, generation: Number(current.revision) + 1 };
       this.#writeFile(join(this.#clustersDir, `${cluster.name}.yaml`), toYaml(next), true);
-      return next;
+      return fromFile(next);
     });
   }
 
@@ -168,7 +175,7 @@ export class FileStore implements ClusterStore {
             if (!cluster || closed) continue;
             seen.set(name, { stamp, cluster });
             if (!prev) onEvent({ type: 'added', cluster });
-            else if (prev.cluster.generation !== cluster.generation || prev.cluster.token !== cluster.token) onEvent({ type: 'modified', cluster });
+            else if (prev.cluster.revision !== cluster.revision || prev.cluster.token !== cluster.token) onEvent({ type: 'modified', cluster });
           }
           for (const name of [...seen.keys()]) {
             if (!names.has(name) && !closed) {
@@ -214,12 +221,12 @@ export class FileStore implements ClusterStore {
     const path = join(this.#clustersDir, `${name}.yaml`);
     const doc = await this.#readYaml(path);
     if (doc === undefined) return undefined;
-    const c = doc as Partial<Cluster>;
+    const c = doc as Partial<ClusterFile>;
     if (c.name !== name || typeof c.token !== 'string' || typeof c.generation !== 'number') {
       log.warn('ignoring malformed cluster file', { path, fix: `remove it, then run: tower token ${name}` });
       return undefined;
     }
-    return { name: c.name, token: c.token, createdAt: String(c.createdAt ?? ''), generation: c.generation };
+    return fromFile({ name: c.name, token: c.token, createdAt: String(c.createdAt ?? ''), generation: c.generation });
   }
 
   async #readYaml(path: string): Promise<unknown> {

@@ -1,11 +1,31 @@
+import type { CertificateAuthority } from '../pki/ca.ts';
+
 /** The registry of member clusters, behind which the proxy and the commands never see files or APIs. */
 export interface Cluster {
   name: string;
   /** hex of 32 random bytes; agents present it in their `config` request */
   token: string;
   createdAt: string;
-  /** bumped on every write; update() refuses a stale one (optimistic concurrency) */
-  generation: number;
+  /** opaque, changes on every write; update() refuses a stale one (optimistic concurrency) */
+  revision: string;
+  /** ports the proxy serves this cluster on besides the gateway (Kubernetes mode: the mc-<name> Service's targets) */
+  serve?: ClusterServing;
+}
+
+export interface ClusterServing {
+  /** HTTPS, client certificates from tower's CA → the member kube-apiserver */
+  kubernetesPort: number;
+  /** plain HTTP → the member ks-apiserver */
+  kubespherePort: number;
+  /** host names and addresses clients use (the Service's ClusterIP and DNS names, a load balancer's) */
+  names: string[];
+}
+
+/** What a store that reconciles (Kubernetes mode) needs from the proxy. */
+export interface ReconcileContext {
+  ca: CertificateAuthority;
+  /** live agent sessions of a cluster */
+  agents(name: string): number;
 }
 
 export interface ClusterStatus {
@@ -29,7 +49,7 @@ export type ClusterEvent =
 export type KeyMaterialKind = 'ca' | 'ssh-host-key';
 export type KeyMaterial = Record<string, string>;
 
-export interface Closer { close(): void }
+export interface Closer { close(): void | Promise<void> }
 
 export interface ClusterStore {
   /** where the store keeps its data, for messages ("~/.tower", "cluster.kubesphere.io") */
@@ -38,7 +58,7 @@ export interface ClusterStore {
   list(): Promise<Cluster[]>;
   /** fails with StoreError EEXIST when the cluster exists */
   create(name: string, token: string): Promise<Cluster>;
-  /** fails with StoreError ECONFLICT when `cluster.generation` is not the stored one */
+  /** fails with StoreError ECONFLICT when `cluster.revision` is not the stored one */
   update(cluster: Cluster): Promise<Cluster>;
   getStatus(name: string): Promise<ClusterStatus | undefined>;
   writeStatus(name: string, status: ClusterStatus): Promise<void>;
@@ -50,5 +70,10 @@ export interface ClusterStore {
   claim(): Promise<Closer>;
   /** returns the stored material of `kind`, creating it with `create` once, race-free across processes */
   loadOrCreateKeyMaterial(kind: KeyMaterialKind, create: () => Promise<KeyMaterial>): Promise<KeyMaterial>;
+  /**
+   * Called once by the proxy that holds the store, before it lists and watches: a store with its own
+   * controller (Kubernetes mode: ports, Services, conditions, kubeconfigs) starts it here.
+   */
+  reconcile?(ctx: ReconcileContext): Promise<void>;
   close(): void;
 }

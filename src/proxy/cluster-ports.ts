@@ -1,0 +1,97 @@
+import type { Logger } from '../observe/log.ts';
+import type { CertificateAuthority } from '../pki/ca.ts';
+import type { ClusterServing } from '../store/types.ts';
+import { Gateway } from './gateway.ts';
+import type { SessionRegistry } from './registry.ts';
+
+const CERT_DAYS = 365;
+const RETRY_LISTEN_MS = 10_000;
+
+export interface ClusterPortsOptions {
+  name: string;
+  host: string;
+  /** names every serving certificate carries besides the cluster's own (the proxy's address, loopback) */
+  baseNames: string[];
+  ca: CertificateAuthority;
+  registry: SessionRegistry;
+  knows: (name: string) => boolean;
+  log: Logger;
+}
+
+/**
+ * A cluster's own two ports, as the Go tower serves them behind the mc-<name> Service: HTTPS
+ * (tower's certificate for the Service's names, client certificates from tower's CA) to the member
+ * kube-apiserver, plain HTTP to the member ks-apiserver.
+ */
+export class ClusterPorts {
+  #opts: ClusterPortsOptions;
+  #serve: ClusterServing | undefined;
+  #kubernetes: Gateway | undefined;
+  #kubesphere: Gateway | undefined;
+  #retry: NodeJS.Timeout | undefined;
+  #closed = false;
+  /** serialises apply() calls */
+  #busy: Promise<void> = Promise.resolve();
+
+  constructor(opts: ClusterPortsOptions) {
+    this.#opts = opts;
+  }
+
+  apply(serve: ClusterServing): Promise<void> {
+    this.#busy = this.#busy.then(() => this.#apply(serve)).catch((err: unknown) => {
+      this.#opts.log.error('cannot serve cluster ports', { cluster: this.#opts.name, err: (err as Error).message });
+    });
+    return this.#busy;
+  }
+
+  async #apply(serve: ClusterServing): Promise<void> {
+    if (this.#closed) return;
+    const before = this.#serve;
+    this.#serve = serve;
+    const names = () => [...serve.names, ...this.#opts.baseNames];
+    if (before && before.kubernetesPort === serve.kubernetesPort && before.kubespherePort === serve.kubespherePort && this.#kubernetes && this.#kubesphere) {
+      if (JSON.stringify(before.names) !== JSON.stringify(serve.names)) {
+        const cert = await this.#opts.ca.issueServer(names(), CERT_DAYS);
+        this.#kubernetes.setCertificate(cert.cert, cert.key);
+        this.#opts.log.info('cluster certificate reissued', { cluster: this.#opts.name, names: serve.names.join(',') });
+      }
+      return;
+    }
+    await this.#stop();
+    const { name, host, registry, knows, log, ca } = this.#opts;
+    const cert = await ca.issueServer(names(), CERT_DAYS);
+    const kubernetes = new Gateway({ registry, knows, log, cluster: name, tls: { caPem: ca.certPem, cert: cert.cert, key: cert.key } });
+    const kubesphere = new Gateway({ registry, knows, log, cluster: name, target: 'kubesphere' });
+    try {
+      await kubernetes.listen(serve.kubernetesPort, host);
+      this.#kubernetes = kubernetes;
+      await kubesphere.listen(serve.kubespherePort, host);
+      this.#kubesphere = kubesphere;
+    } catch (err) {
+      await Promise.all([kubernetes.close(), kubesphere.close()]);
+      this.#kubernetes = this.#kubesphere = undefined;
+      const code = (err as NodeJS.ErrnoException).code;
+      log.error('cannot listen on the cluster\'s ports; retrying', {
+        cluster: name, ports: `${serve.kubernetesPort},${serve.kubespherePort}`, err: code ?? (err as Error).message,
+        fix: code === 'EADDRINUSE' ? 'another process holds the port: stop it, or give the Cluster other ports in spec.connection' : undefined,
+      });
+      this.#retry = setTimeout(() => { if (this.#serve === serve) void this.apply(serve); }, RETRY_LISTEN_MS);
+      this.#retry.unref();
+      return;
+    }
+    log.info('serving cluster ports', { cluster: name, kubernetes: `${host}:${serve.kubernetesPort}`, kubesphere: `${host}:${serve.kubespherePort}` });
+  }
+
+  async #stop(): Promise<void> {
+    clearTimeout(this.#retry);
+    const closing = [this.#kubernetes?.close(), this.#kubesphere?.close()];
+    this.#kubernetes = this.#kubesphere = undefined;
+    await Promise.all(closing);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#busy;
+    await this.#stop();
+  }
+}
