@@ -50,6 +50,8 @@ await build({
   define: { __TOWER_VERSION__: JSON.stringify(pkg.version) },
   // ssh2 loads cpu-features optionally, inside try/catch; its cipher order is set by tower anyway
   external: ['cpu-features'],
+  // client-node's node-fetch chain requires the deprecated built-in punycode; the npm one is the same code
+  alias: { punycode: 'punycode/' },
   plugins: [embedNativeCrypto],
   logLevel: 'warning',
 });

@@ -1,0 +1,217 @@
+/**
+ * The host cluster's API, as tower uses it in Kubernetes mode: KubeSphere's Cluster resource, the
+ * Services, Secrets and ConfigMap in kubesphere-system, and the Lease of leader election.
+ */
+import { existsSync } from 'node:fs';
+import {
+  CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, makeInformer,
+  type Informer, type KubernetesObject, type ObjectCache, type V1ObjectMeta,
+} from '@kubernetes/client-node';
+import { ConfigError, TowerError } from '../errors.ts';
+import type { Logger } from '../observe/log.ts';
+
+export const GROUP = 'cluster.kubesphere.io';
+export const VERSION = 'v1alpha1';
+export const PLURAL = 'clusters';
+export const CLUSTERS_PATH = `/apis/${GROUP}/${VERSION}/${PLURAL}`;
+/** where KubeSphere keeps its system objects, and tower its Services, Secrets and Lease */
+export const NAMESPACE = 'kubesphere-system';
+
+const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+
+export interface ClusterCondition {
+  type: string;
+  status: string;
+  lastUpdateTime?: string;
+  lastTransitionTime?: string;
+  reason?: string;
+  message?: string;
+}
+
+/** KubeSphere's Cluster (cluster.kubesphere.io/v1alpha1); JSON names are the contract. */
+export interface KubeCluster extends KubernetesObject {
+  metadata: V1ObjectMeta & { name: string };
+  spec?: {
+    joinFederation?: boolean;
+    enable?: boolean;
+    provider?: string;
+    externalKubeAPIEnabled?: boolean;
+    config?: string;
+    connection?: {
+      type?: string;
+      kubernetesAPIEndpoint?: string;
+      externalKubernetesAPIEndpoint?: string;
+      kubesphereAPIEndpoint?: string;
+      /** base64 of the kubeconfig's bytes (a Go []byte) */
+      kubeconfig?: string;
+      token?: string;
+      kubernetesAPIServerPort?: number;
+      kubesphereAPIServerPort?: number;
+    };
+  };
+  status?: { conditions?: ClusterCondition[]; [k: string]: unknown };
+}
+
+/** Whether the environment looks like a pod with a service account (in-cluster config). */
+export function inCluster(): boolean {
+  return Boolean(process.env.KUBERNETES_SERVICE_HOST) && existsSync(SERVICE_ACCOUNT_TOKEN);
+}
+
+/** The clients tower needs, from a kubeconfig file or the pod's service account. */
+export class HostCluster {
+  readonly kc = new KubeConfig();
+  readonly custom: CustomObjectsApi;
+  readonly core: CoreV1Api;
+  readonly coordination: CoordinationV1Api;
+  readonly server: string;
+
+  constructor(kubeconfig: string | undefined) {
+    if (kubeconfig) {
+      if (!existsSync(kubeconfig)) throw new ConfigError(`host kubeconfig ${kubeconfig} does not exist (give --kubeconfig the path of a kubeconfig for the host cluster)`);
+      try {
+        this.kc.loadFromFile(kubeconfig);
+      } catch (err) {
+        throw new ConfigError(`cannot read host kubeconfig ${kubeconfig}: ${(err as Error).message}`);
+      }
+    } else {
+      this.kc.loadFromCluster();
+    }
+    const cluster = this.kc.getCurrentCluster();
+    if (!cluster?.server) throw new ConfigError(`host kubeconfig ${kubeconfig ?? '(in-cluster)'} has no current cluster with a server`);
+    this.server = cluster.server;
+    this.custom = this.kc.makeApiClient(CustomObjectsApi);
+    this.core = this.kc.makeApiClient(CoreV1Api);
+    this.coordination = this.kc.makeApiClient(CoordinationV1Api);
+  }
+
+  getCluster(name: string): Promise<KubeCluster | undefined> {
+    return orUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, name }) as Promise<KubeCluster>);
+  }
+
+  async listClusters(): Promise<{ items: KubeCluster[]; metadata?: { resourceVersion?: string } }> {
+    return await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }) as { items: KubeCluster[] };
+  }
+
+  createCluster(body: KubeCluster): Promise<KubeCluster> {
+    return this.custom.createClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, body }) as Promise<KubeCluster>;
+  }
+
+  /** A whole-object update (resourceVersion checked): with no status subresource it writes status too. */
+  replaceCluster(body: KubeCluster): Promise<KubeCluster> {
+    return this.custom.replaceClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, name: body.metadata.name, body }) as Promise<KubeCluster>;
+  }
+
+  replaceClusterStatus(body: KubeCluster): Promise<KubeCluster> {
+    return this.custom.replaceClusterCustomObjectStatus({ group: GROUP, version: VERSION, plural: PLURAL, name: body.metadata.name, body }) as Promise<KubeCluster>;
+  }
+
+  /** An informer that restarts itself (client-node's stops on any error but 410). */
+  watch<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger, labelSelector?: string): Watcher<T> {
+    return new Watcher<T>(this.kc, what, path, list, log, labelSelector);
+  }
+}
+
+const RESTART_MIN_MS = 1_000;
+const RESTART_MAX_MS = 30_000;
+
+/**
+ * List + watch with client-node's informer, restarted with backoff after errors (it stops on any
+ * error but 410). A stalled watch is cut by client-node's own inactivity timeout and resumed.
+ */
+export class Watcher<T extends KubernetesObject> {
+  readonly informer: Informer<T> & ObjectCache<T>;
+  #what: string;
+  #log: Logger;
+  #stopped = false;
+  #delay = RESTART_MIN_MS;
+  #restartTimer: NodeJS.Timeout | undefined;
+  /** resolves once a list has filled the cache */
+  readonly synced: Promise<void>;
+
+  constructor(kc: KubeConfig, what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger, labelSelector?: string) {
+    this.#what = what;
+    this.#log = log;
+    let onSynced!: () => void;
+    this.synced = new Promise((resolve) => { onSynced = resolve; });
+    const listed = async () => {
+      const r = await list();
+      // the informer stores the items right after this returns, in the same turn
+      setImmediate(onSynced);
+      return r;
+    };
+    this.informer = makeInformer<T>(kc, path, listed as never, labelSelector);
+    this.informer.on('connect', () => { this.#delay = RESTART_MIN_MS; });
+    this.informer.on('error', (err: unknown) => {
+      if (this.#stopped) return;
+      this.#log.warn(`watch of ${this.#what} failed; restarting`, { err: apiMessage(err), inMs: this.#delay });
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => { void this.#start(); }, this.#delay);
+      this.#delay = Math.min(this.#delay * 2, RESTART_MAX_MS);
+    });
+  }
+
+  /** Starts; resolves once the first list is in the cache (failures are logged and retried meanwhile). */
+  async start(): Promise<void> {
+    await this.#start();
+    await this.synced;
+  }
+
+  async #start(): Promise<void> {
+    if (this.#stopped) return;
+    try {
+      await this.informer.start();
+    } catch (err) {
+      // list failures are reported through 'error' too, which schedules the retry
+      this.#log.debug(2, `start of ${this.#what} watch failed`, { err: apiMessage(err) });
+    }
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#restartTimer);
+    void this.informer.stop();
+  }
+}
+
+/** The HTTP status of a failed API call (client-node's ApiException, or a watch error). */
+export function apiStatus(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown };
+  if (typeof e?.code === 'number') return e.code;
+  if (typeof e?.statusCode === 'number') return e.statusCode;
+  return undefined;
+}
+
+/** One line for logs and errors: the API's own message when there is one. */
+export function apiMessage(err: unknown): string {
+  const e = err as { code?: unknown; body?: unknown; message?: string; cause?: { message?: string } };
+  const status = apiStatus(err);
+  if (status !== undefined) {
+    let body = e.body as { message?: string } | string | undefined;
+    if (typeof body === 'string') {
+      try { body = JSON.parse(body) as { message?: string }; } catch { /* not JSON */ }
+    }
+    const msg = typeof body === 'object' && body?.message ? body.message : typeof body === 'string' && body ? body.slice(0, 200) : e.message?.split('\n')[0] ?? '';
+    return `${status}: ${msg}`;
+  }
+  const cause = e?.cause?.message;
+  return cause ? `${e.message}: ${cause}` : String(e?.message ?? err);
+}
+
+export async function orUndefined<T>(p: Promise<T>): Promise<T | undefined> {
+  try {
+    return await p;
+  } catch (err) {
+    if (apiStatus(err) === 404) return undefined;
+    throw err;
+  }
+}
+
+/** A failed API call as an error for people: what was attempted, where, and why. */
+export function apiError(what: string, server: string, err: unknown): TowerError {
+  const status = apiStatus(err);
+  const hint = status === 401 ? ' (the host kubeconfig\'s credentials are not accepted)'
+    : status === 403 ? ' (grant the RBAC that `tower install proxy` prints)'
+    : status === 404 && /Cluster/.test(what) ? ' (is the Cluster CRD installed? `tower install proxy | kubectl apply -f -`)'
+    : status === undefined ? ' (is the host cluster reachable?)' : '';
+  return new TowerError('EKUBE', `${what} at ${server} failed: ${apiMessage(err)}${hint}`);
+}

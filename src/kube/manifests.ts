@@ -1,0 +1,240 @@
+/** What `tower install` prints: the objects that run tower in a host cluster and in a member cluster. */
+import { GROUP, NAMESPACE, PLURAL, VERSION } from './api.ts';
+
+type Obj = Record<string, unknown>;
+
+const str = { type: 'string' };
+const int = { type: 'integer' };
+const bool = { type: 'boolean' };
+const bytes = { type: 'string', format: 'byte' };
+const time = { type: 'string', format: 'date-time' };
+
+/**
+ * KubeSphere's Cluster CRD, field for field (its ks-crds chart): a structural schema, no status
+ * subresource (tower writes status either way).
+ */
+export function clusterCrd(): Obj {
+  return {
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: { name: `${PLURAL}.${GROUP}` },
+    spec: {
+      group: GROUP,
+      names: { kind: 'Cluster', listKind: 'ClusterList', plural: PLURAL, singular: 'cluster' },
+      scope: 'Cluster',
+      versions: [{
+        additionalPrinterColumns: [
+          { jsonPath: '.spec.provider', name: 'Provider', type: 'string' },
+          { jsonPath: '.status.kubernetesVersion', name: 'Version', type: 'string' },
+        ],
+        name: VERSION,
+        schema: {
+          openAPIV3Schema: {
+            description: 'Cluster is the schema for the clusters API',
+            type: 'object',
+            properties: {
+              apiVersion: str,
+              kind: str,
+              metadata: { type: 'object' },
+              spec: {
+                type: 'object',
+                properties: {
+                  config: bytes,
+                  connection: {
+                    type: 'object',
+                    properties: {
+                      externalKubernetesAPIEndpoint: str,
+                      kubeconfig: bytes,
+                      kubernetesAPIEndpoint: str,
+                      kubernetesAPIServerPort: int,
+                      kubesphereAPIEndpoint: str,
+                      kubesphereAPIServerPort: int,
+                      token: str,
+                      type: str,
+                    },
+                  },
+                  enable: bool,
+                  externalKubeAPIEnabled: bool,
+                  joinFederation: bool,
+                  provider: str,
+                },
+              },
+              status: {
+                type: 'object',
+                properties: {
+                  conditions: {
+                    type: 'array',
+                    items: {
+                      type: 'object',
+                      required: ['status', 'type'],
+                      properties: { lastTransitionTime: time, lastUpdateTime: time, message: str, reason: str, status: str, type: str },
+                    },
+                  },
+                  configz: { type: 'object', additionalProperties: bool },
+                  kubeSphereVersion: str,
+                  kubernetesVersion: str,
+                  nodeCount: int,
+                  region: str,
+                  uid: str,
+                  zones: { type: 'array', items: str },
+                },
+              },
+            },
+          },
+        },
+        served: true,
+        storage: true,
+        subresources: {},
+      }],
+    },
+  };
+}
+
+const TOWER_LABELS = { 'app.kubernetes.io/name': 'tower', app: 'tower' };
+
+export interface ProxyInstall {
+  image: string;
+  replicas: number;
+  publishServiceAddress: string;
+  serviceType: string;
+}
+
+/** Host side: the CRD, RBAC limited to what the proxy touches, the Deployment and the agents' Service. */
+export function proxyManifests(p: ProxyInstall): Obj[] {
+  const args = ['proxy', '--port=8080', '--gateway-port=6443', `--publish-service-address=${p.publishServiceAddress}`];
+  if (p.replicas > 1) args.push('--leader-elect');
+  return [
+    clusterCrd(),
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS } },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRole',
+      metadata: { name: 'tower', labels: TOWER_LABELS },
+      rules: [
+        { apiGroups: [GROUP], resources: [PLURAL], verbs: ['get', 'list', 'watch', 'update'] },
+        { apiGroups: [GROUP], resources: [`${PLURAL}/status`], verbs: ['update'] },
+        { apiGroups: [''], resources: ['namespaces'], resourceNames: [NAMESPACE], verbs: ['get'] },
+      ],
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRoleBinding',
+      metadata: { name: 'tower', labels: TOWER_LABELS },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'tower' },
+      subjects: [{ kind: 'ServiceAccount', name: 'tower', namespace: NAMESPACE }],
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'Role',
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      rules: [
+        { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'watch', 'create', 'update', 'delete'] },
+        // create cannot be limited by name; reading is
+        { apiGroups: [''], resources: ['secrets'], verbs: ['create'] },
+        { apiGroups: [''], resources: ['secrets'], resourceNames: ['tower-ca', 'tower-ssh-host-key'], verbs: ['get'] },
+        { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
+        { apiGroups: [''], resources: ['configmaps'], resourceNames: ['tower-proxy'], verbs: ['get', 'update'] },
+        { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+        { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: ['tower'], verbs: ['get', 'update'] },
+      ],
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'RoleBinding',
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'tower' },
+      subjects: [{ kind: 'ServiceAccount', name: 'tower', namespace: NAMESPACE }],
+    },
+    {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      spec: {
+        replicas: p.replicas,
+        selector: { matchLabels: TOWER_LABELS },
+        template: {
+          metadata: { labels: TOWER_LABELS },
+          spec: {
+            serviceAccountName: 'tower',
+            containers: [{
+              name: 'proxy',
+              image: p.image,
+              command: ['/tower'],
+              args,
+              ports: [{ name: 'agents', containerPort: 8080 }, { name: 'gateway', containerPort: 6443 }],
+              readinessProbe: { httpGet: { path: '/health', port: 8080 }, periodSeconds: 5 },
+              livenessProbe: { httpGet: { path: '/health', port: 8080 }, periodSeconds: 20, failureThreshold: 3 },
+              resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
+              securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
+            }],
+          },
+        },
+      },
+    },
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      spec: {
+        type: p.serviceType,
+        selector: TOWER_LABELS,
+        ports: [{ name: 'agents', protocol: 'TCP', port: 8080, targetPort: 8080 }],
+      },
+    },
+  ];
+}
+
+export interface AgentInstall {
+  image: string;
+  name: string;
+  token: string;
+  proxyServer: string;
+  proxyFingerprint?: string;
+  kubesphereService: string;
+}
+
+/** Member side: a ServiceAccount bound to cluster-admin (the host acts through it), the token as a Secret, the Deployment. */
+export function agentManifests(a: AgentInstall): Obj[] {
+  const labels = { 'app.kubernetes.io/name': 'tower-agent', app: 'tower-agent' };
+  const args = ['agent', `--name=${a.name}`, `--proxy-server=${a.proxyServer}`, '--keepalive=10s',
+    `--kubesphere-service=${a.kubesphereService}`, '--kubernetes-service=kubernetes.default.svc:443'];
+  if (a.proxyFingerprint) args.push(`--proxy-fingerprint=${a.proxyFingerprint}`);
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels } },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRoleBinding',
+      metadata: { name: 'tower-agent', labels },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' },
+      subjects: [{ kind: 'ServiceAccount', name: 'tower-agent', namespace: NAMESPACE }],
+    },
+    { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels }, type: 'Opaque', stringData: { token: a.token } },
+    {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'tower-agent', namespace: NAMESPACE, labels },
+      spec: {
+        replicas: 1,
+        selector: { matchLabels: labels },
+        template: {
+          metadata: { labels },
+          spec: {
+            serviceAccountName: 'tower-agent',
+            containers: [{
+              name: 'agent',
+              image: a.image,
+              command: ['/tower'],
+              args,
+              // the token stays out of the pod spec and ps
+              env: [{ name: 'TOWER_TOKEN', valueFrom: { secretKeyRef: { name: 'tower-agent', key: 'token' } } }],
+              resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '512Mi' } },
+              securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
+            }],
+          },
+        },
+      },
+    },
+  ];
+}
