@@ -1,5 +1,6 @@
 import { Builtins, Cli } from 'clipanion';
 import { AgentCommand } from './cli/agent.ts';
+import { InstallAgentCommand, InstallProxyCommand } from './cli/install.ts';
 import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
 import { TokenCommand } from './cli/token.ts';
@@ -10,6 +11,8 @@ cli.register(ProxyCommand);
 cli.register(AgentCommand);
 cli.register(TokenCommand);
 cli.register(KubeconfigCommand);
+cli.register(InstallProxyCommand);
+cli.register(InstallAgentCommand);
 cli.register(Builtins.HelpCommand);
 cli.register(Builtins.VersionCommand);
 

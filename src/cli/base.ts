@@ -1,11 +1,19 @@
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 import { Command, Option } from 'clipanion';
-import { TowerError } from '../errors.ts';
+import { ConfigError, TowerError } from '../errors.ts';
+import { inCluster } from '../kube/api.ts';
 import { describeSources, loadConfig, type Loaded, type RawFlags, type Specs } from '../config/loader.ts';
 import { log } from '../observe/log.ts';
 import { FileStore } from '../store/file.ts';
+import { KubernetesStore, type KubernetesStoreOptions } from '../store/kubernetes.ts';
 import type { ClusterStore } from '../store/types.ts';
+
+export interface StoreChoice {
+  store?: string;
+  kubeconfig?: string;
+  dataDir?: string;
+}
 
 /** Options every subcommand shares, and the one way they load and fail. */
 export abstract class TowerCommand extends Command {
@@ -42,8 +50,18 @@ export abstract class TowerCommand extends Command {
     return loaded.values;
   }
 
-  openStore(dataDir: string | undefined): ClusterStore {
-    const dir = dataDir ? resolve(dataDir.replace(/^~(?=$|\/)/, homedir())) : resolve(homedir(), '.tower');
+  /**
+   * The file store, or the Kubernetes one: chosen by --store, else Kubernetes when a host
+   * kubeconfig is given or the process runs in a pod with a service account.
+   */
+  openStore(o: StoreChoice, k8s: Omit<KubernetesStoreOptions, 'kubeconfig' | 'log'> = {}): ClusterStore {
+    const kind = o.store ?? (o.kubeconfig || inCluster() ? 'kubernetes' : 'file');
+    if (kind === 'kubernetes') {
+      if (!o.kubeconfig && !inCluster()) throw new ConfigError('--store kubernetes needs the host cluster: give --kubeconfig <path>, or run in a pod with a service account');
+      return new KubernetesStore({ kubeconfig: o.kubeconfig, log, ...k8s });
+    }
+    if (o.kubeconfig) throw new ConfigError('--kubeconfig names a host cluster, which the file store does not use: drop --store file, or drop --kubeconfig');
+    const dir = o.dataDir ? resolve(o.dataDir.replace(/^~(?=$|\/)/, homedir())) : resolve(homedir(), '.tower');
     return new FileStore(dir);
   }
 }

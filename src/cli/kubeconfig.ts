@@ -1,10 +1,12 @@
 import { Command, Option } from 'clipanion';
 import { KUBECONFIG_OPTIONS } from '../config/options.ts';
 import { StoreError } from '../errors.ts';
+import { KubernetesStore } from '../store/kubernetes.ts';
 import { loadCertificateAuthority } from '../pki/keys.ts';
 import { renderKubeconfig } from '../pki/kubeconfig.ts';
 import { assertClusterName } from '../store/names.ts';
 import { TowerCommand } from './base.ts';
+import { waitWithProgress } from './progress.ts';
 
 export class KubeconfigCommand extends TowerCommand {
   static override paths = [['kubeconfig']];
@@ -14,8 +16,16 @@ export class KubeconfigCommand extends TowerCommand {
       The client certificate is signed by tower's CA (CN from --user, O from --group) and bound to
       the cluster: the gateway serves it that cluster only. The server is the gateway address the
       proxy recorded in the data dir, with /clusters/<name>.
+
+      Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote into the Cluster
+      (spec.connection.kubeconfig) once its agent is connected; --gateway issues one for the gateway
+      instead, as in file mode.
     `,
-    examples: [['Admin access to alpha', '$0 kubeconfig alpha > alpha.kubeconfig'], ['A read-only group', '$0 kubeconfig alpha --user jane --group viewers']],
+    examples: [
+      ['Admin access to alpha', '$0 kubeconfig alpha > alpha.kubeconfig'],
+      ['A read-only group', '$0 kubeconfig alpha --user jane --group viewers'],
+      ['The Cluster\'s own, in a KubeSphere host', '$0 kubeconfig alpha --kubeconfig host.kubeconfig'],
+    ],
   });
   readonly command = 'kubeconfig';
 
@@ -27,14 +37,23 @@ export class KubeconfigCommand extends TowerCommand {
   caCert = Option.String('--ca-cert', { description: 'CA certificate, when the proxy runs with --ca-cert' });
   caKey = Option.String('--ca-key', { description: 'CA key, when the proxy runs with --ca-key' });
   dataDir = Option.String('--data-dir', { description: 'Directory of the embedded store (env TOWER_HOME; default ~/.tower)' });
+  store = Option.String('--store', { description: 'file or kubernetes (default kubernetes when --kubeconfig is given or in a pod)' });
+  kubeconfig = Option.String('--kubeconfig', { description: 'Host cluster kubeconfig: selects Kubernetes mode' });
+  gateway = Option.Boolean('--gateway', { description: 'Kubernetes mode: issue a kubeconfig for the gateway instead of printing the Cluster\'s' });
+  timeout = Option.String('--timeout', { description: 'Kubernetes mode: how long to wait for the agent and its kubeconfig (default 60s)' });
 
   async run(): Promise<number> {
     const o = this.load(KUBECONFIG_OPTIONS, {
       user: this.user, group: this.group, server: this.server, days: this.days, caCert: this.caCert, caKey: this.caKey, dataDir: this.dataDir,
+      store: this.store, kubeconfig: this.kubeconfig, gateway: this.gateway, timeout: this.timeout,
     });
     const name = assertClusterName(this.name);
-    const store = this.openStore(o.dataDir);
+    const store = this.openStore(o);
     try {
+      if (store instanceof KubernetesStore && !o.gateway) {
+        process.stdout.write(await clusterKubeconfig(store, name, o.timeout));
+        return 0;
+      }
       if (!(await store.get(name))) {
         throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (create it with: tower token ${name})`);
       }
@@ -49,4 +68,18 @@ export class KubeconfigCommand extends TowerCommand {
       store.close();
     }
   }
+}
+
+/** spec.connection.kubeconfig, once the proxy has written it for a connected agent. */
+async function clusterKubeconfig(store: KubernetesStore, name: string, timeoutMs: number): Promise<string> {
+  if (!(await store.resource(name))) {
+    throw new StoreError('ENOTFOUND', `Cluster "${name}" not found in ${store.location} (create it with: tower token ${name} --kubeconfig <host>)`);
+  }
+  return waitWithProgress(`waiting for an agent of Cluster "${name}" to connect`, async () => {
+    const c = await store.resource(name);
+    if (!c) throw new StoreError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
+    const agent = c.status?.conditions?.find((x) => x.type === 'AgentAvailable')?.status === 'True';
+    const b64 = c.spec?.connection?.kubeconfig;
+    return agent && b64 ? Buffer.from(b64, 'base64').toString('utf8') : undefined;
+  }, timeoutMs, `no agent of Cluster "${name}" has connected to the proxy yet (start one with the command that "tower token ${name} --kubeconfig <host>" prints)`);
 }

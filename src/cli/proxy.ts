@@ -1,5 +1,6 @@
 import { Command, Option } from 'clipanion';
 import { ConfigError } from '../errors.ts';
+import { KubernetesStore } from '../store/kubernetes.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
 import { log } from '../observe/log.ts';
 import { Proxy } from '../proxy/proxy.ts';
@@ -13,8 +14,16 @@ export class ProxyCommand extends TowerCommand {
       Agents dial the agent port (HTTP upgraded to WebSocket, SSH inside); users and controllers reach
       each member's kube-apiserver at https://<publish-service-address>:<gateway-port>/clusters/<name>
       with a kubeconfig from \`tower kubeconfig\`. State lives in the data dir (default ~/.tower).
+
+      Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resources are the
+      registry; tower fills in each proxy Cluster's token, ports, endpoints, kubeconfig and conditions,
+      keeps its mc-<name> Service in kubesphere-system, and serves it on its two ports as well.
     `,
-    examples: [['Serve on the default ports', '$0 proxy'], ['Publish a public address', '$0 proxy --publish-service-address proxy.example.com']],
+    examples: [
+      ['Serve on the default ports', '$0 proxy'],
+      ['Publish a public address', '$0 proxy --publish-service-address proxy.example.com'],
+      ['Kubernetes mode, two replicas', '$0 proxy --kubeconfig host.kubeconfig --leader-elect'],
+    ],
   });
   readonly command = 'proxy';
 
@@ -25,18 +34,34 @@ export class ProxyCommand extends TowerCommand {
   gatewayPort = Option.String('--gateway-port', { description: 'Cluster gateway HTTPS port (default 6443; 0 picks a free one)' });
   publishServiceAddress = Option.String('--publish-service-address', { description: 'Host name or IP that agents and users reach this proxy at (default 127.0.0.1); put in certificates, kubeconfigs and join commands' });
   dataDir = Option.String('--data-dir', { description: 'Directory of the embedded store (env TOWER_HOME; default ~/.tower)' });
-  kubeconfig = Option.String('--kubeconfig', { description: 'Host cluster kubeconfig for Kubernetes mode (Cluster CRD store; not in this version)' });
-  leaderElect = Option.Boolean('--leader-elect', { description: 'Leader election among proxies (Kubernetes mode; not in this version)' });
+  store = Option.String('--store', { description: 'Cluster registry: file (the data dir) or kubernetes (KubeSphere\'s Cluster resources); default kubernetes when --kubeconfig is given or in a pod' });
+  kubeconfig = Option.String('--kubeconfig', { description: 'Host cluster kubeconfig: selects Kubernetes mode' });
+  leaderElect = Option.Boolean('--leader-elect', { description: 'Kubernetes mode: only the holder of Lease kubesphere-system/tower serves; the others wait to take over' });
+  leaseDuration = Option.String('--leader-elect-lease-duration', { description: 'How long a lease holds after its last renewal (default 30s)' });
+  renewDeadline = Option.String('--leader-elect-renew-deadline', { description: 'The leader steps down when it could not renew for this long (default 15s)' });
+  retryPeriod = Option.String('--leader-elect-retry-period', { description: 'Between attempts to take or renew the lease (default 5s)' });
 
   async run(): Promise<number> {
     const o = this.load(PROXY_OPTIONS, {
       caCert: this.caCert, caKey: this.caKey, host: this.host, port: this.port, gatewayPort: this.gatewayPort,
-      publishServiceAddress: this.publishServiceAddress, dataDir: this.dataDir, kubeconfig: this.kubeconfig, leaderElect: this.leaderElect,
+      publishServiceAddress: this.publishServiceAddress, dataDir: this.dataDir, store: this.store, kubeconfig: this.kubeconfig, leaderElect: this.leaderElect,
+      leaderElectLeaseDuration: this.leaseDuration, leaderElectRenewDeadline: this.renewDeadline, leaderElectRetryPeriod: this.retryPeriod,
     });
-    if (o.kubeconfig) throw new ConfigError('--kubeconfig selects Kubernetes mode (the Cluster CRD store), which this version does not have yet; run without it to use the embedded file store');
-    if (o.leaderElect) throw new ConfigError('--leader-elect belongs to Kubernetes mode, which this version does not have yet; run one proxy per data dir without it');
+    if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration) throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
+    if (o.leaderElectRetryPeriod >= o.leaderElectRenewDeadline) throw new ConfigError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline');
+    const store = this.openStore(o, o.leaderElect ? {
+      leaderElection: {
+        times: { leaseMs: o.leaderElectLeaseDuration, renewDeadlineMs: o.leaderElectRenewDeadline, retryMs: o.leaderElectRetryPeriod },
+        onLost: (why) => {
+          // as client-go's callers do: stop at once, a restart campaigns afresh
+          log.error('leader election lost; exiting', { why });
+          process.exit(1);
+        },
+      },
+    } : {});
+    if (o.leaderElect && !(store instanceof KubernetesStore)) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
     const proxy = new Proxy({
-      store: this.openStore(o.dataDir),
+      store,
       host: o.host,
       port: o.port,
       gatewayPort: o.gatewayPort,
@@ -45,16 +70,16 @@ export class ProxyCommand extends TowerCommand {
       caKey: o.caKey,
       log,
     });
-    try {
-      await proxy.start();
-    } catch (err) {
-      await proxy.close();
-      throw err;
-    }
-    const signal = await new Promise<string>((resolve) => {
+    const stopped = new Promise<string>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));
       process.once('SIGTERM', () => resolve('SIGTERM'));
     });
+    // a follower waits in start() for the lease: a signal must end that wait too
+    const early = await Promise.race([proxy.start().then(() => undefined), stopped]).catch(async (err: unknown) => {
+      await proxy.close();
+      throw err;
+    });
+    const signal = early ?? await stopped;
     log.info('shutting down', { signal });
     await proxy.close();
     return 0;

@@ -1,12 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'clipanion';
 import { TOKEN_OPTIONS } from '../config/options.ts';
-import { StoreError } from '../errors.ts';
+import { StoreError, TowerError } from '../errors.ts';
+import { apiError, apiStatus } from '../kube/api.ts';
+import { notOurs } from '../kube/controller.ts';
 import { loadHostKey } from '../pki/keys.ts';
 import { normalizeProxyServer } from '../agent/agent.ts';
+import { KubernetesStore } from '../store/kubernetes.ts';
 import { assertClusterName } from '../store/names.ts';
+import type { Cluster, ClusterStore } from '../store/types.ts';
 import { hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TowerCommand } from './base.ts';
+import { waitWithProgress } from './progress.ts';
+
+const CONFLICT_RETRIES = 5;
 
 export class TokenCommand extends TowerCommand {
   static override paths = [['token']];
@@ -16,8 +23,15 @@ export class TokenCommand extends TowerCommand {
       Creates the cluster in the store when it is missing and prints its token and the exact
       \`tower agent\` command to run on the member side. --rotate issues a new token; a running proxy
       drops the sessions that used the old one within a second.
+
+      Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy, joining the
+      federation) and waits until the proxy has filled in its token.
     `,
-    examples: [['Register alpha', '$0 token alpha'], ['Rotate its token', '$0 token alpha --rotate']],
+    examples: [
+      ['Register alpha', '$0 token alpha'],
+      ['Rotate its token', '$0 token alpha --rotate'],
+      ['In a KubeSphere host cluster', '$0 token alpha --kubeconfig host.kubeconfig'],
+    ],
   });
   readonly command = 'token';
 
@@ -25,30 +39,20 @@ export class TokenCommand extends TowerCommand {
   rotate = Option.Boolean('--rotate', { description: 'Issue a new token; sessions with the old one are closed' });
   proxyServer = Option.String('--proxy-server', { description: 'Agent endpoint to print in the join command (default: what the proxy recorded)' });
   dataDir = Option.String('--data-dir', { description: 'Directory of the embedded store (env TOWER_HOME; default ~/.tower)' });
+  store = Option.String('--store', { description: 'file or kubernetes (default kubernetes when --kubeconfig is given or in a pod)' });
+  kubeconfig = Option.String('--kubeconfig', { description: 'Host cluster kubeconfig: selects Kubernetes mode' });
+  timeout = Option.String('--timeout', { description: 'Kubernetes mode: how long to wait for the proxy to fill in the token (default 60s)' });
 
   async run(): Promise<number> {
-    const o = this.load(TOKEN_OPTIONS, { rotate: this.rotate, proxyServer: this.proxyServer, dataDir: this.dataDir });
+    const o = this.load(TOKEN_OPTIONS, {
+      rotate: this.rotate, proxyServer: this.proxyServer, dataDir: this.dataDir, store: this.store, kubeconfig: this.kubeconfig, timeout: this.timeout,
+    });
     const name = assertClusterName(this.name);
-    const store = this.openStore(o.dataDir);
+    const store = this.openStore(o);
     try {
-      let cluster = await store.get(name);
-      let note: string;
-      if (!cluster) {
-        try {
-          cluster = await store.create(name, newToken());
-          note = `registered cluster "${name}" in ${store.location}`;
-        } catch (err) {
-          // another `tower token` created it meanwhile: print that one
-          if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
-          cluster = (await store.get(name))!;
-          note = `cluster "${name}" is already registered in ${store.location}`;
-        }
-      } else if (o.rotate) {
-        cluster = await this.#rotate(store, name);
-        note = `rotated the token of cluster "${name}"; agents with the old one are disconnected`;
-      } else {
-        note = `cluster "${name}" is already registered in ${store.location}`;
-      }
+      const { cluster, note } = store instanceof KubernetesStore
+        ? await this.#kubernetes(store, name, o.rotate, o.timeout)
+        : await this.#file(store, name, o.rotate);
       const record = await store.readProxyRecord();
       const server = normalizeProxyServer(o.proxyServer ?? record?.agentUrl ?? 'http://127.0.0.1:8080').replace(/^ws/, 'http');
       const fingerprint = hostKeyFingerprint(await loadHostKey(store));
@@ -61,13 +65,69 @@ export class TokenCommand extends TowerCommand {
     }
   }
 
-  async #rotate(store: import('../store/types.ts').ClusterStore, name: string) {
+  async #file(store: ClusterStore, name: string, rotate: boolean): Promise<{ cluster: Cluster; note: string }> {
+    const existing = await store.get(name);
+    if (!existing) {
+      try {
+        return { cluster: await store.create(name, newToken()), note: `registered cluster "${name}" in ${store.location}` };
+      } catch (err) {
+        // another `tower token` created it meanwhile: print that one
+        if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
+        return { cluster: (await store.get(name))!, note: `cluster "${name}" is already registered in ${store.location}` };
+      }
+    }
+    if (!rotate) return { cluster: existing, note: `cluster "${name}" is already registered in ${store.location}` };
     for (let attempt = 0; ; attempt++) {
       const current = (await store.get(name))!;
       try {
-        return await store.update({ ...current, token: newToken() });
+        const cluster = await store.update({ ...current, token: newToken() });
+        return { cluster, note: `rotated the token of cluster "${name}"; agents with the old one are disconnected` };
       } catch (err) {
-        if (!(err instanceof StoreError && err.code === 'ECONFLICT') || attempt >= 5) throw err;
+        if (!(err instanceof StoreError && err.code === 'ECONFLICT') || attempt >= CONFLICT_RETRIES) throw err;
+      }
+    }
+  }
+
+  /** The Cluster resource: created when missing (the proxy fills in token, ports and Service), then awaited. */
+  async #kubernetes(store: KubernetesStore, name: string, rotate: boolean, timeoutMs: number): Promise<{ cluster: Cluster; note: string }> {
+    let note: string;
+    let resource = await store.resource(name);
+    if (!resource) {
+      try {
+        await store.create(name, '');
+        note = `created Cluster "${name}" (type proxy) in ${store.location}`;
+      } catch (err) {
+        if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
+        note = `Cluster "${name}" already exists in ${store.location}`;
+      }
+    } else {
+      const why = notOurs(resource);
+      if (why) throw new TowerError('ENOTPROXY', `Cluster "${name}" exists, but ${why}; tower serves only proxy clusters (fix: kubectl patch cluster ${name} --type merge -p '{"spec":{"joinFederation":true,"connection":{"type":"proxy"}}}')`);
+      note = `Cluster "${name}" already exists in ${store.location}`;
+    }
+    if (rotate && resource?.spec?.connection?.token) {
+      await this.#rotateResource(store, name);
+      note = `rotated the token of Cluster "${name}"; agents with the old one are disconnected`;
+    }
+    const cluster = await waitWithProgress(`waiting for the proxy to fill in the token of Cluster "${name}"`, async () => {
+      resource = await store.resource(name);
+      if (!resource) throw new TowerError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
+      const token = resource.spec?.connection?.token;
+      const ready = resource.status?.conditions?.some((c) => c.type === 'Initialized' && c.status === 'True');
+      return token && ready ? { name, token, createdAt: String(resource.metadata.creationTimestamp ?? ''), revision: resource.metadata.resourceVersion ?? '' } : undefined;
+    }, timeoutMs, `the proxy has not initialized Cluster "${name}": is a tower proxy running against ${store.host.server}? (tower proxy --kubeconfig <host>)`);
+    return { cluster, note };
+  }
+
+  async #rotateResource(store: KubernetesStore, name: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const c = (await store.resource(name))!;
+      c.spec!.connection!.token = newToken();
+      try {
+        await store.host.replaceCluster(c);
+        return;
+      } catch (err) {
+        if (apiStatus(err) !== 409 || attempt >= CONFLICT_RETRIES) throw apiError(`rotating the token of Cluster "${name}"`, store.host.server, err);
       }
     }
   }

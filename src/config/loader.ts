@@ -156,7 +156,7 @@ function readConfigFile(path: string, command: string, specs: Specs): Record<str
   return out;
 }
 
-const SUBCOMMANDS = ['proxy', 'agent', 'token', 'kubeconfig'];
+const SUBCOMMANDS = ['proxy', 'agent', 'token', 'kubeconfig', 'install'];
 /** Names any subcommand knows: a shared file may carry options for several commands at the top. */
 const ALL_OPTION_NAMES = new Set<string>();
 export function registerOptionNames(specs: Specs): void {

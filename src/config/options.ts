@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { opt, registerOptionNames, type Specs } from './loader.ts';
+import { VERSION } from '../version.ts';
 
 /** The option tables of every subcommand: the one place that says what each accepts and its default. */
 
@@ -14,18 +15,28 @@ const COMMON = {
 };
 
 const DATA_DIR = { dataDir: { ...opt.string(), alsoEnv: 'TOWER_HOME' } };
+/** where clusters are registered: files in the data dir, or KubeSphere's Cluster resources in a host cluster */
+const STORE = {
+  ...DATA_DIR,
+  store: opt.string(undefined, (v) => (v === 'file' || v === 'kubernetes' ? undefined : 'use file or kubernetes')),
+  kubeconfig: opt.string(),
+};
+const positive = (v: number) => (v > 0 ? undefined : 'must be more than 0');
 
 export const PROXY_OPTIONS = {
   ...COMMON,
-  ...DATA_DIR,
+  ...STORE,
   caCert: opt.string(),
   caKey: opt.string(),
   host: opt.string('0.0.0.0', address),
   port: opt.int(8080, port),
   gatewayPort: opt.int(6443, port),
   publishServiceAddress: opt.string('127.0.0.1', address),
-  kubeconfig: opt.string(),
   leaderElect: opt.bool(false),
+  // the Go tower's (client-go's) times
+  leaderElectLeaseDuration: opt.duration(30_000, positive),
+  leaderElectRenewDeadline: opt.duration(15_000, positive),
+  leaderElectRetryPeriod: opt.duration(5_000, positive),
 } satisfies Specs;
 
 export const AGENT_OPTIONS = {
@@ -45,14 +56,18 @@ export const AGENT_OPTIONS = {
 
 export const TOKEN_OPTIONS = {
   ...COMMON,
-  ...DATA_DIR,
+  ...STORE,
   rotate: opt.bool(false),
   proxyServer: opt.string(),
+  /** Kubernetes mode: how long to wait for the proxy to fill in the token */
+  timeout: opt.duration(60_000, positive),
 } satisfies Specs;
 
 export const KUBECONFIG_OPTIONS = {
   ...COMMON,
-  ...DATA_DIR,
+  ...STORE,
+  gateway: opt.bool(false),
+  timeout: opt.duration(60_000, positive),
   caCert: opt.string(),
   caKey: opt.string(),
   user: opt.string('tower-admin', (v) => (v.trim() ? undefined : 'must not be empty')),
@@ -61,4 +76,24 @@ export const KUBECONFIG_OPTIONS = {
   days: opt.int(365, (v) => (v >= 1 && v <= 3650 ? undefined : 'a certificate lives 1-3650 days')),
 } satisfies Specs;
 
-for (const s of [PROXY_OPTIONS, AGENT_OPTIONS, TOKEN_OPTIONS, KUBECONFIG_OPTIONS]) registerOptionNames(s);
+const IMAGE = { image: opt.string(`tower:${VERSION}`, (v) => (/^\S+$/.test(v) ? undefined : 'want an image reference such as registry.example/tower:1.0')) };
+
+export const INSTALL_PROXY_OPTIONS = {
+  ...COMMON,
+  ...IMAGE,
+  replicas: opt.int(1, (v) => (v >= 1 && v <= 10 ? undefined : '1-10 replicas')),
+  publishServiceAddress: opt.string('tower.kubesphere-system.svc', address),
+  serviceType: opt.string('NodePort', (v) => (['ClusterIP', 'NodePort', 'LoadBalancer'].includes(v) ? undefined : 'use ClusterIP, NodePort or LoadBalancer')),
+} satisfies Specs;
+
+export const INSTALL_AGENT_OPTIONS = {
+  ...COMMON,
+  ...IMAGE,
+  name: opt.string(),
+  token: opt.string(),
+  proxyServer: opt.string(),
+  proxyFingerprint: AGENT_OPTIONS.proxyFingerprint,
+  kubesphereService: opt.string('ks-apiserver.kubesphere-system.svc:80'),
+} satisfies Specs;
+
+for (const s of [PROXY_OPTIONS, AGENT_OPTIONS, TOKEN_OPTIONS, KUBECONFIG_OPTIONS, INSTALL_PROXY_OPTIONS, INSTALL_AGENT_OPTIONS]) registerOptionNames(s);

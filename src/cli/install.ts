@@ -1,0 +1,72 @@
+import { Command, Option } from 'clipanion';
+import { stringify as toYaml } from 'yaml';
+import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS } from '../config/options.ts';
+import { ConfigError } from '../errors.ts';
+import { agentManifests, proxyManifests } from '../kube/manifests.ts';
+import { normalizeProxyServer } from '../agent/agent.ts';
+import { clusterNameProblem } from '../store/names.ts';
+import { TowerCommand } from './base.ts';
+
+function printAll(objects: Record<string, unknown>[]): void {
+  process.stdout.write(objects.map((o) => '---\n' + toYaml(o, { lineWidth: 0 })).join(''));
+}
+
+export class InstallProxyCommand extends TowerCommand {
+  static override paths = [['install', 'proxy']];
+  static override usage = Command.Usage({
+    description: 'Print the manifests that run the proxy in a host cluster',
+    details: `
+      The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system,
+      a ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config,
+      Kubernetes mode) and a Service for the agents. Pipe it to \`kubectl apply -f -\`.
+    `,
+    examples: [['Install into the current cluster', '$0 install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | kubectl apply -f -']],
+  });
+  readonly command = 'install';
+
+  image = Option.String('--image', { description: 'Container image holding the tower binary at /tower (default tower:<version>)' });
+  replicas = Option.String('--replicas', { description: 'Proxy replicas; more than 1 turns on --leader-elect (default 1)' });
+  publishServiceAddress = Option.String('--publish-service-address', { description: 'Address members reach the proxy at (default: the tower Service\'s DNS name)' });
+  serviceType = Option.String('--service-type', { description: 'Type of the agents\' Service: ClusterIP, NodePort or LoadBalancer (default NodePort)' });
+
+  async run(): Promise<number> {
+    const o = this.load(INSTALL_PROXY_OPTIONS, { image: this.image, replicas: this.replicas, publishServiceAddress: this.publishServiceAddress, serviceType: this.serviceType });
+    printAll(proxyManifests({ image: o.image, replicas: o.replicas, publishServiceAddress: o.publishServiceAddress, serviceType: o.serviceType }));
+    return 0;
+  }
+}
+
+export class InstallAgentCommand extends TowerCommand {
+  static override paths = [['install', 'agent']];
+  static override usage = Command.Usage({
+    description: 'Print the manifests that run an agent in a member cluster',
+    details: `
+      A ServiceAccount bound to cluster-admin (the host cluster acts in the member through it, as
+      KubeSphere's agent does), the token in a Secret, and the agent's Deployment. Pipe it to
+      \`kubectl apply -f -\` against the member cluster.
+    `,
+    examples: [['With what `tower token` printed', '$0 install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 | kubectl apply -f -']],
+  });
+  readonly command = 'install';
+
+  name = Option.String('--name', { description: 'Cluster name (required)' });
+  token = Option.String('--token', { description: 'The cluster\'s token (required; env TOWER_TOKEN)' });
+  proxyServer = Option.String('--proxy-server', { description: 'The proxy\'s agent endpoint (required)' });
+  proxyFingerprint = Option.String('--proxy-fingerprint', { description: 'Expected SHA256 fingerprint of the proxy\'s host key' });
+  image = Option.String('--image', { description: 'Container image holding the tower binary at /tower (default tower:<version>)' });
+  kubesphereService = Option.String('--kubesphere-service', { description: 'host:port of the member ks-apiserver (default ks-apiserver.kubesphere-system.svc:80)' });
+
+  async run(): Promise<number> {
+    const o = this.load(INSTALL_AGENT_OPTIONS, {
+      name: this.name, token: this.token, proxyServer: this.proxyServer, proxyFingerprint: this.proxyFingerprint, image: this.image, kubesphereService: this.kubesphereService,
+    }, ['token']);
+    if (!o.name) throw new ConfigError('--name is required: the cluster\'s name, as `tower token` registered it');
+    const problem = clusterNameProblem(o.name);
+    if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
+    if (!o.token) throw new ConfigError('--token is required: print it with `tower token <name>`');
+    if (!o.proxyServer) throw new ConfigError('--proxy-server is required: the proxy\'s agent endpoint, as `tower token` prints it');
+    normalizeProxyServer(o.proxyServer);
+    printAll(agentManifests({ image: o.image, name: o.name, token: o.token, proxyServer: o.proxyServer, proxyFingerprint: o.proxyFingerprint, kubesphereService: o.kubesphereService }));
+    return 0;
+  }
+}
