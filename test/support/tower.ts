@@ -100,13 +100,13 @@ export class TowerProcess {
 }
 
 /** Polls `check` until it returns a truthy value (bounded in time). */
-export async function waitUntil<T>(what: string | (() => string), check: () => Promise<T> | T, timeoutMs = 20_000, everyMs = 100): Promise<T> {
+export async function waitUntil<T>(what: string | (() => string), check: () => Promise<T> | T, timeoutMs = 20_000, everyMs = 100): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await check();
-      if (v) return v;
+      if (v) return v as NonNullable<T>;
     } catch (err) {
       last = err;
     }
