@@ -11,7 +11,7 @@ import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { condition, CRD_FIXTURE, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
 import { kubectl } from './support/stack.ts';
-import { freePort, run, tower, TowerProcess, waitUntil } from './support/tower.ts';
+import { freePort, run, tower, TOWER, TowerProcess, waitUntil } from './support/tower.ts';
 
 let host: KubeHost;
 let member: MemberCluster;
@@ -289,6 +289,9 @@ test('bad Clusters are reported with their names and leave the others served', a
   await proxy.waitFor(/cluster "lambda": spec\.connection is "x", not an object; tower ignores this Cluster until it is fixed/);
   await host.must(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'cluster.kubesphere.io/v1alpha1', kind: 'Cluster', metadata: { name: 'mu' }, spec: { joinFederation: true, connection: { type: 'proxy', kubernetesAPIServerPort: '6500' } } }));
   await proxy.waitFor(/cluster "mu": spec\.connection\.kubernetesAPIServerPort is "6500", not a port number/);
+  // Cluster names are DNS subdomains; tower's names are labels
+  await host.applyCluster('host.example');
+  await proxy.waitFor(/cluster "host\.example": the name is not usable: a cluster name must be a DNS-1123 label/);
   // with the status subresource, conditions still land
   await host.applyCluster('nu');
   await host.waitCluster('nu', 'initialized', initialized);
@@ -349,6 +352,41 @@ test('tower install prints manifests that apply to real apiservers, with KubeSph
   const missing = await tower(['install', 'agent', '--name', '../x', '--token', 't', '--proxy-server', 'http://p']);
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /tower install: invalid --name "\.\.\/x": a cluster name must be a DNS-1123 label/);
+});
+
+test('in a pod: the service account of `tower install proxy`, limited to its RBAC, runs the whole flow', async () => {
+  const manifests = await tower(['install', 'proxy', '--replicas', '2']);
+  await host.must(['apply', '-f', '-'], manifests.stdout);
+  const token = (await host.must(['-n', 'kubesphere-system', 'create', 'token', 'tower', '--duration', '1h'])).trim();
+  // what the kubelet mounts into a pod, in a mount namespace of the proxy's own
+  const server = new URL(host.cluster.server);
+  const script = [
+    'mount -t tmpfs tower-test /run',
+    'd=/var/run/secrets/kubernetes.io/serviceaccount',
+    'mkdir -p $d',
+    'printf %s "$SA_TOKEN" > $d/token',
+    'printf %s "$SA_CA" > $d/ca.crt',
+    'printf kubesphere-system > $d/namespace',
+    'unset SA_TOKEN SA_CA',
+    'exec "$@"',
+  ].join(' && ');
+  const agentPort = await freePort();
+  const proxy = new TowerProcess('in-cluster proxy', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh',
+    TOWER, 'proxy', '--host', '127.0.0.1', '--port', String(agentPort), '--gateway-port', '0',
+    '--leader-elect', '--leader-elect-lease-duration', '4s', '--leader-elect-renew-deadline', '3s', '--leader-elect-retry-period', '500ms'], {
+    KUBERNETES_SERVICE_HOST: server.hostname, KUBERNETES_SERVICE_PORT: server.port, SA_TOKEN: token, SA_CA: host.cluster.caPem, TOWER_HOME: '',
+  }, 'unshare');
+  host.processes.push(proxy);
+  await proxy.waitFor(/proxy serving .*store="clusters\.cluster\.kubesphere\.io at https:\/\/127\.0\.0\.1:\d+"/, 60_000);
+  await host.applyCluster('omicron');
+  const c = await host.waitCluster('omicron', 'initialized', initialized);
+  host.startAgent('omicron', c.spec!.connection!.token!, agentPort, member);
+  const up = await host.waitCluster('omicron', 'AgentAvailable', agentAvailable);
+  const ns = await memberKubectl(up, ['get', 'namespaces', '-o', 'name']);
+  assert.equal(ns.code, 0, ns.stderr);
+  await host.must(['-n', 'kubesphere-system', 'delete', 'service', 'mc-omicron']);
+  await waitUntil('mc-omicron to be recreated', () => host.getService('mc-omicron'));
+  assert.doesNotMatch(proxy.output, /\b403\b|forbidden/i, 'nothing the proxy does is outside its RBAC');
 });
 
 test('store selection errors are one line with the fix', async () => {

@@ -163,8 +163,10 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
               command: ['/tower'],
               args,
               ports: [{ name: 'agents', containerPort: 8080 }, { name: 'gateway', containerPort: 6443 }],
+              // followers do not listen until they lead: not ready, so the Service sends agents to the
+              // leader only (and no liveness probe on the port, which would restart them); a leader
+              // that cannot renew its lease exits by itself
               readinessProbe: { httpGet: { path: '/health', port: 8080 }, periodSeconds: 5 },
-              livenessProbe: { httpGet: { path: '/health', port: 8080 }, periodSeconds: 20, failureThreshold: 3 },
               resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
               securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
             }],
