@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'clipanion';
 import { TOKEN_OPTIONS } from '../config/options.ts';
 import { StoreError, TowerError } from '../errors.ts';
-import { apiError, apiStatus } from '../kube/api.ts';
 import { notOurs } from '../kube/controller.ts';
 import { loadHostKey } from '../pki/keys.ts';
 import { normalizeProxyServer } from '../agent/agent.ts';
@@ -77,15 +76,7 @@ export class TokenCommand extends TowerCommand {
       }
     }
     if (!rotate) return { cluster: existing, note: `cluster "${name}" is already registered in ${store.location}` };
-    for (let attempt = 0; ; attempt++) {
-      const current = (await store.get(name))!;
-      try {
-        const cluster = await store.update({ ...current, token: newToken() });
-        return { cluster, note: `rotated the token of cluster "${name}"; agents with the old one are disconnected` };
-      } catch (err) {
-        if (!(err instanceof StoreError && err.code === 'ECONFLICT') || attempt >= CONFLICT_RETRIES) throw err;
-      }
-    }
+    return { cluster: await rotateToken(store, name), note: `rotated the token of cluster "${name}"; agents with the old one are disconnected` };
   }
 
   /** The Cluster resource: created when missing (the proxy fills in token, ports and Service), then awaited. */
@@ -106,7 +97,7 @@ export class TokenCommand extends TowerCommand {
       note = `Cluster "${name}" already exists in ${store.location}`;
     }
     if (rotate && resource?.spec?.connection?.token) {
-      await this.#rotateResource(store, name);
+      await rotateToken(store, name);
       note = `rotated the token of Cluster "${name}"; agents with the old one are disconnected`;
     }
     const cluster = await waitWithProgress(`waiting for the proxy to fill in the token of Cluster "${name}"`, async () => {
@@ -118,17 +109,16 @@ export class TokenCommand extends TowerCommand {
     }, timeoutMs, `the proxy has not initialized Cluster "${name}": is a tower proxy running against ${store.host.server}? (tower proxy --kubeconfig <host>)`);
     return { cluster, note };
   }
+}
 
-  async #rotateResource(store: KubernetesStore, name: string): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
-      const c = (await store.resource(name))!;
-      c.spec!.connection!.token = newToken();
-      try {
-        await store.host.replaceCluster(c);
-        return;
-      } catch (err) {
-        if (apiStatus(err) !== 409 || attempt >= CONFLICT_RETRIES) throw apiError(`rotating the token of Cluster "${name}"`, store.host.server, err);
-      }
+/** A new token, written with optimistic concurrency (retried when someone else wrote meanwhile). */
+async function rotateToken(store: ClusterStore, name: string): Promise<Cluster> {
+  for (let attempt = 0; ; attempt++) {
+    const current = (await store.get(name))!;
+    try {
+      return await store.update({ ...current, token: newToken() });
+    } catch (err) {
+      if (!(err instanceof StoreError && err.code === 'ECONFLICT') || attempt >= CONFLICT_RETRIES) throw err;
     }
   }
 }

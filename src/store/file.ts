@@ -86,11 +86,6 @@ export class FileStore implements ClusterStore {
     });
   }
 
-  async getStatus(name: string): Promise<ClusterStatus | undefined> {
-    assertClusterName(name);
-    return (await this.#readYaml(join(this.#statusDir, `${name}.yaml`))) as ClusterStatus | undefined;
-  }
-
   async writeStatus(name: string, status: ClusterStatus): Promise<void> {
     assertClusterName(name);
     // only the proxy writes status, so no lock: the rename alone keeps readers consistent

@@ -5,7 +5,7 @@ import { ClusterController } from '../kube/controller.ts';
 import { LeaderElector, type LeaseTimes } from '../kube/leader.ts';
 import type { Logger } from '../observe/log.ts';
 import { assertClusterName } from './names.ts';
-import type { Cluster, ClusterEvent, ClusterStatus, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord, ReconcileContext } from './types.ts';
+import type { Cluster, ClusterEvent, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord, ReconcileContext } from './types.ts';
 
 const SECRETS: Record<KeyMaterialKind, string> = { ca: 'tower-ca', 'ssh-host-key': 'tower-ssh-host-key' };
 const PROXY_RECORD = 'tower-proxy';
@@ -96,14 +96,7 @@ export class KubernetesStore implements ClusterStore {
     }
   }
 
-  /** Status is the Cluster's conditions, which the controller derives from the live agents. */
-  async getStatus(name: string): Promise<ClusterStatus | undefined> {
-    const c = await this.resource(name);
-    if (!c) return undefined;
-    const agent = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
-    return { connected: agent?.status === 'True', agents: agent?.status === 'True' ? 1 : 0, lastSeen: agent?.lastUpdateTime };
-  }
-
+  /** The controller derives the conditions from the live agents: a change is a reason to reconcile. */
   async writeStatus(name: string): Promise<void> {
     this.#controller?.enqueue(name);
   }

@@ -60,7 +60,6 @@ export interface ClusterStore {
   create(name: string, token: string): Promise<Cluster>;
   /** fails with StoreError ECONFLICT when `cluster.revision` is not the stored one */
   update(cluster: Cluster): Promise<Cluster>;
-  getStatus(name: string): Promise<ClusterStatus | undefined>;
   writeStatus(name: string, status: ClusterStatus): Promise<void>;
   /** calls back for every change after the current state has been delivered as 'added' events */
   watch(onEvent: (event: ClusterEvent) => void): Closer;
