@@ -7,6 +7,8 @@
 #   scripts/test-cluster.sh start STATE_DIR  starts etcd + apiserver, prints "ready https://127.0.0.1:PORT";
 #                                            writes STATE_DIR/admin.kubeconfig, STATE_DIR/token, *.pid
 #   scripts/test-cluster.sh stop STATE_DIR   stops what start started (by PID)
+#   scripts/test-cluster.sh kill-apiserver STATE_DIR / start-apiserver STATE_DIR
+#                                            an API outage: kill -9 the apiserver, then start it again as it was
 set -euo pipefail
 CACHE=${TOWER_K8S_CACHE:-$HOME/.cache/tower-k8s-v1.20.2}
 BIN=$CACHE/kube-apiserver
@@ -114,14 +116,38 @@ contexts:
   context: {cluster: member, user: admin}
 current-context: admin@member
 KC
-  local i
+  wait_ready "$d" "$ap"
+}
+
+wait_ready() {
+  local d=$1 ap=$2 i
   for i in $(seq 1 240); do
-    if curl -s --cacert "$p/ca.crt" -H "Authorization: Bearer $(cat "$d/token")" "https://127.0.0.1:$ap/readyz" 2>/dev/null | grep -q '^ok'; then
+    if curl -s --cacert "$d/pki/ca.crt" -H "Authorization: Bearer $(cat "$d/token")" "https://127.0.0.1:$ap/readyz" 2>/dev/null | grep -q '^ok'; then
       echo "ready https://127.0.0.1:$ap"; return
     fi
     sleep 0.25
   done
   echo "test-cluster: kube-apiserver did not become ready; see $d/apiserver.log" >&2; exit 1
+}
+
+# an outage of the API (etcd keeps running): kill -9 the apiserver, remembering how it ran
+kill_apiserver() {
+  local d=${1:?state dir} pid
+  pid=$(cat "$d/apiserver.pid")
+  cp "/proc/$pid/cmdline" "$d/apiserver.cmdline"
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+# ... and back, on the same port and state
+start_apiserver() {
+  local d=${1:?state dir} ap
+  local -a cmd
+  mapfile -d '' cmd < "$d/apiserver.cmdline"
+  "${cmd[@]}" >>"$d/apiserver.log" 2>&1 &
+  echo $! > "$d/apiserver.pid"
+  ap=$(sed -n 's/.*--secure-port=\([0-9]*\).*/\1/p' < <(tr '\0' ' ' < "$d/apiserver.cmdline"))
+  wait_ready "$d" "$ap"
 }
 
 stop() {
@@ -135,5 +161,7 @@ case "${1:-}" in
   build) build ;;
   start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: $0 build | start STATE_DIR | stop STATE_DIR" >&2; exit 2 ;;
+  kill-apiserver) kill_apiserver "${2:-}" ;;
+  start-apiserver) start_apiserver "${2:-}" ;;
+  *) echo "usage: $0 build | start STATE_DIR | stop STATE_DIR | kill-apiserver STATE_DIR | start-apiserver STATE_DIR" >&2; exit 2 ;;
 esac

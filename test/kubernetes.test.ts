@@ -301,6 +301,31 @@ test('bad Clusters are reported with their names and leave the others served', a
   await host.must(['apply', '-f', CRD_FIXTURE]);
 });
 
+test('a host API outage cuts nobody off from the members, and the proxy resumes reconciling when the API is back', async () => {
+  const proxy = await host.startProxy();
+  await host.applyCluster('pi');
+  const c = await host.waitCluster('pi', 'initialized', initialized);
+  const agent = host.startAgent('pi', c.spec!.connection!.token!, proxy.agentPort, member);
+  const up = await host.waitCluster('pi', 'AgentAvailable', agentAvailable);
+
+  await host.cluster.killApiserver();
+  const during = await memberKubectl(up, ['get', 'namespaces', '-o', 'name']);
+  assert.equal(during.code, 0, during.stderr);
+  await proxy.waitFor(/watch of (Clusters|Services in kubesphere-system) failed; restarting/, 30_000);
+  // a change the proxy cannot write now is written once the API is back
+  await agent.stop('SIGKILL');
+  await proxy.waitFor(/cannot reconcile cluster; retrying cluster=pi/, 30_000);
+  await host.cluster.startApiserver();
+  await host.waitCluster('pi', 'AgentAvailable False', (x) => condition(x, 'AgentAvailable')?.status === 'False', 60_000);
+
+  // the informers are back: a deleted Service is recreated, a new Cluster initialized
+  await host.must(['-n', 'kubesphere-system', 'delete', 'service', 'mc-pi']);
+  await waitUntil('mc-pi to be recreated', () => host.getService('mc-pi'), 60_000);
+  await host.applyCluster('rho');
+  await host.waitCluster('rho', 'initialized', initialized, 60_000);
+  assert.ok(proxy.running);
+});
+
 test('--leader-elect: one proxy serves; when it dies the other takes the lease, and the agent follows', async () => {
   const times = ['--leader-elect', '--leader-elect-lease-duration', '4s', '--leader-elect-renew-deadline', '3s', '--leader-elect-retry-period', '500ms'];
   const agentPort = await freePort();

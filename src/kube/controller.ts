@@ -27,6 +27,8 @@ const KUBECONFIG_RENEW_BEFORE_MS = 30 * 24 * 3600_000;
 /** after a start, agents get this long to come back before a cluster is marked AgentAvailable False */
 export const AGENT_GRACE_MS = 10_000;
 const RESYNC_MS = 60_000;
+const RETRY_MIN_MS = 1_000;
+const RETRY_MAX_MS = 30_000;
 const MAX_CONFLICT_RETRIES = 5;
 
 const COND_INITIALIZED = 'Initialized';
@@ -85,6 +87,7 @@ export class ClusterController {
   /** the last problem logged per cluster, so that a resync does not repeat it */
   #reported = new Map<string, string>();
   #stopped = false;
+  #retries = new Map<string, { delay: number; timer: NodeJS.Timeout }>();
   /** nothing is reconciled before both caches are filled: an empty cache would look like deleted Clusters */
   #ready = false;
 
@@ -128,6 +131,7 @@ export class ClusterController {
     this.#stopped = true;
     clearInterval(this.#resync);
     clearTimeout(this.#graceTimer);
+    for (const r of this.#retries.values()) clearTimeout(r.timer);
     this.#clusters.stop();
     this.#services.stop();
   }
@@ -147,13 +151,25 @@ export class ClusterController {
         this.#queue.delete(name);
         try {
           await this.#reconcile(name);
+          this.#retries.delete(name);
         } catch (err) {
-          this.#log.error('cannot reconcile cluster; retrying at the next change or resync', { cluster: name, err: apiMessage(err) });
+          this.#retryLater(name, err);
         }
       }
     } finally {
       this.#draining = false;
     }
+  }
+
+  /** A failed reconcile comes back after a backoff (1 s doubling to 30 s), and at every change meanwhile. */
+  #retryLater(name: string, err: unknown): void {
+    const prev = this.#retries.get(name);
+    const delay = Math.min((prev?.delay ?? RETRY_MIN_MS / 2) * 2, RETRY_MAX_MS);
+    clearTimeout(prev?.timer);
+    const timer = setTimeout(() => this.enqueue(name), delay);
+    timer.unref();
+    this.#retries.set(name, { delay, timer });
+    this.#log.error('cannot reconcile cluster; retrying', { cluster: name, err: apiMessage(err), inMs: delay });
   }
 
   #report(name: string, problem: string, fields: Record<string, unknown> = {}): void {

@@ -15,6 +15,10 @@ export interface MemberCluster {
   caPem: string;
   /** stops etcd and the apiserver (by PID) and removes the state dir */
   stop(): Promise<void>;
+  /** an API outage: kill -9 the apiserver (etcd keeps its state) */
+  killApiserver(): Promise<void>;
+  /** the apiserver back as it was, on the same port; resolves when it is ready */
+  startApiserver(): Promise<void>;
 }
 
 export async function startMemberCluster(): Promise<MemberCluster> {
@@ -28,6 +32,14 @@ export async function startMemberCluster(): Promise<MemberCluster> {
     kubeconfig: join(dir, 'admin.kubeconfig'),
     token: readFileSync(join(dir, 'token'), 'utf8').trim(),
     caPem: readFileSync(join(dir, 'pki', 'ca.crt'), 'utf8'),
+    killApiserver: async () => {
+      const k = await run('bash', [SCRIPT, 'kill-apiserver', dir]);
+      if (k.code !== 0) throw new Error(`kill-apiserver failed: ${k.stderr}`);
+    },
+    startApiserver: async () => {
+      const s = await run('bash', [SCRIPT, 'start-apiserver', dir], { timeoutMs: 120_000 });
+      if (s.code !== 0) throw new Error(`start-apiserver failed: ${s.stdout}${s.stderr}`);
+    },
     stop: async () => {
       await run('bash', [SCRIPT, 'stop', dir]);
       removeDir(dir);
