@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--json FILE] [--quick] [--only bulk,small,watch,cold,scale] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,scale,clusters] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -7,6 +7,8 @@
 //   tunnel   client → tower gateway (client cert) → SSH channel → tower agent → upstream
 // and prints each figure with the ratios tunnel/direct and tunnel/openssh, plus CPU seconds and
 // peak RSS of the two relaying processes (tower: proxy and agent; OpenSSH: ssh and sshd).
+// `clusters` measures Kubernetes mode on its own: N Cluster resources applied at once to a real
+// kube-apiserver (scripts/test-cluster.sh), until the proxy has initialized all of them, then a restart.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,7 +26,8 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,scale').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,scale,clusters').split(','));
+const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
 /** --profile DIR: the proxy and agent write V8 CPU profiles there (node --cpu-prof) */
 const PROFILE = flag('--profile');
 const binary = flag('--binary') ?? builtBinary;
@@ -247,12 +250,13 @@ async function main(): Promise<void> {
   if (ONLY.has('watch')) await watchWorkload(eps);
   if (ONLY.has('cold')) await coldWorkload(eps, tower);
   const scale = ONLY.has('scale') ? await scaleWorkload(tower) : undefined;
+  const clusters = ONLY.has('clusters') ? await clustersWorkload() : undefined;
   if (PROFILE) {
     // a clean exit writes the profiles
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report(scale, (Date.now() - t0) / 1000);
+  report(scale, clusters, (Date.now() - t0) / 1000);
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -361,6 +365,62 @@ async function scaleWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
   return { agents: AGENTS, connectSeconds, perAgentKiB: ((after - before) * 1024) / AGENTS, handshakesPerSecond: AGENTS / connectSeconds, reconnectSeconds: rec, proxyRssMiB: after, proxyCpuSeconds: cpuConnect };
 }
 
+/** Kubernetes mode: N Clusters applied at once, initialized by the proxy; then the proxy restarts. */
+async function clustersWorkload() {
+  const script = join(HERE, 'test-cluster.sh');
+  const built = spawnSync('bash', [script, 'build'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (built.status !== 0) throw new Error('cannot build the test kube-apiserver');
+  const dir = join(work, 'host');
+  mkdirSync(dir);
+  stopHost = () => { spawnSync('bash', [script, 'stop', dir]); };
+  const started = spawnSync('bash', [script, 'start', dir], { encoding: 'utf8' });
+  if (started.status !== 0) throw new Error(`kube-apiserver did not start: ${started.stderr}`);
+  const kc = join(dir, 'admin.kubeconfig');
+  const kubectl = (a: string[], input?: string) => spawnSync('kubectl', ['--kubeconfig', kc, ...a], { encoding: 'utf8', input, maxBuffer: 256 * 2 ** 20 });
+  kubectl(['apply', '-f', join(HERE, '..', 'test', 'fixtures', 'kubesphere-cluster-crd.yaml')]);
+  kubectl(['create', 'namespace', 'kubesphere-system']);
+  for (let i = 0; i < 50 && kubectl(['get', 'clusters']).status !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+  const proxyArgs = ['proxy', '--kubeconfig', kc, '--host', '127.0.0.1', '--port', String(await freePort()), '--gateway-port', String(await freePort()), '-v', '1'];
+  let proxy = start(binary, proxyArgs, { env: TOWER_ENV });
+  await waitOutput(proxy, /proxy serving/, 60_000);
+  const cpu0 = cpuSeconds(proxy.pid!);
+  const items = Array.from({ length: CLUSTERS }, (_, i) => ({
+    apiVersion: 'cluster.kubesphere.io/v1alpha1', kind: 'Cluster', metadata: { name: `c${i}` },
+    spec: { joinFederation: true, connection: { type: 'proxy' } },
+  }));
+  const t0 = Date.now();
+  const applied = kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items }));
+  if (applied.status !== 0) throw new Error(`kubectl apply: ${applied.stderr}`);
+  const initializedCount = () => {
+    const list = JSON.parse(kubectl(['get', 'clusters', '-o', 'json']).stdout) as { items: { status?: { conditions?: { type: string; status: string }[] } }[] };
+    return list.items.filter((c) => c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True')).length;
+  };
+  while (initializedCount() < CLUSTERS) {
+    if (Date.now() - t0 > 300_000) throw new Error('the proxy did not initialize every Cluster within 5 minutes');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const initSeconds = (Date.now() - t0) / 1000;
+  await waitOutput(proxy, new RegExp(`serving cluster ports cluster=c${CLUSTERS - 1} `), 60_000);
+  const allocations = (proxy.output.match(/allocated ports cluster=/g) ?? []).length;
+  const cpuInit = cpuSeconds(proxy.pid!) - cpu0;
+  const rss = rssMiB(proxy.pid!);
+  log(`${CLUSTERS} Clusters initialized in ${initSeconds.toFixed(1)} s (proxy CPU ${cpuInit.toFixed(1)} s, RSS ${rss.toFixed(0)} MiB)`);
+  proxy.kill('SIGTERM');
+  if (proxy.exitCode === null) await once(proxy, 'exit');
+  const r0 = Date.now();
+  proxy = start(binary, proxyArgs, { env: TOWER_ENV });
+  await waitOutput(proxy, /proxy serving/, 120_000);
+  const restartSeconds = (Date.now() - r0) / 1000;
+  // a restart with nothing to do writes nothing
+  await new Promise((r) => setTimeout(r, 3000));
+  const writes = (proxy.output.match(/updated Cluster|created Service|updated Service/g) ?? []).length;
+  proxy.kill('SIGTERM');
+  if (proxy.exitCode === null) await once(proxy, 'exit');
+  stopHost();
+  return { clusters: CLUSTERS, initSeconds, perSecond: CLUSTERS / initSeconds, cpuInit, rss, restartSeconds, writesAfterRestart: writes, allocations };
+}
+let stopHost = () => {};
+
 /** Stops the proxy and starts it again on the same ports and data dir (after `gone()` holds, if given). */
 async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?: () => boolean): Promise<void> {
   tower.proxy.kill('SIGTERM');
@@ -371,7 +431,7 @@ async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?
   await waitOutput(tower.proxy, /proxy serving/);
 }
 
-function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, elapsed: number): void {
+function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, clusters: Awaited<ReturnType<typeof clustersWorkload>> | undefined, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -403,12 +463,26 @@ function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, el
     lines.push(`| all agents back after a proxy restart, s | ${fmt(scale.reconnectSeconds)} |`);
     lines.push('');
   }
+  if (clusters) {
+    lines.push('| Kubernetes mode (tower only) | value |');
+    lines.push('| --- | ---: |');
+    lines.push(`| Clusters applied at once (one kubectl apply) | ${clusters.clusters} |`);
+    lines.push(`| all initialized (ports, token, Service, endpoints, condition), s | ${fmt(clusters.initSeconds)} |`);
+    lines.push(`| Clusters initialized per second | ${fmt(clusters.perSecond)} |`);
+    lines.push(`| port allocations (one per Cluster when none is repeated) | ${clusters.allocations} |`);
+    lines.push(`| proxy CPU for it, s | ${fmt(clusters.cpuInit)} |`);
+    lines.push(`| proxy RSS serving them (two ports each), MiB | ${fmt(clusters.rss)} |`);
+    lines.push(`| restart to serving again, s | ${fmt(clusters.restartSeconds)} |`);
+    lines.push(`| API writes after that restart | ${clusters.writesAfterRestart} |`);
+    lines.push('');
+  }
   lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], scale, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], scale, clusters, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
 
 function cleanup(): void {
+  stopHost();
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
   rmSync(work, { recursive: true, force: true });
 }

@@ -2,11 +2,14 @@
  * The host cluster's API, as tower uses it in Kubernetes mode: KubeSphere's Cluster resource, the
  * Services, Secrets and ConfigMap in kubesphere-system, and the Lease of leader election.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
   CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, makeInformer,
-  type Informer, type KubernetesObject, type ObjectCache, type V1ObjectMeta,
+  type Cluster, type Informer, type KubernetesObject, type ObjectCache, type V1ObjectMeta,
 } from '@kubernetes/client-node';
+import { Agent as UndiciAgent, type Dispatcher } from 'undici';
+import type { AgentOptions } from 'node:https';
 import { ConfigError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 
@@ -76,6 +79,7 @@ export class HostCluster {
     } else {
       this.kc.loadFromCluster();
     }
+    reuseConnections(this.kc);
     const cluster = this.kc.getCurrentCluster();
     if (!cluster?.server) throw new ConfigError(`host kubeconfig ${kubeconfig ?? '(in-cluster)'} has no current cluster with a server`);
     this.server = cluster.server;
@@ -109,6 +113,33 @@ export class HostCluster {
   watch<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger, labelSelector?: string): Watcher<T> {
     return new Watcher<T>(this.kc, what, path, list, log, labelSelector);
   }
+}
+
+/** an API call that has not answered by then fails (undici's default is 5 minutes, which would stall reconciling) */
+const API_HEADERS_TIMEOUT_MS = 30_000;
+
+/**
+ * client-node 2.0 builds a new undici Agent, i.e. a new TLS connection, for every API call (and
+ * leaves it to idle out). One per distinct TLS identity is kept instead, with a deadline for the
+ * answer's headers: the bearer token of a service account travels in a header, so its rotation is
+ * unaffected. Proxied connections keep client-node's own dispatcher.
+ */
+function reuseConnections(kc: KubeConfig): void {
+  type Create = (cluster: Cluster | null, agentOptions: AgentOptions) => Dispatcher | undefined;
+  const target = kc as unknown as { createDispatcher: Create };
+  const create = target.createDispatcher.bind(kc);
+  const cache = new Map<string, Dispatcher | undefined>();
+  target.createDispatcher = (cluster, agentOptions) => {
+    const h = createHash('sha256').update(JSON.stringify(cluster ?? null));
+    const o = agentOptions as Record<string, unknown>;
+    for (const k of ['ca', 'cert', 'key', 'pfx', 'passphrase', 'rejectUnauthorized', 'servername']) h.update(`\0${k}\0`).update(String(o[k] ?? ''));
+    const key = h.digest('hex');
+    if (!cache.has(key)) {
+      const opts = kc.createDispatcherOptions(cluster, agentOptions);
+      cache.set(key, opts.type === 'agent' ? new UndiciAgent({ connect: opts.connect, headersTimeout: API_HEADERS_TIMEOUT_MS }) : create(cluster, agentOptions));
+    }
+    return cache.get(key);
+  };
 }
 
 const RESTART_MIN_MS = 1_000;

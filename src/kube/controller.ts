@@ -76,8 +76,8 @@ export class ClusterController {
   #emit: (ev: ClusterEvent) => void;
   /** what the proxy has been told, by name */
   #served = new Map<string, Cluster>();
-  /** ports this process allocated, until the cache shows them */
-  #reserved = new Map<string, number>();
+  /** our last write of each Cluster, and the resourceVersion it replaced */
+  #written = new Map<string, { over: string; obj: KubeCluster }>();
   /** one reconcile at a time, so that allocations never race each other */
   #queue = new Set<string>();
   #draining = false;
@@ -184,11 +184,24 @@ export class ClusterController {
     this.#emit({ type: 'deleted', name });
   }
 
+  /**
+   * The Cluster as last known: the cache, unless it still shows what this process overwrote (a
+   * watch lags behind our own writes; acting on the old object would allocate a second time).
+   */
+  #latest(name: string): KubeCluster | undefined {
+    const cached = this.#clusters.informer.get(name);
+    const mine = this.#written.get(name);
+    if (!mine || !cached) { this.#written.delete(name); return cached; }
+    if (cached.metadata.resourceVersion === mine.over) return mine.obj;
+    // the cache has caught up with our write, or someone wrote after it: the cache is the newer
+    this.#written.delete(name);
+    return cached;
+  }
+
   async #reconcile(name: string): Promise<void> {
-    let current = this.#clusters.informer.get(name);
+    let current = this.#latest(name);
     const service = this.#services.informer.get(serviceName(name), NAMESPACE);
     if (!current) {
-      this.#reserved.delete(name);
       this.#reported.delete(name);
       this.#unserve(name, 'the Cluster was deleted');
       if (service && ours(service, name)) await this.#deleteService(name, 'its Cluster was deleted');
@@ -203,7 +216,6 @@ export class ClusterController {
       }
       const why = notOurs(current);
       if (why) {
-        this.#reserved.delete(name);
         this.#unserve(name, why);
         if (service && ours(service, name)) await this.#deleteService(name, `Cluster: ${why}`);
         return;
@@ -236,7 +248,6 @@ export class ClusterController {
         return;
       }
       conn.kubernetesAPIServerPort = port;
-      this.#reserved.set(name, port);
       this.#log.info('allocated ports', { cluster: name, kubernetes: port, kubesphere: conn.kubesphereAPIServerPort || port + KUBESPHERE_PORT_OFFSET });
     }
     if (!conn.kubesphereAPIServerPort) conn.kubesphereAPIServerPort = conn.kubernetesAPIServerPort + KUBESPHERE_PORT_OFFSET;
@@ -286,6 +297,7 @@ export class ClusterController {
         written = await this.#host.replaceClusterStatus({ ...written, status: desired.status });
       }
       this.#log.debug(1, 'updated Cluster', { cluster: name, resourceVersion: written.metadata.resourceVersion });
+      this.#written.set(name, { over: current.metadata.resourceVersion ?? '', obj: written });
       current = written;
     }
     this.#reported.delete(name);
@@ -296,7 +308,8 @@ export class ClusterController {
   #serve(c: KubeCluster, service: V1Service, external: string | undefined): void {
     const name = c.metadata.name;
     const conn = c.spec!.connection!;
-    const collision = this.#clusters.informer.list().find((o) => o.metadata.name !== name && !notOurs(o) && !specProblem(o)
+    const others = this.#clusters.informer.list().filter((o) => o.metadata.name !== name).map((o) => this.#latest(o.metadata.name)!);
+    const collision = others.find((o) => !notOurs(o) && !specProblem(o)
       && (o.spec?.connection?.kubernetesAPIServerPort === conn.kubernetesAPIServerPort || o.spec?.connection?.kubesphereAPIServerPort === conn.kubesphereAPIServerPort)
       && olderThan(o, c));
     let serve: Cluster['serve'];
@@ -325,13 +338,14 @@ export class ClusterController {
   /** A free kubernetesAPIServerPort: unused by every Cluster's either port, starting at a random point. */
   #allocatePort(name: string): number | undefined {
     const used = new Set<number>();
-    for (const o of this.#clusters.informer.list()) {
-      if (o.metadata.name === name) continue;
+    // as this process last wrote them: the cache may not show our latest allocations yet
+    for (const cached of this.#clusters.informer.list()) {
+      if (cached.metadata.name === name) continue;
+      const o = this.#latest(cached.metadata.name)!;
       const cn = (o.spec?.connection ?? {}) as Record<string, unknown>;
       if (typeof cn.kubernetesAPIServerPort === 'number') used.add(cn.kubernetesAPIServerPort);
       if (typeof cn.kubesphereAPIServerPort === 'number') used.add(cn.kubesphereAPIServerPort - KUBESPHERE_PORT_OFFSET);
     }
-    for (const [n, p] of this.#reserved) if (n !== name) used.add(p);
     const span = PORT_MAX - PORT_MIN + 1;
     const start = randomBytes(2).readUInt16BE() % span;
     for (let i = 0; i < span; i++) {
