@@ -37,6 +37,36 @@ const embedNativeCrypto = {
       : { path: 'sshcrypto.node', external: true }));
   },
 };
+/** the Kubernetes client and its HTTP stack, bundled apart (see src/kube/client-asset.cjs) */
+const kubeClient = join(dist, 'kube-client.cjs');
+const KUBE_PACKAGES = { '@kubernetes/client-node': 'k8s', undici: 'undici' };
+await build({
+  stdin: { contents: Object.entries(KUBE_PACKAGES).map(([p, k]) => `exports.${k} = require(${JSON.stringify(p)});`).join('\n'), resolveDir: root, loader: 'js' },
+  outfile: kubeClient,
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node24',
+  minifyWhitespace: true,
+  minifySyntax: true,
+  minifyIdentifiers: true,
+  keepNames: true,
+  legalComments: 'none',
+  // client-node's node-fetch chain requires the deprecated built-in punycode; the npm one is the same code
+  alias: { punycode: 'punycode/' },
+  logLevel: 'warning',
+});
+const kubeClientAsset = {
+  name: 'kube-client-asset',
+  setup(b) {
+    b.onResolve({ filter: /^(@kubernetes\/client-node|undici)$/ }, (a) => ({ path: a.path, namespace: 'kube-client' }));
+    b.onLoad({ filter: /.*/, namespace: 'kube-client' }, (a) => ({
+      contents: `module.exports = require(${JSON.stringify(join(root, 'src', 'kube', 'client-asset.cjs'))}).load().${KUBE_PACKAGES[a.path]};`,
+      resolveDir: root,
+      loader: 'js',
+    }));
+  },
+};
 await build({
   entryPoints: [join(root, 'src', 'main.ts')],
   outfile: bundle,
@@ -50,9 +80,7 @@ await build({
   define: { __TOWER_VERSION__: JSON.stringify(pkg.version) },
   // ssh2 loads cpu-features optionally, inside try/catch; its cipher order is set by tower anyway
   external: ['cpu-features'],
-  // client-node's node-fetch chain requires the deprecated built-in punycode; the npm one is the same code
-  alias: { punycode: 'punycode/' },
-  plugins: [embedNativeCrypto],
+  plugins: [embedNativeCrypto, kubeClientAsset],
   logLevel: 'warning',
 });
 console.error(`build: bundled ${bundle} in ${Date.now() - t0} ms`);
@@ -71,7 +99,7 @@ await sea(bundle, {
     // a small young generation keeps RSS flat while bulk data streams through (188 → 145 MiB peak
     // for a 256 MiB transfer), at no measurable cost in throughput
     execArgv: ['--max-semi-space-size=2'],
-    assets: nativeCrypto ? { 'sshcrypto.node': nativeCrypto } : {},
+    assets: { 'kube-client.cjs': kubeClient, ...(nativeCrypto ? { 'sshcrypto.node': nativeCrypto } : {}) },
   },
 });
 chmodSync(tmp, 0o755);

@@ -236,6 +236,12 @@ test('externalKubeAPIEnabled: a LoadBalancer Service with the annotated annotati
   await host.must(['annotate', '--overwrite', 'cluster', 'zeta', 'tower.kubesphere.io/external-lb-service-annoations={not json']);
   await proxy.waitFor(/cluster "zeta": annotation tower\.kubesphere\.io\/external-lb-service-annoations is not usable/);
   assert.equal((await host.getService('mc-zeta'))!.spec.type, 'LoadBalancer');
+
+  // switched off: a ClusterIP Service again (the node ports the load balancer had go with it)
+  await host.must(['patch', 'cluster', 'zeta', '--type=merge', '-p', '{"spec":{"externalKubeAPIEnabled":false}}']);
+  await waitUntil('a ClusterIP Service', async () => (await host.getService('mc-zeta'))?.spec.type === 'ClusterIP');
+  const off = await host.waitCluster('zeta', 'ExternalAccessReady False', (x) => condition(x, 'ExternalAccessReady')?.status === 'False');
+  assert.equal(condition(off, 'Initialized')?.status, 'True');
 });
 
 test('a deleted mc-<name> Service is recreated; a deleted Cluster takes its Service, sessions and ports with it', async () => {
@@ -282,6 +288,12 @@ test('bad Clusters are reported with their names and leave the others served', a
   await proxy.waitFor(new RegExp(`cluster "kappa": its ports ${port}/\\d+ are taken by Cluster "iota"`));
   assert.ok(await listening(port));
   assert.deepEqual((await host.get('iota'))!.spec, good.spec);
+  // said once, not at every reconcile; and said when it is over
+  await host.must(['label', 'cluster', 'kappa', 'touched=yes']);
+  await host.must(['patch', 'cluster', 'kappa', '--type=merge', '-p', JSON.stringify({ spec: { connection: { kubernetesAPIServerPort: 6999, kubesphereAPIServerPort: 16999 } } })]);
+  await proxy.waitFor(/cluster "kappa": the ports problem is resolved/);
+  assert.equal(proxy.output.match(/cluster "kappa": its ports/g)?.length, 1);
+  await proxy.waitFor(/serving cluster ports cluster=kappa kubernetes=127\.0\.0\.1:6999/);
 
   // a CRD without a schema (and with a status subresource) lets anything through: tower checks it
   await host.must(['apply', '-f', '-'], JSON.stringify(looseCrd()));

@@ -2,11 +2,11 @@ import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 import { Command, Option } from 'clipanion';
 import { ConfigError, TowerError } from '../errors.ts';
-import { inCluster } from '../kube/api.ts';
+import { inCluster } from '../kube/resource.ts';
 import { describeSources, loadConfig, type Loaded, type RawFlags, type Specs } from '../config/loader.ts';
 import { log } from '../observe/log.ts';
 import { FileStore } from '../store/file.ts';
-import { KubernetesStore, type KubernetesStoreOptions } from '../store/kubernetes.ts';
+import type { KubernetesStore, KubernetesStoreOptions } from '../store/kubernetes.ts';
 import type { ClusterStore } from '../store/types.ts';
 
 export interface StoreChoice {
@@ -54,14 +54,20 @@ export abstract class TowerCommand extends Command {
    * The file store, or the Kubernetes one: chosen by --store, else Kubernetes when a host
    * kubeconfig is given or the process runs in a pod with a service account.
    */
-  openStore(o: StoreChoice, k8s: Omit<KubernetesStoreOptions, 'kubeconfig' | 'log'> = {}): ClusterStore {
+  async openStore(o: StoreChoice, k8s: Omit<KubernetesStoreOptions, 'kubeconfig' | 'log'> = {}): Promise<ClusterStore> {
     const kind = o.store ?? (o.kubeconfig || inCluster() ? 'kubernetes' : 'file');
     if (kind === 'kubernetes') {
       if (!o.kubeconfig && !inCluster()) throw new ConfigError('--store kubernetes needs the host cluster: give --kubeconfig <path>, or run in a pod with a service account');
+      // loaded on demand: the Kubernetes client is most of the bundle, and the file mode and the agent never need it
+      const { KubernetesStore } = await import('../store/kubernetes.ts');
       return new KubernetesStore({ kubeconfig: o.kubeconfig, log, ...k8s });
     }
     if (o.kubeconfig) throw new ConfigError('--kubeconfig names a host cluster, which the file store does not use: drop --store file, or drop --kubeconfig');
     const dir = o.dataDir ? resolve(o.dataDir.replace(/^~(?=$|\/)/, homedir())) : resolve(homedir(), '.tower');
     return new FileStore(dir);
   }
+}
+
+export function isKubernetesStore(store: ClusterStore): store is KubernetesStore {
+  return store.kind === 'kubernetes';
 }

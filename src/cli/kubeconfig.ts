@@ -1,11 +1,11 @@
 import { Command, Option } from 'clipanion';
 import { KUBECONFIG_OPTIONS } from '../config/options.ts';
 import { StoreError } from '../errors.ts';
-import { KubernetesStore } from '../store/kubernetes.ts';
+import type { KubernetesStore } from '../store/kubernetes.ts';
 import { loadCertificateAuthority } from '../pki/keys.ts';
 import { renderKubeconfig } from '../pki/kubeconfig.ts';
 import { assertClusterName } from '../store/names.ts';
-import { TowerCommand } from './base.ts';
+import { isKubernetesStore, TowerCommand } from './base.ts';
 import { waitWithProgress } from './progress.ts';
 
 export class KubeconfigCommand extends TowerCommand {
@@ -48,9 +48,9 @@ export class KubeconfigCommand extends TowerCommand {
       store: this.store, kubeconfig: this.kubeconfig, gateway: this.gateway, timeout: this.timeout,
     });
     const name = assertClusterName(this.name);
-    const store = this.openStore(o);
+    const store = await this.openStore(o);
     try {
-      if (store instanceof KubernetesStore && !o.gateway) {
+      if (isKubernetesStore(store) && !o.gateway) {
         process.stdout.write(await clusterKubeconfig(store, name, o.timeout));
         return 0;
       }

@@ -1,10 +1,9 @@
 import { Command, Option } from 'clipanion';
 import { ConfigError } from '../errors.ts';
-import { KubernetesStore } from '../store/kubernetes.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
 import { log } from '../observe/log.ts';
 import { Proxy } from '../proxy/proxy.ts';
-import { TowerCommand } from './base.ts';
+import { isKubernetesStore, TowerCommand } from './base.ts';
 
 export class ProxyCommand extends TowerCommand {
   static override paths = [['proxy']];
@@ -49,7 +48,7 @@ export class ProxyCommand extends TowerCommand {
     });
     if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration) throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
     if (o.leaderElectRetryPeriod >= o.leaderElectRenewDeadline) throw new ConfigError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline');
-    const store = this.openStore(o, o.leaderElect ? {
+    const store = await this.openStore(o, o.leaderElect ? {
       leaderElection: {
         times: { leaseMs: o.leaderElectLeaseDuration, renewDeadlineMs: o.leaderElectRenewDeadline, retryMs: o.leaderElectRetryPeriod },
         onLost: (why) => {
@@ -59,7 +58,7 @@ export class ProxyCommand extends TowerCommand {
         },
       },
     } : {});
-    if (o.leaderElect && !(store instanceof KubernetesStore)) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
+    if (o.leaderElect && !(isKubernetesStore(store))) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
     const proxy = new Proxy({
       store,
       host: o.host,

@@ -2,14 +2,14 @@ import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'clipanion';
 import { TOKEN_OPTIONS } from '../config/options.ts';
 import { StoreError, TowerError } from '../errors.ts';
-import { notOurs } from '../kube/controller.ts';
+import { notOurs } from '../kube/resource.ts';
 import { loadHostKey } from '../pki/keys.ts';
 import { normalizeProxyServer } from '../agent/agent.ts';
-import { KubernetesStore } from '../store/kubernetes.ts';
+import type { KubernetesStore } from '../store/kubernetes.ts';
 import { assertClusterName } from '../store/names.ts';
 import type { Cluster, ClusterStore } from '../store/types.ts';
 import { hostKeyFingerprint } from '../tunnel/ssh.ts';
-import { TowerCommand } from './base.ts';
+import { isKubernetesStore, TowerCommand } from './base.ts';
 import { waitWithProgress } from './progress.ts';
 
 const CONFLICT_RETRIES = 5;
@@ -47,9 +47,9 @@ export class TokenCommand extends TowerCommand {
       rotate: this.rotate, proxyServer: this.proxyServer, dataDir: this.dataDir, store: this.store, kubeconfig: this.kubeconfig, timeout: this.timeout,
     });
     const name = assertClusterName(this.name);
-    const store = this.openStore(o);
+    const store = await this.openStore(o);
     try {
-      const { cluster, note } = store instanceof KubernetesStore
+      const { cluster, note } = isKubernetesStore(store)
         ? await this.#kubernetes(store, name, o.rotate, o.timeout)
         : await this.#file(store, name, o.rotate);
       const record = await store.readProxyRecord();

@@ -6,59 +6,13 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
   CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, makeInformer,
-  type Cluster, type Informer, type KubernetesObject, type ObjectCache, type V1ObjectMeta,
+  type Cluster, type Informer, type KubernetesObject, type ObjectCache,
 } from '@kubernetes/client-node';
 import { Agent as UndiciAgent, type Dispatcher } from 'undici';
 import type { AgentOptions } from 'node:https';
 import { ConfigError, TowerError } from '../errors.ts';
+import { GROUP, PLURAL, VERSION, type KubeCluster } from './resource.ts';
 import type { Logger } from '../observe/log.ts';
-
-export const GROUP = 'cluster.kubesphere.io';
-export const VERSION = 'v1alpha1';
-export const PLURAL = 'clusters';
-export const CLUSTERS_PATH = `/apis/${GROUP}/${VERSION}/${PLURAL}`;
-/** where KubeSphere keeps its system objects, and tower its Services, Secrets and Lease */
-export const NAMESPACE = 'kubesphere-system';
-
-const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
-
-export interface ClusterCondition {
-  type: string;
-  status: string;
-  lastUpdateTime?: string;
-  lastTransitionTime?: string;
-  reason?: string;
-  message?: string;
-}
-
-/** KubeSphere's Cluster (cluster.kubesphere.io/v1alpha1); JSON names are the contract. */
-export interface KubeCluster extends KubernetesObject {
-  metadata: V1ObjectMeta & { name: string };
-  spec?: {
-    joinFederation?: boolean;
-    enable?: boolean;
-    provider?: string;
-    externalKubeAPIEnabled?: boolean;
-    config?: string;
-    connection?: {
-      type?: string;
-      kubernetesAPIEndpoint?: string;
-      externalKubernetesAPIEndpoint?: string;
-      kubesphereAPIEndpoint?: string;
-      /** base64 of the kubeconfig's bytes (a Go []byte) */
-      kubeconfig?: string;
-      token?: string;
-      kubernetesAPIServerPort?: number;
-      kubesphereAPIServerPort?: number;
-    };
-  };
-  status?: { conditions?: ClusterCondition[]; [k: string]: unknown };
-}
-
-/** Whether the environment looks like a pod with a service account (in-cluster config). */
-export function inCluster(): boolean {
-  return Boolean(process.env.KUBERNETES_SERVICE_HOST) && existsSync(SERVICE_ACCOUNT_TOKEN);
-}
 
 /** The clients tower needs, from a kubeconfig file or the pod's service account. */
 export class HostCluster {

@@ -13,7 +13,8 @@ import type { CertificateAuthority } from '../pki/ca.ts';
 import { renderKubeconfig } from '../pki/kubeconfig.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { Cluster, ClusterEvent, ReconcileContext } from '../store/types.ts';
-import { apiMessage, apiStatus, NAMESPACE, orUndefined, type ClusterCondition, type HostCluster, type KubeCluster, type Watcher } from './api.ts';
+import { apiMessage, apiStatus, orUndefined, type HostCluster, type Watcher } from './api.ts';
+import { NAMESPACE, notOurs, type ClusterCondition, type KubeCluster } from './resource.ts';
 
 export const PORT_MIN = 6000;
 export const PORT_MAX = 7000;
@@ -31,20 +32,15 @@ const RETRY_MIN_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
 const MAX_CONFLICT_RETRIES = 5;
 
+const PROBLEMS = ['spec', 'ports', 'annotation'] as const;
+type Problem = typeof PROBLEMS[number];
+
 const COND_INITIALIZED = 'Initialized';
 const COND_AGENT = 'AgentAvailable';
 const COND_EXTERNAL = 'ExternalAccessReady';
 
 export function serviceName(cluster: string): string {
   return `mc-${cluster}`;
-}
-
-/** Why tower does not act on this Cluster, or undefined when it does. */
-export function notOurs(c: KubeCluster): string | undefined {
-  if (c.metadata.deletionTimestamp) return 'it is being deleted';
-  if (c.spec?.connection?.type !== 'proxy') return `its spec.connection.type is ${JSON.stringify(c.spec?.connection?.type ?? '')}, not "proxy"`;
-  if (c.spec?.joinFederation !== true) return 'its spec.joinFederation is not true';
-  return undefined;
 }
 
 /** The shape problems of a Cluster that a schema-less CRD lets through, in one line. */
@@ -172,9 +168,11 @@ export class ClusterController {
     this.#log.error('cannot reconcile cluster; retrying', { cluster: name, err: apiMessage(err), inMs: delay });
   }
 
-  #report(name: string, problem: string, fields: Record<string, unknown> = {}): void {
-    if (this.#reported.get(name) === problem) return;
-    this.#reported.set(name, problem);
+  /** Logs a problem of one kind once, until it changes or clear() says it is gone. */
+  #report(name: string, kind: Problem, problem: string, fields: Record<string, unknown> = {}): void {
+    const key = `${name}/${kind}`;
+    if (this.#reported.get(key) === problem) return;
+    this.#reported.set(key, problem);
     this.#log.error(`cluster "${name}": ${problem}`, { cluster: name, ...fields });
   }
 
@@ -198,11 +196,17 @@ export class ClusterController {
     return cached;
   }
 
+  #clear(name: string, ...kinds: Problem[]): void {
+    for (const k of kinds) {
+      if (this.#reported.delete(`${name}/${k}`)) this.#log.info(`cluster "${name}": the ${k} problem is resolved`, { cluster: name });
+    }
+  }
+
   async #reconcile(name: string): Promise<void> {
     let current = this.#latest(name);
     const service = this.#services.informer.get(serviceName(name), NAMESPACE);
     if (!current) {
-      this.#reported.delete(name);
+      for (const k of PROBLEMS) this.#reported.delete(`${name}/${k}`);
       this.#unserve(name, 'the Cluster was deleted');
       if (service && ours(service, name)) await this.#deleteService(name, 'its Cluster was deleted');
       return;
@@ -210,10 +214,11 @@ export class ClusterController {
     for (let attempt = 0; ; attempt++) {
       const problem = specProblem(current);
       if (problem) {
-        this.#report(name, `${problem}; tower ignores this Cluster until it is fixed`, { fix: `kubectl edit cluster ${current.metadata.name}` });
+        this.#report(name, 'spec', `${problem}; tower ignores this Cluster until it is fixed`, { fix: `kubectl edit cluster ${current.metadata.name}` });
         this.#unserve(name, 'malformed spec');
         return;
       }
+      this.#clear(name, 'spec');
       const why = notOurs(current);
       if (why) {
         this.#unserve(name, why);
@@ -244,7 +249,7 @@ export class ClusterController {
     if (!conn.kubernetesAPIServerPort) {
       const port = this.#allocatePort(name);
       if (port === undefined) {
-        this.#report(name, `no free port left in ${PORT_MIN}-${PORT_MAX} for its kube-apiserver endpoint`, { fix: 'delete unused Clusters' });
+        this.#report(name, 'ports', `no free port left in ${PORT_MIN}-${PORT_MAX} for its kube-apiserver endpoint`, { fix: 'delete unused Clusters' });
         return;
       }
       conn.kubernetesAPIServerPort = port;
@@ -273,7 +278,11 @@ export class ClusterController {
         const url = `https://${isIP(external) === 6 ? `[${external}]` : external}:6443`;
         if (conn.externalKubernetesAPIEndpoint !== url) conn.externalKubernetesAPIEndpoint = url;
         setCondition(conditions, { type: COND_EXTERNAL, status: 'True', reason: COND_EXTERNAL, message: `The load balancer's address is ${external}` });
+      } else if (conditions.some((c) => c.type === COND_EXTERNAL)) {
+        setCondition(conditions, { type: COND_EXTERNAL, status: 'False', reason: 'WaitingForAddress', message: 'The load balancer has no address yet' });
       }
+    } else if (conditions.some((c) => c.type === COND_EXTERNAL)) {
+      setCondition(conditions, { type: COND_EXTERNAL, status: 'False', reason: 'Disabled', message: 'spec.externalKubeAPIEnabled is not true' });
     }
 
     // agents: the kubeconfig once one is connected, AgentAvailable as they come and go
@@ -300,7 +309,6 @@ export class ClusterController {
       this.#written.set(name, { over: current.metadata.resourceVersion ?? '', obj: written });
       current = written;
     }
-    this.#reported.delete(name);
     this.#serve(current, service, external);
   }
 
@@ -314,9 +322,10 @@ export class ClusterController {
       && olderThan(o, c));
     let serve: Cluster['serve'];
     if (collision) {
-      this.#report(name, `its ports ${conn.kubernetesAPIServerPort}/${conn.kubesphereAPIServerPort} are taken by Cluster "${collision.metadata.name}"; it is served through the gateway only`,
+      this.#report(name, 'ports', `its ports ${conn.kubernetesAPIServerPort}/${conn.kubesphereAPIServerPort} are taken by Cluster "${collision.metadata.name}"; it is served through the gateway only`,
         { fix: `set other ports in spec.connection of ${name} (${PORT_MIN}-${PORT_MAX}), or remove them to have tower allocate free ones` });
     } else {
+      this.#clear(name, 'ports');
       const svc = serviceName(name);
       const names = [`${svc}`, `${svc}.${NAMESPACE}`, `${svc}.${NAMESPACE}.svc`, `${svc}.${NAMESPACE}.svc.cluster.local`];
       const ip = service.spec?.clusterIP;
@@ -412,15 +421,16 @@ export class ClusterController {
 
   #lbAnnotations(c: KubeCluster): Record<string, string> {
     const raw = c.metadata.annotations?.[LB_ANNOTATION];
-    if (!raw) return {};
+    if (!raw) { this.#clear(c.metadata.name, 'annotation'); return {}; }
     try {
       const parsed = JSON.parse(raw) as unknown;
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || Object.values(parsed).some((v) => typeof v !== 'string')) {
         throw new Error('want a JSON object of strings');
       }
+      this.#clear(c.metadata.name, 'annotation');
       return parsed as Record<string, string>;
     } catch (err) {
-      this.#report(c.metadata.name, `annotation ${LB_ANNOTATION} is not usable (${(err as Error).message}); the Service keeps its annotations`,
+      this.#report(c.metadata.name, 'annotation', `annotation ${LB_ANNOTATION} is not usable (${(err as Error).message}); the Service keeps its annotations`,
         { fix: `kubectl annotate --overwrite cluster ${c.metadata.name} ${LB_ANNOTATION}='{"key":"value"}'` });
       return {};
     }

@@ -1,5 +1,5 @@
 /** What `tower install` prints: the objects that run tower in a host cluster and in a member cluster. */
-import { GROUP, NAMESPACE, PLURAL, VERSION } from './api.ts';
+import { GROUP, NAMESPACE, PLURAL, VERSION } from './resource.ts';
 
 type Obj = Record<string, unknown>;
 

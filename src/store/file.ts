@@ -28,6 +28,7 @@ function fromFile(f: ClusterFile): Cluster {
  * and serialized by a lock file, so `tower token` can run beside a live proxy; secrets are 0600.
  */
 export class FileStore implements ClusterStore {
+  readonly kind = 'file';
   readonly dir: string;
   readonly location: string;
   #clustersDir: string;

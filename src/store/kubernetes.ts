@@ -1,6 +1,7 @@
 import type { V1ConfigMap, V1Secret } from '@kubernetes/client-node';
 import { StoreError, TowerError } from '../errors.ts';
-import { apiError, apiStatus, HostCluster, NAMESPACE, orUndefined, type KubeCluster } from '../kube/api.ts';
+import { apiError, apiStatus, HostCluster, orUndefined } from '../kube/api.ts';
+import { NAMESPACE, type KubeCluster } from '../kube/resource.ts';
 import { ClusterController } from '../kube/controller.ts';
 import { LeaderElector, type LeaseTimes } from '../kube/leader.ts';
 import type { Logger } from '../observe/log.ts';
@@ -25,6 +26,7 @@ export interface KubernetesStoreOptions {
  * tower-proxy). The proxy that holds the store runs the ClusterController through reconcile().
  */
 export class KubernetesStore implements ClusterStore {
+  readonly kind = 'kubernetes';
   readonly host: HostCluster;
   readonly location: string;
   #opts: KubernetesStoreOptions;

@@ -52,6 +52,7 @@ export type KeyMaterial = Record<string, string>;
 export interface Closer { close(): void | Promise<void> }
 
 export interface ClusterStore {
+  readonly kind: 'file' | 'kubernetes';
   /** where the store keeps its data, for messages ("~/.tower", "cluster.kubesphere.io") */
   readonly location: string;
   get(name: string): Promise<Cluster | undefined>;

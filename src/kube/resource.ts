@@ -1,0 +1,63 @@
+/**
+ * KubeSphere's Cluster resource as tower reads it: names, types and pure checks. No API client here,
+ * so that commands which do not talk to a host cluster never load one.
+ */
+import { existsSync } from 'node:fs';
+import type { V1ObjectMeta } from '@kubernetes/client-node';
+
+export const GROUP = 'cluster.kubesphere.io';
+export const VERSION = 'v1alpha1';
+export const PLURAL = 'clusters';
+export const CLUSTERS_PATH = `/apis/${GROUP}/${VERSION}/${PLURAL}`;
+/** where KubeSphere keeps its system objects, and tower its Services, Secrets and Lease */
+export const NAMESPACE = 'kubesphere-system';
+
+const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+
+export interface ClusterCondition {
+  type: string;
+  status: string;
+  lastUpdateTime?: string;
+  lastTransitionTime?: string;
+  reason?: string;
+  message?: string;
+}
+
+/** KubeSphere's Cluster (cluster.kubesphere.io/v1alpha1); JSON names are the contract. */
+export interface KubeCluster {
+  apiVersion?: string;
+  kind?: string;
+  metadata: V1ObjectMeta & { name: string };
+  spec?: {
+    joinFederation?: boolean;
+    enable?: boolean;
+    provider?: string;
+    externalKubeAPIEnabled?: boolean;
+    config?: string;
+    connection?: {
+      type?: string;
+      kubernetesAPIEndpoint?: string;
+      externalKubernetesAPIEndpoint?: string;
+      kubesphereAPIEndpoint?: string;
+      /** base64 of the kubeconfig's bytes (a Go []byte) */
+      kubeconfig?: string;
+      token?: string;
+      kubernetesAPIServerPort?: number;
+      kubesphereAPIServerPort?: number;
+    };
+  };
+  status?: { conditions?: ClusterCondition[]; [k: string]: unknown };
+}
+
+/** Whether the environment looks like a pod with a service account (in-cluster config). */
+export function inCluster(): boolean {
+  return Boolean(process.env.KUBERNETES_SERVICE_HOST) && existsSync(SERVICE_ACCOUNT_TOKEN);
+}
+
+/** Why tower does not act on this Cluster, or undefined when it does. */
+export function notOurs(c: KubeCluster): string | undefined {
+  if (c.metadata.deletionTimestamp) return 'it is being deleted';
+  if (c.spec?.connection?.type !== 'proxy') return `its spec.connection.type is ${JSON.stringify(c.spec?.connection?.type ?? '')}, not "proxy"`;
+  if (c.spec?.joinFederation !== true) return 'its spec.joinFederation is not true';
+  return undefined;
+}
