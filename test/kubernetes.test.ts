@@ -369,6 +369,16 @@ test('--leader-elect: one proxy serves; when it dies the other takes the lease, 
   await second.stop('SIGTERM');
   assert.match(second.output, /released the lease/);
   await third.waitFor(/proxy serving/, 20_000);
+
+  // a leader that finds the lease taken stops at once (a restart campaigns afresh)
+  await waitUntil('the lease to be taken over by hand', async () => {
+    // the leader renews every 500 ms: a replace may meet a newer resourceVersion, and is tried again
+    const lease = JSON.parse(await host.must(['-n', 'kubesphere-system', 'get', 'lease', 'tower', '-o', 'json']));
+    lease.spec.holderIdentity = 'intruder';
+    return (await host.kubectl(['replace', '-f', '-'], JSON.stringify(lease))).code === 0;
+  });
+  assert.equal(await third.exited, 1);
+  assert.match(third.output, /leader election lost; exiting .*why="the lease is now held by intruder"/);
 });
 
 test('tower install prints manifests that apply to real apiservers, with KubeSphere\'s Cluster CRD', async () => {

@@ -75,9 +75,12 @@ export class LeaderElector {
       try {
         const holder = await this.#tryAcquireOrRenew();
         if (holder === this.identity) { lastRenew = Date.now(); continue; }
-        this.#leading = false;
-        onLost(`the lease is now held by ${holder}`);
-        return;
+        if (holder !== undefined) {
+          this.#leading = false;
+          onLost(`the lease is now held by ${holder}`);
+          return;
+        }
+        // a write conflict: not renewed this round, tried again until the deadline
       } catch (err) {
         this.#log.warn('leader election: cannot renew the lease', { err: apiMessage(err) });
       }
