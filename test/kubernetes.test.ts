@@ -340,6 +340,33 @@ test('a host API outage cuts nobody off from the members, and the proxy resumes 
   for (const name of ['pi', 'rho']) assert.equal(proxy.output.match(new RegExp(`allocated ports cluster=${name} `, 'g'))?.length, 1, proxy.output);
 });
 
+test('two controllers racing on the same Clusters (as KubeSphere\'s own one does) settle on one set of values, and nothing flaps', async () => {
+  // without --leader-elect both reconcile; each serves the cluster ports on its own loopback address
+  const a = await host.startProxy(['--host', '127.0.0.2']);
+  const b = await host.startProxy(['--host', '127.0.0.3']);
+  const names = Array.from({ length: 8 }, (_, i) => `race${i}`);
+  const items = names.map((name) => ({ apiVersion: 'cluster.kubesphere.io/v1alpha1', kind: 'Cluster', metadata: { name }, spec: { joinFederation: true, connection: { type: 'proxy' } } }));
+  await host.must(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items }));
+  const settled = await Promise.all(names.map((n) => host.waitCluster(n, 'initialized', initialized)));
+  await new Promise((r) => setTimeout(r, 3000));
+  const ports = new Set<number>();
+  for (const c of settled) {
+    const now = (await host.get(c.metadata.name))!;
+    assert.deepEqual(now.spec, c.spec, `${c.metadata.name} changed after it settled`);
+    const conn = now.spec!.connection!;
+    assert.ok(!ports.has(conn.kubernetesAPIServerPort!), `port ${conn.kubernetesAPIServerPort} given twice`);
+    ports.add(conn.kubernetesAPIServerPort!);
+    const svc = (await host.getService(`mc-${c.metadata.name}`))!;
+    assert.deepEqual(svc.spec.ports.map((p) => p.targetPort), [conn.kubernetesAPIServerPort, conn.kubesphereAPIServerPort]);
+    assert.equal(conn.kubernetesAPIEndpoint, `https://${svc.spec.clusterIP}:6443`);
+  }
+  for (const p of [a, b]) {
+    assert.ok(p.running);
+    // the loser of a race learns of it from the conflict, before it has touched the Service
+    assert.doesNotMatch(p.output, /updated Service cluster=race/);
+  }
+});
+
 test('--leader-elect: one proxy serves; when it dies the other takes the lease, and the agent follows', async () => {
   const times = ['--leader-elect', '--leader-elect-lease-duration', '4s', '--leader-elect-renew-deadline', '3s', '--leader-elect-retry-period', '500ms'];
   const agentPort = await freePort();

@@ -257,6 +257,11 @@ export class ClusterController {
     }
     if (!conn.kubesphereAPIServerPort) conn.kubesphereAPIServerPort = conn.kubernetesAPIServerPort + KUBESPHERE_PORT_OFFSET;
     if (!conn.token) conn.token = randomBytes(32).toString('hex');
+    if (!sameJson(conn, current.spec?.connection ?? {})) {
+      // the allocation is written before anything depends on it: a controller that loses the race
+      // (a conflict) stops here, before it has pointed the Service at its own choice
+      return this.#reconcileOurs(await this.#persist(current, desired));
+    }
 
     const service = await this.#ensureService(desired);
     const clusterIP = service.spec?.clusterIP;
@@ -299,17 +304,21 @@ export class ClusterController {
       if (had) setCondition(conditions, { type: COND_AGENT, status: 'False', message: 'Agent has not connected to proxy.' });
     }
 
-    if (!sameJson(desired, current)) {
-      let written = await this.#host.replaceCluster(desired);
-      // a CRD with a status subresource ignores status in a whole-object update
-      if (!sameJson(written.status ?? {}, desired.status)) {
-        written = await this.#host.replaceClusterStatus({ ...written, status: desired.status });
-      }
-      this.#log.debug(1, 'updated Cluster', { cluster: name, resourceVersion: written.metadata.resourceVersion });
-      this.#written.set(name, { over: current.metadata.resourceVersion ?? '', obj: written });
-      current = written;
-    }
+    if (!sameJson(desired, current)) current = await this.#persist(current, desired);
     this.#serve(current, service, external);
+  }
+
+  /** Writes `desired` over `current` (resourceVersion checked), status included either way. */
+  async #persist(current: KubeCluster, desired: KubeCluster): Promise<KubeCluster> {
+    const name = current.metadata.name;
+    let written = await this.#host.replaceCluster(desired);
+    // a CRD with a status subresource ignores status in a whole-object update
+    if (!sameJson(written.status ?? {}, desired.status ?? {})) {
+      written = await this.#host.replaceClusterStatus({ ...written, status: desired.status });
+    }
+    this.#log.debug(1, 'updated Cluster', { cluster: name, resourceVersion: written.metadata.resourceVersion });
+    this.#written.set(name, { over: current.metadata.resourceVersion ?? '', obj: written });
+    return written;
   }
 
   /** Tells the proxy about the cluster: its token, and its two ports unless another Cluster has them. */
