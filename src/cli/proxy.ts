@@ -58,7 +58,7 @@ export class ProxyCommand extends TowerCommand {
         },
       },
     } : {});
-    if (o.leaderElect && !(isKubernetesStore(store))) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
+    if (o.leaderElect && !isKubernetesStore(store)) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
     const proxy = new Proxy({
       store,
       host: o.host,
