@@ -64,8 +64,8 @@ export class HostCluster {
   }
 
   /** An informer that restarts itself (client-node's stops on any error but 410). */
-  watch<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger, labelSelector?: string): Watcher<T> {
-    return new Watcher<T>(this.kc, what, path, list, log, labelSelector);
+  watch<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger): Watcher<T> {
+    return new Watcher<T>(this.kc, what, path, list, log);
   }
 }
 
@@ -113,7 +113,7 @@ export class Watcher<T extends KubernetesObject> {
   /** resolves once a list has filled the cache */
   readonly synced: Promise<void>;
 
-  constructor(kc: KubeConfig, what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger, labelSelector?: string) {
+  constructor(kc: KubeConfig, what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger) {
     this.#what = what;
     this.#log = log;
     let onSynced!: () => void;
@@ -124,7 +124,7 @@ export class Watcher<T extends KubernetesObject> {
       setImmediate(onSynced);
       return r;
     };
-    this.informer = makeInformer<T>(kc, path, listed as never, labelSelector);
+    this.informer = makeInformer<T>(kc, path, listed as never);
     this.informer.on('connect', () => { this.#delay = RESTART_MIN_MS; });
     this.informer.on('error', (err: unknown) => {
       if (this.#stopped) return;

@@ -14,7 +14,7 @@ import { renderKubeconfig } from '../pki/kubeconfig.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { Cluster, ClusterEvent, ReconcileContext } from '../store/types.ts';
 import { apiMessage, apiStatus, orUndefined, type HostCluster, type Watcher } from './api.ts';
-import { NAMESPACE, notOurs, type ClusterCondition, type KubeCluster } from './resource.ts';
+import { CLUSTERS_PATH, NAMESPACE, notOurs, type ClusterCondition, type KubeCluster } from './resource.ts';
 
 export const PORT_MIN = 6000;
 export const PORT_MAX = 7000;
@@ -92,7 +92,7 @@ export class ClusterController {
     this.#ctx = ctx;
     this.#log = ctx.log;
     this.#emit = emit;
-    this.#clusters = host.watch<KubeCluster>('Clusters', '/apis/cluster.kubesphere.io/v1alpha1/clusters', () => host.listClusters(), this.#log);
+    this.#clusters = host.watch<KubeCluster>('Clusters', CLUSTERS_PATH, () => host.listClusters(), this.#log);
     this.#services = host.watch<V1Service>(`Services in ${NAMESPACE}`, `/api/v1/namespaces/${NAMESPACE}/services`,
       () => host.core.listNamespacedService({ namespace: NAMESPACE }) as Promise<{ items: V1Service[] }>, this.#log);
     const onCluster = (c: KubeCluster) => this.enqueue(c.metadata.name);
