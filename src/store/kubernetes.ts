@@ -50,7 +50,6 @@ export class KubernetesStore implements ClusterStore {
   }
 
   async get(name: string): Promise<Cluster | undefined> {
-    if (this.#controller) return this.#controller.served.get(assertClusterName(name));
     const c = await this.resource(name);
     return c ? fromResource(c) : undefined;
   }
