@@ -487,9 +487,9 @@ function staleEndpoint(url: string | undefined, clusterIP: string, service: V1Se
   if (!url) return true;
   const h = hostOfUrl(url);
   if (!h || !isIP(h) || h === clusterIP) return false;
-  // an address that is not the Service's now: a load balancer's, or one someone set, stays
+  // another address of the Service (a load balancer's, an external IP) stays; an old ClusterIP goes
   const lb = service.status?.loadBalancer?.ingress?.some((i) => i.ip === h) ?? false;
-  return !lb && (service.spec?.clusterIPs ?? []).length > 0 && !(service.spec?.externalIPs ?? []).includes(h);
+  return !lb && !(service.spec?.externalIPs ?? []).includes(h);
 }
 
 function hostOfUrl(u: string | undefined): string | undefined {

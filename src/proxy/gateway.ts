@@ -44,7 +44,7 @@ export class Gateway {
   constructor(opts: GatewayOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    const http = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: 0, keepAliveTimeout: 60_000 };
+    const timeouts = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: 0, keepAliveTimeout: 60_000 };
     if (opts.tls) {
       const https = createHttpsServer({
         cert: opts.tls.cert,
@@ -54,7 +54,7 @@ export class Gateway {
         // verified below, so that a missing or foreign certificate gets a readable 401
         rejectUnauthorized: false,
         ALPNProtocols: ['http/1.1'],
-        ...http,
+        ...timeouts,
       });
       https.on('tlsClientError', (err, socket) => {
         this.#log.debug(1, 'gateway TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
@@ -62,7 +62,7 @@ export class Gateway {
       });
       this.server = https;
     } else {
-      this.server = createHttpServer(http);
+      this.server = createHttpServer(timeouts);
     }
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));

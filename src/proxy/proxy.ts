@@ -43,6 +43,7 @@ export class Proxy {
   #statusTimers = new Map<string, NodeJS.Timeout>();
   #claim: Closer | undefined;
   #ca: CertificateAuthority | undefined;
+  #serverNames: string[] = [];
   /** clusters served on ports of their own (Kubernetes mode) */
   #ports = new Map<string, ClusterPorts>();
 
@@ -59,14 +60,16 @@ export class Proxy {
     const hostKey = await loadHostKey(store);
     this.hostKeyFingerprint = hostKeyFingerprint(hostKey);
 
+    // the names every certificate of this proxy carries: the gateway's, and each cluster port's besides its own
+    const publish = this.#opts.publishServiceAddress;
+    this.#serverNames = [publish, 'localhost', '127.0.0.1', '::1', hostname()];
+    if (this.#opts.host !== '0.0.0.0' && this.#opts.host !== '::') this.#serverNames.push(this.#opts.host);
+
     await store.reconcile?.({ ca, agents: (name) => this.registry.count(name) });
     await this.#watchClusters();
     this.registry.on('change', (name: string) => this.#scheduleStatus(name));
 
-    const publish = this.#opts.publishServiceAddress;
-    const sans = [publish, 'localhost', '127.0.0.1', '::1', hostname()];
-    if (this.#opts.host !== '0.0.0.0' && this.#opts.host !== '::') sans.push(this.#opts.host);
-    const serving = await ca.issueServer(sans, GATEWAY_CERT_DAYS);
+    const serving = await ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
 
     this.#endpoint = new AgentEndpoint({
       tunnel: new TunnelServer(hostKey),
@@ -143,11 +146,10 @@ export class Proxy {
       return;
     }
     if (!ports) {
-      const publish = this.#opts.publishServiceAddress;
       ports = new ClusterPorts({
         name, host: this.#opts.host, ca: this.#ca!, registry: this.registry, log: this.#log,
         knows: (n) => this.#clusters.has(n),
-        baseNames: [publish, 'localhost', '127.0.0.1', '::1'],
+        baseNames: this.#serverNames,
       });
       this.#ports.set(name, ports);
     }
