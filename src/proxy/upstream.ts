@@ -146,8 +146,13 @@ function asSocket(channel: ServerChannel): Duplex {
   };
   channel.on('data', () => { if (idleMs > 0) arm(); });
   channel.once('close', () => clearTimeout(idle));
+  // as net.Socket: a callback is a 'timeout' listener, and setTimeout(0, cb) removes it again.
+  // Node's HTTP client does exactly that for each request on a reused connection
   c.setTimeout = (ms: number, cb?: () => void) => {
-    if (cb) channel.once('timeout', cb);
+    if (cb) {
+      if (ms === 0) channel.removeListener('timeout', cb);
+      else channel.once('timeout', cb);
+    }
     idleMs = ms;
     arm();
     return c;
