@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { Agent, request } from 'node:https';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { parse } from 'yaml';
+import { Stack } from './support/stack.ts';
+import { TestUpstream } from './support/upstream.ts';
+
+const REQUESTS = 5000;
+const CONCURRENCY = 8;
+
+let stack: Stack;
+let upstream: TestUpstream;
+
+before(async () => {
+  upstream = await TestUpstream.start();
+  stack = new Stack();
+  await stack.startProxy();
+  const { token } = await stack.token('busy');
+  await stack.startAgent('busy', token, upstream.writeKubeconfig(join(stack.dataDir, 'u.kubeconfig'), 'token')).waitFor(/connected to proxy/);
+});
+
+after(async () => {
+  await stack?.close();
+  await upstream?.close();
+});
+
+test(`${REQUESTS} requests over reused channels leave no listener behind, and SIGTERM then ends the proxy at once`, async () => {
+  const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
+  const user = kc.users[0].user;
+  const agent = new Agent({
+    keepAlive: true, maxSockets: CONCURRENCY,
+    ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+    cert: Buffer.from(user['client-certificate-data'], 'base64'), key: Buffer.from(user['client-key-data'], 'base64'),
+  });
+  const get = () => new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: stack.gatewayPort, path: '/clusters/busy/api', agent }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  let done = 0;
+  const worker = async () => {
+    while (done < REQUESTS) {
+      done++;
+      assert.equal(await get(), 200);
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  agent.destroy();
+  // a listener added per request on a reused channel shows as Node's warning once 10 pile up on one
+  assert.doesNotMatch(stack.proxy!.output, /MaxListenersExceededWarning|memory leak/);
+  const stopped = Date.now();
+  assert.equal(await stack.proxy!.stop('SIGTERM'), 0);
+  const took = Date.now() - stopped;
+  assert.ok(took < 5000, `SIGTERM took ${took} ms to end the proxy`);
+});
