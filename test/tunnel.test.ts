@@ -4,6 +4,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import ssh2 from 'ssh2';
 import { Logger } from '../src/observe/log.ts';
+import { CertificateAuthority } from '../src/pki/ca.ts';
 import { dialTunnel, ConfigRejectedError } from '../src/tunnel/client.ts';
 import { CHANNEL_TYPE, CLIENT_IDENT, decodeConfig, encodeConfig, SERVER_IDENT, UNAUTHORIZED, type AgentConfig } from '../src/tunnel/protocol.ts';
 import { TunnelServer, type AgentSession } from '../src/tunnel/server.ts';
@@ -30,7 +31,8 @@ async function socketPair(): Promise<{ a: Socket; b: Socket; fromA: Buffer[]; fr
   return { a, b, fromA, fromB };
 }
 
-const config: AgentConfig = { version: 'v-test', name: 'alpha', token: 't0k3n', kubernetesSvcHost: '10.0.0.1:443', kubesphereSvcHost: 'ks:80', caData: Buffer.from('ca'), bearerToken: Buffer.from('bearer') };
+const caPem = (await CertificateAuthority.create('config-test-ca')).cert;
+const config: AgentConfig = { version: 'v-test', name: 'alpha', token: 't0k3n', kubernetesSvcHost: '10.0.0.1:443', kubesphereSvcHost: 'ks:80', caData: Buffer.from(caPem), bearerToken: Buffer.from('bearer') };
 
 function serve(b: Socket, verdict: string | undefined = undefined, timeoutMs = 5000): Promise<AgentSession> {
   return new TunnelServer(hostKey).accept(b, { remote: 'test', authorize: async () => verdict, handshakeTimeoutMs: timeoutMs, log: quiet });
@@ -120,17 +122,17 @@ describe('wire protocol v1 on the patched ssh2', () => {
 
 describe('the config payload', () => {
   test('keys decode case-insensitively and byte fields from base64, as Go does', () => {
-    const c = decodeConfig(Buffer.from(JSON.stringify({ name: 'a', TOKEN: 't', kubernetessvchost: 'k:443', KubeSphereSvcHost: 'ks:80', cadata: Buffer.from('x').toString('base64'), Unknown: 1 })));
+    const c = decodeConfig(Buffer.from(JSON.stringify({ name: 'a', TOKEN: 't', kubernetessvchost: 'k:443', KubeSphereSvcHost: 'ks:80', cadata: Buffer.from(caPem).toString('base64'), Unknown: 1 })));
     assert.equal(c.name, 'a');
     assert.equal(c.token, 't');
     assert.equal(c.kubernetesSvcHost, 'k:443');
-    assert.equal(c.caData?.toString(), 'x');
+    assert.equal(c.caData?.toString(), caPem);
   });
 
   test('what we send is what Go\'s encoding/json writes for the Go tower\'s Config', () => {
     const json = JSON.parse(encodeConfig(config).toString());
     assert.deepEqual(Object.keys(json), ['Version', 'Name', 'Token', 'KubernetesSvcHost', 'KubeSphereSvcHost', 'CAData', 'BearerToken']);
-    assert.equal(json.CAData, Buffer.from('ca').toString('base64'));
+    assert.equal(json.CAData, Buffer.from(caPem).toString('base64'));
   });
 
   test('malformed payloads are refused with a reason', () => {
@@ -139,6 +141,42 @@ describe('the config payload', () => {
     assert.throws(() => decodeConfig(Buffer.from('{"Name": 5}')), /field Name must be a string/);
     assert.throws(() => decodeConfig(Buffer.from('{"CAData": "%%%"}')), /field CAData must be base64/);
     assert.throws(() => decodeConfig(Buffer.alloc(300 * 1024, 32)), /exceeds/);
+  });
+
+  test('every value is checked before it can reach a header, a TLS context or a log line', async () => {
+    const other = await CertificateAuthority.load(await CertificateAuthority.create('other'), 'test');
+    const leaf = await other.issueClient('agent', []);
+    const stranger = await other.issueClient('someone', []);
+    const good = { Version: 'v1', Name: 'alpha', Token: 'a'.repeat(64), KubernetesSvcHost: '10.0.0.1:6443', KubeSphereSvcHost: 'ks-apiserver.kubesphere-system.svc:80' };
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    assert.equal(decodeConfig(Buffer.from(JSON.stringify({ ...good, CertData: b64(leaf.cert), KeyData: b64(leaf.key), BearerToken: b64('eyJhbGciOi.x-y_z') }))).name, 'alpha');
+    const bad: [Record<string, unknown>, RegExp][] = [
+      [{ BearerToken: b64('tok\r\nX-Injected: 1') }, /BearerToken must be/],
+      [{ BearerToken: b64('a b') }, /BearerToken must be/],
+      [{ KubernetesSvcHost: 'host\r\nX: y:443' }, /KubernetesSvcHost must be host:port/],
+      [{ KubernetesSvcHost: 'host:0' }, /KubernetesSvcHost "host:0" is not host:port/],
+      [{ KubernetesSvcHost: 'host:99999' }, /not host:port with a port 1-65535/],
+      [{ KubernetesSvcHost: 'ho$t:443' }, /invalid host name/],
+      [{ KubernetesSvcHost: '' }, /KubernetesSvcHost is missing/],
+      [{ KubeSphereSvcHost: 'a:b:c' }, /KubeSphereSvcHost/],
+      [{ Token: 'x'.repeat(600) }, /Token must be 1-512/],
+      [{ Token: 'tab\there' }, /Token must be/],
+      [{ Name: '' }, /Name must be/],
+      [{ Name: 'n'.repeat(300) }, /Name must be/],
+      [{ Version: '\u001b[31m' }, /Version must be/],
+      [{ TowerFeatures: ['ok', 'Bad Feature'] }, /TowerFeatures must be/],
+      [{ TowerFeatures: Array(20).fill('f') }, /TowerFeatures must be/],
+      [{ CAData: b64('not a certificate') }, /CAData holds no PEM certificate/],
+      [{ CAData: b64('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n') }, /CAData holds a certificate that does not parse/],
+      [{ CertData: b64(leaf.cert) }, /CertData and KeyData come together/],
+      [{ CertData: b64('junk'), KeyData: b64(leaf.key) }, /CertData is not a PEM certificate/],
+      [{ CertData: b64(leaf.cert), KeyData: b64('junk') }, /KeyData is not a PEM private key/],
+      [{ CertData: b64(leaf.cert), KeyData: b64(stranger.key) }, /KeyData does not belong to CertData/],
+      [{ Name: 5 }, /field Name must be a string/],
+    ];
+    for (const [patch, why] of bad) {
+      assert.throws(() => decodeConfig(Buffer.from(JSON.stringify({ ...good, ...patch }))), (err: Error) => why.test(err.message) && /^invalid config: |^malformed config payload: /.test(err.message), `${JSON.stringify(patch)} → ${why}`);
+    }
   });
 
   test('the channel type is kubesphere', () => assert.equal(CHANNEL_TYPE, 'kubesphere'));

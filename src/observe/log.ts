@@ -40,7 +40,9 @@ export class Logger {
     const all = { ...this.#base, ...fields };
     let line: string;
     if (this.#settings.format === 'json') {
-      line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...all });
+      const clipped: Fields = {};
+      for (const [k, v] of Object.entries(all)) clipped[k] = typeof v === 'string' ? truncate(v) : v instanceof Error ? truncate(v.message) : v;
+      line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...clipped });
     } else {
       const kv = Object.entries(all)
         .filter(([, v]) => v !== undefined)
@@ -52,10 +54,26 @@ export class Logger {
   }
 }
 
+/** values from peers (names, paths, error texts) are cut here, so one cannot flood or forge log lines */
+export const MAX_FIELD_CHARS = 512;
+
 function formatValue(v: unknown): string {
-  if (typeof v === 'string') return /[\s"=]/.test(v) || v === '' ? JSON.stringify(v) : v;
-  if (v instanceof Error) return JSON.stringify(v.message);
-  return typeof v === 'object' ? JSON.stringify(v) : String(v);
+  if (typeof v === 'string') {
+    const s = escapeControls(truncate(v));
+    return /[\s"=]/.test(s) || s === '' || s !== v ? `"${s.replace(/"/g, '\\"')}"` : s;
+  }
+  if (v instanceof Error) return formatValue(v.message);
+  return typeof v === 'object' ? escapeControls(truncate(JSON.stringify(v) ?? '')) : String(v);
+}
+
+/** At most MAX_FIELD_CHARS characters, saying how many were cut. */
+export function truncate(s: string): string {
+  return s.length > MAX_FIELD_CHARS ? `${s.slice(0, MAX_FIELD_CHARS)}…(${s.length - MAX_FIELD_CHARS} more)` : s;
+}
+
+/** Backslashes and control characters (terminal escapes among them) escaped, so a value stays on its line and inert. */
+function escapeControls(s: string): string {
+  return s.replace(/[\\\x00-\x1f\x7f-\x9f]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
 }
 
 export const log = new Logger();

@@ -3,6 +3,7 @@
  * kubesphere-v1) carrying SSH; a `config` global request with JSON; `kubesphere` channels
  * whose extra data is the raw "host:port".
  */
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import { TowerError } from '../errors.ts';
 
@@ -19,6 +20,13 @@ export const CHANNEL_TYPE_TLS = 'tower-tls@v1';
 export const FEATURES_HEADER = 'x-tower-features';
 /** the agent makes the TLS to the member kube-apiserver: the proxy's crypto halves, keys stay home */
 export const FEATURE_TLS_AT_AGENT = 'tls-at-agent';
+/**
+ * The agent also adds its own Authorization to what the proxy sends through CHANNEL_TYPE_TLS
+ * channels: with both features, no member credential is ever sent to the proxy.
+ */
+export const FEATURE_AUTH_AT_AGENT = 'auth-at-agent';
+/** what a tower proxy offers */
+export const OFFERED_FEATURES = [FEATURE_TLS_AT_AGENT, FEATURE_AUTH_AT_AGENT];
 export const REQUEST_CONFIG = 'config';
 export const REQUEST_PING = 'ping';
 /** the failure text the Go proxy sends for a bad name or token; Go agents exit on it */
@@ -68,8 +76,21 @@ export function encodeConfig(c: AgentConfig): Buffer {
 const STRING_FIELDS = { version: 'version', name: 'name', token: 'token', kubernetessvchost: 'kubernetesSvcHost', kubespheresvchost: 'kubesphereSvcHost' } as const;
 const BYTE_FIELDS = { cadata: 'caData', certdata: 'certData', keydata: 'keyData', bearertoken: 'bearerToken' } as const;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+/** printable ASCII: what may reach an HTTP header or a log line */
+const VISIBLE = /^[\x21-\x7e]+$/;
+const PRINTABLE = /^[\x20-\x7e]*$/;
+const HOST_NAME = /^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$/;
+const FEATURE = /^[a-z0-9][a-z0-9@.-]{0,63}$/;
+export const CONFIG_LIMITS = {
+  versionChars: 64,
+  nameChars: 253,
+  tokenChars: 512,
+  bearerTokenBytes: 16 * 1024,
+  pemBytes: 64 * 1024,
+  features: 16,
+} as const;
 
-/** Parses a `config` payload; keys match case-insensitively, as Go's decoder does. */
+/** Parses a `config` payload; keys match case-insensitively, as Go's decoder does. Every value is checked here. */
 export function decodeConfig(payload: Buffer): AgentConfig {
   if (payload.length > MAX_CONFIG_BYTES) throw new ProtocolError(`config payload of ${payload.length} bytes exceeds ${MAX_CONFIG_BYTES}`);
   let doc: unknown;
@@ -84,20 +105,88 @@ export function decodeConfig(payload: Buffer): AgentConfig {
     const lk = k.toLowerCase();
     if (lk in STRING_FIELDS) {
       if (v === null) continue;
-      if (typeof v !== 'string') throw new ProtocolError(`malformed config payload: field ${k} must be a string`);
+      if (typeof v !== 'string') throw new ProtocolError(`malformed config payload: field ${fieldName(STRING_FIELDS[lk as keyof typeof STRING_FIELDS])} must be a string`);
       out[STRING_FIELDS[lk as keyof typeof STRING_FIELDS]] = v;
     } else if (lk === 'towerfeatures') {
       if (v === null) continue;
-      if (!Array.isArray(v) || v.some((f) => typeof f !== 'string')) throw new ProtocolError(`malformed config payload: field ${k} must be a list of strings`);
+      if (!Array.isArray(v) || v.some((f) => typeof f !== 'string')) throw new ProtocolError('malformed config payload: field TowerFeatures must be a list of strings');
       out.features = v;
     } else if (lk in BYTE_FIELDS) {
       if (v === null || v === '') continue;
-      if (typeof v !== 'string' || !BASE64.test(v)) throw new ProtocolError(`malformed config payload: field ${k} must be base64`);
+      if (typeof v !== 'string' || !BASE64.test(v)) throw new ProtocolError(`malformed config payload: field ${fieldName(BYTE_FIELDS[lk as keyof typeof BYTE_FIELDS])} must be base64`);
       out[BYTE_FIELDS[lk as keyof typeof BYTE_FIELDS]] = Buffer.from(v, 'base64');
     }
     // unknown fields are ignored, as Go does
   }
-  return out as unknown as AgentConfig;
+  const config = out as unknown as AgentConfig;
+  const problem = configProblem(config);
+  if (problem) throw new ProtocolError(`invalid config: ${problem}`);
+  return config;
+}
+
+const GO_NAMES: Record<string, string> = {
+  version: 'Version', name: 'Name', token: 'Token', kubernetesSvcHost: 'KubernetesSvcHost', kubesphereSvcHost: 'KubeSphereSvcHost',
+  caData: 'CAData', certData: 'CertData', keyData: 'KeyData', bearerToken: 'BearerToken', features: 'TowerFeatures',
+};
+function fieldName(key: string): string { return GO_NAMES[key] ?? key; }
+
+/**
+ * Why a decoded config cannot be used, or undefined. Values reach HTTP headers, TLS contexts and
+ * logs, so each is checked for type, length and characters, and PEM must parse.
+ */
+export function configProblem(c: AgentConfig): string | undefined {
+  if (!PRINTABLE.test(c.version) || c.version.length > CONFIG_LIMITS.versionChars) return `Version must be at most ${CONFIG_LIMITS.versionChars} printable ASCII characters`;
+  if (!c.name || !VISIBLE.test(c.name) || c.name.length > CONFIG_LIMITS.nameChars) return `Name must be 1-${CONFIG_LIMITS.nameChars} printable ASCII characters without spaces`;
+  if (!c.token || !VISIBLE.test(c.token) || c.token.length > CONFIG_LIMITS.tokenChars) return `Token must be 1-${CONFIG_LIMITS.tokenChars} printable ASCII characters without spaces`;
+  if (!c.kubernetesSvcHost) return 'KubernetesSvcHost is missing: the agent must name its kube-apiserver as host:port';
+  const k8s = upstreamProblem(c.kubernetesSvcHost, 443);
+  if (k8s) return `KubernetesSvcHost ${k8s}`;
+  if (c.kubesphereSvcHost) {
+    const ks = upstreamProblem(c.kubesphereSvcHost, 80);
+    if (ks) return `KubeSphereSvcHost ${ks}`;
+  }
+  if (c.features) {
+    if (c.features.length > CONFIG_LIMITS.features || c.features.some((f) => !FEATURE.test(f))) return `TowerFeatures must be at most ${CONFIG_LIMITS.features} names of lower-case letters, digits, "@", "." and "-"`;
+  }
+  if (c.bearerToken?.length) {
+    const t = c.bearerToken.toString('latin1').trim();
+    if (!t || t.length > CONFIG_LIMITS.bearerTokenBytes || !VISIBLE.test(t)) return `BearerToken must be 1-${CONFIG_LIMITS.bearerTokenBytes} printable ASCII characters without spaces`;
+  }
+  for (const f of ['caData', 'certData', 'keyData'] as const) {
+    if ((c[f]?.length ?? 0) > CONFIG_LIMITS.pemBytes) return `${fieldName(f)} exceeds ${CONFIG_LIMITS.pemBytes} bytes`;
+  }
+  if (c.caData?.length) {
+    const blocks = pemBlocks(c.caData, 'CERTIFICATE');
+    if (blocks.length === 0) return 'CAData holds no PEM certificate';
+    for (const b of blocks) {
+      try { new X509Certificate(b); } catch (err) { return `CAData holds a certificate that does not parse: ${(err as Error).message}`; }
+    }
+  }
+  const hasCert = (c.certData?.length ?? 0) > 0;
+  const hasKey = (c.keyData?.length ?? 0) > 0;
+  if (hasCert !== hasKey) return 'CertData and KeyData come together: a client certificate needs its key';
+  if (hasCert) {
+    let cert: X509Certificate;
+    try { cert = new X509Certificate(c.certData!); } catch (err) { return `CertData is not a PEM certificate: ${(err as Error).message}`; }
+    let key: KeyObject;
+    try { key = createPrivateKey(c.keyData!); } catch (err) { return `KeyData is not a PEM private key: ${(err as Error).message}`; }
+    if (!cert.checkPrivateKey(key)) return 'KeyData does not belong to CertData';
+  }
+  return undefined;
+}
+
+/** "host:port" with a host name or IP and a port 1-65535 (a scheme is dropped, as the Go tower's agent sends either). */
+function upstreamProblem(value: string, defaultPort: number): string | undefined {
+  if (value.length > 300 || !VISIBLE.test(value)) return 'must be host:port in printable ASCII';
+  const hp = splitHostPort(normalizeHostPort(value, defaultPort));
+  if (!hp) return `${JSON.stringify(value)} is not host:port with a port 1-65535`;
+  if (!isIP(hp.host) && !HOST_NAME.test(hp.host)) return `${JSON.stringify(value)} has an invalid host name`;
+  return undefined;
+}
+
+function pemBlocks(data: Buffer, label: string): string[] {
+  const re = new RegExp(`-----BEGIN ${label}-----[\\s\\S]*?-----END ${label}-----`, 'g');
+  return data.toString('latin1').match(re) ?? [];
 }
 
 /** Splits "host:port" (IPv6 in brackets), or undefined when it is not one. */

@@ -68,9 +68,13 @@ export class TunnelServer {
           else ctx.reject(['password']);
         });
         refuseAgentChannels(c, opts.log);
+        // one verdict per connection: requests pipelined behind a refused one are not evaluated
+        let attempted = false;
         c.on('global request', (name, data, _wantReply, reply) => {
           if (name === REQUEST_PING) { reply(true); return; }
-          if (name !== REQUEST_CONFIG || settled) { reply(false, Buffer.from(`unexpected request ${JSON.stringify(name)}`)); return; }
+          if (name !== REQUEST_CONFIG) { reply(false, Buffer.from(`unexpected request ${JSON.stringify(name.slice(0, 64))}`)); return; }
+          if (attempted) { reply(false, Buffer.from('one config request per connection')); return; }
+          attempted = true;
           let config: AgentConfig;
           try {
             config = decodeConfig(data);
