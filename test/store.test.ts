@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { FileStore } from '../src/store/file.ts';
@@ -41,11 +41,28 @@ test('the watch reports additions, changes and removals within a second', async 
   store.close();
 });
 
-test('a malformed cluster file is skipped with a warning, the others still load', async () => {
+test('an unusable cluster file fails closed: it is listed with its problem, never dropped or trusted', async () => {
   const store = new FileStore(freshDir());
   await store.create('good', 'a'.repeat(64));
-  writeFileSync(join(store.dir, 'clusters', 'bad.yaml'), 'name: [unclosed');
-  assert.deepEqual((await store.list()).map((c) => c.name), ['good']);
+  const files: [string, string | undefined, RegExp][] = [
+    ['unparseable', 'name: [unclosed', /is not YAML/],
+    ['empty', '', /is empty/],
+    ['malformed', 'name: malformed\ntoken: 5\ngeneration: 1\n', /is malformed/],
+    ['short-token', 'name: short-token\ntoken: abc\ngeneration: 1\n', /is malformed/],
+    ['unreadable', undefined, /cannot be read: EISDIR/],
+  ];
+  for (const [name, content, why] of files) {
+    const path = join(store.dir, 'clusters', `${name}.yaml`);
+    if (content === undefined) mkdirSync(path);
+    else writeFileSync(path, content);
+    const c = await store.get(name);
+    assert.equal(c?.token, '', `${name}: no token to trust`);
+    assert.match(c?.problem ?? '', why);
+  }
+  const listed = await store.list();
+  assert.deepEqual(listed.map((c) => c.name), ['empty', 'good', 'malformed', 'short-token', 'unparseable', 'unreadable']);
+  assert.deepEqual(listed.filter((c) => !c.problem).map((c) => c.name), ['good']);
+  await assert.rejects(store.create('empty', 'b'.repeat(64)), /already exists/, 'an unusable record is not silently replaced');
   store.close();
 });
 

@@ -54,9 +54,9 @@ export class KubeconfigCommand extends TowerCommand {
         process.stdout.write(await clusterKubeconfig(store, name, o.timeout));
         return 0;
       }
-      if (!(await store.get(name))) {
-        throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (create it with: tower token ${name})`);
-      }
+      const cluster = await store.get(name);
+      if (!cluster) throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (create it with: tower token ${name})`);
+      if (cluster.problem) throw new StoreError('EUNUSABLE', `cluster "${name}" is registered, but ${cluster.problem} (restore it, or: tower token ${name} --rotate)`);
       const ca = await loadCertificateAuthority(store, o.caCert, o.caKey);
       const record = await store.readProxyRecord();
       const server = o.server ?? `${record?.gatewayUrl ?? 'https://127.0.0.1:6443'}/clusters/${name}`;

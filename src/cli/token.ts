@@ -75,6 +75,9 @@ export class TokenCommand extends TowerCommand {
         return { cluster: (await store.get(name))!, note: `cluster "${name}" is already registered in ${store.location}` };
       }
     }
+    if (existing.problem && !rotate) {
+      throw new StoreError('EUNUSABLE', `cluster "${name}" is registered, but ${existing.problem}; its agents are refused. Restore the file, or write a new token with: tower token ${name} --rotate`);
+    }
     if (!rotate) return { cluster: existing, note: `cluster "${name}" is already registered in ${store.location}` };
     return { cluster: await rotateToken(store, name), note: `rotated the token of cluster "${name}"; agents with the old one are disconnected` };
   }

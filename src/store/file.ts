@@ -73,6 +73,7 @@ export class FileStore implements ClusterStore {
     });
   }
 
+  /** An unusable record (`problem` set) has revision "0": an update with that revision rewrites it. */
   async update(cluster: Cluster): Promise<Cluster> {
     assertClusterName(cluster.name);
     return this.#locked(async () => {
@@ -81,7 +82,8 @@ export class FileStore implements ClusterStore {
       if (current.revision !== cluster.revision) {
         throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated (revision ${current.revision}, not ${cluster.revision}); retry`);
       }
-      const next: ClusterFile = { name: cluster.name, token: cluster.token, createdAt: cluster.createdAt, generation: Number(current.revision) + 1 };
+      const createdAt = current.problem ? new Date().toISOString() : cluster.createdAt;
+      const next: ClusterFile = { name: cluster.name, token: cluster.token, createdAt, generation: Number(current.revision) + 1 };
       this.#writeFile(join(this.#clustersDir, `${cluster.name}.yaml`), toYaml(next), true);
       return fromFile(next);
     });
@@ -94,7 +96,12 @@ export class FileStore implements ClusterStore {
   }
 
   async readProxyRecord(): Promise<ProxyRecord | undefined> {
-    return (await this.#readYaml(join(this.dir, 'proxy.yaml'))) as ProxyRecord | undefined;
+    const r = await this.#readYaml(join(this.dir, 'proxy.yaml'));
+    if (r.problem) {
+      log.warn('ignoring an unusable file in the data dir', { path: join(this.dir, 'proxy.yaml'), why: r.problem });
+      return undefined;
+    }
+    return r.doc as ProxyRecord | undefined;
   }
 
   async writeProxyRecord(record: ProxyRecord): Promise<void> {
@@ -168,10 +175,15 @@ export class FileStore implements ClusterStore {
             const prev = seen.get(name);
             if (prev?.stamp === stamp) continue;
             const cluster = await this.#readCluster(name);
-            if (!cluster || closed) continue;
+            if (closed) continue;
+            if (!cluster) {
+              // gone between readdir and read: the next scan reports the deletion
+              continue;
+            }
             seen.set(name, { stamp, cluster });
+            // an unusable record is an event too: the proxy stops trusting the token it had
             if (!prev) onEvent({ type: 'added', cluster });
-            else if (prev.cluster.revision !== cluster.revision || prev.cluster.token !== cluster.token) onEvent({ type: 'modified', cluster });
+            else if (prev.cluster.revision !== cluster.revision || prev.cluster.token !== cluster.token || prev.cluster.problem !== cluster.problem) onEvent({ type: 'modified', cluster });
           }
           for (const name of [...seen.keys()]) {
             if (!names.has(name) && !closed) {
@@ -213,31 +225,38 @@ export class FileStore implements ClusterStore {
     for (const c of [...this.#closers]) c.close();
   }
 
+  /** undefined when there is no record; a Cluster with `problem` when there is one that cannot be used */
   async #readCluster(name: string): Promise<Cluster | undefined> {
     const path = join(this.#clustersDir, `${name}.yaml`);
-    const doc = await this.#readYaml(path);
-    if (doc === undefined) return undefined;
+    const broken = (why: string): Cluster => ({
+      name, token: '', createdAt: '', revision: '0',
+      problem: `${this.location}/clusters/${name}.yaml ${why}`,
+    });
+    const { doc, problem, missing } = await this.#readYaml(path);
+    if (missing) return undefined;
+    if (problem) return broken(problem);
+    if (doc === undefined) return broken('is empty');
     const c = doc as Partial<ClusterFile>;
-    if (c.name !== name || typeof c.token !== 'string' || typeof c.generation !== 'number') {
-      log.warn('ignoring malformed cluster file', { path, fix: `remove it, then run: tower token ${name}` });
-      return undefined;
+    if (typeof c !== 'object' || c === null || c.name !== name || typeof c.token !== 'string' || !/^[0-9a-f]{64}$/.test(c.token) || typeof c.generation !== 'number') {
+      return broken('is malformed (want name, a token of 64 hex digits and generation)');
     }
     return fromFile({ name: c.name, token: c.token, createdAt: String(c.createdAt ?? ''), generation: c.generation });
   }
 
-  async #readYaml(path: string): Promise<unknown> {
+  /** The YAML document at `path`; `missing` when there is no file, `problem` when it cannot be read or parsed. */
+  async #readYaml(path: string): Promise<{ doc?: unknown; problem?: string; missing?: boolean }> {
     let text: string;
     try {
       text = await readFile(path, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return { missing: true };
+      return { problem: `cannot be read: ${code ?? (err as Error).message}` };
     }
     try {
-      return parseYaml(text) ?? undefined;
+      return { doc: parseYaml(text) ?? undefined };
     } catch (err) {
-      log.warn('ignoring unreadable file in the data dir', { path, err: (err as Error).message.split('\n')[0] });
-      return undefined;
+      return { problem: `is not YAML (${(err as Error).message.split('\n')[0]})` };
     }
   }
 

@@ -10,6 +10,11 @@ export interface Cluster {
   revision: string;
   /** ports the proxy serves this cluster on besides the gateway (Kubernetes mode: the mc-<name> Service's targets) */
   serve?: ClusterServing;
+  /**
+   * Set when the stored record exists but cannot be used (unreadable, empty, malformed): the
+   * cluster fails closed, its agents are refused, until the record is fixed or rewritten (--rotate).
+   */
+  problem?: string;
 }
 
 export interface ClusterServing {
