@@ -1,24 +1,33 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../observe/log.ts';
 import { VERSION } from '../version.ts';
-import { FEATURE_TLS_AT_AGENT, FEATURES_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURES_HEADER, OFFERED_FEATURES, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
+import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
+import { LoginLimiter } from './login-limiter.ts';
 
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 export const MAX_PENDING_HANDSHAKES = 512;
+export const MAX_PENDING_HANDSHAKES_PER_ADDRESS = 128;
+/** TCP connections not yet admitted as agents (idle, in TLS, HTTP or SSH handshakes), in total and per address */
+const MAX_PENDING_CONNECTIONS = 4096;
+const MAX_PENDING_CONNECTIONS_PER_ADDRESS = 1024;
 /** SSH packets are at most 35 000 bytes; Go writes one message per packet */
 export const MAX_MESSAGE_BYTES = 256 * 1024;
 export const WS_PING_INTERVAL_MS = 30_000;
-const AUTH_FAILURE_WINDOW_MS = 60_000;
-const MAX_AUTH_FAILURES_PER_WINDOW = 20;
 
 export interface AgentEndpointOptions {
   tunnel: TunnelServer;
   authorize: Authorizer;
   onSession: (session: AgentSession) => void;
+  /** serve TLS (wss://) with this certificate; plain HTTP (ws://) without */
+  tls?: { cert: string; key: string };
   log: Logger;
 }
 
@@ -28,18 +37,44 @@ export interface AgentEndpointOptions {
  */
 export class AgentEndpoint {
   readonly server: Server;
+  /** what listens: the HTTP server itself, or a TCP listener that hands the TLS server connections once they speak */
+  #listener: NetServer;
   #wss: WebSocketServer;
   #opts: AgentEndpointOptions;
   #log: Logger;
   #pending = 0;
-  #failures = new Map<string, { count: number; since: number }>();
+  #pendingByAddress = new Map<string, number>();
+  #logins = new LoginLimiter();
+  #guard: ConnectionGuard;
   #pinger: NodeJS.Timeout;
   #alive = new WeakSet<WebSocket>();
 
   constructor(opts: AgentEndpointOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.server = createServer({ headersTimeout: HANDSHAKE_TIMEOUT_MS, requestTimeout: HANDSHAKE_TIMEOUT_MS });
+    const timeouts = { headersTimeout: HANDSHAKE_TIMEOUT_MS, requestTimeout: HANDSHAKE_TIMEOUT_MS };
+    this.#guard = new ConnectionGuard({
+      maxTotal: MAX_PENDING_CONNECTIONS,
+      maxPerAddress: MAX_PENDING_CONNECTIONS_PER_ADDRESS,
+      firstRequestMs: HANDSHAKE_TIMEOUT_MS,
+      what: 'agent port',
+      log: opts.log,
+    });
+    if (opts.tls) {
+      const https = createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ALPNProtocols: ['http/1.1'], ...timeouts });
+      https.on('tlsClientError', (err, socket) => {
+        this.#log.debug(1, 'agent port TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
+        socket.destroy();
+      });
+      https.on('secureConnection', (socket) => this.#guard.armFirstRequest(socket));
+      this.server = https;
+      this.#listener = this.#guard.deferredTls(https, HANDSHAKE_TIMEOUT_MS);
+    } else {
+      this.server = createServer(timeouts);
+      this.server.on('connection', (socket) => this.#guard.armFirstRequest(socket));
+      this.#guard.attach(this.server);
+      this.#listener = this.server;
+    }
     this.#wss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
@@ -49,7 +84,7 @@ export class AgentEndpoint {
       handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
     });
     // offer tower's extensions in the 101; Go agents ignore the header
-    this.#wss.on('headers', (headers) => headers.push(`${FEATURES_HEADER}: ${FEATURE_TLS_AT_AGENT}`));
+    this.#wss.on('headers', (headers) => headers.push(`${FEATURES_HEADER}: ${OFFERED_FEATURES.join(',')}`));
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
@@ -69,26 +104,19 @@ export class AgentEndpoint {
   }
 
   listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        resolve((this.server.address() as { port: number }).port);
-      });
-    });
+    return listenOn(this.#listener, port, host);
   }
 
   close(): Promise<void> {
     clearInterval(this.#pinger);
+    this.#guard.close();
     for (const ws of this.#wss.clients) ws.terminate();
     this.#wss.close();
-    return new Promise((resolve) => {
-      this.server.close(() => resolve());
-      this.server.closeAllConnections();
-    });
+    return closeServers(this.#listener, this.server);
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    this.#guard.seen(req.socket);
     const path = (req.url ?? '').split('?')[0];
     if (req.method === 'GET' && path === '/health') return void res.end('OK\n');
     if (req.method === 'GET' && path === '/version') return void res.end(VERSION + '\n');
@@ -97,6 +125,7 @@ export class AgentEndpoint {
   }
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    this.#guard.seen(socket);
     const remote = remoteOf(socket);
     socket.on('error', () => socket.destroy());
     const refuse = (status: number, text: string, why: string) => {
@@ -108,12 +137,31 @@ export class AgentEndpoint {
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
     if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
-    if (this.#tooManyFailures(ip)) return refuse(429, 'Too Many Requests', 'too many failed agent logins from this address; retry later');
     if (this.#pending >= MAX_PENDING_HANDSHAKES) return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
+    if ((this.#pendingByAddress.get(ip) ?? 0) >= MAX_PENDING_HANDSHAKES_PER_ADDRESS) return refuse(429, 'Too Many Requests', 'too many agent handshakes in progress from this address; retry later');
     this.#pending++;
+    this.#pendingByAddress.set(ip, (this.#pendingByAddress.get(ip) ?? 0) + 1);
     let counted = true;
-    const done = () => { if (counted) { counted = false; this.#pending--; } };
+    const done = () => {
+      if (!counted) return;
+      counted = false;
+      this.#pending--;
+      const n = (this.#pendingByAddress.get(ip) ?? 1) - 1;
+      if (n <= 0) this.#pendingByAddress.delete(ip);
+      else this.#pendingByAddress.set(ip, n);
+    };
     socket.once('close', done);
+    // a refusal by the authorizer is counted against (address, name); any other failure against the address
+    let judged = false;
+    const authorize: Authorizer = async (config, who) => {
+      const delay = this.#logins.delayMs(ip, config.name);
+      if (delay > 0) await sleep(delay);
+      const denied = await this.#opts.authorize(config, who);
+      judged = true;
+      if (denied === undefined) this.#logins.succeeded(ip, config.name);
+      else this.#logins.failed(ip, config.name);
+      return denied;
+    };
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       this.#alive.add(ws);
       ws.on('pong', () => this.#alive.add(ws));
@@ -122,35 +170,20 @@ export class AgentEndpoint {
       const stream = new WebSocketStream(ws, remote);
       this.#opts.tunnel.accept(stream, {
         remote,
-        authorize: this.#opts.authorize,
+        authorize,
         handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
         log: this.#log.child({ remote }),
       }).then((session) => {
         done();
+        // an admitted agent is no stranger: its connection leaves the pending caps
+        this.#guard.release(socket);
         this.#opts.onSession(session);
       }, (err: Error) => {
         done();
-        this.#countFailure(ip);
+        if (!judged) this.#logins.failed(ip, '');
         this.#log.warn('agent handshake failed', { remote, err: err.message });
       });
     });
-  }
-
-  #tooManyFailures(ip: string): boolean {
-    const f = this.#failures.get(ip);
-    if (!f) return false;
-    if (Date.now() - f.since > AUTH_FAILURE_WINDOW_MS) { this.#failures.delete(ip); return false; }
-    return f.count >= MAX_AUTH_FAILURES_PER_WINDOW;
-  }
-
-  #countFailure(ip: string): void {
-    const now = Date.now();
-    const f = this.#failures.get(ip);
-    if (!f || now - f.since > AUTH_FAILURE_WINDOW_MS) this.#failures.set(ip, { count: 1, since: now });
-    else f.count++;
-    if (this.#failures.size > 10_000) {
-      for (const [k, v] of this.#failures) if (now - v.since > AUTH_FAILURE_WINDOW_MS) this.#failures.delete(k);
-    }
   }
 }
 

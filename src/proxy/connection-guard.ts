@@ -1,0 +1,163 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../observe/log.ts';
+
+/** a refusal summary at most this often: a flood must not flood the log too */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
+
+export interface ConnectionGuardOptions {
+  /** connections counted at once, in total and per remote address */
+  maxTotal: number;
+  maxPerAddress: number;
+  /** a connection that has not started a request (after its TLS handshake, where there is one) by then is closed */
+  firstRequestMs: number;
+  /** the port, for logs ("gateway", "agent port") */
+  what: string;
+  log: Logger;
+}
+
+/**
+ * Caps on the connections a listening port holds, in total and per address, and a deadline for a
+ * connection's first request: strangers cannot hold sockets until the process runs out of them.
+ */
+export class ConnectionGuard {
+  #opts: ConnectionGuardOptions;
+  #total = 0;
+  #byAddress = new Map<string, number>();
+  /** "address:port" of each counted connection → its address */
+  #counted = new Map<string, string>();
+  #deadlines = new WeakMap<Duplex, NodeJS.Timeout>();
+  #refused = 0;
+  #refusalLog: NodeJS.Timeout | undefined;
+
+  constructor(opts: ConnectionGuardOptions) {
+    this.#opts = opts;
+  }
+
+  get total(): number { return this.#total; }
+
+  /** Counts every TCP connection of `server`; one over a cap is closed at once. */
+  attach(server: Server): void {
+    server.on('connection', (socket: Duplex & { remoteAddress?: string }) => {
+      if (!this.#admit(socket, socket.remoteAddress ?? 'unknown')) socket.destroy();
+    });
+  }
+
+  /**
+   * A TCP listener for `tls`: a connection is handed to it only once the client has sent its first
+   * bytes (within `firstBytesMs`), so that a silent stranger costs a socket, not a TLS session.
+   */
+  deferredTls(tls: TlsServer, firstBytesMs: number): Server {
+    const waiting = new Set<Socket>();
+    const listener = createServer((socket) => {
+      if (socket.destroyed) return;
+      waiting.add(socket);
+      socket.on('error', () => socket.destroy());
+      const timer = setTimeout(() => socket.destroy(), firstBytesMs);
+      socket.once('close', () => { clearTimeout(timer); waiting.delete(socket); });
+      socket.once('data', (first: Buffer) => {
+        clearTimeout(timer);
+        waiting.delete(socket);
+        socket.pause();
+        // the TLS layer reads what the socket already buffered
+        socket.unshift(first);
+        tls.emit('connection', socket);
+      });
+    });
+    this.attach(listener);
+    listener.on('close', () => { for (const s of waiting) s.destroy(); });
+    return listener;
+  }
+
+  #admit(socket: Duplex, address: string): boolean {
+    const n = this.#byAddress.get(address) ?? 0;
+    if (this.#total >= this.#opts.maxTotal || n >= this.#opts.maxPerAddress) {
+      this.#noteRefusal(this.#total >= this.#opts.maxTotal ? 'total' : 'per-address');
+      return false;
+    }
+    this.#total++;
+    this.#byAddress.set(address, n + 1);
+    const key = peerKey(socket);
+    this.#counted.set(key, address);
+    socket.once('close', () => this.release(socket));
+    return true;
+  }
+
+  /**
+   * The connection no longer counts (closed, or an agent admitted: it is not pending any more).
+   * `socket` may be the TCP socket or the TLS socket over it: the remote address and port tell.
+   */
+  release(socket: Duplex): void {
+    const key = peerKey(socket);
+    const address = this.#counted.get(key);
+    if (address === undefined) return;
+    this.#counted.delete(key);
+    this.#total--;
+    const n = (this.#byAddress.get(address) ?? 1) - 1;
+    if (n <= 0) this.#byAddress.delete(address);
+    else this.#byAddress.set(address, n);
+  }
+
+  /** Closes `socket` unless a request starts on it within the deadline. */
+  armFirstRequest(socket: Duplex): void {
+    const t = setTimeout(() => socket.destroy(), this.#opts.firstRequestMs);
+    t.unref();
+    this.#deadlines.set(socket, t);
+    socket.once('close', () => clearTimeout(t));
+  }
+
+  /** A request started on `socket`: its first-request deadline is met. */
+  seen(socket: Duplex): void {
+    const t = this.#deadlines.get(socket);
+    if (t === undefined) return;
+    clearTimeout(t);
+    this.#deadlines.delete(socket);
+  }
+
+  close(): void {
+    clearTimeout(this.#refusalLog);
+  }
+
+  #noteRefusal(which: string): void {
+    this.#refused++;
+    if (this.#refusalLog) return;
+    this.#opts.log.warn(`refused a connection on the ${this.#opts.what}: too many connections (${which} cap)`, {
+      total: this.#total, maxTotal: this.#opts.maxTotal, maxPerAddress: this.#opts.maxPerAddress,
+    });
+    this.#refused = 0;
+    this.#refusalLog = setTimeout(() => {
+      this.#refusalLog = undefined;
+      if (this.#refused > 0) this.#opts.log.warn(`refused connections on the ${this.#opts.what}: too many connections`, { refused: this.#refused, inLast: `${REFUSAL_LOG_INTERVAL_MS / 1000}s` });
+      this.#refused = 0;
+    }, REFUSAL_LOG_INTERVAL_MS);
+    this.#refusalLog.unref();
+  }
+}
+
+function peerKey(socket: Duplex): string {
+  const s = socket as Duplex & { remoteAddress?: string; remotePort?: number };
+  return `${s.remoteAddress}:${s.remotePort}`;
+}
+
+/** `server.listen`, resolving with the port it got. */
+export function listenOn(server: Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as { port: number }).port);
+    });
+  });
+}
+
+/** Stops `listener` and ends every connection of `http` (the same server, or the one it feeds). */
+export function closeServers(listener: Server, http: Server & { closeAllConnections(): void }): Promise<void> {
+  return new Promise((resolve) => {
+    let pending = listener === http ? 1 : 2;
+    const done = () => { if (--pending === 0) resolve(); };
+    listener.close(done);
+    if (listener !== http) http.close(done);
+    http.closeAllConnections();
+  });
+}
