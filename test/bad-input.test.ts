@@ -127,7 +127,7 @@ describe('garbage on the agent port', () => {
 
   test('a malformed config payload is answered with the reason, then the connection is closed', async () => {
     const { stream, features } = await dialWebSocket(stack.proxyUrl.replace('http', 'ws'), { timeoutMs: 5000 });
-    assert.deepEqual(features, ['tls-at-agent'], 'the proxy offers its extension in the 101');
+    assert.deepEqual(features, ['tls-at-agent', 'auth-at-agent'], 'the proxy offers its extensions in the 101');
     const client = new ssh2.Client() as TunnelClient;
     client.on('error', () => {});
     client.connect({ sock: stream as never, username: '', password: '', ident: 'SSH-kubesphere-v1-client' });
@@ -170,11 +170,22 @@ describe('the gateway', () => {
     assert.equal(upstream.auth.length, before);
   });
 
-  test('an unknown cluster: 404 naming it and the fix', async () => {
-    const r = await kubectl(kc, ['get', '--raw', '/clusters/nosuch/api']);
-    assert.notEqual(r.code, 0);
-    assert.match(r.stderr, /cluster "nosuch" not found in tower \(register it with: tower token nosuch\)/);
+  test('a bound certificate gets the same answer for another cluster and for one that does not exist', async () => {
+    const missing = await kubectl(kc, ['get', '--raw', '/clusters/nosuch/api']);
+    const other = await kubectl(kc, ['get', '--raw', '/clusters/idle/api']);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /Error from server \(Forbidden\): tower gateway: this client certificate is for cluster "healthy", not "nosuch"/);
+    assert.equal(other.stderr.replaceAll('idle', 'nosuch'), missing.stderr, 'existence must not show');
     await stillServing();
+  });
+
+  test('a certificate of tower\'s CA that names no cluster is refused on the shared gateway', async () => {
+    const ca = await CertificateAuthority.load({ cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'), key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8') }, 'test');
+    const before = upstream.requests.length;
+    const r = await gatewayStatus(await ca.issueClient('someone', ['system:masters']));
+    assert.equal(r.status, 403);
+    assert.match(JSON.parse(r.body).message, /this client certificate is not bound to a cluster .*--allow-unbound-certificates/);
+    assert.equal(upstream.requests.length, before, 'nothing forwarded');
   });
 
   test('a cluster with no agent: 503 naming the cluster', async () => {

@@ -2,6 +2,7 @@ import { Command, Option } from 'clipanion';
 import { ConfigError } from '../errors.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
 import { log } from '../observe/log.ts';
+import type { GatewayIdentity } from '../proxy/identity.ts';
 import { Proxy } from '../proxy/proxy.ts';
 import { isKubernetesStore, TowerCommand } from './base.ts';
 
@@ -35,6 +36,15 @@ export class ProxyCommand extends TowerCommand {
   dataDir = Option.String('--data-dir', { description: 'Directory of the embedded store (env TOWER_HOME; default ~/.tower)' });
   store = Option.String('--store', { description: 'Cluster registry: file (the data dir) or kubernetes (KubeSphere\'s Cluster resources); default kubernetes when --kubeconfig is given or in a pod' });
   kubeconfig = Option.String('--kubeconfig', { description: 'Host cluster kubeconfig: selects Kubernetes mode' });
+  gatewayIdentity = Option.String('--gateway-identity', { description: 'Who gateway requests act as in the member: certificate (default; its CN and O, by impersonation) or agent (the agent\'s full rights, as the Go tower; logged as a warning)' });
+  allowUnboundCertificates = Option.Boolean('--allow-unbound-certificates', { description: 'Let the shared gateway serve client certificates that name no cluster (to any cluster)' });
+  requestTimeout = Option.String('--request-timeout', { description: 'How long a gateway request waits for the member\'s response headers before a 504 (default 60s; watches and streams run on once they start; 0: no limit)' });
+  gatewayMaxConnections = Option.String('--gateway-max-connections', { description: 'Connections the gateway (and each cluster port) holds at once (default 10000)' });
+  gatewayMaxConnectionsPerAddress = Option.String('--gateway-max-connections-per-address', { description: 'Connections from one client address (default 1000)' });
+  accessLog = Option.Boolean('--access-log', { description: 'One log line per gateway request: cluster, user, groups, verb, path, status, duration' });
+  agentTls = Option.Boolean('--agent-tls', { description: 'Serve TLS (wss://) on the agent port, with a certificate from tower\'s CA for the publish address' });
+  agentTlsCert = Option.String('--agent-tls-cert', { description: 'Serve TLS on the agent port with this certificate (PEM) instead' });
+  agentTlsKey = Option.String('--agent-tls-key', { description: 'Private key (PEM) of --agent-tls-cert' });
   leaderElect = Option.Boolean('--leader-elect', { description: 'Kubernetes mode: only the holder of Lease kubesphere-system/tower serves; the others wait to take over' });
   leaseDuration = Option.String('--leader-elect-lease-duration', { description: 'How long a lease holds after its last renewal (default 30s)' });
   renewDeadline = Option.String('--leader-elect-renew-deadline', { description: 'The leader steps down when it could not renew for this long (default 15s)' });
@@ -45,7 +55,11 @@ export class ProxyCommand extends TowerCommand {
       caCert: this.caCert, caKey: this.caKey, host: this.host, port: this.port, gatewayPort: this.gatewayPort,
       publishServiceAddress: this.publishServiceAddress, dataDir: this.dataDir, store: this.store, kubeconfig: this.kubeconfig, leaderElect: this.leaderElect,
       leaderElectLeaseDuration: this.leaseDuration, leaderElectRenewDeadline: this.renewDeadline, leaderElectRetryPeriod: this.retryPeriod,
+      gatewayIdentity: this.gatewayIdentity, allowUnboundCertificates: this.allowUnboundCertificates, requestTimeout: this.requestTimeout,
+      gatewayMaxConnections: this.gatewayMaxConnections, gatewayMaxConnectionsPerAddress: this.gatewayMaxConnectionsPerAddress, accessLog: this.accessLog,
+      agentTls: this.agentTls, agentTlsCert: this.agentTlsCert, agentTlsKey: this.agentTlsKey,
     });
+    if (!o.agentTlsCert !== !o.agentTlsKey) throw new ConfigError('give both --agent-tls-cert and --agent-tls-key, or neither (--agent-tls alone uses a certificate from tower\'s CA)');
     if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration) throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
     if (o.leaderElectRetryPeriod >= o.leaderElectRenewDeadline) throw new ConfigError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline');
     const store = await this.openStore(o, o.leaderElect ? {
@@ -67,6 +81,13 @@ export class ProxyCommand extends TowerCommand {
       publishServiceAddress: o.publishServiceAddress,
       caCert: o.caCert,
       caKey: o.caKey,
+      gateway: {
+        identity: o.gatewayIdentity as GatewayIdentity,
+        allowUnboundCertificates: o.allowUnboundCertificates,
+        limits: { requestTimeoutMs: o.requestTimeout, maxConnections: o.gatewayMaxConnections, maxConnectionsPerAddress: o.gatewayMaxConnectionsPerAddress },
+        accessLog: o.accessLog,
+      },
+      agentTls: o.agentTlsCert && o.agentTlsKey ? { certFile: o.agentTlsCert, keyFile: o.agentTlsKey } : o.agentTls,
       log,
     });
     const stopped = new Promise<string>((resolve) => {

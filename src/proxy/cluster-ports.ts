@@ -1,7 +1,7 @@
 import type { Logger } from '../observe/log.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
 import type { ClusterServing } from '../store/types.ts';
-import { Gateway } from './gateway.ts';
+import { Gateway, type GatewayOptions } from './gateway.ts';
 import type { SessionRegistry } from './registry.ts';
 
 const CERT_DAYS = 365;
@@ -15,6 +15,8 @@ export interface ClusterPortsOptions {
   ca: CertificateAuthority;
   registry: SessionRegistry;
   knows: (name: string) => boolean;
+  /** identity, limits and access log, as the proxy's gateway has them */
+  gateway: Pick<GatewayOptions, 'identity' | 'limits' | 'accessLog' | 'impersonation'>;
   log: Logger;
 }
 
@@ -58,10 +60,10 @@ export class ClusterPorts {
       return;
     }
     await this.#stop();
-    const { name, host, registry, knows, log, ca } = this.#opts;
+    const { name, host, registry, knows, log, ca, gateway } = this.#opts;
     const cert = await ca.issueServer(names(), CERT_DAYS);
-    const kubernetes = new Gateway({ registry, knows, log, cluster: name, tls: { caPem: ca.certPem, cert: cert.cert, key: cert.key } });
-    const kubesphere = new Gateway({ registry, knows, log, cluster: name, target: 'kubesphere' });
+    const kubernetes = new Gateway({ registry, knows, log, cluster: name, tls: { caPem: ca.certPem, cert: cert.cert, key: cert.key }, ...gateway });
+    const kubesphere = new Gateway({ registry, knows, log, cluster: name, target: 'kubesphere', limits: gateway.limits, accessLog: gateway.accessLog });
     try {
       await kubernetes.listen(serve.kubernetesPort, host);
       this.#kubernetes = kubernetes;

@@ -1,19 +1,42 @@
-import { createServer as createHttpServer, request as httpRequest, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest, STATUS_CODES, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import type { Logger } from '../observe/log.ts';
+import { truncate, type Logger } from '../observe/log.ts';
 import { boundCluster } from '../pki/ca.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { AgentSession } from '../tunnel/server.ts';
+import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
+import { certificateIdentity, ImpersonationCheck, impersonationHeaders, impersonationRequest, isIdentityHeader, type GatewayIdentity, type Identity, type ImpersonationRequest } from './identity.ts';
 import type { SessionRegistry } from './registry.ts';
 import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
 
 const HEADERS_TIMEOUT_MS = 30_000;
+export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** a connection that starts no request by then (after TLS) is closed */
+const FIRST_REQUEST_TIMEOUT_MS = 30_000;
+const KEEP_ALIVE_TIMEOUT_MS = 60_000;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+export const DEFAULT_MAX_CONNECTIONS = 10_000;
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1_000;
 /** agents tried for one request without a body before the gateway answers 502 */
 const MAX_ATTEMPTS = 3;
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
 const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
+
+export interface GatewayLimits {
+  maxConnections: number;
+  maxConnectionsPerAddress: number;
+  /** until the member's response headers; a watch or stream is not limited once they arrive */
+  requestTimeoutMs: number;
+}
+
+export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = {
+  maxConnections: DEFAULT_MAX_CONNECTIONS,
+  maxConnectionsPerAddress: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+  requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
+};
 
 export interface GatewayOptions {
   registry: SessionRegistry;
@@ -25,26 +48,60 @@ export interface GatewayOptions {
   cluster?: string;
   /** what the requests reach in the member: its kube-apiserver (default) or its ks-apiserver */
   target?: 'kubernetes' | 'kubesphere';
+  /** who requests act as in the member's kube-apiserver (default: the client certificate) */
+  identity?: GatewayIdentity;
+  /** the shared gateway serves certificates not bound to a cluster (to any cluster) */
+  allowUnboundCertificates?: boolean;
+  /** shared by the proxy's gateways, so that a verdict is asked once */
+  impersonation?: ImpersonationCheck;
+  limits?: GatewayLimits;
+  /** one log line per request */
+  accessLog?: boolean;
   log: Logger;
 }
 
+interface Route {
+  member: Upstream;
+  path: string;
+  cluster: string;
+  /** the certificate's identity, when requests act as it */
+  identity?: Identity;
+}
+type Refusal = { status: number; reason: string; message: string };
+
+/** what a TLS connection's certificate says, read once per connection */
+interface Peer { bound: string | undefined; identity: Identity | string | undefined }
+
 /**
  * The cluster gateway: one HTTPS port, client certificates from tower's CA required, routing
- * /clusters/<name>/… to that member's kube-apiserver through one of its agents. Upgrades
- * (SPDY, WebSocket) and watches stream through; no body is buffered.
+ * /clusters/<name>/… to that member's kube-apiserver through one of its agents, acting as the
+ * certificate's identity. Upgrades (SPDY, WebSocket) and watches stream through; no body is buffered.
  */
 export class Gateway {
   readonly server: Server | HttpsServer;
+  /** what listens: the HTTP server itself, or a TCP listener that hands it connections once they speak */
+  #listener: NetServer;
   #opts: GatewayOptions;
+  #limits: GatewayLimits;
+  #guard: ConnectionGuard;
+  #impersonation: ImpersonationCheck;
   #members = new WeakMap<AgentSession, Upstream>();
-  /** the cluster each client connection's certificate is bound to ('' for none) */
-  #bound = new WeakMap<TLSSocket, string>();
+  #peers = new WeakMap<TLSSocket, Peer>();
   #log: Logger;
 
   constructor(opts: GatewayOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    const timeouts = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: 0, keepAliveTimeout: 60_000 };
+    this.#limits = opts.limits ?? DEFAULT_GATEWAY_LIMITS;
+    this.#impersonation = opts.impersonation ?? new ImpersonationCheck();
+    const timeouts = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS };
+    this.#guard = new ConnectionGuard({
+      maxTotal: this.#limits.maxConnections,
+      maxPerAddress: this.#limits.maxConnectionsPerAddress,
+      firstRequestMs: FIRST_REQUEST_TIMEOUT_MS,
+      what: opts.cluster ? `port of cluster "${opts.cluster}"` : 'gateway',
+      log: opts.log,
+    });
     if (opts.tls) {
       const https = createHttpsServer({
         cert: opts.tls.cert,
@@ -54,15 +111,21 @@ export class Gateway {
         // verified below, so that a missing or foreign certificate gets a readable 401
         rejectUnauthorized: false,
         ALPNProtocols: ['http/1.1'],
+        handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
         ...timeouts,
       });
       https.on('tlsClientError', (err, socket) => {
         this.#log.debug(1, 'gateway TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
         socket.destroy();
       });
+      https.on('secureConnection', (socket) => this.#guard.armFirstRequest(socket));
       this.server = https;
+      this.#listener = this.#guard.deferredTls(https, TLS_HANDSHAKE_TIMEOUT_MS);
     } else {
       this.server = createHttpServer(timeouts);
+      this.server.on('connection', (socket) => this.#guard.armFirstRequest(socket));
+      this.#guard.attach(this.server);
+      this.#listener = this.server;
     }
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
@@ -73,14 +136,11 @@ export class Gateway {
     });
   }
 
+  /** connections open now (for tests and metrics) */
+  get connections(): number { return this.#guard.total; }
+
   listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        resolve((this.server.address() as { port: number }).port);
-      });
-    });
+    return listenOn(this.#listener, port, host);
   }
 
   /** Serves a new certificate to new connections (e.g. when a load balancer's address joins the SANs). */
@@ -91,20 +151,23 @@ export class Gateway {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      this.server.close(() => resolve());
-      this.server.closeAllConnections();
-    });
+    this.#guard.close();
+    return closeServers(this.#listener, this.server);
+  }
+
+  get #actsAsCertificate(): boolean {
+    return this.#opts.target !== 'kubesphere' && !!this.#opts.tls && (this.#opts.identity ?? 'certificate') === 'certificate';
   }
 
   /** Checks the client certificate and the route; answers the problem itself when there is one. */
-  #route(req: IncomingMessage): { member: Upstream; path: string; cluster: string } | { status: number; reason: string; message: string } {
+  #route(req: IncomingMessage): Route | Refusal {
     const socket = req.socket as TLSSocket;
     if (this.#opts.tls && !socket.authorized) {
       const why = socket.authorizationError ? String(socket.authorizationError) : 'no client certificate';
       return { status: 401, reason: 'Unauthorized', message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
     }
-    const bound = this.#opts.tls ? this.#boundCluster(socket) : undefined;
+    const peer = this.#opts.tls ? this.#peer(socket) : undefined;
+    const bound = peer?.bound;
     const m = this.#opts.cluster ? undefined : CLUSTER_PATH.exec(req.url ?? '');
     let name: string;
     let path: string;
@@ -119,73 +182,169 @@ export class Gateway {
       name = bound;
       path = req.url ?? '/';
     } else {
-      return { status: 404, reason: 'NotFound', message: `tower gateway: no route for ${JSON.stringify(req.url)}; paths look like /clusters/<name>/api/...` };
+      return { status: 404, reason: 'NotFound', message: `tower gateway: no route for ${JSON.stringify(truncate(req.url ?? ''))}; paths look like /clusters/<name>/api/...` };
     }
     const problem = clusterNameProblem(name);
-    if (problem) return { status: 400, reason: 'BadRequest', message: `tower gateway: invalid cluster name ${JSON.stringify(name)}: ${problem}` };
-    if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    if (problem) return { status: 400, reason: 'BadRequest', message: `tower gateway: invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
+    // before the store is asked: a bound certificate learns nothing of other clusters, existing or not
     if (bound && bound !== name) {
       return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
+    }
+    if (this.#opts.tls && !bound && !this.#opts.cluster && !this.#opts.allowUnboundCertificates) {
+      return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is not bound to a cluster (get one with: tower kubeconfig ${name}; or start the proxy with --allow-unbound-certificates)` };
+    }
+    if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    let identity: Identity | undefined;
+    if (this.#actsAsCertificate) {
+      if (typeof peer!.identity === 'string') return { status: 403, reason: 'Forbidden', message: `tower gateway: ${peer!.identity}` };
+      identity = peer!.identity;
     }
     const member = this.#member(this.#opts.registry.pick(name));
     if (!member) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
     if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, reason: 'BadGateway', message: `the agent of cluster "${name}" announced no ${this.#opts.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
-    return { member, path, cluster: name };
+    return { member, path, cluster: name, identity };
   }
 
-  #boundCluster(socket: TLSSocket): string | undefined {
-    let b = this.#bound.get(socket);
-    if (b === undefined) {
-      b = boundCluster(socket.getPeerCertificate().subjectaltname) ?? '';
-      this.#bound.set(socket, b);
+  #peer(socket: TLSSocket): Peer {
+    let p = this.#peers.get(socket);
+    if (!p) {
+      const cert = socket.getPeerCertificate();
+      p = { bound: boundCluster(cert.subjectaltname), identity: this.#actsAsCertificate ? certificateIdentity(cert) : undefined };
+      this.#peers.set(socket, p);
     }
-    return b || undefined;
-  }
-
-  #onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const route = this.#route(req);
-    if ('status' in route) {
-      this.#log.debug(1, 'gateway refused a request', { url: req.url, status: route.status, why: route.message });
-      sendStatus(res, route.status, route.reason, route.message);
-      req.resume();
-      return;
-    }
-    res.on('close', () => { if (!res.writableFinished) req.destroy(); });
-    this.#forward(req, res, route.member, route.path, route.cluster, new Set());
+    return p;
   }
 
   /**
-   * Sends the request through `member`. A request without a body that fails before any answer
-   * (the agent died, the channel was refused) is retried through another agent of the cluster.
+   * The headers for the member. Who the request acts as is never the client's word: its
+   * Authorization, Impersonate-* and X-Remote-* go, and the certificate's identity (or an
+   * impersonation the member allowed it) is sent. ks-apiserver gets the client's headers as they are.
    */
-  #forward(req: IncomingMessage, res: ServerResponse, member: Upstream, path: string, cluster: string, tried: Set<AgentSession>): void {
+  #upstreamHeaders(req: IncomingMessage, route: Route, actAs: Identity | ImpersonationRequest | undefined): OutgoingHttpHeaders {
+    const { member } = route;
+    const out: OutgoingHttpHeaders = {};
+    const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
+    const certificate = route.identity !== undefined;
+    const dropAuth = !member.keepsClientAuthorization;
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined) continue;
+      if (certificate ? isIdentityHeader(k) : dropAuth && k === 'authorization') continue;
+      out[k] = v;
+    }
+    out.host = member.hostHeader;
+    if (member.authorization) out.authorization = member.authorization;
+    if (actAs) impersonationHeaders(out, actAs);
+    return out;
+  }
+
+  /**
+   * Whom the request acts as: the certificate's identity, or the impersonation the client asked for
+   * once the member allowed it. Calls back with a refusal otherwise.
+   */
+  #actAs(req: IncomingMessage, route: Route, then: (actAs: Identity | ImpersonationRequest | undefined) => void, refuse: (r: Refusal) => void): void {
+    const identity = route.identity;
+    if (!identity) { then(undefined); return; }
+    const wanted = impersonationRequest(req.headers, req.headersDistinct as Record<string, string[]>);
+    if (wanted === undefined) { then(identity); return; }
+    if (typeof wanted === 'string') { refuse({ status: 400, reason: 'BadRequest', message: `tower gateway: ${wanted}` }); return; }
+    this.#impersonation.denied(route.member, route.cluster, identity, wanted).then((denied) => {
+      if (denied) refuse({ status: 403, reason: 'Forbidden', message: `tower gateway: ${denied}` });
+      else then(wanted);
+    }, (err: Error) => {
+      refuse({ status: 502, reason: 'BadGateway', message: `tower gateway: cannot ask cluster "${route.cluster}" whether user "${identity.user}" may impersonate: ${err.message}` });
+    });
+  }
+
+  /** `path` as the member sees it (the route's), or as the client sent it when there was no route */
+  #access(req: IncomingMessage, route: Route | Refusal, status: number, started: number): void {
+    if (!this.#opts.accessLog) return;
+    const peer = this.#opts.tls ? this.#peers.get(req.socket as TLSSocket) : undefined;
+    const who = peer && typeof peer.identity === 'object' ? peer.identity : undefined;
+    const cluster = 'cluster' in route ? route.cluster : undefined;
+    const path = 'path' in route ? route.path : req.url ?? '';
+    this.#log.info('access', {
+      cluster, user: who?.user, groups: who?.groups.join(','), as: req.headers['impersonate-user'],
+      verb: kubernetesVerb(req.method ?? '', path), path, status,
+      duration: `${Math.round(performance.now() - started)}ms`, remote: req.socket.remoteAddress,
+    });
+  }
+
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    this.#guard.seen(req.socket);
+    const started = this.#opts.accessLog ? performance.now() : 0;
+    const refuse = (r: Refusal) => {
+      this.#log.debug(1, 'gateway refused a request', { url: req.url, status: r.status, why: r.message });
+      if (!res.headersSent && !res.destroyed) sendStatus(res, r.status, r.reason, r.message);
+      req.resume();
+    };
+    const route = this.#route(req);
+    if (this.#opts.accessLog) res.once('close', () => this.#access(req, route, res.statusCode, started));
+    if ('status' in route) { refuse(route); return; }
+    res.on('close', () => { if (!res.writableFinished) req.destroy(); });
+    this.#actAs(req, route, (actAs) => {
+      this.#forward(req, res, route, this.#upstreamHeaders(req, route, actAs), new Set());
+    }, refuse);
+  }
+
+  /**
+   * Sends the request through `route.member`. A request without a body that fails before any answer
+   * (the agent died, the channel was refused) is retried through another agent of the cluster.
+   * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
+   */
+  #forward(req: IncomingMessage, res: ServerResponse, route: Route, headers: OutgoingHttpHeaders, tried: Set<AgentSession>): void {
+    const { member, path, cluster } = route;
     tried.add(member.session);
     const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
     // the fields object is built only when someone reads it: this runs for every request
     if (this.#log.enabled(4)) this.#log.debug(4, 'forward', { cluster, method: req.method, path, session: member.session.id });
-    const upstream = httpRequest({ agent: member.pool, method: req.method, path, headers: upstreamHeaders(req, member) });
+    let upstream: ClientRequest;
+    try {
+      upstream = httpRequest({ agent: member.pool, method: req.method, path, headers });
+    } catch (err) {
+      sendStatus(res, 502, 'BadGateway', `tower gateway: cannot forward this request to cluster "${cluster}": ${(err as Error).message}`);
+      req.resume();
+      return;
+    }
     let answered = false;
+    let timedOut = false;
+    const timeoutMs = this.#limits.requestTimeoutMs;
+    const timer = timeoutMs > 0 ? setTimeout(() => { timedOut = true; upstream.destroy(); }, timeoutMs) : undefined;
     upstream.on('response', (up) => {
       answered = true;
-      res.writeHead(up.statusCode ?? 502, up.statusMessage, downstreamHeaders(up));
-      // a streamed answer (a watch) must reach the client before its first event; one with a
-      // length leaves with its body, in one record
-      if (up.headers['content-length'] === undefined) res.flushHeaders();
-      // pipe, not pipeline: the promise version costs an AbortController (and DOMException) per request
-      up.on('error', () => res.destroy());
-      up.pipe(res);
+      clearTimeout(timer);
+      // this runs inside the tunnel's read of the channel: nothing may throw out of it
+      try {
+        this.#relay(up, res, upstream, cluster);
+      } catch (err) {
+        this.#log.warn('cannot relay an answer', { cluster, err: (err as Error).message });
+        up.destroy();
+        upstream.destroy();
+        res.destroy();
+      }
     });
     upstream.on('error', (err) => {
-      if (answered || res.headersSent) { res.destroy(); return; }
+      clearTimeout(timer);
+      if (answered || res.headersSent) { if (!res.writableEnded) res.destroy(); return; }
+      if (timedOut) {
+        sendStatus(res, 504, 'Timeout', `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
+        return;
+      }
       const next = bodyless && tried.size < MAX_ATTEMPTS && !res.destroyed ? this.#member(this.#opts.registry.pick(cluster, tried)) : undefined;
       if (next) {
         this.#log.debug(1, 'retrying a request through another agent', { cluster, session: member.session.id, err: err.message });
-        this.#forward(req, res, next, path, cluster, tried);
+        const again = { ...route, member: next };
+        headers.host = next.hostHeader;
+        if (next.authorization) headers.authorization = next.authorization;
+        else delete headers.authorization;
+        this.#forward(req, res, again, headers, tried);
         return;
       }
       sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
     });
-    res.on('close', () => { if (!res.writableFinished) upstream.destroy(); });
+    res.on('close', () => {
+      clearTimeout(timer);
+      if (!res.writableFinished) upstream.destroy();
+    });
     if (bodyless) {
       req.resume();
       upstream.end();
@@ -193,6 +352,33 @@ export class Gateway {
       req.on('error', () => upstream.destroy());
       req.pipe(upstream);
     }
+  }
+
+  /** The member's answer to the client, or a 502 when its head cannot be relayed as it is. */
+  #relay(up: IncomingMessage, res: ServerResponse, upstream: ClientRequest, cluster: string): void {
+    const code = up.statusCode ?? 0;
+    let problem = code >= 200 && code <= 599 ? undefined : `an invalid status code ${code}`;
+    if (!problem) {
+      try {
+        res.writeHead(code, up.statusMessage, downstreamHeaders(up));
+      } catch (err) {
+        problem = `a response head that cannot be relayed (${(err as Error).message})`;
+      }
+    }
+    if (problem) {
+      up.destroy();
+      upstream.destroy();
+      sendStatus(res, 502, 'BadGateway', `tower gateway: the ${this.#what} of cluster "${cluster}" answered with ${problem}`);
+      return;
+    }
+    // a streamed answer (a watch) must reach the client before its first event; one with a
+    // length leaves with its body, in one record
+    if (up.headers['content-length'] === undefined) res.flushHeaders();
+    // pipe, not pipeline: the promise version costs an AbortController (and DOMException) per request
+    up.on('error', () => res.destroy());
+    // an answer cut off mid-body is cut off for the client too, never ended as if whole
+    up.on('close', () => { if (!up.complete) res.destroy(); });
+    up.pipe(res);
   }
 
   get #what(): string {
@@ -210,64 +396,112 @@ export class Gateway {
   }
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const route = this.#route(req);
+    this.#guard.seen(socket);
+    const started = this.#opts.accessLog ? performance.now() : 0;
     socket.on('error', () => socket.destroy());
-    if ('status' in route) {
-      this.#log.debug(1, 'gateway refused an upgrade', { url: req.url, status: route.status, why: route.message });
-      socket.end(rawStatus(route.status, route.reason, route.message));
-      return;
-    }
+    const refuse = (r: Refusal, route?: Route) => {
+      this.#log.debug(1, 'gateway refused an upgrade', { url: req.url, status: r.status, why: r.message });
+      if (socket.writable) socket.end(rawStatus(r.status, r.reason, r.message));
+      this.#access(req, route ?? r, r.status, started);
+    };
+    const route = this.#route(req);
+    if ('status' in route) { refuse(route); return; }
     const { member, path, cluster } = route;
     if (this.#log.enabled(4)) this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade });
-    // upgraded connections get a channel of their own, never a pooled one
-    member.connect().then((tls) => {
-      const headers = upstreamHeaders(req, member);
+    this.#actAs(req, route, (actAs) => {
+      if (socket.destroyed) return;
+      const headers = this.#upstreamHeaders(req, route, actAs);
       headers.connection = 'Upgrade';
       headers.upgrade = req.headers.upgrade;
-      const upReq = httpRequest({ createConnection: () => tls, method: req.method, path, headers });
-      upReq.on('upgrade', (upRes, upSocket, upHead) => {
-        socket.write(rawHead(upRes));
-        if (upHead.length) socket.write(upHead);
-        if (head.length) upSocket.write(head);
-        upSocket.on('error', () => socket.destroy());
-        socket.on('close', () => upSocket.destroy());
-        upSocket.on('close', () => socket.destroy());
-        upSocket.pipe(socket);
-        socket.pipe(upSocket);
-      });
-      upReq.on('response', (upRes) => {
-        // the upgrade was refused (403, 400, …): relay the answer as it is
-        socket.write(rawHead(upRes, true));
-        upRes.pipe(socket);
-      });
-      upReq.on('error', (err) => {
-        this.#log.warn('upgrade through the tunnel failed', { cluster, err: err.message });
+      const timeoutMs = this.#limits.requestTimeoutMs;
+      let timer: NodeJS.Timeout | undefined;
+      const fail = (status: number, reason: string, message: string) => {
+        clearTimeout(timer);
+        refuse({ status, reason, message }, route);
         socket.destroy();
+      };
+      // upgraded connections get a channel of their own, never a pooled one
+      member.connect().then((tls) => {
+        if (socket.destroyed) { tls.destroy(); return; }
+        let upReq: ClientRequest;
+        try {
+          upReq = httpRequest({ createConnection: () => tls, method: req.method, path, headers });
+        } catch (err) {
+          tls.destroy();
+          fail(502, 'BadGateway', `tower gateway: cannot forward this upgrade to cluster "${cluster}": ${(err as Error).message}`);
+          return;
+        }
+        timer = timeoutMs > 0 ? setTimeout(() => {
+          upReq.destroy();
+          fail(504, 'Timeout', `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
+        }, timeoutMs) : undefined;
+        const invalid = `tower gateway: the ${this.#what} of cluster "${cluster}" answered the upgrade with an invalid status line`;
+        // both run inside the tunnel's read of the channel: nothing may throw out of them
+        upReq.on('upgrade', (upRes, upSocket, upHead) => {
+          clearTimeout(timer);
+          if (!validStatusLine(upRes)) { upSocket.destroy(); fail(502, 'BadGateway', invalid); return; }
+          upSocket.on('error', () => socket.destroy());
+          socket.on('close', () => upSocket.destroy());
+          upSocket.on('close', () => socket.destroy());
+          socket.write(rawHead(upRes));
+          if (upHead.length) socket.write(upHead);
+          if (head.length) upSocket.write(head);
+          upSocket.pipe(socket);
+          socket.pipe(upSocket);
+          this.#access(req, route, upRes.statusCode ?? 101, started);
+        });
+        upReq.on('response', (upRes) => {
+          clearTimeout(timer);
+          if (!validStatusLine(upRes)) { upRes.destroy(); fail(502, 'BadGateway', invalid); return; }
+          // the upgrade was refused (403, 400, …): relay the answer as it is
+          upRes.on('error', () => socket.destroy());
+          socket.write(rawHead(upRes, true));
+          upRes.pipe(socket);
+          this.#access(req, route, upRes.statusCode ?? 0, started);
+        });
+        upReq.on('error', (err) => {
+          clearTimeout(timer);
+          this.#log.warn('upgrade through the tunnel failed', { cluster, err: err.message });
+          if (!socket.destroyed) fail(502, 'BadGateway', `tower gateway: the upgrade through cluster "${cluster}"'s agent failed: ${err.message}`);
+        });
+        socket.on('close', () => { clearTimeout(timer); upReq.destroy(); });
+        req.pipe(upReq);
+      }, (err: Error) => {
+        fail(502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
       });
-      socket.on('close', () => upReq.destroy());
-      req.pipe(upReq);
-    }, (err: Error) => {
-      socket.end(rawStatus(502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`));
-    });
+    }, (r) => { refuse(r, route); });
   }
+}
+
+/** The Kubernetes verb of a request, as kube-apiserver's RequestInfo names it (for the access log). */
+export function kubernetesVerb(method: string, url: string): string {
+  const [path = '', query = ''] = url.split('?');
+  const parts = path.split('/').filter(Boolean);
+  // /api/v1/… and /apis/<group>/<version>/…: what follows names resources; namespaces/<ns>/ scopes them
+  let rest = parts[0] === 'api' ? parts.slice(2) : parts[0] === 'apis' ? parts.slice(3) : undefined;
+  if (rest && rest[0] === 'namespaces' && rest.length >= 3) rest = rest.slice(2);
+  const named = rest !== undefined && rest.length >= 2;
+  switch (method) {
+    case 'GET':
+    case 'HEAD':
+      if (/(^|&)watch=(true|1)(&|$)/.test(query)) return 'watch';
+      return rest === undefined || named ? 'get' : 'list';
+    case 'POST': return 'create';
+    case 'PUT': return 'update';
+    case 'PATCH': return 'patch';
+    case 'DELETE': return rest === undefined || named ? 'delete' : 'deletecollection';
+    default: return method.toLowerCase();
+  }
+}
+
+/** a status line the gateway can relay as it is: a known code range, a reason without control characters */
+function validStatusLine(res: IncomingMessage): boolean {
+  const code = res.statusCode ?? 0;
+  return code >= 100 && code <= 599 && !/[\x00-\x08\x0a-\x1f\x7f]/.test(res.statusMessage ?? '');
 }
 
 function safeDecode(s: string): string {
   try { return decodeURIComponent(s); } catch { return s; }
-}
-
-function upstreamHeaders(req: IncomingMessage, member: Upstream): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
-  const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
-  const dropAuth = !member.keepsClientAuthorization;
-  for (const [k, v] of Object.entries(req.headers)) {
-    // the caller authenticated to tower with its certificate; upstream credentials are the agent's
-    if (HOP_BY_HOP.has(k) || listed.has(k) || (dropAuth && k === 'authorization') || k === 'host' || v === undefined) continue;
-    out[k] = v;
-  }
-  out.host = member.hostHeader;
-  if (member.authorization) out.authorization = member.authorization;
-  return out;
 }
 
 function downstreamHeaders(up: IncomingMessage): OutgoingHttpHeaders {
@@ -302,8 +536,11 @@ function rawStatus(code: number, reason: string, message: string): string {
   return `HTTP/1.1 ${code} ${STATUS_CODES[code] ?? reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
 
+/** Never throws: a response that can no longer carry a Status (headers gone out, socket gone) is ended as it is. */
 function sendStatus(res: ServerResponse, code: number, reason: string, message: string): void {
+  if (res.headersSent || res.destroyed) { res.destroy(); return; }
   const body = statusBody(code, reason, message);
-  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  // the reason phrase is set explicitly: a failed writeHead leaves the upstream's bad one behind
+  res.writeHead(code, STATUS_CODES[code] ?? reason, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
   res.end(body);
 }

@@ -1,6 +1,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
-import { TowerError } from '../errors.ts';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import { ConfigError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
 import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
@@ -11,7 +13,8 @@ import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
 import { ClusterPorts } from './cluster-ports.ts';
-import { Gateway } from './gateway.ts';
+import { DEFAULT_GATEWAY_LIMITS, Gateway, type GatewayLimits } from './gateway.ts';
+import { ImpersonationCheck, type GatewayIdentity } from './identity.ts';
 import { SessionRegistry } from './registry.ts';
 
 const STATUS_WRITE_DELAY_MS = 200;
@@ -25,8 +28,22 @@ export interface ProxyOptions {
   publishServiceAddress: string;
   caCert?: string;
   caKey?: string;
+  /** how the gateway and the cluster ports treat requests */
+  gateway?: GatewayPolicy;
+  /** serve TLS on the agent port: tower's CA issues the certificate, or these PEM files */
+  agentTls?: boolean | { certFile: string; keyFile: string };
   log: Logger;
 }
+
+/** The gateway settings every gateway of the proxy shares. */
+export interface GatewayPolicy {
+  identity: GatewayIdentity;
+  allowUnboundCertificates: boolean;
+  limits: GatewayLimits;
+  accessLog: boolean;
+}
+
+const DEFAULT_POLICY: GatewayPolicy = { identity: 'certificate', allowUnboundCertificates: false, limits: DEFAULT_GATEWAY_LIMITS, accessLog: false };
 
 /** The proxy: agent endpoint, session registry and cluster gateway over one store. */
 export class Proxy {
@@ -46,10 +63,13 @@ export class Proxy {
   #serverNames: string[] = [];
   /** clusters served on ports of their own (Kubernetes mode) */
   #ports = new Map<string, ClusterPorts>();
+  #policy: GatewayPolicy;
+  #impersonation = new ImpersonationCheck();
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#policy = opts.gateway ?? DEFAULT_POLICY;
   }
 
   async start(): Promise<void> {
@@ -71,16 +91,21 @@ export class Proxy {
 
     const serving = await ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
 
+    if (this.#policy.identity === 'agent') {
+      this.#log.warn('--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower\'s behaviour); certificates\' users and groups are ignored');
+    }
     this.#endpoint = new AgentEndpoint({
       tunnel: new TunnelServer(hostKey),
       authorize: (config, remote) => this.#authorize(config, remote),
       onSession: (s) => this.#admit(s),
+      tls: await this.#agentTls(ca),
       log: this.#log,
     });
     this.#gateway = new Gateway({
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
       tls: { caPem: ca.certPem, cert: serving.cert, key: serving.key },
+      ...this.#gatewayPolicy(),
       log: this.#log,
     });
     this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
@@ -88,7 +113,7 @@ export class Proxy {
 
     const h = publish.includes(':') ? `[${publish}]` : publish;
     await store.writeProxyRecord({
-      agentUrl: `http://${h}:${this.agentPort}`,
+      agentUrl: `${this.#opts.agentTls ? 'https' : 'http'}://${h}:${this.agentPort}`,
       gatewayUrl: `https://${h}:${this.gatewayPort}`,
       hostKeyFingerprint: this.hostKeyFingerprint,
       pid: process.pid,
@@ -101,6 +126,30 @@ export class Proxy {
       hostKey: this.hostKeyFingerprint,
       crypto: CRYPTO_BACKEND,
     });
+  }
+
+  /** what every gateway of this proxy is given: the policy, and one cache of impersonation verdicts */
+  #gatewayPolicy() {
+    const p = this.#policy;
+    return { identity: p.identity, allowUnboundCertificates: p.allowUnboundCertificates, limits: p.limits, accessLog: p.accessLog, impersonation: this.#impersonation };
+  }
+
+  async #agentTls(ca: CertificateAuthority): Promise<{ cert: string; key: string } | undefined> {
+    const t = this.#opts.agentTls;
+    if (!t) return undefined;
+    if (t === true) return ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
+    const read = (path: string, flag: string) => {
+      try { return readFileSync(path, 'utf8'); } catch (err) {
+        throw new ConfigError(`cannot read ${flag} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+    };
+    const pair = { cert: read(t.certFile, '--agent-tls-cert'), key: read(t.keyFile, '--agent-tls-key') };
+    try {
+      createSecureContext(pair);
+    } catch (err) {
+      throw new ConfigError(`--agent-tls-cert ${t.certFile} and --agent-tls-key ${t.keyFile} are not a PEM certificate and its key: ${(err as Error).message}`);
+    }
+    return pair;
   }
 
   async close(): Promise<void> {
@@ -116,7 +165,10 @@ export class Proxy {
 
   /** Keeps the known clusters; a rotated token or a removed cluster drops the sessions that no longer qualify. */
   async #watchClusters(): Promise<void> {
-    for (const c of await this.#opts.store.list()) this.#clusters.set(c.name, c);
+    for (const c of await this.#opts.store.list()) {
+      this.#clusters.set(c.name, c);
+      if (c.problem) this.#reportUnusable(c);
+    }
     this.#watch = this.#opts.store.watch((ev) => {
       if (ev.type === 'deleted') {
         this.#clusters.delete(ev.name);
@@ -128,11 +180,24 @@ export class Proxy {
       const before = this.#clusters.get(ev.cluster.name);
       this.#clusters.set(ev.cluster.name, ev.cluster);
       this.#servePorts(ev.cluster.name, ev.cluster);
+      if (ev.cluster.problem) {
+        // fail closed: the token this proxy knew is no longer trusted
+        if (before?.problem !== ev.cluster.problem) this.#reportUnusable(ev.cluster, this.registry.close(ev.cluster.name));
+        return;
+      }
       if (!before) { this.#log.info('cluster registered', { cluster: ev.cluster.name }); return; }
+      if (before.problem) this.#log.info('cluster record usable again', { cluster: ev.cluster.name });
       if (before.token !== ev.cluster.token) {
         const n = this.registry.close(ev.cluster.name, (s) => !tokensEqual(s.config.token, ev.cluster.token));
         this.#log.info('cluster token rotated', { cluster: ev.cluster.name, sessionsClosed: n });
       }
+    });
+  }
+
+  #reportUnusable(cluster: Cluster, sessionsClosed = 0): void {
+    this.#log.error('cluster record unusable: its agents are refused', {
+      cluster: cluster.name, why: cluster.problem, sessionsClosed,
+      fix: `restore the record, or write a new token with: tower token ${cluster.name} --rotate`,
     });
   }
 
@@ -150,6 +215,7 @@ export class Proxy {
         name, host: this.#opts.host, ca: this.#ca!, registry: this.registry, log: this.#log,
         knows: (n) => this.#clusters.has(n),
         baseNames: this.#serverNames,
+        gateway: this.#gatewayPolicy(),
       });
       this.#ports.set(name, ports);
     }
@@ -163,18 +229,21 @@ export class Proxy {
       this.#log.warn('agent refused: unknown cluster', { cluster: config.name, remote, fix: problem ?? `register it with: tower token ${config.name}` });
       return UNAUTHORIZED;
     }
+    if (cluster.problem) {
+      this.#log.warn('agent refused: the cluster record is unusable', { cluster: config.name, remote, fix: `tower token ${config.name} --rotate` });
+      return UNAUTHORIZED;
+    }
     if (!tokensEqual(config.token, cluster.token)) {
       this.#log.warn('agent refused: wrong token', { cluster: config.name, remote, fix: `print the current token with: tower token ${config.name}` });
       return UNAUTHORIZED;
     }
-    if (!config.kubernetesSvcHost) return 'config lacks KubernetesSvcHost: the agent must name its kube-apiserver';
     return undefined;
   }
 
   #admit(session: AgentSession): void {
     const cluster = this.#clusters.get(session.name);
     // the token may have rotated, or the cluster gone, while the handshake ran
-    if (!cluster || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
+    if (!cluster || cluster.problem || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
     this.registry.add(session);
     const tlsAtAgent = session.config.features?.includes(FEATURE_TLS_AT_AGENT) ?? false;
     this.#log.info('agent connected', {

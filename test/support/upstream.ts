@@ -32,6 +32,12 @@ export class TestUpstream {
   clientKey = '';
   /** how each request authenticated, in order */
   readonly auth: string[] = [];
+  /** the headers of every request (SubjectAccessReviews apart), in order */
+  readonly requests: { path: string; headers: IncomingMessage['headers'] }[] = [];
+  /** answers SubjectAccessReviews for impersonation: "<user> <resource> <name>" entries are allowed */
+  readonly impersonation = new Set<string>();
+  /** the SubjectAccessReviews asked, as "<user> <resource> <name>" */
+  readonly reviews: string[] = [];
   #wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: (p) => (p.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false) });
 
   private constructor(server: Server) {
@@ -97,6 +103,23 @@ export class TestUpstream {
     if (!this.#authenticate(req)) return json(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
     const url = new URL(req.url ?? '/', 'https://upstream');
     const p = url.pathname;
+    if (p === '/apis/authorization.k8s.io/v1/subjectaccessreviews' && req.method === 'POST') {
+      let body = '';
+      req.setEncoding('utf8').on('data', (d: string) => { body += d; });
+      req.on('end', () => {
+        const review = JSON.parse(body) as { spec: { user: string; resourceAttributes: { resource: string; name: string } } };
+        const key = `${review.spec.user} ${review.spec.resourceAttributes.resource} ${review.spec.resourceAttributes.name}`;
+        this.reviews.push(key);
+        json(res, 201, { ...review, status: { allowed: this.impersonation.has(key) } });
+      });
+      return;
+    }
+    this.requests.push({ path: p, headers: req.headers });
+    if (p === '/slow') {
+      const t = setTimeout(() => json(res, 200, { slow: true }), Number(url.searchParams.get('ms') ?? '1000'));
+      res.on('close', () => clearTimeout(t));
+      return;
+    }
     if (p === '/api') return json(res, 200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: this.hostPort }] });
     if (p === '/api/v1') {
       return json(res, 200, { kind: 'APIResourceList', groupVersion: 'v1', resources: [
