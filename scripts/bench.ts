@@ -206,15 +206,18 @@ async function setupTower(pki: Awaited<ReturnType<typeof setupPki>>, upstreamPor
   await waitOutput(proxy, /proxy serving/);
   const tok = spawnSync(binary, ['token', 'bench'], { env: { ...process.env, ...env }, encoding: 'utf8' });
   const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
+  // the agent verifies the proxy as the join command says
+  const fingerprint = /--proxy-fingerprint (\S+)/.exec(tok.stdout)![1]!;
   const memberKc = join(work, 'member.kubeconfig');
   const b64 = (s: string) => Buffer.from(s).toString('base64');
   writeFileSync(memberKc, [
     'apiVersion: v1', 'kind: Config', 'current-context: c',
     `clusters: [{name: m, cluster: {server: "https://127.0.0.1:${upstreamPort}", certificate-authority-data: ${b64(pki.caPem)}}}]`,
-    `users: [{name: u, user: {client-certificate-data: ${b64(pki.client.cert)}, client-key-data: ${b64(pki.client.key)}}}]`,
+    // a token besides the certificate, as a ServiceAccount's: the agent adds it to every request (the upstream ignores it)
+    `users: [{name: u, user: {client-certificate-data: ${b64(pki.client.cert)}, client-key-data: ${b64(pki.client.key)}, token: bench-service-account-token}}]`,
     'contexts: [{name: c, context: {cluster: m, user: u}}]',
   ].join('\n') + '\n');
-  const agentArgs = ['agent', '--name', 'bench', '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', memberKc, ...AGENT_ARGS];
+  const agentArgs = ['agent', '--name', 'bench', '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--proxy-fingerprint', fingerprint, '--kubeconfig', memberKc, ...AGENT_ARGS];
   const agent = start(binary, agentArgs, { env: TOWER_ENV });
   await waitOutput(agent, /connected to proxy/);
   const kc = parse(spawnSync(binary, ['kubeconfig', 'bench'], { env: { ...process.env, ...env }, encoding: 'utf8' }).stdout);
@@ -222,7 +225,7 @@ async function setupTower(pki: Awaited<ReturnType<typeof setupPki>>, upstreamPor
   writeFileSync(gw.ca, Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'));
   writeFileSync(gw.cert, Buffer.from(kc.users[0].user['client-certificate-data'], 'base64'));
   writeFileSync(gw.key, Buffer.from(kc.users[0].user['client-key-data'], 'base64'));
-  return { env, token, agentPort, gatewayPort, proxy, agent, proxyArgs, memberKc, endpoint: { host: '127.0.0.1', port: gatewayPort, prefix: '/clusters/bench', ...gw } };
+  return { env, token, fingerprint, agentPort, gatewayPort, proxy, agent, proxyArgs, memberKc, endpoint: { host: '127.0.0.1', port: gatewayPort, prefix: '/clusters/bench', ...gw } };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,7 +323,7 @@ async function coldWorkload(eps: Record<PathName, Endpoint>, tower: Awaited<Retu
     writeFileSync(coldEp.cert, Buffer.from(kc.users[0].user['client-certificate-data'], 'base64'));
     writeFileSync(coldEp.key, Buffer.from(kc.users[0].user['client-key-data'], 'base64'));
     const s = Date.now();
-    const agent = start(binary, ['agent', '--name', 'cold', '--token', token, '--proxy-server', `http://127.0.0.1:${tower.agentPort}`, '--kubeconfig', tower.memberKc]);
+    const agent = start(binary, ['agent', '--name', 'cold', '--token', token, '--proxy-server', `http://127.0.0.1:${tower.agentPort}`, '--proxy-fingerprint', tower.fingerprint, '--kubeconfig', tower.memberKc]);
     for (;;) {
       try { await load(coldEp, { mode: 'bulk', path: '/small' }); break; } catch { if (Date.now() - s > 20_000) throw new Error('cold agent never served'); }
     }

@@ -51,7 +51,7 @@ after(async () => {
 test('the agent reaches the proxy through HTTP_PROXY (CONNECT), resolving nothing itself', async () => {
   const { token } = await stack.token('proxied');
   const agent = new TowerProcess('agent proxied', ['agent', '--name', 'proxied', '--token', token,
-    '--proxy-server', `http://tower-proxy.test:${stack.agentPort}`, '--kubeconfig', upstream.writeKubeconfig(join(stack.dataDir, 'p.kubeconfig'), 'cert')],
+    '--proxy-server', `http://tower-proxy.test:${stack.agentPort}`, '--proxy-fingerprint', stack.fingerprint, '--kubeconfig', upstream.writeKubeconfig(join(stack.dataDir, 'p.kubeconfig'), 'cert')],
   { HTTP_PROXY: `http://127.0.0.1:${connectPort}`, NO_PROXY: 'example.com' });
   stack.processes.push(agent);
   await agent.waitFor(/connected to proxy/);
@@ -66,7 +66,7 @@ test('NO_PROXY and loopback targets bypass the proxy, as in Go', async () => {
   const agent = stack.startAgent('direct', token, upstream.writeKubeconfig(join(stack.dataDir, 'd.kubeconfig'), 'cert'));
   await agent.waitFor(/connected to proxy/);
   const bypass = new TowerProcess('agent bypass', ['agent', '--name', 'direct', '--token', token,
-    '--proxy-server', `http://tower-proxy.test:${stack.agentPort}`, '--kubeconfig', join(stack.dataDir, 'd.kubeconfig'), '--max-retry', '1'],
+    '--proxy-server', `http://tower-proxy.test:${stack.agentPort}`, '--proxy-fingerprint', stack.fingerprint, '--kubeconfig', join(stack.dataDir, 'd.kubeconfig'), '--max-retry', '1'],
   { HTTP_PROXY: `http://127.0.0.1:${connectPort}`, NO_PROXY: '.test' });
   stack.processes.push(bypass);
   assert.equal(await bypass.exited, 1);

@@ -62,7 +62,7 @@ test('--proxy-server is normalised as the Go agent does', () => {
 });
 
 test('-v 2 prints where every option came from, with the token redacted', async () => {
-  const r = await tower(['agent', '-v', '2', '--name', 'x', '--token', 'secret-token', '--kubeconfig', join(dir, 'none.kubeconfig')], { TOWER_KEEPALIVE: '5s' });
+  const r = await tower(['agent', '-v', '2', '--name', 'x', '--token', 'secret-token', '--proxy-fingerprint', `SHA256:${'A'.repeat(43)}`, '--kubeconfig', join(dir, 'none.kubeconfig')], { TOWER_KEEPALIVE: '5s' });
   assert.equal(r.code, 1);
   assert.match(r.stderr, /option --keepalive=5s \(env\)/);
   assert.match(r.stderr, /option --token=<redacted> \(flag\)/);

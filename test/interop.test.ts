@@ -53,17 +53,18 @@ describe('a Go tower agent (x/crypto/ssh, gorilla/websocket) with our proxy', ()
 describe('our agent with a Go tower proxy', () => {
   let listen: number;
   let forward: number;
+  let fingerprint: string;
   const token = 'go-proxy-token';
 
   before(async () => {
     listen = await freePort();
     forward = await freePort();
     const proxy = peer(['proxy', '-listen', `127.0.0.1:${listen}`, '-forward', `127.0.0.1:${forward}`, '-name', 'alpha', '-token', token]);
-    await proxy.waitFor(/^serving /m);
+    fingerprint = (await proxy.waitFor(/^serving .* fingerprint=(SHA256:\S+)$/m))[1]!;
   });
 
   test('connects through a 101 without a subprotocol header, and carries kubectl through the Go proxy', async () => {
-    const agent = stack.startAgent('alpha', token, member.kubeconfig, ['--proxy-server', `http://127.0.0.1:${listen}`, '--keepalive', '1s']);
+    const agent = stack.startAgent('alpha', token, member.kubeconfig, ['--proxy-server', `http://127.0.0.1:${listen}`, '--proxy-fingerprint', fingerprint, '--keepalive', '1s']);
     await agent.waitFor(/connected to proxy/);
     // the Go proxy forwards raw TCP: kubectl's TLS and client certificate go end to end to the member
     const r = await kubectl(member.kubeconfig, ['--server', `https://127.0.0.1:${forward}`, 'get', 'namespaces', '-o', 'name']);
@@ -76,7 +77,7 @@ describe('our agent with a Go tower proxy', () => {
   });
 
   test('a wrong token: the Go proxy\'s "Unauthorized agent" makes our agent exit 1 with the fix', async () => {
-    const agent = stack.startAgent('alpha', 'wrong', member.kubeconfig, ['--proxy-server', `http://127.0.0.1:${listen}`]);
+    const agent = stack.startAgent('alpha', 'wrong', member.kubeconfig, ['--proxy-server', `http://127.0.0.1:${listen}`, '--proxy-fingerprint', fingerprint]);
     assert.equal(await agent.exited, 1);
     assert.match(agent.output, /the proxy refused agent "alpha": Unauthorized agent/);
   });

@@ -420,7 +420,10 @@ test('tower install prints manifests that apply to real apiservers, with KubeSph
     const applied = await host.kubectl(['apply', '-f', '-'], proxyYaml.stdout);
     assert.equal(applied.code, 0, applied.stderr);
   }
-  const agentYaml = await tower(['install', 'agent', '--name', 'alpha', '--token', 'a'.repeat(64), '--proxy-server', 'http://tower.example.com:8080']);
+  const unverified = await tower(['install', 'agent', '--name', 'alpha', '--token', 'a'.repeat(64), '--proxy-server', 'http://tower.example.com:8080']);
+  assert.equal(unverified.code, 1);
+  assert.match(unverified.stderr, /^tower install: --proxy-fingerprint is required with a plain http:\/\/ --proxy-server/);
+  const agentYaml = await tower(['install', 'agent', '--name', 'alpha', '--token', 'a'.repeat(64), '--proxy-server', 'http://tower.example.com:8080', '--proxy-fingerprint', `SHA256:${'A'.repeat(43)}`]);
   assert.equal(agentYaml.code, 0, agentYaml.stderr);
   assert.doesNotMatch(agentYaml.stdout.replace(/token: a{64}/, ''), /a{64}/, 'the token only in the Secret');
   const applied = await kubectl(member.kubeconfig, ['apply', '-f', '-'], agentYaml.stdout);

@@ -6,8 +6,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
-import { CHANNEL_TYPE_TLS, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort, splitHostPort, UNAUTHORIZED } from '../tunnel/protocol.ts';
+import { CHANNEL_TYPE_TLS, FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort, splitHostPort, UNAUTHORIZED } from '../tunnel/protocol.ts';
 import { VERSION } from '../version.ts';
+import { AuthorizationInjector } from './authorization.ts';
 import type { Credentials } from './credentials.ts';
 import { dialWebSocket } from './dial.ts';
 
@@ -33,8 +34,14 @@ export interface AgentOptions {
   maxRetry: number;
   maxRetryIntervalMs: number;
   proxyFingerprint?: string;
+  /** PEM CA bundle that verifies a wss:// proxy's certificate (default: the system's roots) */
+  proxyCa?: string;
+  /** connect to a proxy that nothing verifies (no fingerprint, not wss://) */
+  insecureSkipProxyVerification?: boolean;
   /** make the TLS to the kube-apiserver here when the proxy offers it (false: always as Go agents do) */
   tlsAtAgent: boolean;
+  /** channels the proxy may hold open at once; more are refused */
+  maxChannels: number;
   log: Logger;
 }
 
@@ -45,6 +52,7 @@ export class TowerAgent {
   #stopped = false;
   #session: TunnelClientSession | undefined;
   #wake: (() => void) | undefined;
+  #channels = 0;
 
   constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -87,9 +95,9 @@ export class TowerAgent {
         continue;
       }
       failures = 0;
-      if (!this.#opts.proxyFingerprint && !warnedFingerprint) {
+      if (this.#opts.insecureSkipProxyVerification && !this.#opts.proxyFingerprint && !warnedFingerprint) {
         warnedFingerprint = true;
-        this.#log.warn('the proxy\'s host key is not verified; pin it with --proxy-fingerprint', { fingerprint: session.hostKeyFingerprint });
+        this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: session.hostKeyFingerprint });
       }
       this.#log.info('connected to proxy', { proxy: this.#opts.proxyUrl, cluster: this.#opts.name, upstream: this.#upstreams(creds)[0], credentials: creds.origin });
       const why = await this.#hold(session, creds);
@@ -106,8 +114,11 @@ export class TowerAgent {
   async #connect(creds: Credentials): Promise<TunnelClientSession> {
     const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
     const allowed = new Set([kubernetes, kubesphere]);
-    const { stream, features } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS });
+    const { stream, features } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa });
     const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
+    // with both, no member credential is sent to the proxy at all
+    const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
+    const authorization = authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
     return dialTunnel(stream, {
       config: {
         version: VERSION,
@@ -119,8 +130,8 @@ export class TowerAgent {
         caData: tlsHere ? undefined : creds.caData,
         certData: tlsHere ? undefined : creds.certData,
         keyData: tlsHere ? undefined : creds.keyData,
-        bearerToken: creds.bearerToken,
-        features: tlsHere ? [FEATURE_TLS_AT_AGENT] : undefined,
+        bearerToken: authHere ? undefined : creds.bearerToken,
+        features: authHere ? [FEATURE_TLS_AT_AGENT, FEATURE_AUTH_AT_AGENT] : tlsHere ? [FEATURE_TLS_AT_AGENT] : undefined,
       },
       expectFingerprint: this.#opts.proxyFingerprint,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
@@ -131,7 +142,12 @@ export class TowerAgent {
           reject();
           return;
         }
-        this.#pipe(hostPort, tls ? creds : undefined, accept, reject);
+        if (this.#channels >= this.#opts.maxChannels) {
+          this.#log.warn('refused a channel: the proxy holds as many open as --max-channels allows', { open: this.#channels });
+          reject();
+          return;
+        }
+        this.#pipe(hostPort, tls ? creds : undefined, tls ? authorization : undefined, accept, reject);
       },
     }).catch((err: Error) => {
       if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
@@ -143,9 +159,12 @@ export class TowerAgent {
    * Dials the upstream first (with TLS when `tls` holds its credentials), so that a dead upstream
    * refuses the channel instead of half-opening it.
    */
-  #pipe(hostPort: string, tls: Credentials | undefined, accept: () => ClientChannel, reject: () => void): void {
+  #pipe(hostPort: string, tls: Credentials | undefined, authorization: string | undefined, accept: () => ClientChannel, reject: () => void): void {
     const hp = splitHostPort(hostPort);
     if (!hp) { reject(); return; }
+    this.#channels++;
+    let released = false;
+    const release = () => { if (!released) { released = true; this.#channels--; } };
     const host = hostOf(hostPort);
     const upstream: Socket = tls
       ? tlsConnect({
@@ -155,6 +174,7 @@ export class TowerAgent {
       : netConnect({ host, port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
     upstream.setNoDelay(true);
     const onDialError = (err: Error) => {
+      release();
       this.#log.warn('cannot reach upstream', { target: hostPort, err: err.message });
       reject();
     };
@@ -167,10 +187,22 @@ export class TowerAgent {
       upstream.on('error', () => ch.destroy());
       ch.on('error', () => upstream.destroy());
       upstream.pipe(ch);
-      ch.pipe(upstream);
+      if (authorization) {
+        // the member's credentials join each request here, never earlier
+        const inject = new AuthorizationInjector(authorization);
+        inject.on('error', (err) => {
+          this.#log.warn('closed a channel whose requests are not HTTP/1.1', { target: hostPort, err: err.message });
+          ch.destroy();
+          upstream.destroy();
+        });
+        ch.pipe(inject).pipe(upstream);
+        upstream.once('close', () => inject.destroy());
+      } else {
+        ch.pipe(upstream);
+      }
       // an ssh2 channel that nobody reads never closes: end both together
-      ch.once('close', () => upstream.destroy());
-      upstream.once('close', () => ch.destroy());
+      ch.once('close', () => { release(); upstream.destroy(); });
+      upstream.once('close', () => { release(); ch.destroy(); });
     });
   }
 

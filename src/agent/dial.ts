@@ -11,6 +11,8 @@ const MAX_MESSAGE_BYTES = 256 * 1024;
 
 export interface DialWebSocketOptions {
   timeoutMs: number;
+  /** PEM CA bundle for a wss:// proxy (default: the system's roots) */
+  ca?: string;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -33,9 +35,10 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: opts.timeoutMs,
       followRedirects: false,
+      ca: opts.ca,
       // masking protects browsers' peers, not a tunnel of encrypted bytes; a zero mask skips the XOR
       generateMask: (mask: Buffer) => { mask.fill(0); },
-      agent: proxy ? new ConnectProxyAgent(proxy, url.startsWith('wss:'), { keepAlive: false }) : undefined,
+      agent: proxy ? new ConnectProxyAgent(proxy, url.startsWith('wss:'), opts.ca, { keepAlive: false }) : undefined,
     });
     let done = false;
     let features: string[] = [];
@@ -93,10 +96,12 @@ export function proxyFor(target: URL, env: NodeJS.ProcessEnv): URL | undefined {
 class ConnectProxyAgent extends Agent {
   #proxy: URL;
   #secure: boolean;
-  constructor(proxy: URL, secure: boolean, opts: AgentOptions) {
+  #ca: string | undefined;
+  constructor(proxy: URL, secure: boolean, ca: string | undefined, opts: AgentOptions) {
     super(opts);
     this.#proxy = proxy;
     this.#secure = secure;
+    this.#ca = ca;
   }
 
   override createConnection(options: ClientRequestArgs & { servername?: string; ca?: unknown }, callback?: (err: Error | null, stream: Duplex) => void): undefined {
@@ -114,7 +119,8 @@ class ConnectProxyAgent extends Agent {
         return;
       }
       if (!this.#secure) { cb(null, socket); return; }
-      cb(null, tlsConnect({ socket, servername: options.servername ?? options.host ?? undefined, ca: options.ca as string | undefined }));
+      const host = options.servername ?? options.host ?? undefined;
+      cb(null, tlsConnect({ socket, servername: host && !isIP(host) ? host : undefined, host: host ?? undefined, ca: this.#ca }));
     });
     req.once('error', (err) => cb(err));
     req.end();

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { Command, Option } from 'clipanion';
 import { ConfigError } from '../errors.ts';
 import { AGENT_OPTIONS } from '../config/options.ts';
@@ -32,18 +33,29 @@ export class AgentCommand extends TowerCommand {
   maxRetry = Option.String('--max-retry', { description: 'Give up after this many failed connection attempts in a row (default 0: never)' });
   maxRetryInterval = Option.String('--max-retry-interval', { description: 'Longest wait between attempts (default 5m)' });
   tlsAtAgent = Option.String('--tls-at-agent', { description: 'Make the TLS to the kube-apiserver here when the proxy offers it, keeping the client key in the cluster (default true; false: as Go agents)' });
+  proxyCa = Option.String('--proxy-ca', { description: 'CA bundle (PEM) that verifies a wss:// (https://) proxy\'s certificate (default: the system\'s roots)' });
+  insecureSkipProxyVerification = Option.Boolean('--insecure-skip-proxy-verification', { description: 'Connect to a proxy that nothing verifies (no --proxy-fingerprint, not https://): whoever answers gets this cluster\'s requests' });
+  maxChannels = Option.String('--max-channels', { description: 'Channels the proxy may hold open at once; more are refused (default 4096)' });
 
   async run(): Promise<number> {
     const o = this.load(AGENT_OPTIONS, {
       name: this.name, token: this.token, proxyServer: this.proxyServer, proxyFingerprint: this.proxyFingerprint,
       kubeconfig: this.kubeconfig, kubernetesService: this.kubernetesService, kubesphereService: this.kubesphereService,
       keepalive: this.keepalive, maxRetry: this.maxRetry, maxRetryInterval: this.maxRetryInterval, tlsAtAgent: this.tlsAtAgent,
+      proxyCa: this.proxyCa, insecureSkipProxyVerification: this.insecureSkipProxyVerification, maxChannels: this.maxChannels,
     }, ['token']);
     if (!o.name) throw new ConfigError('--name is required: the cluster name given to `tower token`');
     const problem = clusterNameProblem(o.name);
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
     if (!o.token) throw new ConfigError(`--token is required: print it on the proxy's host with: tower token ${o.name}`);
     const proxyUrl = normalizeProxyServer(o.proxyServer);
+    const secure = proxyUrl.startsWith('wss:');
+    if (o.proxyCa && !secure) throw new ConfigError(`--proxy-ca verifies a TLS proxy, but --proxy-server ${o.proxyServer} is not https:// (or wss://)`);
+    // nothing is sent to a proxy that nothing verifies: not the token, not a credential
+    if (!o.proxyFingerprint && !secure && !o.insecureSkipProxyVerification) {
+      throw new ConfigError(`refusing to connect to ${o.proxyServer}: nothing verifies that it is the proxy. Give --proxy-fingerprint (the join command that \`tower token ${o.name}\` prints has it), or an https:// --proxy-server whose certificate verifies (--proxy-ca), or --insecure-skip-proxy-verification to connect anyway`);
+    }
+    const proxyCa = o.proxyCa ? readProxyCa(o.proxyCa) : undefined;
     const kubeconfig = o.kubeconfig;
     const credentials = kubeconfig ? () => credentialsFromKubeconfig(kubeconfig) : () => credentialsInCluster();
     credentials(); // fail now, with the reason, rather than in the retry loop
@@ -59,10 +71,15 @@ export class AgentCommand extends TowerCommand {
       // as the Go agent: an interval under a second means the default
       maxRetryIntervalMs: o.maxRetryInterval < 1000 ? 300_000 : o.maxRetryInterval,
       proxyFingerprint: o.proxyFingerprint,
+      proxyCa,
+      insecureSkipProxyVerification: o.insecureSkipProxyVerification,
       tlsAtAgent: o.tlsAtAgent,
+      maxChannels: o.maxChannels,
       log,
     });
-    log.info('agent starting', { cluster: o.name, proxy: proxyUrl, keepalive: formatDuration(o.keepalive), crypto: CRYPTO_BACKEND });
+    const verifiedBy = [o.proxyFingerprint && 'host key', secure && (o.proxyCa ? '--proxy-ca' : 'system roots')].filter(Boolean).join(' and ');
+    if (!verifiedBy) log.warn('INSECURE: --insecure-skip-proxy-verification: the proxy is not verified; whoever answers at its address gets this cluster\'s requests');
+    log.info('agent starting', { cluster: o.name, proxy: proxyUrl, verified: verifiedBy || 'no', keepalive: formatDuration(o.keepalive), crypto: CRYPTO_BACKEND });
     const stop = () => agent.stop();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
@@ -70,4 +87,15 @@ export class AgentCommand extends TowerCommand {
     log.info('agent stopped');
     return 0;
   }
+}
+
+function readProxyCa(path: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read --proxy-ca ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`--proxy-ca ${path} holds no PEM certificate`);
+  return pem;
 }

@@ -41,9 +41,10 @@ export class InstallAgentCommand extends TowerCommand {
   static override usage = Command.Usage({
     description: 'Print the manifests that run an agent in a member cluster',
     details: `
-      A ServiceAccount bound to cluster-admin (the host cluster acts in the member through it, as
-      KubeSphere's agent does), the token in a Secret, and the agent's Deployment. Pipe it to
-      \`kubectl apply -f -\` against the member cluster.
+      A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a
+      tower proxy acts as each gateway user's certificate; --cluster-admin binds cluster-admin
+      instead, for a Go tower proxy or --gateway-identity agent), the token in a Secret, and the
+      agent's Deployment. Pipe it to \`kubectl apply -f -\` against the member cluster.
     `,
     examples: [['With what `tower token` printed', '$0 install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 | kubectl apply -f -']],
   });
@@ -55,18 +56,27 @@ export class InstallAgentCommand extends TowerCommand {
   proxyFingerprint = Option.String('--proxy-fingerprint', { description: 'Expected SHA256 fingerprint of the proxy\'s host key' });
   image = Option.String('--image', { description: 'Container image holding the tower binary at /tower (default tower:<version>)' });
   kubesphereService = Option.String('--kubesphere-service', { description: 'host:port of the member ks-apiserver (default ks-apiserver.kubesphere-system.svc:80)' });
+  insecureSkipProxyVerification = Option.Boolean('--insecure-skip-proxy-verification', { description: 'Let the agent connect to a proxy that nothing verifies' });
+  clusterAdmin = Option.Boolean('--cluster-admin', { description: 'Bind the ServiceAccount to cluster-admin (for a Go tower proxy, or one with --gateway-identity agent) instead of impersonation only' });
 
   async run(): Promise<number> {
     const o = this.load(INSTALL_AGENT_OPTIONS, {
       name: this.name, token: this.token, proxyServer: this.proxyServer, proxyFingerprint: this.proxyFingerprint, image: this.image, kubesphereService: this.kubesphereService,
+      insecureSkipProxyVerification: this.insecureSkipProxyVerification, clusterAdmin: this.clusterAdmin,
     }, ['token']);
     if (!o.name) throw new ConfigError('--name is required: the cluster\'s name, as `tower token` registered it');
     const problem = clusterNameProblem(o.name);
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
     if (!o.token) throw new ConfigError('--token is required: print it with `tower token <name>`');
     if (!o.proxyServer) throw new ConfigError('--proxy-server is required: the proxy\'s agent endpoint, as `tower token` prints it');
-    normalizeProxyServer(o.proxyServer);
-    printAll(agentManifests({ image: o.image, name: o.name, token: o.token, proxyServer: o.proxyServer, proxyFingerprint: o.proxyFingerprint, kubesphereService: o.kubesphereService }));
+    const secure = normalizeProxyServer(o.proxyServer).startsWith('wss:');
+    if (!o.proxyFingerprint && !secure && !o.insecureSkipProxyVerification) {
+      throw new ConfigError(`--proxy-fingerprint is required with a plain http:// --proxy-server, so that the agent can verify the proxy (the join command that \`tower token ${o.name}\` prints has it); or --insecure-skip-proxy-verification`);
+    }
+    printAll(agentManifests({
+      image: o.image, name: o.name, token: o.token, proxyServer: o.proxyServer, proxyFingerprint: o.proxyFingerprint, kubesphereService: o.kubesphereService,
+      insecureSkipProxyVerification: o.insecureSkipProxyVerification, clusterAdmin: o.clusterAdmin,
+    }));
     return 0;
   }
 }

@@ -6,6 +6,7 @@ import { VERSION } from '../version.ts';
 
 const port = (v: number) => (v >= 0 && v <= 65535 ? undefined : 'a port is 1-65535 (or 0 for any free one)');
 const nonNegative = (v: number) => (v >= 0 ? undefined : 'must not be negative');
+const positive = (v: number) => (v > 0 ? undefined : 'must be more than 0');
 const logFormat = (v: string) => (v === 'text' || v === 'json' ? undefined : 'use text or json');
 const address = (v: string) => (v === '' || /\s|\/|^:|:$/.test(v) && !isIP(v) ? 'want a host name or IP address (no scheme, no port)' : undefined);
 
@@ -21,7 +22,6 @@ const STORE = {
   store: opt.string(undefined, (v) => (v === 'file' || v === 'kubernetes' ? undefined : 'use file or kubernetes')),
   kubeconfig: opt.string(),
 };
-const positive = (v: number) => (v > 0 ? undefined : 'must be more than 0');
 
 export const PROXY_OPTIONS = {
   ...COMMON,
@@ -32,6 +32,15 @@ export const PROXY_OPTIONS = {
   port: opt.int(8080, port),
   gatewayPort: opt.int(6443, port),
   publishServiceAddress: opt.string('127.0.0.1', address),
+  gatewayIdentity: opt.string('certificate', (v) => (v === 'certificate' || v === 'agent' ? undefined : 'use certificate (act as the client certificate) or agent (act as the agent, as the Go tower)')),
+  allowUnboundCertificates: opt.bool(false),
+  requestTimeout: opt.duration(60_000, nonNegative),
+  gatewayMaxConnections: opt.int(10_000, positive),
+  gatewayMaxConnectionsPerAddress: opt.int(1_000, positive),
+  accessLog: opt.bool(false),
+  agentTls: opt.bool(false),
+  agentTlsCert: opt.string(),
+  agentTlsKey: opt.string(),
   leaderElect: opt.bool(false),
   // the Go tower's (client-go's) times
   leaderElectLeaseDuration: opt.duration(30_000, positive),
@@ -52,6 +61,9 @@ export const AGENT_OPTIONS = {
   maxRetry: opt.int(0, nonNegative),
   maxRetryInterval: opt.duration(300_000, nonNegative),
   tlsAtAgent: opt.bool(true),
+  proxyCa: opt.string(),
+  insecureSkipProxyVerification: opt.bool(false),
+  maxChannels: opt.int(4096, positive),
 } satisfies Specs;
 
 export const TOKEN_OPTIONS = {
@@ -94,6 +106,8 @@ export const INSTALL_AGENT_OPTIONS = {
   proxyServer: opt.string(),
   proxyFingerprint: AGENT_OPTIONS.proxyFingerprint,
   kubesphereService: opt.string('ks-apiserver.kubesphere-system.svc:80'),
+  insecureSkipProxyVerification: opt.bool(false),
+  clusterAdmin: opt.bool(false),
 } satisfies Specs;
 
 for (const s of [PROXY_OPTIONS, AGENT_OPTIONS, TOKEN_OPTIONS, KUBECONFIG_OPTIONS, INSTALL_PROXY_OPTIONS, INSTALL_AGENT_OPTIONS]) registerOptionNames(s);

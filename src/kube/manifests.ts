@@ -193,23 +193,45 @@ export interface AgentInstall {
   token: string;
   proxyServer: string;
   proxyFingerprint?: string;
+  /** connect to a proxy nothing verifies */
+  insecureSkipProxyVerification?: boolean;
   kubesphereService: string;
+  /** bind cluster-admin (a Go proxy, or --gateway-identity agent, acts with the agent's own rights) instead of impersonation only */
+  clusterAdmin?: boolean;
 }
 
-/** Member side: a ServiceAccount bound to cluster-admin (the host acts through it), the token as a Secret, the Deployment. */
+/** What a tower proxy needs of the agent's ServiceAccount: act as the gateway's users, and ask whether they may impersonate. */
+export const AGENT_IMPERSONATOR_RULES = [
+  { apiGroups: [''], resources: ['users', 'groups', 'serviceaccounts'], verbs: ['impersonate'] },
+  { apiGroups: ['authentication.k8s.io'], resources: ['userextras', 'uids'], verbs: ['impersonate'] },
+  { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
+];
+
+/**
+ * Member side: a ServiceAccount that may impersonate (the gateway acts as each user's certificate;
+ * with clusterAdmin, bound to cluster-admin as KubeSphere's agent is), the token as a Secret, the Deployment.
+ */
 export function agentManifests(a: AgentInstall): Obj[] {
   const labels = { 'app.kubernetes.io/name': 'tower-agent', app: 'tower-agent' };
   const args = ['agent', `--name=${a.name}`, `--proxy-server=${a.proxyServer}`, '--keepalive=10s',
     `--kubesphere-service=${a.kubesphereService}`, '--kubernetes-service=kubernetes.default.svc:443'];
   if (a.proxyFingerprint) args.push(`--proxy-fingerprint=${a.proxyFingerprint}`);
+  if (a.insecureSkipProxyVerification) args.push('--insecure-skip-proxy-verification');
+  const role = a.clusterAdmin ? 'cluster-admin' : 'tower-agent';
   return [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels } },
+    ...(a.clusterAdmin ? [] : [{
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRole',
+      metadata: { name: 'tower-agent', labels },
+      rules: AGENT_IMPERSONATOR_RULES,
+    }]),
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRoleBinding',
       metadata: { name: 'tower-agent', labels },
-      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role },
       subjects: [{ kind: 'ServiceAccount', name: 'tower-agent', namespace: NAMESPACE }],
     },
     { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels }, type: 'Opaque', stringData: { token: a.token } },

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startMemberCluster, type MemberCluster } from './cluster.ts';
@@ -63,8 +64,16 @@ export class KubeHost {
     return Object.assign(p, { agentPort });
   }
 
+  /** the proxies' host key fingerprint, as they recorded it in the ConfigMap tower-proxy (the key persists in a Secret) */
+  get fingerprint(): string {
+    const r = spawnSync('kubectl', ['--kubeconfig', this.kubeconfig, '-n', 'kubesphere-system', 'get', 'configmap', 'tower-proxy', '-o', 'jsonpath={.data.hostKeyFingerprint}'], { encoding: 'utf8', timeout: 30_000 });
+    if (r.status !== 0 || !r.stdout.startsWith('SHA256:')) throw new Error(`no fingerprint recorded in kubesphere-system/tower-proxy: ${r.stderr}`);
+    return r.stdout.trim();
+  }
+
+  /** An agent that verifies the proxy by its recorded fingerprint. */
   startAgent(name: string, token: string, agentPort: number, member: MemberCluster, extra: string[] = []): TowerProcess {
-    const p = new TowerProcess(`agent ${name}`, ['agent', '--name', name, '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', member.kubeconfig, '--max-retry-interval', '1s', ...extra], {});
+    const p = new TowerProcess(`agent ${name}`, ['agent', '--name', name, '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', member.kubeconfig, '--max-retry-interval', '1s', '--proxy-fingerprint', this.fingerprint, ...extra], {});
     this.processes.push(p);
     return p;
   }

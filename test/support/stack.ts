@@ -1,6 +1,6 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { freePort, removeDir, run, tempDir, tower, TowerProcess, type RunResult } from './tower.ts';
 
 /** A proxy on its own data dir and loopback ports, with helpers to register clusters and start agents. */
@@ -40,8 +40,15 @@ export class Stack {
     return { token, join, result };
   }
 
+  /** the proxy's host key fingerprint, as it recorded it in the data dir */
+  get fingerprint(): string {
+    return (parse(readFileSync(join(this.dataDir, 'proxy.yaml'), 'utf8')) as { hostKeyFingerprint: string }).hostKeyFingerprint;
+  }
+
+  /** An agent of this proxy, which it verifies by the recorded fingerprint unless `extra` says otherwise. */
   startAgent(name: string, token: string, memberKubeconfig: string, extra: string[] = []): TowerProcess {
-    const p = new TowerProcess(`agent ${name}`, ['agent', '--name', name, '--token', token, '--proxy-server', this.proxyUrl, '--kubeconfig', memberKubeconfig, '--max-retry-interval', '2s', ...extra], {});
+    const verify = extra.some((a) => a === '--proxy-fingerprint' || a === '--insecure-skip-proxy-verification') ? [] : ['--proxy-fingerprint', this.fingerprint];
+    const p = new TowerProcess(`agent ${name}`, ['agent', '--name', name, '--token', token, '--proxy-server', this.proxyUrl, '--kubeconfig', memberKubeconfig, '--max-retry-interval', '2s', ...verify, ...extra], {});
     this.processes.push(p);
     return p;
   }

@@ -288,7 +288,8 @@ func proxy(args []string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fmt.Printf("serving %s forward=%s\n", l.Addr(), fl.Addr())
+	// the host key is fresh at every start, as the Go tower's; printed so that a test can pin it
+	fmt.Printf("serving %s forward=%s fingerprint=%s\n", l.Addr(), fl.Addr(), ssh.FingerprintSHA256(signer.PublicKey()))
 	http.Serve(l, http.HandlerFunc(handler))
 }
 

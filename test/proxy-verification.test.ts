@@ -1,0 +1,168 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import ssh2 from 'ssh2';
+import { WebSocketServer } from 'ws';
+import { WebSocketStream } from '../src/tunnel/ws-stream.ts';
+import { generateHostKey, hostKeyFingerprint } from '../src/tunnel/ssh.ts';
+import { kubectl, Stack } from './support/stack.ts';
+import { TowerProcess, TOWER } from './support/tower.ts';
+import { TestUpstream } from './support/upstream.ts';
+
+/**
+ * Whatever answers at the proxy's address: a WebSocket + SSH server with a key of its own that
+ * records every connection and every `config` an agent sends it, then refuses it.
+ */
+class RecordingProxy {
+  readonly hostKey = generateHostKey();
+  readonly fingerprint = hostKeyFingerprint(this.hostKey);
+  connections = 0;
+  readonly configs: Record<string, unknown>[] = [];
+  #server: Server;
+  port = 0;
+
+  constructor(offer: string[]) {
+    const ssh = new ssh2.Server({ hostKeys: [this.hostKey], ident: 'SSH-kubesphere-v1-server' }, (conn) => {
+      conn.on('error', () => {});
+      conn.on('authentication', (ctx) => ctx.accept());
+      conn.on('ready', () => undefined);
+      (conn as unknown as { on(e: string, l: (name: string, data: Buffer, want: boolean, reply: (ok: boolean, d?: Buffer) => void) => void): void })
+        .on('global request', (name, data, _want, reply) => {
+          if (name === 'config') this.configs.push(JSON.parse(data.toString()));
+          reply(false, Buffer.from('Unauthorized agent'));
+        });
+    });
+    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: () => 'kubesphere-v1' });
+    if (offer.length) wss.on('headers', (h) => h.push(`x-tower-features: ${offer.join(',')}`));
+    this.#server = createServer();
+    this.#server.on('connection', () => { this.connections++; });
+    this.#server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => ssh.injectSocket(new WebSocketStream(ws) as never)));
+  }
+
+  async start(): Promise<this> {
+    await new Promise<void>((r) => this.#server.listen(0, '127.0.0.1', r));
+    this.port = (this.#server.address() as { port: number }).port;
+    return this;
+  }
+
+  close(): void { this.#server.close(); this.#server.closeAllConnections(); }
+}
+
+let upstream: TestUpstream;
+const processes: TowerProcess[] = [];
+const fakes: RecordingProxy[] = [];
+let tokenKc: string;
+let certKc: string;
+let stack: Stack;
+
+function agent(args: string[]): TowerProcess {
+  const p = new TowerProcess('agent', ['agent', '--name', 'alpha', '--token', 'f'.repeat(64), '--max-retry', '1', '--max-retry-interval', '1s', ...args], {}, TOWER);
+  processes.push(p);
+  return p;
+}
+
+async function fake(offer: string[]): Promise<RecordingProxy> {
+  const f = await new RecordingProxy(offer).start();
+  fakes.push(f);
+  return f;
+}
+
+before(async () => {
+  upstream = await TestUpstream.start();
+  stack = new Stack();
+  tokenKc = upstream.writeKubeconfig(join(stack.dataDir, 'token.kubeconfig'), 'token');
+  certKc = upstream.writeKubeconfig(join(stack.dataDir, 'cert.kubeconfig'), 'cert');
+});
+
+after(async () => {
+  await Promise.all(processes.map((p) => p.stop('SIGKILL')));
+  for (const f of fakes) f.close();
+  await stack?.close();
+  await upstream?.close();
+});
+
+describe('a tower agent sends its member\'s credentials nowhere', () => {
+  for (const [how, kc] of [['a bearer token', () => tokenKc], ['a client certificate', () => certKc]] as const) {
+    test(`with ${how}, to a pinned tower proxy it sends no credential at all`, async () => {
+      const f = await fake(['tls-at-agent', 'auth-at-agent']);
+      const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', f.fingerprint, '--kubeconfig', kc()]);
+      assert.equal(await a.exited, 1);
+      assert.equal(f.configs.length, 1);
+      const sent = f.configs[0]!;
+      for (const k of ['BearerToken', 'CertData', 'KeyData', 'CAData']) assert.equal(sent[k], undefined, `${k} was sent`);
+      assert.deepEqual(sent.TowerFeatures, ['tls-at-agent', 'auth-at-agent']);
+      assert.doesNotMatch(JSON.stringify(sent), new RegExp(upstream.token));
+    });
+  }
+
+  test('to a proxy nothing verifies it sends nothing at all, and says why', async () => {
+    const f = await fake(['tls-at-agent', 'auth-at-agent']);
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--kubeconfig', tokenKc]);
+    assert.equal(await a.exited, 1);
+    assert.match(a.output, /^tower agent: refusing to connect to http:\/\/127\.0\.0\.1:\d+: nothing verifies that it is the proxy\. Give --proxy-fingerprint .*--insecure-skip-proxy-verification/m);
+    assert.equal(f.connections, 0, 'not even a TCP connection');
+  });
+
+  test('to a server with another host key it sends no config', async () => {
+    const f = await fake(['tls-at-agent', 'auth-at-agent']);
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', `SHA256:${'A'.repeat(43)}`, '--kubeconfig', tokenKc]);
+    assert.equal(await a.exited, 1);
+    assert.match(a.output, /the proxy's host key is SHA256:\S+, not SHA256:A{43}/);
+    assert.ok(f.connections > 0);
+    assert.equal(f.configs.length, 0);
+  });
+
+  test('a verified v1 (Go) proxy, which cannot do without them, gets the credentials v1 defines', async () => {
+    const f = await fake([]);
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', f.fingerprint, '--kubeconfig', tokenKc]);
+    assert.equal(await a.exited, 1);
+    assert.equal(Buffer.from(f.configs[0]!.BearerToken as string, 'base64').toString(), upstream.token);
+  });
+
+  test('--insecure-skip-proxy-verification connects anyway, and says so loudly', async () => {
+    const f = await fake(['tls-at-agent', 'auth-at-agent']);
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--insecure-skip-proxy-verification', '--kubeconfig', tokenKc]);
+    assert.equal(await a.exited, 1);
+    assert.match(a.output, /WARN .*INSECURE: --insecure-skip-proxy-verification: the proxy is not verified/);
+    assert.equal(f.configs.length, 1);
+  });
+});
+
+describe('TLS on the agent port (wss://)', () => {
+  before(async () => {
+    await stack.startProxy(['--agent-tls']);
+  });
+
+  test('the proxy records an https:// agent address, and the join command carries it with the fingerprint', async () => {
+    const { join: joinCommand } = await stack.token('alpha');
+    assert.match(joinCommand, new RegExp(`--proxy-server https://127\\.0\\.0\\.1:${stack.agentPort} --proxy-fingerprint SHA256:`));
+  });
+
+  test('an agent verifies the proxy\'s certificate with --proxy-ca alone, and kubectl goes through', async () => {
+    const { token } = await stack.token('alpha');
+    const a = new TowerProcess('agent wss', ['agent', '--name', 'alpha', '--token', token, '--proxy-server', `https://127.0.0.1:${stack.agentPort}`, '--proxy-ca', join(stack.dataDir, 'ca.crt'), '--kubeconfig', tokenKc], {});
+    processes.push(a);
+    await a.waitFor(/connected to proxy/);
+    assert.match(a.output, /agent starting .*verified=--proxy-ca/);
+    const r = await kubectl(await stack.kubeconfig('alpha'), ['get', '--raw', '/api']);
+    assert.equal(r.code, 0, r.stderr);
+    await a.stop();
+  });
+
+  test('without the CA that signed it, the proxy\'s certificate is refused', async () => {
+    const a = agent(['--proxy-server', `https://127.0.0.1:${stack.agentPort}`, '--kubeconfig', tokenKc]);
+    assert.equal(await a.exited, 1);
+    assert.match(a.output, /cannot reach the proxy at wss:\/\/127\.0\.0\.1:\d+: .*(self.signed|unable to (get|verify)|certificate)/i);
+  });
+
+  test('the host key and the CA survive a restart: pinned agents keep working', async () => {
+    const fingerprint = stack.fingerprint;
+    const ca = readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8');
+    await stack.proxy!.stop();
+    await stack.startProxy(['--agent-tls']);
+    assert.equal(stack.fingerprint, fingerprint);
+    assert.equal(readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'), ca);
+  });
+});
