@@ -187,23 +187,36 @@ export class TowerAgent {
       upstream.on('error', () => ch.destroy());
       ch.on('error', () => upstream.destroy());
       upstream.pipe(ch);
-      if (authorization) {
-        // the member's credentials join each request here, never earlier
-        const inject = new AuthorizationInjector(authorization);
-        inject.on('error', (err) => {
-          this.#log.warn('closed a channel whose requests are not HTTP/1.1', { target: hostPort, err: err.message });
-          ch.destroy();
-          upstream.destroy();
-        });
-        ch.pipe(inject).pipe(upstream);
-        upstream.once('close', () => inject.destroy());
-      } else {
-        ch.pipe(upstream);
-      }
+      if (authorization) this.#pipeAuthorized(ch, upstream, authorization, hostPort);
+      else ch.pipe(upstream);
       // an ssh2 channel that nobody reads never closes: end both together
       ch.once('close', () => { release(); upstream.destroy(); });
       upstream.once('close', () => { release(); ch.destroy(); });
     });
+  }
+
+  /**
+   * ch → upstream as pipe() does (backpressure, end), with the member's credentials joining each
+   * request head here, never earlier. A head and the bytes after it leave in one write.
+   */
+  #pipeAuthorized(ch: ClientChannel, upstream: Socket, authorization: string, hostPort: string): void {
+    const inject = new AuthorizationInjector(authorization, (b) => { upstream.write(b); });
+    ch.on('data', (d: Buffer) => {
+      upstream.cork();
+      try {
+        inject.feed(d);
+      } catch (err) {
+        this.#log.warn('closed a channel whose requests are not HTTP/1.1', { target: hostPort, err: (err as Error).message });
+        ch.destroy();
+        upstream.destroy();
+        return;
+      } finally {
+        upstream.uncork();
+      }
+      if (upstream.writableNeedDrain) ch.pause();
+    });
+    upstream.on('drain', () => ch.resume());
+    ch.once('end', () => upstream.end());
   }
 
   /** Keeps the session until it ends; returns why it ended. */

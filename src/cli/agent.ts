@@ -15,10 +15,11 @@ export class AgentCommand extends TowerCommand {
   static override usage = Command.Usage({
     description: 'Connect a member cluster to the proxy',
     details: `
-      Dials the proxy, announces this cluster's kube-apiserver and the credentials to reach it, and
-      carries the proxy's requests to it. Without --kubeconfig it uses the pod's service account.
+      Dials the proxy, verifies it (its host key, or its TLS certificate), announces this cluster's
+      kube-apiserver, and carries the proxy's requests to it with this cluster's credentials, which
+      a tower proxy never receives. Without --kubeconfig it uses the pod's service account.
     `,
-    examples: [['Join with the command that `tower token` printed', '$0 agent --name alpha --token <token> --proxy-server http://proxy.example:8080 --kubeconfig member.kubeconfig']],
+    examples: [['Join with the command that `tower token` printed', '$0 agent --name alpha --token <token> --proxy-server http://proxy.example:8080 --proxy-fingerprint SHA256:<fingerprint> --kubeconfig member.kubeconfig']],
   });
   readonly command = 'agent';
 

@@ -46,7 +46,7 @@ export class InstallAgentCommand extends TowerCommand {
       instead, for a Go tower proxy or --gateway-identity agent), the token in a Secret, and the
       agent's Deployment. Pipe it to \`kubectl apply -f -\` against the member cluster.
     `,
-    examples: [['With what `tower token` printed', '$0 install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 | kubectl apply -f -']],
+    examples: [['With what `tower token` printed', '$0 install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 --proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -']],
   });
   readonly command = 'install';
 

@@ -14,8 +14,9 @@ export class KubeconfigCommand extends TowerCommand {
     description: 'Print a kubeconfig that reaches a member cluster through the gateway',
     details: `
       The client certificate is signed by tower's CA (CN from --user, O from --group) and bound to
-      the cluster: the gateway serves it that cluster only. The server is the gateway address the
-      proxy recorded in the data dir, with /clusters/<name>.
+      the cluster: the gateway serves it that cluster only, and its requests act in the member as
+      that user and those groups (Kubernetes impersonation), so the member's RBAC decides. The
+      server is the gateway address the proxy recorded in the data dir, with /clusters/<name>.
 
       Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote into the Cluster
       (spec.connection.kubeconfig) once its agent is connected; --gateway issues one for the gateway
@@ -23,7 +24,7 @@ export class KubeconfigCommand extends TowerCommand {
     `,
     examples: [
       ['Admin access to alpha', '$0 kubeconfig alpha > alpha.kubeconfig'],
-      ['A read-only group', '$0 kubeconfig alpha --user jane --group viewers'],
+      ['Jane, with what the member\'s RBAC grants her and the group viewers', '$0 kubeconfig alpha --user jane --group viewers'],
       ['The Cluster\'s own, in a KubeSphere host', '$0 kubeconfig alpha --kubeconfig host.kubeconfig'],
     ],
   });

@@ -60,21 +60,10 @@ export class AgentEndpoint {
       what: 'agent port',
       log: opts.log,
     });
-    if (opts.tls) {
-      const https = createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ALPNProtocols: ['http/1.1'], ...timeouts });
-      https.on('tlsClientError', (err, socket) => {
-        this.#log.debug(1, 'agent port TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
-        socket.destroy();
-      });
-      https.on('secureConnection', (socket) => this.#guard.armFirstRequest(socket));
-      this.server = https;
-      this.#listener = this.#guard.deferredTls(https, HANDSHAKE_TIMEOUT_MS);
-    } else {
-      this.server = createServer(timeouts);
-      this.server.on('connection', (socket) => this.#guard.armFirstRequest(socket));
-      this.#guard.attach(this.server);
-      this.#listener = this.server;
-    }
+    this.server = opts.tls
+      ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ALPNProtocols: ['http/1.1'], ...timeouts })
+      : createServer(timeouts);
+    this.#listener = this.#guard.listenerFor(this.server, HANDSHAKE_TIMEOUT_MS);
     this.#wss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,

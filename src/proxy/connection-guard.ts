@@ -1,5 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import type { Server as TlsServer } from 'node:tls';
+import type { Server as HttpServer } from 'node:http';
+import { Server as TlsServer } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../observe/log.ts';
 
@@ -45,10 +46,29 @@ export class ConnectionGuard {
   }
 
   /**
+   * What should listen for `http`: a TLS server gets its connections once the client has spoken
+   * (and must finish its handshake within `handshakeMs`); every connection is counted and must
+   * start a request within the first-request deadline.
+   */
+  listenerFor(http: HttpServer, handshakeMs: number): Server {
+    if (http instanceof TlsServer) {
+      http.on('tlsClientError', (err, socket) => {
+        this.#opts.log.debug(1, `TLS handshake failed on the ${this.#opts.what}`, { remote: socket.remoteAddress, err: err.message });
+        socket.destroy();
+      });
+      http.on('secureConnection', (socket) => this.armFirstRequest(socket));
+      return this.#deferredTls(http, handshakeMs);
+    }
+    http.on('connection', (socket: Duplex) => this.armFirstRequest(socket));
+    this.attach(http);
+    return http;
+  }
+
+  /**
    * A TCP listener for `tls`: a connection is handed to it only once the client has sent its first
    * bytes (within `firstBytesMs`), so that a silent stranger costs a socket, not a TLS session.
    */
-  deferredTls(tls: TlsServer, firstBytesMs: number): Server {
+  #deferredTls(tls: TlsServer, firstBytesMs: number): Server {
     const waiting = new Set<Socket>();
     const listener = createServer((socket) => {
       if (socket.destroyed) return;

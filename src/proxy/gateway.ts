@@ -114,19 +114,11 @@ export class Gateway {
         handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
         ...timeouts,
       });
-      https.on('tlsClientError', (err, socket) => {
-        this.#log.debug(1, 'gateway TLS handshake failed', { remote: socket.remoteAddress, err: err.message });
-        socket.destroy();
-      });
-      https.on('secureConnection', (socket) => this.#guard.armFirstRequest(socket));
       this.server = https;
-      this.#listener = this.#guard.deferredTls(https, TLS_HANDSHAKE_TIMEOUT_MS);
     } else {
       this.server = createHttpServer(timeouts);
-      this.server.on('connection', (socket) => this.#guard.armFirstRequest(socket));
-      this.#guard.attach(this.server);
-      this.#listener = this.server;
     }
+    this.#listener = this.#guard.listenerFor(this.server, TLS_HANDSHAKE_TIMEOUT_MS);
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err, socket) => {
@@ -244,7 +236,7 @@ export class Gateway {
   #actAs(req: IncomingMessage, route: Route, then: (actAs: Identity | ImpersonationRequest | undefined) => void, refuse: (r: Refusal) => void): void {
     const identity = route.identity;
     if (!identity) { then(undefined); return; }
-    const wanted = impersonationRequest(req.headers, req.headersDistinct as Record<string, string[]>);
+    const wanted = impersonationRequest(req as IncomingMessage & { headersDistinct: Record<string, string[]> });
     if (wanted === undefined) { then(identity); return; }
     if (typeof wanted === 'string') { refuse({ status: 400, reason: 'BadRequest', message: `tower gateway: ${wanted}` }); return; }
     this.#impersonation.denied(route.member, route.cluster, identity, wanted).then((denied) => {

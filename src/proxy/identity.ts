@@ -55,9 +55,12 @@ export function certificateIdentity(cert: PeerCertificate): Identity | string {
 }
 
 /** The Impersonate-* headers of a request; a string when they are malformed. */
-export function impersonationRequest(headers: IncomingHttpHeaders, distinct: Record<string, string[]>): ImpersonationRequest | undefined | string {
-  const names = Object.keys(headers).filter((k) => k.startsWith('impersonate-'));
-  if (names.length === 0) return undefined;
+export function impersonationRequest(req: { headers: IncomingHttpHeaders; headersDistinct: Record<string, string[]> }): ImpersonationRequest | undefined | string {
+  let names: string[] | undefined;
+  for (const k in req.headers) if (k.startsWith('impersonate-')) (names ??= []).push(k);
+  if (!names) return undefined;
+  // built on each read: only for the requests that impersonate
+  const distinct = req.headersDistinct;
   const users = distinct['impersonate-user'] ?? [];
   if (users.length !== 1 || !users[0]) return 'impersonation needs exactly one Impersonate-User (kubectl --as)';
   const groups = distinct['impersonate-group'] ?? [];
