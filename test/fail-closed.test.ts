@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { kubectl, Stack } from './support/stack.ts';
@@ -77,4 +77,26 @@ test('--rotate writes a new token; agents with it connect; tower token then prin
   await stack.proxy!.waitFor(/cluster record usable again cluster=alpha/);
   const r = await kubectl(await stack.kubeconfig('alpha'), ['get', '--raw', '/api']);
   assert.equal(r.code, 0, r.stderr);
+});
+
+test('other files of the data dir are strangers too: a broken record of addresses or host key gets a clear error', async () => {
+  const record = join(stack.dataDir, 'proxy.yaml');
+  const hostKey = join(stack.dataDir, 'ssh_host_key');
+  const goodRecord = readFileSync(record, 'utf8');
+  const goodKey = readFileSync(hostKey, 'utf8');
+  try {
+    writeFileSync(record, 'agentUrl: 5\ngatewayUrl: [x]\n');
+    const r = await tower(['token', 'alpha'], stack.env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /ignoring an unusable file in the data dir .*proxy\.yaml why="is malformed"/);
+    assert.match(r.stdout, /--proxy-server http:\/\/127\.0\.0\.1:8080/, 'the default address is printed instead');
+    writeFileSync(hostKey, '-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n', { mode: 0o600 });
+    const k = await tower(['token', 'alpha'], stack.env);
+    assert.equal(k.code, 1);
+    assert.match(k.stderr, /^tower token: the proxy's SSH host key in .* is not a usable private key \(.*\); restore it, or remove it to make a new one/m);
+    assert.doesNotMatch(k.stderr, /unexpected error|\n\s+at /);
+  } finally {
+    writeFileSync(record, goodRecord);
+    writeFileSync(hostKey, goodKey, { mode: 0o600 });
+  }
 });

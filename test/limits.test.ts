@@ -82,10 +82,10 @@ describe('failed logins slow strangers down, and never keep a correct token out'
     }
     assert.equal(answers.length, 100);
     assert.deepEqual([...new Set(answers)], ['Unauthorized agent'], 'each wrong token gets the Go tower\'s answer, none a lockout');
-    const started = Date.now();
-    assert.equal(await attempt(token), 'admitted');
-    const waited = Date.now() - started;
-    assert.ok(waited < 10_000, `the correct token waited ${waited} ms`);
+    // the real agent, from the same address, with the correct token
+    const agent = stack.startAgent('target', token, upstream.writeKubeconfig(join(stack.dataDir, 'target.kubeconfig'), 'token'));
+    await agent.waitFor(/connected to proxy/, 10_000);
+    await agent.stop();
     // the delay was there for the stranger's next attempt: the limiter is not a no-op
     const slowStarted = Date.now();
     assert.equal(await attempt('1'.repeat(64)), 'Unauthorized agent');

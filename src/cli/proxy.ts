@@ -3,7 +3,6 @@ import { ConfigError } from '../errors.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
 import { log } from '../observe/log.ts';
 import type { GatewayIdentity } from '../proxy/identity.ts';
-import { Proxy } from '../proxy/proxy.ts';
 import { isKubernetesStore, TowerCommand } from './base.ts';
 
 export class ProxyCommand extends TowerCommand {
@@ -73,6 +72,8 @@ export class ProxyCommand extends TowerCommand {
       },
     } : {});
     if (o.leaderElect && !isKubernetesStore(store)) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
+    // loaded here, not at start: agents and other commands never evaluate the proxy and its PKI
+    const { Proxy } = await import('../proxy/proxy.ts');
     const proxy = new Proxy({
       store,
       host: o.host,

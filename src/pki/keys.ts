@@ -1,11 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.ts';
 import type { ClusterStore } from '../store/types.ts';
-import { generateHostKey } from '../tunnel/ssh.ts';
-import { CertificateAuthority } from './ca.ts';
+import { generateHostKey, hostKeyFingerprint } from '../tunnel/ssh.ts';
+import type { CertificateAuthority } from './ca.ts';
 
 /** tower's CA: from --ca-cert/--ca-key when given, else the store's own, created on first use. */
 export async function loadCertificateAuthority(store: ClusterStore, caCert?: string, caKey?: string): Promise<CertificateAuthority> {
+  // the X.509 stack is loaded by the commands that sign, never by an agent
+  const { CertificateAuthority } = await import('./ca.ts');
   if (caCert || caKey) {
     if (!caCert || !caKey) throw new ConfigError('give both --ca-cert and --ca-key, or neither to let tower keep its own CA in the data dir');
     const read = (path: string, flag: string) => {
@@ -25,5 +27,11 @@ export async function loadCertificateAuthority(store: ClusterStore, caCert?: str
 /** The proxy's persistent SSH host key (OpenSSH PEM), created on first use. */
 export async function loadHostKey(store: ClusterStore): Promise<string> {
   const m = await store.loadOrCreateKeyMaterial('ssh-host-key', async () => ({ ssh_host_key: generateHostKey() }));
-  return m.ssh_host_key!;
+  const key = m.ssh_host_key!;
+  try {
+    hostKeyFingerprint(key);
+  } catch (err) {
+    throw new ConfigError(`the proxy's SSH host key in ${store.location} is not a usable private key (${(err as Error).message}); restore it, or remove it to make a new one (agents pinned to the old fingerprint then need the new join command)`);
+  }
+  return key;
 }

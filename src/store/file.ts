@@ -96,12 +96,17 @@ export class FileStore implements ClusterStore {
   }
 
   async readProxyRecord(): Promise<ProxyRecord | undefined> {
-    const r = await this.#readYaml(join(this.dir, 'proxy.yaml'));
-    if (r.problem) {
-      log.warn('ignoring an unusable file in the data dir', { path: join(this.dir, 'proxy.yaml'), why: r.problem });
+    const path = join(this.dir, 'proxy.yaml');
+    const r = await this.#readYaml(path);
+    const d = r.doc as Partial<ProxyRecord> | undefined;
+    const problem = r.problem ?? (r.missing || d === undefined ? undefined
+      : typeof d !== 'object' || d === null || typeof d.agentUrl !== 'string' || typeof d.gatewayUrl !== 'string' || typeof d.hostKeyFingerprint !== 'string' ? 'is malformed' : undefined);
+    if (problem) {
+      // only addresses for printing: commands fall back to the defaults
+      log.warn('ignoring an unusable file in the data dir', { path, why: problem });
       return undefined;
     }
-    return r.doc as ProxyRecord | undefined;
+    return d as ProxyRecord | undefined;
   }
 
   async writeProxyRecord(record: ProxyRecord): Promise<void> {
