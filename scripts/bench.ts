@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,scale,clusters] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,clusters] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -11,7 +11,8 @@
 // kube-apiserver (scripts/test-cluster.sh), until the proxy has initialized all of them, then a restart.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -26,7 +27,7 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,scale,clusters').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,clusters').split(','));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
 /** --profile DIR: the proxy and agent write V8 CPU profiles there (node --cpu-prof) */
 const PROFILE = flag('--profile');
@@ -39,6 +40,13 @@ const SMALL_SECONDS = QUICK ? 3 : 10;
 const WATCH_STREAMS = QUICK ? 200 : 1000;
 const WATCH_EVENTS = QUICK ? 5 : 10;
 const CLK_TCK = 100;
+/** the soak: requests through one agent, mixed sizes, reused and fresh connections, with watches */
+const SOAK_REQUESTS = Number(flag('--soak-requests') ?? (QUICK ? 100_000 : 1_000_000));
+const SOAK_CONCURRENCY = 32;
+const SOAK_WATCHES = 16;
+/** idle CPU of a proxy with no cluster, then with this many (file store) */
+const IDLE_CLUSTERS = QUICK ? 100 : 400;
+const IDLE_SECONDS = QUICK ? 5 : 10;
 
 type PathName = 'direct' | 'openssh' | 'tunnel';
 const PATHS: PathName[] = ['direct', 'openssh', 'tunnel'];
@@ -102,6 +110,7 @@ function peakMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
 }
+function openFds(pid: number): number { return readdirSync(`/proc/${pid}/fd`).length; }
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
@@ -252,6 +261,8 @@ async function main(): Promise<void> {
   if (ONLY.has('small')) await smallWorkload(eps);
   if (ONLY.has('watch')) await watchWorkload(eps);
   if (ONLY.has('cold')) await coldWorkload(eps, tower);
+  const soak = ONLY.has('soak') ? await soakWorkload(tower) : undefined;
+  const idle = ONLY.has('idle') ? await idleWorkload() : undefined;
   const scale = ONLY.has('scale') ? await scaleWorkload(tower) : undefined;
   const clusters = ONLY.has('clusters') ? await clustersWorkload() : undefined;
   if (PROFILE) {
@@ -259,7 +270,7 @@ async function main(): Promise<void> {
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report(scale, clusters, (Date.now() - t0) / 1000);
+  report({ soak, idle, scale, clusters }, (Date.now() - t0) / 1000);
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -334,6 +345,88 @@ async function coldWorkload(eps: Record<PathName, Endpoint>, tower: Awaited<Retu
     cold.direct = Date.now() - d;
   }
   rows.push({ workload: 'cold path', figure: 'start to first answered request (incl. a client process start)', unit: 'ms', better: 'lower', values: cold });
+}
+
+/** Waits until a request through `ep` is answered (after a restart, the agent comes back first). */
+async function waitServed(ep: Endpoint): Promise<void> {
+  const s = Date.now();
+  for (;;) {
+    try { await load(ep, { mode: 'bulk', path: '/small' }); return; } catch { if (Date.now() - s > 20_000) throw new Error('the tunnel did not serve within 20 s'); }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/**
+ * A million requests through one fresh proxy and its agent: RSS and open descriptors sampled every
+ * second must stay flat (last third against first third), no listener warning, and SIGTERM
+ * afterwards must end the proxy at once.
+ */
+async function soakWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
+  await restartProxy(tower);
+  await waitServed(tower.endpoint);
+  const from = [tower.proxy.output.length, tower.agent.output.length];
+  const samples: { proxyRss: number; agentRss: number; proxyFds: number; agentFds: number }[] = [];
+  const sampler = setInterval(() => {
+    try {
+      samples.push({ proxyRss: rssMiB(tower.proxy.pid!), agentRss: rssMiB(tower.agent.pid!), proxyFds: openFds(tower.proxy.pid!), agentFds: openFds(tower.agent.pid!) });
+    } catch { /* a process between lives */ }
+  }, 1000);
+  const cpu0 = [cpuSeconds(tower.proxy.pid!), cpuSeconds(tower.agent.pid!)];
+  const r = await load(tower.endpoint, { mode: 'soak', path: '/small', concurrency: SOAK_CONCURRENCY, streams: SOAK_WATCHES, requests: SOAK_REQUESTS });
+  clearInterval(sampler);
+  const cpu = [cpuSeconds(tower.proxy.pid!) - cpu0[0]!, cpuSeconds(tower.agent.pid!) - cpu0[1]!];
+  const third = Math.max(1, Math.floor(samples.length / 3));
+  const first = samples.slice(0, third);
+  const last = samples.slice(-third);
+  const avg = (part: typeof samples, k: keyof (typeof samples)[number]) => mean(part.map((x) => x[k]));
+  const warnings = (tower.proxy.output.slice(from[0]) + tower.agent.output.slice(from[1])).match(/MaxListenersExceededWarning/g)?.length ?? 0;
+  const t = Date.now();
+  tower.proxy.kill('SIGTERM');
+  if (tower.proxy.exitCode === null) await once(tower.proxy, 'exit');
+  const exitSeconds = (Date.now() - t) / 1000;
+  const exitCode = tower.proxy.exitCode;
+  tower.proxy = start(binary, tower.proxyArgs, { env: { ...tower.env, ...TOWER_ENV } });
+  await waitOutput(tower.proxy, /proxy serving/);
+  const result = {
+    requests: r.requests!, failed: r.failed!, seconds: r.seconds!, cpuProxy: cpu[0]!, cpuAgent: cpu[1]!,
+    proxyRss: [avg(first, 'proxyRss'), avg(last, 'proxyRss')], agentRss: [avg(first, 'agentRss'), avg(last, 'agentRss')],
+    proxyFds: [avg(first, 'proxyFds'), avg(last, 'proxyFds')], agentFds: [avg(first, 'agentFds'), avg(last, 'agentFds')],
+    warnings, exitSeconds, exitCode,
+  };
+  log(`soak: ${result.requests} requests in ${result.seconds.toFixed(0)} s, proxy RSS ${result.proxyRss.map((x) => x.toFixed(0)).join(' → ')} MiB, agent ${result.agentRss.map((x) => x.toFixed(0)).join(' → ')} MiB`);
+  return result;
+}
+
+/** An idle proxy's CPU with no cluster, then with IDLE_CLUSTERS of them in its file store. */
+async function idleWorkload() {
+  const dir = join(work, 'idle');
+  mkdirSync(join(dir, 'clusters'), { recursive: true });
+  const proxy = start(binary, ['proxy', '--host', '127.0.0.1', '--port', String(await freePort()), '--gateway-port', String(await freePort())], { env: { TOWER_HOME: dir } });
+  await waitOutput(proxy, /proxy serving/);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const idlePercent = async () => {
+    await sleep(2000);
+    const c0 = cpuSeconds(proxy.pid!);
+    await sleep(IDLE_SECONDS * 1000);
+    return ((cpuSeconds(proxy.pid!) - c0) / IDLE_SECONDS) * 100;
+  };
+  const none = await idlePercent();
+  // the file store's own format, as `tower token` writes it
+  for (let i = 0; i < IDLE_CLUSTERS; i++) {
+    writeFileSync(join(dir, 'clusters', `idle-${i}.yaml`), `name: idle-${i}\ntoken: ${randomBytes(32).toString('hex')}\ncreatedAt: "${new Date().toISOString()}"\ngeneration: 1\n`, { mode: 0o600 });
+  }
+  const s = Date.now();
+  while ((proxy.output.match(/cluster registered/g) ?? []).length < IDLE_CLUSTERS) {
+    if (Date.now() - s > 30_000) throw new Error('the proxy did not register the idle clusters');
+    await sleep(100);
+  }
+  const many = await idlePercent();
+  proxy.kill('SIGTERM');
+  if (proxy.exitCode === null) await once(proxy, 'exit');
+  log(`idle proxy CPU: ${none.toFixed(2)}% with no cluster, ${many.toFixed(2)}% with ${IDLE_CLUSTERS}`);
+  return { clusters: IDLE_CLUSTERS, none, many };
 }
 
 async function scaleWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
@@ -434,7 +527,14 @@ async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?
   await waitOutput(tower.proxy, /proxy serving/);
 }
 
-function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, clusters: Awaited<ReturnType<typeof clustersWorkload>> | undefined, elapsed: number): void {
+interface Extra {
+  soak?: Awaited<ReturnType<typeof soakWorkload>>;
+  idle?: Awaited<ReturnType<typeof idleWorkload>>;
+  scale?: Awaited<ReturnType<typeof scaleWorkload>>;
+  clusters?: Awaited<ReturnType<typeof clustersWorkload>>;
+}
+
+function report({ soak, idle, scale, clusters }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -456,6 +556,26 @@ function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, cl
   }
   for (const u of merged.values()) lines.push(`| ${u.workload} | ${u.path} | ${fmt(u.cpuA)} | ${fmt(u.cpuB)} | ${fmt(u.peakA)} | ${fmt(u.peakB)} |`);
   lines.push('');
+  if (soak) {
+    const pair = (p: number[]) => `${fmt(p[0])} → ${fmt(p[1])} (${ratio(p[1], p[0])})`;
+    lines.push('| soak (tower only) | value |');
+    lines.push('| --- | ---: |');
+    lines.push(`| requests (every 10th 64 KiB, every 50th on a fresh connection; ${SOAK_WATCHES} watches reopened throughout), failed | ${soak.requests}, ${soak.failed} |`);
+    lines.push(`| duration, s / CPU s proxy, agent | ${fmt(soak.seconds)} / ${fmt(soak.cpuProxy)}, ${fmt(soak.cpuAgent)} |`);
+    lines.push(`| proxy RSS, MiB, first third → last third | ${pair(soak.proxyRss)} |`);
+    lines.push(`| agent RSS, MiB, first third → last third | ${pair(soak.agentRss)} |`);
+    lines.push(`| open descriptors proxy, agent, first third → last third | ${pair(soak.proxyFds)}, ${pair(soak.agentFds)} |`);
+    lines.push(`| listener warnings (MaxListenersExceededWarning) | ${soak.warnings} |`);
+    lines.push(`| SIGTERM afterwards: proxy gone in, s (exit code) | ${fmt(soak.exitSeconds)} (${soak.exitCode}) |`);
+    lines.push('');
+  }
+  if (idle) {
+    lines.push('| idle proxy (tower only, file store) | value |');
+    lines.push('| --- | ---: |');
+    lines.push(`| CPU with no cluster, % of a core | ${fmt(idle.none)} |`);
+    lines.push(`| CPU with ${idle.clusters} clusters, % of a core | ${fmt(idle.many)} |`);
+    lines.push('');
+  }
   if (scale) {
     lines.push('| scale (tower only) | value |');
     lines.push('| --- | ---: |');
@@ -481,7 +601,7 @@ function report(scale: Awaited<ReturnType<typeof scaleWorkload>> | undefined, cl
   }
   lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], scale, clusters, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], soak, idle, scale, clusters, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
 
 function cleanup(): void {

@@ -35,6 +35,9 @@ test('the watch reports additions, changes and removals within a second', async 
   await waitUntil('added', () => events.some((e) => e.type === 'added'), 1500, 20);
   await store.update({ ...c, token: 'b'.repeat(64) });
   await waitUntil('modified', () => events.some((e) => e.type === 'modified' && e.cluster.token === 'b'.repeat(64)), 1500, 20);
+  // an edit in place (same file, no rename): inotify names the file
+  writeFileSync(join(store.dir, 'clusters', 'beta.yaml'), `name: beta\ntoken: ${'e'.repeat(64)}\ncreatedAt: x\ngeneration: 7\n`);
+  await waitUntil('modified in place', () => events.some((e) => e.type === 'modified' && e.cluster.token === 'e'.repeat(64)), 1500, 20);
   removeDir(join(store.dir, 'clusters', 'beta.yaml'));
   await waitUntil('deleted', () => events.some((e) => e.type === 'deleted' && e.name === 'beta'), 1500, 20);
   w.close();

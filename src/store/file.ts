@@ -13,6 +13,8 @@ const LOCK_WAIT_MS = 10_000;
 const LOCK_STALE_MS = 30_000;
 const LOCK_RETRY_MS = 15;
 const WATCH_POLL_MS = 500;
+/** a full scan of the cluster files at most this often while inotify works */
+const FULL_SCAN_MS = 30_000;
 const KEY_FILES: Record<KeyMaterialKind, string[]> = { ca: ['ca.crt', 'ca.key'], 'ssh-host-key': ['ssh_host_key'] };
 const PUBLIC_FILES = new Set(['ca.crt']);
 
@@ -158,66 +160,97 @@ export class FileStore implements ClusterStore {
     throw new StoreError('EBUSY', `cannot claim ${path}`);
   }
 
+  /**
+   * Changes reach the proxy within a second at a cost that does not grow with the number of
+   * clusters: inotify names the file that changed, and a poll of the directory's own stamp (one
+   * stat) catches renames, i.e. every write of tower's; a full scan runs only then, and every
+   * FULL_SCAN_MS for what both could miss (an in-place edit on a network file system).
+   */
   watch(onEvent: (event: ClusterEvent) => void): Closer {
     const seen = new Map<string, { stamp: string; cluster: Cluster }>();
-    let scanning = false;
-    let again = false;
     let closed = false;
-    const scan = async () => {
-      if (scanning) { again = true; return; }
-      scanning = true;
+    /** names to look at, or 'all' for a full scan; worked off one at a time */
+    const queue = new Set<string>();
+    let working = false;
+    const look = async (name: string, st: { ino: number; mtimeMs: number; size: number } | undefined) => {
+      const prev = seen.get(name);
+      if (!st) {
+        if (prev) { seen.delete(name); onEvent({ type: 'deleted', name }); }
+        return;
+      }
+      const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+      if (prev?.stamp === stamp) return;
+      const cluster = await this.#readCluster(name);
+      // gone between stat and read: the next look reports the deletion
+      if (!cluster || closed) return;
+      seen.set(name, { stamp, cluster });
+      // an unusable record is an event too: the proxy stops trusting the token it had
+      if (!prev) onEvent({ type: 'added', cluster });
+      else if (prev.cluster.revision !== cluster.revision || prev.cluster.token !== cluster.token || prev.cluster.problem !== cluster.problem) onEvent({ type: 'modified', cluster });
+    };
+    const scanAll = async () => {
+      const names = new Set<string>();
+      for (const f of await readdir(this.#clustersDir)) {
+        const name = clusterFileName(f);
+        if (!name || closed) continue;
+        names.add(name);
+        await look(name, await stat(join(this.#clustersDir, f)).catch(() => undefined));
+      }
+      for (const name of [...seen.keys()]) if (!names.has(name) && !closed) await look(name, undefined);
+    };
+    const work = async () => {
+      if (working) return;
+      working = true;
       try {
-        do {
-          again = false;
-          const names = new Set<string>();
-          for (const f of await readdir(this.#clustersDir)) {
-            const name = clusterFileName(f);
-            if (!name) continue;
-            names.add(name);
-            const st = await stat(join(this.#clustersDir, f)).catch(() => undefined);
-            if (!st) continue;
-            const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
-            const prev = seen.get(name);
-            if (prev?.stamp === stamp) continue;
-            const cluster = await this.#readCluster(name);
-            if (closed) continue;
-            if (!cluster) {
-              // gone between readdir and read: the next scan reports the deletion
-              continue;
-            }
-            seen.set(name, { stamp, cluster });
-            // an unusable record is an event too: the proxy stops trusting the token it had
-            if (!prev) onEvent({ type: 'added', cluster });
-            else if (prev.cluster.revision !== cluster.revision || prev.cluster.token !== cluster.token || prev.cluster.problem !== cluster.problem) onEvent({ type: 'modified', cluster });
+        while (queue.size > 0 && !closed) {
+          const next = queue.has('') ? '' : queue.values().next().value!;
+          queue.delete(next);
+          try {
+            if (next === '') await scanAll();
+            else await look(next, await stat(join(this.#clustersDir, `${next}.yaml`)).catch(() => undefined));
+          } catch (err) {
+            log.warn('cannot scan the cluster store', { dir: this.#clustersDir, err: (err as Error).message });
           }
-          for (const name of [...seen.keys()]) {
-            if (!names.has(name) && !closed) {
-              seen.delete(name);
-              onEvent({ type: 'deleted', name });
-            }
-          }
-        } while (again && !closed);
-      } catch (err) {
-        log.warn('cannot scan the cluster store', { dir: this.#clustersDir, err: (err as Error).message });
+        }
       } finally {
-        scanning = false;
+        working = false;
       }
     };
+    /** '' asks for a full scan */
+    const enqueue = (name: string) => { queue.add(name); void work(); };
     let watcher: FSWatcher | undefined;
     try {
-      watcher = watch(this.#clustersDir, { persistent: false }, () => void scan());
-      watcher.on('error', () => watcher?.close());
+      watcher = watch(this.#clustersDir, { persistent: false }, (_event, file) => {
+        const name = file ? clusterFileName(String(file)) : '';
+        // temporary files of an atomic write are not clusters; their rename names the cluster's file
+        if (name !== undefined) enqueue(name);
+      });
+      watcher.on('error', () => { watcher?.close(); watcher = undefined; });
     } catch {
-      watcher = undefined; // polling below still picks changes up
+      watcher = undefined; // the polls below still pick changes up
     }
-    // inotify can miss events (e.g. on network file systems); a cheap poll bounds the delay
-    const timer = setInterval(() => void scan(), WATCH_POLL_MS);
-    timer.unref();
-    void scan();
+    let dirStamp = '';
+    const poll = setInterval(() => {
+      stat(this.#clustersDir).then((st) => {
+        const stamp = `${st.ino}:${st.mtimeMs}`;
+        if (stamp !== dirStamp) { dirStamp = stamp; enqueue(''); }
+      }, () => enqueue(''));
+    }, WATCH_POLL_MS);
+    poll.unref();
+    let lastFull = Date.now();
+    const full = setInterval(() => {
+      // without inotify, files edited in place show only in a full scan: then scan at the poll's pace
+      if (watcher && Date.now() - lastFull < FULL_SCAN_MS) return;
+      lastFull = Date.now();
+      enqueue('');
+    }, WATCH_POLL_MS);
+    full.unref();
+    enqueue('');
     const closer = {
       close: () => {
         closed = true;
-        clearInterval(timer);
+        clearInterval(poll);
+        clearInterval(full);
         watcher?.close();
         this.#closers.delete(closer);
       },
