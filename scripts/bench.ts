@@ -43,6 +43,7 @@ const CLK_TCK = 100;
 /** the soak: requests through one agent, mixed sizes, reused and fresh connections, with watches */
 const SOAK_REQUESTS = Number(flag('--soak-requests') ?? (QUICK ? 100_000 : 1_000_000));
 const SOAK_CONCURRENCY = 32;
+const SOAK_FRESH_EVERY = Number(flag('--soak-fresh-every') ?? 50);
 const SOAK_WATCHES = 16;
 /** idle CPU of a proxy with no cluster, then with this many (file store) */
 const IDLE_CLUSTERS = QUICK ? 100 : 400;
@@ -374,7 +375,7 @@ async function soakWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
     } catch { /* a process between lives */ }
   }, 1000);
   const cpu0 = [cpuSeconds(tower.proxy.pid!), cpuSeconds(tower.agent.pid!)];
-  const r = await load(tower.endpoint, { mode: 'soak', path: '/small', concurrency: SOAK_CONCURRENCY, streams: SOAK_WATCHES, requests: SOAK_REQUESTS });
+  const r = await load(tower.endpoint, { mode: 'soak', path: '/small', concurrency: SOAK_CONCURRENCY, streams: SOAK_WATCHES, requests: SOAK_REQUESTS, freshEvery: SOAK_FRESH_EVERY });
   clearInterval(sampler);
   const cpu = [cpuSeconds(tower.proxy.pid!) - cpu0[0]!, cpuSeconds(tower.agent.pid!) - cpu0[1]!];
   const third = Math.max(1, Math.floor(samples.length / 3));
@@ -560,7 +561,7 @@ function report({ soak, idle, scale, clusters }: Extra, elapsed: number): void {
     const pair = (p: number[]) => `${fmt(p[0])} → ${fmt(p[1])} (${ratio(p[1], p[0])})`;
     lines.push('| soak (tower only) | value |');
     lines.push('| --- | ---: |');
-    lines.push(`| requests (every 10th 64 KiB, every 50th on a fresh connection; ${SOAK_WATCHES} watches reopened throughout), failed | ${soak.requests}, ${soak.failed} |`);
+    lines.push(`| requests (every 10th 64 KiB, every ${SOAK_FRESH_EVERY}th on a fresh connection; ${SOAK_WATCHES} watches reopened throughout), failed | ${soak.requests}, ${soak.failed} |`);
     lines.push(`| duration, s / CPU s proxy, agent | ${fmt(soak.seconds)} / ${fmt(soak.cpuProxy)}, ${fmt(soak.cpuAgent)} |`);
     lines.push(`| proxy RSS, MiB, first third → last third | ${pair(soak.proxyRss)} |`);
     lines.push(`| agent RSS, MiB, first third → last third | ${pair(soak.agentRss)} |`);

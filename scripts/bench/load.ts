@@ -3,12 +3,12 @@
 //   bulk:  GET `path` once, count bytes → { bytes, seconds }
 //   small: `concurrency` loops of GET `path` for `seconds` → { requests, seconds, p50, p99 } (ms)
 //   watch: `streams` concurrent GETs of a stream, count events until they end → { events, seconds }
-//   soak:  `requests` GETs by `concurrency` loops, mixed sizes (every 10th 64 KiB), every 50th on a
-//          fresh connection, while `streams` watches open and end again → { requests, failed, seconds }
+//   soak:  `requests` GETs by `concurrency` loops, mixed sizes (every 10th 64 KiB), every `freshEvery`th
+//          (50) on a fresh connection, while `streams` watches open and end again → { requests, failed, seconds }
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 
-interface Job { mode: 'bulk' | 'small' | 'watch' | 'soak'; host: string; port: number; path: string; ca: string; cert: string; key: string; concurrency?: number; seconds?: number; streams?: number; requests?: number }
+interface Job { mode: 'bulk' | 'small' | 'watch' | 'soak'; host: string; port: number; path: string; ca: string; cert: string; key: string; concurrency?: number; seconds?: number; streams?: number; requests?: number; freshEvery?: number }
 const job = JSON.parse(process.argv[2]!) as Job;
 const tls = { ca: readFileSync(job.ca), cert: readFileSync(job.cert), key: readFileSync(job.key) };
 const agent = new Agent({ keepAlive: true, maxSockets: Math.max(job.concurrency ?? 1, job.streams ?? 1), ...tls });
@@ -53,6 +53,7 @@ async function main(): Promise<unknown> {
   }
   if (job.mode === 'soak') {
     const total = job.requests ?? 100_000;
+    const fresh = job.freshEvery ?? 50;
     const prefix = job.path.replace(/\/small$/, '');
     let started = 0;
     let failed = 0;
@@ -62,7 +63,7 @@ async function main(): Promise<unknown> {
       while (started < total) {
         const n = started++;
         try {
-          await get(n % 10 === 0 ? `${prefix}/bulk?bytes=65536` : job.path, undefined, n % 50 === 0);
+          await get(n % 10 === 0 ? `${prefix}/bulk?bytes=65536` : job.path, undefined, fresh > 0 && n % fresh === 0);
         } catch {
           failed++;
         }
