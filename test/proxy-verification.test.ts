@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -20,6 +20,8 @@ class RecordingProxy {
   readonly fingerprint = hostKeyFingerprint(this.hostKey);
   connections = 0;
   readonly configs: Record<string, unknown>[] = [];
+  /** what it answers every config with */
+  refusal = 'Unauthorized agent';
   #server: Server;
   port = 0;
 
@@ -31,7 +33,7 @@ class RecordingProxy {
       (conn as unknown as { on(e: string, l: (name: string, data: Buffer, want: boolean, reply: (ok: boolean, d?: Buffer) => void) => void): void })
         .on('global request', (name, data, _want, reply) => {
           if (name === 'config') this.configs.push(JSON.parse(data.toString()));
-          reply(false, Buffer.from('Unauthorized agent'));
+          reply(false, Buffer.from(this.refusal));
         });
     });
     const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: () => 'kubesphere-v1' });
@@ -127,6 +129,28 @@ describe('a tower agent sends its member\'s credentials nowhere', () => {
     assert.equal(await a.exited, 1);
     assert.match(a.output, /WARN .*INSECURE: --insecure-skip-proxy-verification: the proxy is not verified/);
     assert.equal(f.configs.length, 1);
+  });
+});
+
+describe('what a proxy or a kubeconfig says is not trusted either', () => {
+  test('a refusal full of terminal escapes reaches the terminal escaped and cut short', async () => {
+    const f = await fake(['tls-at-agent', 'auth-at-agent']);
+    f.refusal = `Unauthorized agent \x1b[2J\x1b]0;owned\x07${'x'.repeat(5000)}`;
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', f.fingerprint, '--kubeconfig', tokenKc]);
+    assert.equal(await a.exited, 1);
+    assert.match(a.output, /the proxy refused agent "alpha": Unauthorized agent \\x1b\[2J/);
+    assert.doesNotMatch(a.output, /[\x07\x1b]/);
+    assert.ok(a.output.length < 3000, `${a.output.length} characters printed`);
+  });
+
+  test('a token with a line break in the member kubeconfig is refused before it can reach a header', async () => {
+    const kc = join(stack.dataDir, 'crlf.kubeconfig');
+    writeFileSync(kc, readFileSync(tokenKc, 'utf8').replace(/token: (\S+)/, 'token: "$1\\r\\nImpersonate-User: admin"'));
+    const f = await fake(['tls-at-agent', 'auth-at-agent']);
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', f.fingerprint, '--kubeconfig', kc]);
+    assert.equal(await a.exited, 1);
+    assert.match(a.output, /^tower agent: the token of kubeconfig .*crlf\.kubeconfig is not a bearer token: it must be printable ASCII without spaces$/m);
+    assert.equal(f.connections, 0);
   });
 });
 

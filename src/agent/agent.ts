@@ -55,6 +55,10 @@ export class TowerAgent {
   #channels = 0;
 
   constructor(opts: AgentOptions) {
+    // the command checks this with a friendlier message; here it holds for every caller
+    if (!proxyVerification(opts.proxyUrl, opts.proxyFingerprint, opts.proxyCa) && !opts.insecureSkipProxyVerification) {
+      throw new TowerError('EUNVERIFIED', `refusing to connect to ${opts.proxyUrl}: nothing verifies that it is the proxy (give a fingerprint, or a wss:// address)`);
+    }
     this.#opts = opts;
     this.#log = opts.log;
   }
@@ -69,7 +73,6 @@ export class TowerAgent {
   async run(): Promise<void> {
     let failures = 0;
     let lastError: Error | undefined;
-    let warnedFingerprint = false;
     while (!this.#stopped) {
       if (failures > 0) {
         const { maxRetry } = this.#opts;
@@ -95,8 +98,8 @@ export class TowerAgent {
         continue;
       }
       failures = 0;
-      if (this.#opts.insecureSkipProxyVerification && !this.#opts.proxyFingerprint && !warnedFingerprint) {
-        warnedFingerprint = true;
+      // loudly, at every connection: each one hands this cluster's requests to whoever answered
+      if (!proxyVerification(this.#opts.proxyUrl, this.#opts.proxyFingerprint, this.#opts.proxyCa)) {
         this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: session.hostKeyFingerprint });
       }
       this.#log.info('connected to proxy', { proxy: this.#opts.proxyUrl, cluster: this.#opts.name, upstream: this.#upstreams(creds)[0], credentials: creds.origin });
@@ -271,6 +274,15 @@ function secureContextOf(c: Credentials): SecureContext {
     contexts.set(c, ctx);
   }
   return ctx;
+}
+
+/**
+ * What verifies the proxy at `proxyUrl` (normalised: ws:// or wss://) before anything is sent to
+ * it — its pinned host key, its TLS certificate — or undefined when nothing does.
+ */
+export function proxyVerification(proxyUrl: string, fingerprint: string | undefined, ca: string | undefined): string | undefined {
+  const by = [fingerprint && 'host key', proxyUrl.startsWith('wss:') && (ca ? '--proxy-ca' : 'system roots')].filter(Boolean);
+  return by.length ? by.join(' and ') : undefined;
 }
 
 /** Exponential from 1 s, capped, with jitter in [50%, 100%] of the step. */

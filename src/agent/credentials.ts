@@ -55,7 +55,8 @@ export function credentialsFromKubeconfig(path: string): Credentials {
   const server = cluster.server;
   if (typeof server !== 'string' || !/^https:\/\//.test(server)) throw bad(`cluster server ${JSON.stringify(server)} must be an https:// URL`);
   const tokenFile = typeof user.tokenFile === 'string' && user.tokenFile !== '' ? resolvePath(base, user.tokenFile) : undefined;
-  const token = typeof user.token === 'string' && user.token !== '' ? Buffer.from(user.token) : tokenFile ? readOrExplain(tokenFile, `tokenFile of kubeconfig ${path}`) : undefined;
+  const token = typeof user.token === 'string' && user.token !== '' ? checkedToken(Buffer.from(user.token), `the token of kubeconfig ${path}`)
+    : tokenFile ? checkedToken(readOrExplain(tokenFile, `tokenFile of kubeconfig ${path}`), tokenFile) : undefined;
   const creds: Credentials = {
     hostPort: normalizeHostPort(new URL(server).host, 443),
     caData: data(cluster, 'certificate-authority-data', 'certificate-authority'),
@@ -82,10 +83,18 @@ export function credentialsInCluster(env: NodeJS.ProcessEnv = process.env, dir =
   return {
     hostPort: normalizeHostPort(host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, 443),
     caData: readOrExplain(join(dir, 'ca.crt'), 'the service account CA'),
-    bearerToken: readOrExplain(tokenFile, 'the service account token'),
+    bearerToken: checkedToken(readOrExplain(tokenFile, 'the service account token'), tokenFile),
     tokenFile,
     origin: `service account in ${dir}`,
   };
+}
+
+/** A bearer token goes into a header this agent writes: printable ASCII only (surrounding whitespace is dropped when used). */
+function checkedToken(token: Buffer, where: string): Buffer {
+  if (!/^[\x21-\x7e]+$/.test(token.toString('latin1').trim())) {
+    throw new ConfigError(`${where} is not a bearer token: it must be printable ASCII without spaces`);
+  }
+  return token;
 }
 
 function resolvePath(base: string, p: string): string {

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { TowerError } from '../errors.ts';
+import { printable } from '../observe/log.ts';
 import { FEATURES_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 
@@ -59,7 +60,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => { if (body.length < 200) body += d; });
-      res.on('end', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode} ${res.statusMessage}${body.trim() ? `: ${body.trim().slice(0, 200)}` : ''} (is --proxy-server the proxy's agent port?)`)));
+      res.on('end', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode} ${printable(res.statusMessage ?? '')}${body.trim() ? `: ${printable(body.trim().slice(0, 200))}` : ''} (is --proxy-server the proxy's agent port?)`)));
       res.on('error', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode}`)));
     });
     ws.on('error', (err: NodeJS.ErrnoException) => fail(new TowerError(err.code ?? 'EDIAL', `cannot reach the proxy at ${url}${proxy ? ` through ${proxy.host}` : ''}: ${err.message}`)));

@@ -4,7 +4,7 @@ import { ConfigError } from '../errors.ts';
 import { AGENT_OPTIONS } from '../config/options.ts';
 import { formatDuration } from '../config/duration.ts';
 import { log } from '../observe/log.ts';
-import { normalizeProxyServer, TowerAgent } from '../agent/agent.ts';
+import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
@@ -50,10 +50,10 @@ export class AgentCommand extends TowerCommand {
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
     if (!o.token) throw new ConfigError(`--token is required: print it on the proxy's host with: tower token ${o.name}`);
     const proxyUrl = normalizeProxyServer(o.proxyServer);
-    const secure = proxyUrl.startsWith('wss:');
-    if (o.proxyCa && !secure) throw new ConfigError(`--proxy-ca verifies a TLS proxy, but --proxy-server ${o.proxyServer} is not https:// (or wss://)`);
+    if (o.proxyCa && !proxyUrl.startsWith('wss:')) throw new ConfigError(`--proxy-ca verifies a TLS proxy, but --proxy-server ${o.proxyServer} is not https:// (or wss://)`);
+    const verifiedBy = proxyVerification(proxyUrl, o.proxyFingerprint, o.proxyCa);
     // nothing is sent to a proxy that nothing verifies: not the token, not a credential
-    if (!o.proxyFingerprint && !secure && !o.insecureSkipProxyVerification) {
+    if (!verifiedBy && !o.insecureSkipProxyVerification) {
       throw new ConfigError(`refusing to connect to ${o.proxyServer}: nothing verifies that it is the proxy. Give --proxy-fingerprint (the join command that \`tower token ${o.name}\` prints has it), or an https:// --proxy-server whose certificate verifies (--proxy-ca), or --insecure-skip-proxy-verification to connect anyway`);
     }
     const proxyCa = o.proxyCa ? readProxyCa(o.proxyCa) : undefined;
@@ -78,7 +78,6 @@ export class AgentCommand extends TowerCommand {
       maxChannels: o.maxChannels,
       log,
     });
-    const verifiedBy = [o.proxyFingerprint && 'host key', secure && (o.proxyCa ? '--proxy-ca' : 'system roots')].filter(Boolean).join(' and ');
     if (!verifiedBy) log.warn('INSECURE: --insecure-skip-proxy-verification: the proxy is not verified; whoever answers at its address gets this cluster\'s requests');
     log.info('agent starting', { cluster: o.name, proxy: proxyUrl, verified: verifiedBy || 'no', keepalive: formatDuration(o.keepalive), crypto: CRYPTO_BACKEND });
     const stop = () => agent.stop();

@@ -3,7 +3,7 @@ import { stringify as toYaml } from 'yaml';
 import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
 import { agentManifests, proxyManifests } from '../kube/manifests.ts';
-import { normalizeProxyServer } from '../agent/agent.ts';
+import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import { TowerCommand } from './base.ts';
 
@@ -69,8 +69,7 @@ export class InstallAgentCommand extends TowerCommand {
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
     if (!o.token) throw new ConfigError('--token is required: print it with `tower token <name>`');
     if (!o.proxyServer) throw new ConfigError('--proxy-server is required: the proxy\'s agent endpoint, as `tower token` prints it');
-    const secure = normalizeProxyServer(o.proxyServer).startsWith('wss:');
-    if (!o.proxyFingerprint && !secure && !o.insecureSkipProxyVerification) {
+    if (!proxyVerification(normalizeProxyServer(o.proxyServer), o.proxyFingerprint, undefined) && !o.insecureSkipProxyVerification) {
       throw new ConfigError(`--proxy-fingerprint is required with a plain http:// --proxy-server, so that the agent can verify the proxy (the join command that \`tower token ${o.name}\` prints has it); or --insecure-skip-proxy-verification`);
     }
     printAll(agentManifests({

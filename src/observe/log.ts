@@ -71,6 +71,11 @@ export function truncate(s: string): string {
   return s.length > MAX_FIELD_CHARS ? `${s.slice(0, MAX_FIELD_CHARS)}…(${s.length - MAX_FIELD_CHARS} more)` : s;
 }
 
+/** Text from a peer, made safe to print: at most MAX_FIELD_CHARS, control characters escaped. */
+export function printable(s: string): string {
+  return escapeControls(truncate(s));
+}
+
 /** Backslashes and control characters (terminal escapes among them) escaped, so a value stays on its line and inert. */
 function escapeControls(s: string): string {
   return s.replace(/[\\\x00-\x1f\x7f-\x9f]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));

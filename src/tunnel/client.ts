@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
 import { TowerError } from '../errors.ts';
+import { printable } from '../observe/log.ts';
 import { ALGORITHMS, fingerprint, type TunnelClient } from './ssh.ts';
 import { CHANNEL_TYPE, CHANNEL_TYPE_TLS, CLIENT_IDENT, encodeConfig, FEATURE_TLS_AT_AGENT, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
 
@@ -61,7 +62,8 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
         // Go peers put the reason in the payload, and Go agents read only the payload
         const text = data && data.length > 0 ? data.toString('utf8') : '';
         if (failed || text) {
-          fail(new ConfigRejectedError(text || 'the proxy rejected the config without a reason'));
+          // the proxy's words end up on a terminal: escaped and cut
+          fail(new ConfigRejectedError(text ? printable(text) : 'the proxy rejected the config without a reason'));
           return;
         }
         if (settled) return;
