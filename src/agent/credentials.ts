@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { readFileOrExplain } from '../config/files.ts';
 import { ConfigError } from '../errors.ts';
 import { normalizeHostPort } from '../tunnel/protocol.ts';
 
@@ -49,14 +50,14 @@ export function credentialsFromKubeconfig(path: string): Credentials {
   const base = dirname(path);
   const data = (obj: Doc, dataKey: string, fileKey: string): Buffer | undefined => {
     if (typeof obj[dataKey] === 'string' && obj[dataKey] !== '') return Buffer.from(obj[dataKey] as string, 'base64');
-    if (typeof obj[fileKey] === 'string' && obj[fileKey] !== '') return readOrExplain(resolvePath(base, obj[fileKey] as string), `${fileKey} of kubeconfig ${path}`);
+    if (typeof obj[fileKey] === 'string' && obj[fileKey] !== '') return readFileOrExplain(resolvePath(base, obj[fileKey] as string), `${fileKey} of kubeconfig ${path}`);
     return undefined;
   };
   const server = cluster.server;
   if (typeof server !== 'string' || !/^https:\/\//.test(server)) throw bad(`cluster server ${JSON.stringify(server)} must be an https:// URL`);
   const tokenFile = typeof user.tokenFile === 'string' && user.tokenFile !== '' ? resolvePath(base, user.tokenFile) : undefined;
   const token = typeof user.token === 'string' && user.token !== '' ? checkedToken(Buffer.from(user.token), `the token of kubeconfig ${path}`)
-    : tokenFile ? checkedToken(readOrExplain(tokenFile, `tokenFile of kubeconfig ${path}`), tokenFile) : undefined;
+    : tokenFile ? checkedToken(readFileOrExplain(tokenFile, `tokenFile of kubeconfig ${path}`), tokenFile) : undefined;
   const creds: Credentials = {
     hostPort: normalizeHostPort(new URL(server).host, 443),
     caData: data(cluster, 'certificate-authority-data', 'certificate-authority'),
@@ -82,8 +83,8 @@ export function credentialsInCluster(env: NodeJS.ProcessEnv = process.env, dir =
   const tokenFile = join(dir, 'token');
   return {
     hostPort: normalizeHostPort(host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, 443),
-    caData: readOrExplain(join(dir, 'ca.crt'), 'the service account CA'),
-    bearerToken: checkedToken(readOrExplain(tokenFile, 'the service account token'), tokenFile),
+    caData: readFileOrExplain(join(dir, 'ca.crt'), 'the service account CA'),
+    bearerToken: checkedToken(readFileOrExplain(tokenFile, 'the service account token'), tokenFile),
     tokenFile,
     origin: `service account in ${dir}`,
   };
@@ -99,12 +100,4 @@ function checkedToken(token: Buffer, where: string): Buffer {
 
 function resolvePath(base: string, p: string): string {
   return isAbsolute(p) ? p : join(base, p);
-}
-
-function readOrExplain(path: string, what: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new ConfigError(`cannot read ${what} at ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
 }

@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
 import { Command, Option } from 'clipanion';
+import { readFileOrExplain } from '../config/files.ts';
 import { ConfigError } from '../errors.ts';
 import { AGENT_OPTIONS } from '../config/options.ts';
 import { formatDuration } from '../config/duration.ts';
@@ -90,12 +90,7 @@ export class AgentCommand extends TowerCommand {
 }
 
 function readProxyCa(path: string): string {
-  let pem: string;
-  try {
-    pem = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new ConfigError(`cannot read --proxy-ca ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
+  const pem = readFileOrExplain(path, '--proxy-ca').toString('utf8');
   if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`--proxy-ca ${path} holds no PEM certificate`);
   return pem;
 }

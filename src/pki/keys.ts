@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileOrExplain } from '../config/files.ts';
 import { ConfigError } from '../errors.ts';
 import type { ClusterStore } from '../store/types.ts';
 import { generateHostKey, hostKeyFingerprint } from '../tunnel/ssh.ts';
@@ -10,12 +10,8 @@ export async function loadCertificateAuthority(store: ClusterStore, caCert?: str
   const { CertificateAuthority } = await import('./ca.ts');
   if (caCert || caKey) {
     if (!caCert || !caKey) throw new ConfigError('give both --ca-cert and --ca-key, or neither to let tower keep its own CA in the data dir');
-    const read = (path: string, flag: string) => {
-      try { return readFileSync(path, 'utf8'); } catch (err) {
-        throw new ConfigError(`cannot read ${flag} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      }
-    };
-    return CertificateAuthority.load({ cert: read(caCert, '--ca-cert'), key: read(caKey, '--ca-key') }, `${caCert} and ${caKey}`);
+    const pair = { cert: readFileOrExplain(caCert, '--ca-cert').toString('utf8'), key: readFileOrExplain(caKey, '--ca-key').toString('utf8') };
+    return CertificateAuthority.load(pair, `${caCert} and ${caKey}`);
   }
   const m = await store.loadOrCreateKeyMaterial('ca', async () => {
     const pair = await CertificateAuthority.create('tower-ca');

@@ -1,7 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
-import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
+import { readFileOrExplain } from '../config/files.ts';
 import { ConfigError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
@@ -138,12 +138,7 @@ export class Proxy {
     const t = this.#opts.agentTls;
     if (!t) return undefined;
     if (t === true) return ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
-    const read = (path: string, flag: string) => {
-      try { return readFileSync(path, 'utf8'); } catch (err) {
-        throw new ConfigError(`cannot read ${flag} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      }
-    };
-    const pair = { cert: read(t.certFile, '--agent-tls-cert'), key: read(t.keyFile, '--agent-tls-key') };
+    const pair = { cert: readFileOrExplain(t.certFile, '--agent-tls-cert').toString('utf8'), key: readFileOrExplain(t.keyFile, '--agent-tls-key').toString('utf8') };
     try {
       createSecureContext(pair);
     } catch (err) {
