@@ -9,7 +9,7 @@ import { VERSION } from '../version.ts';
 import { FEATURES_HEADER, OFFERED_FEATURES, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
-import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
+import { AddressCounts, closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { LoginLimiter } from './login-limiter.ts';
 
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -21,6 +21,7 @@ const MAX_PENDING_CONNECTIONS_PER_ADDRESS = 1024;
 /** SSH packets are at most 35 000 bytes; Go writes one message per packet */
 export const MAX_MESSAGE_BYTES = 256 * 1024;
 export const WS_PING_INTERVAL_MS = 30_000;
+const FEATURES_LINE = `${FEATURES_HEADER}: ${OFFERED_FEATURES.join(',')}`;
 
 export interface AgentEndpointOptions {
   tunnel: TunnelServer;
@@ -42,8 +43,8 @@ export class AgentEndpoint {
   #wss: WebSocketServer;
   #opts: AgentEndpointOptions;
   #log: Logger;
-  #pending = 0;
-  #pendingByAddress = new Map<string, number>();
+  /** WebSocket handshakes in progress, up to SSH and `config` */
+  #pending = new AddressCounts(MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_ADDRESS);
   #logins = new LoginLimiter();
   #guard: ConnectionGuard;
   #pinger: NodeJS.Timeout;
@@ -73,7 +74,7 @@ export class AgentEndpoint {
       handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
     });
     // offer tower's extensions in the 101; Go agents ignore the header
-    this.#wss.on('headers', (headers) => headers.push(`${FEATURES_HEADER}: ${OFFERED_FEATURES.join(',')}`));
+    this.#wss.on('headers', (headers) => headers.push(FEATURES_LINE));
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
@@ -126,18 +127,14 @@ export class AgentEndpoint {
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
     if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
-    if (this.#pending >= MAX_PENDING_HANDSHAKES) return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
-    if ((this.#pendingByAddress.get(ip) ?? 0) >= MAX_PENDING_HANDSHAKES_PER_ADDRESS) return refuse(429, 'Too Many Requests', 'too many agent handshakes in progress from this address; retry later');
-    this.#pending++;
-    this.#pendingByAddress.set(ip, (this.#pendingByAddress.get(ip) ?? 0) + 1);
+    const full = this.#pending.acquire(ip);
+    if (full === 'total') return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
+    if (full) return refuse(429, 'Too Many Requests', 'too many agent handshakes in progress from this address; retry later');
     let counted = true;
     const done = () => {
       if (!counted) return;
       counted = false;
-      this.#pending--;
-      const n = (this.#pendingByAddress.get(ip) ?? 1) - 1;
-      if (n <= 0) this.#pendingByAddress.delete(ip);
-      else this.#pendingByAddress.set(ip, n);
+      this.#pending.release(ip);
     };
     socket.once('close', done);
     // a refusal by the authorizer is counted against (address, name); any other failure against the address

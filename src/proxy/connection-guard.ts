@@ -18,14 +18,46 @@ export interface ConnectionGuardOptions {
   log: Logger;
 }
 
+/** Things held at once (connections, handshakes), counted in total and per remote address, with a cap on each. */
+export class AddressCounts {
+  readonly maxTotal: number;
+  readonly maxPerAddress: number;
+  #total = 0;
+  #byAddress = new Map<string, number>();
+
+  constructor(maxTotal: number, maxPerAddress: number) {
+    this.maxTotal = maxTotal;
+    this.maxPerAddress = maxPerAddress;
+  }
+
+  get total(): number { return this.#total; }
+
+  /** Counts one more for `address`, or says which cap stands in the way. */
+  acquire(address: string): 'total' | 'per-address' | undefined {
+    const n = this.#byAddress.get(address) ?? 0;
+    if (this.#total >= this.maxTotal) return 'total';
+    if (n >= this.maxPerAddress) return 'per-address';
+    this.#total++;
+    this.#byAddress.set(address, n + 1);
+    return undefined;
+  }
+
+  release(address: string): void {
+    const n = this.#byAddress.get(address);
+    if (n === undefined) return;
+    this.#total--;
+    if (n <= 1) this.#byAddress.delete(address);
+    else this.#byAddress.set(address, n - 1);
+  }
+}
+
 /**
  * Caps on the connections a listening port holds, in total and per address, and a deadline for a
  * connection's first request: strangers cannot hold sockets until the process runs out of them.
  */
 export class ConnectionGuard {
   #opts: ConnectionGuardOptions;
-  #total = 0;
-  #byAddress = new Map<string, number>();
+  #counts: AddressCounts;
   /** "address:port" of each counted connection → its address */
   #counted = new Map<string, string>();
   #deadlines = new WeakMap<Duplex, NodeJS.Timeout>();
@@ -34,9 +66,10 @@ export class ConnectionGuard {
 
   constructor(opts: ConnectionGuardOptions) {
     this.#opts = opts;
+    this.#counts = new AddressCounts(opts.maxTotal, opts.maxPerAddress);
   }
 
-  get total(): number { return this.#total; }
+  get total(): number { return this.#counts.total; }
 
   /** Counts every TCP connection of `server`; one over a cap is closed at once. */
   attach(server: Server): void {
@@ -91,13 +124,11 @@ export class ConnectionGuard {
   }
 
   #admit(socket: Duplex, address: string): boolean {
-    const n = this.#byAddress.get(address) ?? 0;
-    if (this.#total >= this.#opts.maxTotal || n >= this.#opts.maxPerAddress) {
-      this.#noteRefusal(this.#total >= this.#opts.maxTotal ? 'total' : 'per-address');
+    const full = this.#counts.acquire(address);
+    if (full) {
+      this.#noteRefusal(full);
       return false;
     }
-    this.#total++;
-    this.#byAddress.set(address, n + 1);
     const key = peerKey(socket);
     this.#counted.set(key, address);
     socket.once('close', () => this.release(socket));
@@ -113,10 +144,7 @@ export class ConnectionGuard {
     const address = this.#counted.get(key);
     if (address === undefined) return;
     this.#counted.delete(key);
-    this.#total--;
-    const n = (this.#byAddress.get(address) ?? 1) - 1;
-    if (n <= 0) this.#byAddress.delete(address);
-    else this.#byAddress.set(address, n);
+    this.#counts.release(address);
   }
 
   /** Closes `socket` unless a request starts on it within the deadline. */
@@ -143,7 +171,7 @@ export class ConnectionGuard {
     this.#refused++;
     if (this.#refusalLog) return;
     this.#opts.log.warn(`refused a connection on the ${this.#opts.what}: too many connections (${which} cap)`, {
-      total: this.#total, maxTotal: this.#opts.maxTotal, maxPerAddress: this.#opts.maxPerAddress,
+      total: this.#counts.total, maxTotal: this.#opts.maxTotal, maxPerAddress: this.#opts.maxPerAddress,
     });
     this.#refused = 0;
     this.#refusalLog = setTimeout(() => {

@@ -38,6 +38,9 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = {
   requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
 };
 
+/** What every gateway of a proxy shares: who requests act as, certificates, limits, logging. */
+export type GatewayPolicy = Pick<GatewayOptions, 'identity' | 'allowUnboundCertificates' | 'limits' | 'accessLog'>;
+
 export interface GatewayOptions {
   registry: SessionRegistry;
   /** whether the store knows the cluster (the proxy keeps this from the store's watch) */
@@ -407,10 +410,11 @@ export class Gateway {
       headers.upgrade = req.headers.upgrade;
       const timeoutMs = this.#limits.requestTimeoutMs;
       let timer: NodeJS.Timeout | undefined;
+      // refuse() ends the socket after the Status: destroying it as well could cut that short
       const fail = (status: number, reason: string, message: string) => {
         clearTimeout(timer);
         refuse({ status, reason, message }, route);
-        socket.destroy();
+        if (!socket.writable) socket.destroy();
       };
       // upgraded connections get a channel of their own, never a pooled one
       member.connect().then((tls) => {

@@ -95,8 +95,9 @@ export function impersonationHeaders(out: OutgoingHttpHeaders, who: Identity | I
 
 /** Node writes header strings as latin1: hand it the UTF-8 bytes, so that non-ASCII names arrive intact */
 function wire(v: string): string {
-  return Buffer.from(v, 'utf8').toString('latin1');
+  return ASCII.test(v) ? v : Buffer.from(v, 'utf8').toString('latin1');
 }
+const ASCII = /^[\x20-\x7e]*$/;
 
 interface Verdict { allowed: boolean; expires: number }
 

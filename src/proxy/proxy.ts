@@ -13,8 +13,8 @@ import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
 import { ClusterPorts } from './cluster-ports.ts';
-import { DEFAULT_GATEWAY_LIMITS, Gateway, type GatewayLimits } from './gateway.ts';
-import { ImpersonationCheck, type GatewayIdentity } from './identity.ts';
+import { Gateway, type GatewayPolicy } from './gateway.ts';
+import { ImpersonationCheck } from './identity.ts';
 import { SessionRegistry } from './registry.ts';
 
 const STATUS_WRITE_DELAY_MS = 200;
@@ -28,22 +28,13 @@ export interface ProxyOptions {
   publishServiceAddress: string;
   caCert?: string;
   caKey?: string;
-  /** how the gateway and the cluster ports treat requests */
+  /** how the gateway and the cluster ports treat requests (default: as the certificate, bound certificates only, default limits) */
   gateway?: GatewayPolicy;
   /** serve TLS on the agent port: tower's CA issues the certificate, or these PEM files */
   agentTls?: boolean | { certFile: string; keyFile: string };
   log: Logger;
 }
 
-/** The gateway settings every gateway of the proxy shares. */
-export interface GatewayPolicy {
-  identity: GatewayIdentity;
-  allowUnboundCertificates: boolean;
-  limits: GatewayLimits;
-  accessLog: boolean;
-}
-
-const DEFAULT_POLICY: GatewayPolicy = { identity: 'certificate', allowUnboundCertificates: false, limits: DEFAULT_GATEWAY_LIMITS, accessLog: false };
 
 /** The proxy: agent endpoint, session registry and cluster gateway over one store. */
 export class Proxy {
@@ -63,13 +54,13 @@ export class Proxy {
   #serverNames: string[] = [];
   /** clusters served on ports of their own (Kubernetes mode) */
   #ports = new Map<string, ClusterPorts>();
-  #policy: GatewayPolicy;
-  #impersonation = new ImpersonationCheck();
+  /** given to every gateway of this proxy, with one cache of impersonation verdicts */
+  #gatewayPolicy: GatewayPolicy & { impersonation: ImpersonationCheck };
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.#policy = opts.gateway ?? DEFAULT_POLICY;
+    this.#gatewayPolicy = { ...opts.gateway, impersonation: new ImpersonationCheck() };
   }
 
   async start(): Promise<void> {
@@ -91,7 +82,7 @@ export class Proxy {
 
     const serving = await ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
 
-    if (this.#policy.identity === 'agent') {
+    if (this.#gatewayPolicy.identity === 'agent') {
       this.#log.warn('--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower\'s behaviour); certificates\' users and groups are ignored');
     }
     this.#endpoint = new AgentEndpoint({
@@ -105,7 +96,7 @@ export class Proxy {
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
       tls: { caPem: ca.certPem, cert: serving.cert, key: serving.key },
-      ...this.#gatewayPolicy(),
+      ...this.#gatewayPolicy,
       log: this.#log,
     });
     this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
@@ -126,12 +117,6 @@ export class Proxy {
       hostKey: this.hostKeyFingerprint,
       crypto: CRYPTO_BACKEND,
     });
-  }
-
-  /** what every gateway of this proxy is given: the policy, and one cache of impersonation verdicts */
-  #gatewayPolicy() {
-    const p = this.#policy;
-    return { identity: p.identity, allowUnboundCertificates: p.allowUnboundCertificates, limits: p.limits, accessLog: p.accessLog, impersonation: this.#impersonation };
   }
 
   async #agentTls(ca: CertificateAuthority): Promise<{ cert: string; key: string } | undefined> {
@@ -210,7 +195,7 @@ export class Proxy {
         name, host: this.#opts.host, ca: this.#ca!, registry: this.registry, log: this.#log,
         knows: (n) => this.#clusters.has(n),
         baseNames: this.#serverNames,
-        gateway: this.#gatewayPolicy(),
+        gateway: this.#gatewayPolicy,
       });
       this.#ports.set(name, ports);
     }
