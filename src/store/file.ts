@@ -100,15 +100,15 @@ export class FileStore implements ClusterStore {
   async readProxyRecord(): Promise<ProxyRecord | undefined> {
     const path = join(this.dir, 'proxy.yaml');
     const r = await this.#readYaml(path);
-    const d = r.doc as Partial<ProxyRecord> | undefined;
-    const problem = r.problem ?? (r.missing || d === undefined ? undefined
-      : typeof d !== 'object' || d === null || typeof d.agentUrl !== 'string' || typeof d.gatewayUrl !== 'string' || typeof d.hostKeyFingerprint !== 'string' ? 'is malformed' : undefined);
-    if (problem) {
+    if (r.missing || (!r.problem && r.doc === undefined)) return undefined;
+    const d = r.doc as Partial<ProxyRecord> | null;
+    const wellFormed = typeof d === 'object' && d !== null && typeof d.agentUrl === 'string' && typeof d.gatewayUrl === 'string' && typeof d.hostKeyFingerprint === 'string';
+    if (r.problem || !wellFormed) {
       // only addresses for printing: commands fall back to the defaults
-      log.warn('ignoring an unusable file in the data dir', { path, why: problem });
+      log.warn('ignoring an unusable file in the data dir', { path, why: r.problem ?? 'is malformed' });
       return undefined;
     }
-    return d as ProxyRecord | undefined;
+    return d as ProxyRecord;
   }
 
   async writeProxyRecord(record: ProxyRecord): Promise<void> {
@@ -169,7 +169,7 @@ export class FileStore implements ClusterStore {
   watch(onEvent: (event: ClusterEvent) => void): Closer {
     const seen = new Map<string, { stamp: string; cluster: Cluster }>();
     let closed = false;
-    /** names to look at, or 'all' for a full scan; worked off one at a time */
+    /** cluster names to look at, '' for a full scan; worked off one at a time, a full scan first */
     const queue = new Set<string>();
     let working = false;
     const look = async (name: string, st: { ino: number; mtimeMs: number; size: number } | undefined) => {
@@ -216,7 +216,6 @@ export class FileStore implements ClusterStore {
         working = false;
       }
     };
-    /** '' asks for a full scan */
     const enqueue = (name: string) => { queue.add(name); void work(); };
     let watcher: FSWatcher | undefined;
     try {
@@ -230,27 +229,23 @@ export class FileStore implements ClusterStore {
       watcher = undefined; // the polls below still pick changes up
     }
     let dirStamp = '';
+    let lastFull = Date.now();
     const poll = setInterval(() => {
-      stat(this.#clustersDir).then((st) => {
-        const stamp = `${st.ino}:${st.mtimeMs}`;
-        if (stamp !== dirStamp) { dirStamp = stamp; enqueue(''); }
-      }, () => enqueue(''));
+      // without inotify, a file edited in place shows only in a full scan: then one every poll
+      const due = !watcher || Date.now() - lastFull >= FULL_SCAN_MS;
+      stat(this.#clustersDir).then((st) => `${st.ino}:${st.mtimeMs}`, () => '').then((stamp) => {
+        if (stamp === dirStamp && !due) return;
+        dirStamp = stamp;
+        lastFull = Date.now();
+        enqueue('');
+      });
     }, WATCH_POLL_MS);
     poll.unref();
-    let lastFull = Date.now();
-    const full = setInterval(() => {
-      // without inotify, files edited in place show only in a full scan: then scan at the poll's pace
-      if (watcher && Date.now() - lastFull < FULL_SCAN_MS) return;
-      lastFull = Date.now();
-      enqueue('');
-    }, WATCH_POLL_MS);
-    full.unref();
     enqueue('');
     const closer = {
       close: () => {
         closed = true;
         clearInterval(poll);
-        clearInterval(full);
         watcher?.close();
         this.#closers.delete(closer);
       },
