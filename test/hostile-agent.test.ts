@@ -47,7 +47,7 @@ after(async () => {
   await member?.stop();
 });
 
-describe('a hostile agent\'s config values: that agent is refused with the reason, nothing else changes', () => {
+describe('a hostile agent\'s config values (bad, huge, of the wrong type, missing): that agent is refused with the reason, nothing else changes', () => {
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ['a CR/LF in the bearer token (header injection)', { BearerToken: b64('token\r\nImpersonate-User: admin') }, /invalid config: BearerToken must be/],
     ['a CR/LF in KubernetesSvcHost (the Host header)', { KubernetesSvcHost: 'evil\r\nX: y:443' }, /invalid config: KubernetesSvcHost must be host:port in printable ASCII/],
@@ -56,6 +56,8 @@ describe('a hostile agent\'s config values: that agent is refused with the reaso
     ['a key without its certificate', { KeyData: b64('-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n') }, /invalid config: CertData and KeyData come together/],
     ['a token of the wrong type', { Token: 12345 }, /malformed config payload: field Token must be a string/],
     ['a feature list of the wrong type', { TowerFeatures: 'tls-at-agent' }, /malformed config payload: field TowerFeatures must be a list of strings/],
+    ['no token at all', { Token: null }, /invalid config: Token must be 1-512 printable ASCII characters/],
+    ['no kube-apiserver at all', { KubernetesSvcHost: undefined }, /invalid config: KubernetesSvcHost is missing/],
   ];
   for (const [what, patch, reason] of cases) {
     test(what, async () => {

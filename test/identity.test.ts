@@ -145,6 +145,13 @@ describe('who the member sees is never the client\'s word', () => {
     const denied = await echoed({ 'impersonate-user': 'eve' });
     assert.equal(denied.status, 403);
     assert.equal(denied.seen, undefined, 'a refused impersonation reaches nothing');
+    // a group without a user, or two users, is malformed: kube-apiserver would refuse it too
+    const malformedHeaders: Record<string, string | string[]>[] = [{ 'impersonate-group': 'ops' }, { 'impersonate-user': ['bob', 'eve'] }];
+    for (const headers of malformedHeaders) {
+      const malformed = await echoed(headers);
+      assert.equal(malformed.status, 400, JSON.stringify(headers));
+      assert.equal(malformed.seen, undefined);
+    }
   });
 
   test('the Kubernetes verb of a request, for the access log', () => {
