@@ -45,20 +45,28 @@ async function attempt(attemptToken: string): Promise<string> {
   }
 }
 
-/** Opens `n` TCP connections to `port` from each of `localAddresses` that send nothing. */
+/**
+ * Opens `n` TCP connections to `port` from each of `localAddresses` that send nothing, a batch at a
+ * time: a burst beyond the listen backlog would leave connections the proxy never accepted (and so
+ * cannot close) open at the client.
+ */
 async function idleSockets(port: number, n: number, ...localAddresses: string[]): Promise<Socket[]> {
   const out: Socket[] = [];
   for (const localAddress of localAddresses) {
-    for (let i = 0; i < n; i++) {
-      const s = connect({ port, host: '127.0.0.1', localAddress });
-      s.on('error', () => {});
-      out.push(s);
-      sockets.push(s);
+    for (let i = 0; i < n; i += IDLE_BATCH) {
+      const batch = Array.from({ length: Math.min(IDLE_BATCH, n - i) }, () => {
+        const s = connect({ port, host: '127.0.0.1', localAddress });
+        s.on('error', () => {});
+        sockets.push(s);
+        return s;
+      });
+      await Promise.all(batch.map((s) => once(s, 'connect').catch(() => undefined)));
+      out.push(...batch);
     }
   }
-  await Promise.all(out.map((s) => once(s, 'connect').catch(() => undefined)));
   return out;
 }
+const IDLE_BATCH = 200;
 
 function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
