@@ -4,6 +4,7 @@
 import { build } from 'esbuild';
 import { ensureNativeCrypto } from './native.mjs';
 import { createRequire } from 'node:module';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,7 +78,7 @@ await build({
   sourcemap: false,
   minifyWhitespace: false,
   legalComments: 'none',
-  define: { __TOWER_VERSION__: JSON.stringify(pkg.version) },
+  define: { __TOWER_VERSION__: JSON.stringify(pkg.version), __TOWER_COMMIT__: JSON.stringify(commit()) },
   // ssh2 loads cpu-features optionally, inside try/catch; its cipher order is set by tower anyway
   external: ['cpu-features'],
   plugins: [embedNativeCrypto, kubeClientAsset],
@@ -105,3 +106,14 @@ await sea(bundle, {
 chmodSync(tmp, 0o755);
 renameSync(tmp, output);
 console.error(`build: packed ${output} in ${Date.now() - t1} ms (ssh2 crypto: ${nativeCrypto ? 'native, embedded' : 'JS'})`);
+
+/** the commit built, with -dirty when the tree has changes; "unknown" outside a git checkout */
+function commit() {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return dirty ? `${head}-dirty` : head;
+  } catch {
+    return 'unknown';
+  }
+}

@@ -1,24 +1,83 @@
-import { Builtins, Cli } from 'clipanion';
+import { Cli } from 'clipanion';
 import { AgentCommand } from './cli/agent.ts';
+import type { TowerCommand } from './cli/base.ts';
+import { ClustersCommand, DeleteCommand } from './cli/clusters.ts';
+import { commandHelp, nearest, normalizeSwitches, overview, unknownFlag, type CommandEntry } from './cli/help.ts';
 import { InstallAgentCommand, InstallProxyCommand } from './cli/install.ts';
 import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
 import { TokenCommand } from './cli/token.ts';
+import { VersionCommand } from './cli/version.ts';
 import { VERSION } from './version.ts';
 
-const cli = new Cli({ binaryLabel: 'tower', binaryName: 'tower', binaryVersion: VERSION, enableColors: false });
-cli.register(ProxyCommand);
-cli.register(AgentCommand);
-cli.register(TokenCommand);
-cli.register(KubeconfigCommand);
-cli.register(InstallProxyCommand);
-cli.register(InstallAgentCommand);
-cli.register(Builtins.HelpCommand);
-cli.register(Builtins.VersionCommand);
+const COMMANDS = [ProxyCommand, AgentCommand, TokenCommand, KubeconfigCommand, ClustersCommand, DeleteCommand, VersionCommand, InstallProxyCommand, InstallAgentCommand];
+const entries: CommandEntry[] = COMMANDS.map((cls) => ({ path: cls.paths[0]!, cls: cls as CommandEntry['cls'] }));
+
+/** the command that `args` names, and where its own arguments start */
+function resolve(args: string[]): { entry: CommandEntry; rest: string[] } | undefined {
+  const entry = entries.filter((e) => e.path.every((p, i) => args[i] === p)).sort((a, b) => b.path.length - a.path.length)[0];
+  return entry && { entry, rest: args.slice(entry.path.length) };
+}
+
+function fail(line: string): number {
+  process.stderr.write(`${line}\n`);
+  return 1;
+}
+
+async function main(args: string[]): Promise<number> {
+  const first = args[0];
+  if (first === undefined || first === '--help' || first === '-h') { process.stdout.write(overview(entries)); return 0; }
+  if (first === '--version') { process.stdout.write(`${VERSION}\n`); return 0; }
+  if (first === 'help') {
+    if (args.length === 1) { process.stdout.write(overview(entries)); return 0; }
+    const found = resolve(args.slice(1));
+    if (!found) return fail(`tower help: unknown command "${args.slice(1).join(' ')}" (see: tower help)`);
+    process.stdout.write(commandHelp(found.entry));
+    return 0;
+  }
+  const found = resolve(args);
+  if (!found) {
+    const words = entries.map((e) => e.path.join(' '));
+    const near = nearest(first.startsWith('-') ? first.replace(/^-+/, '') : first, [...new Set(entries.map((e) => e.path[0]!))]);
+    const sub = words.filter((w) => w.startsWith(`${first} `));
+    if (sub.length) return fail(`tower ${first}: name what to ${first}: ${sub.map((w) => w.split(' ')[1]).join(' or ')} (see: tower help)`);
+    return fail(`tower: unknown command "${first}"${near ? `; did you mean ${near}?` : ''} (see: tower help)`);
+  }
+  const { entry, rest } = found;
+  const name = `tower ${entry.path.join(' ')}`;
+  const dashes = rest.indexOf('--');
+  const flags = dashes < 0 ? rest : rest.slice(0, dashes);
+  if (flags.includes('--help') || flags.includes('-h')) { process.stdout.write(commandHelp(entry)); return 0; }
+  const specs = (entry.cls as typeof TowerCommand).options;
+  const unknown = unknownFlag(rest, specs);
+  if (unknown) return fail(`${name}: ${unknown} (see: ${name} --help)`);
+  const normalized = normalizeSwitches(rest, specs);
+  if (typeof normalized === 'string') return fail(`${name}: ${normalized} (see: ${name} --help)`);
+
+  const cli = new Cli({ binaryLabel: 'tower', binaryName: 'tower', binaryVersion: VERSION, enableColors: false });
+  for (const cls of COMMANDS) cli.register(cls);
+  let command;
+  try {
+    command = cli.process([...entry.path, ...normalized]);
+  } catch (err) {
+    // clipanion's own message, on one line: a missing value, an extra argument
+    const why = ((err as Error).message.split('\n')[0] ?? '').replace(/^Command not found; did you mean.*$/, 'unexpected argument');
+    return fail(`${name}: ${syntaxProblem(why, rest)} (see: ${name} --help)`);
+  }
+  return cli.run(command);
+}
+
+/** clipanion's parse errors, said as what is wrong with the command line */
+function syntaxProblem(why: string, rest: string[]): string {
+  if (/Not enough arguments to option (\S+)/.test(why)) return `${/Not enough arguments to option (\S+?)\.?$/.exec(why)![1]} needs a value`;
+  const extra = rest.filter((a) => !a.startsWith('-'));
+  if (/Extraneous positional argument|unexpected argument/.test(why)) return `unexpected argument${extra.length > 1 ? 's' : ''} ${extra.map((a) => JSON.stringify(a)).join(' ')}`;
+  return why || 'invalid command line';
+}
 
 // SEA binaries see [node, binary, ...]; so does `node bundle.cjs`. Exit when the command is done,
 // even if a library left a handle open: pipes and files are written synchronously on Linux.
-cli.run(process.argv.slice(2)).then((code) => process.exit(code), (err: Error) => {
+main(process.argv.slice(2)).then((code) => process.exit(code), (err: Error) => {
   process.stderr.write(`tower: ${err.stack ?? err.message}\n`);
   process.exit(1);
 });

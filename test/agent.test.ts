@@ -116,9 +116,9 @@ test('tower kubeconfig --user and --group become the certificate\'s CN and O', a
   assert.ok(new Date(cert.validTo) <= new Date(ca.validTo), 'never outlives the CA');
 });
 
-test('--tls-at-agent false: the proxy makes the TLS with the announced client certificate, as with Go agents', async () => {
+test('--no-tls-at-agent: the proxy makes the TLS with the announced client certificate, as with Go agents', async () => {
   const { token } = await stack.token('classic');
-  const agent = stack.startAgent('classic', token, upstream.writeKubeconfig(join(stack.dataDir, 'c.kubeconfig'), 'cert'), ['--tls-at-agent', 'false']);
+  const agent = stack.startAgent('classic', token, upstream.writeKubeconfig(join(stack.dataDir, 'c.kubeconfig'), 'cert'), ['--no-tls-at-agent']);
   await agent.waitFor(/connected to proxy/);
   await stack.proxy!.waitFor(/agent connected cluster=classic .*auth="client certificate" upstreamTls=proxy/);
   const kc = await stack.kubeconfig('classic');

@@ -10,7 +10,7 @@ import { after, afterEach, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { condition, CRD_FIXTURE, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
-import { kubectl } from './support/stack.ts';
+import { joinCommand, kubectl } from './support/stack.ts';
 import { freePort, run, tower, TOWER, TowerProcess, waitUntil } from './support/tower.ts';
 
 let host: KubeHost;
@@ -151,8 +151,9 @@ test('tower token and tower kubeconfig in Kubernetes mode: create the Cluster, w
   assert.match(unknown.stderr, /Cluster "nope" not found .*tower token nope --kubeconfig/);
 
   // the join command works as printed; --rotate drops the agent that used the old token
-  const join = /tower agent (.*)$/m.exec(r.stdout)![1]!.split(' ');
-  const joined = new TowerProcess('agent gamma', ['agent', ...join, '--kubeconfig', member.kubeconfig], {});
+  const join = joinCommand(r.stdout)!.replace('<member kubeconfig>', member.kubeconfig).split(' ');
+  assert.equal(join[0], TOWER, 'the join command names the binary as it was invoked');
+  const joined = new TowerProcess('agent gamma', join.slice(1), {});
   host.processes.push(joined);
   await host.waitCluster('gamma', 'AgentAvailable', agentAvailable);
   const gw = await host.tower(['kubeconfig', 'gamma', '--gateway']);

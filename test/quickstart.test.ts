@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { kubectl, Stack, writeTokenKubeconfig } from './support/stack.ts';
-import { tower, waitUntil } from './support/tower.ts';
+import { tower, TOWER, TowerProcess, waitUntil } from './support/tower.ts';
 
 let member: MemberCluster;
 let stack: Stack;
@@ -23,10 +23,11 @@ after(async () => {
 /** The README's Quick start, with the agent authenticating to the member as `how`. */
 async function quickStart(name: string, memberKubeconfig: string) {
   const { token, join: joinCommand } = await stack.token(name);
-  assert.match(joinCommand, new RegExp(`^tower agent --name ${name} --token ${token} --proxy-server http://127\\.0\\.0\\.1:${stack.agentPort} --proxy-fingerprint SHA256:[A-Za-z0-9+/]{43}$`));
-  // run exactly the printed command (with the member's kubeconfig added)
-  const args = joinCommand.split(' ').slice(1);
-  const agent = stack.startAgent(name, token, memberKubeconfig, args.slice(args.indexOf('--proxy-fingerprint'), args.indexOf('--proxy-fingerprint') + 2));
+  assert.equal(joinCommand, `${TOWER} agent --name ${name} --token ${token} --proxy-server http://127.0.0.1:${stack.agentPort} --proxy-fingerprint ${stack.fingerprint} --kubeconfig <member kubeconfig>`);
+  // run exactly the printed command, the member's kubeconfig in its placeholder
+  const args = joinCommand.replace('<member kubeconfig>', memberKubeconfig).split(' ');
+  const agent = new TowerProcess(`agent ${name}`, args.slice(1), {});
+  stack.processes.push(agent);
   await agent.waitFor(/connected to proxy/);
   const kc = await stack.kubeconfig(name);
   return { agent, kc };

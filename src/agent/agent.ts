@@ -42,7 +42,21 @@ export interface AgentOptions {
   tlsAtAgent: boolean;
   /** channels the proxy may hold open at once; more are refused */
   maxChannels: number;
+  /** each upstream dial's time in seconds, and whether it failed (metrics, with --health-port) */
+  onDial?: (seconds: number, failed: boolean) => void;
   log: Logger;
+}
+
+/** What the agent has done so far, read by /readyz and /metrics; plain numbers, nothing on the hot path. */
+export interface AgentStats {
+  connected: boolean;
+  /** sessions that ended and were dialed again */
+  reconnects: number;
+  /** failed connection attempts, in total */
+  failures: number;
+  /** bytes through ended sessions' connections; the live one's are added when read */
+  bytesRead: number;
+  bytesWritten: number;
 }
 
 /** The agent: keeps one tunnel to the proxy up and pipes the channels it is given to its upstreams. */
@@ -53,6 +67,9 @@ export class TowerAgent {
   #session: TunnelClientSession | undefined;
   #wake: (() => void) | undefined;
   #channels = 0;
+  #stats: AgentStats = { connected: false, reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
+  /** the live connection's byte counts */
+  #liveBytes: (() => { read: number; written: number }) | undefined;
 
   constructor(opts: AgentOptions) {
     // the command checks this with a friendlier message; here it holds for every caller
@@ -61,6 +78,15 @@ export class TowerAgent {
     }
     this.#opts = opts;
     this.#log = opts.log;
+  }
+
+  /** channels open now */
+  get channels(): number { return this.#channels; }
+
+  /** counters so far, the live connection's bytes included */
+  get stats(): AgentStats {
+    const live = this.#liveBytes?.() ?? { read: 0, written: 0 };
+    return { ...this.#stats, bytesRead: this.#stats.bytesRead + live.read, bytesWritten: this.#stats.bytesWritten + live.written };
   }
 
   stop(): void {
@@ -94,6 +120,7 @@ export class TowerAgent {
           throw new TowerError('EUNAUTHORIZED', `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`);
         }
         failures++;
+        this.#stats.failures++;
         lastError = err as Error;
         continue;
       }
@@ -103,8 +130,11 @@ export class TowerAgent {
         this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: session.hostKeyFingerprint });
       }
       this.#log.info('connected to proxy', { proxy: this.#opts.proxyUrl, cluster: this.#opts.name, upstream: this.#upstreams(creds)[0], credentials: creds.origin });
+      this.#stats.connected = true;
       const why = await this.#hold(session, creds);
+      this.#stats.connected = false;
       if (this.#stopped) break;
+      this.#stats.reconnects++;
       this.#log.warn('disconnected from proxy; reconnecting', { why });
       await this.#sleep(Math.random() * RECONNECT_SPREAD_MS);
     }
@@ -118,6 +148,13 @@ export class TowerAgent {
     const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
     const allowed = new Set([kubernetes, kubesphere]);
     const { stream, features } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa });
+    this.#liveBytes = () => stream.bytes;
+    stream.once('close', () => {
+      const b = stream.bytes;
+      this.#stats.bytesRead += b.read;
+      this.#stats.bytesWritten += b.written;
+      this.#liveBytes = undefined;
+    });
     const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
     // with both, no member credential is sent to the proxy at all
     const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
@@ -176,8 +213,11 @@ export class TowerAgent {
       })
       : netConnect({ host, port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
     upstream.setNoDelay(true);
+    const onDial = this.#opts.onDial;
+    const started = onDial ? performance.now() : 0;
     const onDialError = (err: Error) => {
       release();
+      onDial?.((performance.now() - started) / 1000, true);
       this.#log.warn('cannot reach upstream', { target: hostPort, err: err.message });
       reject();
     };
@@ -185,6 +225,7 @@ export class TowerAgent {
     upstream.once('timeout', () => upstream.destroy(new Error(`no connection within ${UPSTREAM_DIAL_TIMEOUT_MS} ms`)));
     upstream.once(tls ? 'secureConnect' : 'connect', () => {
       upstream.off('error', onDialError);
+      onDial?.((performance.now() - started) / 1000, false);
       upstream.setTimeout(0);
       const ch = accept();
       upstream.on('error', () => ch.destroy());

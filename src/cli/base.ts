@@ -3,7 +3,8 @@ import { resolve } from 'node:path';
 import { Command, Option } from 'clipanion';
 import { ConfigError, TowerError } from '../errors.ts';
 import { inCluster } from '../kube/resource.ts';
-import { describeSources, loadConfig, type Loaded, type RawFlags, type Specs } from '../config/loader.ts';
+import { assertClusterName } from '../store/names.ts';
+import { describeSources, flagName, loadConfig, type Loaded, type RawFlags, type Specs } from '../config/loader.ts';
 import { log } from '../observe/log.ts';
 import { FileStore } from '../store/file.ts';
 import type { KubernetesStore, KubernetesStoreOptions } from '../store/kubernetes.ts';
@@ -15,14 +16,43 @@ export interface StoreChoice {
   dataDir?: string;
 }
 
-/** Options every subcommand shares, and the one way they load and fail. */
+/** What `--help` and the README show of a command besides its flags. */
+export interface CommandDoc {
+  /** e.g. "token NAME" */
+  usage: string;
+  summary: string;
+  details?: string;
+  examples?: [string, string][];
+}
+
+/**
+ * The subcommands' base: the flags come from the command's option table (`static options`), so
+ * that parsing, `--help`, the config loader and the README name the same flags; and one way to
+ * load options and to fail.
+ */
 export abstract class TowerCommand extends Command {
-  verbosity = Option.String('-v,--v', { description: 'Log verbosity: 0 (default) to 10; 2 prints where every option came from' });
-  logFormat = Option.String('--log-format', { description: 'Log format: text (default) or json' });
-  configFile = Option.String('--config', { description: 'YAML file of options (keys are flag names; a section per subcommand overrides); env TOWER_CONFIG' });
+  static options: Specs = {};
+  static doc: CommandDoc;
 
   abstract readonly command: string;
   abstract run(): Promise<number | void>;
+
+  constructor() {
+    super();
+    const specs = (this.constructor as typeof TowerCommand).options;
+    const self = this as unknown as Record<string, unknown>;
+    for (const [key, spec] of Object.entries(specs)) {
+      const names = [`--${flagName(key)}`, ...(spec.short ? [`-${spec.short}`] : [])].join(',');
+      self[key] = spec.kind === 'bool' ? Option.Boolean(names) : Option.String(names);
+    }
+  }
+
+  /** the raw values clipanion parsed, by option key */
+  get flags(): RawFlags {
+    const specs = (this.constructor as typeof TowerCommand).options;
+    const self = this as unknown as Record<string, string | boolean | undefined>;
+    return Object.fromEntries(Object.keys(specs).map((k) => [k, self[k]]));
+  }
 
   async execute(): Promise<number> {
     try {
@@ -37,12 +67,19 @@ export abstract class TowerCommand extends Command {
     }
   }
 
+  /** The NAME argument, checked: a missing or invalid one is a one-line error with an example. */
+  clusterName(name: string | undefined): string {
+    if (name === undefined) throw new ConfigError(`missing NAME, the cluster's name (e.g. tower ${this.command} alpha; see: tower ${this.command} --help)`);
+    return assertClusterName(name);
+  }
+
   /** Merges flags, TOWER_* environment, the config file and defaults; configures logging. */
-  load<S extends Specs>(specs: S, flags: RawFlags, secrets: (keyof S)[] = []): Loaded<S>['values'] {
+  load<S extends Specs>(specs: S, secrets: (keyof S)[] = []): Loaded<S>['values'] {
+    const flags = this.flags;
     const loaded = loadConfig(specs, {
       command: this.command,
-      flags: { ...flags, v: this.verbosity, logFormat: this.logFormat },
-      configFile: this.configFile ?? (process.env.TOWER_CONFIG || undefined),
+      flags,
+      configFile: (flags.config as string | undefined) ?? (process.env.TOWER_CONFIG || undefined),
     });
     const values = loaded.values as Record<string, unknown>;
     log.configure(values.v as number, values.logFormat as 'text' | 'json');

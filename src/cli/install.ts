@@ -1,11 +1,10 @@
-import { Command, Option } from 'clipanion';
 import { stringify as toYaml } from 'yaml';
 import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
 import { agentManifests, proxyManifests } from '../kube/manifests.ts';
 import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
 import { clusterNameProblem } from '../store/names.ts';
-import { TowerCommand } from './base.ts';
+import { TowerCommand, type CommandDoc } from './base.ts';
 
 function printAll(objects: Record<string, unknown>[]): void {
   process.stdout.write(objects.map((o) => '---\n' + toYaml(o, { lineWidth: 0 })).join(''));
@@ -13,24 +12,17 @@ function printAll(objects: Record<string, unknown>[]): void {
 
 export class InstallProxyCommand extends TowerCommand {
   static override paths = [['install', 'proxy']];
-  static override usage = Command.Usage({
-    description: 'Print the manifests that run the proxy in a host cluster',
-    details: `
-      The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system,
-      a ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config,
-      Kubernetes mode) and a Service for the agents. Pipe it to \`kubectl apply -f -\`.
-    `,
-    examples: [['Install into the current cluster', '$0 install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | kubectl apply -f -']],
-  });
+  static override options = INSTALL_PROXY_OPTIONS;
+  static override doc: CommandDoc = {
+    usage: 'install proxy',
+    summary: 'Print the manifests that run the proxy in a host cluster',
+    details: `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes mode; liveness and readiness probes on /livez and /readyz, metrics on the agent port) and a Service for the agents. Pipe it to \`kubectl apply -f -\`.`,
+    examples: [['Install into the current cluster', 'tower install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | kubectl apply -f -']],
+  };
   readonly command = 'install';
 
-  image = Option.String('--image', { description: 'Container image holding the tower binary at /tower (default tower:<version>)' });
-  replicas = Option.String('--replicas', { description: 'Proxy replicas; more than 1 turns on --leader-elect (default 1)' });
-  publishServiceAddress = Option.String('--publish-service-address', { description: 'Address members reach the proxy at (default: the tower Service\'s DNS name)' });
-  serviceType = Option.String('--service-type', { description: 'Type of the agents\' Service: ClusterIP, NodePort or LoadBalancer (default NodePort)' });
-
   async run(): Promise<number> {
-    const o = this.load(INSTALL_PROXY_OPTIONS, { image: this.image, replicas: this.replicas, publishServiceAddress: this.publishServiceAddress, serviceType: this.serviceType });
+    const o = this.load(INSTALL_PROXY_OPTIONS);
     printAll(proxyManifests({ image: o.image, replicas: o.replicas, publishServiceAddress: o.publishServiceAddress, serviceType: o.serviceType }));
     return 0;
   }
@@ -38,32 +30,17 @@ export class InstallProxyCommand extends TowerCommand {
 
 export class InstallAgentCommand extends TowerCommand {
   static override paths = [['install', 'agent']];
-  static override usage = Command.Usage({
-    description: 'Print the manifests that run an agent in a member cluster',
-    details: `
-      A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a
-      tower proxy acts as each gateway user's certificate; --cluster-admin binds cluster-admin
-      instead, for a Go tower proxy or --gateway-identity agent), the token in a Secret, and the
-      agent's Deployment. Pipe it to \`kubectl apply -f -\` against the member cluster.
-    `,
-    examples: [['With what `tower token` printed', '$0 install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 --proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -']],
-  });
+  static override options = INSTALL_AGENT_OPTIONS;
+  static override doc: CommandDoc = {
+    usage: 'install agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
+    summary: 'Print the manifests that run an agent in a member cluster',
+    details: `A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a tower proxy acts as each gateway user's certificate; --cluster-admin binds cluster-admin instead, for a Go tower proxy or --gateway-identity agent), the token in a Secret, and the agent's Deployment (liveness and readiness probes, metrics on port 8081). Pipe it to \`kubectl apply -f -\` against the member cluster.`,
+    examples: [['With what `tower token` printed', 'tower install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 --proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -']],
+  };
   readonly command = 'install';
 
-  name = Option.String('--name', { description: 'Cluster name (required)' });
-  token = Option.String('--token', { description: 'The cluster\'s token (required; env TOWER_TOKEN)' });
-  proxyServer = Option.String('--proxy-server', { description: 'The proxy\'s agent endpoint (required)' });
-  proxyFingerprint = Option.String('--proxy-fingerprint', { description: 'Expected SHA256 fingerprint of the proxy\'s host key' });
-  image = Option.String('--image', { description: 'Container image holding the tower binary at /tower (default tower:<version>)' });
-  kubesphereService = Option.String('--kubesphere-service', { description: 'host:port of the member ks-apiserver (default ks-apiserver.kubesphere-system.svc:80)' });
-  insecureSkipProxyVerification = Option.Boolean('--insecure-skip-proxy-verification', { description: 'Let the agent connect to a proxy that nothing verifies' });
-  clusterAdmin = Option.Boolean('--cluster-admin', { description: 'Bind the ServiceAccount to cluster-admin (for a Go tower proxy, or one with --gateway-identity agent) instead of impersonation only' });
-
   async run(): Promise<number> {
-    const o = this.load(INSTALL_AGENT_OPTIONS, {
-      name: this.name, token: this.token, proxyServer: this.proxyServer, proxyFingerprint: this.proxyFingerprint, image: this.image, kubesphereService: this.kubesphereService,
-      insecureSkipProxyVerification: this.insecureSkipProxyVerification, clusterAdmin: this.clusterAdmin,
-    }, ['token']);
+    const o = this.load(INSTALL_AGENT_OPTIONS, ['token']);
     if (!o.name) throw new ConfigError('--name is required: the cluster\'s name, as `tower token` registered it');
     const problem = clusterNameProblem(o.name);
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);

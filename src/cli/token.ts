@@ -1,52 +1,40 @@
 import { randomBytes } from 'node:crypto';
-import { Command, Option } from 'clipanion';
+import { Option } from 'clipanion';
 import { TOKEN_OPTIONS } from '../config/options.ts';
 import { StoreError, TowerError } from '../errors.ts';
 import { notOurs } from '../kube/resource.ts';
 import { loadHostKey } from '../pki/keys.ts';
 import { normalizeProxyServer } from '../agent/agent.ts';
 import type { KubernetesStore } from '../store/kubernetes.ts';
-import { assertClusterName } from '../store/names.ts';
 import type { Cluster, ClusterStore } from '../store/types.ts';
 import { hostKeyFingerprint } from '../tunnel/ssh.ts';
-import { isKubernetesStore, TowerCommand } from './base.ts';
+import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
 import { waitWithProgress } from './progress.ts';
 
 const CONFLICT_RETRIES = 5;
 
 export class TokenCommand extends TowerCommand {
   static override paths = [['token']];
-  static override usage = Command.Usage({
-    description: 'Register a cluster (if new) and print its token and join command',
-    details: `
-      Creates the cluster in the store when it is missing and prints its token and the exact
-      \`tower agent\` command to run on the member side. --rotate issues a new token; a running proxy
-      drops the sessions that used the old one within a second.
+  static override options = TOKEN_OPTIONS;
+  static override doc: CommandDoc = {
+    usage: 'token NAME',
+    summary: 'Register a cluster (if new) and print its token and join command',
+    details: `Creates the cluster in the store when it is missing and prints its token and the \`tower agent\` command to run on the member side, with the proxy's address and host key fingerprint as the proxy recorded them. An existing cluster's token is printed as it is; --rotate issues a new one, and a running proxy drops the sessions that used the old one within a second.
 
-      Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy, joining the
-      federation) and waits until the proxy has filled in its token.
-    `,
+Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy, joining the federation) and waits until the proxy has filled in its token.`,
     examples: [
-      ['Register alpha', '$0 token alpha'],
-      ['Rotate its token', '$0 token alpha --rotate'],
-      ['In a KubeSphere host cluster', '$0 token alpha --kubeconfig host.kubeconfig'],
+      ['Register alpha', 'tower token alpha'],
+      ['Rotate its token', 'tower token alpha --rotate'],
+      ['In a KubeSphere host cluster', 'tower token alpha --kubeconfig host.kubeconfig'],
     ],
-  });
+  };
   readonly command = 'token';
 
-  name = Option.String({ name: 'name' });
-  rotate = Option.Boolean('--rotate', { description: 'Issue a new token; sessions with the old one are closed' });
-  proxyServer = Option.String('--proxy-server', { description: 'Agent endpoint to print in the join command (default: what the proxy recorded)' });
-  dataDir = Option.String('--data-dir', { description: 'Directory of the embedded store (env TOWER_HOME; default ~/.tower)' });
-  store = Option.String('--store', { description: 'file or kubernetes (default kubernetes when --kubeconfig is given or in a pod)' });
-  kubeconfig = Option.String('--kubeconfig', { description: 'Host cluster kubeconfig: selects Kubernetes mode' });
-  timeout = Option.String('--timeout', { description: 'Kubernetes mode: how long to wait for the proxy to fill in the token (default 60s)' });
+  name = Option.String({ name: 'NAME', required: false });
 
   async run(): Promise<number> {
-    const o = this.load(TOKEN_OPTIONS, {
-      rotate: this.rotate, proxyServer: this.proxyServer, dataDir: this.dataDir, store: this.store, kubeconfig: this.kubeconfig, timeout: this.timeout,
-    });
-    const name = assertClusterName(this.name);
+    const o = this.load(TOKEN_OPTIONS);
+    const name = this.clusterName(this.name);
     const store = await this.openStore(o);
     try {
       const { cluster, note } = isKubernetesStore(store)
@@ -57,7 +45,10 @@ export class TokenCommand extends TowerCommand {
       const fingerprint = hostKeyFingerprint(await loadHostKey(store));
       process.stderr.write(`${note}\n`);
       process.stdout.write(`token: ${cluster.token}\n`);
-      process.stdout.write(`join with:\n  tower agent --name ${name} --token ${cluster.token} --proxy-server ${server} --proxy-fingerprint ${fingerprint}\n`);
+      const bin = invokedAs();
+      const args = `--name ${name} --token ${cluster.token} --proxy-server ${server} --proxy-fingerprint ${fingerprint}`;
+      process.stdout.write(`join with (on a machine that reaches the proxy, with the member's kubeconfig):\n  ${bin} agent ${args} \\\n    --kubeconfig <member kubeconfig>\n`);
+      process.stdout.write(`or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member kubeconfig> apply -f -\n`);
       return 0;
     } finally {
       store.close();
@@ -124,6 +115,12 @@ async function rotateToken(store: ClusterStore, name: string): Promise<Cluster> 
       if (!(err instanceof StoreError && err.code === 'ECONFLICT') || attempt >= CONFLICT_RETRIES) throw err;
     }
   }
+}
+
+/** the binary as the user invoked it (dist/tower, /usr/local/bin/tower), so that the join command runs as printed */
+function invokedAs(): string {
+  const argv0 = process.argv0;
+  return !argv0 || /(^|\/)node(\.exe)?$/.test(argv0) ? 'tower' : argv0;
 }
 
 function newToken(): string {

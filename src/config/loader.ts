@@ -11,8 +11,16 @@ export type Kind = 'string' | 'int' | 'bool' | 'duration';
 
 interface SpecOf<K extends Kind, T> {
   kind: K;
+  /** one or two sentences for --help and the README's flag tables */
+  help: string;
+  /** the value's name in usage lines (PORT, DURATION); booleans have none */
+  value?: string;
+  /** a one-letter alias (-o, -v) */
+  short?: string;
   /** absent means "no default": the option stays unset unless a source gives it */
   default?: T;
+  /** what the default is when it is not a constant ("~/.tower", "the kubeconfig's server") */
+  defaultText?: string;
   /** returns the problem and its fix, or undefined when the value is good */
   check?: (value: T) => string | undefined;
   /** another environment variable read after TOWER_<NAME> (e.g. TOWER_HOME) */
@@ -27,16 +35,15 @@ export type Values<S extends Specs> = {
 export type Source = 'flag' | 'env' | 'config' | 'default';
 export type RawFlags = Record<string, string | boolean | undefined>;
 type Check<T> = (v: T) => string | undefined;
+type Input<T> = Omit<SpecOf<Kind, T>, 'kind' | 'check'> & { check?: Check<T> };
+
+const VALUE_NAMES: Record<Kind, string | undefined> = { string: 'STRING', int: 'N', bool: undefined, duration: 'DURATION' };
 
 function make<K extends Kind, T>(kind: K) {
-  function spec(def: T, check?: Check<T>): { kind: K; default: T; check?: Check<T> };
-  function spec(def?: undefined, check?: Check<T>): { kind: K; check?: Check<T> };
-  function spec(def?: T, check?: Check<T>): { kind: K; default?: T; check?: Check<T> } {
-    return def === undefined ? { kind, check } : { kind, default: def, check };
-  }
-  return spec;
+  return <I extends Input<T>>(input: I): I & { kind: K } => ({ value: VALUE_NAMES[kind], ...input, kind });
 }
 
+/** An option's spec: `opt.int({ help, value: 'PORT', default: 8080, check })`. */
 export const opt = {
   string: make<'string', string>('string'),
   int: make<'int', number>('int'),
@@ -156,7 +163,7 @@ function readConfigFile(path: string, command: string, specs: Specs): Record<str
   return out;
 }
 
-const SUBCOMMANDS = ['proxy', 'agent', 'token', 'kubeconfig', 'install'];
+const SUBCOMMANDS = ['proxy', 'agent', 'token', 'kubeconfig', 'clusters', 'delete', 'version', 'install'];
 /** Names any subcommand knows: a shared file may carry options for several commands at the top. */
 const ALL_OPTION_NAMES = new Set<string>();
 export function registerOptionNames(specs: Specs): void {

@@ -165,6 +165,7 @@ export class ClusterController {
     const timer = setTimeout(() => this.enqueue(name), delay);
     timer.unref();
     this.#retries.set(name, { delay, timer });
+    this.#ctx.onError?.();
     this.#log.error('cannot reconcile cluster; retrying', { cluster: name, err: apiMessage(err), inMs: delay });
   }
 

@@ -13,6 +13,13 @@ const time = { type: 'string', format: 'date-time' };
  * KubeSphere's Cluster CRD, field for field (its ks-crds chart): a structural schema, no status
  * subresource (tower writes status either way).
  */
+const AGENT_HEALTH_PORT = 8081;
+
+/** the annotations Prometheus' Kubernetes pod discovery configurations commonly read */
+function scrape(port: number): Record<string, string> {
+  return { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' };
+}
+
 export function clusterCrd(): Obj {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
@@ -154,7 +161,7 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         replicas: p.replicas,
         selector: { matchLabels: TOWER_LABELS },
         template: {
-          metadata: { labels: TOWER_LABELS },
+          metadata: { labels: TOWER_LABELS, annotations: scrape(8080) },
           spec: {
             serviceAccountName: 'tower',
             containers: [{
@@ -163,10 +170,10 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
               command: ['/tower'],
               args,
               ports: [{ name: 'agents', containerPort: 8080 }, { name: 'gateway', containerPort: 6443 }],
-              // followers do not listen until they lead: not ready, so the Service sends agents to the
-              // leader only (and no liveness probe on the port, which would restart them); a leader
-              // that cannot renew its lease exits by itself
-              readinessProbe: { httpGet: { path: '/health', port: 8080 }, periodSeconds: 5 },
+              // a replica standing by for the lease is live but not ready, so that the Service sends
+              // agents to the leader only; a leader that cannot renew its lease exits by itself
+              livenessProbe: { httpGet: { path: '/livez', port: 8080 }, periodSeconds: 10, failureThreshold: 6 },
+              readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 5 },
               resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
               securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
             }],
@@ -214,7 +221,7 @@ export const AGENT_IMPERSONATOR_RULES = [
 export function agentManifests(a: AgentInstall): Obj[] {
   const labels = { 'app.kubernetes.io/name': 'tower-agent', app: 'tower-agent' };
   const args = ['agent', `--name=${a.name}`, `--proxy-server=${a.proxyServer}`, '--keepalive=10s',
-    `--kubesphere-service=${a.kubesphereService}`, '--kubernetes-service=kubernetes.default.svc:443'];
+    `--kubesphere-service=${a.kubesphereService}`, '--kubernetes-service=kubernetes.default.svc:443', `--health-port=${AGENT_HEALTH_PORT}`];
   if (a.proxyFingerprint) args.push(`--proxy-fingerprint=${a.proxyFingerprint}`);
   if (a.insecureSkipProxyVerification) args.push('--insecure-skip-proxy-verification');
   const role = a.clusterAdmin ? 'cluster-admin' : 'tower-agent';
@@ -243,7 +250,7 @@ export function agentManifests(a: AgentInstall): Obj[] {
         replicas: 1,
         selector: { matchLabels: labels },
         template: {
-          metadata: { labels },
+          metadata: { labels, annotations: scrape(AGENT_HEALTH_PORT) },
           spec: {
             serviceAccountName: 'tower-agent',
             containers: [{
@@ -253,6 +260,10 @@ export function agentManifests(a: AgentInstall): Obj[] {
               args,
               // the token stays out of the pod spec and ps
               env: [{ name: 'TOWER_TOKEN', valueFrom: { secretKeyRef: { name: 'tower-agent', key: 'token' } } }],
+              ports: [{ name: 'health', containerPort: AGENT_HEALTH_PORT }],
+              livenessProbe: { httpGet: { path: '/livez', port: AGENT_HEALTH_PORT }, periodSeconds: 10, failureThreshold: 6 },
+              // ready while connected to the proxy: `kubectl get pods` shows a disconnected agent
+              readinessProbe: { httpGet: { path: '/readyz', port: AGENT_HEALTH_PORT }, periodSeconds: 10 },
               resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '512Mi' } },
               securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
             }],

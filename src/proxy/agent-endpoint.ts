@@ -5,12 +5,13 @@ import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../observe/log.ts';
-import { VERSION } from '../version.ts';
 import { FEATURES_HEADER, OFFERED_FEATURES, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 import { AddressCounts, closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { LoginLimiter } from './login-limiter.ts';
+import type { ProxyMetrics } from './metrics.ts';
+import { serveHealth, type HealthOptions } from '../observe/health.ts';
 
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 export const MAX_PENDING_HANDSHAKES = 512;
@@ -29,11 +30,16 @@ export interface AgentEndpointOptions {
   onSession: (session: AgentSession) => void;
   /** serve TLS (wss://) with this certificate; plain HTTP (ws://) without */
   tls?: { cert: string; key: string };
+  /** /livez, /readyz, /metrics (and /health, /version) */
+  health: HealthOptions;
+  /** undefined while agents are admitted; else why not (a standing-by replica) */
+  refusing?: () => string | undefined;
+  metrics?: ProxyMetrics;
   log: Logger;
 }
 
 /**
- * The port agents dial: HTTP with `/health` and `/version`, and the WebSocket upgrade
+ * The port agents dial: HTTP with `/livez`, `/readyz`, `/metrics`, `/health` and `/version`, and the WebSocket upgrade
  * (subprotocol kubesphere-v1) that carries each agent's SSH connection.
  */
 export class AgentEndpoint {
@@ -107,9 +113,7 @@ export class AgentEndpoint {
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     this.#guard.seen(req.socket);
-    const path = (req.url ?? '').split('?')[0];
-    if (req.method === 'GET' && path === '/health') return void res.end('OK\n');
-    if (req.method === 'GET' && path === '/version') return void res.end(VERSION + '\n');
+    if (serveHealth(req, res, this.#opts.health)) return;
     res.writeHead(404, { 'content-type': 'text/plain' });
     res.end('404 page not found\n');
   }
@@ -119,6 +123,7 @@ export class AgentEndpoint {
     const remote = remoteOf(socket);
     socket.on('error', () => socket.destroy());
     const refuse = (status: number, text: string, why: string) => {
+      this.#opts.metrics?.handshakes.inc({ result: status === 400 ? 'failed' : 'limited' });
       this.#log.warn('refused an agent connection', { remote, why });
       socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n${why}\n`);
       socket.destroy();
@@ -126,6 +131,8 @@ export class AgentEndpoint {
     const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
     if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
+    const standingBy = this.#opts.refusing?.();
+    if (standingBy) return refuse(503, 'Service Unavailable', standingBy);
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
     const full = this.#pending.acquire(ip);
     if (full === 'total') return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
@@ -158,14 +165,17 @@ export class AgentEndpoint {
         remote,
         authorize,
         handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+        onChannel: this.#opts.metrics?.onChannel,
         log: this.#log.child({ remote }),
       }).then((session) => {
         done();
+        this.#opts.metrics?.handshakes.inc({ result: 'accepted' });
         // an admitted agent is no stranger: its connection leaves the pending caps
         this.#guard.release(socket);
         this.#opts.onSession(session);
       }, (err: Error) => {
         done();
+        this.#opts.metrics?.handshakes.inc({ result: judged ? 'unauthorized' : 'failed' });
         if (!judged) this.#logins.failed(ip, '');
         this.#log.warn('agent handshake failed', { remote, err: err.message });
       });

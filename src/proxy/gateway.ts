@@ -1,4 +1,4 @@
-import { createServer as createHttpServer, request as httpRequest, STATUS_CODES, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -9,7 +9,9 @@ import { clusterNameProblem } from '../store/names.ts';
 import type { AgentSession } from '../tunnel/server.ts';
 import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { certificateIdentity, ImpersonationCheck, impersonationHeaders, impersonationRequest, isIdentityHeader, type GatewayIdentity, type Identity, type ImpersonationRequest } from './identity.ts';
+import type { ProxyMetrics } from './metrics.ts';
 import type { SessionRegistry } from './registry.ts';
+import { rawStatus, sendStatus, type Refusal } from './status.ts';
 import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
 
 const HEADERS_TIMEOUT_MS = 30_000;
@@ -26,6 +28,8 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'pro
 const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
 
 export interface GatewayLimits {
+  /** requests in flight per cluster, watches and upgrades not counted (as kube-apiserver's --max-requests-inflight) */
+  maxRequestsInflight?: number;
   maxConnections: number;
   maxConnectionsPerAddress: number;
   /** until the member's response headers; a watch or stream is not limited once they arrive */
@@ -38,8 +42,29 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = {
   requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
 };
 
+export const DEFAULT_MAX_REQUESTS_INFLIGHT = 1_000;
+
 /** What every gateway of a proxy shares: who requests act as, certificates, limits, logging. */
 export type GatewayPolicy = Pick<GatewayOptions, 'identity' | 'allowUnboundCertificates' | 'limits' | 'accessLog'>;
+/** ... and the state they share: verdicts, requests in flight per cluster, metrics */
+export type GatewayShared = GatewayPolicy & Pick<GatewayOptions, 'impersonation' | 'inflight' | 'metrics'>;
+
+/** Requests in flight per cluster, across the gateway and the cluster's own ports. */
+export class InflightRequests {
+  #byCluster = new Map<string, number>();
+  /** false when `cluster` already has `max` */
+  acquire(cluster: string, max: number): boolean {
+    const n = this.#byCluster.get(cluster) ?? 0;
+    if (n >= max) return false;
+    this.#byCluster.set(cluster, n + 1);
+    return true;
+  }
+  release(cluster: string): void {
+    const n = (this.#byCluster.get(cluster) ?? 1) - 1;
+    if (n <= 0) this.#byCluster.delete(cluster);
+    else this.#byCluster.set(cluster, n);
+  }
+}
 
 export interface GatewayOptions {
   registry: SessionRegistry;
@@ -55,6 +80,9 @@ export interface GatewayOptions {
   identity?: GatewayIdentity;
   /** the shared gateway serves certificates not bound to a cluster (to any cluster) */
   allowUnboundCertificates?: boolean;
+  /** shared by the proxy's gateways, so that the limit holds per cluster */
+  inflight?: InflightRequests;
+  metrics?: ProxyMetrics;
   /** shared by the proxy's gateways, so that a verdict is asked once */
   impersonation?: ImpersonationCheck;
   limits?: GatewayLimits;
@@ -70,7 +98,6 @@ interface Route {
   /** the certificate's identity, when requests act as it */
   identity?: Identity;
 }
-type Refusal = { status: number; reason: string; message: string };
 
 /** what a TLS connection's certificate says, read once per connection */
 interface Peer { bound: string | undefined; identity: Identity | string | undefined }
@@ -126,8 +153,8 @@ export class Gateway {
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err, socket) => {
       this.#log.debug(1, 'gateway dropped a malformed request', { err: err.message });
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-      socket.destroy();
+      if (!socket.writable) { socket.destroy(); return; }
+      socket.end(rawStatus({ status: 400, message: `tower gateway: malformed HTTP request (${(err as NodeJS.ErrnoException).code ?? err.message})` }), () => socket.destroy());
     });
   }
 
@@ -159,7 +186,7 @@ export class Gateway {
     const socket = req.socket as TLSSocket;
     if (this.#opts.tls && !socket.authorized) {
       const why = socket.authorizationError ? String(socket.authorizationError) : 'no client certificate';
-      return { status: 401, reason: 'Unauthorized', message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
+      return { status: 401, message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
     }
     const peer = this.#opts.tls ? this.#peer(socket) : undefined;
     const bound = peer?.bound;
@@ -177,26 +204,26 @@ export class Gateway {
       name = bound;
       path = req.url ?? '/';
     } else {
-      return { status: 404, reason: 'NotFound', message: `tower gateway: no route for ${JSON.stringify(truncate(req.url ?? ''))}; paths look like /clusters/<name>/api/...` };
+      return { status: 404, message: `tower gateway: no route for ${JSON.stringify(truncate(req.url ?? ''))}; paths look like /clusters/<name>/api/...` };
     }
     const problem = clusterNameProblem(name);
-    if (problem) return { status: 400, reason: 'BadRequest', message: `tower gateway: invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
+    if (problem) return { status: 400, message: `tower gateway: invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
     // before the store is asked: a bound certificate learns nothing of other clusters, existing or not
     if (bound && bound !== name) {
-      return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
+      return { status: 403, message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
     }
     if (this.#opts.tls && !bound && !this.#opts.cluster && !this.#opts.allowUnboundCertificates) {
-      return { status: 403, reason: 'Forbidden', message: `tower gateway: this client certificate is not bound to a cluster (get one with: tower kubeconfig ${name}; or start the proxy with --allow-unbound-certificates)` };
+      return { status: 403, message: `tower gateway: this client certificate is not bound to a cluster (get one with: tower kubeconfig ${name}; or start the proxy with --allow-unbound-certificates)` };
     }
-    if (!this.#opts.knows(name)) return { status: 404, reason: 'NotFound', message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    if (!this.#opts.knows(name)) return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
     let identity: Identity | undefined;
     if (this.#actsAsCertificate) {
-      if (typeof peer!.identity === 'string') return { status: 403, reason: 'Forbidden', message: `tower gateway: ${peer!.identity}` };
+      if (typeof peer!.identity === 'string') return { status: 403, message: `tower gateway: ${peer!.identity}` };
       identity = peer!.identity;
     }
     const member = this.#member(this.#opts.registry.pick(name));
-    if (!member) return { status: 503, reason: 'ServiceUnavailable', message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
-    if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, reason: 'BadGateway', message: `the agent of cluster "${name}" announced no ${this.#opts.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
+    if (!member) return { status: 503, message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
+    if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, message: `the agent of cluster "${name}" announced no ${this.#opts.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
     return { member, path, cluster: name, identity };
   }
 
@@ -241,40 +268,65 @@ export class Gateway {
     if (!identity) { then(undefined); return; }
     const wanted = impersonationRequest(req as IncomingMessage & { headersDistinct: Record<string, string[]> });
     if (wanted === undefined) { then(identity); return; }
-    if (typeof wanted === 'string') { refuse({ status: 400, reason: 'BadRequest', message: `tower gateway: ${wanted}` }); return; }
+    if (typeof wanted === 'string') { refuse({ status: 400, message: `tower gateway: ${wanted}` }); return; }
     this.#impersonation.denied(route.member, route.cluster, identity, wanted).then((denied) => {
-      if (denied) refuse({ status: 403, reason: 'Forbidden', message: `tower gateway: ${denied}` });
+      if (denied) refuse({ status: 403, message: `tower gateway: ${denied}` });
       else then(wanted);
     }, (err: Error) => {
-      refuse({ status: 502, reason: 'BadGateway', message: `tower gateway: cannot ask cluster "${route.cluster}" whether user "${identity.user}" may impersonate: ${err.message}` });
+      refuse({ status: 502, message: `tower gateway: cannot ask cluster "${route.cluster}" whether user "${identity.user}" may impersonate: ${err.message}` });
     });
   }
 
-  /** `path` as the member sees it (the route's), or as the client sent it when there was no route */
-  #access(req: IncomingMessage, route: Route | Refusal, status: number, started: number): void {
+  /**
+   * Counts a request that is done (an upgrade once answered) and logs it with --access-log. The
+   * cluster label is a routed cluster's only: never a name a client made up. `path` is as the
+   * member sees it (the route's), or as the client sent it when there was no route.
+   */
+  #finished(req: IncomingMessage, route: Route | Refusal, status: number, started: number): void {
+    const cluster = 'cluster' in route ? route.cluster : undefined;
+    const path = 'path' in route ? route.path : req.url ?? '';
+    const verb = kubernetesVerb(req.method ?? '', path);
+    const seconds = (performance.now() - started) / 1000;
+    const metrics = this.#opts.metrics;
+    if (metrics) {
+      metrics.requests.inc({ cluster: cluster ?? '', verb, code: String(status) });
+      metrics.requestDuration.observe({ cluster: cluster ?? '', verb }, seconds);
+    }
     if (!this.#opts.accessLog) return;
     const peer = this.#opts.tls ? this.#peers.get(req.socket as TLSSocket) : undefined;
     const who = peer && typeof peer.identity === 'object' ? peer.identity : undefined;
-    const cluster = 'cluster' in route ? route.cluster : undefined;
-    const path = 'path' in route ? route.path : req.url ?? '';
     this.#log.info('access', {
       cluster, user: who?.user, groups: who?.groups.join(','), as: req.headers['impersonate-user'],
-      verb: kubernetesVerb(req.method ?? '', path), path, status,
-      duration: `${Math.round(performance.now() - started)}ms`, remote: req.socket.remoteAddress,
+      verb, path, status, duration: `${Math.round(seconds * 1000)}ms`, remote: req.socket.remoteAddress,
     });
+  }
+
+  /** Counts a request against its cluster's in-flight limit; a refusal when the cluster is at it. Watches are not counted. */
+  #admit(req: IncomingMessage, res: ServerResponse, route: Route): Refusal | undefined {
+    const max = this.#limits.maxRequestsInflight ?? DEFAULT_MAX_REQUESTS_INFLIGHT;
+    const inflight = this.#opts.inflight;
+    if (!inflight || kubernetesVerb(req.method ?? '', route.path) === 'watch' || /[?&]follow=(true|1)(&|$)/.test(route.path)) return undefined;
+    if (!inflight.acquire(route.cluster, max)) {
+      this.#opts.metrics?.inflightRefusals.inc({ cluster: route.cluster });
+      return { status: 429, retryAfter: 1, message: `tower gateway: cluster "${route.cluster}" has ${max} requests in flight through tower, its limit (the proxy's --max-requests-inflight); retry shortly` };
+    }
+    res.once('close', () => inflight.release(route.cluster));
+    return undefined;
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     this.#guard.seen(req.socket);
-    const started = this.#opts.accessLog ? performance.now() : 0;
+    const started = performance.now();
     const refuse = (r: Refusal) => {
       this.#log.debug(1, 'gateway refused a request', { url: req.url, status: r.status, why: r.message });
-      if (!res.headersSent && !res.destroyed) sendStatus(res, r.status, r.reason, r.message);
+      if (!res.headersSent && !res.destroyed) sendStatus(res, r);
       req.resume();
     };
     const route = this.#route(req);
-    if (this.#opts.accessLog) res.once('close', () => this.#access(req, route, res.statusCode, started));
+    res.once('close', () => this.#finished(req, route, res.statusCode, started));
     if ('status' in route) { refuse(route); return; }
+    const full = this.#admit(req, res, route);
+    if (full) { refuse(full); return; }
     res.on('close', () => { if (!res.writableFinished) req.destroy(); });
     this.#actAs(req, route, (actAs) => {
       this.#forward(req, res, route, this.#upstreamHeaders(req, route, actAs), new Set());
@@ -296,7 +348,7 @@ export class Gateway {
     try {
       upstream = httpRequest({ agent: member.pool, method: req.method, path, headers });
     } catch (err) {
-      sendStatus(res, 502, 'BadGateway', `tower gateway: cannot forward this request to cluster "${cluster}": ${(err as Error).message}`);
+      sendStatus(res, { status: 502, message: `tower gateway: cannot forward this request to cluster "${cluster}": ${(err as Error).message}` });
       req.resume();
       return;
     }
@@ -321,7 +373,7 @@ export class Gateway {
       clearTimeout(timer);
       if (answered || res.headersSent) { if (!res.writableEnded) res.destroy(); return; }
       if (timedOut) {
-        sendStatus(res, 504, 'Timeout', `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
+        sendStatus(res, { status: 504, message: `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)` });
         return;
       }
       const next = bodyless && tried.size < MAX_ATTEMPTS && !res.destroyed ? this.#member(this.#opts.registry.pick(cluster, tried)) : undefined;
@@ -334,7 +386,7 @@ export class Gateway {
         this.#forward(req, res, again, headers, tried);
         return;
       }
-      sendStatus(res, 502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
+      sendStatus(res, { status: 502, message: `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}` });
     });
     res.on('close', () => {
       clearTimeout(timer);
@@ -363,7 +415,7 @@ export class Gateway {
     if (problem) {
       up.destroy();
       upstream.destroy();
-      sendStatus(res, 502, 'BadGateway', `tower gateway: the ${this.#what} of cluster "${cluster}" answered with ${problem}`);
+      sendStatus(res, { status: 502, message: `tower gateway: the ${this.#what} of cluster "${cluster}" answered with ${problem}` });
       return;
     }
     // a streamed answer (a watch) must reach the client before its first event; one with a
@@ -392,12 +444,12 @@ export class Gateway {
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#guard.seen(socket);
-    const started = this.#opts.accessLog ? performance.now() : 0;
+    const started = performance.now();
     socket.on('error', () => socket.destroy());
     const refuse = (r: Refusal, route?: Route) => {
       this.#log.debug(1, 'gateway refused an upgrade', { url: req.url, status: r.status, why: r.message });
-      if (socket.writable) socket.end(rawStatus(r.status, r.reason, r.message));
-      this.#access(req, route ?? r, r.status, started);
+      if (socket.writable) socket.end(rawStatus(r));
+      this.#finished(req, route ?? r, r.status, started);
     };
     const route = this.#route(req);
     if ('status' in route) { refuse(route); return; }
@@ -411,9 +463,9 @@ export class Gateway {
       const timeoutMs = this.#limits.requestTimeoutMs;
       let timer: NodeJS.Timeout | undefined;
       // refuse() ends the socket after the Status: destroying it as well could cut that short
-      const fail = (status: number, reason: string, message: string) => {
+      const fail = (status: number, message: string) => {
         clearTimeout(timer);
-        refuse({ status, reason, message }, route);
+        refuse({ status, message }, route);
         if (!socket.writable) socket.destroy();
       };
       // upgraded connections get a channel of their own, never a pooled one
@@ -424,18 +476,18 @@ export class Gateway {
           upReq = httpRequest({ createConnection: () => tls, method: req.method, path, headers });
         } catch (err) {
           tls.destroy();
-          fail(502, 'BadGateway', `tower gateway: cannot forward this upgrade to cluster "${cluster}": ${(err as Error).message}`);
+          fail(502, `tower gateway: cannot forward this upgrade to cluster "${cluster}": ${(err as Error).message}`);
           return;
         }
         timer = timeoutMs > 0 ? setTimeout(() => {
           upReq.destroy();
-          fail(504, 'Timeout', `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
+          fail(504, `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
         }, timeoutMs) : undefined;
         const invalid = `tower gateway: the ${this.#what} of cluster "${cluster}" answered the upgrade with an invalid status line`;
         // both run inside the tunnel's read of the channel: nothing may throw out of them
         upReq.on('upgrade', (upRes, upSocket, upHead) => {
           clearTimeout(timer);
-          if (!validStatusLine(upRes)) { upSocket.destroy(); fail(502, 'BadGateway', invalid); return; }
+          if (!validStatusLine(upRes)) { upSocket.destroy(); fail(502, invalid); return; }
           upSocket.on('error', () => socket.destroy());
           socket.on('close', () => upSocket.destroy());
           upSocket.on('close', () => socket.destroy());
@@ -444,26 +496,26 @@ export class Gateway {
           if (head.length) upSocket.write(head);
           upSocket.pipe(socket);
           socket.pipe(upSocket);
-          this.#access(req, route, upRes.statusCode ?? 101, started);
+          this.#finished(req, route, upRes.statusCode ?? 101, started);
         });
         upReq.on('response', (upRes) => {
           clearTimeout(timer);
-          if (!validStatusLine(upRes)) { upRes.destroy(); fail(502, 'BadGateway', invalid); return; }
+          if (!validStatusLine(upRes)) { upRes.destroy(); fail(502, invalid); return; }
           // the upgrade was refused (403, 400, …): relay the answer as it is
           upRes.on('error', () => socket.destroy());
           socket.write(rawHead(upRes, true));
           upRes.pipe(socket);
-          this.#access(req, route, upRes.statusCode ?? 0, started);
+          this.#finished(req, route, upRes.statusCode ?? 0, started);
         });
         upReq.on('error', (err) => {
           clearTimeout(timer);
           this.#log.warn('upgrade through the tunnel failed', { cluster, err: err.message });
-          if (!socket.destroyed) fail(502, 'BadGateway', `tower gateway: the upgrade through cluster "${cluster}"'s agent failed: ${err.message}`);
+          if (!socket.destroyed) fail(502, `tower gateway: the upgrade through cluster "${cluster}"'s agent failed: ${err.message}`);
         });
         socket.on('close', () => { clearTimeout(timer); upReq.destroy(); });
         req.pipe(upReq);
       }, (err: Error) => {
-        fail(502, 'BadGateway', `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
+        fail(502, `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
       });
     }, (r) => { refuse(r, route); });
   }
@@ -519,24 +571,4 @@ function rawHead(res: IncomingMessage, close = false): string {
   }
   if (close) s += 'Connection: close\r\n';
   return s + '\r\n';
-}
-
-/** A metav1.Status, so that kubectl prints the message as the server's own. */
-function statusBody(code: number, reason: string, message: string): string {
-  return JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code }) + '\n';
-}
-
-/** The same, as a whole HTTP response on a socket that was to be upgraded. */
-function rawStatus(code: number, reason: string, message: string): string {
-  const body = statusBody(code, reason, message);
-  return `HTTP/1.1 ${code} ${STATUS_CODES[code] ?? reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
-}
-
-/** Never throws: a response that can no longer carry a Status (headers gone out, socket gone) is ended as it is. */
-function sendStatus(res: ServerResponse, code: number, reason: string, message: string): void {
-  if (res.headersSent || res.destroyed) { res.destroy(); return; }
-  const body = statusBody(code, reason, message);
-  // the reason phrase is set explicitly: a failed writeHead leaves the upstream's bad one behind
-  res.writeHead(code, STATUS_CODES[code] ?? reason, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
 }

@@ -13,7 +13,10 @@ import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
 import { ClusterPorts } from './cluster-ports.ts';
-import { Gateway, type GatewayPolicy } from './gateway.ts';
+import { Gateway, InflightRequests, type GatewayPolicy, type GatewayShared } from './gateway.ts';
+import { ProxyMetrics } from './metrics.ts';
+import type { HealthOptions } from '../observe/health.ts';
+import { VERSION } from '../version.ts';
 import { ImpersonationCheck } from './identity.ts';
 import { SessionRegistry } from './registry.ts';
 
@@ -32,6 +35,8 @@ export interface ProxyOptions {
   gateway?: GatewayPolicy;
   /** serve TLS on the agent port: tower's CA issues the certificate, or these PEM files */
   agentTls?: boolean | { certFile: string; keyFile: string };
+  /** the store's claim waits for a Lease: stand by, live but not ready, meanwhile */
+  leaderElection?: boolean;
   log: Logger;
 }
 
@@ -54,18 +59,22 @@ export class Proxy {
   #serverNames: string[] = [];
   /** clusters served on ports of their own (Kubernetes mode) */
   #ports = new Map<string, ClusterPorts>();
-  /** given to every gateway of this proxy, with one cache of impersonation verdicts */
-  #gatewayPolicy: GatewayPolicy & { impersonation: ImpersonationCheck };
+  /** given to every gateway of this proxy, with one cache of impersonation verdicts and one count of requests in flight */
+  #gatewayPolicy: GatewayShared;
+  #phase: 'starting' | 'standby' | 'serving' = 'starting';
+  /** when each cluster's agents were last seen by this proxy */
+  #lastSeen = new Map<string, string>();
+  readonly metrics: ProxyMetrics;
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.#gatewayPolicy = { ...opts.gateway, impersonation: new ImpersonationCheck() };
+    this.metrics = new ProxyMetrics({ registry: this.registry, leader: () => (this.#phase === 'standby' ? 0 : 1) });
+    this.#gatewayPolicy = { ...opts.gateway, impersonation: new ImpersonationCheck(), inflight: new InflightRequests(), metrics: this.metrics };
   }
 
   async start(): Promise<void> {
     const { store } = this.#opts;
-    this.#claim = await store.claim();
     const ca = await loadCertificateAuthority(store, this.#opts.caCert, this.#opts.caKey);
     this.#ca = ca;
     const hostKey = await loadHostKey(store);
@@ -76,22 +85,37 @@ export class Proxy {
     this.#serverNames = [publish, 'localhost', '127.0.0.1', '::1', hostname()];
     if (this.#opts.host !== '0.0.0.0' && this.#opts.host !== '::') this.#serverNames.push(this.#opts.host);
 
-    await store.reconcile?.({ ca, agents: (name) => this.registry.count(name) });
+    // the agent port answers health and metrics from the start; agents only once this proxy serves
+    this.#endpoint = new AgentEndpoint({
+      tunnel: new TunnelServer(hostKey),
+      authorize: (config, remote) => this.#authorize(config, remote),
+      onSession: (s) => this.#admit(s),
+      tls: await this.#agentTls(ca),
+      health: this.#health(),
+      refusing: () => (this.#phase === 'serving' ? undefined : this.#phase === 'standby'
+        ? 'this proxy replica is standing by (leader election): another one serves agents; retry'
+        : 'the proxy is starting; retry'),
+      metrics: this.metrics,
+      log: this.#log,
+    });
+    this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
+
+    this.#phase = this.#opts.leaderElection ? 'standby' : 'starting';
+    this.#claim = await store.claim();
+    this.#phase = 'starting';
+    await store.reconcile?.({ ca, agents: (name) => this.registry.count(name), onError: () => this.metrics.reconcileErrors.inc() });
     await this.#watchClusters();
-    this.registry.on('change', (name: string) => this.#scheduleStatus(name));
+    this.registry.on('change', (name: string) => {
+      // an agent came or went: either way it was seen now
+      this.#lastSeen.set(name, new Date().toISOString());
+      this.#scheduleStatus(name);
+    });
 
     const serving = await ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
 
     if (this.#gatewayPolicy.identity === 'agent') {
       this.#log.warn('--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower\'s behaviour); certificates\' users and groups are ignored');
     }
-    this.#endpoint = new AgentEndpoint({
-      tunnel: new TunnelServer(hostKey),
-      authorize: (config, remote) => this.#authorize(config, remote),
-      onSession: (s) => this.#admit(s),
-      tls: await this.#agentTls(ca),
-      log: this.#log,
-    });
     this.#gateway = new Gateway({
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
@@ -99,7 +123,6 @@ export class Proxy {
       ...this.#gatewayPolicy,
       log: this.#log,
     });
-    this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
     this.gatewayPort = await listenOrExplain(this.#gateway.listen(this.#opts.gatewayPort, this.#opts.host), this.#opts.host, this.#opts.gatewayPort, '--gateway-port');
 
     const h = publish.includes(':') ? `[${publish}]` : publish;
@@ -109,6 +132,7 @@ export class Proxy {
       hostKeyFingerprint: this.hostKeyFingerprint,
       pid: process.pid,
     });
+    this.#phase = 'serving';
     this.#log.info('proxy serving', {
       agents: `${this.#opts.host}:${this.agentPort}`,
       gateway: `${this.#opts.host}:${this.gatewayPort}`,
@@ -117,6 +141,26 @@ export class Proxy {
       hostKey: this.hostKeyFingerprint,
       crypto: CRYPTO_BACKEND,
     });
+  }
+
+  /**
+   * Live while the event loop turns; ready once it serves: listeners up, the store's clusters
+   * loaded and watched, and (with leader election) the lease held. A standing-by replica is live
+   * but not ready, so that a Service sends agents and users only to the one that serves.
+   */
+  #health(): HealthOptions {
+    const ready = (want: boolean, why: string) => () => (want ? undefined : why);
+    return {
+      live: [{ name: 'ping', check: () => undefined }],
+      ready: [
+        { name: 'ping', check: () => undefined },
+        { name: 'leader-election', check: () => ready(this.#phase !== 'standby', 'standing by: another replica holds Lease kubesphere-system/tower')() },
+        { name: 'store', check: () => ready(this.#watch !== undefined, `the clusters of ${this.#opts.store.location} are not loaded yet`)() },
+        { name: 'listeners', check: () => ready(this.#phase === 'serving', 'the gateway does not listen yet')() },
+      ],
+      metrics: async () => ({ contentType: this.metrics.contentType, body: await this.metrics.metrics() }),
+      extra: { '/health': () => 'OK\n', '/version': () => VERSION + '\n' },
+    };
   }
 
   async #agentTls(ca: CertificateAuthority): Promise<{ cert: string; key: string } | undefined> {
@@ -154,6 +198,7 @@ export class Proxy {
         this.#clusters.delete(ev.name);
         this.#servePorts(ev.name, undefined);
         const n = this.registry.close(ev.name);
+        this.metrics.forget(ev.name);
         this.#log.info('cluster removed from the store', { cluster: ev.name, sessionsClosed: n });
         return;
       }
@@ -207,14 +252,17 @@ export class Proxy {
     const cluster = problem ? undefined : this.#clusters.get(config.name);
     if (!cluster) {
       this.#log.warn('agent refused: unknown cluster', { cluster: config.name, remote, fix: problem ?? `register it with: tower token ${config.name}` });
+      this.metrics.loginFailures.inc({ reason: 'unknown_cluster' });
       return UNAUTHORIZED;
     }
     if (cluster.problem) {
       this.#log.warn('agent refused: the cluster record is unusable', { cluster: config.name, remote, fix: `tower token ${config.name} --rotate` });
+      this.metrics.loginFailures.inc({ reason: 'unusable_record' });
       return UNAUTHORIZED;
     }
     if (!tokensEqual(config.token, cluster.token)) {
       this.#log.warn('agent refused: wrong token', { cluster: config.name, remote, fix: `print the current token with: tower token ${config.name}` });
+      this.metrics.loginFailures.inc({ reason: 'wrong_token' });
       return UNAUTHORIZED;
     }
     return undefined;
@@ -232,6 +280,7 @@ export class Proxy {
       auth: session.config.bearerToken?.length ? 'bearer token' : session.config.certData?.length ? 'client certificate' : tlsAtAgent ? 'kept by the agent' : 'none',
       upstreamTls: tlsAtAgent ? 'agent' : 'proxy',
     });
+    session.once('close', () => this.metrics.sessionClosed(session));
     session.once('close', () => this.#log.info('agent disconnected', { cluster: session.name, session: session.id, agents: this.registry.count(session.name) }));
   }
 
@@ -245,9 +294,14 @@ export class Proxy {
 
   async #writeStatus(name: string): Promise<void> {
     if (!this.#clusters.has(name)) return;
-    const agents = this.registry.count(name);
+    const sessions = this.registry.of(name);
+    const list = (f: (s: AgentSession) => string) => [...new Set(sessions.map(f))].join(',') || undefined;
+    const since = sessions.length ? new Date(Math.min(...sessions.map((s) => s.connectedAt.getTime()))).toISOString() : undefined;
     try {
-      await this.#opts.store.writeStatus(name, { connected: agents > 0, agents, lastSeen: new Date().toISOString() });
+      await this.#opts.store.writeStatus(name, {
+        connected: sessions.length > 0, agents: sessions.length, since, lastSeen: sessions.length ? new Date().toISOString() : this.#lastSeen.get(name),
+        agentVersions: list((s) => s.config.version || 'unknown'), agentAddresses: list((s) => s.remote),
+      });
     } catch (err) {
       this.#log.warn('cannot write cluster status', { cluster: name, err: (err as Error).message });
     }

@@ -34,6 +34,21 @@ export class SessionRegistry extends EventEmitter {
     return this.#byCluster.get(name)?.length ?? 0;
   }
 
+  /** sessions per cluster, for clusters with any */
+  *counts(): IterableIterator<[string, number]> {
+    for (const [name, list] of this.#byCluster) yield [name, list.length];
+  }
+
+  /** every live session, of every cluster */
+  *sessions(): IterableIterator<AgentSession> {
+    for (const list of this.#byCluster.values()) yield* list;
+  }
+
+  /** the live sessions of `name`, oldest first */
+  of(name: string): readonly AgentSession[] {
+    return this.#byCluster.get(name) ?? [];
+  }
+
   /** Closes the sessions of `name` for which `which` holds (all by default). */
   close(name: string, which: (s: AgentSession) => boolean = () => true): number {
     const victims = (this.#byCluster.get(name) ?? []).filter(which);

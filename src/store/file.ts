@@ -91,6 +91,27 @@ export class FileStore implements ClusterStore {
     });
   }
 
+  /** Unregisters `name`: its record and status go, and a running proxy closes its sessions at the next scan. */
+  async remove(name: string): Promise<boolean> {
+    assertClusterName(name);
+    return this.#locked(async () => {
+      const path = join(this.#clustersDir, `${name}.yaml`);
+      const existed = (() => { try { statSync(path); return true; } catch { return false; } })();
+      rmSync(path, { force: true });
+      rmSync(join(this.#statusDir, `${name}.yaml`), { force: true });
+      return existed;
+    });
+  }
+
+  /** What the proxy last wrote about `name`'s agents; undefined when nothing (or nothing usable) was. */
+  async readStatus(name: string): Promise<ClusterStatus | undefined> {
+    assertClusterName(name);
+    const r = await this.#readYaml(join(this.#statusDir, `${name}.yaml`));
+    const d = r.doc as Partial<ClusterStatus> | null | undefined;
+    if (r.problem || typeof d !== 'object' || d === null || typeof d.connected !== 'boolean') return undefined;
+    return d as ClusterStatus;
+  }
+
   async writeStatus(name: string, status: ClusterStatus): Promise<void> {
     assertClusterName(name);
     // only the proxy writes status, so no lock: the rename alone keeps readers consistent

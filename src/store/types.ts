@@ -31,12 +31,20 @@ export interface ReconcileContext {
   ca: CertificateAuthority;
   /** live agent sessions of a cluster */
   agents(name: string): number;
+  /** a reconcile failed (counted in the proxy's metrics) */
+  onError?: () => void;
 }
 
 export interface ClusterStatus {
   connected: boolean;
   agents: number;
+  /** when the earliest live session connected */
+  since?: string;
+  /** now, while connected; else when the last session went */
   lastSeen?: string;
+  /** of the live sessions, comma-separated */
+  agentVersions?: string;
+  agentAddresses?: string;
 }
 
 /** Where the proxy serves, recorded by it so that `tower token` and `tower kubeconfig` can print addresses. */

@@ -14,8 +14,12 @@ const REJECT_LINGER_MS = 200;
 /** The proxy's verdict on an agent's `config`: undefined to admit it, or the text Go agents print. */
 export type Authorizer = (config: AgentConfig, remote: string) => Promise<string | undefined>;
 
+/** How a channel open went, for metrics: its time, and why it failed when it did. */
+export type ChannelObserver = (session: AgentSession, ms: number, failure?: 'refused' | 'timeout' | 'limit' | 'closed') => void;
+
 export interface AcceptOptions {
   remote: string;
+  onChannel?: ChannelObserver;
   authorize: Authorizer;
   handshakeTimeoutMs: number;
   log: Logger;
@@ -93,7 +97,7 @@ export class TunnelServer {
             settled = true;
             clearTimeout(timer);
             reply(true);
-            resolve(new AgentSession(c, stream, config, opts.remote));
+            resolve(new AgentSession(c, stream, config, opts.remote, opts.onChannel));
           }, (err: Error) => {
             reply(false, Buffer.from(`proxy error: ${err.message}`));
             fail(err);
@@ -130,9 +134,11 @@ export class AgentSession extends EventEmitter {
   #stream: Duplex;
   #channels = 0;
   #closed = false;
+  #observe: ChannelObserver;
 
-  constructor(conn: TunnelConnection, stream: Duplex, config: AgentConfig, remote: string) {
+  constructor(conn: TunnelConnection, stream: Duplex, config: AgentConfig, remote: string, observe: ChannelObserver = () => {}) {
     super();
+    this.#observe = observe;
     this.#conn = conn;
     this.#stream = stream;
     this.config = config;
@@ -145,14 +151,20 @@ export class AgentSession extends EventEmitter {
   get name(): string { return this.config.name; }
   get closed(): boolean { return this.#closed; }
   get channels(): number { return this.#channels; }
+  /** bytes to and from the agent so far, when the stream counts them (WebSocket) */
+  get bytes(): { read: number; written: number } {
+    return (this.#stream as Duplex & { bytes?: { read: number; written: number } }).bytes ?? { read: 0, written: 0 };
+  }
 
   /** A channel to `hostPort` through the agent; the agent dials it (and, for CHANNEL_TYPE_TLS, wraps it in TLS). */
   openChannel(hostPort: string, type: string = CHANNEL_TYPE): Promise<ServerChannel> {
-    if (this.#closed) return Promise.reject(new Error('the agent session is closed'));
+    if (this.#closed) { this.#observe(this, 0, 'closed'); return Promise.reject(new Error('the agent session is closed')); }
     if (this.#channels >= MAX_CHANNELS_PER_SESSION) {
+      this.#observe(this, 0, 'limit');
       return Promise.reject(new Error(`the agent session has ${this.#channels} open channels, the limit`));
     }
     this.#channels++;
+    const started = performance.now();
     return new Promise((resolve, reject) => {
       let done = false;
       const release = () => { this.#channels--; };
@@ -160,6 +172,7 @@ export class AgentSession extends EventEmitter {
         if (done) return;
         done = true;
         release();
+        this.#observe(this, performance.now() - started, 'timeout');
         reject(new Error(`the agent did not open a channel to ${hostPort} within ${CHANNEL_OPEN_TIMEOUT_MS} ms`));
       }, CHANNEL_OPEN_TIMEOUT_MS);
       this.#conn.openChannel(type, Buffer.from(hostPort), (err, channel) => {
@@ -168,10 +181,12 @@ export class AgentSession extends EventEmitter {
         done = true;
         if (err) {
           release();
+          this.#observe(this, performance.now() - started, 'refused');
           reject(new Error(`the agent refused a channel to ${hostPort}: ${err.message}`));
           return;
         }
         channel.once('close', release);
+        this.#observe(this, performance.now() - started);
         resolve(channel);
       });
     });

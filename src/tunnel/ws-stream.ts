@@ -33,6 +33,12 @@ export class WebSocketStream extends Duplex {
     ws.on('error', (err) => this.destroy(err));
   }
 
+  /** bytes through the connection underneath, both ways (WebSocket framing and TLS included) */
+  get bytes(): { read: number; written: number } {
+    const s = this.#socket;
+    return { read: s?.bytesRead ?? 0, written: s?.bytesWritten ?? 0 };
+  }
+
   /** ws keeps its net.Socket private; corking it is safe, ws corks it around every frame itself */
   get #socket(): Socket | undefined {
     return (this.ws as unknown as { _socket?: Socket })._socket;

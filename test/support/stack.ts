@@ -35,7 +35,7 @@ export class Stack {
     const result = await tower(['token', name, ...extra], this.env);
     if (result.code !== 0) throw new Error(`tower token ${name} failed: ${result.stderr}`);
     const token = /^token: ([0-9a-f]{64})$/m.exec(result.stdout)?.[1];
-    const join = /^\s+(tower agent .*)$/m.exec(result.stdout)?.[1];
+    const join = joinCommand(result.stdout);
     if (!token || !join) throw new Error(`unexpected tower token output:\n${result.stdout}`);
     return { token, join, result };
   }
@@ -67,6 +67,12 @@ export class Stack {
     await Promise.all(this.processes.map((p) => p.stop('SIGKILL')));
     removeDir(this.dataDir);
   }
+}
+
+/** The join command `tower token` printed, its continuation line joined: "<binary> agent … --kubeconfig <member kubeconfig>". */
+export function joinCommand(stdout: string): string | undefined {
+  const m = /^ {2}(\S+ agent .*) \\\n {4}(--kubeconfig <member kubeconfig>)$/m.exec(stdout);
+  return m ? `${m[1]} ${m[2]}` : undefined;
 }
 
 export function kubectl(kubeconfig: string, args: string[], input?: string): Promise<RunResult> {

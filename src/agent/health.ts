@@ -1,0 +1,66 @@
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { serveHealth, withoutTotalGauges } from '../observe/health.ts';
+import type { TowerAgent } from './agent.ts';
+
+const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10];
+
+/**
+ * The agent's `--health-port`: /livez, /readyz (ready while connected to a proxy) and /metrics
+ * (`tower_agent_*` and prom-client's process and Node.js metrics). Loaded only with the flag, so
+ * that an agent without it carries no metrics library.
+ */
+export class AgentHealth {
+  readonly register = new Registry();
+  readonly dial: (seconds: number, failed: boolean) => void;
+  #server: Server | undefined;
+  #agent: TowerAgent | undefined;
+
+  constructor() {
+    const registers = [this.register];
+    collectDefaultMetrics({ register: this.register });
+    withoutTotalGauges(this.register);
+    const stats = () => this.#agent?.stats;
+    new Gauge({ name: 'tower_agent_connected', help: '1 while the agent holds a session with the proxy', registers, collect() { this.set(stats()?.connected ? 1 : 0); } });
+    new Counter({ name: 'tower_agent_reconnects_total', help: 'Sessions that ended and were dialed again', registers, collect() { this.reset(); this.inc(stats()?.reconnects ?? 0); } });
+    new Counter({ name: 'tower_agent_connection_failures_total', help: 'Failed attempts to connect to the proxy', registers, collect() { this.reset(); this.inc(stats()?.failures ?? 0); } });
+    const agent = () => this.#agent;
+    new Gauge({ name: 'tower_agent_channels_open', help: 'Channels the proxy holds open through this agent', registers, collect() { this.set(agent()?.channels ?? 0); } });
+    new Counter({
+      name: 'tower_agent_tunnel_bytes_total', help: 'Bytes through the connection to the proxy (WebSocket, TLS included), by direction', labelNames: ['direction'], registers,
+      collect() {
+        const s = stats();
+        this.reset();
+        this.inc({ direction: 'from_proxy' }, s?.bytesRead ?? 0);
+        this.inc({ direction: 'to_proxy' }, s?.bytesWritten ?? 0);
+      },
+    });
+    const duration = new Histogram({ name: 'tower_agent_upstream_dial_duration_seconds', help: 'Time to connect to an upstream (kube-apiserver with its TLS, or ks-apiserver) for a channel', labelNames: ['result'], buckets: DIAL_BUCKETS, registers });
+    this.dial = (seconds, failed) => duration.observe({ result: failed ? 'error' : 'ok' }, seconds);
+  }
+
+  /** Serves on host:port; resolves with the port it got. */
+  listen(agent: TowerAgent, host: string, port: number): Promise<number> {
+    this.#agent = agent;
+    const server = createServer((req, res) => {
+      const handled = serveHealth(req, res, {
+        live: [{ name: 'ping', check: () => undefined }],
+        ready: [{ name: 'proxy-connection', check: () => (agent.stats.connected ? undefined : 'not connected to the proxy (see the agent\'s log)') }],
+        metrics: async () => ({ contentType: this.register.contentType, body: await this.register.metrics() }),
+      });
+      if (!handled) { res.writeHead(404, { 'content-type': 'text/plain' }); res.end('404 page not found\n'); }
+    });
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 10_000;
+    this.#server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve((server.address() as { port: number }).port));
+    });
+  }
+
+  close(): void {
+    this.#server?.close();
+    this.#server?.closeAllConnections();
+  }
+}

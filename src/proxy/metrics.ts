@@ -1,0 +1,123 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { withoutTotalGauges } from '../observe/health.ts';
+import type { AgentSession, ChannelObserver } from '../tunnel/server.ts';
+import type { SessionRegistry } from './registry.ts';
+
+/** seconds: from a quick apiserver answer through the tunnel up to the default --request-timeout */
+const REQUEST_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 15];
+
+export type HandshakeResult = 'accepted' | 'unauthorized' | 'failed' | 'limited';
+export type LoginFailure = 'unknown_cluster' | 'wrong_token' | 'unusable_record';
+
+/** What the proxy's metrics read at scrape time, rather than count on every request. */
+export interface ProxyMetricsSource {
+  registry: SessionRegistry;
+  /** 1 when this proxy reconciles and serves (or there is no election), 0 while it stands by */
+  leader: () => number;
+}
+
+/**
+ * `tower_proxy_*` in Prometheus text format, with prom-client's process and Node.js metrics.
+ * Gauges and byte counters are read from the live sessions when scraped; only requests, dials,
+ * handshakes and errors are counted as they happen.
+ */
+export class ProxyMetrics {
+  readonly register = new Registry();
+  readonly handshakes: Counter<'result'>;
+  readonly loginFailures: Counter<'reason'>;
+  readonly requests: Counter<'cluster' | 'verb' | 'code'>;
+  readonly requestDuration: Histogram<'cluster' | 'verb'>;
+  readonly dialDuration: Histogram<'cluster'>;
+  readonly dialFailures: Counter<'cluster' | 'reason'>;
+  readonly reconcileErrors: Counter;
+  readonly inflightRefusals: Counter<'cluster'>;
+  /** bytes of sessions that have closed, by cluster; live ones are read at scrape time */
+  #closedBytes = new Map<string, { read: number; written: number }>();
+
+  constructor(source: ProxyMetricsSource) {
+    const registers = [this.register];
+    collectDefaultMetrics({ register: this.register });
+    withoutTotalGauges(this.register);
+    const { registry } = source;
+    new Gauge({
+      name: 'tower_proxy_agents_connected', help: 'Agent sessions connected, by cluster', labelNames: ['cluster'], registers,
+      collect() {
+        this.reset();
+        for (const [cluster, n] of registry.counts()) this.set({ cluster }, n);
+      },
+    });
+    new Gauge({
+      name: 'tower_proxy_channels_open', help: 'Tunnel channels open through all agents', registers,
+      collect() {
+        let n = 0;
+        for (const s of registry.sessions()) n += s.channels;
+        this.set(n);
+      },
+    });
+    const closed = this.#closedBytes;
+    new Counter({
+      name: 'tower_proxy_tunnel_bytes_total', help: 'Bytes through agent connections (WebSocket, TLS included), by cluster and direction', labelNames: ['cluster', 'direction'], registers,
+      collect() {
+        const sums = new Map<string, { read: number; written: number }>();
+        for (const [cluster, b] of closed) sums.set(cluster, { ...b });
+        for (const s of registry.sessions()) {
+          const b = s.bytes;
+          const sum = sums.get(s.name) ?? { read: 0, written: 0 };
+          sum.read += b.read;
+          sum.written += b.written;
+          sums.set(s.name, sum);
+        }
+        this.reset();
+        for (const [cluster, b] of sums) {
+          this.inc({ cluster, direction: 'from_agent' }, b.read);
+          this.inc({ cluster, direction: 'to_agent' }, b.written);
+        }
+      },
+    });
+    new Gauge({
+      name: 'tower_proxy_leader', help: '1 when this proxy reconciles and serves (or runs without leader election), 0 while it stands by', registers,
+      collect() { this.set(source.leader()); },
+    });
+    this.handshakes = new Counter({ name: 'tower_proxy_agent_handshakes_total', help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once)', labelNames: ['result'], registers });
+    this.loginFailures = new Counter({ name: 'tower_proxy_login_failures_total', help: 'Agents refused by reason', labelNames: ['reason'], registers });
+    this.requests = new Counter({ name: 'tower_proxy_gateway_requests_total', help: 'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), Kubernetes verb and status code', labelNames: ['cluster', 'verb', 'code'], registers });
+    this.requestDuration = new Histogram({ name: 'tower_proxy_gateway_request_duration_seconds', help: 'Time until a gateway request is answered and done (watches: their whole life)', labelNames: ['cluster', 'verb'], buckets: REQUEST_BUCKETS, registers });
+    this.dialDuration = new Histogram({ name: 'tower_proxy_upstream_dial_duration_seconds', help: 'Time for an agent to open a channel, which it does once it has dialed the upstream', labelNames: ['cluster'], buckets: DIAL_BUCKETS, registers });
+    this.dialFailures = new Counter({ name: 'tower_proxy_upstream_dial_failures_total', help: 'Channels not opened, by cluster and reason (refused: the agent could not dial the upstream or would not)', labelNames: ['cluster', 'reason'], registers });
+    this.reconcileErrors = new Counter({ name: 'tower_proxy_reconcile_errors_total', help: 'Failed reconciles of Cluster resources (Kubernetes mode)', registers });
+    this.inflightRefusals = new Counter({ name: 'tower_proxy_inflight_refusals_total', help: 'Requests answered 429 because the cluster had --max-requests-inflight requests in flight', labelNames: ['cluster'], registers });
+  }
+
+  /** for the tunnel: every channel open, its time or its failure */
+  readonly onChannel: ChannelObserver = (session, ms, failure) => {
+    if (failure) this.dialFailures.inc({ cluster: session.name, reason: failure });
+    else this.dialDuration.observe({ cluster: session.name }, ms / 1000);
+  };
+
+  /** keeps a closing session's bytes in its cluster's total */
+  sessionClosed(session: AgentSession): void {
+    const b = session.bytes;
+    const sum = this.#closedBytes.get(session.name) ?? { read: 0, written: 0 };
+    sum.read += b.read;
+    sum.written += b.written;
+    this.#closedBytes.set(session.name, sum);
+  }
+
+  /** a cluster removed from the store takes its series with it */
+  forget(cluster: string): void {
+    this.#closedBytes.delete(cluster);
+    for (const m of [this.requests, this.requestDuration, this.dialDuration, this.dialFailures, this.inflightRefusals] as { remove(labels: Record<string, string>): void }[]) {
+      removeCluster(m, cluster);
+    }
+  }
+
+  metrics(): Promise<string> { return this.register.metrics(); }
+  get contentType(): string { return this.register.contentType; }
+}
+
+/** prom-client removes series by exact labels only: find each of the cluster's */
+function removeCluster(metric: { remove(labels: Record<string, string>): void }, cluster: string): void {
+  const hashMap = (metric as unknown as { hashMap: Record<string, { labels: Record<string, string> }> }).hashMap ?? {};
+  for (const { labels } of Object.values(hashMap)) if (labels.cluster === cluster) metric.remove(labels);
+}
