@@ -9,7 +9,11 @@ import { root } from './lib.mjs';
 export const COMMANDS = ['proxy', 'agent', 'token', 'kubeconfig', 'clusters', 'delete', 'version', 'install proxy', 'install agent'];
 const README = join(root, 'README.md');
 
-/** [{ usage: '--port PORT', default: '8080' | undefined, help }] of one command's own flags, as --help prints them */
+/**
+ * [{ usage: '--port PORT', default: '8080' | undefined, help }] of one command's own flags, as --help prints them
+ * @param {string} helpText
+ * @returns {{ usage: string, default: string | undefined, help: string }[]}
+ */
 export function helpFlags(helpText) {
   const own = helpText.split(/\n\n(?=Flags of every command:)/)[0];
   const section = own.split(/^Flags:\n/m)[1];
@@ -25,6 +29,7 @@ export function helpFlags(helpText) {
   return flags;
 }
 
+/** @param {string} binary @param {string} command @returns {string} */
 export function help(binary, command) {
   return execFileSync(binary, [...command.split(' '), '--help'], { encoding: 'utf8' });
 }
@@ -35,10 +40,14 @@ export function table(flags) {
     ...flags.map((f) => `| \`${f.usage}\` | ${f.default === undefined ? '' : `\`${cell(f.default)}\``} | ${cell(f.help)} |`)].join('\n');
 }
 
-/** the tables the README holds now, by command */
+/**
+ * the tables the README holds now, by command
+ * @returns {Record<string, string>}
+ */
 export function readmeTables(text = readFileSync(README, 'utf8')) {
+  /** @type {Record<string, string>} */
   const out = {};
-  for (const m of text.matchAll(/<!-- flags: ([a-z ]+) -->\n([\s\S]*?)\n<!-- \/flags -->/g)) out[m[1]] = m[2];
+  for (const m of text.matchAll(/<!-- flags: ([a-z ]+) -->\n([\s\S]*?)\n?<!-- \/flags -->/g)) out[m[1]] = m[2];
   return out;
 }
 
@@ -46,9 +55,9 @@ if (process.argv[1] === new URL(import.meta.url).pathname) {
   const binary = join(root, 'dist', 'tower');
   let text = readFileSync(README, 'utf8');
   for (const c of COMMANDS) {
-    const marker = new RegExp(`(<!-- flags: ${c} -->\\n)[\\s\\S]*?(\\n<!-- /flags -->)`);
+    const marker = new RegExp(`(<!-- flags: ${c} -->\\n)[\\s\\S]*?(<!-- /flags -->)`);
     if (!marker.test(text)) { console.error(`docs: README.md has no <!-- flags: ${c} --> table`); process.exitCode = 1; continue; }
-    text = text.replace(marker, (_, a, b) => a + table(helpFlags(help(binary, c))) + b);
+    text = text.replace(marker, (_, a, b) => `${a}${table(helpFlags(help(binary, c)))}\n${b}`);
   }
   writeFileSync(README, text);
   console.log('docs: README flag tables rewritten from dist/tower --help');

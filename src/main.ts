@@ -2,7 +2,7 @@ import { Cli } from 'clipanion';
 import { AgentCommand } from './cli/agent.ts';
 import type { TowerCommand } from './cli/base.ts';
 import { ClustersCommand, DeleteCommand } from './cli/clusters.ts';
-import { commandHelp, nearest, normalizeSwitches, overview, unknownFlag, type CommandEntry } from './cli/help.ts';
+import { commandHelp, nearest, normalizeSwitches, overview, positionals, unknownFlag, type CommandEntry } from './cli/help.ts';
 import { InstallAgentCommand, InstallProxyCommand } from './cli/install.ts';
 import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
@@ -28,6 +28,7 @@ async function main(args: string[]): Promise<number> {
   const first = args[0];
   if (first === undefined || first === '--help' || first === '-h') { process.stdout.write(overview(entries)); return 0; }
   if (first === '--version') { process.stdout.write(`${VERSION}\n`); return 0; }
+  if (first === '-v') return fail('tower: unknown command "-v"; did you mean version? (see: tower help; -v N is a command\'s log verbosity)');
   if (first === 'help') {
     if (args.length === 1) { process.stdout.write(overview(entries)); return 0; }
     const found = resolve(args.slice(1));
@@ -62,15 +63,15 @@ async function main(args: string[]): Promise<number> {
   } catch (err) {
     // clipanion's own message, on one line: a missing value, an extra argument
     const why = ((err as Error).message.split('\n')[0] ?? '').replace(/^Command not found; did you mean.*$/, 'unexpected argument');
-    return fail(`${name}: ${syntaxProblem(why, rest)} (see: ${name} --help)`);
+    const takes = entry.cls.doc.usage.split(' ')[entry.path.length] === 'NAME' ? 1 : 0;
+    return fail(`${name}: ${syntaxProblem(why, positionals(rest, specs).slice(takes))} (see: ${name} --help)`);
   }
   return cli.run(command);
 }
 
 /** clipanion's parse errors, said as what is wrong with the command line */
-function syntaxProblem(why: string, rest: string[]): string {
+function syntaxProblem(why: string, extra: string[]): string {
   if (/Not enough arguments to option (\S+)/.test(why)) return `${/Not enough arguments to option (\S+?)\.?$/.exec(why)![1]} needs a value`;
-  const extra = rest.filter((a) => !a.startsWith('-'));
   if (/Extraneous positional argument|unexpected argument/.test(why)) return `unexpected argument${extra.length > 1 ? 's' : ''} ${extra.map((a) => JSON.stringify(a)).join(' ')}`;
   return why || 'invalid command line';
 }

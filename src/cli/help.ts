@@ -135,3 +135,21 @@ export function unknownFlag(args: string[], specs: Specs): string | undefined {
   }
   return undefined;
 }
+
+/** the arguments that are neither flags nor their values */
+export function positionals(args: string[], specs: Specs): string[] {
+  const valued = new Set<string>();
+  for (const [key, spec] of Object.entries(specs)) {
+    if (spec.kind === 'bool') continue;
+    valued.add(`--${flagName(key)}`);
+    if (spec.short) valued.add(`-${spec.short}`);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') { out.push(...args.slice(i + 1)); break; }
+    if (a.startsWith('-') && a !== '-') { if (valued.has(a)) i++; continue; }
+    out.push(a);
+  }
+  return out;
+}
