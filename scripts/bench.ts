@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,clusters] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,outage,clusters] [--outage-seconds N] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -19,6 +19,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { CertificateAuthority } from '../src/pki/ca.ts';
+import { AGENT_OPTIONS } from '../src/config/options.ts';
+
+const DEFAULT_MAX_RETRY_INTERVAL_MS = AGENT_OPTIONS.maxRetryInterval.default;
 import { binary as builtBinary, ensureBuilt } from './lib.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -27,7 +30,9 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,clusters').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,outage,clusters').split(','));
+/** how long the proxy stays down in the outage workload: long enough for every agent's backoff to reach its cap */
+const OUTAGE_SECONDS = Number(flag('--outage-seconds') ?? (QUICK ? 45 : 120));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
 /** --profile DIR: the proxy and agent write V8 CPU profiles there (node --cpu-prof) */
 const PROFILE = flag('--profile');
@@ -265,13 +270,14 @@ async function main(): Promise<void> {
   const soak = ONLY.has('soak') ? await soakWorkload(tower) : undefined;
   const idle = ONLY.has('idle') ? await idleWorkload() : undefined;
   const scale = ONLY.has('scale') ? await scaleWorkload(tower) : undefined;
+  const outage = ONLY.has('outage') ? await outageWorkload(tower) : undefined;
   const clusters = ONLY.has('clusters') ? await clustersWorkload() : undefined;
   if (PROFILE) {
     // a clean exit writes the profiles
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report({ soak, idle, scale, clusters }, (Date.now() - t0) / 1000);
+  report({ soak, idle, scale, clusters, outage }, (Date.now() - t0) / 1000);
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -462,6 +468,38 @@ async function scaleWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
   return { agents: AGENTS, connectSeconds, perAgentKiB: ((after - before) * 1024) / AGENTS, handshakesPerSecond: AGENTS / connectSeconds, reconnectSeconds: rec, proxyRssMiB: after, proxyCpuSeconds: cpuConnect };
 }
 
+/**
+ * N agents with the default backoff (--max-retry-interval 30s) through a proxy outage of
+ * OUTAGE_SECONDS: the time from the proxy serving again until the first and the last are back.
+ */
+async function outageWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
+  await restartProxy(tower);
+  const tok = spawnSync(binary, ['token', 'outage'], { env: { ...process.env, ...tower.env }, encoding: 'utf8' });
+  const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
+  const swarm = start(process.execPath, [join(HERE, 'bench', 'swarm.ts'), `ws://127.0.0.1:${tower.agentPort}`, 'outage', token, String(AGENTS), String(DEFAULT_MAX_RETRY_INTERVAL_MS)]);
+  const connectedCount = () => { const all = [...swarm.output.matchAll(/"connected":(\d+)/g)]; return all.length ? Number(all.at(-1)![1]) : 0; };
+  const until = async (done: () => boolean, limitMs: number) => {
+    const s = Date.now();
+    while (!done()) {
+      if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return (Date.now() - s) / 1000;
+  };
+  await until(() => connectedCount() === AGENTS, 180_000);
+  tower.proxy.kill('SIGTERM');
+  if (tower.proxy.exitCode === null) await once(tower.proxy, 'exit');
+  log(`proxy down for ${OUTAGE_SECONDS} s with ${AGENTS} agents retrying`);
+  await new Promise((r) => setTimeout(r, OUTAGE_SECONDS * 1000));
+  tower.proxy = start(binary, tower.proxyArgs, { env: { ...tower.env, ...TOWER_ENV } });
+  await waitOutput(tower.proxy, /proxy serving/);
+  const first = await until(() => connectedCount() > 0, 120_000);
+  const all = first + await until(() => connectedCount() === AGENTS, 120_000);
+  swarm.kill('SIGTERM');
+  log(`after a ${OUTAGE_SECONDS} s outage: first agent back ${first.toFixed(1)} s, all ${AGENTS} ${all.toFixed(1)} s after the proxy served again`);
+  return { agents: AGENTS, outageSeconds: OUTAGE_SECONDS, firstSeconds: first, allSeconds: all };
+}
+
 /** Kubernetes mode: N Clusters applied at once, initialized by the proxy; then the proxy restarts. */
 async function clustersWorkload() {
   const script = join(HERE, 'test-cluster.sh');
@@ -533,9 +571,10 @@ interface Extra {
   idle?: Awaited<ReturnType<typeof idleWorkload>>;
   scale?: Awaited<ReturnType<typeof scaleWorkload>>;
   clusters?: Awaited<ReturnType<typeof clustersWorkload>>;
+  outage?: Awaited<ReturnType<typeof outageWorkload>>;
 }
 
-function report({ soak, idle, scale, clusters }: Extra, elapsed: number): void {
+function report({ soak, idle, scale, clusters, outage }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -585,6 +624,12 @@ function report({ soak, idle, scale, clusters }: Extra, elapsed: number): void {
     lines.push(`| proxy RSS per agent, KiB | ${fmt(scale.perAgentKiB)} |`);
     lines.push(`| handshakes per second (all agents dialing at once) | ${fmt(scale.handshakesPerSecond)} |`);
     lines.push(`| all agents back after a proxy restart, s | ${fmt(scale.reconnectSeconds)} |`);
+  }
+  if (outage) {
+    lines.push('', `| outage (tower only, ${outage.agents} agents, default backoff) | value |`, '| --- | ---: |');
+    lines.push(`| proxy down, s | ${outage.outageSeconds} |`);
+    lines.push(`| first agent back after the proxy serves again, s | ${fmt(outage.firstSeconds)} |`);
+    lines.push(`| all agents back after the proxy serves again, s | ${fmt(outage.allSeconds)} |`);
     lines.push('');
   }
   if (clusters) {

@@ -171,6 +171,22 @@ test('tower token and tower kubeconfig in Kubernetes mode: create the Cluster, w
   assert.match(refused.stderr, /Cluster "direct" exists, but its spec\.connection\.type is "direct", not "proxy"; .*kubectl patch cluster direct/);
 });
 
+test('tower clusters lists the proxy Clusters with their AgentAvailable condition; tower delete says what to delete instead', async () => {
+  await host.startProxy();
+  await host.applyCluster('omega');
+  await host.waitCluster('omega', 'initialized', initialized);
+  const r = await host.tower(['clusters', '-o', 'wide']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^NAME\s+AGENTS\s+CONNECTED\s+LAST SEEN\s+VERSION\s+ADDRESS\s+NOTE$/m);
+  assert.match(r.stdout, /^omega\s+0\s+-\s+(never|\d+[smhd] ago)\s+-\s+-\s+\S/m);
+  const json = JSON.parse((await host.tower(['clusters', '-o', 'json'])).stdout) as { clusters: { name: string; agents: number }[] };
+  assert.deepEqual(json.clusters.map((c) => [c.name, c.agents]), [['omega', 0]]);
+  const del = await host.tower(['delete', 'omega']);
+  assert.equal(del.code, 1);
+  assert.match(del.stderr, /^tower delete: in Kubernetes mode cluster "omega" is KubeSphere's Cluster resource, which tower does not delete: kubectl --kubeconfig <host> delete cluster\.cluster\.kubesphere\.io omega/m);
+  assert.ok(await host.get('omega'), 'the Cluster is still there');
+});
+
 test('a restarted proxy re-allocates nothing, rewrites no kubeconfig, and its agents come back', async () => {
   let proxy = await host.startProxy();
   await host.applyCluster('delta');

@@ -197,7 +197,7 @@ describe('health and metrics', () => {
     assert.match(proxyText, /^tower_proxy_agent_handshakes_total\{result="accepted"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_gateway_requests_total\{cluster="silent",verb="list",code="504"\} 1$/m);
     assert.match(proxyText, /^tower_proxy_gateway_requests_total\{cluster="alpha",verb="get",code="200"\} [1-9]\d*$/m);
-    assert.match(proxyText, /^tower_proxy_gateway_request_duration_seconds_count\{cluster="alpha",verb="get"\} [1-9]\d*$/m);
+    assert.match(proxyText, /^tower_proxy_gateway_request_duration_seconds_count\{cluster="alpha"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_tunnel_bytes_total\{cluster="alpha",direction="to_agent"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_upstream_dial_duration_seconds_count\{cluster="alpha"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_leader 1$/m);

@@ -1,9 +1,9 @@
 // Many agents in one process (tower's own agent code, not the binary): for the scale workload.
-// Usage: node swarm.ts PROXY_URL NAME TOKEN N → prints {"connected": k} lines as the count changes.
+// Usage: node swarm.ts PROXY_URL NAME TOKEN N [MAX_RETRY_INTERVAL_MS] → prints {"connected": k} lines as the count changes.
 import { Logger } from '../../src/observe/log.ts';
 import { TowerAgent } from '../../src/agent/agent.ts';
 
-const [proxyUrl, name, token, n] = process.argv.slice(2) as [string, string, string, string];
+const [proxyUrl, name, token, n, cap = '5000'] = process.argv.slice(2) as [string, string, string, string, string?];
 let connected = 0;
 
 /** counts connections from the agents' own log lines, printing nothing else */
@@ -19,7 +19,7 @@ const agents = Array.from({ length: Number(n) }, () => new TowerAgent({
   kubesphereService: '127.0.0.1:9',
   keepaliveMs: 60_000,
   maxRetry: 0,
-  maxRetryIntervalMs: 5_000,
+  maxRetryIntervalMs: Number(cap),
   tlsAtAgent: true,
   maxChannels: 4096,
   // loopback to a proxy of this run: nothing to verify

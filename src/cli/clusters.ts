@@ -79,13 +79,15 @@ async function kubernetesRows(store: KubernetesStore): Promise<ClusterRow[]> {
   const { items } = await store.host.listClusters();
   return items.filter((c) => c.spec?.connection?.type === 'proxy').map((c: KubeCluster) => {
     const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
+    const initialized = c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True');
     const up = available?.status === 'True';
     return {
       name: c.metadata.name,
-      agents: available ? (up ? 1 : 0) : undefined,
+      // the proxy sets AgentAvailable when an agent first connects
+      agents: available ? (up ? 1 : 0) : initialized ? 0 : undefined,
       connectedSince: up ? available?.lastTransitionTime : undefined,
       lastSeen: up ? new Date().toISOString() : available?.lastTransitionTime,
-      note: available ? (up ? undefined : available.message) : 'no AgentAvailable condition yet (is a tower proxy running?)',
+      note: up ? undefined : available?.message ?? (initialized ? 'no agent has connected yet' : 'not initialized by a tower proxy yet (is one running?)'),
     };
   }).sort((a, b) => a.name.localeCompare(b.name));
 }

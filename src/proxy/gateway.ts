@@ -290,7 +290,7 @@ export class Gateway {
     const metrics = this.#opts.metrics;
     if (metrics) {
       metrics.requests.inc({ cluster: cluster ?? '', verb, code: String(status) });
-      metrics.requestDuration.observe({ cluster: cluster ?? '', verb }, seconds);
+      if (verb !== 'watch') metrics.requestDuration.observe({ cluster: cluster ?? '' }, seconds);
     }
     if (!this.#opts.accessLog) return;
     const peer = this.#opts.tls ? this.#peers.get(req.socket as TLSSocket) : undefined;

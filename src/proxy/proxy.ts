@@ -75,6 +75,8 @@ export class Proxy {
 
   async start(): Promise<void> {
     const { store } = this.#opts;
+    // without an election the claim answers at once (and names a proxy that already serves the store)
+    if (!this.#opts.leaderElection) this.#claim = await store.claim();
     const ca = await loadCertificateAuthority(store, this.#opts.caCert, this.#opts.caKey);
     this.#ca = ca;
     const hostKey = await loadHostKey(store);
@@ -98,11 +100,24 @@ export class Proxy {
       metrics: this.metrics,
       log: this.#log,
     });
-    this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
+    // a replica standing by shares the port with the leader only where both run in one network
+    // namespace (not in pods): it then listens once it leads
+    const listenAgents = () => listenOrExplain(this.#endpoint!.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
+    let listening = true;
+    try {
+      this.agentPort = await listenAgents();
+    } catch (err) {
+      if (!(this.#opts.leaderElection && err instanceof TowerError && err.code === 'EADDRINUSE')) throw err;
+      listening = false;
+      this.#log.info('the agent port is in use (another replica on this host?): health answers once this replica leads', { port: this.#opts.port });
+    }
 
-    this.#phase = this.#opts.leaderElection ? 'standby' : 'starting';
-    this.#claim = await store.claim();
-    this.#phase = 'starting';
+    if (this.#opts.leaderElection) {
+      this.#phase = 'standby';
+      this.#claim = await store.claim();
+      this.#phase = 'starting';
+    }
+    if (!listening) this.agentPort = await retryWhileInUse(listenAgents);
     await store.reconcile?.({ ca, agents: (name) => this.registry.count(name), onError: () => this.metrics.reconcileErrors.inc() });
     await this.#watchClusters();
     this.registry.on('change', (name: string) => {
@@ -314,6 +329,18 @@ export function tokensEqual(a: string, b: string): boolean {
   // compare equal lengths only, so that the time does not tell where they differ
   if (x.length !== y.length) { timingSafeEqual(y, y); return false; }
   return timingSafeEqual(x, y);
+}
+
+/** the previous leader may still hold the port for a moment after the lease changed hands */
+async function retryWhileInUse(listen: () => Promise<number>): Promise<number> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await listen();
+    } catch (err) {
+      if (!(err instanceof TowerError && err.code === 'EADDRINUSE') || attempt >= 60) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
 }
 
 async function listenOrExplain(p: Promise<number>, host: string, port: number, flag: string): Promise<number> {
