@@ -407,6 +407,17 @@ test('--leader-elect: one proxy serves; when it dies the other takes the lease, 
   assert.equal(ns.code, 0, ns.stderr);
   assert.deepEqual((await host.get('xi'))!.spec, up.spec, 'the new leader keeps everything');
 
+  // a replica standing by (here on an address of its own, as a pod has) is live but not ready
+  const standby = await host.startProxy([...times, '--host', '127.0.0.2'], { agentPort, wait: false });
+  await standby.waitFor(/leader election: waiting for the lease/);
+  const get = async (path: string) => { const r = await fetch(`http://127.0.0.2:${agentPort}${path}`); return [r.status, await r.text()] as const; };
+  assert.deepEqual(await get('/livez'), [200, 'ok']);
+  const [status, verbose] = await get('/readyz?verbose');
+  assert.equal(status, 500);
+  assert.match(verbose, /^\[-\]leader-election failed: standing by: another replica holds Lease kubesphere-system\/tower$/m);
+  assert.match(await (await fetch(`http://127.0.0.2:${agentPort}/metrics`)).text(), /^tower_proxy_leader 0$/m);
+  await standby.stop('SIGTERM');
+
   // a leader that is told to stop hands the lease over at once
   const third = await host.startProxy(times, { agentPort, wait: false });
   await third.waitFor(/leader election: waiting for the lease/);

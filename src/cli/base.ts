@@ -105,6 +105,16 @@ export abstract class TowerCommand extends Command {
   }
 }
 
+/** Runs `fn` on the store that `o` selects, closing it after. */
+export async function withStore<T>(cmd: TowerCommand, o: StoreChoice, fn: (store: ClusterStore) => Promise<T>): Promise<T> {
+  const store = await cmd.openStore(o);
+  try {
+    return await fn(store);
+  } finally {
+    store.close();
+  }
+}
+
 export function isKubernetesStore(store: ClusterStore): store is KubernetesStore {
   return store.kind === 'kubernetes';
 }

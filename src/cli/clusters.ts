@@ -5,7 +5,7 @@ import { StoreError } from '../errors.ts';
 import type { KubeCluster } from '../kube/resource.ts';
 import type { FileStore } from '../store/file.ts';
 import type { KubernetesStore } from '../store/kubernetes.ts';
-import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
+import { isKubernetesStore, TowerCommand, withStore, type CommandDoc } from './base.ts';
 
 /** One row of `tower clusters`, in either store. */
 export interface ClusterRow {
@@ -105,20 +105,18 @@ export class ClustersCommand extends TowerCommand {
 
   async run(): Promise<number> {
     const o = this.load(CLUSTERS_OPTIONS);
-    const store = await this.openStore(o);
-    try {
+    const table = o.output === 'table' || o.output === 'wide';
+    return withStore(this, o, async (store) => {
       if (isKubernetesStore(store)) {
         process.stdout.write(render(await kubernetesRows(store), o.output));
-      } else {
-        const { rows, note } = await fileRows(store as FileStore);
-        if (note && (o.output === 'table' || o.output === 'wide')) process.stderr.write(`${note}\n`);
-        if (rows.length === 0 && (o.output === 'table' || o.output === 'wide')) process.stderr.write(`no clusters in ${store.location} (register one with: tower token NAME)\n`);
-        else process.stdout.write(render(rows, o.output));
+        return 0;
       }
+      const { rows, note } = await fileRows(store as FileStore);
+      if (note && table) process.stderr.write(`${note}\n`);
+      if (rows.length === 0 && table) process.stderr.write(`no clusters in ${store.location} (register one with: tower token NAME)\n`);
+      else process.stdout.write(render(rows, o.output));
       return 0;
-    } finally {
-      store.close();
-    }
+    });
   }
 }
 
@@ -138,16 +136,13 @@ export class DeleteCommand extends TowerCommand {
   async run(): Promise<number> {
     const o = this.load(DELETE_OPTIONS);
     const name = this.clusterName(this.name);
-    const store = await this.openStore(o);
-    try {
+    return withStore(this, o, async (store) => {
       if (isKubernetesStore(store)) {
         throw new StoreError('EKUBE', `in Kubernetes mode cluster "${name}" is KubeSphere's Cluster resource, which tower does not delete: kubectl --kubeconfig <host> delete cluster.cluster.kubesphere.io ${name} (tower then stops serving it and removes its Service mc-${name})`);
       }
       if (!await (store as FileStore).remove(name)) throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (see: tower clusters)`);
       process.stdout.write(`cluster "${name}" deleted from ${store.location}; its agents are disconnected and their token no longer works\n`);
       return 0;
-    } finally {
-      store.close();
-    }
+    });
   }
 }
