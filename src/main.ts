@@ -8,6 +8,7 @@ import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
 import { TokenCommand } from './cli/token.ts';
 import { VersionCommand } from './cli/version.ts';
+import { CRYPTO_PROBLEM } from './tunnel/ssh.ts';
 import { VERSION } from './version.ts';
 
 const COMMANDS = [ProxyCommand, AgentCommand, TokenCommand, KubeconfigCommand, ClustersCommand, DeleteCommand, VersionCommand, InstallProxyCommand, InstallAgentCommand];
@@ -25,6 +26,8 @@ function fail(line: string): number {
 }
 
 async function main(args: string[]): Promise<number> {
+  // said once, at every start: the SSH ciphers run several times slower on the JS fallback
+  if (CRYPTO_PROBLEM) process.stderr.write(`tower: warning: running on the JS crypto: ${CRYPTO_PROBLEM}\n`);
   const first = args[0];
   if (first === undefined || first === '--help' || first === '-h') { process.stdout.write(overview(entries)); return 0; }
   if (first === '--version') { process.stdout.write(`${VERSION}\n`); return 0; }

@@ -1,5 +1,5 @@
 import { VERSION_OPTIONS } from '../config/options.ts';
-import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
+import { CRYPTO_BACKEND, CRYPTO_PROBLEM } from '../tunnel/ssh.ts';
 import { COMMIT, VERSION } from '../version.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
@@ -16,7 +16,7 @@ export class VersionCommand extends TowerCommand {
 
   async run(): Promise<number> {
     const o = this.load(VERSION_OPTIONS);
-    const info = { version: VERSION, commit: COMMIT, node: process.versions.node, platform: `${process.platform}/${process.arch}`, crypto: CRYPTO_BACKEND };
+    const info = { version: VERSION, commit: COMMIT, node: process.versions.node, platform: `${process.platform}/${process.arch}`, crypto: CRYPTO_BACKEND, cryptoProblem: CRYPTO_PROBLEM };
     if (o.output === 'json') process.stdout.write(JSON.stringify(info, null, 2) + '\n');
     else process.stdout.write(`tower ${info.version} (commit ${info.commit}), Node.js ${info.node}, ${info.platform}, crypto: ${info.crypto}\n`);
     return 0;

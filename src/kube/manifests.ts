@@ -176,7 +176,10 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
               readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 5 },
               resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
               securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
+              // the one writable place: the native crypto binding is written here once and loaded
+              volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
             }],
+            volumes: [{ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } }],
           },
         },
       },
@@ -266,7 +269,10 @@ export function agentManifests(a: AgentInstall): Obj[] {
               readinessProbe: { httpGet: { path: '/readyz', port: AGENT_HEALTH_PORT }, periodSeconds: 10 },
               resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '512Mi' } },
               securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
+              // the one writable place: the native crypto binding is written here once and loaded
+              volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
             }],
+            volumes: [{ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } }],
           },
         },
       },

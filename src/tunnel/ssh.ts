@@ -47,6 +47,8 @@ export const ALGORITHMS = {
 
 /** Which implementation runs the SSH ciphers: the native binding (fast) or ssh2's JS fallback. */
 export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable: boolean }).bindingAvailable ? 'native' : 'js';
+/** why the binary runs on JS crypto although it carries the native binding (undefined otherwise) */
+export const CRYPTO_PROBLEM: string | undefined = (globalThis as { __towerNativeCryptoProblem?: string }).__towerNativeCryptoProblem;
 
 /** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
 export function fingerprint(publicKeyBlob: Buffer): string {
