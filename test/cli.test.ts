@@ -18,6 +18,10 @@ test('the README\'s flag tables name the flags and defaults that every command\'
   }
 });
 
+test('the scripts run on the Node 24 that npm ci installs, whatever Node npm itself runs on', () => {
+  assert.match(process.version, /^v24\./);
+});
+
 test('usage lines name values; every boolean is a switch with a --no- form', async () => {
   const r = await tower(['proxy', '--help']);
   assert.equal(r.code, 0);
