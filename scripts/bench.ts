@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,outage,clusters] [--outage-seconds N] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters] [--outage-seconds N] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -30,7 +30,7 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,outage,clusters').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters').split(','));
 /** how long the proxy stays down in the outage workload: long enough for every agent's backoff to reach its cap */
 const OUTAGE_SECONDS = Number(flag('--outage-seconds') ?? (QUICK ? 45 : 120));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
@@ -271,13 +271,14 @@ async function main(): Promise<void> {
   const idle = ONLY.has('idle') ? await idleWorkload() : undefined;
   const scale = ONLY.has('scale') ? await scaleWorkload(tower) : undefined;
   const outage = ONLY.has('outage') ? await outageWorkload(tower) : undefined;
+  const metrics = ONLY.has('metrics') ? metricsWorkload() : undefined;
   const clusters = ONLY.has('clusters') ? await clustersWorkload() : undefined;
   if (PROFILE) {
     // a clean exit writes the profiles
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report({ soak, idle, scale, clusters, outage }, (Date.now() - t0) / 1000);
+  report({ soak, idle, scale, clusters, outage, metrics }, (Date.now() - t0) / 1000);
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -500,6 +501,15 @@ async function outageWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
   return { agents: AGENTS, outageSeconds: OUTAGE_SECONDS, firstSeconds: first, allSeconds: all };
 }
 
+/** The proxy's /metrics for AGENTS clusters, each with an agent, requests and dials (scripts/bench/metrics-scrape.ts). */
+function metricsWorkload() {
+  const r = spawnSync(process.execPath, [join(HERE, 'bench', 'metrics-scrape.ts'), String(AGENTS), '20'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`metrics-scrape failed: ${r.stderr}`);
+  const m = JSON.parse(r.stdout) as { clusters: number; p50ms: number; maxms: number; bytes: number };
+  log(`/metrics with ${m.clusters} clusters: ${m.p50ms.toFixed(0)} ms, ${(m.bytes / 2 ** 20).toFixed(1)} MiB`);
+  return m;
+}
+
 /** Kubernetes mode: N Clusters applied at once, initialized by the proxy; then the proxy restarts. */
 async function clustersWorkload() {
   const script = join(HERE, 'test-cluster.sh');
@@ -572,9 +582,10 @@ interface Extra {
   scale?: Awaited<ReturnType<typeof scaleWorkload>>;
   clusters?: Awaited<ReturnType<typeof clustersWorkload>>;
   outage?: Awaited<ReturnType<typeof outageWorkload>>;
+  metrics?: ReturnType<typeof metricsWorkload>;
 }
 
-function report({ soak, idle, scale, clusters, outage }: Extra, elapsed: number): void {
+function report({ soak, idle, scale, clusters, outage, metrics }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -630,6 +641,12 @@ function report({ soak, idle, scale, clusters, outage }: Extra, elapsed: number)
     lines.push(`| proxy down, s | ${outage.outageSeconds} |`);
     lines.push(`| first agent back after the proxy serves again, s | ${fmt(outage.firstSeconds)} |`);
     lines.push(`| all agents back after the proxy serves again, s | ${fmt(outage.allSeconds)} |`);
+  }
+  if (metrics) {
+    lines.push('', `| /metrics (tower only, ${metrics.clusters} clusters with agents and requests) | value |`, '| --- | ---: |');
+    lines.push(`| scrape, p50 ms | ${fmt(metrics.p50ms)} |`);
+    lines.push(`| scrape, max of 20, ms | ${fmt(metrics.maxms)} |`);
+    lines.push(`| size, MiB | ${fmt(metrics.bytes / 2 ** 20)} |`);
     lines.push('');
   }
   if (clusters) {
