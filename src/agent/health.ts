@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { serveHealth, withoutTotalGauges } from '../observe/health.ts';
+import { EVENT_LOOP_SAMPLE_MS, serveHealth, withoutTotalGauges } from '../observe/health.ts';
 import type { TowerAgent } from './agent.ts';
 
 const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10];
@@ -18,7 +18,7 @@ export class AgentHealth {
 
   constructor() {
     const registers = [this.register];
-    collectDefaultMetrics({ register: this.register });
+    collectDefaultMetrics({ register: this.register, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     withoutTotalGauges(this.register);
     const stats = () => this.#agent?.stats;
     new Gauge({ name: 'tower_agent_connected', help: '1 while the agent holds a session with the proxy', registers, collect() { this.set(stats()?.connected ? 1 : 0); } });

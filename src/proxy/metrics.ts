@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { withoutTotalGauges } from '../observe/health.ts';
+import { EVENT_LOOP_SAMPLE_MS, withoutTotalGauges } from '../observe/health.ts';
 import type { AgentSession, ChannelObserver } from '../tunnel/server.ts';
 import type { SessionRegistry } from './registry.ts';
 
@@ -38,7 +38,7 @@ export class ProxyMetrics {
 
   constructor(source: ProxyMetricsSource) {
     const registers = [this.register];
-    collectDefaultMetrics({ register: this.register });
+    collectDefaultMetrics({ register: this.register, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     withoutTotalGauges(this.register);
     const { registry } = source;
     new Gauge({
