@@ -195,6 +195,9 @@ describe('health and metrics', () => {
     }
     assert.match(proxyText, /^tower_proxy_agents_connected\{cluster="alpha"\} 1$/m);
     assert.match(proxyText, /^tower_proxy_agent_handshakes_total\{result="accepted"\} [1-9]\d*$/m);
+    // the deleted cluster's agent, refused when it came back
+    assert.match(proxyText, /^tower_proxy_agent_handshakes_total\{result="unauthorized"\} [1-9]\d*$/m);
+    assert.match(proxyText, /^tower_proxy_login_failures_total\{reason="unknown_cluster"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_gateway_requests_total\{cluster="silent",verb="list",code="504"\} 1$/m);
     assert.match(proxyText, /^tower_proxy_gateway_requests_total\{cluster="alpha",verb="get",code="200"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_gateway_request_duration_seconds_count\{cluster="alpha"\} [1-9]\d*$/m);

@@ -10,7 +10,7 @@ import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 import { AddressCounts, closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { LoginLimiter } from './login-limiter.ts';
-import type { ProxyMetrics } from './metrics.ts';
+import type { HandshakeResult, ProxyMetrics } from './metrics.ts';
 import { serveHealth, type HealthOptions } from '../observe/health.ts';
 
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -122,8 +122,8 @@ export class AgentEndpoint {
     this.#guard.seen(socket);
     const remote = remoteOf(socket);
     socket.on('error', () => socket.destroy());
-    const refuse = (status: number, text: string, why: string) => {
-      this.#opts.metrics?.handshakes.inc({ result: status === 400 ? 'failed' : 'limited' });
+    const refuse = (status: number, text: string, why: string, result: HandshakeResult = status === 400 ? 'failed' : 'limited') => {
+      this.#opts.metrics?.handshakes.inc({ result });
       this.#log.warn('refused an agent connection', { remote, why });
       socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n${why}\n`);
       socket.destroy();
@@ -132,7 +132,7 @@ export class AgentEndpoint {
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
     if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
     const standingBy = this.#opts.refusing?.();
-    if (standingBy) return refuse(503, 'Service Unavailable', standingBy);
+    if (standingBy) return refuse(503, 'Service Unavailable', standingBy, 'standby');
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
     const full = this.#pending.acquire(ip);
     if (full === 'total') return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
@@ -146,14 +146,16 @@ export class AgentEndpoint {
     socket.once('close', done);
     // a refusal by the authorizer is counted against (address, name); any other failure against the address
     let judged = false;
+    let denied = false;
     const authorize: Authorizer = async (config, who) => {
       const delay = this.#logins.delayMs(ip, config.name);
       if (delay > 0) await sleep(delay);
-      const denied = await this.#opts.authorize(config, who);
+      const verdict = await this.#opts.authorize(config, who);
       judged = true;
-      if (denied === undefined) this.#logins.succeeded(ip, config.name);
-      else this.#logins.failed(ip, config.name);
-      return denied;
+      denied = verdict !== undefined;
+      if (denied) this.#logins.failed(ip, config.name);
+      else this.#logins.succeeded(ip, config.name);
+      return verdict;
     };
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       this.#alive.add(ws);
@@ -175,7 +177,7 @@ export class AgentEndpoint {
         this.#opts.onSession(session);
       }, (err: Error) => {
         done();
-        this.#opts.metrics?.handshakes.inc({ result: judged ? 'unauthorized' : 'failed' });
+        this.#opts.metrics?.handshakes.inc({ result: denied ? 'unauthorized' : 'failed' });
         if (!judged) this.#logins.failed(ip, '');
         this.#log.warn('agent handshake failed', { remote, err: err.message });
       });
