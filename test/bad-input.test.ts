@@ -167,7 +167,22 @@ describe('the gateway', () => {
     const before = upstream.auth.length;
     const r = await gatewayStatus(await other.issueClient('mallory', ['system:masters']));
     assert.equal(r.status, 401);
+    assert.match(JSON.parse(r.body).message, /\(this connection has a certificate that tower's CA did not sign\)/);
     assert.equal(upstream.auth.length, before);
+  });
+
+  test('certificates of tower\'s CA that OpenSSL would refuse are refused here too: expired, or meant for servers (401, nothing forwarded)', async () => {
+    // the gateway checks client certificates itself (see src/proxy/client-certificate.ts)
+    const ca = await CertificateAuthority.load({ cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'), key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8') }, 'test');
+    const before = upstream.auth.length;
+    const expired = await gatewayStatus(await ca.issueClient('old', ['system:masters'], -1, 'healthy'));
+    assert.equal(expired.status, 401);
+    assert.match(JSON.parse(expired.body).message, /\(this connection has a certificate that expired .*\)/);
+    const server = await gatewayStatus(await ca.issueServer(['healthy.example']));
+    assert.equal(server.status, 401);
+    assert.match(JSON.parse(server.body).message, /\(this connection has a certificate not meant for client authentication\)/);
+    assert.equal(upstream.auth.length, before);
+    await stillServing();
   });
 
   test('a bound certificate gets the same answer for another cluster and for one that does not exist', async () => {

@@ -7,6 +7,7 @@ import { truncate, type Logger } from '../observe/log.ts';
 import { boundCluster } from '../pki/ca.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { AgentSession } from '../tunnel/server.ts';
+import { ClientCertificateCheck } from './client-certificate.ts';
 import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { certificateIdentity, ImpersonationCheck, impersonationHeaders, impersonationRequest, isIdentityHeader, type GatewayIdentity, type Identity, type ImpersonationRequest } from './identity.ts';
 import type { ProxyMetrics } from './metrics.ts';
@@ -100,7 +101,7 @@ interface Route {
 }
 
 /** what a TLS connection's certificate says, read once per connection */
-interface Peer { bound: string | undefined; identity: Identity | string | undefined }
+interface Peer { problem?: string; bound: string | undefined; identity: Identity | string | undefined }
 
 /**
  * The cluster gateway: one HTTPS port, client certificates from tower's CA required, routing
@@ -117,6 +118,7 @@ export class Gateway {
   #impersonation: ImpersonationCheck;
   #members = new WeakMap<AgentSession, Upstream>();
   #peers = new WeakMap<TLSSocket, Peer>();
+  #certificates: ClientCertificateCheck | undefined;
   #log: Logger;
 
   constructor(opts: GatewayOptions) {
@@ -133,12 +135,13 @@ export class Gateway {
       log: opts.log,
     });
     if (opts.tls) {
+      this.#certificates = new ClientCertificateCheck(opts.tls.caPem);
       const https = createHttpsServer({
         cert: opts.tls.cert,
         key: opts.tls.key,
-        ca: opts.tls.caPem,
+        // no `ca`: the client certificate is asked for and verified here (ClientCertificateCheck),
+        // so that a missing or foreign one gets a readable 401 and no native memory stays behind
         requestCert: true,
-        // verified below, so that a missing or foreign certificate gets a readable 401
         rejectUnauthorized: false,
         ALPNProtocols: ['http/1.1'],
         handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
@@ -169,7 +172,7 @@ export class Gateway {
   setCertificate(cert: string, key: string): void {
     if (!this.#opts.tls) return;
     this.#opts.tls = { ...this.#opts.tls, cert, key };
-    (this.server as HttpsServer).setSecureContext({ cert, key, ca: this.#opts.tls.caPem });
+    (this.server as HttpsServer).setSecureContext({ cert, key });
   }
 
   close(): Promise<void> {
@@ -184,11 +187,10 @@ export class Gateway {
   /** Checks the client certificate and the route; answers the problem itself when there is one. */
   #route(req: IncomingMessage): Route | Refusal {
     const socket = req.socket as TLSSocket;
-    if (this.#opts.tls && !socket.authorized) {
-      const why = socket.authorizationError ? String(socket.authorizationError) : 'no client certificate';
-      return { status: 401, message: `tower gateway: a client certificate signed by tower's CA is required (${why}); get a kubeconfig with: tower kubeconfig <cluster>` };
-    }
     const peer = this.#opts.tls ? this.#peer(socket) : undefined;
+    if (peer?.problem) {
+      return { status: 401, message: `tower gateway: a client certificate signed by tower's CA is required (this connection has ${peer.problem}); get a kubeconfig with: tower kubeconfig <cluster>` };
+    }
     const bound = peer?.bound;
     const m = this.#opts.cluster ? undefined : CLUSTER_PATH.exec(req.url ?? '');
     let name: string;
@@ -230,8 +232,11 @@ export class Gateway {
   #peer(socket: TLSSocket): Peer {
     let p = this.#peers.get(socket);
     if (!p) {
-      const cert = socket.getPeerCertificate();
-      p = { bound: boundCluster(cert.subjectaltname), identity: this.#actsAsCertificate ? certificateIdentity(cert) : undefined };
+      const cert = socket.getPeerCertificate(true);
+      const problem = this.#certificates!.problem(cert.raw);
+      p = problem
+        ? { problem, bound: undefined, identity: undefined }
+        : { bound: boundCluster(cert.subjectaltname), identity: this.#actsAsCertificate ? certificateIdentity(cert) : undefined };
       this.#peers.set(socket, p);
     }
     return p;
