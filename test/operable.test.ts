@@ -167,6 +167,27 @@ describe('tower clusters', () => {
     assert.match(r.stderr, /no proxy is serving .*: AGENTS unknown/);
     assert.match(r.stdout, /^lonely\s+-\s+-\s+never$/m);
   });
+
+  test('status and proxy files written by someone else (wrong types, terminal escapes, pid -1) are shown safely', async () => {
+    const dir = tempDir('hostile-status');
+    const env = { TOWER_HOME: dir };
+    assert.equal((await tower(['token', 'odd'], env)).code, 0);
+    writeFileSync(join(dir, 'status', 'odd.yaml'), stringify({
+      connected: true, agents: 'many', since: { not: 'a time' }, lastSeen: '2026-01-01T00:00:00Z',
+      agentVersions: '\x1b]0;pwned\x07\x1b[31mred', agentAddresses: '10.0.0.1:5000',
+    }));
+    // kill(-1, 0) reaches every process: a pid of -1 must not pass for a running proxy
+    writeFileSync(join(dir, 'proxy.yaml'), stringify({ agentUrl: 'http://127.0.0.1:1', gatewayUrl: 'https://127.0.0.1:2', hostKeyFingerprint: `SHA256:${'A'.repeat(43)}`, pid: -1 }));
+    for (const output of ['wide', 'json', 'yaml']) {
+      const r = await tower(['clusters', '-o', output], env);
+      assert.equal(r.code, 0, `${output}: ${r.stderr}`);
+      assert.doesNotMatch(r.stdout + r.stderr, /\x1b|\x07/, output);
+      assert.match(r.stdout, /odd/);
+    }
+    const wide = await tower(['clusters', '-o', 'wide'], env);
+    assert.match(wide.stderr, /no proxy is serving .* \(the last one was pid -1\): AGENTS unknown/);
+    assert.match(wide.stdout, /^odd\s+-\s+-\s+\d+d ago\s+-\s+10\.0\.0\.1:5000$/m);
+  });
 });
 
 describe('health and metrics', () => {

@@ -3,7 +3,8 @@ import { stringify as toYaml } from 'yaml';
 import { CLUSTERS_OPTIONS, DELETE_OPTIONS } from '../config/options.ts';
 import { StoreError } from '../errors.ts';
 import type { KubeCluster } from '../kube/resource.ts';
-import type { FileStore } from '../store/file.ts';
+import { pidAlive, type FileStore } from '../store/file.ts';
+import { printable } from '../observe/log.ts';
 import type { KubernetesStore } from '../store/kubernetes.ts';
 import { isKubernetesStore, TowerCommand, withStore, type CommandDoc } from './base.ts';
 
@@ -31,7 +32,9 @@ function age(iso: string | undefined, now: number): string {
   return `${Math.floor(s / 86_400)}d`;
 }
 
-function table(rows: string[][]): string {
+/** columns padded to their widest cell; every cell escaped, as some come from files and the API */
+function table(cells: string[][]): string {
+  const rows = cells.map((r) => r.map(printable));
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n') + '\n';
 }
@@ -53,7 +56,7 @@ export function render(rows: ClusterRow[], output: string, now = Date.now()): st
 
 async function fileRows(store: FileStore): Promise<{ rows: ClusterRow[]; note?: string }> {
   const record = await store.readProxyRecord();
-  const running = record?.pid !== undefined && alive(record.pid);
+  const running = pidAlive(record?.pid);
   const rows: ClusterRow[] = [];
   for (const c of await store.list()) {
     const st = c.problem ? undefined : await store.readStatus(c.name);
@@ -68,10 +71,6 @@ async function fileRows(store: FileStore): Promise<{ rows: ClusterRow[]; note?: 
     });
   }
   return { rows, note: running ? undefined : `no proxy is serving ${store.location}${record?.pid ? ` (the last one was pid ${record.pid})` : ''}: AGENTS unknown` };
-}
-
-function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
 }
 
 /** Kubernetes mode: from the Cluster resources of type proxy and their AgentAvailable condition. */

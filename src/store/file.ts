@@ -107,9 +107,19 @@ export class FileStore implements ClusterStore {
   async readStatus(name: string): Promise<ClusterStatus | undefined> {
     assertClusterName(name);
     const r = await this.#readYaml(join(this.#statusDir, `${name}.yaml`));
-    const d = r.doc as Partial<ClusterStatus> | null | undefined;
+    const d = r.doc as Record<string, unknown> | null | undefined;
     if (r.problem || typeof d !== 'object' || d === null || typeof d.connected !== 'boolean') return undefined;
-    return d as ClusterStatus;
+    // a file like any other: each field is kept only when it is what the proxy writes
+    const text = (v: unknown, max: number) => (typeof v === 'string' && v.length <= max && /^[\x20-\x7e]*$/.test(v) ? v : undefined);
+    const time = (v: unknown) => { const t = text(v, 40); return t && !Number.isNaN(Date.parse(t)) ? t : undefined; };
+    return {
+      connected: d.connected,
+      agents: Number.isSafeInteger(d.agents) && (d.agents as number) >= 0 ? d.agents as number : 0,
+      since: time(d.since),
+      lastSeen: time(d.lastSeen),
+      agentVersions: text(d.agentVersions, 1024),
+      agentAddresses: text(d.agentAddresses, 1024),
+    };
   }
 
   async writeStatus(name: string, status: ClusterStatus): Promise<void> {
@@ -365,10 +375,11 @@ function exists(path: string): boolean {
   try { statSync(path); return true; } catch { return false; }
 }
 
-function pidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
+/** whether `pid` (as a data-dir file says it) names a live process; nonsense values name none */
+export function pidAlive(pid: unknown): boolean {
+  if (!Number.isSafeInteger(pid) || (pid as number) <= 0) return false;
   try {
-    process.kill(pid, 0);
+    process.kill(pid as number, 0);
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code !== 'ESRCH';
