@@ -225,6 +225,8 @@ describe('health and metrics', () => {
     assert.match(proxyText, /^tower_proxy_tunnel_bytes_total\{cluster="alpha",direction="to_agent"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_upstream_dial_duration_seconds_count\{cluster="alpha"\} [1-9]\d*$/m);
     assert.match(proxyText, /^tower_proxy_leader 1$/m);
+    // a deleted cluster takes its series with it
+    assert.doesNotMatch(proxyText, /cluster="gone"/);
     assert.match(proxyText, /^process_resident_memory_bytes \d+/m);
     assert.match(agentText, /^tower_agent_connected 1$/m);
     assert.match(agentText, /^tower_agent_tunnel_bytes_total\{direction="from_proxy"\} [1-9]\d*$/m);

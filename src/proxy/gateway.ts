@@ -287,10 +287,9 @@ export class Gateway {
    * cluster label is a routed cluster's only: never a name a client made up. `path` is as the
    * member sees it (the route's), or as the client sent it when there was no route.
    */
-  #finished(req: IncomingMessage, route: Route | Refusal, status: number, started: number): void {
+  #finished(req: IncomingMessage, route: Route | Refusal, status: number, started: number, verb = verbOf(req, route)): void {
     const cluster = 'cluster' in route ? route.cluster : undefined;
     const path = 'path' in route ? route.path : req.url ?? '';
-    const verb = kubernetesVerb(req.method ?? '', path);
     const seconds = (performance.now() - started) / 1000;
     const metrics = this.#opts.metrics;
     if (metrics) {
@@ -307,10 +306,10 @@ export class Gateway {
   }
 
   /** Counts a request against its cluster's in-flight limit; a refusal when the cluster is at it. Watches are not counted. */
-  #admit(req: IncomingMessage, res: ServerResponse, route: Route): Refusal | undefined {
+  #admit(res: ServerResponse, route: Route, verb: string): Refusal | undefined {
     const max = this.#limits.maxRequestsInflight ?? DEFAULT_MAX_REQUESTS_INFLIGHT;
     const inflight = this.#opts.inflight;
-    if (!inflight || kubernetesVerb(req.method ?? '', route.path) === 'watch' || /[?&]follow=(true|1)(&|$)/.test(route.path)) return undefined;
+    if (!inflight || verb === 'watch' || /[?&]follow=(true|1)(&|$)/.test(route.path)) return undefined;
     if (!inflight.acquire(route.cluster, max)) {
       this.#opts.metrics?.inflightRefusals.inc({ cluster: route.cluster });
       return { status: 429, retryAfter: 1, message: `tower gateway: cluster "${route.cluster}" has ${max} requests in flight through tower, its limit (the proxy's --max-requests-inflight); retry shortly` };
@@ -328,9 +327,11 @@ export class Gateway {
       req.resume();
     };
     const route = this.#route(req);
-    res.once('close', () => this.#finished(req, route, res.statusCode, started));
+    // once per request: the in-flight limit and the metrics both go by it
+    const verb = verbOf(req, route);
+    res.once('close', () => this.#finished(req, route, res.statusCode, started, verb));
     if ('status' in route) { refuse(route); return; }
-    const full = this.#admit(req, res, route);
+    const full = this.#admit(res, route, verb);
     if (full) { refuse(full); return; }
     res.on('close', () => { if (!res.writableFinished) req.destroy(); });
     this.#actAs(req, route, (actAs) => {
@@ -527,6 +528,11 @@ export class Gateway {
 }
 
 /** The Kubernetes verb of a request, as kube-apiserver's RequestInfo names it (for the access log). */
+/** the verb of a request, by the path the member sees (the route's), or as the client sent it when there was no route */
+function verbOf(req: IncomingMessage, route: Route | Refusal): string {
+  return kubernetesVerb(req.method ?? '', 'path' in route ? route.path : req.url ?? '');
+}
+
 export function kubernetesVerb(method: string, url: string): string {
   const [path = '', query = ''] = url.split('?');
   const parts = path.split('/').filter(Boolean);

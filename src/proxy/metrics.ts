@@ -107,10 +107,19 @@ export class ProxyMetrics {
   }
 
   /** a cluster removed from the store takes its series with it */
-  forget(cluster: string): void {
+  async forget(cluster: string): Promise<void> {
     this.#closedBytes.delete(cluster);
-    for (const m of [this.requests, this.requestDuration, this.dialDuration, this.dialFailures, this.inflightRefusals] as { remove(labels: Record<string, string>): void }[]) {
-      removeCluster(m, cluster);
+    for (const m of [this.requests, this.requestDuration, this.dialDuration, this.dialFailures, this.inflightRefusals] as MetricOf[]) {
+      // prom-client removes series by their exact labels: list the cluster's (a histogram's without le)
+      const seen = new Set<string>();
+      for (const { labels } of (await m.get()).values) {
+        if (labels.cluster !== cluster) continue;
+        const { le: _bucket, ...series } = labels;
+        const key = JSON.stringify(series);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        m.remove(series);
+      }
     }
   }
 
@@ -118,8 +127,4 @@ export class ProxyMetrics {
   get contentType(): string { return this.register.contentType; }
 }
 
-/** prom-client removes series by exact labels only: find each of the cluster's */
-function removeCluster(metric: { remove(labels: Record<string, string>): void }, cluster: string): void {
-  const hashMap = (metric as unknown as { hashMap: Record<string, { labels: Record<string, string> }> }).hashMap ?? {};
-  for (const { labels } of Object.values(hashMap)) if (labels.cluster === cluster) metric.remove(labels);
-}
+type MetricOf = { get(): Promise<{ values: { labels: Record<string, string | number> }[] }>; remove(labels: Record<string, string | number>): void };

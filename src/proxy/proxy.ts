@@ -164,14 +164,13 @@ export class Proxy {
    * but not ready, so that a Service sends agents and users only to the one that serves.
    */
   #health(): HealthOptions {
-    const ready = (want: boolean, why: string) => () => (want ? undefined : why);
     return {
       live: [{ name: 'ping', check: () => undefined }],
       ready: [
         { name: 'ping', check: () => undefined },
-        { name: 'leader-election', check: () => ready(this.#phase !== 'standby', 'standing by: another replica holds Lease kubesphere-system/tower')() },
-        { name: 'store', check: () => ready(this.#watch !== undefined, `the clusters of ${this.#opts.store.location} are not loaded yet`)() },
-        { name: 'listeners', check: () => ready(this.#phase === 'serving', 'the gateway does not listen yet')() },
+        { name: 'leader-election', check: () => (this.#phase === 'standby' ? 'standing by: another replica holds Lease kubesphere-system/tower' : undefined) },
+        { name: 'store', check: () => (this.#watch ? undefined : `the clusters of ${this.#opts.store.location} are not loaded yet`) },
+        { name: 'listeners', check: () => (this.#phase === 'serving' ? undefined : 'the gateway does not listen yet') },
       ],
       metrics: async () => ({ contentType: this.metrics.contentType, body: await this.metrics.metrics() }),
       extra: { '/health': () => 'OK\n', '/version': () => VERSION + '\n' },
@@ -213,7 +212,7 @@ export class Proxy {
         this.#clusters.delete(ev.name);
         this.#servePorts(ev.name, undefined);
         const n = this.registry.close(ev.name);
-        this.metrics.forget(ev.name);
+        void this.metrics.forget(ev.name);
         this.#log.info('cluster removed from the store', { cluster: ev.name, sessionsClosed: n });
         return;
       }
