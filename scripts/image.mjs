@@ -28,7 +28,7 @@ const LIBS = ['libc.so.6', 'libm.so.6', 'libdl.so.2', 'libpthread.so.0', 'libstd
 
 function sh(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', ...opts });
-  if (r.error?.code === 'ENOENT') throw new Error(`${cmd} is not installed (Debian: apt-get install ${cmd === 'umoci' ? 'umoci' : cmd === 'skopeo' ? 'skopeo' : cmd})`);
+  if (r.error?.code === 'ENOENT') throw new Error(`${cmd} is not installed (Debian: apt-get install ${cmd})`);
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed:\n${r.stderr}`);
   return r.stdout;
 }

@@ -2,7 +2,7 @@ import { Cli } from 'clipanion';
 import { AgentCommand } from './cli/agent.ts';
 import type { TowerCommand } from './cli/base.ts';
 import { ClustersCommand, DeleteCommand } from './cli/clusters.ts';
-import { commandHelp, nearest, normalizeSwitches, overview, positionals, unknownFlag, type CommandEntry } from './cli/help.ts';
+import { commandHelp, nearest, normalizeSwitches, overview, scanArgs, type CommandEntry } from './cli/help.ts';
 import { InstallAgentCommand, InstallProxyCommand } from './cli/install.ts';
 import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
@@ -53,8 +53,8 @@ async function main(args: string[]): Promise<number> {
   const flags = dashes < 0 ? rest : rest.slice(0, dashes);
   if (flags.includes('--help') || flags.includes('-h')) { process.stdout.write(commandHelp(entry)); return 0; }
   const specs = (entry.cls as typeof TowerCommand).options;
-  const unknown = unknownFlag(rest, specs);
-  if (unknown) return fail(`${name}: ${unknown} (see: ${name} --help)`);
+  const scan = scanArgs(rest, specs);
+  if (scan.unknown) return fail(`${name}: ${scan.unknown} (see: ${name} --help)`);
   const normalized = normalizeSwitches(rest, specs);
   if (typeof normalized === 'string') return fail(`${name}: ${normalized} (see: ${name} --help)`);
 
@@ -67,7 +67,7 @@ async function main(args: string[]): Promise<number> {
     // clipanion's own message, on one line: a missing value, an extra argument
     const why = ((err as Error).message.split('\n')[0] ?? '').replace(/^Command not found; did you mean.*$/, 'unexpected argument');
     const takes = entry.cls.doc.usage.split(' ')[entry.path.length] === 'NAME' ? 1 : 0;
-    return fail(`${name}: ${syntaxProblem(why, positionals(rest, specs).slice(takes))} (see: ${name} --help)`);
+    return fail(`${name}: ${syntaxProblem(why, scan.positionals.slice(takes))} (see: ${name} --help)`);
   }
   return cli.run(command);
 }

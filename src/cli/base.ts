@@ -87,6 +87,16 @@ export abstract class TowerCommand extends Command {
     return loaded.values;
   }
 
+  /** Runs `fn` on the store that `o` selects, closing it after. */
+  async withStore<T>(o: StoreChoice, fn: (store: ClusterStore) => Promise<T>): Promise<T> {
+    const store = await this.openStore(o);
+    try {
+      return await fn(store);
+    } finally {
+      store.close();
+    }
+  }
+
   /**
    * The file store, or the Kubernetes one: chosen by --store, else Kubernetes when a host
    * kubeconfig is given or the process runs in a pod with a service account.
@@ -102,16 +112,6 @@ export abstract class TowerCommand extends Command {
     if (o.kubeconfig) throw new ConfigError('--kubeconfig names a host cluster, which the file store does not use: drop --store file, or drop --kubeconfig');
     const dir = o.dataDir ? resolve(o.dataDir.replace(/^~(?=$|\/)/, homedir())) : resolve(homedir(), '.tower');
     return new FileStore(dir);
-  }
-}
-
-/** Runs `fn` on the store that `o` selects, closing it after. */
-export async function withStore<T>(cmd: TowerCommand, o: StoreChoice, fn: (store: ClusterStore) => Promise<T>): Promise<T> {
-  const store = await cmd.openStore(o);
-  try {
-    return await fn(store);
-  } finally {
-    store.close();
   }
 }
 

@@ -6,7 +6,7 @@ import type { KubeCluster } from '../kube/resource.ts';
 import { pidAlive, type FileStore } from '../store/file.ts';
 import { printable } from '../observe/log.ts';
 import type { KubernetesStore } from '../store/kubernetes.ts';
-import { isKubernetesStore, TowerCommand, withStore, type CommandDoc } from './base.ts';
+import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
 
 /** One row of `tower clusters`, in either store. */
 export interface ClusterRow {
@@ -105,7 +105,7 @@ export class ClustersCommand extends TowerCommand {
   async run(): Promise<number> {
     const o = this.load(CLUSTERS_OPTIONS);
     const table = o.output === 'table' || o.output === 'wide';
-    return withStore(this, o, async (store) => {
+    return this.withStore(o, async (store) => {
       if (isKubernetesStore(store)) {
         process.stdout.write(render(await kubernetesRows(store), o.output));
         return 0;
@@ -135,7 +135,7 @@ export class DeleteCommand extends TowerCommand {
   async run(): Promise<number> {
     const o = this.load(DELETE_OPTIONS);
     const name = this.clusterName(this.name);
-    return withStore(this, o, async (store) => {
+    return this.withStore(o, async (store) => {
       if (isKubernetesStore(store)) {
         throw new StoreError('EKUBE', `in Kubernetes mode cluster "${name}" is KubeSphere's Cluster resource, which tower does not delete: kubectl --kubeconfig <host> delete cluster.cluster.kubesphere.io ${name} (tower then stops serving it and removes its Service mc-${name})`);
       }

@@ -98,11 +98,11 @@ export function nearest(word: string, candidates: string[]): string | undefined 
 
 /** Go-style `--switch=true|false` becomes `--switch` or `--no-switch`, as clipanion takes them. */
 export function normalizeSwitches(args: string[], specs: Specs): string[] | string {
+  const known = flagTable(specs);
   const out: string[] = [];
   for (const a of args) {
     const m = /^--([a-z0-9-]+)=(.*)$/.exec(a);
-    const key = m ? Object.keys(specs).find((k) => flagName(k) === m[1]) : undefined;
-    if (!m || !key || specs[key]!.kind !== 'bool') { out.push(a); continue; }
+    if (!m || known.get(`--${m[1]}`)?.kind !== 'bool' || m[1]!.startsWith('no-')) { out.push(a); continue; }
     if (/^(true|1|yes)$/i.test(m[2]!)) out.push(`--${m[1]}`);
     else if (/^(false|0|no)$/i.test(m[2]!)) out.push(`--no-${m[1]}`);
     else return `invalid --${m[1]} value ${JSON.stringify(m[2])}: it is a switch; give --${m[1]} or --no-${m[1]}`;
@@ -110,46 +110,39 @@ export function normalizeSwitches(args: string[], specs: Specs): string[] | stri
   return out;
 }
 
-/**
- * The first flag in `args` that `specs` does not know, as a one-line error with the nearest valid
- * one; undefined when all are known. Values of known flags are skipped; `--` ends the flags.
- */
-export function unknownFlag(args: string[], specs: Specs): string | undefined {
+/** every name a command's flags answer to: --name, -n, and --no-name for a switch */
+function flagTable(specs: Specs): Map<string, OptionSpec> {
   const known = new Map<string, OptionSpec>();
   for (const [key, spec] of Object.entries(specs)) {
     known.set(`--${flagName(key)}`, spec);
     if (spec.short) known.set(`-${spec.short}`, spec);
     if (spec.kind === 'bool') known.set(`--no-${flagName(key)}`, spec);
   }
+  return known;
+}
+
+/**
+ * One pass over a command's arguments: the first flag it does not know, as a one-line error with
+ * the nearest valid one, and the arguments that are neither flags nor their values. `--` ends the flags.
+ */
+export function scanArgs(args: string[], specs: Specs): { unknown?: string; positionals: string[] } {
+  const known = flagTable(specs);
+  const positionals: string[] = [];
+  let unknown: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    if (a === '--') return undefined;
-    if (!a.startsWith('-') || a === '-') continue;
+    if (a === '--') { positionals.push(...args.slice(i + 1)); break; }
+    if (!a.startsWith('-') || a === '-') { positionals.push(a); continue; }
     const name = a.split('=')[0]!;
     const spec = known.get(name);
     if (!spec) {
-      const near = nearest(name, [...known.keys()].filter((k) => k.startsWith('--')));
-      return `unknown flag ${name}${near ? `; did you mean ${near}?` : ''}`;
+      if (unknown === undefined) {
+        const near = nearest(name, [...known.keys()].filter((k) => k.startsWith('--')));
+        unknown = `unknown flag ${name}${near ? `; did you mean ${near}?` : ''}`;
+      }
+      continue;
     }
     if (spec.kind !== 'bool' && !a.includes('=')) i++;
   }
-  return undefined;
-}
-
-/** the arguments that are neither flags nor their values */
-export function positionals(args: string[], specs: Specs): string[] {
-  const valued = new Set<string>();
-  for (const [key, spec] of Object.entries(specs)) {
-    if (spec.kind === 'bool') continue;
-    valued.add(`--${flagName(key)}`);
-    if (spec.short) valued.add(`-${spec.short}`);
-  }
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (a === '--') { out.push(...args.slice(i + 1)); break; }
-    if (a.startsWith('-') && a !== '-') { if (valued.has(a)) i++; continue; }
-    out.push(a);
-  }
-  return out;
+  return { unknown, positionals };
 }

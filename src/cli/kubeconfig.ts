@@ -29,8 +29,7 @@ Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote int
   async run(): Promise<number> {
     const o = this.load(KUBECONFIG_OPTIONS);
     const name = this.clusterName(this.name);
-    const store = await this.openStore(o);
-    try {
+    return this.withStore(o, async (store) => {
       if (isKubernetesStore(store) && !o.gateway) {
         process.stdout.write(await clusterKubeconfig(store, name, o.timeout));
         return 0;
@@ -45,9 +44,7 @@ Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote int
       const leaf = await ca.issueClient(o.user, groups, o.days, name);
       process.stdout.write(renderKubeconfig({ cluster: name, server, caPem: ca.certPem, user: o.user, certPem: leaf.cert, keyPem: leaf.key }));
       return 0;
-    } finally {
-      store.close();
-    }
+    });
   }
 }
 

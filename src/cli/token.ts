@@ -35,8 +35,7 @@ Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy,
   async run(): Promise<number> {
     const o = this.load(TOKEN_OPTIONS);
     const name = this.clusterName(this.name);
-    const store = await this.openStore(o);
-    try {
+    return this.withStore(o, async (store) => {
       const { cluster, note } = isKubernetesStore(store)
         ? await this.#kubernetes(store, name, o.rotate, o.timeout)
         : await this.#file(store, name, o.rotate);
@@ -50,9 +49,7 @@ Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy,
       process.stdout.write(`join with (on a machine that reaches the proxy, with the member's kubeconfig):\n  ${bin} agent ${args} \\\n    --kubeconfig <member kubeconfig>\n`);
       process.stdout.write(`or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member kubeconfig> apply -f -\n`);
       return 0;
-    } finally {
-      store.close();
-    }
+    });
   }
 
   async #file(store: ClusterStore, name: string, rotate: boolean): Promise<{ cluster: Cluster; note: string }> {
