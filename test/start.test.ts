@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { chownSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { run, tempDir, TOWER } from './support/tower.ts';
@@ -52,4 +52,24 @@ test('a TMPDIR that allows no executables (noexec): the binding is loaded from t
   const r = await isolated({ [tmp]: 'noexec' }, { TMPDIR: tmp, HOME: home }, ['version']);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /crypto: native\n$/);
+});
+
+test('a private directory that another user made (or a link) is not used: no library planted there is loaded', async () => {
+  const tmp = tempDir('tmp-planted');
+  const home = tempDir('home3');
+  const uid = process.getuid!();
+  const planted = join(tmp, `tower-${uid}`);
+  mkdirSync(planted, { mode: 0o700 });
+  chownSync(planted, uid + 1000, uid + 1000);
+  const r = await run(TOWER, ['version'], { env: { TMPDIR: tmp, HOME: home, XDG_RUNTIME_DIR: '' } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /crypto: native\n$/, 'loaded from ~/.cache instead');
+  assert.deepEqual(readdirSync(planted), [], 'nothing written into (or read from) the other user\'s directory');
+  assert.ok(readdirSync(join(home, '.cache', `tower-${uid}`)).some((f) => f.endsWith('.node')));
+
+  const linked = tempDir('tmp-link');
+  symlinkSync(planted, join(linked, `tower-${uid}`));
+  const viaLink = await run(TOWER, ['version'], { env: { TMPDIR: linked, HOME: home, XDG_RUNTIME_DIR: '' } });
+  assert.match(viaLink.stdout, /crypto: native\n$/);
+  assert.deepEqual(readdirSync(planted), []);
 });
