@@ -233,6 +233,16 @@ describe('health and metrics', () => {
     assert.match(agentText, /^tower_agent_upstream_dial_duration_seconds_count\{result="ok"\} [1-9]\d*$/m);
   });
 
+  test('a stranger asking for /metrics in a loop costs one rendering a second; everyone else is still served', async () => {
+    const started = Date.now();
+    const bodies = new Set<string>();
+    for (let i = 0; i < 300; i++) bodies.add(await (await fetch(`${stack.proxyUrl}/metrics`)).text());
+    const seconds = (Date.now() - started) / 1000;
+    assert.ok(bodies.size <= Math.ceil(seconds) + 1, `${bodies.size} renderings for 300 scrapes in ${seconds.toFixed(1)} s`);
+    const r = await kubectl(alphaKc, ['get', 'namespaces', '-o', 'name']);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
   test('a real Prometheus scraping the proxy and the agent answers how many agents are connected', async () => {
     const healthPort = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
     const dir = tempDir('prometheus');

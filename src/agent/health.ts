@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { EVENT_LOOP_SAMPLE_MS, serveHealth, withoutTotalGauges } from '../observe/health.ts';
+import { cachedMetrics, EVENT_LOOP_SAMPLE_MS, serveHealth, withoutTotalGauges, type HealthOptions } from '../observe/health.ts';
 import type { TowerAgent } from './agent.ts';
 
 const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10];
@@ -42,12 +42,13 @@ export class AgentHealth {
   /** Serves on host:port; resolves with the port it got. */
   listen(agent: TowerAgent, host: string, port: number): Promise<number> {
     this.#agent = agent;
+    const health: HealthOptions = {
+      live: [{ name: 'ping', check: () => undefined }],
+      ready: [{ name: 'proxy-connection', check: () => (agent.stats.connected ? undefined : 'not connected to the proxy (see the agent\'s log)') }],
+      metrics: cachedMetrics(async () => ({ contentType: this.register.contentType, body: await this.register.metrics() })),
+    };
     const server = createServer((req, res) => {
-      const handled = serveHealth(req, res, {
-        live: [{ name: 'ping', check: () => undefined }],
-        ready: [{ name: 'proxy-connection', check: () => (agent.stats.connected ? undefined : 'not connected to the proxy (see the agent\'s log)') }],
-        metrics: async () => ({ contentType: this.register.contentType, body: await this.register.metrics() }),
-      });
+      const handled = serveHealth(req, res, health);
       if (!handled) { res.writeHead(404, { 'content-type': 'text/plain' }); res.end('404 page not found\n'); }
     });
     server.headersTimeout = 10_000;

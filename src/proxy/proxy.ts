@@ -15,7 +15,7 @@ import { AgentEndpoint } from './agent-endpoint.ts';
 import { ClusterPorts } from './cluster-ports.ts';
 import { Gateway, InflightRequests, type GatewayPolicy, type GatewayShared } from './gateway.ts';
 import { ProxyMetrics } from './metrics.ts';
-import type { HealthOptions } from '../observe/health.ts';
+import { cachedMetrics, type HealthOptions } from '../observe/health.ts';
 import { VERSION } from '../version.ts';
 import { ImpersonationCheck } from './identity.ts';
 import { SessionRegistry } from './registry.ts';
@@ -172,7 +172,7 @@ export class Proxy {
         { name: 'store', check: () => (this.#watch ? undefined : `the clusters of ${this.#opts.store.location} are not loaded yet`) },
         { name: 'listeners', check: () => (this.#phase === 'serving' ? undefined : 'the gateway does not listen yet') },
       ],
-      metrics: async () => ({ contentType: this.metrics.contentType, body: await this.metrics.metrics() }),
+      metrics: cachedMetrics(async () => ({ contentType: this.metrics.contentType, body: await this.metrics.metrics() })),
       extra: { '/health': () => 'OK\n', '/version': () => VERSION + '\n' },
     };
   }
