@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
-import { CHANNEL_TYPE_TLS, FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort, splitHostPort, UNAUTHORIZED } from '../tunnel/protocol.ts';
+import { CHANNEL_TYPE_TLS, decodeReplicaView, FEATURE_AUTH_AT_AGENT, FEATURE_REPLICAS, FEATURE_TLS_AT_AGENT, hostOf, MAX_CONTROL_LINE_BYTES, MAX_REPLICAS, normalizeHostPort, splitHostPort, UNAUTHORIZED, type ReplicaView } from '../tunnel/protocol.ts';
 import { VERSION } from '../version.ts';
 import { AuthorizationInjector } from './authorization.ts';
 import type { Credentials } from './credentials.ts';
@@ -19,6 +19,9 @@ const BACKOFF_BASE_MS = 1000;
 /** a lost session is retried after a random delay below this, so that agents don't return in lockstep */
 const RECONNECT_SPREAD_MS = 1000;
 const MIN_PING_TIMEOUT_MS = 10_000;
+/** dialing the Service again after reaching a replica already held */
+const DUPLICATE_BASE_MS = 250;
+const DUPLICATE_MAX_MS = 5_000;
 
 export interface AgentOptions {
   name: string;
@@ -50,26 +53,43 @@ export interface AgentOptions {
 /** What the agent has done so far, read by /readyz and /metrics; plain numbers, nothing on the hot path. */
 export interface AgentStats {
   connected: boolean;
+  /** sessions held now: one per proxy replica */
+  sessions: number;
+  /** replicas the proxy says live (1 with a proxy that does not say) */
+  replicas: number;
   /** sessions that ended and were dialed again */
   reconnects: number;
   /** failed connection attempts, in total */
   failures: number;
-  /** bytes through ended sessions' connections; the live one's are added when read */
+  /** bytes through ended sessions' connections; the live ones' are added when read */
   bytesRead: number;
   bytesWritten: number;
 }
 
-/** The agent: keeps one tunnel to the proxy up and pipes the channels it is given to its upstreams. */
+/** One session to one proxy replica (`server` is undefined with a proxy that names none, e.g. a Go one). */
+interface Held {
+  server: string | undefined;
+  session: TunnelClientSession;
+  bytes: () => { read: number; written: number };
+  /** the replica said it drains: it does not count as held, and is not dialed again */
+  draining: boolean;
+}
+
+/**
+ * The agent: holds a tunnel to every proxy replica (one with a proxy that names no replicas) and
+ * pipes the channels it is given to its upstreams. It dials its one --proxy-server address (a
+ * Service in front of the replicas) until it holds a session to each replica the proxy says lives.
+ */
 export class TowerAgent {
   #opts: AgentOptions;
   #log: Logger;
   #stopped = false;
-  #session: TunnelClientSession | undefined;
+  #held = new Set<Held>();
+  /** the live replicas as the proxy last said (undefined: it never said, i.e. one session will do) */
+  #replicas: string[] | undefined;
   #wake: (() => void) | undefined;
   #channels = 0;
-  #stats: AgentStats = { connected: false, reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
-  /** the live connection's byte counts */
-  #liveBytes: (() => { read: number; written: number }) | undefined;
+  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
 
   constructor(opts: AgentOptions) {
     // the command checks this with a friendlier message; here it holds for every caller
@@ -83,38 +103,59 @@ export class TowerAgent {
   /** channels open now */
   get channels(): number { return this.#channels; }
 
-  /** counters so far, the live connection's bytes included */
+  /** counters so far, the live connections' bytes included */
   get stats(): AgentStats {
-    const live = this.#liveBytes?.() ?? { read: 0, written: 0 };
-    return { ...this.#stats, bytesRead: this.#stats.bytesRead + live.read, bytesWritten: this.#stats.bytesWritten + live.written };
+    let read = this.#stats.bytesRead;
+    let written = this.#stats.bytesWritten;
+    for (const h of this.#held) { const b = h.bytes(); read += b.read; written += b.written; }
+    return { ...this.#stats, connected: this.#held.size > 0, sessions: this.#held.size, replicas: this.#replicas?.length ?? 1, bytesRead: read, bytesWritten: written };
   }
 
   stop(): void {
     this.#stopped = true;
-    this.#session?.close();
+    for (const h of this.#held) h.session.close();
     this.#wake?.();
+  }
+
+  /**
+   * The replicas to dial for: none when every live one is held, undefined for "any" (nothing held,
+   * or a proxy that names no replicas and whose one session ended).
+   */
+  #missing(): string[] | undefined | 'none' {
+    const held = new Set([...this.#held].filter((h) => !h.draining).map((h) => h.server));
+    if (held.size === 0) return undefined;
+    if (!this.#replicas) return 'none';
+    const missing = this.#replicas.filter((id) => !held.has(id));
+    return missing.length ? missing : 'none';
   }
 
   /** Resolves when stopped; rejects with a one-line reason when the agent must give up. */
   async run(): Promise<void> {
     let failures = 0;
+    let duplicates = 0;
     let lastError: Error | undefined;
     while (!this.#stopped) {
+      const missing = this.#missing();
+      if (missing === 'none') { await this.#sleep(); continue; }
       if (failures > 0) {
         const { maxRetry } = this.#opts;
-        if (maxRetry > 0 && failures >= maxRetry) {
+        if (maxRetry > 0 && failures >= maxRetry && this.#held.size === 0) {
           throw new TowerError('EGAVEUP', `gave up after ${failures} failed attempts (--max-retry ${maxRetry}): ${lastError?.message}`);
         }
         const delay = backoffDelay(failures, this.#opts.maxRetryIntervalMs);
         this.#log.warn('connection failed; retrying', { attempt: maxRetry > 0 ? `${failures}/${maxRetry}` : failures, in: `${(delay / 1000).toFixed(1)}s`, err: lastError?.message });
         await this.#sleep(delay);
         if (this.#stopped) break;
+      } else if (duplicates > 0) {
+        // the Service picked a replica already held: try again soon, spread so that agents do not dial in step
+        await this.#sleep(duplicateDelay(duplicates));
+        if (this.#stopped) break;
       }
-      let session: TunnelClientSession;
       let creds: Credentials;
+      let held: Held | 'duplicate';
       try {
         creds = this.#opts.credentials();
-        session = await this.#connect(creds);
+        held = await this.#connect(creds);
       } catch (err) {
         if (err instanceof ConfigRejectedError && err.message.includes(UNAUTHORIZED)) {
           throw new TowerError('EUNAUTHORIZED', `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`);
@@ -125,41 +166,79 @@ export class TowerAgent {
         continue;
       }
       failures = 0;
+      if (held === 'duplicate') { duplicates++; continue; }
+      duplicates = 0;
       // loudly, at every connection: each one hands this cluster's requests to whoever answered
       if (!proxyVerification(this.#opts.proxyUrl, this.#opts.proxyFingerprint, this.#opts.proxyCa)) {
-        this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: session.hostKeyFingerprint });
+        this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: held.session.hostKeyFingerprint });
       }
-      this.#log.info('connected to proxy', { proxy: this.#opts.proxyUrl, cluster: this.#opts.name, upstream: this.#upstreams(creds)[0], credentials: creds.origin });
-      this.#stats.connected = true;
-      const why = await this.#hold(session, creds);
-      this.#stats.connected = false;
-      if (this.#stopped) break;
-      this.#stats.reconnects++;
-      this.#log.warn('disconnected from proxy; reconnecting', { why });
-      await this.#sleep(Math.random() * RECONNECT_SPREAD_MS);
+      this.#log.info('connected to proxy', {
+        proxy: this.#opts.proxyUrl, cluster: this.#opts.name, server: held.server, sessions: this.#held.size,
+        upstream: this.#upstreams(creds)[0], credentials: creds.origin,
+      });
+      void this.#hold(held, creds).then((why) => {
+        this.#held.delete(held);
+        this.#retire(held);
+        if (this.#stopped) return;
+        this.#stats.reconnects++;
+        const expected = held.draining || (held.server !== undefined && this.#replicas !== undefined && !this.#replicas.includes(held.server));
+        // a replica that drained or left ends its sessions on purpose: said, not warned
+        if (expected) this.#log.info('disconnected from proxy; reconnecting', { why: `${why} (the replica ${held.draining ? 'drained' : 'left'})`, server: held.server });
+        else this.#log.warn('disconnected from proxy; reconnecting', { why, server: held.server });
+        // a lost session is redialed after a random delay, so that agents don't return in lockstep
+        setTimeout(() => this.#wake?.(), Math.random() * RECONNECT_SPREAD_MS);
+      });
     }
+  }
+
+  #retire(h: Held): void {
+    const b = h.bytes();
+    this.#stats.bytesRead += b.read;
+    this.#stats.bytesWritten += b.written;
+    h.bytes = () => ({ read: 0, written: 0 });
+  }
+
+  /** What a replica says on its control channel: the live set, and whether it drains. */
+  #onView(held: Held, view: ReplicaView): void {
+    if (held.server !== undefined && view.server !== held.server) {
+      this.#log.warn('a proxy replica names itself differently on its control channel; ignored', { server: held.server, says: view.server });
+      return;
+    }
+    if (view.draining && !held.draining) this.#log.info('proxy replica drains; its session ends once its requests are done', { server: view.server });
+    held.draining = view.draining;
+    const before = this.#replicas?.join(',');
+    this.#replicas = view.servers.slice(0, MAX_REPLICAS);
+    if (before !== this.#replicas.join(',')) this.#log.info('proxy replicas', { replicas: this.#replicas.join(','), from: view.server });
+    // a replica that left (its Lease gone) is not held on to
+    for (const h of this.#held) {
+      if (h !== held && h.server !== undefined && !view.servers.includes(h.server) && !h.draining) {
+        this.#log.info('closing the session to a replica that is no longer live', { server: h.server, from: view.server });
+        h.session.close();
+      }
+    }
+    this.#wake?.();
   }
 
   #upstreams(creds: Credentials): string[] {
     return [normalizeHostPort(this.#opts.kubernetesService ?? creds.hostPort, 443), normalizeHostPort(this.#opts.kubesphereService, 80)];
   }
 
-  async #connect(creds: Credentials): Promise<TunnelClientSession> {
+  /** One session to whichever replica the address leads to; 'duplicate' (hung up before SSH) when it is one already held. */
+  async #connect(creds: Credentials): Promise<Held | 'duplicate'> {
     const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
     const allowed = new Set([kubernetes, kubesphere]);
-    const { stream, features } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa });
-    this.#liveBytes = () => stream.bytes;
-    stream.once('close', () => {
-      const b = stream.bytes;
-      this.#stats.bytesRead += b.read;
-      this.#stats.bytesWritten += b.written;
-      this.#liveBytes = undefined;
-    });
+    const { stream, features, serverId } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa });
+    const replicas = features.includes(FEATURE_REPLICAS) && serverId !== undefined;
+    if (replicas && [...this.#held].some((h) => h.server === serverId)) {
+      stream.destroy();
+      return 'duplicate';
+    }
+    const held: Held = { server: replicas ? serverId : undefined, session: undefined as never, bytes: () => stream.bytes, draining: false };
     const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
     // with both, no member credential is sent to the proxy at all
     const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
     const authorization = authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
-    return dialTunnel(stream, {
+    held.session = await dialTunnel(stream, {
       config: {
         version: VERSION,
         name: this.#opts.name,
@@ -171,8 +250,9 @@ export class TowerAgent {
         certData: tlsHere ? undefined : creds.certData,
         keyData: tlsHere ? undefined : creds.keyData,
         bearerToken: authHere ? undefined : creds.bearerToken,
-        features: authHere ? [FEATURE_TLS_AT_AGENT, FEATURE_AUTH_AT_AGENT] : tlsHere ? [FEATURE_TLS_AT_AGENT] : undefined,
+        features: [...(tlsHere ? [FEATURE_TLS_AT_AGENT] : []), ...(authHere ? [FEATURE_AUTH_AT_AGENT] : []), ...(replicas ? [FEATURE_REPLICAS] : [])],
       },
+      onControl: (channel) => this.#readControl(held, channel),
       expectFingerprint: this.#opts.proxyFingerprint,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
       onChannel: (hostPort, type, accept, reject) => {
@@ -192,6 +272,35 @@ export class TowerAgent {
     }).catch((err: Error) => {
       if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
       throw err;
+    });
+    this.#held.add(held);
+    return held;
+  }
+
+  /** JSON lines of ReplicaView; a line that is not one ends the control channel (the session stays). */
+  #readControl(held: Held, channel: ClientChannel): void {
+    let buffered = '';
+    channel.setEncoding('utf8');
+    channel.on('error', () => undefined);
+    channel.on('data', (d: string) => {
+      buffered += d;
+      if (buffered.length > MAX_CONTROL_LINE_BYTES && !buffered.includes('\n')) {
+        this.#log.warn('the proxy sent a control line over the limit; control channel closed', { server: held.server, limit: MAX_CONTROL_LINE_BYTES });
+        channel.destroy();
+        return;
+      }
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        try {
+          this.#onView(held, decodeReplicaView(line));
+        } catch (err) {
+          this.#log.warn('the proxy sent a control message that is not one; control channel closed', { server: held.server, err: (err as Error).message });
+          channel.destroy();
+          return;
+        }
+      }
     });
   }
 
@@ -264,8 +373,8 @@ export class TowerAgent {
   }
 
   /** Keeps the session until it ends; returns why it ended. */
-  #hold(session: TunnelClientSession, creds: Credentials): Promise<string> {
-    this.#session = session;
+  #hold(held: Held, creds: Credentials): Promise<string> {
+    const { session } = held;
     return new Promise((resolve) => {
       const timers: NodeJS.Timeout[] = [];
       let ended = false;
@@ -273,7 +382,6 @@ export class TowerAgent {
         if (ended) return;
         ended = true;
         for (const t of timers) clearInterval(t);
-        this.#session = undefined;
         session.close();
         resolve(why);
       };
@@ -297,10 +405,12 @@ export class TowerAgent {
     });
   }
 
-  #sleep(ms: number): Promise<void> {
+  /** Waits `ms` (until woken: a session ended, the replicas changed, stop) or, without `ms`, until woken. */
+  #sleep(ms?: number): Promise<void> {
     return new Promise((resolve) => {
       const ac = new AbortController();
       this.#wake = () => ac.abort();
+      if (ms === undefined) { ac.signal.addEventListener('abort', () => resolve()); return; }
       sleep(ms, undefined, { signal: ac.signal }).then(resolve, resolve);
     });
   }
@@ -324,6 +434,12 @@ function secureContextOf(c: Credentials): SecureContext {
 export function proxyVerification(proxyUrl: string, fingerprint: string | undefined, ca: string | undefined): string | undefined {
   const by = [fingerprint && 'host key', proxyUrl.startsWith('wss:') && (ca ? '--proxy-ca' : 'system roots')].filter(Boolean);
   return by.length ? by.join(' and ') : undefined;
+}
+
+/** After dialing a replica already held: from 0.25 s, ×1.5 up to 5 s, jittered over [50%, 100%]. */
+export function duplicateDelay(duplicates: number): number {
+  const step = Math.min(DUPLICATE_MAX_MS, DUPLICATE_BASE_MS * 1.5 ** Math.min(duplicates - 1, 30));
+  return step / 2 + Math.random() * (step / 2);
 }
 
 /** Exponential from 1 s, capped, with jitter in [50%, 100%] of the step. */

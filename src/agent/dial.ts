@@ -5,7 +5,7 @@ import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { TowerError } from '../errors.ts';
 import { printable } from '../observe/log.ts';
-import { FEATURES_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURES_HEADER, SERVER_ID_HEADER, serverIdProblem, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 
 const MAX_MESSAGE_BYTES = 256 * 1024;
@@ -25,6 +25,8 @@ export interface ProxyConnection {
   stream: WebSocketStream;
   /** the extensions the proxy offered in its 101 (none from a Go proxy) */
   features: string[];
+  /** the proxy replica's id, when it names one (SERVER_ID_HEADER) */
+  serverId?: string;
 }
 
 export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<ProxyConnection> {
@@ -43,6 +45,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
     });
     let done = false;
     let features: string[] = [];
+    let serverId: string | undefined;
     const fail = (err: Error) => {
       if (done) return;
       done = true;
@@ -55,6 +58,8 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       delete res.headers['sec-websocket-protocol'];
       const offered = res.headers[FEATURES_HEADER];
       if (typeof offered === 'string') features = offered.split(',').map((f) => f.trim()).filter(Boolean);
+      const id = res.headers[SERVER_ID_HEADER];
+      if (typeof id === 'string' && !serverIdProblem(id)) serverId = id;
     });
     ws.on('unexpected-response', (_req, res) => {
       let body = '';
@@ -67,7 +72,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
     ws.on('open', () => {
       if (done) return;
       done = true;
-      resolve({ stream: new WebSocketStream(ws, url), features });
+      resolve({ stream: new WebSocketStream(ws, url), features, serverId });
     });
   });
 }

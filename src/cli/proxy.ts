@@ -1,4 +1,6 @@
+import { hostname } from 'node:os';
 import { ConfigError } from '../errors.ts';
+import { serverIdProblem } from '../tunnel/protocol.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
 import { log } from '../observe/log.ts';
 import type { GatewayIdentity } from '../proxy/identity.ts';
@@ -12,11 +14,11 @@ export class ProxyCommand extends TowerCommand {
     summary: 'Serve agents and the cluster gateway',
     details: `Agents dial the agent port (HTTP upgraded to WebSocket, SSH inside); users and controllers reach each member's kube-apiserver at https://<publish-service-address>:<gateway-port>/clusters/<name> with a kubeconfig from \`tower kubeconfig\`. State lives in the data dir (default ~/.tower).
 
-Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resources are the registry; tower fills in each proxy Cluster's token, ports, endpoints, kubeconfig and conditions, keeps its mc-<name> Service in kubesphere-system, and serves it on its two ports as well.`,
+Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resources are the registry; tower fills in each proxy Cluster's token, ports, endpoints, kubeconfig and conditions, keeps its mc-<name> Service in kubesphere-system, and serves it on its two ports as well. Every replica serves: each holds a Lease tower-proxy-<server-id>, tower agents hold a session to each, and a replica without an agent of a cluster forwards to one that has one. On SIGTERM a replica drains: unready, agents told, requests finished, watches handed back.`,
     examples: [
       ['Serve on the default ports', 'tower proxy'],
       ['Publish a public address', 'tower proxy --publish-service-address proxy.example.com'],
-      ['Kubernetes mode, two replicas', 'tower proxy --kubeconfig host.kubeconfig --leader-elect'],
+      ['Kubernetes mode, one of several replicas', 'tower proxy --kubeconfig host.kubeconfig --leader-elect --server-id tower-0 --advertise-address 10.0.0.5'],
     ],
   };
   readonly command = 'proxy';
@@ -26,15 +28,10 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
     if (!o.agentTlsCert !== !o.agentTlsKey) throw new ConfigError('give both --agent-tls-cert and --agent-tls-key, or neither (--agent-tls alone uses a certificate from tower\'s CA)');
     if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration) throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
     if (o.leaderElectRetryPeriod >= o.leaderElectRenewDeadline) throw new ConfigError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline');
+    if (o.serverLeaseRenewPeriod >= o.serverLeaseDuration) throw new ConfigError('--server-lease-renew-period must be shorter than --server-lease-duration');
+    const serverId = o.serverId ?? defaultServerId();
     const store = await this.openStore(o, o.leaderElect ? {
-      leaderElection: {
-        times: { leaseMs: o.leaderElectLeaseDuration, renewDeadlineMs: o.leaderElectRenewDeadline, retryMs: o.leaderElectRetryPeriod },
-        onLost: (why) => {
-          // as client-go's callers do: stop at once, a restart campaigns afresh
-          log.error('leader election lost; exiting', { why });
-          process.exit(1);
-        },
-      },
+      leaderElection: { times: { leaseMs: o.leaderElectLeaseDuration, renewDeadlineMs: o.leaderElectRenewDeadline, retryMs: o.leaderElectRetryPeriod } },
     } : {});
     if (o.leaderElect && !isKubernetesStore(store)) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
     // loaded here, not at start: agents and other commands never evaluate the proxy and its PKI
@@ -55,20 +52,34 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
       },
       agentTls: o.agentTlsCert && o.agentTlsKey ? { certFile: o.agentTlsCert, keyFile: o.agentTlsKey } : o.agentTls,
       leaderElection: o.leaderElect,
+      serverId,
+      advertiseAddress: o.advertiseAddress ?? (process.env.POD_IP || undefined),
+      replicaTimes: { leaseMs: o.serverLeaseDuration, renewMs: o.serverLeaseRenewPeriod },
       log,
     });
     const stopped = new Promise<string>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));
       process.once('SIGTERM', () => resolve('SIGTERM'));
     });
-    // a follower waits in start() for the lease: a signal must end that wait too
     const early = await Promise.race([proxy.start().then(() => undefined), stopped]).catch(async (err: unknown) => {
       await proxy.close();
       throw err;
     });
     const signal = early ?? await stopped;
+    // a second signal does not wait for the drain
+    const again = () => { log.warn('second signal: exiting without draining'); process.exit(1); };
+    process.once('SIGINT', again);
+    process.once('SIGTERM', again);
     log.info('shutting down', { signal });
+    if (!early) await proxy.drain({ delayMs: signal === 'SIGTERM' ? o.shutdownDelay : 0, graceMs: o.shutdownGrace });
     await proxy.close();
     return 0;
   }
+}
+
+/** The pod's name (the Deployment sets POD_NAME), else the host name, made a valid id. */
+function defaultServerId(): string {
+  const raw = (process.env.POD_NAME || hostname()).toLowerCase();
+  const id = raw.replace(/[^a-z0-9.-]/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '').slice(0, 63).replace(/[^a-z0-9]+$/, '');
+  return serverIdProblem(id) ? 'tower' : id;
 }

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { opt, registerOptionNames, type Specs } from './loader.ts';
 import { VERSION } from '../version.ts';
+import { serverIdProblem } from '../tunnel/protocol.ts';
 
 /**
  * The option tables of every subcommand: the one place that says what each accepts, its default
@@ -50,11 +51,17 @@ export const PROXY_OPTIONS = {
   agentTls: opt.bool({ help: 'Serve TLS (wss://) on the agent port, with a certificate from tower\'s CA for the names the gateway has', default: false }),
   agentTlsCert: opt.string({ help: 'Serve TLS on the agent port with this certificate (PEM) instead', value: 'FILE' }),
   agentTlsKey: opt.string({ help: 'Private key (PEM) of --agent-tls-cert', value: 'FILE' }),
-  leaderElect: opt.bool({ help: 'Kubernetes mode: only the holder of Lease kubesphere-system/tower reconciles and serves agents and users; the others stand by (live, not ready) and take over when it goes', default: false }),
+  leaderElect: opt.bool({ help: 'Kubernetes mode: only the holder of Lease kubesphere-system/tower writes the Clusters (ports, Services, kubeconfigs, conditions); every replica serves agents, the gateway and the cluster ports either way', default: false }),
   // the Go tower's (client-go's) times
   leaderElectLeaseDuration: opt.duration({ help: 'How long the lease holds after its last renewal', default: 30_000, check: positive }),
-  leaderElectRenewDeadline: opt.duration({ help: 'The leader exits 1 when it could not renew for this long', default: 15_000, check: positive }),
+  leaderElectRenewDeadline: opt.duration({ help: 'The leader steps down (and serves on, campaigning again) when it could not renew for this long', default: 15_000, check: positive }),
   leaderElectRetryPeriod: opt.duration({ help: 'Between attempts to take or renew the lease', default: 5_000, check: positive }),
+  serverId: opt.string({ help: 'This replica\'s id: its Lease tower-proxy-ID in kubesphere-system, and what agents hold a session to', value: 'ID', defaultText: 'the pod name (env POD_NAME), else the host name', check: (v) => serverIdProblem(v) }),
+  advertiseAddress: opt.string({ help: 'Address the other replicas reach this one\'s gateway port at (peers forward requests there)', value: 'ADDRESS', defaultText: 'env POD_IP, else --host unless it is a wildcard, else the host name', check: address }),
+  serverLeaseDuration: opt.duration({ help: 'Kubernetes mode: a replica whose Lease was not renewed for this long is gone (agents drop it, peers stop forwarding to it)', default: 30_000, check: positive }),
+  serverLeaseRenewPeriod: opt.duration({ help: 'Between renewals of this replica\'s Lease', default: 10_000, check: positive }),
+  shutdownDelay: opt.duration({ help: 'On SIGTERM, how long the replica keeps serving while unready, so that load balancers stop sending to it first (tower install sets 5s)', default: 0, check: nonNegative }),
+  shutdownGrace: opt.duration({ help: 'Then how long requests in flight, exec and port-forward sessions get to finish; watches are handed back at once', default: 25_000, check: nonNegative }),
 } satisfies Specs;
 
 const PROXY_FINGERPRINT = opt.string({ help: 'SHA256 fingerprint of the proxy\'s SSH host key, as the join command carries it; any other key is refused. Required unless the proxy is https://', value: 'SHA256:...', check: (v) => (/^SHA256:[A-Za-z0-9+/]{43}$/.test(v) ? undefined : 'want SHA256: and 43 base64 characters, as `tower token` prints it') });

@@ -86,8 +86,11 @@ export class ClusterController {
   #retries = new Map<string, { delay: number; timer: NodeJS.Timeout }>();
   /** nothing is reconciled before both caches are filled: an empty cache would look like deleted Clusters */
   #ready = false;
+  /** whether this replica writes (leader election: the lease holder); else it only reads what the writer wrote */
+  #writer: boolean;
 
-  constructor(host: HostCluster, ctx: ReconcileContext & { log: Logger }, emit: (ev: ClusterEvent) => void) {
+  constructor(host: HostCluster, ctx: ReconcileContext & { log: Logger }, emit: (ev: ClusterEvent) => void, writer = true) {
+    this.#writer = writer;
     this.#host = host;
     this.#ctx = ctx;
     this.#log = ctx.log;
@@ -130,6 +133,22 @@ export class ClusterController {
     for (const r of this.#retries.values()) clearTimeout(r.timer);
     this.#clusters.stop();
     this.#services.stop();
+  }
+
+  /** This replica now writes: everything is looked at again, and agents get their grace period from now. */
+  lead(): void {
+    if (this.#writer) return;
+    this.#writer = true;
+    this.#startedAt = Date.now();
+    clearTimeout(this.#graceTimer);
+    this.#graceTimer = setTimeout(() => { for (const name of this.#served.keys()) this.enqueue(name); }, AGENT_GRACE_MS);
+    this.#graceTimer.unref();
+    for (const c of this.#clusters.informer.list()) this.enqueue(c.metadata.name);
+  }
+
+  /** Another replica writes: this one serves what it reads. */
+  follow(): void {
+    this.#writer = false;
   }
 
   enqueue(name: string): void {
@@ -226,6 +245,7 @@ export class ClusterController {
         if (service && ours(service, name)) await this.#deleteService(name, `Cluster: ${why}`);
         return;
       }
+      if (!this.#writer) { this.#follow(current, service); return; }
       try {
         await this.#reconcileOurs(current);
         return;
@@ -236,6 +256,17 @@ export class ClusterController {
         current = fresh;
       }
     }
+  }
+
+  /** A follower serves a Cluster as the writer left it, once that one has given it a token and ports. */
+  #follow(current: KubeCluster, service: V1Service | undefined): void {
+    const conn = current.spec?.connection;
+    if (!conn?.token || !conn.kubernetesAPIServerPort || !conn.kubesphereAPIServerPort) {
+      this.#unserve(current.metadata.name, 'not initialized yet by the replica that writes');
+      return;
+    }
+    const ingress = current.spec?.externalKubeAPIEnabled ? service?.status?.loadBalancer?.ingress?.[0] : undefined;
+    this.#serve(current, service ?? {}, ingress?.ip || ingress?.hostname || undefined);
   }
 
   async #reconcileOurs(current: KubeCluster): Promise<void> {
@@ -292,7 +323,7 @@ export class ClusterController {
     }
 
     // agents: the kubeconfig once one is connected, AgentAvailable as they come and go
-    const agents = this.#ctx.agents(name);
+    const agents = await this.#ctx.agents(name);
     if (agents > 0) {
       const why = kubeconfigOutdated(conn.kubeconfig, conn.kubernetesAPIEndpoint, this.#ctx.ca);
       if (why && conn.kubernetesAPIEndpoint) {

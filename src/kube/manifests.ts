@@ -98,6 +98,8 @@ export function clusterCrd(): Obj {
 }
 
 const TOWER_LABELS = { 'app.kubernetes.io/name': 'tower', app: 'tower' };
+const SHUTDOWN_DELAY_S = 5;
+const SHUTDOWN_GRACE_S = 25;
 
 export interface ProxyInstall {
   image: string;
@@ -108,7 +110,9 @@ export interface ProxyInstall {
 
 /** Host side: the CRD, RBAC limited to what the proxy touches, the Deployment and the agents' Service. */
 export function proxyManifests(p: ProxyInstall): Obj[] {
-  const args = ['proxy', '--port=8080', '--gateway-port=6443', `--publish-service-address=${p.publishServiceAddress}`];
+  // unready for 5 s before it stops taking connections: the readiness probe (every 2 s) and the
+  // Service's endpoints catch up meanwhile
+  const args = ['proxy', '--port=8080', '--gateway-port=6443', `--publish-service-address=${p.publishServiceAddress}`, `--shutdown-delay=${SHUTDOWN_DELAY_S}s`, `--shutdown-grace=${SHUTDOWN_GRACE_S}s`];
   if (p.replicas > 1) args.push('--leader-elect');
   return [
     clusterCrd(),
@@ -142,8 +146,8 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         { apiGroups: [''], resources: ['secrets'], resourceNames: ['tower-ca', 'tower-ssh-host-key'], verbs: ['get'] },
         { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
         { apiGroups: [''], resources: ['configmaps'], resourceNames: ['tower-proxy'], verbs: ['get', 'update'] },
-        { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
-        { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: ['tower'], verbs: ['get', 'update'] },
+        // the writers' Lease tower, and one Lease tower-proxy-<pod> per replica (names unknown in advance)
+        { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'list', 'watch', 'create', 'update', 'delete'] },
       ],
     },
     {
@@ -160,20 +164,27 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
       spec: {
         replicas: p.replicas,
         selector: { matchLabels: TOWER_LABELS },
+        // a new replica serves before an old one drains
+        strategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
         template: {
           metadata: { labels: TOWER_LABELS, annotations: scrape(8080) },
           spec: {
             serviceAccountName: 'tower',
+            terminationGracePeriodSeconds: SHUTDOWN_DELAY_S + SHUTDOWN_GRACE_S + 5,
             containers: [{
               name: 'proxy',
               image: p.image,
               command: ['/tower'],
               args,
+              // the replica's id (its Lease) and where the other replicas reach its gateway
+              env: [
+                { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+              ],
               ports: [{ name: 'agents', containerPort: 8080 }, { name: 'gateway', containerPort: 6443 }],
-              // a replica standing by for the lease is live but not ready, so that the Service sends
-              // agents to the leader only; a leader that cannot renew its lease exits by itself
               livenessProbe: { httpGet: { path: '/livez', port: 8080 }, periodSeconds: 10, failureThreshold: 6 },
-              readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 5 },
+              // every replica is ready while it serves; a draining one fails at once
+              readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 2, failureThreshold: 1 },
               resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
               securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
               // the one writable place: the native crypto binding is written here once and loaded
@@ -191,9 +202,17 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
       spec: {
         type: p.serviceType,
         selector: TOWER_LABELS,
-        ports: [{ name: 'agents', protocol: 'TCP', port: 8080, targetPort: 8080 }],
+        // agents must reach every replica: each new connection may go to any of them
+        sessionAffinity: 'None',
+        ports: [{ name: 'agents', protocol: 'TCP', port: 8080, targetPort: 8080 }, { name: 'gateway', protocol: 'TCP', port: 6443, targetPort: 6443 }],
       },
     },
+    ...(p.replicas > 1 ? [{
+      apiVersion: 'policy/v1',
+      kind: 'PodDisruptionBudget',
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      spec: { maxUnavailable: 1, selector: { matchLabels: TOWER_LABELS } },
+    }] : []),
   ];
 }
 

@@ -106,9 +106,10 @@ export class CertificateAuthority {
    * A TLS client certificate: Kubernetes reads CN as the user and O as the groups. With `cluster`,
    * the certificate is bound to that cluster (a URI SAN the gateway reads).
    */
-  issueClient(user: string, groups: string[], days = 365, cluster?: string): Promise<KeyPairPem> {
+  issueClient(user: string, groups: string[], days = 365, cluster?: string, uris: string[] = []): Promise<KeyPairPem> {
     const ext: x509.Extension[] = [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])];
-    if (cluster) ext.push(new x509.SubjectAlternativeNameExtension([{ type: 'url', value: clusterUri(cluster) }]));
+    const names = [...(cluster ? [clusterUri(cluster)] : []), ...uris];
+    if (names.length) ext.push(new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'url' as const, value }))));
     return this.#issue(user, groups, days, ext);
   }
 

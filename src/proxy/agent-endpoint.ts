@@ -5,7 +5,7 @@ import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../observe/log.ts';
-import { FEATURES_HEADER, OFFERED_FEATURES, SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURES_HEADER, OFFERED_FEATURES, SERVER_ID_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 import { AddressCounts, closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
@@ -32,7 +32,9 @@ export interface AgentEndpointOptions {
   tls?: { cert: string; key: string };
   /** /livez, /readyz, /metrics (and /health, /version) */
   health: HealthOptions;
-  /** undefined while agents are admitted; else why not (a standing-by replica) */
+  /** this replica's id, in every 101: an agent that holds a session to it already hangs up before SSH */
+  serverId: string;
+  /** undefined while agents are admitted; else why not (starting, draining) */
   refusing?: () => string | undefined;
   metrics?: ProxyMetrics;
   log: Logger;
@@ -79,8 +81,9 @@ export class AgentEndpoint {
       // echo the subprotocol (Go's proxy omits it; Go and tower agents accept either)
       handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
     });
-    // offer tower's extensions in the 101; Go agents ignore the header
-    this.#wss.on('headers', (headers) => headers.push(FEATURES_LINE));
+    // offer tower's extensions in the 101; Go agents ignore the headers
+    const serverLine = `${SERVER_ID_HEADER}: ${opts.serverId}`;
+    this.#wss.on('headers', (headers) => headers.push(FEATURES_LINE, serverLine));
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
@@ -101,6 +104,12 @@ export class AgentEndpoint {
 
   listen(port: number, host: string): Promise<number> {
     return listenOn(this.#listener, port, host);
+  }
+
+  /** Drain: no new connections; agents already admitted stay until the proxy closes their sessions. */
+  stopAccepting(): void {
+    this.#listener.close();
+    this.server.closeIdleConnections();
   }
 
   close(): Promise<void> {
@@ -131,8 +140,8 @@ export class AgentEndpoint {
     const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
     if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
-    const standingBy = this.#opts.refusing?.();
-    if (standingBy) return refuse(503, 'Service Unavailable', standingBy, 'standby');
+    const unavailable = this.#opts.refusing?.();
+    if (unavailable) return refuse(503, 'Service Unavailable', unavailable, 'unavailable');
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
     const full = this.#pending.acquire(ip);
     if (full === 'total') return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');

@@ -11,9 +11,11 @@ import { ClientCertificateCheck } from './client-certificate.ts';
 import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { certificateIdentity, ImpersonationCheck, impersonationHeaders, impersonationRequest, isIdentityHeader, type GatewayIdentity, type Identity, type ImpersonationRequest } from './identity.ts';
 import type { ProxyMetrics } from './metrics.ts';
+import { decodeIdentity, encodeIdentity, PEER_API, PEER_HEADERS, peerOf, PeerUpstream, type Peers, type Target } from './peers.ts';
 import type { SessionRegistry } from './registry.ts';
 import { rawStatus, sendStatus, type Refusal } from './status.ts';
 import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
+import { WatchFrames } from './watch-frames.ts';
 
 const HEADERS_TIMEOUT_MS = 30_000;
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -48,7 +50,7 @@ export const DEFAULT_MAX_REQUESTS_INFLIGHT = 1_000;
 /** What every gateway of a proxy shares: who requests act as, certificates, limits, logging. */
 export type GatewayPolicy = Pick<GatewayOptions, 'identity' | 'allowUnboundCertificates' | 'limits' | 'accessLog'>;
 /** ... and the state they share: verdicts, requests in flight per cluster, metrics */
-export type GatewayShared = GatewayPolicy & Pick<GatewayOptions, 'impersonation' | 'inflight' | 'metrics'>;
+export type GatewayShared = GatewayPolicy & Pick<GatewayOptions, 'impersonation' | 'inflight' | 'metrics' | 'draining' | 'peers'>;
 
 /** Requests in flight per cluster, across the gateway and the cluster's own ports. */
 export class InflightRequests {
@@ -89,19 +91,31 @@ export interface GatewayOptions {
   limits?: GatewayLimits;
   /** one log line per request */
   accessLog?: boolean;
+  /** the other replicas: where a request goes when no agent of its cluster is connected here */
+  peers?: Peers;
+  /** answers /peer/v1/… asked by other replicas (the shared gateway only) */
+  peerApi?: (req: IncomingMessage, res: ServerResponse) => void;
+  /** this replica drains: every answer closes its connection */
+  draining?: () => boolean;
   log: Logger;
 }
 
 interface Route {
-  member: Upstream;
+  /** undefined while no agent of the cluster is connected to this replica */
+  member: Upstream | undefined;
   path: string;
   cluster: string;
+  target: Target;
   /** the certificate's identity, when requests act as it */
   identity?: Identity;
+  /** the replica that forwarded this request: it is served by this replica's agents or not at all */
+  fromPeer?: string;
 }
 
+type Routed = Route & { member: Upstream };
+
 /** what a TLS connection's certificate says, read once per connection */
-interface Peer { problem?: string; bound: string | undefined; identity: Identity | string | undefined }
+interface Peer { problem?: string; bound: string | undefined; identity: Identity | string | undefined; replica?: string }
 
 /**
  * The cluster gateway: one HTTPS port, client certificates from tower's CA required, routing
@@ -119,6 +133,11 @@ export class Gateway {
   #members = new WeakMap<AgentSession, Upstream>();
   #peers = new WeakMap<TLSSocket, Peer>();
   #certificates: ClientCertificateCheck | undefined;
+  /** requests in flight (watches not counted) and upgraded connections: what a drain waits for */
+  #active = 0;
+  #upgraded = new Set<Duplex>();
+  /** hands each open watch back at its next event boundary */
+  #watches = new Set<() => void>();
   #log: Logger;
 
   constructor(opts: GatewayOptions) {
@@ -180,8 +199,24 @@ export class Gateway {
     return closeServers(this.#listener, this.server);
   }
 
-  get #actsAsCertificate(): boolean {
-    return this.#opts.target !== 'kubesphere' && !!this.#opts.tls && (this.#opts.identity ?? 'certificate') === 'certificate';
+  /** requests in flight and upgraded connections (watches are handed back instead) */
+  get busy(): number { return this.#active + this.#upgraded.size; }
+
+  /** Drain: no new connections, idle ones close; what is in flight carries on. */
+  stopAccepting(): void {
+    this.#listener.close();
+    this.server.closeIdleConnections();
+  }
+
+  /** Ends every watch at its next event boundary, so that its client resumes elsewhere from the last event it got. */
+  handBackWatches(): number {
+    const n = this.#watches.size;
+    for (const handBack of [...this.#watches]) handBack();
+    return n;
+  }
+
+  #actsAsCertificate(target: Target): boolean {
+    return target !== 'kubesphere' && !!this.#opts.tls && (this.#opts.identity ?? 'certificate') === 'certificate';
   }
 
   /** Checks the client certificate and the route; answers the problem itself when there is one. */
@@ -191,6 +226,7 @@ export class Gateway {
     if (peer?.problem) {
       return { status: 401, message: `tower gateway: a client certificate signed by tower's CA is required (this connection has ${peer.problem}); get a kubeconfig with: tower kubeconfig <cluster>` };
     }
+    if (peer?.replica && !this.#opts.cluster) return this.#peerRoute(req, peer.replica);
     const bound = peer?.bound;
     const m = this.#opts.cluster ? undefined : CLUSTER_PATH.exec(req.url ?? '');
     let name: string;
@@ -218,15 +254,53 @@ export class Gateway {
       return { status: 403, message: `tower gateway: this client certificate is not bound to a cluster (get one with: tower kubeconfig ${name}; or start the proxy with --allow-unbound-certificates)` };
     }
     if (!this.#opts.knows(name)) return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    const target = this.#opts.target ?? 'kubernetes';
     let identity: Identity | undefined;
-    if (this.#actsAsCertificate) {
+    if (this.#actsAsCertificate(target)) {
       if (typeof peer!.identity === 'string') return { status: 403, message: `tower gateway: ${peer!.identity}` };
       identity = peer!.identity;
     }
-    const member = this.#member(this.#opts.registry.pick(name));
-    if (!member) return { status: 503, message: `cluster "${name}" has no agent connected to tower (start one with the command that "tower token ${name}" prints)` };
-    if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, message: `the agent of cluster "${name}" announced no ${this.#opts.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
-    return { member, path, cluster: name, identity };
+    return this.#local({ member: undefined, path, cluster: name, target, identity });
+  }
+
+  /** A request another replica forwarded: cluster, target and the identity it verified come in its headers. */
+  #peerRoute(req: IncomingMessage, replica: string): Route | Refusal {
+    const name = String(req.headers[PEER_HEADERS.cluster] ?? '');
+    const problem = clusterNameProblem(name);
+    if (problem) return { status: 400, message: `tower gateway: replica ${replica} forwarded a request for an invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
+    if (!this.#opts.knows(name)) return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    const target: Target = req.headers[PEER_HEADERS.target] === 'kubesphere' ? 'kubesphere' : 'kubernetes';
+    let identity: Identity | undefined;
+    if (this.#actsAsCertificate(target)) {
+      identity = decodeIdentity(req.headers[PEER_HEADERS.identity] as string | undefined);
+      if (!identity) return { status: 400, message: `tower gateway: replica ${replica} forwarded a request without a valid identity` };
+    }
+    return this.#local({ member: undefined, path: req.url ?? '/', cluster: name, target, identity, fromPeer: replica });
+  }
+
+  /** The route through one of this replica's agents of the cluster, when it has one. */
+  #local(route: Route): Route | Refusal {
+    const session = this.#opts.registry.pick(route.cluster);
+    if (!session) return route;
+    const member = this.#member(session, route.target);
+    if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, message: `the agent of cluster "${route.cluster}" announced no ${route.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
+    return { ...route, member };
+  }
+
+  /**
+   * Calls `then` with a member for the route: this replica's agent, or else another replica that
+   * holds one (one hop: a forwarded request is never forwarded again). A 503 when none has.
+   */
+  #withMember(route: Route, then: (r: Routed) => void, refuse: (r: Refusal) => void): void {
+    if (route.member) { then(route as Routed); return; }
+    const noAgent: Refusal = { status: 503, retryAfter: 1, message: `cluster "${route.cluster}" has no agent connected to tower (start one with the command that "tower token ${route.cluster}" prints)` };
+    const peers = this.#opts.peers;
+    if (!peers || route.fromPeer) { refuse(noAgent); return; }
+    void peers.find(route.cluster).then((replica) => {
+      if (!replica) { refuse(noAgent); return; }
+      this.#opts.metrics?.peerForwards.inc({ replica: replica.id });
+      then({ ...route, member: peers.upstream(replica, route.target) });
+    });
   }
 
   #peer(socket: TLSSocket): Peer {
@@ -236,7 +310,7 @@ export class Gateway {
       const problem = this.#certificates!.problem(cert.raw);
       p = problem
         ? { problem, bound: undefined, identity: undefined }
-        : { bound: boundCluster(cert.subjectaltname), identity: this.#actsAsCertificate ? certificateIdentity(cert) : undefined };
+        : { bound: boundCluster(cert.subjectaltname), identity: this.#actsAsCertificate(this.#opts.target ?? 'kubernetes') ? certificateIdentity(cert) : undefined, replica: peerOf(cert.subjectaltname) };
       this.#peers.set(socket, p);
     }
     return p;
@@ -247,14 +321,14 @@ export class Gateway {
    * Authorization, Impersonate-* and X-Remote-* go, and the certificate's identity (or an
    * impersonation the member allowed it) is sent. ks-apiserver gets the client's headers as they are.
    */
-  #upstreamHeaders(req: IncomingMessage, route: Route, actAs: Identity | ImpersonationRequest | undefined): OutgoingHttpHeaders {
+  #upstreamHeaders(req: IncomingMessage, route: Routed, actAs: Identity | ImpersonationRequest | undefined): OutgoingHttpHeaders {
     const { member } = route;
     const out: OutgoingHttpHeaders = {};
     const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
     const certificate = route.identity !== undefined;
     const dropAuth = !member.keepsClientAuthorization;
     for (const [k, v] of Object.entries(req.headers)) {
-      if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined) continue;
+      if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-')) continue;
       if (certificate ? isIdentityHeader(k) : dropAuth && k === 'authorization') continue;
       out[k] = v;
     }
@@ -265,10 +339,37 @@ export class Gateway {
   }
 
   /**
+   * The headers for the replica a request is forwarded to: the client's, less what says who it is
+   * (a client's own impersonation stays, for that replica to judge as this one would), plus the
+   * cluster, the target and the identity this replica verified.
+   */
+  #peerHeaders(req: IncomingMessage, route: Routed): OutgoingHttpHeaders {
+    const out: OutgoingHttpHeaders = {};
+    const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
+    const keepAuth = route.target === 'kubesphere';
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-')) continue;
+      if (!keepAuth && (k === 'authorization' || k.startsWith('x-remote-'))) continue;
+      out[k] = v;
+    }
+    out.host = route.member.hostHeader;
+    out[PEER_HEADERS.cluster] = route.cluster;
+    out[PEER_HEADERS.target] = route.target;
+    if (route.identity) out[PEER_HEADERS.identity] = encodeIdentity(route.identity);
+    return out;
+  }
+
+  /** The headers for `route`'s member: a replica's, or the member's once whom the request acts as is settled. */
+  #headersFor(req: IncomingMessage, route: Routed, then: (headers: OutgoingHttpHeaders) => void, refuse: (r: Refusal) => void): void {
+    if (route.member instanceof PeerUpstream) { then(this.#peerHeaders(req, route)); return; }
+    this.#actAs(req, route, (actAs) => then(this.#upstreamHeaders(req, route, actAs)), refuse);
+  }
+
+  /**
    * Whom the request acts as: the certificate's identity, or the impersonation the client asked for
    * once the member allowed it. Calls back with a refusal otherwise.
    */
-  #actAs(req: IncomingMessage, route: Route, then: (actAs: Identity | ImpersonationRequest | undefined) => void, refuse: (r: Refusal) => void): void {
+  #actAs(req: IncomingMessage, route: Routed, then: (actAs: Identity | ImpersonationRequest | undefined) => void, refuse: (r: Refusal) => void): void {
     const identity = route.identity;
     if (!identity) { then(undefined); return; }
     const wanted = impersonationRequest(req as IncomingMessage & { headersDistinct: Record<string, string[]> });
@@ -320,6 +421,9 @@ export class Gateway {
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     this.#guard.seen(req.socket);
+    // a draining replica's clients reconnect, through their load balancer, to another one
+    if (this.#opts.draining?.()) res.shouldKeepAlive = false;
+    if (!this.#opts.cluster && req.url?.startsWith(PEER_API)) { this.#onPeerApi(req, res); return; }
     const started = performance.now();
     const refuse = (r: Refusal) => {
       this.#log.debug(1, 'gateway refused a request', { url: req.url, status: r.status, why: r.message });
@@ -334,9 +438,25 @@ export class Gateway {
     const full = this.#admit(res, route, verb);
     if (full) { refuse(full); return; }
     res.on('close', () => { if (!res.writableFinished) req.destroy(); });
-    this.#actAs(req, route, (actAs) => {
-      this.#forward(req, res, route, this.#upstreamHeaders(req, route, actAs), new Set());
+    if (verb !== 'watch') {
+      this.#active++;
+      res.once('close', () => { this.#active--; });
+    }
+    this.#withMember(route, (routed) => {
+      if (res.destroyed) return;
+      this.#headersFor(req, routed, (headers) => this.#forward(req, res, routed, headers, new Set(), verb), refuse);
     }, refuse);
+  }
+
+  /** /peer/v1/… : for other replicas only (their certificates from tower's CA name them). */
+  #onPeerApi(req: IncomingMessage, res: ServerResponse): void {
+    const peer = this.#opts.tls ? this.#peer(req.socket as TLSSocket) : undefined;
+    if (!peer?.replica || !this.#opts.peerApi) {
+      sendStatus(res, { status: 403, message: 'tower gateway: /peer/ is for other replicas of this proxy' });
+      req.resume();
+      return;
+    }
+    this.#opts.peerApi(req, res);
   }
 
   /**
@@ -344,12 +464,12 @@ export class Gateway {
    * (the agent died, the channel was refused) is retried through another agent of the cluster.
    * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
    */
-  #forward(req: IncomingMessage, res: ServerResponse, route: Route, headers: OutgoingHttpHeaders, tried: Set<AgentSession>): void {
+  #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, tried: Set<object>, verb: string): void {
     const { member, path, cluster } = route;
-    tried.add(member.session);
+    tried.add(member.key);
     const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
     // the fields object is built only when someone reads it: this runs for every request
-    if (this.#log.enabled(4)) this.#log.debug(4, 'forward', { cluster, method: req.method, path, session: member.session.id });
+    if (this.#log.enabled(4)) this.#log.debug(4, 'forward', { cluster, method: req.method, path, via: member.via });
     let upstream: ClientRequest;
     try {
       upstream = httpRequest({ agent: member.pool, method: req.method, path, headers });
@@ -367,7 +487,7 @@ export class Gateway {
       clearTimeout(timer);
       // this runs inside the tunnel's read of the channel: nothing may throw out of it
       try {
-        this.#relay(up, res, upstream, cluster);
+        this.#relay(up, res, upstream, route, verb);
       } catch (err) {
         this.#log.warn('cannot relay an answer', { cluster, err: (err as Error).message });
         up.destroy();
@@ -379,20 +499,19 @@ export class Gateway {
       clearTimeout(timer);
       if (answered || res.headersSent) { if (!res.writableEnded) res.destroy(); return; }
       if (timedOut) {
-        sendStatus(res, { status: 504, message: `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)` });
+        sendStatus(res, { status: 504, message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)` });
         return;
       }
-      const next = bodyless && tried.size < MAX_ATTEMPTS && !res.destroyed ? this.#member(this.#opts.registry.pick(cluster, tried)) : undefined;
-      if (next) {
-        this.#log.debug(1, 'retrying a request through another agent', { cluster, session: member.session.id, err: err.message });
-        const again = { ...route, member: next };
+      const failed = () => sendStatus(res, { status: 502, message: `tower gateway: cannot reach the ${this.#what(route.target)} of cluster "${cluster}" through ${member instanceof PeerUpstream ? member.via : 'its agent'}: ${err.message}` });
+      if (!bodyless || tried.size >= MAX_ATTEMPTS || res.destroyed) { failed(); return; }
+      this.#next(route, tried).then((next) => {
+        if (!next) { failed(); return; }
+        this.#log.debug(1, 'retrying a request', { cluster, via: member.via, next: next.via, err: err.message });
         headers.host = next.hostHeader;
         if (next.authorization) headers.authorization = next.authorization;
-        else delete headers.authorization;
-        this.#forward(req, res, again, headers, tried);
-        return;
-      }
-      sendStatus(res, { status: 502, message: `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}` });
+        else if (!(next instanceof PeerUpstream)) delete headers.authorization;
+        this.#forward(req, res, { ...route, member: next }, headers, tried, verb);
+      }, failed);
     });
     res.on('close', () => {
       clearTimeout(timer);
@@ -407,8 +526,26 @@ export class Gateway {
     }
   }
 
+  /**
+   * Another way to the route's member for a retry: another agent here for a local route, another
+   * replica for a forwarded one (the headers were made for that kind).
+   */
+  async #next(route: Routed, tried: Set<object>): Promise<Upstream | undefined> {
+    const { member, cluster } = route;
+    if (!(member instanceof PeerUpstream)) {
+      const session = this.#opts.registry.pick(cluster, tried);
+      return session ? this.#member(session, route.target) : undefined;
+    }
+    const peers = this.#opts.peers!;
+    peers.missed(cluster, member.replica);
+    const except = new Set([...tried].map((k) => (k as { id?: string }).id ?? ''));
+    const replica = await peers.find(cluster, except);
+    return replica ? peers.upstream(replica, route.target) : undefined;
+  }
+
   /** The member's answer to the client, or a 502 when its head cannot be relayed as it is. */
-  #relay(up: IncomingMessage, res: ServerResponse, upstream: ClientRequest, cluster: string): void {
+  #relay(up: IncomingMessage, res: ServerResponse, upstream: ClientRequest, route: Route, verb: string): void {
+    const { cluster } = route;
     const code = up.statusCode ?? 0;
     let problem = code >= 200 && code <= 599 ? undefined : `an invalid status code ${code}`;
     if (!problem) {
@@ -421,7 +558,7 @@ export class Gateway {
     if (problem) {
       up.destroy();
       upstream.destroy();
-      sendStatus(res, { status: 502, message: `tower gateway: the ${this.#what} of cluster "${cluster}" answered with ${problem}` });
+      sendStatus(res, { status: 502, message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" answered with ${problem}` });
       return;
     }
     // a streamed answer (a watch) must reach the client before its first event; one with a
@@ -429,20 +566,41 @@ export class Gateway {
     if (up.headers['content-length'] === undefined) res.flushHeaders();
     // pipe, not pipeline: the promise version costs an AbortController (and DOMException) per request
     up.on('error', () => res.destroy());
+    let handedBack = false;
     // an answer cut off mid-body is cut off for the client too, never ended as if whole
-    up.on('close', () => { if (!up.complete) res.destroy(); });
-    up.pipe(res);
+    up.on('close', () => { if (!up.complete && !handedBack) res.destroy(); });
+    if (verb !== 'watch') { up.pipe(res); return; }
+    // a watch is relayed event by event, so that a drain can end it where an event ends
+    const frames = new WatchFrames(String(up.headers['content-type'] ?? ''));
+    let ending = false;
+    const end = () => {
+      handedBack = true;
+      this.#watches.delete(handBack);
+      res.end();
+      up.destroy();
+      upstream.destroy();
+    };
+    const handBack = () => { ending = true; if (frames.atBoundary) end(); };
+    this.#watches.add(handBack);
+    res.once('close', () => this.#watches.delete(handBack));
+    up.on('data', (d: Buffer) => {
+      if (handedBack) return;
+      const cut = frames.feed(d);
+      if (ending && cut >= 0) { res.write(d.subarray(0, cut)); end(); return; }
+      if (!res.write(d)) up.pause();
+    });
+    res.on('drain', () => up.resume());
+    up.on('end', () => { if (!handedBack) res.end(); });
   }
 
-  get #what(): string {
-    return this.#opts.target === 'kubesphere' ? 'ks-apiserver' : 'kube-apiserver';
+  #what(target: Target = this.#opts.target ?? 'kubernetes'): string {
+    return target === 'kubesphere' ? 'ks-apiserver' : 'kube-apiserver';
   }
 
-  #member(session: AgentSession | undefined): Upstream | undefined {
-    if (!session) return undefined;
+  #member(session: AgentSession, target: Target): Upstream {
     let member = this.#members.get(session);
     if (!member) {
-      member = this.#opts.target === 'kubesphere' ? new MemberKubesphere(session) : new MemberApiserver(session);
+      member = target === 'kubesphere' ? new MemberKubesphere(session) : new MemberApiserver(session);
       this.#members.set(session, member);
     }
     return member;
@@ -457,13 +615,12 @@ export class Gateway {
       if (socket.writable) socket.end(rawStatus(r));
       this.#finished(req, route ?? r, r.status, started);
     };
-    const route = this.#route(req);
-    if ('status' in route) { refuse(route); return; }
-    const { member, path, cluster } = route;
-    if (this.#log.enabled(4)) this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade });
-    this.#actAs(req, route, (actAs) => {
+    const found = this.#route(req);
+    if ('status' in found) { refuse(found); return; }
+    this.#withMember(found, (route) => this.#headersFor(req, route, (headers) => {
       if (socket.destroyed) return;
-      const headers = this.#upstreamHeaders(req, route, actAs);
+      const { member, path, cluster } = route;
+      if (this.#log.enabled(4)) this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade, via: member.via });
       headers.connection = 'Upgrade';
       headers.upgrade = req.headers.upgrade;
       const timeoutMs = this.#limits.requestTimeoutMs;
@@ -487,15 +644,17 @@ export class Gateway {
         }
         timer = timeoutMs > 0 ? setTimeout(() => {
           upReq.destroy();
-          fail(504, `tower gateway: the ${this.#what} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
+          fail(504, `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
         }, timeoutMs) : undefined;
-        const invalid = `tower gateway: the ${this.#what} of cluster "${cluster}" answered the upgrade with an invalid status line`;
+        const invalid = `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" answered the upgrade with an invalid status line`;
         // both run inside the tunnel's read of the channel: nothing may throw out of them
         upReq.on('upgrade', (upRes, upSocket, upHead) => {
           clearTimeout(timer);
           if (!validStatusLine(upRes)) { upSocket.destroy(); fail(502, invalid); return; }
           upSocket.on('error', () => socket.destroy());
-          socket.on('close', () => upSocket.destroy());
+          // a drain waits for upgraded connections (exec, port-forward) until its grace period ends
+          this.#upgraded.add(socket);
+          socket.on('close', () => { this.#upgraded.delete(socket); upSocket.destroy(); });
           upSocket.on('close', () => socket.destroy());
           socket.write(rawHead(upRes));
           if (upHead.length) socket.write(upHead);
@@ -521,9 +680,9 @@ export class Gateway {
         socket.on('close', () => { clearTimeout(timer); upReq.destroy(); });
         req.pipe(upReq);
       }, (err: Error) => {
-        fail(502, `tower gateway: cannot reach the ${this.#what} of cluster "${cluster}" through its agent: ${err.message}`);
+        fail(502, `tower gateway: cannot reach the ${this.#what(route.target)} of cluster "${cluster}" through ${member instanceof PeerUpstream ? member.via : 'its agent'}: ${err.message}`);
       });
-    }, (r) => { refuse(r, route); });
+    }, (r) => { refuse(r, route); }), (r) => { refuse(r, found); });
   }
 }
 

@@ -8,14 +8,16 @@ const REQUEST_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 
 const DIAL_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5];
 /** (fewer buckets than client-go's: a proxy with 1 000 clusters has a series per cluster and verb) */
 
-export type HandshakeResult = 'accepted' | 'unauthorized' | 'failed' | 'limited' | 'standby';
+export type HandshakeResult = 'accepted' | 'unauthorized' | 'failed' | 'limited' | 'unavailable';
 export type LoginFailure = 'unknown_cluster' | 'wrong_token' | 'unusable_record';
 
 /** What the proxy's metrics read at scrape time, rather than count on every request. */
 export interface ProxyMetricsSource {
   registry: SessionRegistry;
-  /** 1 when this proxy reconciles and serves (or there is no election), 0 while it stands by */
+  /** 1 when this replica writes the Clusters (or there is no election), else 0 */
   leader: () => number;
+  replicas: () => number;
+  draining: () => boolean;
 }
 
 /**
@@ -33,6 +35,7 @@ export class ProxyMetrics {
   readonly dialFailures: Counter<'cluster' | 'reason'>;
   readonly reconcileErrors: Counter;
   readonly inflightRefusals: Counter<'cluster'>;
+  readonly peerForwards: Counter<'replica'>;
   /** bytes of sessions that have closed, by cluster; live ones are read at scrape time */
   #closedBytes = new Map<string, { read: number; written: number }>();
 
@@ -77,10 +80,18 @@ export class ProxyMetrics {
       },
     });
     new Gauge({
-      name: 'tower_proxy_leader', help: '1 when this proxy reconciles and serves (or runs without leader election), 0 while it stands by', registers,
+      name: 'tower_proxy_leader', help: '1 when this replica writes the Clusters (it holds Lease kubesphere-system/tower, or runs without leader election); every replica serves either way', registers,
       collect() { this.set(source.leader()); },
     });
-    this.handshakes = new Counter({ name: 'tower_proxy_agent_handshakes_total', help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), standby (this replica does not lead)', labelNames: ['result'], registers });
+    new Gauge({
+      name: 'tower_proxy_replicas', help: 'Live proxy replicas this one knows of, itself included (draining ones too)', registers,
+      collect() { this.set(source.replicas()); },
+    });
+    new Gauge({
+      name: 'tower_proxy_draining', help: '1 while this replica drains (SIGTERM): not ready, finishing what is in flight', registers,
+      collect() { this.set(source.draining() ? 1 : 0); },
+    });
+    this.handshakes = new Counter({ name: 'tower_proxy_agent_handshakes_total', help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), unavailable (this replica starts or drains)', labelNames: ['result'], registers });
     this.loginFailures = new Counter({ name: 'tower_proxy_login_failures_total', help: 'Agents refused by reason', labelNames: ['reason'], registers });
     this.requests = new Counter({ name: 'tower_proxy_gateway_requests_total', help: 'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), Kubernetes verb and status code', labelNames: ['cluster', 'verb', 'code'], registers });
     // by cluster only, and without watches: a latency to alert on, and one series set per cluster
@@ -88,6 +99,7 @@ export class ProxyMetrics {
     this.dialDuration = new Histogram({ name: 'tower_proxy_upstream_dial_duration_seconds', help: 'Time for an agent to open a channel, which it does once it has dialed the upstream', labelNames: ['cluster'], buckets: DIAL_BUCKETS, registers });
     this.dialFailures = new Counter({ name: 'tower_proxy_upstream_dial_failures_total', help: 'Channels not opened, by cluster and reason (refused: the agent could not dial the upstream or would not)', labelNames: ['cluster', 'reason'], registers });
     this.reconcileErrors = new Counter({ name: 'tower_proxy_reconcile_errors_total', help: 'Failed reconciles of Cluster resources (Kubernetes mode)', registers });
+    this.peerForwards = new Counter({ name: 'tower_proxy_peer_forwards_total', help: 'Requests this replica forwarded to another one, which holds an agent of the cluster when this one does not (they are counted in tower_proxy_gateway_requests_total on both)', labelNames: ['replica'], registers });
     this.inflightRefusals = new Counter({ name: 'tower_proxy_inflight_refusals_total', help: 'Requests answered 429 because the cluster had --max-requests-inflight requests in flight', labelNames: ['cluster'], registers });
   }
 

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
 import { createSecureContext } from 'node:tls';
@@ -7,7 +8,7 @@ import type { Logger } from '../observe/log.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
 import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
 import { clusterNameProblem } from '../store/names.ts';
-import type { Cluster, ClusterStore, Closer } from '../store/types.ts';
+import type { Cluster, ClusterStore, Closer, ReplicaTimes } from '../store/types.ts';
 import { FEATURE_TLS_AT_AGENT, UNAUTHORIZED, type AgentConfig } from '../tunnel/protocol.ts';
 import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
@@ -18,10 +19,27 @@ import { ProxyMetrics } from './metrics.ts';
 import { cachedMetrics, type HealthOptions } from '../observe/health.ts';
 import { VERSION } from '../version.ts';
 import { ImpersonationCheck } from './identity.ts';
+import { PEER_API, PEER_URI_PREFIX, Peers } from './peers.ts';
+import { SoloReplica, type Replicas } from './replicas.ts';
 import { SessionRegistry } from './registry.ts';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ReplicaView } from '../tunnel/protocol.ts';
 
 const STATUS_WRITE_DELAY_MS = 200;
 const GATEWAY_CERT_DAYS = 365;
+const PEER_CERT_DAYS = 365;
+const MAX_PEER_BODY_BYTES = 256 * 1024;
+/** a drain looks this often whether what was in flight is done */
+const DRAIN_POLL_MS = 100;
+export const DEFAULT_REPLICA_TIMES: ReplicaTimes = { leaseMs: 30_000, renewMs: 10_000 };
+
+/** How a replica shuts down on SIGTERM. */
+export interface DrainOptions {
+  /** unready but serving on, for load balancers to notice (as kube-apiserver's --shutdown-delay-duration) */
+  delayMs: number;
+  /** then at most this long for requests in flight, exec and port-forward sessions to end */
+  graceMs: number;
+}
 
 export interface ProxyOptions {
   store: ClusterStore;
@@ -35,8 +53,13 @@ export interface ProxyOptions {
   gateway?: GatewayPolicy;
   /** serve TLS on the agent port: tower's CA issues the certificate, or these PEM files */
   agentTls?: boolean | { certFile: string; keyFile: string };
-  /** the store's claim waits for a Lease: stand by, live but not ready, meanwhile */
+  /** only the holder of a Lease writes the Clusters (every replica serves either way) */
   leaderElection?: boolean;
+  /** this replica's id: its Lease, the header agents read */
+  serverId: string;
+  /** the address other replicas reach this one's gateway at (default: --host unless it is a wildcard, else the host name) */
+  advertiseAddress?: string;
+  replicaTimes?: ReplicaTimes;
   log: Logger;
 }
 
@@ -54,14 +77,20 @@ export class Proxy {
   #endpoint: AgentEndpoint | undefined;
   #gateway: Gateway | undefined;
   #statusTimers = new Map<string, NodeJS.Timeout>();
+  /** the store's claim: the file store's lock (held until the very end) */
   #claim: Closer | undefined;
+  /** leader election: held while this replica writes the Clusters */
+  #lease: Closer | undefined;
+  #closed = false;
   #ca: CertificateAuthority | undefined;
   #serverNames: string[] = [];
   /** clusters served on ports of their own (Kubernetes mode) */
   #ports = new Map<string, ClusterPorts>();
   /** given to every gateway of this proxy, with one cache of impersonation verdicts and one count of requests in flight */
   #gatewayPolicy: GatewayShared;
-  #phase: 'starting' | 'standby' | 'serving' = 'starting';
+  #phase: 'starting' | 'serving' | 'draining' = 'starting';
+  #replicas: Replicas | undefined;
+  #peers: Peers | undefined;
   /** when each cluster's agents were last seen by this proxy */
   #lastSeen = new Map<string, string>();
   readonly metrics: ProxyMetrics;
@@ -69,13 +98,21 @@ export class Proxy {
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    this.metrics = new ProxyMetrics({ registry: this.registry, leader: () => (this.#phase === 'standby' ? 0 : 1) });
-    this.#gatewayPolicy = { ...opts.gateway, impersonation: new ImpersonationCheck(), inflight: new InflightRequests(), metrics: this.metrics };
+    this.metrics = new ProxyMetrics({
+      registry: this.registry,
+      leader: () => (opts.store.leading === false ? 0 : 1),
+      replicas: () => this.#replicas?.live().length ?? 1,
+      draining: () => this.#phase === 'draining',
+    });
+    this.#gatewayPolicy = {
+      ...opts.gateway, impersonation: new ImpersonationCheck(), inflight: new InflightRequests(), metrics: this.metrics,
+      draining: () => this.#phase === 'draining',
+    };
   }
 
   async start(): Promise<void> {
     const { store } = this.#opts;
-    // without an election the claim answers at once (and names a proxy that already serves the store)
+    // the file store allows one proxy per data dir; with leader election every replica serves and one writes
     if (!this.#opts.leaderElection) this.#claim = await store.claim();
     const ca = await loadCertificateAuthority(store, this.#opts.caCert, this.#opts.caKey);
     this.#ca = ca;
@@ -84,8 +121,10 @@ export class Proxy {
 
     // the names every certificate of this proxy carries: the gateway's, and each cluster port's besides its own
     const publish = this.#opts.publishServiceAddress;
-    this.#serverNames = [publish, 'localhost', '127.0.0.1', '::1', hostname()];
-    if (this.#opts.host !== '0.0.0.0' && this.#opts.host !== '::') this.#serverNames.push(this.#opts.host);
+    const wildcard = this.#opts.host === '0.0.0.0' || this.#opts.host === '::';
+    const advertise = this.#opts.advertiseAddress ?? (wildcard ? hostname() : this.#opts.host);
+    this.#serverNames = [publish, 'localhost', '127.0.0.1', '::1', hostname(), advertise];
+    if (!wildcard) this.#serverNames.push(this.#opts.host);
 
     // the agent port answers health and metrics from the start; agents only once this proxy serves
     this.#endpoint = new AgentEndpoint({
@@ -94,51 +133,47 @@ export class Proxy {
       onSession: (s) => this.#admit(s),
       tls: await this.#agentTls(ca),
       health: this.#health(),
-      refusing: () => (this.#phase === 'serving' ? undefined : this.#phase === 'standby'
-        ? 'this proxy replica is standing by (leader election): another one serves agents; retry'
+      serverId: this.#opts.serverId,
+      refusing: () => (this.#phase === 'serving' ? undefined : this.#phase === 'draining'
+        ? 'this proxy replica is shutting down; retry (another replica serves)'
         : 'the proxy is starting; retry'),
       metrics: this.metrics,
       log: this.#log,
     });
-    // a replica standing by shares the port with the leader only where both run in one network
-    // namespace (not in pods): it then listens once it leads
-    const listenAgents = () => listenOrExplain(this.#endpoint!.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
-    let listening = true;
-    try {
-      this.agentPort = await listenAgents();
-    } catch (err) {
-      if (!(this.#opts.leaderElection && err instanceof TowerError && err.code === 'EADDRINUSE')) throw err;
-      listening = false;
-      this.#log.info('the agent port is in use (another replica on this host?): health answers once this replica leads', { port: this.#opts.port });
-    }
+    this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
 
-    if (this.#opts.leaderElection) {
-      this.#phase = 'standby';
-      this.#claim = await store.claim();
-      this.#phase = 'starting';
-    }
-    if (!listening) this.agentPort = await retryWhileInUse(listenAgents);
-    await store.reconcile?.({ ca, agents: (name) => this.registry.count(name), onError: () => this.metrics.reconcileErrors.inc() });
-    await this.#watchClusters();
-    this.registry.on('change', (name: string) => {
-      // an agent came or went: either way it was seen now
-      this.#lastSeen.set(name, new Date().toISOString());
-      this.#scheduleStatus(name);
-    });
-
+    // the gateway's port is known before the replica announces where peers reach it
     const serving = await ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
-
     if (this.#gatewayPolicy.identity === 'agent') {
       this.#log.warn('--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower\'s behaviour); certificates\' users and groups are ignored');
     }
+    const peerCert = await ca.issueClient(`tower-replica:${this.#opts.serverId}`, [], PEER_CERT_DAYS, undefined, [PEER_URI_PREFIX + this.#opts.serverId]);
+    const self = { id: this.#opts.serverId, address: '', draining: false };
+    const replicas = store.replicas?.(self, this.#opts.replicaTimes ?? DEFAULT_REPLICA_TIMES, this.#log) ?? new SoloReplica(self);
+    this.#replicas = replicas;
+    this.#peers = new Peers({ replicas, tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem }, log: this.#log });
+    this.#gatewayPolicy.peers = this.#peers;
     this.#gateway = new Gateway({
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
       tls: { caPem: ca.certPem, cert: serving.cert, key: serving.key },
       ...this.#gatewayPolicy,
+      peerApi: (req, res) => this.#onPeerApi(req, res),
       log: this.#log,
     });
     this.gatewayPort = await listenOrExplain(this.#gateway.listen(this.#opts.gatewayPort, this.#opts.host), this.#opts.host, this.#opts.gatewayPort, '--gateway-port');
+    self.address = `${advertise.includes(':') ? `[${advertise}]` : advertise}:${this.gatewayPort}`;
+    await replicas.start();
+    replicas.onChange(() => this.#replicasChanged());
+
+    await store.reconcile?.({ ca, agents: (name) => this.#agentsAnywhere(name), onError: () => this.metrics.reconcileErrors.inc() });
+    await this.#watchClusters();
+    this.registry.on('change', (name: string) => {
+      // an agent came or went: either way it was seen now
+      this.#lastSeen.set(name, new Date().toISOString());
+      this.#scheduleStatus(name);
+      this.#peers?.nudge(name);
+    });
 
     const h = publish.includes(':') ? `[${publish}]` : publish;
     await store.writeProxyRecord({
@@ -153,24 +188,108 @@ export class Proxy {
       gateway: `${this.#opts.host}:${this.gatewayPort}`,
       store: store.location,
       clusters: this.#clusters.size,
+      serverId: this.#opts.serverId,
+      replicas: replicas.live().length,
       hostKey: this.hostKeyFingerprint,
       crypto: CRYPTO_BACKEND,
     });
+    if (this.#opts.leaderElection) {
+      // every replica serves; the one holding the lease also writes the Clusters
+      void store.claim().then((claim) => {
+        if (this.#phase === 'draining' || this.#closed) { void claim.close(); return; }
+        this.#lease = claim;
+      }, (err: Error) => this.#log.error('leader election failed: this replica serves, and does not write the Clusters', { err: err.message }));
+    }
+  }
+
+  /** Agents of a cluster here, or else on the other replicas (for AgentAvailable: true while any replica holds one). */
+  async #agentsAnywhere(name: string): Promise<number> {
+    const here = this.registry.count(name);
+    if (here > 0 || !this.#peers) return here;
+    return this.#peers.sessionsElsewhere(name);
+  }
+
+  /** What agents are told: this replica, the live ones (draining ones left out), and whether this one drains. */
+  #view(): ReplicaView {
+    const live = this.#replicas?.live() ?? [];
+    return { server: this.#opts.serverId, servers: live.filter((r) => !r.draining).map((r) => r.id), draining: this.#phase === 'draining' };
+  }
+
+  #replicasChanged(): void {
+    const view = this.#view();
+    for (const s of this.registry.sessions()) s.tell(view);
+    // a replica that went may have held a cluster's only agent
+    for (const name of this.#clusters.keys()) if (this.registry.count(name) === 0) this.#scheduleStatus(name);
+  }
+
+  /** GET /peer/v1/sessions?cluster=…: how many agents of each this replica holds; POST /peer/v1/changed: another one's agents changed. */
+  #onPeerApi(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'https://peer');
+    const json = (code: number, body: unknown) => {
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    if (req.method === 'GET' && url.pathname === `${PEER_API}sessions`) {
+      const sessions: Record<string, number> = {};
+      for (const name of url.searchParams.getAll('cluster').slice(0, 1000)) sessions[name] = this.registry.count(name);
+      json(200, { server: this.#opts.serverId, draining: this.#phase === 'draining', sessions });
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === `${PEER_API}changed`) {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (d: string) => { body += d; if (body.length > MAX_PEER_BODY_BYTES) req.destroy(); });
+      req.on('end', () => {
+        let names: unknown;
+        try { names = (JSON.parse(body) as { clusters?: unknown }).clusters; } catch { names = undefined; }
+        if (!Array.isArray(names)) { json(400, { error: 'want {"clusters": [names]}' }); return; }
+        for (const n of names) if (typeof n === 'string' && this.#clusters.has(n)) this.#scheduleStatus(n);
+        res.writeHead(204).end();
+      });
+      return;
+    }
+    json(404, { error: `no ${req.method} ${url.pathname}` });
   }
 
   /**
-   * Live while the event loop turns; ready once it serves: listeners up, the store's clusters
-   * loaded and watched, and (with leader election) the lease held. A standing-by replica is live
-   * but not ready, so that a Service sends agents and users only to the one that serves.
+   * SIGTERM: unready at once (load balancers stop sending), agents told this replica drains, then
+   * after `delayMs` no new connections, requests in flight finished (watches handed back at an
+   * event boundary) within `graceMs`, the lease and this replica's record withdrawn. close() ends the rest.
+   */
+  async drain(opts: DrainOptions): Promise<void> {
+    if (this.#phase !== 'serving') return;
+    this.#phase = 'draining';
+    const started = Date.now();
+    this.#log.info('draining', { delay: `${opts.delayMs / 1000}s`, grace: `${opts.graceMs / 1000}s` });
+    await this.#replicas?.drain().catch(() => undefined);
+    const view = this.#view();
+    for (const s of this.registry.sessions()) s.tell(view);
+    await sleep(opts.delayMs);
+    const gateways = [this.#gateway, ...[...this.#ports.values()].flatMap((p) => p.gateways)].filter((g) => g !== undefined);
+    this.#endpoint?.stopAccepting();
+    for (const g of gateways) g.stopAccepting();
+    const watches = gateways.reduce((n, g) => n + g.handBackWatches(), 0);
+    const busy = () => gateways.reduce((n, g) => n + g.busy, 0);
+    while (busy() > 0 && Date.now() - started < opts.delayMs + opts.graceMs) await sleep(DRAIN_POLL_MS);
+    this.#log.info('drained', { watchesHandedBack: watches, cutShort: busy(), after: `${((Date.now() - started) / 1000).toFixed(1)}s` });
+    // the next writer takes over before this replica's agents go
+    await this.#lease?.close();
+    this.#lease = undefined;
+  }
+
+  /**
+   * Live while the event loop turns; ready once it serves (listeners up, the store's clusters
+   * loaded and watched, the other replicas known) until it drains. Every replica is ready, leader
+   * or not: each serves agents, the gateway and the cluster ports.
    */
   #health(): HealthOptions {
     return {
       live: [{ name: 'ping', check: () => undefined }],
       ready: [
         { name: 'ping', check: () => undefined },
-        { name: 'leader-election', check: () => (this.#phase === 'standby' ? 'standing by: another replica holds Lease kubesphere-system/tower' : undefined) },
+        { name: 'shutdown', check: () => (this.#phase === 'draining' ? 'this replica is shutting down' : undefined) },
         { name: 'store', check: () => (this.#watch ? undefined : `the clusters of ${this.#opts.store.location} are not loaded yet`) },
-        { name: 'listeners', check: () => (this.#phase === 'serving' ? undefined : 'the gateway does not listen yet') },
+        { name: 'listeners', check: () => (this.#phase === 'starting' ? 'the gateway does not listen yet' : undefined) },
       ],
       metrics: cachedMetrics(async () => ({ contentType: this.metrics.contentType, body: await this.metrics.metrics() })),
       extra: { '/health': () => 'OK\n', '/version': () => VERSION + '\n' },
@@ -191,11 +310,16 @@ export class Proxy {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
+    await this.#lease?.close();
+    this.#lease = undefined;
     this.#watch?.close();
+    this.#peers?.close();
     this.registry.closeAll();
+    await this.#replicas?.close();
     await Promise.all([this.#endpoint?.close(), this.#gateway?.close(), ...[...this.#ports.values()].map((p) => p.close())]);
     for (const t of this.#statusTimers.values()) clearTimeout(t);
-    // only the proxy that held the store writes its final status
+    // only the proxy that held the file store writes its final status (the Kubernetes store's writer reads agents live)
     if (this.#claim) await Promise.all([...this.#clusters.keys()].map((name) => this.#writeStatus(name)));
     await this.#claim?.close();
     this.#opts.store.close();
@@ -287,6 +411,7 @@ export class Proxy {
     // the token may have rotated, or the cluster gone, while the handshake ran
     if (!cluster || cluster.problem || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
     this.registry.add(session);
+    session.tell(this.#view());
     const tlsAtAgent = session.config.features?.includes(FEATURE_TLS_AT_AGENT) ?? false;
     this.#log.info('agent connected', {
       cluster: session.name, remote: session.remote, session: session.id, agents: this.registry.count(session.name),
@@ -328,18 +453,6 @@ export function tokensEqual(a: string, b: string): boolean {
   // compare equal lengths only, so that the time does not tell where they differ
   if (x.length !== y.length) { timingSafeEqual(y, y); return false; }
   return timingSafeEqual(x, y);
-}
-
-/** the previous leader may still hold the port for a moment after the lease changed hands */
-async function retryWhileInUse(listen: () => Promise<number>): Promise<number> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await listen();
-    } catch (err) {
-      if (!(err instanceof TowerError && err.code === 'EADDRINUSE') || attempt >= 60) throw err;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
 }
 
 async function listenOrExplain(p: Promise<number>, host: string, port: number, flag: string): Promise<number> {

@@ -13,9 +13,14 @@ const MAX_SOCKETS_PER_SESSION = MAX_CHANNELS_PER_SESSION;
 /** idle connections kept per session: below the client's concurrency, every burst would pay new handshakes */
 const MAX_FREE_SOCKETS_PER_SESSION = 256;
 
-/** An HTTP server in a member cluster, reached through one agent session. */
+/** An HTTP server in a member cluster, reached through one agent session, or through another replica. */
 export interface Upstream {
-  readonly session: AgentSession;
+  /** the agent session, when this replica holds it */
+  readonly session?: AgentSession;
+  /** what a retry must not pick again */
+  readonly key: object;
+  /** for logs: "session 12", "replica r2" */
+  readonly via: string;
   /** "host:port" the agent dials */
   readonly hostPort: string;
   /** the Host header to send */
@@ -62,6 +67,8 @@ export class MemberApiserver implements Upstream {
   }
 
   get authorization(): string | undefined { return this.#bearer; }
+  get key(): object { return this.session; }
+  get via(): string { return `session ${this.session.id}`; }
 
   /** parsed once per session: the agent's CA and client certificate */
   #secureContext(): SecureContext {
@@ -124,6 +131,9 @@ export class MemberKubesphere implements Upstream {
     this.pool = new ChannelAgent(this, { keepAlive: true, maxSockets: MAX_SOCKETS_PER_SESSION, maxFreeSockets: 32, timeout: IDLE_SOCKET_TIMEOUT_MS });
     session.once('close', () => this.pool.destroy());
   }
+
+  get key(): object { return this.session; }
+  get via(): string { return `session ${this.session.id}`; }
 
   async connect(): Promise<Duplex> {
     return asSocket(await this.session.openChannel(this.hostPort));

@@ -6,7 +6,9 @@ import { ClusterController } from '../kube/controller.ts';
 import { LeaderElector, type LeaseTimes } from '../kube/leader.ts';
 import type { Logger } from '../observe/log.ts';
 import { assertClusterName } from './names.ts';
-import type { Cluster, ClusterEvent, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord, ReconcileContext } from './types.ts';
+import type { Cluster, ClusterEvent, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord, ReconcileContext, ReplicaTimes } from './types.ts';
+import { LeaseReplicas } from '../kube/replicas.ts';
+import type { Replica, Replicas } from '../proxy/replicas.ts';
 
 const SECRETS: Record<KeyMaterialKind, string> = { ca: 'tower-ca', 'ssh-host-key': 'tower-ssh-host-key' };
 const PROXY_RECORD = 'tower-proxy';
@@ -16,8 +18,8 @@ export interface KubernetesStoreOptions {
   /** host kubeconfig path; undefined: in-cluster service account */
   kubeconfig: string | undefined;
   log: Logger;
-  /** when set, claim() waits for the Lease and onLost is told if it is lost */
-  leaderElection?: { times: LeaseTimes; onLost: (why: string) => void };
+  /** when set, only the holder of the Lease writes the Clusters; claim() waits for it */
+  leaderElection?: { times: LeaseTimes };
 }
 
 /**
@@ -32,11 +34,19 @@ export class KubernetesStore implements ClusterStore {
   #opts: KubernetesStoreOptions;
   #controller: ClusterController | undefined;
   #listeners = new Set<(ev: ClusterEvent) => void>();
+  #leading: boolean;
 
   constructor(opts: KubernetesStoreOptions) {
     this.#opts = opts;
     this.host = new HostCluster(opts.kubeconfig);
     this.location = `clusters.cluster.kubesphere.io at ${this.host.server}`;
+    this.#leading = !opts.leaderElection;
+  }
+
+  get leading(): boolean { return this.#leading; }
+
+  replicas(self: Replica, times: ReplicaTimes, log: Logger): Replicas {
+    return new LeaseReplicas(this.host, self, times, log);
   }
 
   /** The Cluster as it is in the API (undefined when absent). */
@@ -112,7 +122,7 @@ export class KubernetesStore implements ClusterStore {
   }
 
   async reconcile(ctx: ReconcileContext): Promise<void> {
-    this.#controller = new ClusterController(this.host, { ...ctx, log: this.#opts.log }, (ev) => { for (const l of this.#listeners) l(ev); });
+    this.#controller = new ClusterController(this.host, { ...ctx, log: this.#opts.log }, (ev) => { for (const l of this.#listeners) l(ev); }, this.#leading);
     await this.#controller.start();
   }
 
@@ -140,8 +150,26 @@ export class KubernetesStore implements ClusterStore {
     const le = this.#opts.leaderElection;
     if (!le) return { close: () => undefined };
     const elector = new LeaderElector(this.host, LEASE, NAMESPACE, le.times, this.#opts.log);
-    await elector.acquire(le.onLost);
-    return { close: () => elector.release() };
+    // a replica that loses the lease keeps serving and campaigns again; its controller only reads meanwhile
+    const campaign = async (): Promise<void> => {
+      await elector.acquire((why) => {
+        this.#leading = false;
+        this.#controller?.follow();
+        this.#opts.log.error('leader election lost; this replica serves on and campaigns again', { why });
+        void campaign();
+      });
+      if (!elector.leading) return;
+      this.#leading = true;
+      this.#controller?.lead();
+    };
+    await campaign();
+    return {
+      close: async () => {
+        this.#leading = false;
+        this.#controller?.follow();
+        await elector.release();
+      },
+    };
   }
 
   /** Secrets tower-ca / tower-ssh-host-key: created once; a creation race is settled by the API (409). */

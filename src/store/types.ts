@@ -1,4 +1,6 @@
 import type { CertificateAuthority } from '../pki/ca.ts';
+import type { Replica, Replicas } from '../proxy/replicas.ts';
+import type { Logger } from '../observe/log.ts';
 
 /** The registry of member clusters, behind which the proxy and the commands never see files or APIs. */
 export interface Cluster {
@@ -29,8 +31,8 @@ export interface ClusterServing {
 /** What a store that reconciles (Kubernetes mode) needs from the proxy. */
 export interface ReconcileContext {
   ca: CertificateAuthority;
-  /** live agent sessions of a cluster */
-  agents(name: string): number;
+  /** live agent sessions of a cluster: this replica's, or else the other replicas' */
+  agents(name: string): number | Promise<number>;
   /** a reconcile failed (counted in the proxy's metrics) */
   onError?: () => void;
 }
@@ -64,6 +66,12 @@ export type KeyMaterial = Record<string, string>;
 
 export interface Closer { close(): void | Promise<void> }
 
+export interface ReplicaTimes {
+  /** a replica not heard of for this long is gone */
+  leaseMs: number;
+  renewMs: number;
+}
+
 export interface ClusterStore {
   readonly kind: 'file' | 'kubernetes';
   /** where the store keeps its data, for messages ("~/.tower", "cluster.kubesphere.io") */
@@ -79,8 +87,16 @@ export interface ClusterStore {
   watch(onEvent: (event: ClusterEvent) => void): Closer;
   readProxyRecord(): Promise<ProxyRecord | undefined>;
   writeProxyRecord(record: ProxyRecord): Promise<void>;
-  /** makes this process the one proxy serving the store; fails while another one does */
+  /**
+   * File store: makes this process the one proxy serving the store; fails while another one does.
+   * Kubernetes mode with leader election: resolves once this replica writes the Clusters (every
+   * replica serves meanwhile).
+   */
   claim(): Promise<Closer>;
+  /** false while this replica serves but another one writes the Clusters (leader election) */
+  readonly leading?: boolean;
+  /** the proxy replicas serving this store, this one announced among them (one alone without) */
+  replicas?(self: Replica, times: ReplicaTimes, log: Logger): Replicas;
   /** returns the stored material of `kind`, creating it with `create` once, race-free across processes */
   loadOrCreateKeyMaterial(kind: KeyMaterialKind, create: () => Promise<KeyMaterial>): Promise<KeyMaterial>;
   /**

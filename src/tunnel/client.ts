@@ -5,7 +5,7 @@ import type { ClientChannel } from 'ssh2';
 import { TowerError } from '../errors.ts';
 import { printable } from '../observe/log.ts';
 import { ALGORITHMS, fingerprint, type TunnelClient } from './ssh.ts';
-import { CHANNEL_TYPE, CHANNEL_TYPE_TLS, CLIENT_IDENT, encodeConfig, FEATURE_TLS_AT_AGENT, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
+import { CHANNEL_TYPE, CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_TLS, CLIENT_IDENT, encodeConfig, FEATURE_REPLICAS, FEATURE_TLS_AT_AGENT, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
 
 /** The proxy refused this agent's `config`; the text is the proxy's own words. */
 export class ConfigRejectedError extends TowerError {
@@ -29,6 +29,8 @@ export interface DialOptions {
   handshakeTimeoutMs: number;
   /** a channel the proxy opened towards `hostPort`: `kubesphere`, or CHANNEL_TYPE_TLS when negotiated */
   onChannel: (hostPort: string, type: string, accept: () => ClientChannel, reject: () => void) => void;
+  /** the proxy's control channel (CHANNEL_TYPE_CONTROL), accepted only when the config announced FEATURE_REPLICAS */
+  onControl?: (channel: ClientChannel) => void;
 }
 
 /**
@@ -53,6 +55,11 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
     client.on('error', (err: Error) => fail(hostKeyError ?? new TowerError('ESSH', `SSH handshake with the proxy failed: ${err.message}`)));
     client.on('close', () => fail(hostKeyError ?? new TowerError('ECLOSED', 'the proxy closed the connection during the handshake')));
     client.on('channel open', (info, accept, rejectChannel) => {
+      if (info.type === CHANNEL_TYPE_CONTROL) {
+        if (opts.onControl && opts.config.features?.includes(FEATURE_REPLICAS)) opts.onControl(accept());
+        else rejectChannel();
+        return;
+      }
       const tlsAllowed = info.type === CHANNEL_TYPE_TLS && opts.config.features?.includes(FEATURE_TLS_AT_AGENT);
       if (info.type !== CHANNEL_TYPE && !tlsAllowed) { rejectChannel(); return; }
       opts.onChannel((info.data.raw ?? Buffer.alloc(0)).toString('latin1'), info.type, accept, rejectChannel);

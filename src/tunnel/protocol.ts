@@ -25,8 +25,22 @@ export const FEATURE_TLS_AT_AGENT = 'tls-at-agent';
  * channels: with both features, no member credential is ever sent to the proxy.
  */
 export const FEATURE_AUTH_AT_AGENT = 'auth-at-agent';
+/**
+ * Every proxy replica serves: the proxy names itself in SERVER_ID_HEADER and, to agents that
+ * announce this, opens one CHANNEL_TYPE_CONTROL channel that carries the live replicas as they
+ * change; such an agent holds a session to each of them.
+ */
+export const FEATURE_REPLICAS = 'replicas';
 /** what a tower proxy offers */
-export const OFFERED_FEATURES = [FEATURE_TLS_AT_AGENT, FEATURE_AUTH_AT_AGENT];
+export const OFFERED_FEATURES = [FEATURE_TLS_AT_AGENT, FEATURE_AUTH_AT_AGENT, FEATURE_REPLICAS];
+/** the proxy replica's id, in the WebSocket 101: an agent that holds a session to it already hangs up before SSH */
+export const SERVER_ID_HEADER = 'x-tower-server-id';
+/** opened by the proxy to agents that announced FEATURE_REPLICAS: one JSON line per ReplicaView */
+export const CHANNEL_TYPE_CONTROL = 'tower-control@v1';
+/** a control line longer than this ends the control channel */
+export const MAX_CONTROL_LINE_BYTES = 64 * 1024;
+/** replicas an agent holds sessions to, at most */
+export const MAX_REPLICAS = 32;
 export const REQUEST_CONFIG = 'config';
 export const REQUEST_PING = 'ping';
 /** the failure text the Go proxy sends for a bad name or token; Go agents exit on it */
@@ -46,6 +60,43 @@ export interface AgentConfig {
   bearerToken?: Buffer;
   /** tower extensions the agent uses on this session (JSON TowerFeatures, unknown to Go peers) */
   features?: string[];
+}
+
+/** What a replica tells its agents: who it is, which replicas live (draining ones left out), and whether it drains. */
+export interface ReplicaView {
+  server: string;
+  servers: string[];
+  draining: boolean;
+}
+
+const SERVER_ID = /^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$/;
+
+/** Why `id` cannot name a proxy replica (it names a Lease and travels in a header), or undefined. */
+export function serverIdProblem(id: string): string | undefined {
+  return SERVER_ID.test(id) ? undefined : 'a server id is 1-63 lower-case letters, digits, "-" and ".", starting and ending with a letter or digit';
+}
+
+export function encodeReplicaView(v: ReplicaView): Buffer {
+  return Buffer.from(JSON.stringify(v) + '\n');
+}
+
+/** One control line from a proxy, checked: ids as serverIdProblem allows, at most MAX_REPLICAS. */
+export function decodeReplicaView(line: string): ReplicaView {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(line);
+  } catch (err) {
+    throw new ProtocolError(`malformed control message: ${(err as Error).message}`);
+  }
+  const d = doc as Partial<ReplicaView> | null;
+  if (typeof d !== 'object' || d === null || typeof d.server !== 'string' || !Array.isArray(d.servers) || typeof d.draining !== 'boolean') {
+    throw new ProtocolError('malformed control message: want {"server": string, "servers": [string], "draining": boolean}');
+  }
+  if (d.servers.length > MAX_REPLICAS) throw new ProtocolError(`control message names ${d.servers.length} replicas, more than ${MAX_REPLICAS}`);
+  for (const id of [d.server, ...d.servers]) {
+    if (typeof id !== 'string' || serverIdProblem(id)) throw new ProtocolError(`control message names an invalid server id ${JSON.stringify(String(id).slice(0, 64))}`);
+  }
+  return { server: d.server, servers: [...new Set(d.servers as string[])], draining: d.draining };
 }
 
 export class ProtocolError extends TowerError {

@@ -4,7 +4,7 @@ import ssh2 from 'ssh2';
 import type { ServerChannel } from 'ssh2';
 import type { Logger } from '../observe/log.ts';
 import { ALGORITHMS, type TunnelConnection } from './ssh.ts';
-import { CHANNEL_TYPE, decodeConfig, ProtocolError, REQUEST_CONFIG, REQUEST_PING, SERVER_IDENT, type AgentConfig } from './protocol.ts';
+import { CHANNEL_TYPE, CHANNEL_TYPE_CONTROL, decodeConfig, encodeReplicaView, FEATURE_REPLICAS, type ReplicaView, ProtocolError, REQUEST_CONFIG, REQUEST_PING, SERVER_IDENT, type AgentConfig } from './protocol.ts';
 
 export const CHANNEL_OPEN_TIMEOUT_MS = 15_000;
 export const MAX_CHANNELS_PER_SESSION = 4096;
@@ -134,6 +134,9 @@ export class AgentSession extends EventEmitter {
   #stream: Duplex;
   #channels = 0;
   #closed = false;
+  /** the control channel: undefined before it is asked for, null while it opens */
+  #control: ServerChannel | null | undefined;
+  #view: ReplicaView | undefined;
   #observe: ChannelObserver;
 
   constructor(conn: TunnelConnection, stream: Duplex, config: AgentConfig, remote: string, observe: ChannelObserver = () => {}) {
@@ -190,6 +193,33 @@ export class AgentSession extends EventEmitter {
         resolve(channel);
       });
     });
+  }
+
+  /** whether the agent holds a session to every replica, and is told of them (FEATURE_REPLICAS) */
+  get followsReplicas(): boolean { return this.config.features?.includes(FEATURE_REPLICAS) ?? false; }
+
+  /**
+   * Tells the agent which replicas live, through the control channel (opened at the first view);
+   * a view sent while the channel opens replaces the one waiting.
+   */
+  tell(view: ReplicaView): void {
+    if (!this.followsReplicas || this.#closed) return;
+    this.#view = view;
+    if (this.#control === undefined) {
+      this.#control = null;
+      // not one of the channels counted and limited for requests
+      this.#conn.openChannel(CHANNEL_TYPE_CONTROL, Buffer.alloc(0), (err, ch) => {
+        if (err) { this.#control = undefined; return; }
+        if (this.#closed) { ch.close(); return; }
+        this.#control = ch;
+        ch.on('error', () => undefined);
+        // nothing comes back on it; read so that ssh2 can close it
+        ch.resume();
+        ch.write(encodeReplicaView(this.#view!));
+      });
+      return;
+    }
+    this.#control?.write(encodeReplicaView(view));
   }
 
   close(): void {

@@ -1,0 +1,172 @@
+import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
+import type { Logger } from '../observe/log.ts';
+import type { Replica, Replicas } from '../proxy/replicas.ts';
+import { serverIdProblem } from '../tunnel/protocol.ts';
+import { apiMessage, apiStatus, orUndefined, type HostCluster, type Watcher } from './api.ts';
+import { NAMESPACE } from './resource.ts';
+
+export const REPLICA_LEASE_PREFIX = 'tower-proxy-';
+const COMPONENT_LABEL = 'app.kubernetes.io/component';
+const COMPONENT = 'proxy-replica';
+const LABELS = { 'app.kubernetes.io/name': 'tower', [COMPONENT_LABEL]: COMPONENT };
+export const ADDRESS_ANNOTATION = 'tower.kubesphere.io/peer-address';
+export const DRAINING_ANNOTATION = 'tower.kubesphere.io/draining';
+/** how often the live set is worked out from what was last seen (local, no API call) */
+const EVALUATE_MS = 1_000;
+
+export interface LeaseTimesOfReplica {
+  /** a replica whose Lease was not renewed for this long is gone */
+  leaseMs: number;
+  /** between renewals of this replica's own Lease */
+  renewMs: number;
+}
+
+/**
+ * Replicas from Leases `tower-proxy-<id>` in kubesphere-system, one per replica, labelled as
+ * tower's: each renews its own, deletes it when it stops, and any replica deletes the ones that
+ * expired. Expiry is measured on this replica's clock from when a renewal was seen (as client-go's
+ * leader election does), so that clocks of other nodes do not matter.
+ */
+export class LeaseReplicas implements Replicas {
+  readonly self: Replica;
+  #host: HostCluster;
+  #times: LeaseTimesOfReplica;
+  #log: Logger;
+  #watch: Watcher<V1Lease> | undefined;
+  #renewTimer: NodeJS.Timeout | undefined;
+  #evaluateTimer: NodeJS.Timeout | undefined;
+  #listeners: (() => void)[] = [];
+  /** per Lease name: the renewal last seen, and when (local clock) */
+  #seen = new Map<string, { key: string; at: number }>();
+  #live: Replica[] = [];
+  #signature = '';
+  #closed = false;
+
+  constructor(host: HostCluster, self: Replica, times: LeaseTimesOfReplica, log: Logger) {
+    this.#host = host;
+    this.self = self;
+    this.#times = times;
+    this.#log = log;
+    this.#live = [self];
+  }
+
+  get #name(): string { return REPLICA_LEASE_PREFIX + this.self.id; }
+
+  async start(): Promise<void> {
+    await this.#renew();
+    this.#watch = this.#host.watch<V1Lease>(`Leases in ${NAMESPACE}`, `/apis/coordination.k8s.io/v1/namespaces/${NAMESPACE}/leases`,
+      () => this.#host.coordination.listNamespacedLease({ namespace: NAMESPACE }), this.#log);
+    for (const ev of ['add', 'update', 'delete'] as const) this.#watch.informer.on(ev, () => this.#evaluate());
+    await this.#watch.start();
+    this.#evaluate();
+    this.#renewTimer = setInterval(() => { void this.#renew(); }, this.#times.renewMs);
+    this.#evaluateTimer = setInterval(() => this.#evaluate(), EVALUATE_MS);
+    this.#renewTimer.unref();
+    this.#evaluateTimer.unref();
+    this.#log.info('replica announced', { serverId: this.self.id, lease: `${NAMESPACE}/${this.#name}`, address: this.self.address, replicas: this.#live.map((r) => r.id).join(',') });
+  }
+
+  live(): Replica[] { return this.#live; }
+
+  onChange(listener: () => void): void { this.#listeners.push(listener); }
+
+  async drain(): Promise<void> {
+    this.self.draining = true;
+    this.#evaluate();
+    await this.#renew();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#renewTimer);
+    clearInterval(this.#evaluateTimer);
+    this.#watch?.stop();
+    try {
+      await this.#host.coordination.deleteNamespacedLease({ name: this.#name, namespace: NAMESPACE });
+      this.#log.info('replica withdrawn', { lease: `${NAMESPACE}/${this.#name}` });
+    } catch (err) {
+      if (apiStatus(err) !== 404) this.#log.warn('cannot delete this replica\'s Lease (the others drop it when it expires)', { lease: `${NAMESPACE}/${this.#name}`, err: apiMessage(err) });
+    }
+  }
+
+  /** Creates or renews this replica's Lease, with its address and whether it drains. */
+  async #renew(): Promise<void> {
+    if (this.#closed) return;
+    const api = this.#host.coordination;
+    const now = new V1MicroTime();
+    const annotations: Record<string, string> = { [ADDRESS_ANNOTATION]: this.self.address };
+    if (this.self.draining) annotations[DRAINING_ANNOTATION] = 'true';
+    const spec = { holderIdentity: this.self.id, leaseDurationSeconds: Math.max(1, Math.round(this.#times.leaseMs / 1000)), renewTime: now };
+    try {
+      const lease = await orUndefined(api.readNamespacedLease({ name: this.#name, namespace: NAMESPACE }));
+      if (!lease) {
+        await api.createNamespacedLease({ namespace: NAMESPACE, body: { metadata: { name: this.#name, namespace: NAMESPACE, labels: LABELS, annotations }, spec: { ...spec, acquireTime: now } } });
+        return;
+      }
+      const body: V1Lease = {
+        ...lease,
+        metadata: { ...lease.metadata, labels: { ...lease.metadata?.labels, ...LABELS }, annotations },
+        spec: { ...lease.spec, ...spec, acquireTime: lease.spec?.acquireTime ? new V1MicroTime(String(lease.spec.acquireTime)) : now },
+      };
+      await api.replaceNamespacedLease({ name: this.#name, namespace: NAMESPACE, body });
+    } catch (err) {
+      // a conflict is settled at the next renewal; anything else is said
+      if (apiStatus(err) !== 409) this.#log.warn('cannot renew this replica\'s Lease', { lease: `${NAMESPACE}/${this.#name}`, err: apiMessage(err) });
+    }
+  }
+
+  /** Works out the live replicas from the cache; reports a change; deletes Leases long expired. */
+  #evaluate(): void {
+    if (!this.#watch || this.#closed) return;
+    const now = Date.now();
+    const live: Replica[] = [this.self];
+    const names = new Set<string>();
+    for (const lease of this.#watch.informer.list()) {
+      const name = lease.metadata?.name ?? '';
+      if (lease.metadata?.labels?.[COMPONENT_LABEL] !== COMPONENT || !name.startsWith(REPLICA_LEASE_PREFIX)) continue;
+      names.add(name);
+      if (name === this.#name) continue;
+      const id = lease.spec?.holderIdentity ?? '';
+      const address = lease.metadata?.annotations?.[ADDRESS_ANNOTATION] ?? '';
+      const renewed = String(lease.spec?.renewTime ?? '');
+      const key = `${id}|${renewed}|${lease.metadata?.resourceVersion ?? ''}`;
+      let seen = this.#seen.get(name);
+      if (!seen || seen.key !== key) {
+        // first sight of a Lease renewed long ago (by a replica that died before this one started) counts from then
+        const at = seen ? now : Math.min(now, Date.parse(renewed) || now);
+        seen = { key, at };
+        this.#seen.set(name, seen);
+      }
+      const heldMs = (lease.spec?.leaseDurationSeconds ?? Math.round(this.#times.leaseMs / 1000)) * 1000;
+      const age = now - seen.at;
+      if (age > 2 * heldMs) { void this.#collect(lease); continue; }
+      if (age > heldMs || serverIdProblem(id) || !validAddress(address) || `${REPLICA_LEASE_PREFIX}${id}` !== name) continue;
+      live.push({ id, address, draining: lease.metadata?.annotations?.[DRAINING_ANNOTATION] === 'true' });
+    }
+    for (const n of this.#seen.keys()) if (!names.has(n)) this.#seen.delete(n);
+    live.sort((a, b) => (a === this.self ? -1 : b === this.self ? 1 : a.id < b.id ? -1 : 1));
+    const signature = live.map((r) => `${r.id}@${r.address}${r.draining ? '!' : ''}`).join(',');
+    this.#live = live;
+    if (signature === this.#signature) return;
+    const first = this.#signature === '';
+    this.#signature = signature;
+    if (!first) this.#log.info('replicas changed', { replicas: signature });
+    for (const l of this.#listeners) l();
+  }
+
+  /** Deletes a Lease that expired long ago, unless it was renewed meanwhile (resourceVersion precondition). */
+  async #collect(lease: V1Lease): Promise<void> {
+    const name = lease.metadata!.name!;
+    try {
+      await this.#host.coordination.deleteNamespacedLease({ name, namespace: NAMESPACE, body: { preconditions: { resourceVersion: lease.metadata?.resourceVersion } } });
+      this.#log.info('deleted the Lease of a replica that is gone', { lease: `${NAMESPACE}/${name}` });
+    } catch (err) {
+      if (apiStatus(err) !== 404 && apiStatus(err) !== 409) this.#log.debug(1, 'cannot delete an expired replica Lease', { lease: name, err: apiMessage(err) });
+    }
+  }
+}
+
+function validAddress(a: string): boolean {
+  return a.length <= 300 && /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(a);
+}
