@@ -195,7 +195,7 @@ describe('health and metrics', () => {
     const get = async (path: string) => { const r = await fetch(`${stack.proxyUrl}${path}`); return [r.status, await r.text()] as const; };
     assert.deepEqual(await get('/livez'), [200, 'ok']);
     assert.deepEqual(await get('/readyz'), [200, 'ok']);
-    assert.deepEqual(await get('/readyz?verbose'), [200, '[+]ping ok\n[+]leader-election ok\n[+]store ok\n[+]listeners ok\nreadyz check passed\n']);
+    assert.deepEqual(await get('/readyz?verbose'), [200, '[+]ping ok\n[+]shutdown ok\n[+]store ok\n[+]listeners ok\nreadyz check passed\n']);
     assert.deepEqual(await get('/health'), [200, 'OK\n']);
   });
 

@@ -20,12 +20,14 @@ class RecordingProxy {
   readonly fingerprint = hostKeyFingerprint(this.hostKey);
   connections = 0;
   readonly configs: Record<string, unknown>[] = [];
-  /** what it answers every config with */
-  refusal = 'Unauthorized agent';
+  /** what it answers every config with; undefined: accepts it */
+  refusal: string | undefined = 'Unauthorized agent';
+  /** lines it writes on a control channel once it accepted a config */
+  control: (string | Buffer)[] = [];
   #server: Server;
   port = 0;
 
-  constructor(offer: string[]) {
+  constructor(offer: string[], serverId?: string) {
     const ssh = new ssh2.Server({ hostKeys: [this.hostKey], ident: 'SSH-kubesphere-v1-server' }, (conn) => {
       conn.on('error', () => {});
       conn.on('authentication', (ctx) => ctx.accept());
@@ -33,11 +35,20 @@ class RecordingProxy {
       (conn as unknown as { on(e: string, l: (name: string, data: Buffer, want: boolean, reply: (ok: boolean, d?: Buffer) => void) => void): void })
         .on('global request', (name, data, _want, reply) => {
           if (name === 'config') this.configs.push(JSON.parse(data.toString()));
-          reply(false, Buffer.from(this.refusal));
+          if (name !== 'config' || this.refusal !== undefined) { reply(name === 'ping', Buffer.from(this.refusal ?? '')); return; }
+          reply(true);
+          (conn as unknown as { openChannel(t: string, d: Buffer, cb: (err: Error | undefined, ch: { write(b: string | Buffer): void; on(e: string, l: () => void): void; resume(): void }) => void): void })
+            .openChannel('tower-control@v1', Buffer.alloc(0), (err, ch) => {
+              if (err) return;
+              ch.on('error', () => undefined);
+              ch.resume();
+              for (const line of this.control) ch.write(line);
+            });
         });
     });
     const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: () => 'kubesphere-v1' });
     if (offer.length) wss.on('headers', (h) => h.push(`x-tower-features: ${offer.join(',')}`));
+    if (serverId !== undefined) wss.on('headers', (h) => h.push(`x-tower-server-id: ${serverId}`));
     this.#server = createServer();
     this.#server.on('connection', () => { this.connections++; });
     this.#server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => ssh.injectSocket(new WebSocketStream(ws) as never)));
@@ -65,8 +76,8 @@ function agent(args: string[]): TowerProcess {
   return p;
 }
 
-async function fake(offer: string[]): Promise<RecordingProxy> {
-  const f = await new RecordingProxy(offer).start();
+async function fake(offer: string[], serverId?: string): Promise<RecordingProxy> {
+  const f = await new RecordingProxy(offer, serverId).start();
   fakes.push(f);
   return f;
 }
@@ -151,6 +162,40 @@ describe('what a proxy or a kubeconfig says is not trusted either', () => {
     assert.equal(await a.exited, 1);
     assert.match(a.output, /^tower agent: the token of kubeconfig .*crlf\.kubeconfig is not a bearer token: it must be printable ASCII without spaces$/m);
     assert.equal(f.connections, 0);
+  });
+});
+
+describe('a proxy that names replicas is not trusted with what it says of them', () => {
+  const cases: [string, string | Buffer, RegExp][] = [
+    ['not JSON', 'not json\n', /control message that is not one; control channel closed .*malformed control message/],
+    ['a line without end', Buffer.alloc(70 * 1024, 'a'), /control line over the limit; control channel closed/],
+    ['too many replicas', JSON.stringify({ server: 'fake-1', servers: Array.from({ length: 100 }, (_, i) => `r${i}`), draining: false }) + '\n', /names 100 replicas, more than 32/],
+    ['an id that is a path', JSON.stringify({ server: 'fake-1', servers: ['../x'], draining: false }) + '\n', /invalid server id \\"\.\.\/x\\"/],
+    ['a wrong type', JSON.stringify({ server: 'fake-1', servers: 'r1', draining: 'no' }) + '\n', /want \{\\"server\\": string/],
+  ];
+  for (const [what, line, logged] of cases) {
+    test(`${what} on the control channel ends that channel, not the session or the agent`, async () => {
+      const f = await fake(['tls-at-agent', 'auth-at-agent', 'replicas'], 'fake-1');
+      f.refusal = undefined;
+      f.control = [line];
+      const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', f.fingerprint, '--kubeconfig', tokenKc]);
+      await a.waitFor(logged);
+      assert.deepEqual(f.configs[0]!.TowerFeatures, ['tls-at-agent', 'auth-at-agent', 'replicas']);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(a.running);
+      assert.equal(f.connections, 1, 'the session stays');
+      assert.doesNotMatch(a.output, /disconnected from proxy/);
+    });
+  }
+
+  test('a server id that is not one is ignored: the agent holds one session, as with a v1 proxy', async () => {
+    const f = await fake(['tls-at-agent', 'auth-at-agent', 'replicas'], '../evil');
+    f.refusal = undefined;
+    const a = agent(['--proxy-server', `http://127.0.0.1:${f.port}`, '--proxy-fingerprint', f.fingerprint, '--kubeconfig', tokenKc]);
+    await a.waitFor(/connected to proxy/);
+    assert.deepEqual(f.configs[0]!.TowerFeatures, ['tls-at-agent', 'auth-at-agent']);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(f.connections, 1);
   });
 });
 

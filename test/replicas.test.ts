@@ -387,6 +387,24 @@ test('a Go v1 agent connected to one replica: requests through the others are fo
   assert.match(gone.stderr, /cluster "hago" has no agent connected to tower/);
 });
 
+test('Leases that are not a live replica\'s are ignored, and expired ones removed', async () => {
+  const micro = (d: Date) => d.toISOString().replace('Z', '000Z');
+  const lease = (name: string, holder: string, renewed: Date) => ({
+    apiVersion: 'coordination.k8s.io/v1', kind: 'Lease',
+    metadata: { name, namespace: 'kubesphere-system', labels: { 'app.kubernetes.io/name': 'tower', 'app.kubernetes.io/component': 'proxy-replica' }, annotations: { 'tower.kubesphere.io/peer-address': 'evil.example:1' } },
+    spec: { holderIdentity: holder, leaseDurationSeconds: 5, renewTime: micro(renewed) },
+  });
+  await host.must(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [
+    lease('tower-proxy-x', '../x', new Date()),
+    lease('tower-proxy-ghost', 'ghost', new Date('2020-01-01T00:00:00Z')),
+    lease('tower-proxy-other', 'someone-else', new Date()),
+  ] }));
+  await new Promise((r) => setTimeout(r, 2500));
+  for (const id of ['r1', 'r2', 'r3', 'r4']) assert.match(await metrics(id), /^tower_proxy_replicas 4$/m, `${id} counts only the live replicas`);
+  await waitUntil('the expired Leases to be removed', async () => !/tower-proxy-(x|ghost|other)\b/.test(await host.must(['-n', 'kubesphere-system', 'get', 'leases', '-o', 'name'])), 30_000, 500);
+  for (const p of host.processes.filter((x) => x.name.startsWith('agent '))) assert.doesNotMatch(p.output, /ghost|someone-else|\.\.\/x/);
+});
+
 test('a stranger with a certificate that is not a replica\'s cannot use the peer API or pose as a replica', async () => {
   const issued = await host.tower(['kubeconfig', 'ha1', '--gateway', '--user', 'nobody', '--group', 'viewers', '--server', `https://${ADDRESS.r1}:${gatewayPort}/clusters/ha1`]);
   assert.equal(issued.code, 0, issued.stderr);

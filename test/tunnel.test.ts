@@ -6,7 +6,8 @@ import ssh2 from 'ssh2';
 import { Logger } from '../src/observe/log.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { dialTunnel, ConfigRejectedError } from '../src/tunnel/client.ts';
-import { CHANNEL_TYPE, CLIENT_IDENT, decodeConfig, encodeConfig, SERVER_IDENT, UNAUTHORIZED, type AgentConfig } from '../src/tunnel/protocol.ts';
+import { CHANNEL_TYPE, CLIENT_IDENT, decodeConfig, decodeReplicaView, encodeConfig, encodeReplicaView, SERVER_IDENT, UNAUTHORIZED, type AgentConfig } from '../src/tunnel/protocol.ts';
+import { WatchFrames } from '../src/proxy/watch-frames.ts';
 import { TunnelServer, type AgentSession } from '../src/tunnel/server.ts';
 import { generateHostKey, hostKeyFingerprint, type TunnelClient } from '../src/tunnel/ssh.ts';
 
@@ -180,4 +181,34 @@ describe('the config payload', () => {
   });
 
   test('the channel type is kubesphere', () => assert.equal(CHANNEL_TYPE, 'kubesphere'));
+});
+
+describe('replica views and watch frames', () => {
+  test('a view survives its own encoding; duplicates collapse', () => {
+    const v = decodeReplicaView(encodeReplicaView({ server: 'r1', servers: ['r1', 'r2', 'r2'], draining: true }).toString().trim());
+    assert.deepEqual(v, { server: 'r1', servers: ['r1', 'r2'], draining: true });
+  });
+
+  test('JSON watch events end at line ends, wherever the chunks split them', () => {
+    const f = new WatchFrames('application/json');
+    assert.equal(f.feed(Buffer.from('{"type":"ADDED"')), -1);
+    assert.equal(f.atBoundary, false);
+    assert.equal(f.feed(Buffer.from('}\n{"ty')), 2);
+    assert.equal(f.atBoundary, false);
+    assert.equal(f.feed(Buffer.from('pe":"X"}\n')), 9);
+    assert.equal(f.atBoundary, true);
+  });
+
+  test('protobuf watch frames end where their length prefix says, prefixes split across chunks too', () => {
+    const frame = (n: number) => Buffer.concat([Buffer.from([0, 0, 0, n]), Buffer.alloc(n, 7)]);
+    const all = Buffer.concat([frame(5), frame(3)]);
+    const f = new WatchFrames('application/vnd.kubernetes.protobuf;stream=watch');
+    assert.equal(f.feed(all.subarray(0, 2)), -1);
+    assert.equal(f.feed(all.subarray(2, 6)), -1);
+    assert.equal(f.atBoundary, false);
+    assert.equal(f.feed(all.subarray(6, 11)), 3);
+    assert.equal(f.atBoundary, false);
+    assert.equal(f.feed(all.subarray(11)), 5);
+    assert.equal(f.atBoundary, true);
+  });
 });

@@ -21,7 +21,6 @@ const RECONNECT_SPREAD_MS = 1000;
 const MIN_PING_TIMEOUT_MS = 10_000;
 /** dialing the Service again after reaching a replica already held */
 const DUPLICATE_BASE_MS = 250;
-const DUPLICATE_MAX_MS = 5_000;
 
 export interface AgentOptions {
   name: string;
@@ -148,7 +147,7 @@ export class TowerAgent {
         if (this.#stopped) break;
       } else if (duplicates > 0) {
         // the Service picked a replica already held: try again soon, spread so that agents do not dial in step
-        await this.#sleep(duplicateDelay(duplicates));
+        await this.#sleep(duplicateDelay(duplicates, this.#opts.maxRetryIntervalMs));
         if (this.#stopped) break;
       }
       let creds: Credentials;
@@ -436,9 +435,13 @@ export function proxyVerification(proxyUrl: string, fingerprint: string | undefi
   return by.length ? by.join(' and ') : undefined;
 }
 
-/** After dialing a replica already held: from 0.25 s, ×1.5 up to 5 s, jittered over [50%, 100%]. */
-export function duplicateDelay(duplicates: number): number {
-  const step = Math.min(DUPLICATE_MAX_MS, DUPLICATE_BASE_MS * 1.5 ** Math.min(duplicates - 1, 30));
+/**
+ * After dialing a replica already held: from 0.25 s, ×1.5 up to the retry cap, jittered over
+ * [50%, 100%]. A replica the address never leads to (dead, its Lease not yet expired) costs a
+ * WebSocket upgrade per cap, no SSH.
+ */
+export function duplicateDelay(duplicates: number, capMs: number): number {
+  const step = Math.min(capMs, DUPLICATE_BASE_MS * 1.5 ** Math.min(duplicates - 1, 30));
   return step / 2 + Math.random() * (step / 2);
 }
 

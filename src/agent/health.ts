@@ -22,6 +22,8 @@ export class AgentHealth {
     withoutTotalGauges(this.register);
     const stats = () => this.#agent?.stats;
     new Gauge({ name: 'tower_agent_connected', help: '1 while the agent holds a session with the proxy', registers, collect() { this.set(stats()?.connected ? 1 : 0); } });
+    new Gauge({ name: 'tower_agent_sessions', help: 'Sessions held: one per proxy replica', registers, collect() { this.set(stats()?.sessions ?? 0); } });
+    new Gauge({ name: 'tower_agent_known_replicas', help: 'Proxy replicas the proxy says live (1 for a proxy that names none)', registers, collect() { this.set(stats()?.replicas ?? 0); } });
     new Counter({ name: 'tower_agent_reconnects_total', help: 'Sessions that ended and were dialed again', registers, collect() { this.reset(); this.inc(stats()?.reconnects ?? 0); } });
     new Counter({ name: 'tower_agent_connection_failures_total', help: 'Failed attempts to connect to the proxy', registers, collect() { this.reset(); this.inc(stats()?.failures ?? 0); } });
     const agent = () => this.#agent;
