@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters] [--outage-seconds N] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas] [--outage-seconds N] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -30,7 +30,7 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas').split(','));
 /** how long the proxy stays down in the outage workload: long enough for every agent's backoff to reach its cap */
 const OUTAGE_SECONDS = Number(flag('--outage-seconds') ?? (QUICK ? 45 : 120));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
@@ -273,12 +273,13 @@ async function main(): Promise<void> {
   const outage = ONLY.has('outage') ? await outageWorkload(tower) : undefined;
   const metrics = ONLY.has('metrics') ? metricsWorkload() : undefined;
   const clusters = ONLY.has('clusters') ? await clustersWorkload() : undefined;
+  const replicas = ONLY.has('replicas') ? await replicasWorkload() : undefined;
   if (PROFILE) {
     // a clean exit writes the profiles
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report({ soak, idle, scale, clusters, outage, metrics }, (Date.now() - t0) / 1000);
+  report({ soak, idle, scale, clusters, outage, metrics, replicas }, (Date.now() - t0) / 1000);
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -511,13 +512,15 @@ function metricsWorkload() {
 }
 
 /** Kubernetes mode: N Clusters applied at once, initialized by the proxy; then the proxy restarts. */
-async function clustersWorkload() {
+/** A host kube-apiserver with KubeSphere's Cluster CRD and kubesphere-system (stopped by cleanup()). */
+async function startHost(name: string) {
   const script = join(HERE, 'test-cluster.sh');
   const built = spawnSync('bash', [script, 'build'], { stdio: ['ignore', 'ignore', 'inherit'] });
   if (built.status !== 0) throw new Error('cannot build the test kube-apiserver');
-  const dir = join(work, 'host');
+  const dir = join(work, name);
   mkdirSync(dir);
-  stopHost = () => { spawnSync('bash', [script, 'stop', dir]); };
+  const stopBefore = stopHost;
+  stopHost = () => { spawnSync('bash', [script, 'stop', dir]); stopBefore(); };
   const started = spawnSync('bash', [script, 'start', dir], { encoding: 'utf8' });
   if (started.status !== 0) throw new Error(`kube-apiserver did not start: ${started.stderr}`);
   const kc = join(dir, 'admin.kubeconfig');
@@ -525,6 +528,11 @@ async function clustersWorkload() {
   kubectl(['apply', '-f', join(HERE, '..', 'test', 'fixtures', 'kubesphere-cluster-crd.yaml')]);
   kubectl(['create', 'namespace', 'kubesphere-system']);
   for (let i = 0; i < 50 && kubectl(['get', 'clusters']).status !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+  return { kc, kubectl, stop: () => spawnSync('bash', [script, 'stop', dir]) };
+}
+
+async function clustersWorkload() {
+  const { kc, kubectl, stop } = await startHost('host');
   const proxyArgs = ['proxy', '--kubeconfig', kc, '--host', '127.0.0.1', '--port', String(await freePort()), '--gateway-port', String(await freePort()), '-v', '1'];
   let proxy = start(binary, proxyArgs, { env: TOWER_ENV });
   await waitOutput(proxy, /proxy serving/, 60_000);
@@ -561,10 +569,81 @@ async function clustersWorkload() {
   const writes = (proxy.output.match(/updated Cluster|created Service|updated Service/g) ?? []).length;
   proxy.kill('SIGTERM');
   if (proxy.exitCode === null) await once(proxy, 'exit');
-  stopHost();
+  stop();
   return { clusters: CLUSTERS, initSeconds, perSecond: CLUSTERS / initSeconds, cpuInit, rss, restartSeconds, writesAfterRestart: writes, allocations };
 }
 let stopHost = () => {};
+
+const REPLICA_ADDRESSES = ['127.0.0.2', '127.0.0.3', '127.0.0.4'];
+
+/**
+ * AGENTS agents of one cluster and three proxy replicas in Kubernetes mode (127.0.0.2-4) behind
+ * haproxy, as a Service: how long until every agent holds a session to every replica, what each
+ * replica carries, and how long after a replica restarts until every agent holds all three again.
+ */
+async function replicasWorkload() {
+  const { kc, kubectl, stop } = await startHost('replicas-host');
+  kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'cluster.kubesphere.io/v1alpha1', kind: 'Cluster', metadata: { name: 'swarm' }, spec: { joinFederation: true, connection: { type: 'proxy' } } }));
+  const [agentPort, gatewayPort] = [await freePort(), await freePort()];
+  const args = (i: number) => ['proxy', '--kubeconfig', kc, '--host', REPLICA_ADDRESSES[i]!, '--port', String(agentPort), '--gateway-port', String(gatewayPort),
+    '--server-id', `r${i + 1}`, '--leader-elect', '--server-lease-duration', '10s', '--server-lease-renew-period', '2s'];
+  const proxies = await Promise.all(REPLICA_ADDRESSES.map(async (_, i) => { const p = start(binary, args(i), { env: TOWER_ENV }); await waitOutput(p, /proxy serving/, 60_000); return p; }));
+  let token = '';
+  for (let i = 0; i < 300 && !token; i++) {
+    token = kubectl(['get', 'cluster', 'swarm', '-o', 'jsonpath={.spec.connection.token}']).stdout.trim();
+    if (!token) await new Promise((r) => setTimeout(r, 100));
+  }
+  // haproxy as the agents' Service: round robin, health-checked on /readyz; as many connections as descriptors allow
+  const nofile = Number(spawnSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).stdout.trim()) || 4096;
+  const frontPort = await freePort();
+  const cfg = join(work, 'haproxy.cfg');
+  writeFileSync(cfg, [
+    'global', `  maxconn ${Math.min(20_000, Math.floor((nofile - 200) / 2))}`,
+    'defaults', '  mode tcp', '  timeout connect 2s', '  timeout client 1h', '  timeout server 1h', '  timeout check 1s',
+    'frontend agents', `  bind 127.0.0.1:${frontPort}`, '  default_backend agents',
+    'backend agents', '  balance roundrobin', '  option httpchk GET /readyz', '  http-check expect status 200', '  default-server check inter 200ms fall 1 rise 1',
+    ...REPLICA_ADDRESSES.map((a, i) => `  server r${i + 1} ${a}:${agentPort}`), '',
+  ].join('\n'));
+  const haproxy = start('haproxy', ['-f', cfg, '-db']);
+  await waitPort(frontPort);
+  const swarm = start(process.execPath, [join(HERE, 'bench', 'swarm.ts'), `ws://127.0.0.1:${frontPort}`, 'swarm', token, String(AGENTS), '5000']);
+  const counts = () => { const all = [...swarm.output.matchAll(/"connected":(\d+),"sessions":(\d+)/g)]; const l = all.at(-1); return { connected: Number(l?.[1] ?? 0), sessions: Number(l?.[2] ?? 0) }; };
+  const until = async (done: () => boolean, limitMs: number) => {
+    const s = Date.now();
+    while (!done()) {
+      if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return (Date.now() - s) / 1000;
+  };
+  const want = AGENTS * REPLICA_ADDRESSES.length;
+  const firstSession = await until(() => counts().connected === AGENTS, 300_000);
+  const everySession = firstSession + await until(() => counts().sessions === want, 300_000);
+  await new Promise((r) => setTimeout(r, 2000));
+  const perReplica = await Promise.all(REPLICA_ADDRESSES.map(async (a) => {
+    const text = await (await fetch(`http://${a}:${agentPort}/metrics`)).text();
+    return Number(/^tower_proxy_agents_connected\{cluster="swarm"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+  }));
+  const rss = proxies.map((p) => rssMiB(p.pid!));
+  // SWARM_LOG=1: what the agents said so far, counted
+  const said = () => { if (process.env.SWARM_LOG) log(swarm.output.split('\n').filter((l) => l.startsWith('{') && !l.startsWith('{"connected"')).at(-1) ?? ''); };
+  said();
+  log(`${AGENTS} agents × 3 replicas: each agent held one session after ${firstSession.toFixed(1)} s, all three after ${everySession.toFixed(1)} s; sessions per replica ${perReplica.join('/')}, RSS ${rss.map((r) => r.toFixed(0)).join('/')} MiB`);
+  // a rolling restart of one replica: SIGTERM (drain), start again, until every agent holds it again
+  proxies[1]!.kill('SIGTERM');
+  if (proxies[1]!.exitCode === null) await once(proxies[1]!, 'exit');
+  await until(() => counts().sessions === want - AGENTS, 60_000);
+  proxies[1] = start(binary, args(1), { env: TOWER_ENV });
+  await waitOutput(proxies[1], /proxy serving/, 60_000);
+  const rejoin = await until(() => counts().sessions === want, 300_000);
+  const swarmRss = Number(/"rss":(\d+)/.exec([...swarm.output.matchAll(/\{[^\n]*\}/g)].at(-1)?.[0] ?? '')?.[1] ?? 0) / 2 ** 20;
+  log(`a restarted replica held by every agent again ${rejoin.toFixed(1)} s after it served`);
+  said();
+  swarm.kill('SIGTERM');
+  for (const p of [...proxies, haproxy]) { p.kill('SIGTERM'); if (p.exitCode === null) await once(p, 'exit'); }
+  stop();
+  return { agents: AGENTS, firstSession, everySession, perReplica, rss, rejoin, swarmRss };
+}
 
 /** Stops the proxy and starts it again on the same ports and data dir (after `gone()` holds, if given). */
 async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?: () => boolean): Promise<void> {
@@ -583,9 +662,10 @@ interface Extra {
   clusters?: Awaited<ReturnType<typeof clustersWorkload>>;
   outage?: Awaited<ReturnType<typeof outageWorkload>>;
   metrics?: ReturnType<typeof metricsWorkload>;
+  replicas?: Awaited<ReturnType<typeof replicasWorkload>>;
 }
 
-function report({ soak, idle, scale, clusters, outage, metrics }: Extra, elapsed: number): void {
+function report({ soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -662,9 +742,18 @@ function report({ soak, idle, scale, clusters, outage, metrics }: Extra, elapsed
     lines.push(`| API writes after that restart | ${clusters.writesAfterRestart} |`);
     lines.push('');
   }
+  if (replicas) {
+    lines.push(`| replicas (tower only, ${replicas.agents} agents of one cluster, 3 replicas behind haproxy) | value |`, '| --- | ---: |');
+    lines.push(`| every agent holds a session, s | ${fmt(replicas.firstSession)} |`);
+    lines.push(`| every agent holds a session to all three replicas, s | ${fmt(replicas.everySession)} |`);
+    lines.push(`| sessions per replica | ${replicas.perReplica.join(' / ')} |`);
+    lines.push(`| RSS per replica, MiB | ${replicas.rss.map((r) => fmt(r)).join(' / ')} |`);
+    lines.push(`| a replica restarted (SIGTERM, start): every agent holds it again, s after it served | ${fmt(replicas.rejoin)} |`);
+    lines.push('');
+  }
   lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], soak, idle, scale, clusters, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], soak, idle, scale, clusters, replicas, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
 
 function cleanup(): void {

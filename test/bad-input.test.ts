@@ -127,7 +127,7 @@ describe('garbage on the agent port', () => {
 
   test('a malformed config payload is answered with the reason, then the connection is closed', async () => {
     const { stream, features } = await dialWebSocket(stack.proxyUrl.replace('http', 'ws'), { timeoutMs: 5000 });
-    assert.deepEqual(features, ['tls-at-agent', 'auth-at-agent'], 'the proxy offers its extensions in the 101');
+    assert.deepEqual(features, ['tls-at-agent', 'auth-at-agent', 'replicas'], 'the proxy offers its extensions in the 101');
     const client = new ssh2.Client() as TunnelClient;
     client.on('error', () => {});
     client.connect({ sock: stream as never, username: '', password: '', ident: 'SSH-kubesphere-v1-client' });

@@ -277,6 +277,11 @@ test('two tower agents each hold a session to all three replicas within 15 s; ku
   }
   // no duplicates kept: exactly one session per replica and agent (checked above), and the agents said so
   for (const p of host.processes.filter((x) => x.name.startsWith('agent '))) assert.match(p.output, /proxy replicas replicas=r1,r2,r3/);
+  // a dial that reached a replica already held was answered 409 before any handshake (the agent named its replicas)
+  await waitUntil('a replica to count a held dial', async () => {
+    const all = await Promise.all(['r1', 'r2', 'r3'].map(metrics));
+    return all.some((m) => /^tower_proxy_agent_handshakes_total\{result="held"\} [1-9]/m.test(m));
+  }, 5000);
 
   const tls = clientOf(up);
   const front = haproxy.frontends.get('ha1')!;

@@ -10,7 +10,7 @@ import { CHANNEL_TYPE_TLS, decodeReplicaView, FEATURE_AUTH_AT_AGENT, FEATURE_REP
 import { VERSION } from '../version.ts';
 import { AuthorizationInjector } from './authorization.ts';
 import type { Credentials } from './credentials.ts';
-import { dialWebSocket } from './dial.ts';
+import { dialWebSocket, HeldReplicaError, type ProxyConnection } from './dial.ts';
 
 export const HANDSHAKE_TIMEOUT_MS = 30_000;
 export const UPSTREAM_DIAL_TIMEOUT_MS = 10_000;
@@ -19,8 +19,11 @@ const BACKOFF_BASE_MS = 1000;
 /** a lost session is retried after a random delay below this, so that agents don't return in lockstep */
 const RECONNECT_SPREAD_MS = 1000;
 const MIN_PING_TIMEOUT_MS = 10_000;
+/** after a new session, the next one (for another replica) is dialed within this, at random */
+const NEXT_SESSION_SPREAD_MS = 3_000;
 /** dialing the Service again after reaching a replica already held */
-const DUPLICATE_BASE_MS = 250;
+const DUPLICATE_STEP_MS = 1_000;
+const DUPLICATES_AT_STEADY_PACE = 30;
 
 export interface AgentOptions {
   name: string;
@@ -86,7 +89,9 @@ export class TowerAgent {
   #held = new Set<Held>();
   /** the live replicas as the proxy last said (undefined: it never said, i.e. one session will do) */
   #replicas: string[] | undefined;
+  /** ends the idle wait when something changes */
   #wake: (() => void) | undefined;
+  #stopping = new AbortController();
   #channels = 0;
   #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
 
@@ -113,7 +118,7 @@ export class TowerAgent {
   stop(): void {
     this.#stopped = true;
     for (const h of this.#held) h.session.close();
-    this.#wake?.();
+    this.#stopping.abort();
   }
 
   /**
@@ -132,10 +137,11 @@ export class TowerAgent {
   async run(): Promise<void> {
     let failures = 0;
     let duplicates = 0;
+    let connectedJustNow = false;
     let lastError: Error | undefined;
     while (!this.#stopped) {
       const missing = this.#missing();
-      if (missing === 'none') { await this.#sleep(); continue; }
+      if (missing === 'none') { await this.#idle(); continue; }
       if (failures > 0) {
         const { maxRetry } = this.#opts;
         if (maxRetry > 0 && failures >= maxRetry && this.#held.size === 0) {
@@ -149,7 +155,12 @@ export class TowerAgent {
         // the Service picked a replica already held: try again soon, spread so that agents do not dial in step
         await this.#sleep(duplicateDelay(duplicates, this.#opts.maxRetryIntervalMs));
         if (this.#stopped) break;
+      } else if (connectedJustNow) {
+        // a further session is not urgent: agents that hold none yet get the proxies' handshakes first
+        await this.#sleep(Math.random() * NEXT_SESSION_SPREAD_MS);
+        if (this.#stopped) break;
       }
+      connectedJustNow = false;
       let creds: Credentials;
       let held: Held | 'duplicate';
       try {
@@ -167,6 +178,7 @@ export class TowerAgent {
       failures = 0;
       if (held === 'duplicate') { duplicates++; continue; }
       duplicates = 0;
+      connectedJustNow = true;
       // loudly, at every connection: each one hands this cluster's requests to whoever answered
       if (!proxyVerification(this.#opts.proxyUrl, this.#opts.proxyFingerprint, this.#opts.proxyCa)) {
         this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: held.session.hostKeyFingerprint });
@@ -226,18 +238,26 @@ export class TowerAgent {
   async #connect(creds: Credentials): Promise<Held | 'duplicate'> {
     const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
     const allowed = new Set([kubernetes, kubesphere]);
-    const { stream, features, serverId } = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa });
+    const held = [...this.#held].map((h) => h.server).filter((id): id is string => id !== undefined);
+    let connection: ProxyConnection;
+    try {
+      connection = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa, held });
+    } catch (err) {
+      if (err instanceof HeldReplicaError) return 'duplicate';
+      throw err;
+    }
+    const { stream, features, serverId } = connection;
     const replicas = features.includes(FEATURE_REPLICAS) && serverId !== undefined;
     if (replicas && [...this.#held].some((h) => h.server === serverId)) {
       stream.destroy();
       return 'duplicate';
     }
-    const held: Held = { server: replicas ? serverId : undefined, session: undefined as never, bytes: () => stream.bytes, draining: false };
+    const fresh: Held = { server: replicas ? serverId : undefined, session: undefined as never, bytes: () => stream.bytes, draining: false };
     const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
     // with both, no member credential is sent to the proxy at all
     const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
     const authorization = authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
-    held.session = await dialTunnel(stream, {
+    fresh.session = await dialTunnel(stream, {
       config: {
         version: VERSION,
         name: this.#opts.name,
@@ -251,7 +271,7 @@ export class TowerAgent {
         bearerToken: authHere ? undefined : creds.bearerToken,
         features: [...(tlsHere ? [FEATURE_TLS_AT_AGENT] : []), ...(authHere ? [FEATURE_AUTH_AT_AGENT] : []), ...(replicas ? [FEATURE_REPLICAS] : [])],
       },
-      onControl: (channel) => this.#readControl(held, channel),
+      onControl: (channel) => this.#readControl(fresh, channel),
       expectFingerprint: this.#opts.proxyFingerprint,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
       onChannel: (hostPort, type, accept, reject) => {
@@ -272,8 +292,8 @@ export class TowerAgent {
       if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
       throw err;
     });
-    this.#held.add(held);
-    return held;
+    this.#held.add(fresh);
+    return fresh;
   }
 
   /** JSON lines of ReplicaView; a line that is not one ends the control channel (the session stays). */
@@ -404,13 +424,17 @@ export class TowerAgent {
     });
   }
 
-  /** Waits `ms` (until woken: a session ended, the replicas changed, stop) or, without `ms`, until woken. */
-  #sleep(ms?: number): Promise<void> {
+  /** Waits `ms`, or less when stopped. */
+  #sleep(ms: number): Promise<void> {
+    return sleep(ms, undefined, { signal: this.#stopping.signal }).then(() => undefined, () => undefined);
+  }
+
+  /** Waits until something changes: a session ended, the replicas changed, stop. */
+  #idle(): Promise<void> {
     return new Promise((resolve) => {
-      const ac = new AbortController();
-      this.#wake = () => ac.abort();
-      if (ms === undefined) { ac.signal.addEventListener('abort', () => resolve()); return; }
-      sleep(ms, undefined, { signal: ac.signal }).then(resolve, resolve);
+      const done = () => { this.#wake = undefined; this.#stopping.signal.removeEventListener('abort', done); resolve(); };
+      this.#wake = done;
+      this.#stopping.signal.addEventListener('abort', done);
     });
   }
 }
@@ -436,12 +460,15 @@ export function proxyVerification(proxyUrl: string, fingerprint: string | undefi
 }
 
 /**
- * After dialing a replica already held: from 0.25 s, ×1.5 up to the retry cap, jittered over
- * [50%, 100%]. A replica the address never leads to (dead, its Lease not yet expired) costs a
- * WebSocket upgrade per cap, no SSH.
+ * After dialing a replica already held: about a second (jittered over [50%, 100%]) for the first
+ * DUPLICATES_AT_STEADY_PACE in a row, then ×1.5 up to the retry cap. A Service picks replicas at
+ * random, so reaching the one missing of N takes N dials on average but ~17 for the last of 1 000
+ * agents (of 3); each costs a WebSocket upgrade, no SSH. A replica the address never leads to (dead,
+ * its Lease not yet expired) ends up costing one upgrade per cap.
  */
 export function duplicateDelay(duplicates: number, capMs: number): number {
-  const step = Math.min(capMs, DUPLICATE_BASE_MS * 1.5 ** Math.min(duplicates - 1, 30));
+  const over = Math.max(0, duplicates - DUPLICATES_AT_STEADY_PACE);
+  const step = Math.min(capMs, DUPLICATE_STEP_MS * 1.5 ** Math.min(over, 30));
   return step / 2 + Math.random() * (step / 2);
 }
 

@@ -5,7 +5,7 @@ import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { TowerError } from '../errors.ts';
 import { printable } from '../observe/log.ts';
-import { FEATURES_HEADER, SERVER_ID_HEADER, serverIdProblem, SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURES_HEADER, HELD_HEADER, SERVER_ID_HEADER, serverIdProblem, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 
 const MAX_MESSAGE_BYTES = 256 * 1024;
@@ -15,6 +15,17 @@ export interface DialWebSocketOptions {
   /** PEM CA bundle for a wss:// proxy (default: the system's roots) */
   ca?: string;
   env?: NodeJS.ProcessEnv;
+  /** replicas already held (HELD_HEADER): one of them answers 409 instead of upgrading */
+  held?: string[];
+}
+
+/** The replica reached is one the agent holds already (it answered 409 without upgrading). */
+export class HeldReplicaError extends TowerError {
+  readonly serverId: string;
+  constructor(serverId: string) {
+    super('EHELD', `reached replica ${serverId} again`);
+    this.serverId = serverId;
+  }
 }
 
 /**
@@ -33,7 +44,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
   const proxy = proxyFor(new URL(url), opts.env ?? process.env);
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
-      headers: { 'Sec-WebSocket-Protocol': SUBPROTOCOL },
+      headers: { 'Sec-WebSocket-Protocol': SUBPROTOCOL, ...(opts.held?.length ? { [HELD_HEADER]: opts.held.join(',') } : {}) },
       perMessageDeflate: false,
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: opts.timeoutMs,
@@ -62,6 +73,12 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       if (typeof id === 'string' && !serverIdProblem(id)) serverId = id;
     });
     ws.on('unexpected-response', (_req, res) => {
+      const id = res.headers[SERVER_ID_HEADER];
+      if (res.statusCode === 409 && typeof id === 'string' && opts.held?.includes(id)) {
+        res.resume();
+        fail(new HeldReplicaError(id));
+        return;
+      }
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => { if (body.length < 200) body += d; });

@@ -133,7 +133,7 @@ const IMAGE = { image: opt.string({ help: 'Container image with the binary at /t
 export const INSTALL_PROXY_OPTIONS = {
   ...COMMON,
   ...IMAGE,
-  replicas: opt.int({ help: 'Proxy replicas; more than 1 turns on --leader-elect', default: 1, check: (v) => (v >= 1 && v <= 10 ? undefined : '1-10 replicas') }),
+  replicas: opt.int({ help: 'Proxy replicas, every one serving; more than 1 adds --leader-elect (one writes the Clusters) and a PodDisruptionBudget', default: 1, check: (v) => (v >= 1 && v <= 10 ? undefined : '1-10 replicas') }),
   publishServiceAddress: opt.string({ help: 'Address members reach the proxy at', value: 'ADDRESS', default: 'tower.kubesphere-system.svc', check: address }),
   serviceType: opt.string({ help: 'Type of the agents\' Service: ClusterIP, NodePort or LoadBalancer', value: 'TYPE', default: 'NodePort', check: oneOf('ClusterIP', 'NodePort', 'LoadBalancer') }),
 } satisfies Specs;

@@ -41,6 +41,8 @@ export class LeaseReplicas implements Replicas {
   #live: Replica[] = [];
   #signature = '';
   #closed = false;
+  /** Leases being deleted, so that an evaluation meanwhile does not ask again */
+  #collecting = new Set<string>();
 
   constructor(host: HostCluster, self: Replica, times: LeaseTimesOfReplica, log: Logger) {
     this.#host = host;
@@ -158,11 +160,15 @@ export class LeaseReplicas implements Replicas {
   /** Deletes a Lease that expired long ago, unless it was renewed meanwhile (resourceVersion precondition). */
   async #collect(lease: V1Lease): Promise<void> {
     const name = lease.metadata!.name!;
+    if (this.#collecting.has(name)) return;
+    this.#collecting.add(name);
     try {
       await this.#host.coordination.deleteNamespacedLease({ name, namespace: NAMESPACE, body: { preconditions: { resourceVersion: lease.metadata?.resourceVersion } } });
       this.#log.info('deleted the Lease of a replica that is gone', { lease: `${NAMESPACE}/${name}` });
     } catch (err) {
       if (apiStatus(err) !== 404 && apiStatus(err) !== 409) this.#log.debug(1, 'cannot delete an expired replica Lease', { lease: name, err: apiMessage(err) });
+    } finally {
+      this.#collecting.delete(name);
     }
   }
 }

@@ -5,7 +5,7 @@ import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../observe/log.ts';
-import { FEATURES_HEADER, OFFERED_FEATURES, SERVER_ID_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { FEATURES_HEADER, HELD_HEADER, OFFERED_FEATURES, SERVER_ID_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 import { AddressCounts, closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
@@ -142,6 +142,13 @@ export class AgentEndpoint {
     if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
     const unavailable = this.#opts.refusing?.();
     if (unavailable) return refuse(503, 'Service Unavailable', unavailable, 'unavailable');
+    // an agent of several replicas that reached one it holds: said at once, before any handshake slot or SSH
+    const held = req.headers[HELD_HEADER];
+    if (typeof held === 'string' && held.length <= 4096 && held.split(',').includes(this.#opts.serverId)) {
+      this.#opts.metrics?.handshakes.inc({ result: 'held' });
+      socket.end(`HTTP/1.1 409 Conflict\r\n${SERVER_ID_HEADER}: ${this.#opts.serverId}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nthis agent holds a session to replica ${this.#opts.serverId} already\n`);
+      return;
+    }
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
     const full = this.#pending.acquire(ip);
     if (full === 'total') return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');

@@ -8,7 +8,7 @@ const REQUEST_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 
 const DIAL_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5];
 /** (fewer buckets than client-go's: a proxy with 1 000 clusters has a series per cluster and verb) */
 
-export type HandshakeResult = 'accepted' | 'unauthorized' | 'failed' | 'limited' | 'unavailable';
+export type HandshakeResult = 'accepted' | 'unauthorized' | 'failed' | 'limited' | 'unavailable' | 'held';
 export type LoginFailure = 'unknown_cluster' | 'wrong_token' | 'unusable_record';
 
 /** What the proxy's metrics read at scrape time, rather than count on every request. */
@@ -91,7 +91,7 @@ export class ProxyMetrics {
       name: 'tower_proxy_draining', help: '1 while this replica drains (SIGTERM): not ready, finishing what is in flight', registers,
       collect() { this.set(source.draining() ? 1 : 0); },
     });
-    this.handshakes = new Counter({ name: 'tower_proxy_agent_handshakes_total', help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), unavailable (this replica starts or drains)', labelNames: ['result'], registers });
+    this.handshakes = new Counter({ name: 'tower_proxy_agent_handshakes_total', help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), unavailable (this replica starts or drains), held (the agent holds a session here already: answered 409 before any handshake)', labelNames: ['result'], registers });
     this.loginFailures = new Counter({ name: 'tower_proxy_login_failures_total', help: 'Agents refused by reason', labelNames: ['reason'], registers });
     this.requests = new Counter({ name: 'tower_proxy_gateway_requests_total', help: 'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), Kubernetes verb and status code', labelNames: ['cluster', 'verb', 'code'], registers });
     // by cluster only, and without watches: a latency to alert on, and one series set per cluster

@@ -261,9 +261,10 @@ export class Proxy {
     this.#phase = 'draining';
     const started = Date.now();
     this.#log.info('draining', { delay: `${opts.delayMs / 1000}s`, grace: `${opts.graceMs / 1000}s` });
-    await this.#replicas?.drain().catch(() => undefined);
+    // its own agents first: told by another replica that this one left, they would close its sessions now
     const view = this.#view();
     for (const s of this.registry.sessions()) s.tell(view);
+    await this.#replicas?.drain().catch(() => undefined);
     await sleep(opts.delayMs);
     const gateways = [this.#gateway, ...[...this.#ports.values()].flatMap((p) => p.gateways)].filter((g) => g !== undefined);
     this.#endpoint?.stopAccepting();

@@ -35,6 +35,11 @@ export const FEATURE_REPLICAS = 'replicas';
 export const OFFERED_FEATURES = [FEATURE_TLS_AT_AGENT, FEATURE_AUTH_AT_AGENT, FEATURE_REPLICAS];
 /** the proxy replica's id, in the WebSocket 101: an agent that holds a session to it already hangs up before SSH */
 export const SERVER_ID_HEADER = 'x-tower-server-id';
+/**
+ * In an agent's upgrade request: the replicas it holds a session to. A replica named there answers
+ * 409 with its SERVER_ID_HEADER instead of upgrading: no WebSocket, no handshake slot, no SSH.
+ */
+export const HELD_HEADER = 'x-tower-held';
 /** opened by the proxy to agents that announced FEATURE_REPLICAS: one JSON line per ReplicaView */
 export const CHANNEL_TYPE_CONTROL = 'tower-control@v1';
 /** a control line longer than this ends the control channel */
