@@ -448,14 +448,7 @@ async function scaleWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
   const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
   const swarm = start(process.execPath, [join(HERE, 'bench', 'swarm.ts'), `ws://127.0.0.1:${tower.agentPort}`, 'swarm', token, String(AGENTS)]);
   const connectedCount = () => { const all = [...swarm.output.matchAll(/"connected":(\d+)/g)]; return all.length ? Number(all.at(-1)![1]) : 0; };
-  const waitAll = async (limitMs: number) => {
-    const s = Date.now();
-    while (connectedCount() < AGENTS) {
-      if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return (Date.now() - s) / 1000;
-  };
+  const waitAll = (limitMs: number) => untilSwarm(swarm, () => connectedCount() >= AGENTS, limitMs);
   const connectSeconds = await waitAll(180_000);
   const cpuConnect = cpuSeconds(proxyPid());
   await new Promise((r) => setTimeout(r, 1000));
@@ -470,6 +463,16 @@ async function scaleWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
   return { agents: AGENTS, connectSeconds, perAgentKiB: ((after - before) * 1024) / AGENTS, handshakesPerSecond: AGENTS / connectSeconds, reconnectSeconds: rec, proxyRssMiB: after, proxyCpuSeconds: cpuConnect };
 }
 
+/** Seconds until `done()` holds, polled every 20 ms; NaN after `limitMs` or once the swarm has exited. */
+async function untilSwarm(swarm: ChildProcess, done: () => boolean, limitMs: number): Promise<number> {
+  const s = Date.now();
+  while (!done()) {
+    if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return (Date.now() - s) / 1000;
+}
+
 /**
  * N agents with the default backoff (--max-retry-interval 30s) through a proxy outage of
  * OUTAGE_SECONDS: the time from the proxy serving again until the first and the last are back.
@@ -480,14 +483,7 @@ async function outageWorkload(tower: Awaited<ReturnType<typeof setupTower>>) {
   const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
   const swarm = start(process.execPath, [join(HERE, 'bench', 'swarm.ts'), `ws://127.0.0.1:${tower.agentPort}`, 'outage', token, String(AGENTS), String(DEFAULT_MAX_RETRY_INTERVAL_MS)]);
   const connectedCount = () => { const all = [...swarm.output.matchAll(/"connected":(\d+)/g)]; return all.length ? Number(all.at(-1)![1]) : 0; };
-  const until = async (done: () => boolean, limitMs: number) => {
-    const s = Date.now();
-    while (!done()) {
-      if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return (Date.now() - s) / 1000;
-  };
+  const until = (done: () => boolean, limitMs: number) => untilSwarm(swarm, done, limitMs);
   await until(() => connectedCount() === AGENTS, 180_000);
   tower.proxy.kill('SIGTERM');
   if (tower.proxy.exitCode === null) await once(tower.proxy, 'exit');
@@ -608,14 +604,7 @@ async function replicasWorkload() {
   await waitPort(frontPort);
   const swarm = start(process.execPath, [join(HERE, 'bench', 'swarm.ts'), `ws://127.0.0.1:${frontPort}`, 'swarm', token, String(AGENTS), '5000']);
   const counts = () => { const all = [...swarm.output.matchAll(/"connected":(\d+),"sessions":(\d+)/g)]; const l = all.at(-1); return { connected: Number(l?.[1] ?? 0), sessions: Number(l?.[2] ?? 0) }; };
-  const until = async (done: () => boolean, limitMs: number) => {
-    const s = Date.now();
-    while (!done()) {
-      if (Date.now() - s > limitMs || swarm.exitCode !== null) return NaN;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return (Date.now() - s) / 1000;
-  };
+  const until = (done: () => boolean, limitMs: number) => untilSwarm(swarm, done, limitMs);
   const want = AGENTS * REPLICA_ADDRESSES.length;
   const firstSession = await until(() => counts().connected === AGENTS, 300_000);
   const everySession = firstSession + await until(() => counts().sessions === want, 300_000);

@@ -3,14 +3,14 @@
  * one holds one, and forwards the request there (one hop, mutual TLS from tower's CA). Peers
  * are found through Replicas; nothing keeps a shared map of clusters.
  */
-import { Agent, request as httpRequest, type ClientRequestArgs, type IncomingMessage } from 'node:http';
+import { request as httpRequest, type Agent, type IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.ts';
 import type { Identity } from './identity.ts';
 import type { Replica, Replicas } from './replicas.ts';
-import type { Upstream } from './upstream.ts';
+import { ChannelAgent, type Upstream } from './upstream.ts';
 
 export const PEER_URI_PREFIX = 'urn:tower:peer:';
 /** set by the forwarding replica only; a client's own are dropped everywhere */
@@ -229,7 +229,7 @@ export class PeerUpstream implements Upstream {
     this.hostPort = replica.address;
     this.hostHeader = replica.address;
     this.#context = context;
-    this.pool = new PeerAgent(this, { keepAlive: true, maxSockets: 1024, maxFreeSockets: 64, timeout: IDLE_SOCKET_TIMEOUT_MS });
+    this.pool = new ChannelAgent(this, { keepAlive: true, maxSockets: 1024, maxFreeSockets: 64, timeout: IDLE_SOCKET_TIMEOUT_MS });
   }
 
   get key(): object { return this.replica; }
@@ -246,18 +246,5 @@ export class PeerUpstream implements Upstream {
       socket.once('secureConnect', () => { socket.setTimeout(0); socket.setNoDelay(true); resolve(socket); });
       socket.once('error', reject);
     });
-  }
-}
-
-class PeerAgent extends Agent {
-  #upstream: PeerUpstream;
-  constructor(upstream: PeerUpstream, opts: ConstructorParameters<typeof Agent>[0]) {
-    super(opts);
-    this.#upstream = upstream;
-  }
-
-  override createConnection(_opts: ClientRequestArgs, cb?: (err: Error | null, stream: Duplex) => void): undefined {
-    this.#upstream.connect().then((s) => cb?.(null, s), (err: Error) => cb?.(err, undefined as never));
-    return undefined;
   }
 }

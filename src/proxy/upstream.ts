@@ -171,7 +171,8 @@ function asSocket(channel: ServerChannel): Duplex {
   return channel;
 }
 
-class ChannelAgent extends Agent {
+/** A keep-alive pool whose connections are the upstream's own (a channel, or a TLS connection to a replica). */
+export class ChannelAgent extends Agent {
   #member: Upstream;
   constructor(member: Upstream, opts: AgentOptions) {
     super(opts);
