@@ -55,8 +55,16 @@ export function fingerprint(publicKeyBlob: Buffer): string {
   return 'SHA256:' + createHash('sha256').update(publicKeyBlob).digest('base64').replace(/=+$/, '');
 }
 
+/**
+ * A new Ed25519 host key in OpenSSH format. ssh2's generator drops a leading zero byte of the
+ * public key (about one key in 230 comes out 31 bytes long, which ssh2 itself then refuses to
+ * parse): such a key is drawn again, so that no proxy ever stores one it cannot load.
+ */
 export function generateHostKey(): string {
-  return ssh2.utils.generateKeyPairSync('ed25519').private;
+  for (;;) {
+    const key = ssh2.utils.generateKeyPairSync('ed25519').private;
+    if (!(ssh2.utils.parseKey(key) instanceof Error)) return key;
+  }
 }
 
 export function hostKeyFingerprint(privateKey: string): string {
