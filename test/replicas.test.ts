@@ -361,6 +361,22 @@ test('(c) a fourth replica is added: the agents hold four sessions within 15 s',
   assert.deepEqual(recent.filter((o) => !o.ok), []);
 });
 
+test('a host API outage longer than a Lease lasts: no replica counts the others gone, the agents keep every session', async () => {
+  const agents = host.processes.filter((x) => x.name.startsWith('agent ') && x.running);
+  const marks = agents.map((a) => a.output.length);
+  await host.cluster.killApiserver();
+  await new Promise((r) => setTimeout(r, 9000));
+  for (const id of ['r1', 'r2', 'r3', 'r4']) assert.match(await metrics(id), /^tower_proxy_replicas 4$/m, `${id} still counts four replicas`);
+  const during = load.between(Date.now() - 5000);
+  assert.ok(during.length > 20);
+  assert.deepEqual(during.filter((o) => !o.ok), [], 'requests during the outage');
+  await host.cluster.startApiserver();
+  await replicas.get('r1')!.waitFor(/the host API answers again/, 30_000);
+  await new Promise((r) => setTimeout(r, 3000));
+  await everyReplicaHeld(['r1', 'r2', 'r3', 'r4'], CLUSTERS, 1000);
+  agents.forEach((a, i) => assert.doesNotMatch(a.output.slice(marks[i]), /closing the session to a replica that is no longer live|disconnected from proxy/));
+});
+
 test('a Go v1 agent connected to one replica: requests through the others are forwarded to it', async () => {
   const c = resources.get('hago')!;
   const pki = join(member.dir, 'pki');

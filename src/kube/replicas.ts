@@ -43,6 +43,9 @@ export class LeaseReplicas implements Replicas {
   #closed = false;
   /** Leases being deleted, so that an evaluation meanwhile does not ask again */
   #collecting = new Set<string>();
+  /** when this replica last renewed its own Lease: while it cannot, the others' silence proves nothing */
+  #renewedAt = Date.now();
+  #apiLost = false;
 
   constructor(host: HostCluster, self: Replica, times: LeaseTimesOfReplica, log: Logger) {
     this.#host = host;
@@ -104,6 +107,7 @@ export class LeaseReplicas implements Replicas {
       const lease = await orUndefined(api.readNamespacedLease({ name: this.#name, namespace: NAMESPACE }));
       if (!lease) {
         await api.createNamespacedLease({ namespace: NAMESPACE, body: { metadata: { name: this.#name, namespace: NAMESPACE, labels: LABELS, annotations }, spec: { ...spec, acquireTime: now } } });
+        this.#renewedAt = Date.now();
         return;
       }
       const body: V1Lease = {
@@ -112,6 +116,7 @@ export class LeaseReplicas implements Replicas {
         spec: { ...lease.spec, ...spec, acquireTime: lease.spec?.acquireTime ? new V1MicroTime(String(lease.spec.acquireTime)) : now },
       };
       await api.replaceNamespacedLease({ name: this.#name, namespace: NAMESPACE, body });
+      this.#renewedAt = Date.now();
     } catch (err) {
       // a conflict is settled at the next renewal; anything else is said
       if (apiStatus(err) !== 409) this.#log.warn('cannot renew this replica\'s Lease', { lease: `${NAMESPACE}/${this.#name}`, err: apiMessage(err) });
@@ -122,6 +127,16 @@ export class LeaseReplicas implements Replicas {
   #evaluate(): void {
     if (!this.#watch || this.#closed) return;
     const now = Date.now();
+    // a host API this replica cannot reach stops every renewal it would see: the others are kept as
+    // they were (else each replica, alone in its own view, would have the agents drop the others)
+    if (now - this.#renewedAt > Math.min(1.5 * this.#times.renewMs, this.#times.leaseMs / 2)) {
+      if (!this.#apiLost) this.#log.warn('cannot renew this replica\'s Lease: the other replicas are kept as last seen until the host API answers', { lease: `${NAMESPACE}/${this.#name}` });
+      this.#apiLost = true;
+      for (const seen of this.#seen.values()) seen.at = now;
+      return;
+    }
+    if (this.#apiLost) this.#log.info('the host API answers again: replicas are judged by their Leases again');
+    this.#apiLost = false;
     const live: Replica[] = [this.self];
     const names = new Set<string>();
     for (const lease of this.#watch.informer.list()) {
