@@ -323,15 +323,9 @@ export class Gateway {
    */
   #upstreamHeaders(req: IncomingMessage, route: Routed, actAs: Identity | ImpersonationRequest | undefined): OutgoingHttpHeaders {
     const { member } = route;
-    const out: OutgoingHttpHeaders = {};
-    const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
     const certificate = route.identity !== undefined;
     const dropAuth = !member.keepsClientAuthorization;
-    for (const [k, v] of Object.entries(req.headers)) {
-      if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-')) continue;
-      if (certificate ? isIdentityHeader(k) : dropAuth && k === 'authorization') continue;
-      out[k] = v;
-    }
+    const out = forwardedHeaders(req, (k) => (certificate ? isIdentityHeader(k) : dropAuth && k === 'authorization'));
     out.host = member.hostHeader;
     if (member.authorization) out.authorization = member.authorization;
     if (actAs) impersonationHeaders(out, actAs);
@@ -344,14 +338,8 @@ export class Gateway {
    * cluster, the target and the identity this replica verified.
    */
   #peerHeaders(req: IncomingMessage, route: Routed): OutgoingHttpHeaders {
-    const out: OutgoingHttpHeaders = {};
-    const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
     const keepAuth = route.target === 'kubesphere';
-    for (const [k, v] of Object.entries(req.headers)) {
-      if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-')) continue;
-      if (!keepAuth && (k === 'authorization' || k.startsWith('x-remote-'))) continue;
-      out[k] = v;
-    }
+    const out = forwardedHeaders(req, (k) => !keepAuth && (k === 'authorization' || k.startsWith('x-remote-')));
     out.host = route.member.hostHeader;
     out[PEER_HEADERS.cluster] = route.cluster;
     out[PEER_HEADERS.target] = route.target;
@@ -464,7 +452,7 @@ export class Gateway {
    * (the agent died, the channel was refused) is retried through another agent of the cluster.
    * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
    */
-  #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, tried: Set<object>, verb: string): void {
+  #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, tried: Set<unknown>, verb: string): void {
     const { member, path, cluster } = route;
     tried.add(member.key);
     const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
@@ -530,7 +518,7 @@ export class Gateway {
    * Another way to the route's member for a retry: another agent here for a local route, another
    * replica for a forwarded one (the headers were made for that kind).
    */
-  async #next(route: Routed, tried: Set<object>): Promise<Upstream | undefined> {
+  async #next(route: Routed, tried: Set<unknown>): Promise<Upstream | undefined> {
     const { member, cluster } = route;
     if (!(member instanceof PeerUpstream)) {
       const session = this.#opts.registry.pick(cluster, tried);
@@ -538,8 +526,8 @@ export class Gateway {
     }
     const peers = this.#opts.peers!;
     peers.missed(cluster, member.replica);
-    const except = new Set([...tried].map((k) => (k as { id?: string }).id ?? ''));
-    const replica = await peers.find(cluster, except);
+    // a replica's key is its id
+    const replica = await peers.find(cluster, new Set([...tried].filter((k): k is string => typeof k === 'string')));
     return replica ? peers.upstream(replica, route.target) : undefined;
   }
 
@@ -686,12 +674,26 @@ export class Gateway {
   }
 }
 
-/** The Kubernetes verb of a request, as kube-apiserver's RequestInfo names it (for the access log). */
 /** the verb of a request, by the path the member sees (the route's), or as the client sent it when there was no route */
 function verbOf(req: IncomingMessage, route: Route | Refusal): string {
   return kubernetesVerb(req.method ?? '', 'path' in route ? route.path : req.url ?? '');
 }
 
+/**
+ * A client's request headers as they may travel on: without hop-by-hop ones (and those its
+ * Connection names), Host, tower's own X-Tower-* (never a client's word), and what `drop` names.
+ */
+function forwardedHeaders(req: IncomingMessage, drop: (name: string) => boolean): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-') || drop(k)) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+/** The Kubernetes verb of a request, as kube-apiserver's RequestInfo names it (for the access log). */
 export function kubernetesVerb(method: string, url: string): string {
   const [path = '', query = ''] = url.split('?');
   const parts = path.split('/').filter(Boolean);

@@ -99,7 +99,8 @@ export class Peers {
    */
   find(cluster: string, except: ReadonlySet<string> = new Set()): Promise<Replica | undefined> {
     const hit = this.#found.get(cluster);
-    if (hit && hit.until > Date.now() && !except.has(hit.replica.id) && this.others().some((r) => r.id === hit.replica.id)) return Promise.resolve(hit.replica);
+    if (hit && hit.until <= Date.now()) this.#found.delete(cluster);
+    else if (hit && !except.has(hit.replica.id) && this.others().some((r) => r.id === hit.replica.id)) return Promise.resolve(hit.replica);
     const key = `${cluster}\0${[...except].sort().join(',')}`;
     let p = this.#lookups.get(key);
     if (!p) {
@@ -144,10 +145,16 @@ export class Peers {
   sessions(replica: Replica, clusters: string[]): Promise<PeerSessions> {
     const q = clusters.map((c) => `cluster=${encodeURIComponent(c)}`).join('&');
     return this.#call(replica, 'GET', `${PEER_API}sessions?${q}`).then((body) => {
-      const a = JSON.parse(body) as PeerSessions;
-      if (a.server !== replica.id) throw new Error(`${replica.address} is replica ${String(a.server)}, not ${replica.id}`);
-      if (typeof a.sessions !== 'object' || a.sessions === null) throw new Error('malformed answer');
-      return a;
+      const a = JSON.parse(body) as Partial<PeerSessions> | null;
+      if (a?.server !== replica.id) throw new Error(`${replica.address} is not replica ${replica.id}`);
+      if (typeof a.sessions !== 'object' || a.sessions === null || typeof a.draining !== 'boolean') throw new Error('malformed answer');
+      // counts only: anything else a peer says of a cluster is none
+      const sessions: Record<string, number> = {};
+      for (const c of clusters) {
+        const n = (a.sessions as Record<string, unknown>)[c];
+        if (Number.isSafeInteger(n) && (n as number) > 0) sessions[c] = n as number;
+      }
+      return { server: a.server, draining: a.draining, sessions };
     });
   }
 
@@ -232,7 +239,7 @@ export class PeerUpstream implements Upstream {
     this.pool = new ChannelAgent(this, { keepAlive: true, maxSockets: 1024, maxFreeSockets: 64, timeout: IDLE_SOCKET_TIMEOUT_MS });
   }
 
-  get key(): object { return this.replica; }
+  get key(): unknown { return this.replica.id; }
   get via(): string { return `replica ${this.replica.id}`; }
 
   connect(): Promise<Duplex> {

@@ -18,7 +18,7 @@ export class SessionRegistry extends EventEmitter {
   }
 
   /** A live session of `name`, taking turns among them, none of `except`; undefined when there is none. */
-  pick(name: string, except?: ReadonlySet<object>): AgentSession | undefined {
+  pick(name: string, except?: ReadonlySet<unknown>): AgentSession | undefined {
     const list = this.#byCluster.get(name);
     if (!list || list.length === 0) return undefined;
     for (let n = 0; n < list.length; n++) {

@@ -17,8 +17,8 @@ const MAX_FREE_SOCKETS_PER_SESSION = 256;
 export interface Upstream {
   /** the agent session, when this replica holds it */
   readonly session?: AgentSession;
-  /** what a retry must not pick again */
-  readonly key: object;
+  /** what a retry must not pick again: the agent session, or the replica's id */
+  readonly key: unknown;
   /** for logs: "session 12", "replica r2" */
   readonly via: string;
   /** "host:port" the agent dials */
@@ -67,7 +67,7 @@ export class MemberApiserver implements Upstream {
   }
 
   get authorization(): string | undefined { return this.#bearer; }
-  get key(): object { return this.session; }
+  get key(): unknown { return this.session; }
   get via(): string { return `session ${this.session.id}`; }
 
   /** parsed once per session: the agent's CA and client certificate */
@@ -132,7 +132,7 @@ export class MemberKubesphere implements Upstream {
     session.once('close', () => this.pool.destroy());
   }
 
-  get key(): object { return this.session; }
+  get key(): unknown { return this.session; }
   get via(): string { return `session ${this.session.id}`; }
 
   async connect(): Promise<Duplex> {
