@@ -147,12 +147,16 @@ export class Proxy {
     if (this.#gatewayPolicy.identity === 'agent') {
       this.#log.warn('--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower\'s behaviour); certificates\' users and groups are ignored');
     }
-    const peerCert = await ca.issueClient(`tower-replica:${this.#opts.serverId}`, [], PEER_CERT_DAYS, undefined, [PEER_URI_PREFIX + this.#opts.serverId]);
     const self = { id: this.#opts.serverId, address: '', draining: false };
-    const replicas = store.replicas?.(self, this.#opts.replicaTimes ?? DEFAULT_REPLICA_TIMES, this.#log) ?? new SoloReplica(self);
+    const shared = store.replicas?.(self, this.#opts.replicaTimes ?? DEFAULT_REPLICA_TIMES, this.#log);
+    const replicas = shared ?? new SoloReplica(self);
     this.#replicas = replicas;
-    this.#peers = new Peers({ replicas, tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem }, log: this.#log });
-    this.#gatewayPolicy.peers = this.#peers;
+    // only a store that several replicas serve has peers to reach (the file store has one proxy)
+    if (shared) {
+      const peerCert = await ca.issueClient(`tower-replica:${this.#opts.serverId}`, [], PEER_CERT_DAYS, undefined, [PEER_URI_PREFIX + this.#opts.serverId]);
+      this.#peers = new Peers({ replicas, tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem }, log: this.#log });
+      this.#gatewayPolicy.peers = this.#peers;
+    }
     this.#gateway = new Gateway({
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
