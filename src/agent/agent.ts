@@ -122,15 +122,13 @@ export class TowerAgent {
   }
 
   /**
-   * The replicas to dial for: none when every live one is held, undefined for "any" (nothing held,
-   * or a proxy that names no replicas and whose one session ended).
+   * Whether to dial: when no session is held (a draining one does not count), or a live replica
+   * the proxy named is not held yet. A proxy that names none needs one session.
    */
-  #missing(): string[] | undefined | 'none' {
+  #wantsSession(): boolean {
     const held = new Set([...this.#held].filter((h) => !h.draining).map((h) => h.server));
-    if (held.size === 0) return undefined;
-    if (!this.#replicas) return 'none';
-    const missing = this.#replicas.filter((id) => !held.has(id));
-    return missing.length ? missing : 'none';
+    if (held.size === 0) return true;
+    return this.#replicas?.some((id) => !held.has(id)) ?? false;
   }
 
   /** Resolves when stopped; rejects with a one-line reason when the agent must give up. */
@@ -140,8 +138,7 @@ export class TowerAgent {
     let connectedJustNow = false;
     let lastError: Error | undefined;
     while (!this.#stopped) {
-      const missing = this.#missing();
-      if (missing === 'none') { await this.#idle(); continue; }
+      if (!this.#wantsSession()) { await this.#idle(); continue; }
       if (failures > 0) {
         const { maxRetry } = this.#opts;
         if (maxRetry > 0 && failures >= maxRetry && this.#held.size === 0) {
@@ -167,7 +164,9 @@ export class TowerAgent {
         creds = this.#opts.credentials();
         held = await this.#connect(creds);
       } catch (err) {
-        if (err instanceof ConfigRejectedError && err.message.includes(UNAUTHORIZED)) {
+        // refused while another replica holds this agent's session: replicas that disagree for a moment
+        // (a token rotating, a Cluster not yet seen), not a wrong token; retried with backoff
+        if (err instanceof ConfigRejectedError && err.message.includes(UNAUTHORIZED) && this.#held.size === 0) {
           throw new TowerError('EUNAUTHORIZED', `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`);
         }
         failures++;
