@@ -101,7 +101,9 @@ export class TestUpstream {
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     if (!this.#authenticate(req)) return json(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
-    const url = new URL(req.url ?? '/', 'https://upstream');
+    const url = requestUrl(req);
+    // as Go's net/http answers a request target it cannot parse (the gateway's fuzz sends such paths)
+    if (!url) return json(res, 400, status(400, 'BadRequest', 'malformed request path'));
     const p = url.pathname;
     if (p === '/apis/authorization.k8s.io/v1/subjectaccessreviews' && req.method === 'POST') {
       let body = '';
@@ -156,7 +158,8 @@ export class TestUpstream {
 
   /** remotecommand over WebSocket, protocol v5: byte 0 of each message is the stream. */
   #exec(req: IncomingMessage, ws: WebSocket): void {
-    const url = new URL(req.url ?? '/', 'https://upstream');
+    const url = requestUrl(req);
+    if (!url) { ws.close(1002, 'malformed request path'); return; }
     const command = url.searchParams.getAll('command');
     const exitCode = command[0] === 'exit' ? Number(command[1] ?? 0) : 0;
     const finish = () => {
@@ -192,4 +195,12 @@ function json(res: ServerResponse, code: number, body: unknown): void {
   const s = JSON.stringify(body);
   res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s) });
   res.end(s);
+}
+
+function requestUrl(req: IncomingMessage): URL | undefined {
+  try {
+    return new URL(req.url ?? '/', 'https://upstream');
+  } catch {
+    return undefined;
+  }
 }
