@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas] [--outage-seconds N] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas] [--outage-seconds N] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -23,6 +23,7 @@ import { AGENT_OPTIONS } from '../src/config/options.ts';
 
 const DEFAULT_MAX_RETRY_INTERVAL_MS = AGENT_OPTIONS.maxRetryInterval.default;
 import { binary as builtBinary, ensureBuilt } from './lib.mjs';
+import { captureLegs, countCalls, ensureTracers, HOPS, hopTimes, type HopPorts, type HopTimes } from './bench/hops.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -30,7 +31,7 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas').split(','));
 /** how long the proxy stays down in the outage workload: long enough for every agent's backoff to reach its cap */
 const OUTAGE_SECONDS = Number(flag('--outage-seconds') ?? (QUICK ? 45 : 120));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
@@ -38,10 +39,13 @@ const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
 const PROFILE = flag('--profile');
 const binary = flag('--binary') ?? builtBinary;
 const AGENT_ARGS = (flag('--agent-args') ?? '').split(' ').filter(Boolean);
-const TOWER_ENV = PROFILE ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${PROFILE}` } : {};
+// sampled every 250 µs: a request costs a few hundred µs per process
+const TOWER_ENV = PROFILE ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-interval=250 --cpu-prof-dir=${PROFILE}` } : {};
 const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
 const BULK_RUNS = 3;
 const SMALL_SECONDS = QUICK ? 3 : 10;
+/** the hop timeline: seconds of one request at a time, captured, then again under strace */
+const HOPS_SECONDS = QUICK ? 2 : 4;
 const WATCH_STREAMS = QUICK ? 200 : 1000;
 const WATCH_EVENTS = QUICK ? 5 : 10;
 const CLK_TCK = 100;
@@ -111,6 +115,11 @@ function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
+/** user and system CPU seconds of a process, apart */
+function cpuSplit(pid: number): [number, number] {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return [Number(f[11]) / CLK_TCK, Number(f[12]) / CLK_TCK];
+}
 function resetPeak(pid: number): void { try { writeFileSync(`/proc/${pid}/clear_refs`, '5'); } catch { /* older kernels: lifetime peak */ } }
 function peakMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -177,7 +186,7 @@ function ensureTools(): void {
   if (r.status !== 0) throw new Error(`cannot install ${missing.join(', ')} (apt-get failed)`);
 }
 
-async function setupOpenSSH(upstreamPort: number): Promise<{ endpoint: Omit<Endpoint, 'ca' | 'cert' | 'key'>; pids: [number, number] }> {
+async function setupOpenSSH(upstreamPort: number): Promise<{ endpoint: Omit<Endpoint, 'ca' | 'cert' | 'key'>; pids: [number, number]; sshdPort: number }> {
   ensureTools();
   const d = join(work, 'ssh');
   mkdirSync(d, { mode: 0o700 });
@@ -208,7 +217,7 @@ async function setupOpenSSH(upstreamPort: number): Promise<{ endpoint: Omit<Endp
   }
   // with privilege separation the relay is a grandchild
   const grand = spawnSync('pgrep', ['-P', String(session)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number);
-  return { endpoint: { host: '127.0.0.1', port: localPort, prefix: '' }, pids: [ssh.pid!, grand[0] ?? session] };
+  return { endpoint: { host: '127.0.0.1', port: localPort, prefix: '' }, pids: [ssh.pid!, grand[0] ?? session], sshdPort };
 }
 
 async function setupTower(pki: Awaited<ReturnType<typeof setupPki>>, upstreamPort: number) {
@@ -265,6 +274,7 @@ async function main(): Promise<void> {
   // 1. bulk
   if (ONLY.has('bulk')) await bulkWorkload(eps);
   if (ONLY.has('small')) await smallWorkload(eps);
+  const hops = ONLY.has('hops') ? await hopsWorkload(eps, { ...ssh, upstreamPort }, { ...tower, upstreamPort }) : undefined;
   if (ONLY.has('watch')) await watchWorkload(eps);
   if (ONLY.has('cold')) await coldWorkload(eps, tower);
   const soak = ONLY.has('soak') ? await soakWorkload(tower) : undefined;
@@ -279,7 +289,7 @@ async function main(): Promise<void> {
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report({ soak, idle, scale, clusters, outage, metrics, replicas }, (Date.now() - t0) / 1000);
+  report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }, (Date.now() - t0) / 1000);
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -320,6 +330,31 @@ async function smallWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
     rows.push({ workload: `small c=${c}`, figure: 'p50 latency', unit: 'ms', better: 'lower', values: pick('p50') });
     rows.push({ workload: `small c=${c}`, figure: 'p99 latency', unit: 'ms', better: 'lower', values: pick('p99') });
   }
+}
+
+/**
+ * One request at a time, hop by hop: tcpdump's timestamps give each relay's share (median), a
+ * second run under strace the event-loop turns (epoll waits) and write calls per request.
+ */
+async function hopsWorkload(eps: Record<PathName, Endpoint>, ssh: { endpoint: { port: number }; sshdPort: number; pids: [number, number]; upstreamPort: number }, tower: { gatewayPort: number; agentPort: number; proxy: ChildProcess; agent: ChildProcess; upstreamPort: number }) {
+  if (!ensureTracers()) { log('hops: no tcpdump or strace (apt-get failed): skipped'); return undefined; }
+  const ports: Record<'openssh' | 'tunnel', HopPorts> = {
+    openssh: { entry: ssh.endpoint.port, middle: ssh.sshdPort, upstream: ssh.upstreamPort, middleListensAtEntry: false },
+    tunnel: { entry: tower.gatewayPort, middle: tower.agentPort, upstream: tower.upstreamPort, middleListensAtEntry: true },
+  };
+  const pids = { openssh: ssh.pids, tunnel: [tower.proxy.pid!, tower.agent.pid!] as [number, number] };
+  const out: Partial<Record<'openssh' | 'tunnel', { hops: HopTimes; requests: number; waits: number[]; writes: number[]; counted: number; cpu: [number, number][] }>> = {};
+  for (const p of ['openssh', 'tunnel'] as const) {
+    const capture = await captureLegs(ports[p]);
+    const cpu0 = pids[p].map(cpuSplit);
+    const loaded = await load(eps[p], { mode: 'small', path: '/small', concurrency: 1, seconds: HOPS_SECONDS });
+    // µs of user and system CPU per request, for each relay
+    const cpu = pids[p].map((pid, i) => cpuSplit(pid).map((v, k) => ((v - cpu0[i]![k]!) * 1e6) / loaded.requests!) as [number, number]);
+    const timed = hopTimes(await capture.stop());
+    const counted = await countCalls(pids[p], () => load(eps[p], { mode: 'small', path: '/small', concurrency: 1, seconds: HOPS_SECONDS }));
+    out[p] = { ...timed, waits: counted.waits, writes: counted.writes, counted: counted.result.requests!, cpu };
+  }
+  return out;
 }
 
 async function watchWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
@@ -645,6 +680,7 @@ async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?
 }
 
 interface Extra {
+  hops?: Awaited<ReturnType<typeof hopsWorkload>>;
   soak?: Awaited<ReturnType<typeof soakWorkload>>;
   idle?: Awaited<ReturnType<typeof idleWorkload>>;
   scale?: Awaited<ReturnType<typeof scaleWorkload>>;
@@ -654,7 +690,7 @@ interface Extra {
   replicas?: Awaited<ReturnType<typeof replicasWorkload>>;
 }
 
-function report({ soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
+function report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -676,6 +712,28 @@ function report({ soak, idle, scale, clusters, outage, metrics, replicas }: Extr
   }
   for (const u of merged.values()) lines.push(`| ${u.workload} | ${u.path} | ${fmt(u.cpuA)} | ${fmt(u.cpuB)} | ${fmt(u.peakA)} | ${fmt(u.peakB)} |`);
   lines.push('');
+  if (hops?.openssh && hops.tunnel) {
+    const [o, t] = [hops.openssh, hops.tunnel];
+    const us = (v: number) => (Number.isNaN(v) ? '–' : v.toFixed(0));
+    lines.push(`| c=1 per hop, median µs (tcpdump on lo; ${o.requests} / ${t.requests} requests) | openssh | tunnel | tunnel/openssh |`);
+    lines.push('| --- | ---: | ---: | ---: |');
+    const names = { 'request at second relay': 'first relay, request (ssh / proxy: gateway → channel → WebSocket)', 'request at upstream': 'second relay, request (sshd / agent: WebSocket → channel → upstream TLS)', 'answer at second relay': 'upstream answers', 'answer at first relay': 'second relay, answer (sshd / agent)', 'answer at client': 'first relay, answer (ssh / proxy)' } as Record<string, string>;
+    let sumO = 0;
+    let sumT = 0;
+    for (const h of HOPS.slice(1)) {
+      sumO += o.hops[h];
+      sumT += t.hops[h];
+      lines.push(`| ${names[h]} | ${us(o.hops[h])} | ${us(t.hops[h])} | ${ratio(t.hops[h], o.hops[h])} |`);
+    }
+    lines.push(`| sum of the medians | ${us(sumO)} | ${us(sumT)} | ${ratio(sumT, sumO)} |`);
+    const per = (n: number, of: { counted: number }) => (n / of.counted).toFixed(1);
+    lines.push(`| event-loop waits per request, first / second relay (strace -c, ${o.counted} / ${t.counted} requests) | ${per(o.waits[0]!, o)} / ${per(o.waits[1]!, o)} | ${per(t.waits[0]!, t)} / ${per(t.waits[1]!, t)} | – |`);
+    lines.push(`| write calls per request, first / second relay | ${per(o.writes[0]!, o)} / ${per(o.writes[1]!, o)} | ${per(t.writes[0]!, t)} / ${per(t.writes[1]!, t)} | – |`);
+    for (const [i, who] of [[0, 'first relay (ssh / proxy)'], [1, 'second relay (sshd / agent)']] as const) {
+      lines.push(`| CPU per request, µs user + system, ${who} | ${us(o.cpu[i]![0])} + ${us(o.cpu[i]![1])} | ${us(t.cpu[i]![0])} + ${us(t.cpu[i]![1])} | ${ratio(t.cpu[i]![0] + t.cpu[i]![1], o.cpu[i]![0] + o.cpu[i]![1])} |`);
+    }
+    lines.push('');
+  }
   if (soak) {
     const pair = (p: number[]) => `${fmt(p[0])} → ${fmt(p[1])} (${ratio(p[1], p[0])})`;
     lines.push('| soak (tower only) | value |');
@@ -742,7 +800,7 @@ function report({ soak, idle, scale, clusters, outage, metrics, replicas }: Extr
   }
   lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], soak, idle, scale, clusters, replicas, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], hops, soak, idle, scale, clusters, replicas, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
 
 function cleanup(): void {
