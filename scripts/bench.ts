@@ -23,7 +23,7 @@ import { AGENT_OPTIONS } from '../src/config/options.ts';
 
 const DEFAULT_MAX_RETRY_INTERVAL_MS = AGENT_OPTIONS.maxRetryInterval.default;
 import { binary as builtBinary, ensureBuilt } from './lib.mjs';
-import { captureLegs, countCalls, ensureTracers, HOPS, hopTimes, type HopPorts, type HopTimes } from './bench/hops.ts';
+import { captureLegs, countCalls, HOPS, hopTimes, type HopPorts, type HopTimes } from './bench/hops.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -111,14 +111,14 @@ async function waitOutput(child: ChildProcess & { output: string }, re: RegExp, 
   }
 }
 
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-}
 /** user and system CPU seconds of a process, apart */
 function cpuSplit(pid: number): [number, number] {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return [Number(f[11]) / CLK_TCK, Number(f[12]) / CLK_TCK];
+}
+function cpuSeconds(pid: number): number {
+  const [user, system] = cpuSplit(pid);
+  return user + system;
 }
 function resetPeak(pid: number): void { try { writeFileSync(`/proc/${pid}/clear_refs`, '5'); } catch { /* older kernels: lifetime peak */ } }
 function peakMiB(pid: number): number {
@@ -174,10 +174,10 @@ async function setupPki() {
   return { files, client, caPem: caPair.cert };
 }
 
-/** OpenSSH (the peer path) and curl (the bulk client), from Debian's archive when missing. */
-function ensureTools(): void {
+/** Commands the bench runs ([command, Debian package]), from Debian's archive when missing. */
+function ensureTools(tools: [string, string][]): void {
   const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c} || test -x /usr/sbin/${c}`]).status === 0;
-  const missing = [['ssh', 'openssh-client'], ['sshd', 'openssh-server'], ['curl', 'curl']].filter(([c]) => !have(c!)).map(([, p]) => p!);
+  const missing = tools.filter(([c]) => !have(c)).map(([, p]) => p);
   if (missing.length === 0) return;
   log(`installing ${missing.join(', ')} with apt-get`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
@@ -187,7 +187,8 @@ function ensureTools(): void {
 }
 
 async function setupOpenSSH(upstreamPort: number): Promise<{ endpoint: Omit<Endpoint, 'ca' | 'cert' | 'key'>; pids: [number, number]; sshdPort: number }> {
-  ensureTools();
+  // OpenSSH (the peer path) and curl (the bulk client)
+  ensureTools([['ssh', 'openssh-client'], ['sshd', 'openssh-server'], ['curl', 'curl']]);
   const d = join(work, 'ssh');
   mkdirSync(d, { mode: 0o700 });
   for (const k of ['host_key', 'user_key']) spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(d, k)]);
@@ -274,7 +275,10 @@ async function main(): Promise<void> {
   // 1. bulk
   if (ONLY.has('bulk')) await bulkWorkload(eps);
   if (ONLY.has('small')) await smallWorkload(eps);
-  const hops = ONLY.has('hops') ? await hopsWorkload(eps, { ...ssh, upstreamPort }, { ...tower, upstreamPort }) : undefined;
+  const hops = ONLY.has('hops') ? await hopsWorkload(eps, {
+    openssh: { entry: ssh.endpoint.port, middle: ssh.sshdPort, upstream: upstreamPort, middleListensAtEntry: false },
+    tunnel: { entry: tower.gatewayPort, middle: tower.agentPort, upstream: upstreamPort, middleListensAtEntry: true },
+  }) : undefined;
   if (ONLY.has('watch')) await watchWorkload(eps);
   if (ONLY.has('cold')) await coldWorkload(eps, tower);
   const soak = ONLY.has('soak') ? await soakWorkload(tower) : undefined;
@@ -334,25 +338,27 @@ async function smallWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
 
 /**
  * One request at a time, hop by hop: tcpdump's timestamps give each relay's share (median), a
- * second run under strace the event-loop turns (epoll waits) and write calls per request.
+ * second run under strace the event-loop waits and write calls per request. With --profile that
+ * second run is left out: ptrace stops every system call, which the profiles would show as time
+ * spent writing.
  */
-async function hopsWorkload(eps: Record<PathName, Endpoint>, ssh: { endpoint: { port: number }; sshdPort: number; pids: [number, number]; upstreamPort: number }, tower: { gatewayPort: number; agentPort: number; proxy: ChildProcess; agent: ChildProcess; upstreamPort: number }) {
-  if (!ensureTracers()) { log('hops: no tcpdump or strace (apt-get failed): skipped'); return undefined; }
-  const ports: Record<'openssh' | 'tunnel', HopPorts> = {
-    openssh: { entry: ssh.endpoint.port, middle: ssh.sshdPort, upstream: ssh.upstreamPort, middleListensAtEntry: false },
-    tunnel: { entry: tower.gatewayPort, middle: tower.agentPort, upstream: tower.upstreamPort, middleListensAtEntry: true },
-  };
-  const pids = { openssh: ssh.pids, tunnel: [tower.proxy.pid!, tower.agent.pid!] as [number, number] };
-  const out: Partial<Record<'openssh' | 'tunnel', { hops: HopTimes; requests: number; waits: number[]; writes: number[]; counted: number; cpu: [number, number][] }>> = {};
+async function hopsWorkload(eps: Record<PathName, Endpoint>, ports: Record<'openssh' | 'tunnel', HopPorts>) {
+  ensureTools([['tcpdump', 'tcpdump'], ['strace', 'strace']]);
+  const out: Partial<Record<'openssh' | 'tunnel', { hops: HopTimes; requests: number; cpu: [number, number][]; calls?: { waits: number[]; writes: number[]; requests: number } }>> = {};
   for (const p of ['openssh', 'tunnel'] as const) {
+    const pids = relays[p]!;
     const capture = await captureLegs(ports[p]);
-    const cpu0 = pids[p].map(cpuSplit);
+    const cpu0 = pids.map(cpuSplit);
     const loaded = await load(eps[p], { mode: 'small', path: '/small', concurrency: 1, seconds: HOPS_SECONDS });
     // µs of user and system CPU per request, for each relay
-    const cpu = pids[p].map((pid, i) => cpuSplit(pid).map((v, k) => ((v - cpu0[i]![k]!) * 1e6) / loaded.requests!) as [number, number]);
+    const cpu = pids.map((pid, i) => cpuSplit(pid).map((v, k) => ((v - cpu0[i]![k]!) * 1e6) / loaded.requests!) as [number, number]);
     const timed = hopTimes(await capture.stop());
-    const counted = await countCalls(pids[p], () => load(eps[p], { mode: 'small', path: '/small', concurrency: 1, seconds: HOPS_SECONDS }));
-    out[p] = { ...timed, waits: counted.waits, writes: counted.writes, counted: counted.result.requests!, cpu };
+    let calls;
+    if (!PROFILE) {
+      const counted = await countCalls(pids, () => load(eps[p], { mode: 'small', path: '/small', concurrency: 1, seconds: HOPS_SECONDS }));
+      calls = { waits: counted.waits, writes: counted.writes, requests: counted.result.requests! };
+    }
+    out[p] = { ...timed, cpu, calls };
   }
   return out;
 }
@@ -717,20 +723,18 @@ function report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }
     const us = (v: number) => (Number.isNaN(v) ? '–' : v.toFixed(0));
     lines.push(`| c=1 per hop, median µs (tcpdump on lo; ${o.requests} / ${t.requests} requests) | openssh | tunnel | tunnel/openssh |`);
     lines.push('| --- | ---: | ---: | ---: |');
-    const names = { 'request at second relay': 'first relay, request (ssh / proxy: gateway → channel → WebSocket)', 'request at upstream': 'second relay, request (sshd / agent: WebSocket → channel → upstream TLS)', 'answer at second relay': 'upstream answers', 'answer at first relay': 'second relay, answer (sshd / agent)', 'answer at client': 'first relay, answer (ssh / proxy)' } as Record<string, string>;
-    let sumO = 0;
-    let sumT = 0;
-    for (const h of HOPS.slice(1)) {
-      sumO += o.hops[h];
-      sumT += t.hops[h];
-      lines.push(`| ${names[h]} | ${us(o.hops[h])} | ${us(t.hops[h])} | ${ratio(t.hops[h], o.hops[h])} |`);
+    const where = ['ssh / proxy: gateway → channel → WebSocket', 'sshd / agent: WebSocket → channel → upstream TLS', 'the same upstream', 'sshd / agent', 'ssh / proxy'];
+    HOPS.forEach((h, i) => lines.push(`| ${h} (${where[i]}) | ${us(o.hops[h])} | ${us(t.hops[h])} | ${ratio(t.hops[h], o.hops[h])} |`));
+    const sum = (x: typeof o) => HOPS.reduce((a, h) => a + x.hops[h], 0);
+    lines.push(`| sum of the medians | ${us(sum(o))} | ${us(sum(t))} | ${ratio(sum(t), sum(o))} |`);
+    if (o.calls && t.calls) {
+      const per = (k: 'waits' | 'writes', c: NonNullable<typeof o.calls>) => c[k].map((n) => (n / c.requests).toFixed(1)).join(' / ');
+      lines.push(`| event-loop waits per request, first / second relay (strace -c, ${o.calls.requests} / ${t.calls.requests} requests) | ${per('waits', o.calls)} | ${per('waits', t.calls)} | – |`);
+      lines.push(`| write calls per request, first / second relay | ${per('writes', o.calls)} | ${per('writes', t.calls)} | – |`);
     }
-    lines.push(`| sum of the medians | ${us(sumO)} | ${us(sumT)} | ${ratio(sumT, sumO)} |`);
-    const per = (n: number, of: { counted: number }) => (n / of.counted).toFixed(1);
-    lines.push(`| event-loop waits per request, first / second relay (strace -c, ${o.counted} / ${t.counted} requests) | ${per(o.waits[0]!, o)} / ${per(o.waits[1]!, o)} | ${per(t.waits[0]!, t)} / ${per(t.waits[1]!, t)} | – |`);
-    lines.push(`| write calls per request, first / second relay | ${per(o.writes[0]!, o)} / ${per(o.writes[1]!, o)} | ${per(t.writes[0]!, t)} / ${per(t.writes[1]!, t)} | – |`);
     for (const [i, who] of [[0, 'first relay (ssh / proxy)'], [1, 'second relay (sshd / agent)']] as const) {
-      lines.push(`| CPU per request, µs user + system, ${who} | ${us(o.cpu[i]![0])} + ${us(o.cpu[i]![1])} | ${us(t.cpu[i]![0])} + ${us(t.cpu[i]![1])} | ${ratio(t.cpu[i]![0] + t.cpu[i]![1], o.cpu[i]![0] + o.cpu[i]![1])} |`);
+      const [oc, tc] = [o.cpu[i]!, t.cpu[i]!];
+      lines.push(`| CPU per request, µs user + system, ${who} | ${us(oc[0])} + ${us(oc[1])} | ${us(tc[0])} + ${us(tc[1])} | ${ratio(tc[0] + tc[1], oc[0] + oc[1])} |`);
     }
     lines.push('');
   }

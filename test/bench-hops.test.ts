@@ -27,14 +27,14 @@ describe('the bench reads one request hop by hop off the wire', () => {
     assert.deepEqual(legs.map((s) => s.leg), [0, 1, 2, 3, 1, 4, 5]);
     const { hops, requests } = hopTimes(legs);
     assert.equal(requests, 1);
-    assert.deepEqual(Object.values(hops).slice(1), [150, 90, 60, 90, 110]);
+    assert.deepEqual(Object.values(hops), [150, 90, 60, 90, 110]);
   });
 
   test('OpenSSH: ssh dials sshd, so the middle port is the destination on the way in', () => {
     const lines = [seg(0, 50000, 9000, 300), seg(20, 33000, 2222, 400), seg(40, 34000, 6443, 300), seg(100, 6443, 34000, 250), seg(120, 2222, 33000, 330), seg(140, 9000, 50000, 260)].join('\n');
     const { hops, requests } = hopTimes(parseLegs(lines, SSH));
     assert.equal(requests, 1);
-    assert.deepEqual(Object.values(hops).slice(1), [20, 20, 60, 20, 20]);
+    assert.deepEqual(Object.values(hops), [20, 20, 60, 20, 20]);
   });
 
   test('a request whose legs are cut short is dropped, not counted, and the medians come from the whole ones', () => {
@@ -47,7 +47,7 @@ describe('the bench reads one request hop by hop off the wire', () => {
     ].join('\n');
     const { hops, requests } = hopTimes(parseLegs(lines, TOWER));
     assert.equal(requests, 3);
-    assert.deepEqual(Object.values(hops).slice(1), [20, 20, 20, 20, 20]);
+    assert.deepEqual(Object.values(hops), [20, 20, 20, 20, 20]);
   });
 
   test('no whole request: every hop is unknown', () => {

@@ -9,7 +9,7 @@
 // The time between two legs is what the process in between spent, plus one loopback delivery.
 // Event-loop turns and write calls per request come from `strace -c` on each relay in a second run
 // (strace slows what it traces, so its run gives counts, never times).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 
 export interface HopPorts {
@@ -23,7 +23,10 @@ export interface HopPorts {
   middleListensAtEntry: boolean;
 }
 
-export const HOPS = ['request at first relay', 'request at second relay', 'request at upstream', 'answer at second relay', 'answer at first relay', 'answer at client'] as const;
+/** the legs of one request, in order */
+const LEGS = 6;
+/** what each stretch between two legs is: the time from leg i to leg i+1 */
+export const HOPS = ['first relay, request', 'second relay, request', 'upstream answers', 'second relay, answer', 'first relay, answer'] as const;
 export type HopTimes = Record<(typeof HOPS)[number], number>;
 
 /** one segment with bytes: when (µs) and which of the six legs (0–5) it is */
@@ -84,9 +87,9 @@ export function hopTimes(segments: Segment[]): { hops: HopTimes; requests: numbe
     if (s.leg !== want) continue;
     times.push(s.t);
     want++;
-    if (want === HOPS.length) {
-      // the first hop is the client's own time since the previous answer: not measured here
-      for (let i = 1; i < HOPS.length; i++) per[i]!.push(times[i]! - times[i - 1]!);
+    if (want === LEGS) {
+      // the client's own time between an answer and its next request is no relay's: not counted
+      for (let i = 0; i < HOPS.length; i++) per[i]!.push(times[i + 1]! - times[i]!);
       whole++;
       want = 0;
       times = [];
@@ -134,14 +137,4 @@ export async function countCalls<T>(pids: number[], run: () => Promise<T>): Prom
     writes.push(callsIn(t.err, WRITE_CALLS));
   }
   return { result, waits, writes };
-}
-
-/** tcpdump and strace, from Debian's archive when missing; false when they cannot be had (not root, no apt) */
-export function ensureTracers(): boolean {
-  const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
-  const missing = ['tcpdump', 'strace'].filter((c) => !have(c));
-  if (missing.length === 0) return true;
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  spawnSync('apt-get', ['update', '-qq'], { stdio: 'ignore', env });
-  return spawnSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'ignore', env }).status === 0;
 }
