@@ -121,14 +121,19 @@ function cpuSeconds(pid: number): number {
   return user + system;
 }
 function resetPeak(pid: number): void { try { writeFileSync(`/proc/${pid}/clear_refs`, '5'); } catch { /* older kernels: lifetime peak */ } }
-function peakMiB(pid: number): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
+/** fields of /proc/PID/status given in kB, in MiB */
+function statusMiB(pid: number, keys: string[]): number[] {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return keys.map((k) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) / 1024);
 }
+const peakMiB = (pid: number): number => statusMiB(pid, ['VmHWM'])[0]!;
+const rssMiB = (pid: number): number => statusMiB(pid, ['VmRSS'])[0]!;
 function openFds(pid: number): number { return readdirSync(`/proc/${pid}/fd`).length; }
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
+/** resident memory of a process, MiB: all of it, anonymous, and file-backed (its binary and libraries, shared and reclaimable) */
+interface Resident { rss: number; anon: number; file: number; fds: number }
+function resident(pid: number): Resident {
+  const [rss, anon, shmem, file] = statusMiB(pid, ['VmRSS', 'RssAnon', 'RssShmem', 'RssFile']) as [number, number, number, number];
+  return { rss, anon: anon + shmem, file, fds: openFds(pid) };
 }
 
 /** Runs one load job in its own process. */
@@ -263,6 +268,9 @@ async function main(): Promise<void> {
   const clientTls = { ca: pki.files.ca, cert: pki.files.ccert, key: pki.files.ckey };
   const ssh = await setupOpenSSH(upstreamPort);
   if (PROFILE) mkdirSync(PROFILE, { recursive: true });
+  // a binary just written (npm run build) sits in the page cache in large folios, and every process
+  // then maps far more of it (68 MiB file-backed against 45-50): read it from disk, as a deployment does
+  spawnSync('dd', [`if=${binary}`, 'iflag=nocache', 'count=0', 'status=none']);
   const tower = await setupTower(pki, upstreamPort);
   const eps: Record<PathName, Endpoint> = {
     direct: { host: '127.0.0.1', port: upstreamPort, prefix: '', ...clientTls },
@@ -272,7 +280,7 @@ async function main(): Promise<void> {
   relays = { direct: undefined, openssh: ssh.pids, tunnel: [tower.proxy.pid!, tower.agent.pid!] };
   log(`upstream :${upstreamPort}, ssh -L :${ssh.endpoint.port}, gateway :${tower.gatewayPort}; ${QUICK ? 'quick run' : 'full run'}`);
 
-  // 1. bulk
+  const memory: Extra['memory'] = { start: await idleMemory(true) };
   if (ONLY.has('bulk')) await bulkWorkload(eps);
   if (ONLY.has('small')) await smallWorkload(eps);
   const hops = ONLY.has('hops') ? await hopsWorkload(eps, {
@@ -280,6 +288,7 @@ async function main(): Promise<void> {
     tunnel: { entry: tower.gatewayPort, middle: tower.agentPort, upstream: upstreamPort, middleListensAtEntry: true },
   }) : undefined;
   if (ONLY.has('watch')) await watchWorkload(eps);
+  if (['bulk', 'small', 'hops', 'watch'].some((w) => ONLY.has(w))) memory.loaded = await idleMemory(false);
   if (ONLY.has('cold')) await coldWorkload(eps, tower);
   const soak = ONLY.has('soak') ? await soakWorkload(tower) : undefined;
   const idle = ONLY.has('idle') ? await idleWorkload() : undefined;
@@ -293,7 +302,25 @@ async function main(): Promise<void> {
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }, (Date.now() - t0) / 1000);
+  report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas }, (Date.now() - t0) / 1000);
+}
+
+const IDLE_MEMORY_WAIT_MS = 3000;
+/**
+ * Resident memory of the idle relays (tower's proxy and agent, ssh and sshd) and of the same Node 24
+ * doing nothing, the floor under any program on this runtime.
+ */
+async function idleMemory(withRuntime: boolean): Promise<Record<string, Resident>> {
+  const runtime = withRuntime ? start(process.execPath, ['-e', 'setInterval(() => {}, 60_000)']) : undefined;
+  await new Promise((r) => setTimeout(r, IDLE_MEMORY_WAIT_MS));
+  const [proxy, agent] = relays.tunnel!;
+  const [ssh, sshd] = relays.openssh!;
+  const out: Record<string, Resident> = { proxy: resident(proxy), agent: resident(agent), ssh: resident(ssh), sshd: resident(sshd) };
+  if (runtime) {
+    out.runtime = resident(runtime.pid!);
+    runtime.kill('SIGTERM');
+  }
+  return out;
 }
 
 /** curl (C, OpenSSL) fetches the body: the Node client tops out below the direct path's speed */
@@ -686,6 +713,7 @@ async function restartProxy(tower: Awaited<ReturnType<typeof setupTower>>, gone?
 }
 
 interface Extra {
+  memory?: { start: Record<string, Resident>; loaded?: Record<string, Resident> };
   hops?: Awaited<ReturnType<typeof hopsWorkload>>;
   soak?: Awaited<ReturnType<typeof soakWorkload>>;
   idle?: Awaited<ReturnType<typeof idleWorkload>>;
@@ -696,7 +724,7 @@ interface Extra {
   replicas?: Awaited<ReturnType<typeof replicasWorkload>>;
 }
 
-function report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
+function report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -718,6 +746,16 @@ function report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }
   }
   for (const u of merged.values()) lines.push(`| ${u.workload} | ${u.path} | ${fmt(u.cpuA)} | ${fmt(u.cpuB)} | ${fmt(u.peakA)} | ${fmt(u.peakB)} |`);
   lines.push('');
+  if (memory) {
+    const cell = (m?: Resident) => (m ? `${fmt(m.rss)} (${fmt(m.anon)} + ${fmt(m.file)}), ${m.fds} fds` : '–');
+    // after the workloads the proxy's pool still holds idle channels (each an upstream TLS connection at the agent) for 90 s
+    lines.push('| resident memory, MiB: all (anonymous + file-backed), open descriptors | idle, before any request | idle 3 s after the bulk, small, hops and watch workloads (pooled connections open) |');
+    lines.push('| --- | ---: | ---: |');
+    for (const [k, label] of [['proxy', 'tower proxy'], ['agent', 'tower agent'], ['ssh', 'ssh'], ['sshd', 'sshd (the relaying process)'], ['runtime', 'Node 24 running nothing (the runtime tower is packed with)']] as const) {
+      if (memory.start[k]) lines.push(`| ${label} | ${cell(memory.start[k])} | ${cell(memory.loaded?.[k])} |`);
+    }
+    lines.push('');
+  }
   if (hops?.openssh && hops.tunnel) {
     const [o, t] = [hops.openssh, hops.tunnel];
     const us = (v: number) => (Number.isNaN(v) ? '–' : v.toFixed(0));
@@ -804,7 +842,7 @@ function report({ hops, soak, idle, scale, clusters, outage, metrics, replicas }
   }
   lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], hops, soak, idle, scale, clusters, replicas, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], memory, hops, soak, idle, scale, clusters, replicas, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
 
 function cleanup(): void {

@@ -61,7 +61,7 @@ async function main(args: string[]): Promise<number> {
   const cli = new Cli({ binaryLabel: 'tower', binaryName: 'tower', binaryVersion: VERSION, enableColors: false });
   // only the command that runs: clipanion builds one state machine over every registered command and
   // keeps it for the process's life (about 5 MiB of heap for all nine)
-  cli.register(entry.cls);
+  cli.register(entry.cls as (typeof COMMANDS)[number]);
   let command;
   try {
     command = cli.process([...entry.path, ...normalized]);
