@@ -87,7 +87,6 @@ await build({
   charset: 'ascii',
   minifyWhitespace: true,
   minifySyntax: true,
-  keepNames: true,
   legalComments: 'none',
   define: { __TOWER_VERSION__: JSON.stringify(pkg.version), __TOWER_COMMIT__: JSON.stringify(commit()) },
   // ssh2 loads cpu-features optionally, inside try/catch; its cipher order is set by tower anyway
