@@ -11,10 +11,13 @@ const require = createRequire(import.meta.url);
 export const cryptoDir = join(dirname(require.resolve('ssh2/package.json')), 'lib', 'protocol', 'crypto');
 export const bindingPath = join(cryptoDir, 'build', 'Release', 'sshcrypto.node');
 
-/** Whether this Node can load the binding (checked in a child: a failed dlopen can't be retried). */
+/**
+ * Whether this Node can load the binding, and it is the patched one (with trimMalloc): checked in a
+ * child, as a failed dlopen can't be retried.
+ */
 function loads() {
   if (!existsSync(bindingPath)) return false;
-  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(bindingPath)})`], { stdio: 'ignore' });
+  const r = spawnSync(process.execPath, ['-e', `if (typeof require(${JSON.stringify(bindingPath)}).trimMalloc !== 'function') process.exit(1)`], { stdio: 'ignore' });
   return r.status === 0;
 }
 

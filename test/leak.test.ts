@@ -96,3 +96,26 @@ test(`${REQUESTS} requests over reused channels leave no listener behind, and SI
   const took = Date.now() - stopped;
   assert.ok(took < 5000, `SIGTERM took ${took} ms to end the proxy`);
 });
+
+test('what a burst of connections freed goes back to the system: the proxy trims malloc within 30 s, and RSS falls', async () => {
+  const own = new Stack();
+  try {
+    const proxy = await own.startProxy(['-v', '3']);
+    const { token } = await own.token('trim');
+    await own.startAgent('trim', token, upstream.writeKubeconfig(join(own.dataDir, 't.kubeconfig'), 'token')).waitFor(/connected to proxy/);
+    // 2 000 TLS connections without a client certificate, 8 at a time: each is refused, and freed
+    const refused = () => new Promise<void>((resolve) => {
+      const req = request({ host: '127.0.0.1', port: own.gatewayPort, path: '/clusters/trim/api', agent: false, rejectUnauthorized: false }, (res) => { res.resume(); res.on('end', resolve); });
+      req.on('error', () => resolve());
+      req.end();
+    });
+    let left = 2000;
+    await Promise.all(Array.from({ length: CONCURRENCY }, async () => { while (left-- > 0) await refused(); }));
+    const from = proxy.output.length;
+    const m = await proxy.waitFor(/malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/, 40_000, from);
+    assert.equal(m[1], 'true', 'the first trim after the burst handed pages back');
+    assert.ok(Number(m[3]) < Number(m[2]), `RSS fell: ${m[2]} → ${m[3]} MiB`);
+  } finally {
+    await own.close();
+  }
+});

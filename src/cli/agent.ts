@@ -3,6 +3,7 @@ import { ConfigError } from '../errors.ts';
 import { AGENT_OPTIONS } from '../config/options.ts';
 import { formatDuration } from '../config/duration.ts';
 import { log } from '../observe/log.ts';
+import { trimMemoryPeriodically } from '../observe/memory.ts';
 import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
 import { clusterNameProblem } from '../store/names.ts';
@@ -69,9 +70,11 @@ export class AgentCommand extends TowerCommand {
     const stop = () => agent.stop();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    const stopTrimming = trimMemoryPeriodically(log);
     try {
       await agent.run();
     } finally {
+      stopTrimming();
       health?.close();
     }
     log.info('agent stopped');

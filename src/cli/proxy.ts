@@ -3,6 +3,7 @@ import { ConfigError } from '../errors.ts';
 import { serverIdProblem } from '../tunnel/protocol.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
 import { log } from '../observe/log.ts';
+import { trimMemoryPeriodically } from '../observe/memory.ts';
 import type { GatewayIdentity } from '../proxy/identity.ts';
 import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
 
@@ -65,7 +66,9 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
       await proxy.close();
       throw err;
     });
+    const stopTrimming = trimMemoryPeriodically(log);
     const signal = early ?? await stopped;
+    stopTrimming();
     // a second signal does not wait for the drain
     const again = () => { log.warn('second signal: exiting without draining'); process.exit(1); };
     process.once('SIGINT', again);

@@ -74,4 +74,6 @@ if (!loaded) {
   globalThis.__towerNativeCryptoProblem = `the native crypto binding could not be written and loaded (${problems.join('; ')}); set TMPDIR to a writable directory that allows executables`;
   throw new Error(globalThis.__towerNativeCryptoProblem);
 }
+// tower's own addition to the binding (patches/ssh2+1.17.0.patch), read by src/observe/memory.ts
+if (typeof loaded.trimMalloc === 'function') globalThis.__towerTrimMalloc = loaded.trimMalloc;
 module.exports = loaded;

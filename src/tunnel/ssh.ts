@@ -49,6 +49,8 @@ export const ALGORITHMS = {
 export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable: boolean }).bindingAvailable ? 'native' : 'js';
 /** why the binary runs on JS crypto although it carries the native binding (undefined otherwise) */
 export const CRYPTO_PROBLEM: string | undefined = (globalThis as { __towerNativeCryptoProblem?: string }).__towerNativeCryptoProblem;
+/** glibc's malloc_trim(0), from the same binding; absent on the JS crypto */
+export const TRIM_MALLOC: (() => boolean) | undefined = (globalThis as { __towerTrimMalloc?: () => boolean }).__towerTrimMalloc;
 
 /** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
 export function fingerprint(publicKeyBlob: Buffer): string {
