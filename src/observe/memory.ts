@@ -8,24 +8,31 @@ const TRIM_GROWTH_BYTES = 2 * 2 ** 20;
 
 const mib = (b: number) => Number((b / 2 ** 20).toFixed(1));
 
+/** the process's RSS in bytes, or undefined where it cannot be read (no /proc, as in a bare root filesystem) */
+function rss(): number | undefined {
+  try { return process.memoryUsage.rss(); } catch { return undefined; }
+}
+
 /**
  * Hands back to the system the pages that glibc's malloc keeps after a burst: freed TLS connections
  * and buffers in the middle of its heap, which it never returns by itself (a proxy kept 8.5 MiB so
  * after 1 000 watches had ended). Checked every 30 s; a trim walks every arena (about 6 ms of the
  * event loop), so it runs only when RSS has grown by 2 MiB since the last one. Nothing on the JS
- * crypto, which has no binding to call it through.
+ * crypto, which has no binding to call it through, nor where RSS cannot be read.
  */
 export function trimMemoryPeriodically(log: Logger): () => void {
   const trim = TRIM_MALLOC;
-  if (!trim) return () => {};
-  let floor = process.memoryUsage.rss();
+  const first = rss();
+  if (!trim || first === undefined) return () => {};
+  let floor = first;
   const timer = setInterval(() => {
-    const before = process.memoryUsage.rss();
+    const before = rss();
+    if (before === undefined) return;
     if (before - floor < TRIM_GROWTH_BYTES) { floor = Math.min(floor, before); return; }
     const t = performance.now();
     const released = trim();
     const ms = performance.now() - t;
-    floor = process.memoryUsage.rss();
+    floor = rss() ?? before;
     if (log.enabled(3)) log.debug(3, 'malloc trimmed', { released, ms: Number(ms.toFixed(2)), rssBeforeMiB: mib(before), rssAfterMiB: mib(floor) });
   }, TRIM_EVERY_MS);
   timer.unref();
