@@ -160,7 +160,8 @@ function armNode() {
 
 /** whether the arm64 Node loads `binding` (under qemu-user); without qemu, whether it is an aarch64 ELF */
 function loadsUnderQemu(node, binding) {
-  const r = spawnSync('qemu-aarch64', ['-L', '/usr/aarch64-linux-gnu', node, '-e', `process.dlopen({ exports: {} }, ${JSON.stringify(binding)})`], { stdio: 'ignore' });
+  // the patched binding (with trimMalloc), not one cross-compiled before the patch and kept in dist/
+  const r = spawnSync('qemu-aarch64', ['-L', '/usr/aarch64-linux-gnu', node, '-e', `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(binding)}); if (typeof m.exports.trimMalloc !== 'function') process.exit(1)`], { stdio: 'ignore' });
   if (!r.error) return r.status === 0;
   const head = readFileSync(binding).subarray(0, 20);
   return head.readUInt32BE(0) === 0x7f454c46 && head.readUInt16LE(18) === 183; // ELF, EM_AARCH64

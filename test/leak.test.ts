@@ -97,12 +97,23 @@ test(`${REQUESTS} requests over reused channels leave no listener behind, and SI
   assert.ok(took < 5000, `SIGTERM took ${took} ms to end the proxy`);
 });
 
-test('what a burst of connections freed goes back to the system: the proxy trims malloc within 30 s, and RSS falls', async () => {
+test('what a burst of connections freed goes back to the system: the proxy trims malloc within 30 s, and RSS falls; so does the agent after 64 requests at once', async () => {
   const own = new Stack();
   try {
     const proxy = await own.startProxy(['-v', '3']);
     const { token } = await own.token('trim');
-    await own.startAgent('trim', token, upstream.writeKubeconfig(join(own.dataDir, 't.kubeconfig'), 'token')).waitFor(/connected to proxy/);
+    const agent = own.startAgent('trim', token, upstream.writeKubeconfig(join(own.dataDir, 't.kubeconfig'), 'token'), ['-v', '3']);
+    await agent.waitFor(/connected to proxy/);
+    // 64 requests at once through the agent: 64 channels, each an upstream TLS connection there
+    const kc = parse(readFileSync(await own.kubeconfig('trim'), 'utf8'));
+    const user = kc.users[0].user;
+    const tls = { ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'), cert: Buffer.from(user['client-certificate-data'], 'base64'), key: Buffer.from(user['client-key-data'], 'base64') };
+    const answered = await Promise.all(Array.from({ length: 64 }, () => new Promise<number>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port: own.gatewayPort, path: '/clusters/trim/api', agent: false, ...tls }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode!)); });
+      req.on('error', reject);
+      req.end();
+    })));
+    assert.ok(answered.every((c) => c === 200), `answers: ${[...new Set(answered)].join(', ')}`);
     // 2 000 TLS connections without a client certificate, 8 at a time: each is refused, and freed
     const refused = () => new Promise<void>((resolve) => {
       const req = request({ host: '127.0.0.1', port: own.gatewayPort, path: '/clusters/trim/api', agent: false, rejectUnauthorized: false }, (res) => { res.resume(); res.on('end', resolve); });
@@ -115,6 +126,9 @@ test('what a burst of connections freed goes back to the system: the proxy trims
     const m = await proxy.waitFor(/malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/, 40_000, from);
     assert.equal(m[1], 'true', 'the first trim after the burst handed pages back');
     assert.ok(Number(m[3]) < Number(m[2]), `RSS fell: ${m[2]} → ${m[3]} MiB`);
+    // the agent's check: those connections grew it by more than 2 MiB, so it trims too
+    const a = await agent.waitFor(/malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/, 40_000);
+    assert.ok(Number(a[3]) <= Number(a[2]), `agent RSS did not grow in its trim: ${a[2]} → ${a[3]} MiB`);
   } finally {
     await own.close();
   }

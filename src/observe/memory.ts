@@ -15,8 +15,8 @@ function rss(): number | undefined {
 
 /**
  * Hands back to the system the pages that glibc's malloc keeps after a burst: freed TLS connections
- * and buffers in the middle of its heap, which it never returns by itself (a proxy kept 8.5 MiB so
- * after 1 000 watches had ended). Checked every 30 s; a trim walks every arena (about 6 ms of the
+ * and buffers in the middle of its heap, which it never returns by itself (a proxy held 8.5 MiB so
+ * after 200 watch streams had ended). Checked every 30 s; a trim walks every arena (about 6 ms of the
  * event loop), so it runs only when RSS has grown by 2 MiB since the last one. Nothing on the JS
  * crypto, which has no binding to call it through, nor where RSS cannot be read.
  */
