@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas] [--outage-seconds N] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,floor,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas] [--outage-seconds N] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -7,6 +7,8 @@
 //   tunnel   client → tower gateway (client cert) → SSH channel → tower agent → upstream
 // and prints each figure with the ratios tunnel/direct and tunnel/openssh, plus CPU seconds and
 // peak RSS of the two relaying processes (tower: proxy and agent; OpenSSH: ssh and sshd).
+// `floor` measures, interleaved with bulk and small, one minimal Node HTTPS relay (scripts/bench/relay.ts):
+// what a single HTTP-aware hop costs on tower's runtime, against which each of tower's two hops compares.
 // `clusters` measures Kubernetes mode on its own: N Cluster resources applied at once to a real
 // kube-apiserver (scripts/test-cluster.sh), until the proxy has initialized all of them, then a restart.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -31,7 +33,7 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,floor,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas').split(','));
 /** how long the proxy stays down in the outage workload: long enough for every agent's backoff to reach its cap */
 const OUTAGE_SECONDS = Number(flag('--outage-seconds') ?? (QUICK ? 45 : 120));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
@@ -150,6 +152,25 @@ async function load(ep: Endpoint, job: Record<string, unknown>): Promise<Record<
 
 /** The two processes that relay bytes on a path (none for direct). */
 let relays: Record<PathName, [number, number] | undefined>;
+
+/** One minimal Node HTTPS relay (scripts/bench/relay.ts), measured beside bulk and small with `floor`. */
+interface Floor {
+  pid: number;
+  ep: Endpoint;
+  bulk: { mbps: number; cpu: number; peak: number }[];
+  small: Record<number, { rps: number; p50: number; p99: number; cpuUs: number }>;
+}
+let floor: Floor | undefined;
+/** requests answered in each small run, by concurrency and path (for CPU per request) */
+const smallCounts: Record<number, Partial<Record<PathName, number>>> = {};
+
+/** The relay's share of a workload: the load's result, its CPU seconds and peak RSS. */
+async function onFloor<T>(f: Floor, fn: () => Promise<T>): Promise<{ r: T; cpu: number; peak: number }> {
+  resetPeak(f.pid);
+  const cpu0 = cpuSeconds(f.pid);
+  const r = await fn();
+  return { r, cpu: cpuSeconds(f.pid) - cpu0, peak: peakMiB(f.pid) };
+}
 
 async function measured<T>(workload: string, path: PathName, fn: () => Promise<T>): Promise<T> {
   const pids = relays[path];
@@ -278,11 +299,16 @@ async function main(): Promise<void> {
     tunnel: tower.endpoint,
   };
   relays = { direct: undefined, openssh: ssh.pids, tunnel: [tower.proxy.pid!, tower.agent.pid!] };
+  if (ONLY.has('floor')) {
+    const relay = start(process.execPath, [join(HERE, 'bench', 'relay.ts'), String(upstreamPort), pki.files.ca, pki.files.cert, pki.files.key, pki.files.ccert, pki.files.ckey]);
+    const port = Number((await waitOutput(relay, /^(\d+)$/m))[1]);
+    floor = { pid: relay.pid!, ep: { host: '127.0.0.1', port, prefix: '', ...clientTls }, bulk: [], small: {} };
+  }
   log(`upstream :${upstreamPort}, ssh -L :${ssh.endpoint.port}, gateway :${tower.gatewayPort}; ${QUICK ? 'quick run' : 'full run'}`);
 
   const memory: Extra['memory'] = { start: await idleMemory(true) };
-  if (ONLY.has('bulk')) await bulkWorkload(eps);
-  if (ONLY.has('small')) await smallWorkload(eps);
+  if (ONLY.has('bulk') || ONLY.has('floor')) await bulkWorkload(eps);
+  if (ONLY.has('small') || ONLY.has('floor')) await smallWorkload(eps);
   const hops = ONLY.has('hops') ? await hopsWorkload(eps, {
     openssh: { entry: ssh.endpoint.port, middle: ssh.sshdPort, upstream: upstreamPort, middleListensAtEntry: false },
     tunnel: { entry: tower.gatewayPort, middle: tower.agentPort, upstream: upstreamPort, middleListensAtEntry: true },
@@ -318,6 +344,7 @@ async function idleMemory(withRuntime: boolean, waitMs = IDLE_MEMORY_WAIT_MS): P
   const [proxy, agent] = relays.tunnel!;
   const [ssh, sshd] = relays.openssh!;
   const out: Record<string, Resident> = { proxy: resident(proxy), agent: resident(agent), ssh: resident(ssh), sshd: resident(sshd) };
+  if (floor) out.relay = resident(floor.pid);
   if (runtime) {
     out.runtime = resident(runtime.pid!);
     runtime.kill('SIGTERM');
@@ -348,6 +375,11 @@ async function bulkWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
       if (r.bytes !== BULK_BYTES) throw new Error(`bulk on ${p}: ${r.bytes} of ${BULK_BYTES} bytes`);
       bulk[p].push(r.bytes / 1e6 / r.seconds);
     }
+    if (floor) {
+      const f = await onFloor(floor, () => curlBulk(floor!.ep, `/bulk?bytes=${BULK_BYTES}`));
+      if (f.r.bytes !== BULK_BYTES) throw new Error(`bulk through the Node relay: ${f.r.bytes} of ${BULK_BYTES} bytes`);
+      floor.bulk.push({ mbps: f.r.bytes / 1e6 / f.r.seconds, cpu: f.cpu, peak: f.peak });
+    }
   }
   rows.push({ workload: 'bulk', figure: `GET ${BULK_BYTES / 2 ** 20} MiB (curl), median of ${BULK_RUNS}`, unit: 'MB/s', better: 'higher', values: Object.fromEntries(PATHS.map((p) => [p, median(bulk[p])])) });
   const node = await load(eps.direct, { mode: 'bulk', path: `/bulk?bytes=${BULK_BYTES}` });
@@ -358,6 +390,11 @@ async function smallWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
   for (const c of [1, 64]) {
     const res: Partial<Record<PathName, Record<string, number>>> = {};
     for (const p of PATHS) res[p] = await measured(`small c=${c}`, p, () => load(eps[p], { mode: 'small', path: '/small', concurrency: c, seconds: SMALL_SECONDS }));
+    smallCounts[c] = Object.fromEntries(PATHS.map((p) => [p, res[p]!.requests!]));
+    if (floor) {
+      const f = await onFloor(floor, () => load(floor!.ep, { mode: 'small', path: '/small', concurrency: c, seconds: SMALL_SECONDS }));
+      floor.small[c] = { rps: f.r.requests! / f.r.seconds!, p50: f.r.p50!, p99: f.r.p99!, cpuUs: (f.cpu * 1e6) / f.r.requests! };
+    }
     const pick = (k: string) => Object.fromEntries(PATHS.map((p) => [p, k === 'rps' ? res[p]!.requests! / res[p]!.seconds! : res[p]![k]!]));
     rows.push({ workload: `small c=${c}`, figure: 'requests/s', unit: 'req/s', better: 'higher', values: pick('rps') });
     rows.push({ workload: `small c=${c}`, figure: 'p50 latency', unit: 'ms', better: 'lower', values: pick('p50') });
@@ -726,6 +763,57 @@ interface Extra {
   replicas?: Awaited<ReturnType<typeof replicasWorkload>>;
 }
 
+/**
+ * The floor table: one minimal Node HTTPS relay beside OpenSSH's two processes and tower's two, from
+ * the same run. Where tower's figure is near the relay's, tower's hop costs what any HTTP-aware hop on
+ * its runtime does, and a goal beyond the relay's figure is beyond the runtime's.
+ */
+function floorTable(usage: Map<string, Usage>, fmt: (v?: number) => string, ratio: (a?: number, b?: number) => string): string[] {
+  const f = floor!;
+  const row = (w: string, p: PathName) => usage.get(`${w}|${p}`);
+  const value = (w: string, figure: string, p: PathName) => rows.find((r) => r.workload === w && r.figure.startsWith(figure))?.values[p];
+  /** CPU per request of both relaying processes, µs: [sum, first, second] */
+  const perRequest = (c: number, p: PathName): [number, number, number] | undefined => {
+    const u = row(`small c=${c}`, p);
+    const n = smallCounts[c]?.[p];
+    return u && n ? [((u.cpuA + u.cpuB) * 1e6) / n, (u.cpuA * 1e6) / n, (u.cpuB * 1e6) / n] : undefined;
+  };
+  const perGiB = (p: PathName): [number, number, number] | undefined => {
+    const u = row('bulk', p);
+    const gib = (BULK_RUNS * BULK_BYTES) / 2 ** 30;
+    return u ? [(u.cpuA + u.cpuB) / gib, u.cpuA / gib, u.cpuB / gib] : undefined;
+  };
+  const split = (v?: [number, number, number]) => (v ? `${fmt(v[0])} (${fmt(v[1])} + ${fmt(v[2])})` : '–');
+  const bulkMed = f.bulk.length ? median(f.bulk.map((b) => b.mbps)) : undefined;
+  const relayGiB = f.bulk.length ? f.bulk.reduce((a, b) => a + b.cpu, 0) / ((f.bulk.length * BULK_BYTES) / 2 ** 30) : undefined;
+  const relayPeak = f.bulk.length ? Math.max(...f.bulk.map((b) => b.peak)) : undefined;
+  const peak = (p: PathName) => { const u = row('bulk', p); return u ? Math.max(u.peakA, u.peakB) : undefined; };
+  const lines = [
+    '| one HTTP-aware hop on Node 24 (floor): a minimal Node HTTPS relay, one process | openssh (ssh + sshd) | Node relay | tower (proxy + agent) | Node relay/openssh | tower/openssh |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  const line = (figure: string, o: number | undefined, n: number | undefined, t: number | undefined, oCell = fmt(o), tCell = fmt(t)) =>
+    lines.push(`| ${figure} | ${oCell} | ${fmt(n)} | ${tCell} | ${ratio(n, o)} | ${ratio(t, o)} |`);
+  for (const c of [1, 64]) {
+    const s = f.small[c];
+    if (!s) continue;
+    if (c === 64) line(`small c=${c}, requests/s`, value(`small c=${c}`, 'requests/s', 'openssh'), s.rps, value(`small c=${c}`, 'requests/s', 'tunnel'));
+    line(`small c=${c}, p50 latency, ms`, value(`small c=${c}`, 'p50', 'openssh'), s.p50, value(`small c=${c}`, 'p50', 'tunnel'));
+    line(`small c=${c}, p99 latency, ms`, value(`small c=${c}`, 'p99', 'openssh'), s.p99, value(`small c=${c}`, 'p99', 'tunnel'));
+    const o = perRequest(c, 'openssh');
+    const t = perRequest(c, 'tunnel');
+    line(`small c=${c}, CPU per request, µs (all relaying processes)`, o?.[0], s.cpuUs, t?.[0], split(o), split(t));
+  }
+  if (bulkMed !== undefined) {
+    line(`bulk ${BULK_BYTES / 2 ** 20} MiB, MB/s (median of ${f.bulk.length})`, value('bulk', 'GET', 'openssh'), bulkMed, value('bulk', 'GET', 'tunnel'));
+    const o = perGiB('openssh');
+    const t = perGiB('tunnel');
+    line('bulk, CPU s per GiB (all relaying processes)', o?.[0], relayGiB, t?.[0], split(o), split(t));
+    line('bulk, peak RSS of the largest relaying process, MiB', peak('openssh'), relayPeak, peak('tunnel'));
+  }
+  return lines;
+}
+
 function report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
@@ -748,12 +836,13 @@ function report({ memory, hops, soak, idle, scale, clusters, outage, metrics, re
   }
   for (const u of merged.values()) lines.push(`| ${u.workload} | ${u.path} | ${fmt(u.cpuA)} | ${fmt(u.cpuB)} | ${fmt(u.peakA)} | ${fmt(u.peakB)} |`);
   lines.push('');
+  if (floor) lines.push(...floorTable(merged, fmt, ratio), '');
   if (memory) {
     const cell = (m?: Resident) => (m ? `${fmt(m.rss)} (${fmt(m.anon)} + ${fmt(m.file)}), ${m.fds} fds` : '–');
     // after the workloads the proxy's pool still holds idle channels (each an upstream TLS connection at the agent) for 90 s
     lines.push(`| resident memory, MiB: all (anonymous + file-backed), open descriptors | idle, before any request | idle ${LOADED_MEMORY_WAIT_MS / 1000} s after the bulk, small, hops and watch workloads (pooled connections open) |`);
     lines.push('| --- | ---: | ---: |');
-    for (const [k, label] of [['proxy', 'tower proxy'], ['agent', 'tower agent'], ['ssh', 'ssh'], ['sshd', 'sshd (the relaying process)'], ['runtime', 'Node 24 running nothing (the runtime tower is packed with)']] as const) {
+    for (const [k, label] of [['proxy', 'tower proxy'], ['agent', 'tower agent'], ['ssh', 'ssh'], ['sshd', 'sshd (the relaying process)'], ['relay', 'one minimal Node HTTPS relay (the floor workload)'], ['runtime', 'Node 24 running nothing (the runtime tower is packed with)']] as const) {
       if (memory.start[k]) lines.push(`| ${label} | ${cell(memory.start[k])} | ${cell(memory.loaded?.[k])} |`);
     }
     lines.push('');
