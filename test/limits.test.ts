@@ -119,6 +119,14 @@ describe('failed logins slow strangers down, and never keep a correct token out'
     assert.equal(await answer('127.0.0.2'), 'HTTP/1.1 429 Too Many Requests');
     assert.equal(await answer('127.0.0.3'), 'HTTP/1.1 101 Switching Protocols');
     await stack.proxy!.waitFor(/too many agent handshakes in progress from this address/);
+    // a crowd redialing is refused over and over: one line, then one count per window, not a line each
+    const from = stack.proxy!.output.length;
+    const again = await Promise.all(Array.from({ length: 20 }, () => answer('127.0.0.2')));
+    assert.deepEqual([...new Set(again)], ['HTTP/1.1 429 Too Many Requests']);
+    const summary = await stack.proxy!.waitFor(/refused agent connections why="too many agent handshakes in progress from this address; retry later" refused=(\d+) inLast=10s/, 15_000, from);
+    assert.equal(Number(summary[1]), 20);
+    const lines = stack.proxy!.output.slice(from).split('\n').filter((l) => l.includes('refused an agent connection'));
+    assert.deepEqual(lines, [], 'the repeated refusals were counted, not logged one by one');
   });
 });
 

@@ -54,6 +54,48 @@ export class Logger {
   }
 }
 
+/**
+ * What strangers can make happen thousands of times a second (refused connections): said once as it
+ * happens, then as one count per window while it goes on, so that a crowd of agents redialing after
+ * an outage does not bury the log. The metrics still count every one.
+ */
+export class RepeatedEvents {
+  #windowMs: number;
+  #open = new Map<string, { count: number; timer: NodeJS.Timeout }>();
+
+  constructor(windowMs: number) {
+    this.#windowMs = windowMs;
+  }
+
+  /** `first` now, when no window of `key` is open; else counted, and `summary(count)` when its window ends */
+  note(key: string, first: () => void, summary: (count: number, windowSeconds: number) => void): void {
+    const open = this.#open.get(key);
+    if (open) { open.count++; return; }
+    first();
+    this.#arm(key, summary);
+  }
+
+  #arm(key: string, summary: (count: number, windowSeconds: number) => void): void {
+    const w = {
+      count: 0,
+      timer: setTimeout(() => {
+        this.#open.delete(key);
+        if (w.count === 0) return;
+        summary(w.count, this.#windowMs / 1000);
+        // still going on: the next ones are counted, not said one by one
+        this.#arm(key, summary);
+      }, this.#windowMs),
+    };
+    w.timer.unref();
+    this.#open.set(key, w);
+  }
+
+  close(): void {
+    for (const w of this.#open.values()) clearTimeout(w.timer);
+    this.#open.clear();
+  }
+}
+
 /** values from peers (names, paths, error texts) are cut here, so one cannot flood or forge log lines */
 export const MAX_FIELD_CHARS = 512;
 

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { Logger } from '../observe/log.ts';
+import { RepeatedEvents, type Logger } from '../observe/log.ts';
 import { FEATURES_HEADER, HELD_HEADER, OFFERED_FEATURES, SERVER_ID_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import type { AgentSession, Authorizer, TunnelServer } from '../tunnel/server.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
@@ -22,6 +22,7 @@ const MAX_PENDING_CONNECTIONS_PER_ADDRESS = 1024;
 /** SSH packets are at most 35 000 bytes; Go writes one message per packet */
 export const MAX_MESSAGE_BYTES = 256 * 1024;
 export const WS_PING_INTERVAL_MS = 30_000;
+const REFUSAL_LOG_WINDOW_MS = 10_000;
 const FEATURES_LINE = `${FEATURES_HEADER}: ${OFFERED_FEATURES.join(',')}`;
 
 export interface AgentEndpointOptions {
@@ -54,6 +55,8 @@ export class AgentEndpoint {
   /** WebSocket handshakes in progress, up to SSH and `config` */
   #pending = new AddressCounts(MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_ADDRESS);
   #logins = new LoginLimiter();
+  /** a crowd redialing after an outage is refused thousands of times: said once per reason and window */
+  #refusals = new RepeatedEvents(REFUSAL_LOG_WINDOW_MS);
   #guard: ConnectionGuard;
   #pinger: NodeJS.Timeout;
   #alive = new WeakSet<WebSocket>();
@@ -114,6 +117,7 @@ export class AgentEndpoint {
 
   close(): Promise<void> {
     clearInterval(this.#pinger);
+    this.#refusals.close();
     this.#guard.close();
     for (const ws of this.#wss.clients) ws.terminate();
     this.#wss.close();
@@ -133,7 +137,8 @@ export class AgentEndpoint {
     socket.on('error', () => socket.destroy());
     const refuse = (status: number, text: string, why: string, result: HandshakeResult = status === 400 ? 'failed' : 'limited') => {
       this.#opts.metrics?.handshakes.inc({ result });
-      this.#log.warn('refused an agent connection', { remote, why });
+      this.#refusals.note(why, () => this.#log.warn('refused an agent connection', { remote, why }),
+        (refused, seconds) => this.#log.warn('refused agent connections', { why, refused, inLast: `${seconds}s` }));
       socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n${why}\n`);
       socket.destroy();
     };

@@ -2,7 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Server as HttpServer } from 'node:http';
 import { Server as TlsServer } from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../observe/log.ts';
+import { RepeatedEvents, type Logger } from '../observe/log.ts';
 
 /** a refusal summary at most this often: a flood must not flood the log too */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
@@ -61,8 +61,7 @@ export class ConnectionGuard {
   /** "address:port" of each counted connection → its address */
   #counted = new Map<string, string>();
   #deadlines = new WeakMap<Duplex, NodeJS.Timeout>();
-  #refused = 0;
-  #refusalLog: NodeJS.Timeout | undefined;
+  #refusals = new RepeatedEvents(REFUSAL_LOG_INTERVAL_MS);
 
   constructor(opts: ConnectionGuardOptions) {
     this.#opts = opts;
@@ -164,22 +163,13 @@ export class ConnectionGuard {
   }
 
   close(): void {
-    clearTimeout(this.#refusalLog);
+    this.#refusals.close();
   }
 
   #noteRefusal(which: string): void {
-    this.#refused++;
-    if (this.#refusalLog) return;
-    this.#opts.log.warn(`refused a connection on the ${this.#opts.what}: too many connections (${which} cap)`, {
+    this.#refusals.note('cap', () => this.#opts.log.warn(`refused a connection on the ${this.#opts.what}: too many connections (${which} cap)`, {
       total: this.#counts.total, maxTotal: this.#opts.maxTotal, maxPerAddress: this.#opts.maxPerAddress,
-    });
-    this.#refused = 0;
-    this.#refusalLog = setTimeout(() => {
-      this.#refusalLog = undefined;
-      if (this.#refused > 0) this.#opts.log.warn(`refused connections on the ${this.#opts.what}: too many connections`, { refused: this.#refused, inLast: `${REFUSAL_LOG_INTERVAL_MS / 1000}s` });
-      this.#refused = 0;
-    }, REFUSAL_LOG_INTERVAL_MS);
-    this.#refusalLog.unref();
+    }), (refused, seconds) => this.#opts.log.warn(`refused connections on the ${this.#opts.what}: too many connections`, { refused, inLast: `${seconds}s` }));
   }
 }
 
