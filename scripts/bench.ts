@@ -164,22 +164,19 @@ let floor: Floor | undefined;
 /** requests answered in each small run, by concurrency and path (for CPU per request) */
 const smallCounts: Record<number, Partial<Record<PathName, number>>> = {};
 
-/** The relay's share of a workload: the load's result, its CPU seconds and peak RSS. */
-async function onFloor<T>(f: Floor, fn: () => Promise<T>): Promise<{ r: T; cpu: number; peak: number }> {
-  resetPeak(f.pid);
-  const cpu0 = cpuSeconds(f.pid);
+/** `fn`'s result with the CPU seconds and peak RSS (MiB) that each of `pids` spent on it */
+async function sampled<T>(pids: number[], fn: () => Promise<T>): Promise<{ r: T; cpu: number[]; peak: number[] }> {
+  for (const p of pids) resetPeak(p);
+  const cpu0 = pids.map(cpuSeconds);
   const r = await fn();
-  return { r, cpu: cpuSeconds(f.pid) - cpu0, peak: peakMiB(f.pid) };
+  return { r, cpu: pids.map((p, i) => cpuSeconds(p) - cpu0[i]!), peak: pids.map(peakMiB) };
 }
 
 async function measured<T>(workload: string, path: PathName, fn: () => Promise<T>): Promise<T> {
   const pids = relays[path];
-  if (pids) for (const p of pids) resetPeak(p);
-  const cpu0 = pids?.map(cpuSeconds);
-  const r = await fn();
-  if (pids && cpu0) {
-    usage.push({ workload, path, cpuA: cpuSeconds(pids[0]) - cpu0[0]!, cpuB: cpuSeconds(pids[1]) - cpu0[1]!, peakA: peakMiB(pids[0]), peakB: peakMiB(pids[1]) });
-  }
+  if (!pids) return fn();
+  const { r, cpu, peak } = await sampled(pids, fn);
+  usage.push({ workload, path, cpuA: cpu[0]!, cpuB: cpu[1]!, peakA: peak[0]!, peakB: peak[1]! });
   return r;
 }
 
@@ -376,9 +373,9 @@ async function bulkWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
       bulk[p].push(r.bytes / 1e6 / r.seconds);
     }
     if (floor) {
-      const f = await onFloor(floor, () => curlBulk(floor!.ep, `/bulk?bytes=${BULK_BYTES}`));
+      const f = await sampled([floor.pid], () => curlBulk(floor!.ep, `/bulk?bytes=${BULK_BYTES}`));
       if (f.r.bytes !== BULK_BYTES) throw new Error(`bulk through the Node relay: ${f.r.bytes} of ${BULK_BYTES} bytes`);
-      floor.bulk.push({ mbps: f.r.bytes / 1e6 / f.r.seconds, cpu: f.cpu, peak: f.peak });
+      floor.bulk.push({ mbps: f.r.bytes / 1e6 / f.r.seconds, cpu: f.cpu[0]!, peak: f.peak[0]! });
     }
   }
   rows.push({ workload: 'bulk', figure: `GET ${BULK_BYTES / 2 ** 20} MiB (curl), median of ${BULK_RUNS}`, unit: 'MB/s', better: 'higher', values: Object.fromEntries(PATHS.map((p) => [p, median(bulk[p])])) });
@@ -392,8 +389,8 @@ async function smallWorkload(eps: Record<PathName, Endpoint>): Promise<void> {
     for (const p of PATHS) res[p] = await measured(`small c=${c}`, p, () => load(eps[p], { mode: 'small', path: '/small', concurrency: c, seconds: SMALL_SECONDS }));
     smallCounts[c] = Object.fromEntries(PATHS.map((p) => [p, res[p]!.requests!]));
     if (floor) {
-      const f = await onFloor(floor, () => load(floor!.ep, { mode: 'small', path: '/small', concurrency: c, seconds: SMALL_SECONDS }));
-      floor.small[c] = { rps: f.r.requests! / f.r.seconds!, p50: f.r.p50!, p99: f.r.p99!, cpuUs: (f.cpu * 1e6) / f.r.requests! };
+      const f = await sampled([floor.pid], () => load(floor!.ep, { mode: 'small', path: '/small', concurrency: c, seconds: SMALL_SECONDS }));
+      floor.small[c] = { rps: f.r.requests! / f.r.seconds!, p50: f.r.p50!, p99: f.r.p99!, cpuUs: (f.cpu[0]! * 1e6) / f.r.requests! };
     }
     const pick = (k: string) => Object.fromEntries(PATHS.map((p) => [p, k === 'rps' ? res[p]!.requests! / res[p]!.seconds! : res[p]![k]!]));
     rows.push({ workload: `small c=${c}`, figure: 'requests/s', unit: 'req/s', better: 'higher', values: pick('rps') });
