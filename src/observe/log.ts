@@ -63,7 +63,8 @@ export class RepeatedEvents {
   #windowMs: number;
   #open = new Map<string, { count: number; timer: NodeJS.Timeout }>();
 
-  constructor(windowMs: number) {
+  /** a count at most this often: a flood must not flood the log too */
+  constructor(windowMs = 10_000) {
     this.#windowMs = windowMs;
   }
 

@@ -22,7 +22,6 @@ const MAX_PENDING_CONNECTIONS_PER_ADDRESS = 1024;
 /** SSH packets are at most 35 000 bytes; Go writes one message per packet */
 export const MAX_MESSAGE_BYTES = 256 * 1024;
 export const WS_PING_INTERVAL_MS = 30_000;
-const REFUSAL_LOG_WINDOW_MS = 10_000;
 const FEATURES_LINE = `${FEATURES_HEADER}: ${OFFERED_FEATURES.join(',')}`;
 
 export interface AgentEndpointOptions {
@@ -56,7 +55,7 @@ export class AgentEndpoint {
   #pending = new AddressCounts(MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_ADDRESS);
   #logins = new LoginLimiter();
   /** a crowd redialing after an outage is refused thousands of times: said once per reason and window */
-  #refusals = new RepeatedEvents(REFUSAL_LOG_WINDOW_MS);
+  #refusals = new RepeatedEvents();
   #guard: ConnectionGuard;
   #pinger: NodeJS.Timeout;
   #alive = new WeakSet<WebSocket>();
@@ -131,14 +130,22 @@ export class AgentEndpoint {
     res.end('404 page not found\n');
   }
 
+  /**
+   * Logs a refusal (once per reason and window, then counts). A method of its own: the count's
+   * closure lives as long as refusals go on, and must not hold the first refused socket and request.
+   */
+  #sayRefused(why: string, remote: string): void {
+    this.#refusals.note(why, () => this.#log.warn('refused an agent connection', { remote, why }),
+      (refused, seconds) => this.#log.warn('refused agent connections', { why, refused, inLast: `${seconds}s` }));
+  }
+
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#guard.seen(socket);
     const remote = remoteOf(socket);
     socket.on('error', () => socket.destroy());
     const refuse = (status: number, text: string, why: string, result: HandshakeResult = status === 400 ? 'failed' : 'limited') => {
       this.#opts.metrics?.handshakes.inc({ result });
-      this.#refusals.note(why, () => this.#log.warn('refused an agent connection', { remote, why }),
-        (refused, seconds) => this.#log.warn('refused agent connections', { why, refused, inLast: `${seconds}s` }));
+      this.#sayRefused(why, remote);
       socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n${why}\n`);
       socket.destroy();
     };

@@ -4,8 +4,6 @@ import { Server as TlsServer } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { RepeatedEvents, type Logger } from '../observe/log.ts';
 
-/** a refusal summary at most this often: a flood must not flood the log too */
-const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 export interface ConnectionGuardOptions {
   /** connections counted at once, in total and per remote address */
@@ -61,7 +59,7 @@ export class ConnectionGuard {
   /** "address:port" of each counted connection → its address */
   #counted = new Map<string, string>();
   #deadlines = new WeakMap<Duplex, NodeJS.Timeout>();
-  #refusals = new RepeatedEvents(REFUSAL_LOG_INTERVAL_MS);
+  #refusals = new RepeatedEvents();
 
   constructor(opts: ConnectionGuardOptions) {
     this.#opts = opts;
