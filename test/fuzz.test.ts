@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import WebSocket from 'ws';
 import { parse } from 'yaml';
-import { AuthorizationInjector } from '../src/agent/authorization.ts';
+import { ExchangeViolation, HttpExchange } from '../src/agent/exchange.ts';
 import { decodeConfig, ProtocolError } from '../src/tunnel/protocol.ts';
 import { kubectl, Stack } from './support/stack.ts';
 import { TestUpstream } from './support/upstream.ts';
@@ -53,7 +53,7 @@ describe('the config payload, fuzzed', () => {
   });
 });
 
-describe('the agent\'s Authorization injector, fuzzed', () => {
+describe('the agent\'s HTTP exchange: requests, fuzzed', () => {
   const token = fc.string({ minLength: 1, maxLength: 16 }).map((s) => Buffer.from(s).toString('hex'));
   const body = fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b));
   const message = fc.record({
@@ -90,23 +90,134 @@ describe('the agent\'s Authorization injector, fuzzed', () => {
           framed = m.body;
         }
         const kept = headers.filter((h) => !/^authorization:/i.test(h));
-        wire.push(Buffer.from(headers.join('\r\n') + '\r\n\r\n'), framed);
+        wire.push(Buffer.concat([Buffer.from(headers.join('\r\n') + '\r\n\r\n'), framed]));
         expected.push(Buffer.from(kept.join('\r\n') + `\r\nAuthorization: Bearer ${tok}\r\n\r\n`), framed);
       }
-      const all = Buffer.concat(wire);
       const out: Buffer[] = [];
+      const answers: Buffer[] = [];
       // copies: a pushed slice of the input must stay what it was when pushed
-      const inject = new AuthorizationInjector(`Bearer ${tok}`, (b) => out.push(Buffer.from(b)));
-      let at = 0;
-      for (let i = 0; at < all.length; i++) {
-        const n = cuts[i % cuts.length]!;
-        inject.feed(all.subarray(at, at + n));
-        at += n;
+      const exchange = new HttpExchange({ authorization: `Bearer ${tok}`, toMember: (b) => out.push(Buffer.from(b)), toProxy: (b) => answers.push(Buffer.from(b)) });
+      // one request at a time: each is answered before the next is sent, as the proxy's HTTP client does
+      let c = 0;
+      for (const request of wire) {
+        for (let at = 0; at < request.length; c++) {
+          const n = cuts[c % cuts.length]!;
+          exchange.fromProxy(request.subarray(at, at + n));
+          at += n;
+        }
+        exchange.fromMember(ANSWER);
       }
       assert.deepEqual(Buffer.concat(out), Buffer.concat(expected));
+      assert.deepEqual(Buffer.concat(answers), Buffer.concat(wire.map(() => ANSWER)));
+    }), settings(500, 20_000));
+  });
+
+  test('a byte of a next request before the previous answer has ended is a violation, and nothing of it is forwarded', () => {
+    fc.assert(fc.property(fc.array(message, { minLength: 2, maxLength: 4 }), fc.integer({ min: 1, max: 97 }), fc.nat({ max: ANSWER.length - 1 }), (messages, cut, answered) => {
+      const bytes = messages.map((m) => Buffer.concat([Buffer.from(`${m.method} ${m.path} HTTP/1.1\r\nHost: member\r\nContent-Length: ${m.body.length}\r\n\r\n`), m.body]));
+      const toMember: Buffer[] = [];
+      const exchange = new HttpExchange({ toMember: (b) => toMember.push(Buffer.from(b)), toProxy: () => undefined });
+      const feed = (b: Buffer) => { for (let at = 0; at < b.length; at += cut) exchange.fromProxy(b.subarray(at, at + cut)); };
+      feed(bytes[0]!);
+      // the first answer has begun, or not, but has not ended
+      if (answered > 0) exchange.fromMember(ANSWER.subarray(0, answered));
+      assert.throws(() => feed(Buffer.concat(bytes.slice(1))), ExchangeViolation);
+      assert.deepEqual(Buffer.concat(toMember), bytes[0], 'the first request reached the member, and not one byte more');
     }), settings(500, 20_000));
   });
 });
+
+describe('the agent\'s HTTP exchange: answers, fuzzed', () => {
+  const answer = fc.record({
+    head: fc.boolean(),
+    interim: fc.constantFrom('', 'HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n'),
+    code: fc.constantFrom(200, 201, 204, 304, 403, 500),
+    body: fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)),
+    chunked: fc.boolean(),
+    chunks: fc.array(fc.integer({ min: 1, max: 64 }), { maxLength: 5 }),
+  });
+  /** an answer as a member frames it, with what its request's method and its code allow */
+  const frame = (a: { head: boolean; interim: string; code: number; body: Buffer; chunked: boolean; chunks: number[] }) => {
+    const bodiless = a.head || a.code === 204 || a.code === 304;
+    const body = bodiless ? Buffer.alloc(0) : a.body;
+    if (!a.chunked) return Buffer.concat([Buffer.from(`${a.interim}HTTP/1.1 ${a.code} X\r\nContent-Length: ${a.head ? a.body.length : body.length}\r\n\r\n`), body]);
+    const parts: Buffer[] = [Buffer.from(`${a.interim}HTTP/1.1 ${a.code} X\r\nTransfer-Encoding: chunked\r\n\r\n`)];
+    if (!bodiless) {
+      let at = 0;
+      for (const n of a.chunks) {
+        const piece = body.subarray(at, at + n);
+        if (piece.length === 0) break;
+        parts.push(Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n'));
+        at += piece.length;
+      }
+      if (at < body.length) parts.push(Buffer.from(`${(body.length - at).toString(16)};ext=1\r\n`), body.subarray(at), Buffer.from('\r\n'));
+      parts.push(Buffer.from('0\r\nX-Trailer: t\r\n\r\n'));
+    }
+    return Buffer.concat(parts);
+  };
+
+  test('answers of every framing pass through unchanged however cut, and each ends where the member framed it: the next request is then taken', () => {
+    fc.assert(fc.property(fc.array(answer, { minLength: 1, maxLength: 5 }), fc.integer({ min: 1, max: 97 }), (answers, cut) => {
+      const toProxy: Buffer[] = [];
+      const toMember: Buffer[] = [];
+      const exchange = new HttpExchange({ toMember: (b) => toMember.push(Buffer.from(b)), toProxy: (b) => toProxy.push(Buffer.from(b)) });
+      const sent: Buffer[] = [];
+      for (const [i, a] of answers.entries()) {
+        const request = Buffer.from(`${a.head ? 'HEAD' : 'GET'} /r${i} HTTP/1.1\r\nHost: m\r\n\r\n`);
+        exchange.fromProxy(request);
+        const bytes = frame(a);
+        for (let at = 0; at < bytes.length; at += cut) exchange.fromMember(bytes.subarray(at, at + cut));
+        sent.push(bytes);
+      }
+      assert.deepEqual(Buffer.concat(toProxy), Buffer.concat(sent));
+      assert.equal(exchange.requests, answers.length);
+    }), settings(500, 20_000));
+  });
+
+  test('a byte past an answer\'s end, before a request, is a violation: the member answers no one else\'s request', () => {
+    fc.assert(fc.property(answer, fc.uint8Array({ minLength: 1, maxLength: 40 }), (a, extra) => {
+      const exchange = new HttpExchange({ toMember: () => undefined, toProxy: () => undefined });
+      exchange.fromProxy(Buffer.from(`${a.head ? 'HEAD' : 'GET'} / HTTP/1.1\r\nHost: m\r\n\r\n`));
+      assert.throws(() => exchange.fromMember(Buffer.concat([frame(a), Buffer.from(extra)])), ExchangeViolation);
+    }), settings(300, 10_000));
+  });
+
+  test('framing two readers could read two ways is a violation, both ways', () => {
+    const request = (headers: string) => () => new HttpExchange({ toMember: () => undefined, toProxy: () => undefined }).fromProxy(Buffer.from(`POST / HTTP/1.1\r\nHost: m\r\n${headers}\r\n`));
+    for (const h of [
+      'Content-Length: 3\r\nTransfer-Encoding: chunked\r\n', 'Transfer-Encoding: identity, chunked\r\n', 'Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n',
+      'Content-Length: 3\r\nContent-Length: 4\r\n', 'Content-Length: +3\r\n', 'X-A: b\r\n folded\r\n', 'X-A : b\r\n', 'Connection: upgrade\r\nUpgrade: x\r\nContent-Length: 1\r\n',
+    ]) assert.throws(request(h), ExchangeViolation, h);
+    const answered = (head: string) => () => {
+      const e = new HttpExchange({ toMember: () => undefined, toProxy: () => undefined });
+      e.fromProxy(Buffer.from('GET / HTTP/1.1\r\nHost: m\r\n\r\n'));
+      e.fromMember(Buffer.from(head));
+    };
+    for (const h of ['HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n', 'HTTP/1.1 101 Switching Protocols\r\n\r\n', 'HTTP/2 200\r\n\r\n', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n']) assert.throws(answered(h), ExchangeViolation, h);
+  });
+
+  test('after an upgrade is switched, both ways carry any bytes; a refused upgrade ends its channel', () => {
+    const toMember: Buffer[] = [];
+    const toProxy: Buffer[] = [];
+    const e = new HttpExchange({ toMember: (b) => toMember.push(Buffer.from(b)), toProxy: (b) => toProxy.push(Buffer.from(b)) });
+    const upgrade = 'GET /exec HTTP/1.1\r\nHost: m\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n';
+    e.fromProxy(Buffer.from(upgrade));
+    assert.throws(() => new HttpExchange({ toMember: () => undefined, toProxy: () => undefined }).fromProxy(Buffer.from(upgrade + 'x')), ExchangeViolation, 'nothing before the 101');
+    e.fromMember(Buffer.from('HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\n\r\n\x00\x01'));
+    e.fromProxy(Buffer.from('GET /anything HTTP/1.1\r\n\r\n'));
+    assert.ok(e.tunnel);
+    assert.equal(Buffer.concat(toMember).toString('latin1'), upgrade + 'GET /anything HTTP/1.1\r\n\r\n');
+    assert.match(Buffer.concat(toProxy).toString('latin1'), /\x00\x01$/);
+    let done = false;
+    const refused = new HttpExchange({ toMember: () => undefined, toProxy: () => undefined, onDone: () => { done = true; } });
+    refused.fromProxy(Buffer.from(upgrade));
+    refused.fromMember(Buffer.from('HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno'));
+    assert.ok(done, 'the channel of a refused upgrade ends');
+  });
+});
+
+/** a whole answer, as the member sends it */
+const ANSWER = Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
 
 describe('a running proxy, fuzzed at both ports', () => {
   let stack: Stack;

@@ -8,7 +8,7 @@ import type { Logger } from '../observe/log.ts';
 import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
 import { CHANNEL_TYPE_TLS, decodeReplicaView, FEATURE_AUTH_AT_AGENT, FEATURE_REPLICAS, FEATURE_TLS_AT_AGENT, hostOf, MAX_CONTROL_LINE_BYTES, MAX_REPLICAS, normalizeHostPort, splitHostPort, UNAUTHORIZED, type ReplicaView } from '../tunnel/protocol.ts';
 import { VERSION } from '../version.ts';
-import { AuthorizationInjector } from './authorization.ts';
+import { ExchangeViolation, HttpExchange } from './exchange.ts';
 import type { Credentials } from './credentials.ts';
 import { dialWebSocket, HeldReplicaError, type ProxyConnection } from './dial.ts';
 
@@ -63,6 +63,8 @@ export interface AgentStats {
   reconnects: number;
   /** failed connection attempts, in total */
   failures: number;
+  /** channels closed because the proxy or the member broke HTTP/1.1 on them */
+  violations: number;
   /** bytes through ended sessions' connections; the live ones' are added when read */
   bytesRead: number;
   bytesWritten: number;
@@ -93,7 +95,7 @@ export class TowerAgent {
   #wake: (() => void) | undefined;
   #stopping = new AbortController();
   #channels = 0;
-  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
+  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0, violations: 0 };
 
   constructor(opts: AgentOptions) {
     // the command checks this with a friendlier message; here it holds for every caller
@@ -285,7 +287,9 @@ export class TowerAgent {
           reject();
           return;
         }
-        this.#pipe(hostPort, tls ? creds : undefined, tls ? authorization : undefined, accept, reject);
+        // the agent reads the HTTP of every channel it can see into: TLS made here, or plain to ks-apiserver
+        const http = tls || (hostPort === kubesphere && hostPort !== kubernetes);
+        this.#pipe(hostPort, tls ? creds : undefined, http ? { authorization: tls ? authorization : undefined } : undefined, accept, reject);
       },
     }).catch((err: Error) => {
       if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
@@ -295,30 +299,39 @@ export class TowerAgent {
     return fresh;
   }
 
-  /** JSON lines of ReplicaView; a line that is not one ends the control channel (the session stays). */
+  /**
+   * JSON lines of ReplicaView; a line that is not one ends the control channel (the session stays),
+   * and once it is closed nothing more it sent is acted on, not even lines that had arrived with it.
+   */
   #readControl(held: Held, channel: ClientChannel): void {
     let buffered = '';
+    let closed = false;
+    const close = (why: string, fields: Record<string, unknown>) => {
+      closed = true;
+      buffered = '';
+      this.#log.warn(why, { server: held.server, ...fields });
+      channel.destroy();
+    };
     channel.setEncoding('utf8');
     channel.on('error', () => undefined);
     channel.on('data', (d: string) => {
+      if (closed) return;
       buffered += d;
-      if (buffered.length > MAX_CONTROL_LINE_BYTES && !buffered.includes('\n')) {
-        this.#log.warn('the proxy sent a control line over the limit; control channel closed', { server: held.server, limit: MAX_CONTROL_LINE_BYTES });
-        channel.destroy();
-        return;
-      }
       let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
+      while (!closed && (nl = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, nl);
         buffered = buffered.slice(nl + 1);
+        if (line.length > MAX_CONTROL_LINE_BYTES) { close('the proxy sent a control line over the limit; control channel closed', { limit: MAX_CONTROL_LINE_BYTES }); return; }
+        let view: ReplicaView;
         try {
-          this.#onView(held, decodeReplicaView(line));
+          view = decodeReplicaView(line);
         } catch (err) {
-          this.#log.warn('the proxy sent a control message that is not one; control channel closed', { server: held.server, err: (err as Error).message });
-          channel.destroy();
+          close('the proxy sent a control message that is not one; control channel closed', { err: (err as Error).message });
           return;
         }
+        this.#onView(held, view);
       }
+      if (buffered.length > MAX_CONTROL_LINE_BYTES) close('the proxy sent a control line over the limit; control channel closed', { limit: MAX_CONTROL_LINE_BYTES });
     });
   }
 
@@ -326,7 +339,7 @@ export class TowerAgent {
    * Dials the upstream first (with TLS when `tls` holds its credentials), so that a dead upstream
    * refuses the channel instead of half-opening it.
    */
-  #pipe(hostPort: string, tls: Credentials | undefined, authorization: string | undefined, accept: () => ClientChannel, reject: () => void): void {
+  #pipe(hostPort: string, tls: Credentials | undefined, http: { authorization: string | undefined } | undefined, accept: () => ClientChannel, reject: () => void): void {
     const hp = splitHostPort(hostPort);
     if (!hp) { reject(); return; }
     this.#channels++;
@@ -357,9 +370,8 @@ export class TowerAgent {
       const ch = accept();
       upstream.on('error', () => ch.destroy());
       ch.on('error', () => upstream.destroy());
-      upstream.pipe(ch);
-      if (authorization) this.#pipeAuthorized(ch, upstream, authorization, hostPort);
-      else ch.pipe(upstream);
+      if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort);
+      else { upstream.pipe(ch); ch.pipe(upstream); }
       // an ssh2 channel that nobody reads never closes: end both together
       ch.once('close', () => { release(); upstream.destroy(); });
       upstream.once('close', () => { release(); ch.destroy(); });
@@ -367,19 +379,31 @@ export class TowerAgent {
   }
 
   /**
-   * ch → upstream as pipe() does (backpressure, end), with the member's credentials joining each
-   * request head here, never earlier. A head and the bytes after it leave in one write.
+   * Both ways as pipe() does (backpressure, end), through an HttpExchange: one request at a time,
+   * each answered in full before the next; the member's credentials join each request head here,
+   * never earlier. A head and the bytes after it leave in one write. A violation ends the channel.
    */
-  #pipeAuthorized(ch: ClientChannel, upstream: Socket, authorization: string, hostPort: string): void {
-    const inject = new AuthorizationInjector(authorization, (b) => { upstream.write(b); });
+  #pipeExchange(ch: ClientChannel, upstream: Socket, authorization: string | undefined, hostPort: string): void {
+    const exchange = new HttpExchange({
+      authorization,
+      toMember: (b) => { upstream.write(b); },
+      toProxy: (b) => { ch.write(b); },
+      onDone: () => { ch.end(); upstream.end(); },
+    });
+    const violated = (err: unknown) => {
+      if (!(err instanceof ExchangeViolation)) throw err;
+      this.#stats.violations++;
+      this.#log.warn('closed a channel that broke HTTP/1.1; nothing more of it was forwarded', { target: hostPort, err: err.message });
+      ch.destroy();
+      upstream.destroy();
+    };
     ch.on('data', (d: Buffer) => {
+      if (upstream.destroyed) return;
       upstream.cork();
       try {
-        inject.feed(d);
+        exchange.fromProxy(d);
       } catch (err) {
-        this.#log.warn('closed a channel whose requests are not HTTP/1.1', { target: hostPort, err: (err as Error).message });
-        ch.destroy();
-        upstream.destroy();
+        violated(err);
         return;
       } finally {
         upstream.uncork();
@@ -388,6 +412,21 @@ export class TowerAgent {
     });
     upstream.on('drain', () => ch.resume());
     ch.once('end', () => upstream.end());
+    upstream.on('data', (d: Buffer) => {
+      if (ch.destroyed) return;
+      try {
+        exchange.fromMember(d);
+      } catch (err) {
+        violated(err);
+        return;
+      }
+      if (ch.writableNeedDrain) upstream.pause();
+    });
+    ch.on('drain', () => upstream.resume());
+    upstream.once('end', () => {
+      try { exchange.memberEnded(); } catch (err) { violated(err); return; }
+      ch.end();
+    });
   }
 
   /** Keeps the session until it ends; returns why it ended. */

@@ -26,6 +26,7 @@ export class AgentHealth {
     new Gauge({ name: 'tower_agent_known_replicas', help: 'Proxy replicas the proxy says live (1 for a proxy that names none)', registers, collect() { this.set(stats()?.replicas ?? 0); } });
     new Counter({ name: 'tower_agent_reconnects_total', help: 'Sessions that ended and were dialed again', registers, collect() { this.reset(); this.inc(stats()?.reconnects ?? 0); } });
     new Counter({ name: 'tower_agent_connection_failures_total', help: 'Failed attempts to connect to the proxy', registers, collect() { this.reset(); this.inc(stats()?.failures ?? 0); } });
+    new Counter({ name: 'tower_agent_channel_violations_total', help: 'Channels closed because the proxy or the member broke HTTP/1.1 on them (a request before the previous answer ended, ambiguous framing)', registers, collect() { this.reset(); this.inc(stats()?.violations ?? 0); } });
     const agent = () => this.#agent;
     new Gauge({ name: 'tower_agent_channels_open', help: 'Channels the proxy holds open through this agent', registers, collect() { this.set(agent()?.channels ?? 0); } });
     new Counter({
