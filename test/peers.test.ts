@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:https';
 import { after, before, test } from 'node:test';
 import { Logger } from '../src/observe/log.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
-import { PEER_URI_PREFIX, Peers } from '../src/proxy/peers.ts';
+import { PEER_URI_PREFIX, Peers, PeerSignature } from '../src/proxy/peers.ts';
 import type { Replica, Replicas } from '../src/proxy/replicas.ts';
 
 const servers: Server[] = [];
@@ -49,11 +49,11 @@ test('hostile replicas count as holding no agent; the honest one is still found,
   ];
   const client = await ca.issueClient('tower-replica:self', [], 1, undefined, [`${PEER_URI_PREFIX}self`]);
   const quiet = new Logger();
-  const alone = new Peers({ replicas: replicasOf(hostile), tls: { ...client, caPem: ca.certPem }, log: quiet });
+  const alone = new Peers({ replicas: replicasOf(hostile), tls: { ...client, caPem: ca.certPem }, signature: new PeerSignature(ca.secret('test')), log: quiet });
   // the silent one ends at the lookup's own deadline, or this would not return
   assert.equal(await alone.sessionsElsewhere('alpha'), 0);
   assert.equal(await alone.find('alpha'), undefined);
-  const withHonest = new Peers({ replicas: replicasOf([...hostile, { id: 'honest', address: honest, draining: false }]), tls: { ...client, caPem: ca.certPem }, log: quiet });
+  const withHonest = new Peers({ replicas: replicasOf([...hostile, { id: 'honest', address: honest, draining: false }]), tls: { ...client, caPem: ca.certPem }, signature: new PeerSignature(ca.secret('test')), log: quiet });
   assert.equal((await withHonest.find('alpha'))?.id, 'honest');
   assert.equal(await withHonest.sessionsElsewhere('alpha'), 1);
   alone.close();

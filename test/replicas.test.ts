@@ -4,13 +4,17 @@
 import assert from 'node:assert/strict';
 import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { once } from 'node:events';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { Haproxy } from './support/haproxy.ts';
 import { condition, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
+import { CertificateAuthority } from '../src/pki/ca.ts';
+import { PEER_URI_PREFIX, PeerSignature } from '../src/proxy/peers.ts';
 import { kubectl } from './support/stack.ts';
 import { freePort, TowerProcess, waitUntil } from './support/tower.ts';
 
@@ -451,6 +455,63 @@ test('a stranger with a certificate that is not a replica\'s cannot use the peer
   });
   assert.equal(posing.status, 403, posing.body);
   assert.match(posing.body, /User \\?"nobody\\?" cannot list resource \\?"namespaces\\?"/);
+  for (const p of replicas.values()) assert.ok(p.running);
+});
+
+test('identity between replicas is bound to each request: a replica\'s certificate alone, a forged or replayed signature, or a second request before the first answer is refused', async () => {
+  // a connection that is a replica's as far as TLS goes (what a request smuggled onto one rides on), without the signing key
+  const secret = JSON.parse(await host.must(['-n', 'kubesphere-system', 'get', 'secret', 'tower-ca', '-o', 'json'])) as { data: Record<string, string> };
+  const pem = (k: string) => Buffer.from(secret.data[k]!, 'base64').toString('utf8');
+  const ca = await CertificateAuthority.load({ cert: pem('ca.crt'), key: pem('ca.key') }, 'test');
+  const peerCert = await ca.issueClient('tower-replica:intruder', [], 1, undefined, [`${PEER_URI_PREFIX}intruder`]);
+  const tls = { ca: ca.certPem, ...peerCert };
+  const path = '/api/v1/namespaces';
+  const masters = Buffer.from('{"user":"admin","groups":["system:masters"]}').toString('base64');
+  const posing = (extra: Record<string, string>) => ({ 'x-tower-peer-cluster': 'ha1', 'x-tower-peer-target': 'kubernetes', 'x-tower-peer-identity': masters, ...extra });
+  const post = (headers: Record<string, string>, body: string) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    httpsRequest({ host: ADDRESS.r1, port: gatewayPort, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers }, ...tls, agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => { text += d; }).on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    }).on('error', reject).end(body);
+  });
+  const namespace = (name: string) => JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+  const signer = new PeerSignature(ca.secret('peer-request-signature'));
+  const otherKey = new PeerSignature(Buffer.alloc(32, 7));
+  const signed = (s: PeerSignature, p: string, at?: number) => s.sign({ method: 'POST', path: p, cluster: 'ha1', target: 'kubernetes', identity: masters }, at);
+  const attempts: [string, Record<string, string>][] = [
+    ['no signature', {}],
+    ['a signature made with another key', { 'x-tower-peer-signature': signed(otherKey, path) }],
+    ['a signature of another request (replayed onto this one)', { 'x-tower-peer-signature': signed(signer, '/api/v1/namespaces/default/pods') }],
+    ['a signature of another identity', { 'x-tower-peer-signature': signed(signer, path), 'x-tower-peer-identity': Buffer.from('{"user":"admin2","groups":["system:masters"]}').toString('base64') }],
+    ['a signature ten minutes old', { 'x-tower-peer-signature': signed(signer, path, Date.now() - 600_000) }],
+  ];
+  for (const [what, headers] of attempts) {
+    const name = `peer-forged-${attempts.findIndex((a) => a[0] === what)}`;
+    const r = await post(posing(headers), namespace(name));
+    assert.equal(r.status, 403, `${what}: ${r.body}`);
+    assert.equal((await kubectl(member.kubeconfig, ['get', 'namespace', name])).code, 1, `${what}: the namespace was not created in the member`);
+  }
+  // the control: the same request signed with the replicas' key is a replica's word, and the member acts on it
+  const honest = await post(posing({ 'x-tower-peer-signature': signed(signer, path) }), namespace('peer-signed'));
+  assert.equal(honest.status, 201, honest.body);
+  await kubectl(member.kubeconfig, ['delete', 'namespace', 'peer-signed', '--wait=false']);
+
+  // two signed requests in one write: the second arrives before the first answer, and is not forwarded
+  const head = (name: string, sig: string) => {
+    const body = namespace(name);
+    return `POST ${path} HTTP/1.1\r\nHost: ${ADDRESS.r1}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nx-tower-peer-cluster: ha1\r\nx-tower-peer-target: kubernetes\r\nx-tower-peer-identity: ${masters}\r\nx-tower-peer-signature: ${sig}\r\n\r\n${body}`;
+  };
+  const socket = tlsConnect({ host: ADDRESS.r1, port: gatewayPort, ...tls, servername: undefined });
+  await once(socket, 'secureConnect');
+  let answer = '';
+  socket.setEncoding('utf8').on('data', (d: string) => { answer += d; });
+  socket.write(head('peer-piped-1', signed(signer, path)) + head('peer-piped-2', signed(signer, path)));
+  await Promise.race([once(socket, 'close'), new Promise((r) => setTimeout(r, 15_000))]);
+  assert.ok(socket.destroyed, 'the replica connection was closed');
+  assert.equal((await kubectl(member.kubeconfig, ['get', 'namespace', 'peer-piped-2'])).code, 1, 'the second request never reached the member');
+  assert.doesNotMatch(answer, /peer-piped-2/);
+  await kubectl(member.kubeconfig, ['delete', 'namespace', 'peer-piped-1', '--wait=false']);
+  assert.match(replicas.get('r1')!.output, /closed a replica connection that sent a request before the previous answer ended/);
   for (const p of replicas.values()) assert.ok(p.running);
 });
 

@@ -1,4 +1,4 @@
-import { createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
+import { createPrivateKey, hkdfSync, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
 import { TowerError } from '../errors.ts';
@@ -28,12 +28,20 @@ export class CertificateAuthority {
   readonly cert: x509.X509Certificate;
   #key: CryptoKey;
   #signAlg: Algorithm | EcdsaParams;
+  /** the key's PKCS#8 DER, from which secrets only the CA's holders share are derived */
+  #der: Buffer;
 
-  private constructor(certPem: string, cert: x509.X509Certificate, key: CryptoKey, signAlg: Algorithm | EcdsaParams) {
+  private constructor(certPem: string, cert: x509.X509Certificate, key: CryptoKey, signAlg: Algorithm | EcdsaParams, der: Buffer) {
     this.certPem = certPem;
     this.cert = cert;
     this.#key = key;
     this.#signAlg = signAlg;
+    this.#der = der;
+  }
+
+  /** A 32-byte secret for `purpose`, the same wherever this CA's key is loaded (HKDF-SHA256 of the key). */
+  secret(purpose: string): Buffer {
+    return Buffer.from(hkdfSync('sha256', this.#der, 'tower-ca', purpose, 32));
   }
 
   static async create(commonName = 'tower-ca'): Promise<KeyPairPem> {
@@ -90,7 +98,7 @@ export class CertificateAuthority {
       throw new TowerError('ECA', `the CA key from ${origin} is ${keyObj.asymmetricKeyType}; tower signs with RSA or ECDSA CA keys`);
     }
     const key = await webcrypto.subtle.importKey('pkcs8', der, importAlg, false, ['sign']);
-    return new CertificateAuthority(pair.cert, new x509.X509Certificate(pair.cert), key, signAlg);
+    return new CertificateAuthority(pair.cert, new x509.X509Certificate(pair.cert), key, signAlg, der);
   }
 
   /** A TLS server certificate for the given host names and addresses. */

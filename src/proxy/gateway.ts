@@ -28,6 +28,11 @@ export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1_000;
 /** agents tried for one request without a body before the gateway answers 502 */
 const MAX_ATTEMPTS = 3;
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
+/**
+ * never forwarded from a client: the body's framing is tower's to set (whatever the client's was),
+ * and a 100-continue is the gateway's to answer
+ */
+const CLIENT_FRAMING = new Set(['content-length', 'transfer-encoding', 'expect']);
 const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
 
 export interface GatewayLimits {
@@ -114,6 +119,9 @@ interface Route {
 
 type Routed = Route & { member: Upstream };
 
+/** A request body as tower forwards it, by the one framing the client's head allows. */
+type Body = { kind: 'none' } | { kind: 'length'; bytes: number } | { kind: 'chunked' };
+
 /** what a TLS connection's certificate says, read once per connection */
 interface Peer { problem?: string; bound: string | undefined; identity: Identity | string | undefined; replica?: string }
 
@@ -130,7 +138,10 @@ export class Gateway {
   #limits: GatewayLimits;
   #guard: ConnectionGuard;
   #impersonation: ImpersonationCheck;
-  #members = new WeakMap<AgentSession, Upstream>();
+  /** each session's upstreams, one per target: what a request reaches is decided by its route, never by what came first */
+  #members = new WeakMap<AgentSession, Partial<Record<Target, Upstream>>>();
+  /** connections from other replicas with a request in flight: they send one at a time */
+  #peerBusy = new WeakSet<Duplex>();
   #peers = new WeakMap<TLSSocket, Peer>();
   #certificates: ClientCertificateCheck | undefined;
   /** requests in flight (watches not counted) and upgraded connections: what a drain waits for */
@@ -266,13 +277,22 @@ export class Gateway {
   /** A request another replica forwarded: cluster, target and the identity it verified come in its headers. */
   #peerRoute(req: IncomingMessage, replica: string): Route | Refusal {
     const name = String(req.headers[PEER_HEADERS.cluster] ?? '');
+    const target = req.headers[PEER_HEADERS.target];
+    if (target !== 'kubernetes' && target !== 'kubesphere') return { status: 400, message: `tower gateway: replica ${replica} forwarded a request for no valid target` };
+    const identityHeader = req.headers[PEER_HEADERS.identity];
+    const signed = this.#opts.peers!.signature.problem(req.headers[PEER_HEADERS.signature], {
+      method: req.method ?? '', path: req.url ?? '', cluster: name, target, identity: typeof identityHeader === 'string' ? identityHeader : '',
+    });
+    if (signed) {
+      this.#log.warn('refused a request on a replica connection that no replica signed', { replica, why: signed });
+      return { status: 403, message: `tower gateway: a request from replica ${replica} with ${signed}` };
+    }
     const problem = clusterNameProblem(name);
     if (problem) return { status: 400, message: `tower gateway: replica ${replica} forwarded a request for an invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
     if (!this.#opts.knows(name)) return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
-    const target: Target = req.headers[PEER_HEADERS.target] === 'kubesphere' ? 'kubesphere' : 'kubernetes';
     let identity: Identity | undefined;
     if (this.#actsAsCertificate(target)) {
-      identity = decodeIdentity(req.headers[PEER_HEADERS.identity] as string | undefined);
+      identity = decodeIdentity(typeof identityHeader === 'string' ? identityHeader : undefined);
       if (!identity) return { status: 400, message: `tower gateway: replica ${replica} forwarded a request without a valid identity` };
     }
     return this.#local({ member: undefined, path: req.url ?? '/', cluster: name, target, identity, fromPeer: replica });
@@ -310,7 +330,12 @@ export class Gateway {
       const problem = this.#certificates!.problem(cert.raw);
       p = problem
         ? { problem, bound: undefined, identity: undefined }
-        : { bound: boundCluster(cert.subjectaltname), identity: this.#actsAsCertificate(this.#opts.target ?? 'kubernetes') ? certificateIdentity(cert) : undefined, replica: peerOf(cert.subjectaltname) };
+        : {
+          bound: boundCluster(cert.subjectaltname),
+          identity: this.#actsAsCertificate(this.#opts.target ?? 'kubernetes') ? certificateIdentity(cert) : undefined,
+          // a replica's certificate means something only where replicas exist, and only on the shared gateway
+          replica: this.#opts.peers && !this.#opts.cluster ? peerOf(cert.subjectaltname) : undefined,
+        };
       this.#peers.set(socket, p);
     }
     return p;
@@ -343,7 +368,9 @@ export class Gateway {
     out.host = route.member.hostHeader;
     out[PEER_HEADERS.cluster] = route.cluster;
     out[PEER_HEADERS.target] = route.target;
-    if (route.identity) out[PEER_HEADERS.identity] = encodeIdentity(route.identity);
+    const identity = route.identity ? encodeIdentity(route.identity) : '';
+    if (identity) out[PEER_HEADERS.identity] = identity;
+    out[PEER_HEADERS.signature] = this.#opts.peers!.signature.sign({ method: req.method ?? '', path: route.path, cluster: route.cluster, target: route.target, identity });
     return out;
   }
 
@@ -411,6 +438,7 @@ export class Gateway {
     this.#guard.seen(req.socket);
     // a draining replica's clients reconnect, through their load balancer, to another one
     if (this.#opts.draining?.()) res.shouldKeepAlive = false;
+    if (this.#opts.peers && this.#opts.tls && !this.#opts.cluster && !this.#oneAtATime(req, res)) return;
     if (!this.#opts.cluster && req.url?.startsWith(PEER_API)) { this.#onPeerApi(req, res); return; }
     const started = performance.now();
     const refuse = (r: Refusal) => {
@@ -423,6 +451,13 @@ export class Gateway {
     const verb = verbOf(req, route);
     res.once('close', () => this.#finished(req, route, res.statusCode, started, verb));
     if ('status' in route) { refuse(route); return; }
+    const body = requestBody(req);
+    if (typeof body === 'string') {
+      // the bytes after an ambiguous head are not to be read as anything: the connection ends with this answer
+      res.shouldKeepAlive = false;
+      refuse({ status: 400, message: `tower gateway: ${body}` });
+      return;
+    }
     const full = this.#admit(res, route, verb);
     if (full) { refuse(full); return; }
     res.on('close', () => { if (!res.writableFinished) req.destroy(); });
@@ -432,8 +467,26 @@ export class Gateway {
     }
     this.#withMember(route, (routed) => {
       if (res.destroyed) return;
-      this.#headersFor(req, routed, (headers) => this.#forward(req, res, routed, headers, new Set(), verb), refuse);
+      this.#headersFor(req, routed, (headers) => this.#forward(req, res, routed, headers, body, new Set(), verb), refuse);
     }, refuse);
+  }
+
+  /**
+   * Another replica sends one request at a time on a connection and waits for its answer: a request
+   * that arrives before the previous answer has ended did not come from that replica's gateway
+   * (bytes smuggled in a body, say). The connection ends and nothing of it is forwarded.
+   */
+  #oneAtATime(req: IncomingMessage, res: ServerResponse): boolean {
+    const socket = req.socket;
+    if (!this.#peer(socket as TLSSocket).replica) return true;
+    if (this.#peerBusy.has(socket)) {
+      this.#log.warn('closed a replica connection that sent a request before the previous answer ended', { replica: this.#peer(socket as TLSSocket).replica, url: truncate(req.url ?? '') });
+      socket.destroy();
+      return false;
+    }
+    this.#peerBusy.add(socket);
+    res.once('close', () => this.#peerBusy.delete(socket));
+    return true;
   }
 
   /** /peer/v1/… : for other replicas only (their certificates from tower's CA name them). */
@@ -452,14 +505,19 @@ export class Gateway {
    * (the agent died, the channel was refused) is retried through another agent of the cluster.
    * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
    */
-  #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, tried: Set<unknown>, verb: string): void {
+  #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, body: Body, tried: Set<unknown>, verb: string): void {
     const { member, path, cluster } = route;
     tried.add(member.key);
-    const bodyless = req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
+    const bodyless = body.kind === 'none';
+    // tower frames what it forwards, whatever the method: Node's client writes a GET's, DELETE's or
+    // OPTIONS' body unframed unless told, and the member would read it as the next request
+    if (body.kind === 'length') headers['content-length'] = String(body.bytes);
+    else if (body.kind === 'chunked') headers['transfer-encoding'] = 'chunked';
     // the fields object is built only when someone reads it: this runs for every request
     if (this.#log.enabled(4)) this.#log.debug(4, 'forward', { cluster, method: req.method, path, via: member.via });
     let upstream: ClientRequest;
     try {
+      // the body piped in is exactly what its framing says: Node's parser delivered it so
       upstream = httpRequest({ agent: member.pool, method: req.method, path, headers });
     } catch (err) {
       sendStatus(res, { status: 502, message: `tower gateway: cannot forward this request to cluster "${cluster}": ${(err as Error).message}` });
@@ -498,7 +556,7 @@ export class Gateway {
         headers.host = next.hostHeader;
         if (next.authorization) headers.authorization = next.authorization;
         else if (!(next instanceof PeerUpstream)) delete headers.authorization;
-        this.#forward(req, res, { ...route, member: next }, headers, tried, verb);
+        this.#forward(req, res, { ...route, member: next }, headers, body, tried, verb);
       }, failed);
     });
     res.on('close', () => {
@@ -586,12 +644,12 @@ export class Gateway {
   }
 
   #member(session: AgentSession, target: Target): Upstream {
-    let member = this.#members.get(session);
-    if (!member) {
-      member = target === 'kubesphere' ? new MemberKubesphere(session) : new MemberApiserver(session);
-      this.#members.set(session, member);
+    let members = this.#members.get(session);
+    if (!members) {
+      members = {};
+      this.#members.set(session, members);
     }
-    return member;
+    return (members[target] ??= target === 'kubesphere' ? new MemberKubesphere(session) : new MemberApiserver(session));
   }
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -605,6 +663,11 @@ export class Gateway {
     };
     const found = this.#route(req);
     if ('status' in found) { refuse(found); return; }
+    const body = requestBody(req);
+    if (typeof body === 'string' || body.kind !== 'none') {
+      refuse({ status: 400, message: `tower gateway: an upgrade request carries no body (this one has ${typeof body === 'string' ? body : `a ${body.kind === 'length' ? 'Content-Length' : 'chunked'} body`})` }, found);
+      return;
+    }
     this.#withMember(found, (route) => this.#headersFor(req, route, (headers) => {
       if (socket.destroyed) return;
       const { member, path, cluster } = route;
@@ -674,6 +737,36 @@ export class Gateway {
   }
 }
 
+/**
+ * How a client's request frames its body, or why tower will not read it one way (the member or a
+ * server between might read it another): Transfer-Encoding only as the one coding "chunked" (as Go's
+ * net/http, which kube-apiserver runs on, accepts), never beside Content-Length.
+ */
+function requestBody(req: IncomingMessage): Body | string {
+  let te: string | undefined;
+  let cl: string | undefined;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') {
+      if (te !== undefined) return 'a request with more than one Transfer-Encoding header';
+      te = raw[i + 1]!;
+    } else if (name.length === 14 && name.toLowerCase() === 'content-length') {
+      if (cl !== undefined && cl !== raw[i + 1]) return 'a request with differing Content-Length headers';
+      cl = raw[i + 1]!;
+    }
+  }
+  if (te !== undefined) {
+    if (cl !== undefined) return 'a request with both Content-Length and Transfer-Encoding';
+    if (te.trim().toLowerCase() !== 'chunked') return `a request with Transfer-Encoding ${JSON.stringify(truncate(te))}: only "chunked" is accepted`;
+    return { kind: 'chunked' };
+  }
+  if (cl === undefined) return { kind: 'none' };
+  const bytes = Number(cl.trim());
+  if (!/^\s*\d{1,15}\s*$/.test(cl)) return `a request with Content-Length ${JSON.stringify(truncate(cl))}`;
+  return bytes > 0 ? { kind: 'length', bytes } : { kind: 'none' };
+}
+
 /** the verb of a request, by the path the member sees (the route's), or as the client sent it when there was no route */
 function verbOf(req: IncomingMessage, route: Route | Refusal): string {
   return kubernetesVerb(req.method ?? '', 'path' in route ? route.path : req.url ?? '');
@@ -687,7 +780,7 @@ function forwardedHeaders(req: IncomingMessage, drop: (name: string) => boolean)
   const out: OutgoingHttpHeaders = {};
   const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
   for (const [k, v] of Object.entries(req.headers)) {
-    if (HOP_BY_HOP.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-') || drop(k)) continue;
+    if (HOP_BY_HOP.has(k) || CLIENT_FRAMING.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-') || drop(k)) continue;
     out[k] = v;
   }
   return out;

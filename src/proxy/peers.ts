@@ -3,6 +3,7 @@
  * one holds one, and forwards the request there (one hop, mutual TLS from tower's CA). Peers
  * are found through Replicas; nothing keeps a shared map of clusters.
  */
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { request as httpRequest, type Agent, type IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -19,6 +20,8 @@ export const PEER_HEADERS = {
   target: 'x-tower-peer-target',
   /** base64 of the JSON Identity the forwarding replica verified */
   identity: 'x-tower-peer-identity',
+  /** "<ms>.<HMAC>" over what decides the request (PeerSignature), made with a key only replicas hold */
+  signature: 'x-tower-peer-signature',
 } as const;
 export const PEER_API = '/peer/v1/';
 const LOOKUP_TIMEOUT_MS = 2_000;
@@ -62,15 +65,67 @@ export function decodeIdentity(header: string | undefined): Identity | undefined
   }
 }
 
+/** how far a signature's time may be from the receiving replica's clock */
+const SIGNATURE_SKEW_MS = 5 * 60_000;
+const SIGNATURE_VERSION = 'tower-peer-request-v1';
+
+/** What a forwarded request's signature covers: everything that decides whom it acts as, where. */
+export interface SignedRequest {
+  method: string;
+  path: string;
+  cluster: string;
+  target: string;
+  /** the identity header as sent ('' when there is none) */
+  identity: string;
+}
+
+/**
+ * Binds a forwarded request's cluster, target and identity to that request, not to the connection
+ * it rides on: an HMAC-SHA256 with a key derived from tower's CA key, which only replicas hold
+ * (each loads the CA to issue certificates). A request that got onto a replica-to-replica
+ * connection any other way carries no valid signature, whatever its headers say.
+ */
+export class PeerSignature {
+  #key: Buffer;
+  constructor(key: Buffer) {
+    this.#key = key;
+  }
+
+  sign(r: SignedRequest, now = Date.now()): string {
+    return `${now}.${this.#mac(r, now)}`;
+  }
+
+  /** undefined when `header` signs `r`; else what is wrong with it */
+  problem(header: string | string[] | undefined, r: SignedRequest, now = Date.now()): string | undefined {
+    if (typeof header !== 'string') return 'no signature';
+    const m = /^(\d{1,15})\.([A-Za-z0-9_-]{43})$/.exec(header);
+    if (!m) return 'a malformed signature';
+    const at = Number(m[1]);
+    if (Math.abs(now - at) > SIGNATURE_SKEW_MS) return `a signature made ${Math.round((now - at) / 1000)}s from now (more than ${SIGNATURE_SKEW_MS / 1000}s apart)`;
+    const want = Buffer.from(this.#mac(r, at), 'base64url');
+    if (!timingSafeEqual(want, Buffer.from(m[2]!, 'base64url'))) return 'a signature that does not match the request';
+    return undefined;
+  }
+
+  #mac(r: SignedRequest, at: number): string {
+    return createHmac('sha256', this.#key)
+      .update([SIGNATURE_VERSION, String(at), r.method, r.path, r.cluster, r.target, r.identity].join('\n'))
+      .digest('base64url');
+  }
+}
+
 export interface PeersOptions {
   replicas: Replicas;
   /** this replica's client certificate (URI SAN urn:tower:peer:<id>) and tower's CA */
   tls: { cert: string; key: string; caPem: string };
+  /** signs and checks forwarded requests */
+  signature: PeerSignature;
   log: Logger;
 }
 
 /** This replica's view of the others: which holds a cluster, forwarding to it, and nudges. */
 export class Peers {
+  readonly signature: PeerSignature;
   #opts: PeersOptions;
   #context: SecureContext;
   #upstreams = new Map<string, PeerUpstream>();
@@ -82,6 +137,7 @@ export class Peers {
 
   constructor(opts: PeersOptions) {
     this.#opts = opts;
+    this.signature = opts.signature;
     this.#context = createSecureContext({ cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.caPem });
     opts.replicas.onChange(() => this.#forgetGone());
   }

@@ -19,7 +19,7 @@ import { ProxyMetrics } from './metrics.ts';
 import { cachedMetrics, type HealthOptions } from '../observe/health.ts';
 import { VERSION } from '../version.ts';
 import { ImpersonationCheck } from './identity.ts';
-import { PEER_API, PEER_URI_PREFIX, Peers } from './peers.ts';
+import { PEER_API, PEER_URI_PREFIX, Peers, PeerSignature } from './peers.ts';
 import { SoloReplica, type Replicas } from './replicas.ts';
 import { SessionRegistry } from './registry.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -154,7 +154,8 @@ export class Proxy {
     // only a store that several replicas serve has peers to reach (the file store has one proxy)
     if (shared) {
       const peerCert = await ca.issueClient(`tower-replica:${this.#opts.serverId}`, [], PEER_CERT_DAYS, undefined, [PEER_URI_PREFIX + this.#opts.serverId]);
-      this.#peers = new Peers({ replicas, tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem }, log: this.#log });
+      const signature = new PeerSignature(ca.secret('peer-request-signature'));
+      this.#peers = new Peers({ replicas, tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem }, signature, log: this.#log });
       this.#gatewayPolicy.peers = this.#peers;
     }
     this.#gateway = new Gateway({
