@@ -1,6 +1,17 @@
 import { X509Certificate } from 'node:crypto';
+import * as x509 from '@peculiar/x509';
 
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+/** extensions a verifier knows how to honour when marked critical (OpenSSL refuses any other) */
+const UNDERSTOOD = new Set([
+  '2.5.29.14', // subjectKeyIdentifier
+  '2.5.29.15', // keyUsage
+  '2.5.29.17', // subjectAltName
+  '2.5.29.19', // basicConstraints
+  '2.5.29.32', // certificatePolicies
+  '2.5.29.35', // authorityKeyIdentifier
+  '2.5.29.37', // extKeyUsage
+]);
 
 /**
  * Verifies gateway client certificates against tower's CA, here rather than by OpenSSL (the `ca`
@@ -11,7 +22,9 @@ const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
  * hands out and checked here stays flat (57 → 94 MiB, reached within the first 5 000).
  *
  * What OpenSSL checked is checked: issued and signed by the CA, within its validity and the CA's,
- * usable for client authentication (the purpose OpenSSL applies to a client's certificate).
+ * usable for client authentication as OpenSSL's purpose check judges it (extended key usage
+ * clientAuth when present, key usage with digitalSignature or keyAgreement when present), not a CA,
+ * and no critical extension a verifier would not understand.
  */
 export class ClientCertificateCheck {
   #ca: X509Certificate;
@@ -35,6 +48,18 @@ export class ClientCertificateCheck {
     if (now > Date.parse(this.#ca.validTo)) return `tower's CA expired ${this.#ca.validTo}`;
     const usages = cert.keyUsage as string[] | undefined;
     if (usages && usages.length > 0 && !usages.includes(CLIENT_AUTH)) return 'a certificate not meant for client authentication';
+    if (cert.ca) return 'a CA certificate (basicConstraints CA:TRUE) rather than a client\'s';
+    let parsed: x509.X509Certificate;
+    try {
+      parsed = new x509.X509Certificate(der);
+    } catch {
+      return 'an unreadable client certificate';
+    }
+    for (const ext of parsed.extensions) {
+      if (ext.critical && !UNDERSTOOD.has(ext.type)) return `a certificate with an unknown critical extension ${ext.type}`;
+    }
+    const ku = parsed.getExtension(x509.KeyUsagesExtension);
+    if (ku && !(ku.usages & (x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement))) return 'a certificate whose key usage does not allow signing (digitalSignature)';
     return undefined;
   }
 }

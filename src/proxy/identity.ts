@@ -75,6 +75,20 @@ export function impersonationRequest(req: { headers: IncomingHttpHeaders; header
   return { user: users[0], groups, uid: uids[0], extra };
 }
 
+/**
+ * The header-name form of an extra's key that kube-apiserver reads back as that very key: it lower-
+ * cases the name, then percent-decodes it, so every character but lower-case unreserved ones is
+ * escaped (an upper-case letter sent as itself would arrive lower-cased: not the key that was checked).
+ */
+export function extraKeyHeader(k: string): string {
+  let out = '';
+  for (const byte of Buffer.from(k, 'utf8')) {
+    const c = String.fromCharCode(byte);
+    out += /[a-z0-9\-._~]/.test(c) ? c : `%${byte.toString(16).padStart(2, '0')}`;
+  }
+  return out;
+}
+
 function decodeExtraKey(k: string): string {
   try { return decodeURIComponent(k); } catch { return k; }
 }
@@ -86,7 +100,7 @@ export function impersonationHeaders(out: OutgoingHttpHeaders, who: Identity | I
   if ('extra' in who) {
     if (who.uid) out['impersonate-uid'] = wire(who.uid);
     for (const [k, v] of who.extra) {
-      const h = `impersonate-extra-${encodeURIComponent(k).toLowerCase()}`;
+      const h = `impersonate-extra-${extraKeyHeader(k)}`;
       const prev = out[h];
       out[h] = [...(Array.isArray(prev) ? prev : []), wire(v)];
     }

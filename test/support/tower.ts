@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const TOWER = join(ROOT, 'dist', 'tower');
+/** the binary under test: dist/tower, or another build (TOWER_BINARY), e.g. to show that a test fails on the code before a fix */
+export const TOWER = process.env.TOWER_BINARY ?? join(ROOT, 'dist', 'tower');
 const COMMAND_TIMEOUT_MS = 60_000;
 
 /** A temporary directory removed by `cleanup()`. */
