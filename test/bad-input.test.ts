@@ -194,7 +194,7 @@ describe('the gateway', () => {
     const issuer = new x509.X509Certificate(caPem);
     /** a client certificate of tower's CA for cluster "healthy", with these extensions besides its name */
     const craft = async (extensions: x509.Extension[]) => {
-      const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']) as CryptoKeyPair;
+      const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
       const cert = await x509.X509CertificateGenerator.create({
         serialNumber: '0' + Date.now().toString(16), subject: 'CN=mallory, O=system:masters', issuer: issuer.subject,
         notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000),
