@@ -1,4 +1,4 @@
-// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,floor,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas] [--outage-seconds N] [--profile DIR]
+// npm run bench [-- --agents N] [--clusters N] [--json FILE] [--quick] [--only bulk,small,floor,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas,stalled] [--outage-seconds N] [--profile DIR]
 //                  [--agent-args "--tls-at-agent false"]   (extra flags for the measured agent)
 //                  [--binary PATH]   (measure another build of tower, e.g. an older commit's)
 // Measures one workload set along three paths to the same local HTTPS upstream, interleaved:
@@ -11,6 +11,8 @@
 // what a single HTTP-aware hop costs on tower's runtime, against which each of tower's two hops compares.
 // `clusters` measures Kubernetes mode on its own: N Cluster resources applied at once to a real
 // kube-apiserver (scripts/test-cluster.sh), until the proxy has initialized all of them, then a restart.
+// `stalled` measures what a fresh proxy and agent hold for downloads whose clients stopped reading: 24, then
+// 200 of them, and what stays once those clients are gone (scripts/bench/stalled.ts).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -26,6 +28,7 @@ import { AGENT_OPTIONS } from '../src/config/options.ts';
 const DEFAULT_MAX_RETRY_INTERVAL_MS = AGENT_OPTIONS.maxRetryInterval.default;
 import { binary as builtBinary, ensureBuilt } from './lib.mjs';
 import { captureLegs, countCalls, HOPS, hopTimes, type HopPorts, type HopTimes } from './bench/hops.ts';
+import { stalledTable, stalledWorkload } from './bench/stalled.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -33,7 +36,7 @@ const flag = (name: string) => { const i = args.indexOf(name); return i >= 0 ? a
 const QUICK = args.includes('--quick');
 const AGENTS = Number(flag('--agents') ?? (QUICK ? 100 : 1000));
 const JSON_OUT = flag('--json');
-const ONLY = new Set((flag('--only') ?? 'bulk,small,floor,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas').split(','));
+const ONLY = new Set((flag('--only') ?? 'bulk,small,floor,hops,watch,cold,soak,idle,scale,outage,metrics,clusters,replicas,stalled').split(','));
 /** how long the proxy stays down in the outage workload: long enough for every agent's backoff to reach its cap */
 const OUTAGE_SECONDS = Number(flag('--outage-seconds') ?? (QUICK ? 45 : 120));
 const CLUSTERS = Number(flag('--clusters') ?? (QUICK ? 50 : 200));
@@ -320,12 +323,13 @@ async function main(): Promise<void> {
   const metrics = ONLY.has('metrics') ? metricsWorkload() : undefined;
   const clusters = ONLY.has('clusters') ? await clustersWorkload() : undefined;
   const replicas = ONLY.has('replicas') ? await replicasWorkload() : undefined;
+  const stalled = ONLY.has('stalled') ? await stalledWorkload({ binary, work, upstreamPort, upstreamCaPem: pki.caPem, client: pki.client, agentArgs: AGENT_ARGS, env: TOWER_ENV, start, waitOutput, freePort, log }) : undefined;
   if (PROFILE) {
     // a clean exit writes the profiles
     for (const c of [tower.proxy, tower.agent]) { c.kill('SIGTERM'); if (c.exitCode === null) await once(c, 'exit'); }
     log(`CPU profiles in ${PROFILE}`);
   }
-  report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas }, (Date.now() - t0) / 1000);
+  report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas, stalled }, (Date.now() - t0) / 1000);
 }
 
 const IDLE_MEMORY_WAIT_MS = 3000;
@@ -758,6 +762,7 @@ interface Extra {
   outage?: Awaited<ReturnType<typeof outageWorkload>>;
   metrics?: ReturnType<typeof metricsWorkload>;
   replicas?: Awaited<ReturnType<typeof replicasWorkload>>;
+  stalled?: Awaited<ReturnType<typeof stalledWorkload>>;
 }
 
 /**
@@ -811,7 +816,7 @@ function floorTable(usage: Map<string, Usage>, fmt: (v?: number) => string, rati
   return lines;
 }
 
-function report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas }: Extra, elapsed: number): void {
+function report({ memory, hops, soak, idle, scale, clusters, outage, metrics, replicas, stalled }: Extra, elapsed: number): void {
   const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? '–' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
   const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? '–' : `${(a / b).toFixed(2)}×`);
   const lines: string[] = [];
@@ -928,9 +933,10 @@ function report({ memory, hops, soak, idle, scale, clusters, outage, metrics, re
     lines.push(`| a replica restarted (SIGTERM, start): every agent holds it again, s after it served | ${fmt(replicas.rejoin)} |`);
     lines.push('');
   }
+  if (stalled) lines.push(...stalledTable(stalled, fmt));
   lines.push(`(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${QUICK ? 'quick' : 'default'} settings${AGENT_ARGS.length ? `, agent ${AGENT_ARGS.join(' ')}` : ''}; ratios > 1 are better for higher-is-better figures, < 1 for latencies)`);
   console.log(lines.join('\n'));
-  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], memory, hops, soak, idle, scale, clusters, replicas, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
+  if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ rows, usage: [...merged.values()], memory, hops, soak, idle, scale, clusters, replicas, stalled, elapsedSeconds: elapsed, quick: QUICK }, null, 2));
 }
 
 function cleanup(): void {
