@@ -478,9 +478,10 @@ export class Gateway {
    */
   #oneAtATime(req: IncomingMessage, res: ServerResponse): boolean {
     const socket = req.socket;
-    if (!this.#peer(socket as TLSSocket).replica) return true;
+    const replica = this.#peer(socket as TLSSocket).replica;
+    if (!replica) return true;
     if (this.#peerBusy.has(socket)) {
-      this.#log.warn('closed a replica connection that sent a request before the previous answer ended', { replica: this.#peer(socket as TLSSocket).replica, url: truncate(req.url ?? '') });
+      this.#log.warn('closed a replica connection that sent a request before the previous answer ended', { replica, url: truncate(req.url ?? '') });
       socket.destroy();
       return false;
     }
@@ -762,8 +763,8 @@ function requestBody(req: IncomingMessage): Body | string {
     return { kind: 'chunked' };
   }
   if (cl === undefined) return { kind: 'none' };
-  const bytes = Number(cl.trim());
   if (!/^\s*\d{1,15}\s*$/.test(cl)) return `a request with Content-Length ${JSON.stringify(truncate(cl))}`;
+  const bytes = Number(cl);
   return bytes > 0 ? { kind: 'length', bytes } : { kind: 'none' };
 }
 
