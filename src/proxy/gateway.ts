@@ -9,6 +9,7 @@ import { clusterNameProblem } from '../store/names.ts';
 import type { AgentSession } from '../tunnel/server.ts';
 import { ClientCertificateCheck } from './client-certificate.ts';
 import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
+import { Conversations } from './conversation.ts';
 import { certificateIdentity, ImpersonationCheck, impersonationHeaders, impersonationRequest, isIdentityHeader, type GatewayIdentity, type Identity, type ImpersonationRequest } from './identity.ts';
 import type { ProxyMetrics } from './metrics.ts';
 import { decodeIdentity, encodeIdentity, PEER_API, PEER_HEADERS, peerOf, PeerUpstream, type Peers, type Target } from './peers.ts';
@@ -142,6 +143,8 @@ export class Gateway {
   #members = new WeakMap<AgentSession, Partial<Record<Target, Upstream>>>();
   /** connections from other replicas with a request in flight: they send one at a time */
   #peerBusy = new WeakSet<Duplex>();
+  /** what each client connection is still owed, so that tower's own writes keep the answers' order */
+  #conversations = new Conversations();
   #peers = new WeakMap<TLSSocket, Peer>();
   #certificates: ClientCertificateCheck | undefined;
   /** requests in flight (watches not counted) and upgraded connections: what a drain waits for */
@@ -183,11 +186,24 @@ export class Gateway {
     }
     this.#listener = this.#guard.listenerFor(this.server, TLS_HANDSHAKE_TIMEOUT_MS);
     this.server.on('request', (req, res) => this.#onRequest(req, res));
+    // Node's own 100 Continue for a response queued behind another is written after that response's
+    // head; and a final answer without a 100 ends the connection, after requests pipelined behind it
+    // were already forwarded. Such a request is refused (417) before anything behind it is read.
+    this.server.on('checkContinue', (req, res) => {
+      if (res.socket) res.writeContinue();
+      this.#onRequest(req, res, !res.socket);
+    });
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err, socket) => {
       this.#log.debug(1, 'gateway dropped a malformed request', { err: err.message });
-      if (!socket.writable) { socket.destroy(); return; }
-      socket.end(rawStatus({ status: 400, message: `tower gateway: malformed HTTP request (${(err as NodeJS.ErrnoException).code ?? err.message})` }), () => socket.destroy());
+      // the answers to requests read before these bytes go first; then this 400, and the connection ends
+      const conversation = this.#conversations.of(socket);
+      if (conversation.ended) return;
+      conversation.refuse();
+      conversation.afterAnswers(() => {
+        if (!socket.writable) { socket.destroy(); return; }
+        socket.end(rawStatus({ status: 400, message: `tower gateway: malformed HTTP request (${(err as NodeJS.ErrnoException).code ?? err.message})` }), () => socket.destroy());
+      });
     });
   }
 
@@ -434,10 +450,17 @@ export class Gateway {
     return undefined;
   }
 
-  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+  #onRequest(req: IncomingMessage, res: ServerResponse, continueOutOfTurn = false): void {
     this.#guard.seen(req.socket);
+    const conversation = this.#conversations.of(req.socket);
+    // pipelined after a refusal that ends the connection: not this client's request, and never answered
+    if (conversation.ended) { req.resume(); return; }
+    conversation.owe(res);
     // a draining replica's clients reconnect, through their load balancer, to another one
-    if (this.#opts.draining?.()) res.shouldKeepAlive = false;
+    if (this.#opts.draining?.()) {
+      res.shouldKeepAlive = false;
+      conversation.endHere();
+    }
     if (this.#opts.peers && this.#opts.tls && !this.#opts.cluster && !this.#oneAtATime(req, res)) return;
     if (!this.#opts.cluster && req.url?.startsWith(PEER_API)) { this.#onPeerApi(req, res); return; }
     const started = performance.now();
@@ -450,11 +473,18 @@ export class Gateway {
     // once per request: the in-flight limit and the metrics both go by it
     const verb = verbOf(req, route);
     res.once('close', () => this.#finished(req, route, res.statusCode, started, verb));
+    if (continueOutOfTurn) {
+      res.shouldKeepAlive = false;
+      conversation.refuse();
+      refuse({ status: 417, message: 'tower gateway: a request that expects 100-continue cannot be pipelined behind another; send it on a connection of its own, or without Expect' });
+      return;
+    }
     if ('status' in route) { refuse(route); return; }
     const body = requestBody(req);
     if (typeof body === 'string') {
       // the bytes after an ambiguous head are not to be read as anything: the connection ends with this answer
       res.shouldKeepAlive = false;
+      conversation.refuse();
       refuse({ status: 400, message: `tower gateway: ${body}` });
       return;
     }
@@ -655,6 +685,18 @@ export class Gateway {
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#guard.seen(socket);
+    const conversation = this.#conversations.of(socket);
+    if (conversation.ended) { socket.destroy(); return; }
+    // an upgrade pipelined behind requests still being answered: its refusal or its 101 is written
+    // straight to the socket, so it waits until their answers have gone
+    if (conversation.owed > 0) {
+      conversation.afterAnswers(() => { if (!socket.destroyed) this.#onUpgradeInTurn(req, socket, head); });
+      return;
+    }
+    this.#onUpgradeInTurn(req, socket, head);
+  }
+
+  #onUpgradeInTurn(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const started = performance.now();
     socket.on('error', () => socket.destroy());
     const refuse = (r: Refusal, route?: Route) => {

@@ -1,0 +1,66 @@
+// The order of answers on one client connection. HTTP/1.1 lets a client write several requests
+// before reading any answer (pipelining); Node's server queues the answers in order, but whatever
+// tower writes to the socket itself (a 400 for bytes that are not HTTP, an upgrade's refusal or its
+// 101) goes straight out, ahead of answers still being made. A Conversation knows
+// how many answers are still owed, so that such writes wait their turn, and whether the connection
+// has been refused, so that nothing read after the refusal is forwarded.
+import type { Duplex } from 'node:stream';
+import type { ServerResponse } from 'node:http';
+
+export class Conversation {
+  /** answers owed on this connection, in the order Node will write them */
+  #owed = 0;
+  #whenAnswered: (() => void)[] = [];
+  /** the connection ends with an answer being made: what was read after it is not served */
+  #ended = false;
+
+  #socket: Duplex;
+
+  constructor(socket: Duplex) {
+    this.#socket = socket;
+  }
+
+  /** Counts an answer owed until its response closes. */
+  owe(res: ServerResponse): void {
+    this.#owed++;
+    res.once('close', () => {
+      if (--this.#owed > 0) return;
+      for (const run of this.#whenAnswered.splice(0)) run();
+    });
+  }
+
+  /** Runs `fn` once every answer owed before now has gone (at once when none is). */
+  afterAnswers(fn: () => void): void {
+    if (this.#owed === 0) fn();
+    else this.#whenAnswered.push(fn);
+  }
+
+  get owed(): number { return this.#owed; }
+
+  /** Ends the conversation with the answer being made: nothing read after it is served. */
+  endHere(): void {
+    this.#ended = true;
+  }
+
+  /** ... and nothing more is read: what follows a refused request is not to be read as anything. */
+  refuse(): void {
+    this.endHere();
+    this.#socket.pause();
+  }
+
+  get ended(): boolean { return this.#ended; }
+}
+
+/** The conversation of each client connection, kept as long as its socket. */
+export class Conversations {
+  #of = new WeakMap<Duplex, Conversation>();
+
+  of(socket: Duplex): Conversation {
+    let c = this.#of.get(socket);
+    if (!c) {
+      c = new Conversation(socket);
+      this.#of.set(socket, c);
+    }
+    return c;
+  }
+}
