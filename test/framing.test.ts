@@ -6,7 +6,7 @@
 // Longer runs: node scripts/framing-fuzz.ts (--survey lists every kind of violation at once).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { ConnectionScript, RequestShape } from './support/framing.ts';
+import type { ConnectionScript, Payload, RequestShape } from './support/framing.ts';
 import { checkFraming, playRound } from './support/framing-harness.ts';
 import { startFileModeStack, type FramingStack } from './support/framing-stack.ts';
 
@@ -54,7 +54,7 @@ function shape(change: Partial<RequestShape>): RequestShape {
   };
 }
 
-const smuggling = { kind: 'requests' as const, requests: [{ method: 'GET', to: 'member' as const, withBody: false }] };
+const smuggling: Payload = { kind: 'requests', requests: [{ method: 'GET', to: 'member', withBody: false }] };
 
 /**
  * Rounds the property once found broken (shrunk), replayed on every run: what tower writes to a

@@ -6,8 +6,8 @@ import type { ServerChannel } from 'ssh2';
 import { CHANNEL_TYPE, CHANNEL_TYPE_TLS, FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT } from '../src/tunnel/protocol.ts';
 import type { AgentSession } from '../src/tunnel/server.ts';
 import { FakeProxy } from './support/fake-proxy.ts';
+import { RecordingUpstream, type RecorderServer } from './support/recording-upstream.ts';
 import { removeDir, tempDir, TowerProcess } from './support/tower.ts';
-import { WireMember, type WireServer } from './support/wire-member.ts';
 
 /*
  * The proxy is a stranger to the agent too (README, security model): whatever answers at its
@@ -32,7 +32,7 @@ const SETTLE_MS = 300;
 const ANSWER_WAIT_MS = 5_000;
 const AGENT_TOKEN = 'f'.repeat(64);
 
-let member: WireMember;
+let member: RecordingUpstream;
 let proxy: FakeProxy;
 let dir: string;
 const agents: TowerProcess[] = [];
@@ -51,7 +51,8 @@ function startAgent(name: string, kubeconfig: string): TowerProcess {
 
 before(async () => {
   dir = tempDir('hostile-proxy');
-  member = await WireMember.start();
+  // as a kube-apiserver (401 without the agent's credential), and an upgrade is switched, its connection kept: only the agent closes a channel here
+  member = await RecordingUpstream.start({ apiserver: true, switchUpgrades: true });
   proxy = await FakeProxy.start();
   // one agent that adds its bearer token to each request, one whose TLS carries its client certificate
   startAgent('token-agent', member.writeKubeconfig(join(dir, 'token.kubeconfig'), 'token'));
@@ -68,7 +69,7 @@ after(async () => {
 });
 
 /** Where a channel leads: the member's kube-apiserver (TLS made by the agent) or its ks-apiserver (plain HTTP). */
-interface Route { agent: string; server: WireServer; type: string }
+interface Route { agent: string; server: RecorderServer; type: string }
 const ROUTES: Record<string, Route> = {
   'kube-apiserver through the token agent (it adds its Authorization)': { agent: 'token-agent', server: 'kube-apiserver', type: CHANNEL_TYPE_TLS },
   'kube-apiserver through the certificate agent (its TLS is its identity)': { agent: 'cert-agent', server: 'kube-apiserver', type: CHANNEL_TYPE_TLS },
@@ -156,8 +157,8 @@ type Timing = 'one write' | 'two writes' | 'while the answer streams';
 async function attempt(route: Route, first: string, second: string, timing: Timing, secondProbe: string): Promise<Verdict> {
   const agent = agents.find((a) => a.name === `agent ${route.agent}`)!;
   const logFrom = agent.output.length;
-  const rawFrom = member.received(route.server).length;
-  const requestsFrom = member.requests.length;
+  const wireFrom = member.wire.length;
+  const eventsFrom = member.events.length;
   const ch = await Opened.open(route);
   try {
     if (timing === 'one write') {
@@ -174,8 +175,8 @@ async function attempt(route: Route, first: string, second: string, timing: Timi
     const channelClosed = await ch.closedWithin(CHANNEL_CLOSE_WAIT_MS);
     const agentLogged = await agent.waitFor(/closed a channel/, LOG_WAIT_MS, logFrom).then(() => true, () => false);
     await sleep(SETTLE_MS);
-    const parsed = member.requests.slice(requestsFrom).filter((r) => r.url.includes(secondProbe)).map((r) => `${r.method} ${r.url} (read by the member's parser, auth: ${r.auth})`);
-    const raw = member.received(route.server).slice(rawFrom).includes(secondProbe) ? [`bytes naming ${secondProbe}`] : [];
+    const parsed = member.requests(eventsFrom).filter((r) => r.url.includes(secondProbe)).map((r) => `${r.method} ${r.url} (read by the member's parser, auth: ${r.auth})`);
+    const raw = member.received(route.server, wireFrom).includes(secondProbe) ? [`bytes naming ${secondProbe}`] : [];
     return { secondReachedMember: [...parsed, ...raw], channelClosed, agentLogged };
   } finally {
     ch.close();
@@ -200,7 +201,7 @@ async function twoInTurn(route: Route): Promise<void> {
     await ch.waitForAnswer(`turn-a-${n}`);
     ch.write(get('/second', `turn-b-${n}`));
     await ch.waitForAnswer(`turn-b-${n}`);
-    const seen = member.requests.filter((r) => r.url.includes(`turn-a-${n}`) || r.url.includes(`turn-b-${n}`));
+    const seen = member.requests().filter((r) => r.url.includes(`turn-a-${n}`) || r.url.includes(`turn-b-${n}`));
     const auth = route.server === 'ks-apiserver' ? 'none' : route.agent === 'token-agent' ? 'token' : 'cert';
     assert.deepEqual(seen.map((r) => `${r.method} ${r.url} ${r.auth}`), [`GET /first?probe=turn-a-${n} ${auth}`, `GET /second?probe=turn-b-${n} ${auth}`]);
     assert.equal(ch.closed, false, 'a keep-alive channel stays open between requests');

@@ -2,7 +2,7 @@
 // (the shared gateway, the cluster's kubernetes port, its ks-apiserver port), on the replica that
 // holds the agent or forwarded by the other one, first on a fresh agent session or later, its
 // request reaches the member server that way names, as the identity it proved. Asserted where it
-// matters: at the member's side of the wire (test/support/member-recorder.ts), not at the client.
+// matters: at the member's side of the wire (test/support/recording-upstream.ts), not at the client.
 import assert from 'node:assert/strict';
 import { request as httpRequest, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { condition, KubeHost } from './support/kube.ts';
-import { MemberRecorder, type Arrival } from './support/member-recorder.ts';
+import { RecordingUpstream, type Received } from './support/recording-upstream.ts';
 import { freePort, TowerProcess, waitUntil } from './support/tower.ts';
 
 // loopback addresses of their own, so that the cluster ports (6000-7000, the same number on every
@@ -36,7 +36,7 @@ interface Step extends Entry { ask: Ask }
 const ENTRIES: Entry[] = (['gateway', 'cluster port', 'ks port'] as Surface[]).flatMap((surface) => (['r1', 'r2'] as ReplicaId[]).map((via) => ({ surface, via })));
 
 let host: KubeHost;
-let recorder: MemberRecorder;
+let recorder: RecordingUpstream;
 let agentPort = 0;
 let gatewayPort = 0;
 let kubePort = 0;
@@ -50,8 +50,9 @@ const replicas = new Map<ReplicaId, TowerProcess>();
 let probes = 0;
 
 before(async () => {
-  [host, recorder] = await Promise.all([KubeHost.start(), MemberRecorder.start()]);
-  agentKubeconfig = recorder.writeKubeconfig(join(host.dir, 'member-agent.kubeconfig'));
+  // as a kube-apiserver: 401 without the agent's token, 201 to a POST
+  [host, recorder] = await Promise.all([KubeHost.start(), RecordingUpstream.start({ apiserver: true })]);
+  agentKubeconfig = recorder.writeKubeconfig(join(host.dir, 'member-agent.kubeconfig'), 'token');
   [agentPort, gatewayPort] = await Promise.all([freePort(), freePort()]);
   for (const id of ['r1', 'r2'] as ReplicaId[]) {
     const p = new TowerProcess(`proxy ${id}`, ['proxy', '--kubeconfig', host.kubeconfig, '--host', ADDRESS[id], '--port', String(agentPort),
@@ -175,15 +176,20 @@ function impersonatedUser(probe: string): string {
   return `system:admin-${probe}`;
 }
 
-function authorizationOf(a: Arrival, s: Sent): string {
+function authorizationOf(a: Received, s: Sent): string {
   if (a.authorization === undefined) return 'no Authorization';
   if (a.authorization === `Bearer ${recorder.token}`) return 'the agent\'s token';
   if (a.authorization === s.authorization) return 'the client\'s own Authorization';
   return `Authorization ${JSON.stringify(a.authorization)}`;
 }
 
-function arrivalText(a: Arrival, s: Sent): string {
-  const imp = Object.entries(a.impersonate).map(([k, v]) => `${k}=${v.join(',')}`).join(' ') || 'no Impersonate-*';
+/** every Impersonate-* header that reached the member: its values, or (besides User and Group) its name */
+function impersonation(a: Received): { user: string[]; group: string[]; other: string[] } {
+  return { user: a.impersonateUser, group: a.impersonateGroup, other: a.impersonateOther };
+}
+
+function arrivalText(a: Received, s: Sent): string {
+  const imp = [...a.impersonateUser.map((v) => `impersonate-user=${v}`), ...a.impersonateGroup.map((v) => `impersonate-group=${v}`), ...a.impersonateOther].join(' ') || 'no Impersonate-*';
   return `${a.server} got ${a.method} ${a.url} with ${authorizationOf(a, s)}, ${imp}`;
 }
 
@@ -216,8 +222,8 @@ function judge(s: Sent): string[] {
   if (kube.length !== 1 && !(kube.length === 0 && ks.length > 0)) out.push(`${s.label}: reached kube-apiserver ${kube.length} times, not once; ${answered(s)}`);
   for (const a of kube) {
     // the certificate's identity, the agent's credential, and nothing of the client's
-    const identity = JSON.stringify(a.impersonate);
-    const expected = JSON.stringify({ 'impersonate-user': ['jane'], 'impersonate-group': ['viewers'] });
+    const identity = JSON.stringify(impersonation(a));
+    const expected = JSON.stringify({ user: ['jane'], group: ['viewers'], other: [] });
     if (identity !== expected) out.push(`${s.label}: kube-apiserver got ${identity}, not the certificate's identity ${expected}`);
     if (a.authorization !== `Bearer ${recorder.token}`) out.push(`${s.label}: kube-apiserver got ${authorizationOf(a, s)}, not the agent's token`);
   }
@@ -234,13 +240,17 @@ function unexplained(mark: number, sent: Sent[]): string[] {
   const probesSent = new Set(sent.map((s) => s.probe));
   const named = new Set(sent.filter((s) => s.ask === 'impersonate system:masters').map((s) => impersonatedUser(s.probe)));
   const out: string[] = [];
-  for (const a of recorder.arrivals.slice(mark)) {
-    if (a.probe && probesSent.has(a.probe)) continue;
-    const review = a.review;
-    if (a.server === 'kube-apiserver' && review?.user === 'jane' && named.has(review.attributes.name ?? '')
-      && a.authorization === `Bearer ${recorder.token}` && Object.keys(a.impersonate).length === 0) continue;
-    const who = a.authorization === `Bearer ${recorder.token}` ? 'the agent\'s token' : JSON.stringify(a.authorization ?? null);
-    out.push(`unexplained: ${a.server} got ${a.method} ${a.url} with ${who}, impersonate ${JSON.stringify(a.impersonate)}${review ? `, a SubjectAccessReview for ${JSON.stringify(review)}` : ''}`);
+  for (const e of recorder.events.slice(mark)) {
+    if (e.kind === 'review') {
+      // reviews are asked of kube-apiserver only; 'token': with the agent's token
+      if (e.user === 'jane' && named.has(e.attributes.name ?? '') && e.auth === 'token' && !e.impersonated) continue;
+      out.push(`unexplained: kube-apiserver got a SubjectAccessReview with ${e.auth === 'token' ? 'the agent\'s token' : `auth ${e.auth}`}${e.impersonated ? ', impersonating' : ''} for ${JSON.stringify({ user: e.user, groups: e.groups, attributes: e.attributes })}`);
+      continue;
+    }
+    if (e.kind === 'garbage') { out.push(`unexplained: ${e.server} got bytes that are not HTTP (${e.code}): ${JSON.stringify(e.bytes)}`); continue; }
+    if (e.probe && probesSent.has(e.probe)) continue;
+    const who = e.authorization === `Bearer ${recorder.token}` ? 'the agent\'s token' : JSON.stringify(e.authorization ?? null);
+    out.push(`unexplained: ${e.server} got ${e.method} ${e.url} with ${who}, impersonate ${JSON.stringify(impersonation(e))}`);
   }
   return out;
 }
@@ -259,7 +269,7 @@ function laterSteps(): Step[] {
 /** Runs `steps` one after the other on a fresh agent session; returns every violation seen at the member. */
 async function story(steps: Step[]): Promise<{ sent: Sent[]; violations: string[] }> {
   await freshSession();
-  const mark = recorder.arrivals.length;
+  const mark = recorder.events.length;
   const sent: Sent[] = [];
   for (const [i, step] of steps.entries()) sent.push(await send(step, i === 0 ? 'first on the session' : `request ${i + 1} on the session`));
   return { sent, violations: [...sent.flatMap(judge), ...unexplained(mark, sent)] };
@@ -304,7 +314,7 @@ test('interleaved: all six ways in at once on a fresh agent session, twice over 
   const steps: Step[] = [...ENTRIES, ...ENTRIES].map((e, i) => ({ ...e, ask: (i % 3 === 2 ? 'create namespace' : 'get') as Ask }));
   for (let i = steps.length - 1; i > 0; i--) { const j = Math.floor(next() * (i + 1)); [steps[i], steps[j]] = [steps[j]!, steps[i]!]; }
   await freshSession();
-  const mark = recorder.arrivals.length;
+  const mark = recorder.events.length;
   const sent = await Promise.all(steps.map((s, i) => send(s, `concurrent ${i + 1} of ${steps.length}`)));
   // and then one by one, after the concurrent burst decided whatever it decided
   for (const [i, e] of ENTRIES.entries()) sent.push(await send({ ...e, ask: 'get' }, `after the burst ${i + 1}`));
@@ -313,7 +323,7 @@ test('interleaved: all six ways in at once on a fresh agent session, twice over 
 });
 
 test('without a certificate nothing but the ks-apiserver port reaches the member: the cluster port refuses plain HTTP and certificate-less HTTPS, the gateway too, on both replicas', { timeout: STORY_TIMEOUT_MS }, async () => {
-  const mark = recorder.arrivals.length;
+  const mark = recorder.events.length;
   const problems: string[] = [];
   for (const via of ['r1', 'r2'] as ReplicaId[]) {
     for (const [name, port, prefix] of [['cluster port', kubePort, ''], ['gateway', gatewayPort, `/clusters/${CLUSTER}`]] as const) {
@@ -328,7 +338,7 @@ test('without a certificate nothing but the ks-apiserver port reaches the member
       if (noCert.status !== 401) problems.push(`HTTPS without a certificate to the ${name} of ${via}: ${noCert.status || noCert.error} ${noCert.body.slice(0, 160)}`);
     }
   }
-  const reached = recorder.arrivals.slice(mark).filter((a) => a.probe?.startsWith('bare-'));
+  const reached = recorder.requests(mark).filter((a) => a.probe?.startsWith('bare-'));
   for (const a of reached) problems.push(`${a.server} got ${a.method} ${a.url} from a client without a certificate`);
   assert.deepEqual(problems, []);
 });

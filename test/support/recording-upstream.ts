@@ -1,10 +1,8 @@
-import { writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { stringify } from 'yaml';
-import { CertificateAuthority } from '../../src/pki/ca.ts';
+import { issueApiserverPki, writeAgentKubeconfig, type ApiserverPki } from './apiserver-pki.ts';
 import { decodeChunked } from './raw-http.ts';
 
 /** which of the member's two servers a request reached */
@@ -20,6 +18,8 @@ export interface Received {
   connection: number;
   method: string;
   url: string;
+  /** the target's `probe` query parameter, which a test puts on a request to find it here */
+  probe: string | undefined;
   httpVersion: string;
   auth: MemberAuth;
   authorization: string | undefined;
@@ -60,13 +60,34 @@ export interface Review {
   auth: MemberAuth;
   /** whom the review asks about */
   user: string;
+  groups: string[];
+  /** what it asks whether the user may do (its resourceAttributes: verb, resource, name, ...) */
+  attributes: Record<string, string>;
   /** Impersonate-* headers on the review itself: there must be none */
   impersonated: boolean;
 }
 
 export type RecorderEvent = Received | Garbage | Review;
 
+/** Bytes as they reached the member, before any parsing. */
+export interface WireChunk {
+  server: RecorderServer;
+  connection: number;
+  bytes: Buffer;
+}
+
+export interface RecordingUpstreamOptions {
+  /** as a kube-apiserver would: 401 to a request with neither the agent's token nor its certificate, 201 to a POST; otherwise nothing is refused and every answer is 200 */
+  apiserver?: boolean;
+  /** an upgrade is switched (101) and its connection kept open; otherwise it is answered 200 and closed, so that nothing switches protocols */
+  switchUpgrades?: boolean;
+}
+
 const BODY_LIMIT_BYTES = 1024 * 1024;
+/** raw bytes kept in all: beyond it (a long fuzz run) they still count as activity, but are not kept */
+const WIRE_LIMIT_BYTES = 64 * 1024 * 1024;
+/** the longest `?ms=N` / `?body-ms=N` honoured */
+const MAX_DELAY_MS = 10_000;
 const SHOWN_BYTES = 300;
 /** how long an upgrade waits for the body its head announces before it is answered */
 const UPGRADE_BODY_WAIT_MS = 500;
@@ -83,43 +104,47 @@ interface ConnectionState { id: number; open: number }
  * A member cluster that records everything reaching it, on every connection: an HTTPS
  * "kube-apiserver" that knows the agent by its bearer token or client certificate, and a
  * plain-HTTP "ks-apiserver". Each request is answered 200 with JSON (and X-Recorder-* headers, for
- * HEAD) naming the request target and Impersonate-User it saw, framed by Content-Length, kept
- * alive. Nothing is refused here: what tower lets through is what a test asserts on.
+ * HEAD) naming the server, the request target and Impersonate-User it saw, framed by
+ * Content-Length, kept alive. Nothing is refused here (unless `apiserver`): what tower lets through
+ * is what a test asserts on. Every byte is kept as it arrived (`wire`), before any parsing.
+ * `?ms=N` on a request (an upgrade too) delays its answer by N ms, time for a hostile peer to write
+ * ahead of it; `?body-ms=N` sends the answer's head at once and its body N ms later.
  */
 export class RecordingUpstream {
   readonly events: RecorderEvent[] = [];
+  readonly wire: WireChunk[] = [];
   readonly token = 'recording-upstream-token-' + Math.random().toString(36).slice(2);
-  caPem = '';
   kubePort = 0;
   ksPort = 0;
   /** when the last byte arrived: a test waits for quiet before it judges */
   lastActivity = 0;
-  #clientCert = '';
-  #clientKey = '';
+  readonly #options: RecordingUpstreamOptions;
+  readonly #pki: ApiserverPki;
   #kube: Server;
   #ks: Server;
   #connections = new WeakMap<Duplex, ConnectionState>();
   #nextConnection = 1;
   #upgraded = new Set<Duplex>();
+  #timers = new Set<NodeJS.Timeout>();
+  #wireBytes = 0;
 
-  private constructor(kube: Server, ks: Server) {
+  private constructor(kube: Server, ks: Server, pki: ApiserverPki, options: RecordingUpstreamOptions) {
     this.#kube = kube;
     this.#ks = ks;
+    this.#pki = pki;
+    this.#options = options;
   }
 
-  static async start(): Promise<RecordingUpstream> {
-    const caPair = await CertificateAuthority.create('recording-upstream-ca');
-    const ca = await CertificateAuthority.load(caPair, 'recording-upstream');
-    const serving = await ca.issueServer(['127.0.0.1', 'localhost']);
-    const client = await ca.issueClient('tower-agent', []);
+  static async start(options: RecordingUpstreamOptions = {}): Promise<RecordingUpstream> {
+    const pki = await issueApiserverPki('recording-upstream', { user: 'tower-agent', groups: [] });
     // lenient only where it would hide a smuggled request: no Host is still a request, and is recorded
     const http = { requireHostHeader: false, keepAliveTimeout: KEEP_ALIVE_MS, requestTimeout: 0 };
-    const kube = createHttpsServer({ ...http, cert: serving.cert, key: serving.key, ca: caPair.cert, requestCert: true, rejectUnauthorized: false });
+    const kube = createHttpsServer({ ...http, ...pki.serving, ca: pki.caPem, requestCert: true, rejectUnauthorized: false });
     const ks = createHttpServer(http);
-    const r = new RecordingUpstream(kube, ks);
-    r.caPem = caPair.cert;
-    r.#clientCert = client.cert;
-    r.#clientKey = client.key;
+    const r = new RecordingUpstream(kube, ks, pki, options);
+    // tapped after the HTTP server took the socket: Node then feeds its parser from the same 'data' events
+    kube.on('secureConnection', (socket: TLSSocket) => r.#state('kube-apiserver', socket));
+    ks.on('connection', (socket: Duplex) => r.#state('ks-apiserver', socket));
     for (const [server, s] of [['kube-apiserver', kube], ['ks-apiserver', ks]] as const) {
       s.on('request', (req, res) => r.#onRequest(server, req, res));
       s.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => r.#onUpgrade(server, req, socket, head));
@@ -132,20 +157,26 @@ export class RecordingUpstream {
 
   get kubeHostPort(): string { return `127.0.0.1:${this.kubePort}`; }
   get ksHostPort(): string { return `127.0.0.1:${this.ksPort}`; }
+  get caPem(): string { return this.#pki.caPem; }
+
+  /** the requests recorded from event `from` on (a length of `events` taken earlier) */
+  requests(from = 0): Received[] {
+    return this.events.slice(from).filter((e): e is Received => e.kind === 'request');
+  }
+
+  /** the requests whose target named `?probe=` this */
+  of(probe: string): Received[] {
+    return this.requests().filter((r) => r.probe === probe);
+  }
+
+  /** the bytes `server` received from chunk `from` of `wire` on (a length taken earlier), as latin1 text */
+  received(server: RecorderServer, from = 0): string {
+    return Buffer.concat(this.wire.slice(from).filter((c) => c.server === server).map((c) => c.bytes)).toString('latin1');
+  }
 
   /** The agent's kubeconfig for this kube-apiserver: a bearer token (as a ServiceAccount's) or a client certificate. */
   writeKubeconfig(path: string, how: 'token' | 'cert'): string {
-    const user = how === 'token'
-      ? { token: this.token }
-      : { 'client-certificate-data': Buffer.from(this.#clientCert).toString('base64'), 'client-key-data': Buffer.from(this.#clientKey).toString('base64') };
-    writeFileSync(path, stringify({
-      apiVersion: 'v1', kind: 'Config',
-      clusters: [{ name: 'member', cluster: { server: `https://${this.kubeHostPort}`, 'certificate-authority-data': Buffer.from(this.caPem).toString('base64') } }],
-      users: [{ name: 'tower-agent', user }],
-      contexts: [{ name: 'member', context: { cluster: 'member', user: 'tower-agent' } }],
-      'current-context': 'member',
-    }), { mode: 0o600 });
-    return path;
+    return writeAgentKubeconfig(path, `https://${this.kubeHostPort}`, this.#pki, how === 'cert' ? 'cert' : { token: this.token });
   }
 
   /** Closes every connection to the member: tower's pooled channels start afresh, so that one round cannot leak into the next. */
@@ -156,19 +187,33 @@ export class RecordingUpstream {
   }
 
   close(): Promise<void> {
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
     this.dropConnections();
     const closed = [this.#kube, this.#ks].map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
     return Promise.all(closed).then(() => undefined);
   }
 
-  #state(socket: Duplex): ConnectionState {
-    let c = this.#connections.get(socket);
-    if (!c) {
-      c = { id: this.#nextConnection++, open: 0 };
-      this.#connections.set(socket, c);
-      socket.on('data', () => { this.lastActivity = Date.now(); });
-    }
+  /** a connection's state, numbered and tapped as it opens */
+  #state(server: RecorderServer, socket: Duplex): ConnectionState {
+    const known = this.#connections.get(socket);
+    if (known) return known;
+    const c = { id: this.#nextConnection++, open: 0 };
+    this.#connections.set(socket, c);
+    socket.on('data', (d: Buffer) => {
+      this.lastActivity = Date.now();
+      if (this.#wireBytes + d.length > WIRE_LIMIT_BYTES) return;
+      this.#wireBytes += d.length;
+      this.wire.push({ server, connection: c.id, bytes: Buffer.from(d) });
+    });
     return c;
+  }
+
+  /** runs `fn` after `ms` (at once for 0), unless the recorder closes first */
+  #after(ms: number, fn: () => void): void {
+    if (ms <= 0) { fn(); return; }
+    const t = setTimeout(() => { this.#timers.delete(t); fn(); }, ms);
+    this.#timers.add(t);
   }
 
   #auth(req: IncomingMessage): MemberAuth {
@@ -179,7 +224,7 @@ export class RecordingUpstream {
   #received(server: RecorderServer, req: IncomingMessage, connection: ConnectionState): Received {
     const distinct = req.headersDistinct;
     return {
-      kind: 'request', server, connection: connection.id, method: req.method ?? '', url: req.url ?? '', httpVersion: req.httpVersion,
+      kind: 'request', server, connection: connection.id, method: req.method ?? '', url: req.url ?? '', probe: probeOf(req.url ?? ''), httpVersion: req.httpVersion,
       auth: this.#auth(req), authorization: req.headers.authorization,
       impersonateUser: distinct['impersonate-user'] ?? [],
       impersonateGroup: distinct['impersonate-group'] ?? [],
@@ -191,9 +236,10 @@ export class RecordingUpstream {
 
   #onRequest(server: RecorderServer, req: IncomingMessage, res: ServerResponse): void {
     this.lastActivity = Date.now();
-    const connection = this.#state(req.socket);
+    const connection = this.#state(server, req.socket);
     const seen = this.#received(server, req, connection);
-    const review = server === 'kube-apiserver' && req.method === 'POST' && seen.url.split('?')[0] === REVIEWS;
+    const unauthorized = this.#options.apiserver === true && server === 'kube-apiserver' && seen.auth === 'none';
+    const review = !unauthorized && server === 'kube-apiserver' && req.method === 'POST' && seen.url.split('?')[0] === REVIEWS;
     // recorded as its head arrives: a request whose body never ends still reached the member
     if (!review) this.events.push(seen);
     connection.open++;
@@ -212,31 +258,48 @@ export class RecordingUpstream {
     req.on('end', () => {
       seen.complete = true;
       seen.trailers = Object.keys(req.trailers);
-      if (review) this.#review(res, seen, connection);
-      else answer(res, seen);
+      if (unauthorized) json(res, 401, { server, kind: 'Status', code: 401, message: 'Unauthorized' });
+      else if (review) this.#review(res, seen, connection);
+      else this.#answer(res, seen);
+    });
+  }
+
+  /** 200 (201 to an apiserver's POST) naming what it answers, after the target's `?ms=N`, its body after `?body-ms=N` */
+  #answer(res: ServerResponse, seen: Received): void {
+    const body = JSON.stringify(answerBody(seen));
+    const status = this.#options.apiserver && seen.method === 'POST' ? 201 : 200;
+    this.#after(delayOf(seen.url, 'ms'), () => {
+      if (res.destroyed) return;
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...recorderHeaders(seen) });
+      const bodyDelay = delayOf(seen.url, 'body-ms');
+      if (bodyDelay > 0) res.flushHeaders();
+      this.#after(bodyDelay, () => { if (!res.destroyed) res.end(body); });
     });
   }
 
   /** tower asks before it honours a client's own impersonation: recorded, and always denied */
   #review(res: ServerResponse, seen: Received, connection: ConnectionState): void {
-    let user = '';
-    try { user = String((JSON.parse(seen.body.toString('utf8')) as { spec?: { user?: unknown } }).spec?.user ?? ''); } catch { /* an unreadable review asks about no one */ }
-    this.events.push({ kind: 'review', connection: connection.id, auth: seen.auth, user, impersonated: seen.impersonateUser.length + seen.impersonateGroup.length + seen.impersonateOther.length > 0 });
-    const body = JSON.stringify({ kind: 'SubjectAccessReview', apiVersion: 'authorization.k8s.io/v1', status: { allowed: false, reason: 'the recording upstream allows no impersonation' } });
-    res.writeHead(201, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-    res.end(body);
+    let spec: { user?: unknown; groups?: unknown; resourceAttributes?: Record<string, string> } = {};
+    try { spec = (JSON.parse(seen.body.toString('utf8')) as { spec?: typeof spec }).spec ?? {}; } catch { /* an unreadable review asks about no one */ }
+    this.events.push({
+      kind: 'review', connection: connection.id, auth: seen.auth, user: String(spec.user ?? ''),
+      groups: Array.isArray(spec.groups) ? spec.groups.map(String) : [], attributes: spec.resourceAttributes ?? {},
+      impersonated: seen.impersonateUser.length + seen.impersonateGroup.length + seen.impersonateOther.length > 0,
+    });
+    json(res, 201, { kind: 'SubjectAccessReview', apiVersion: 'authorization.k8s.io/v1', status: { allowed: false, reason: 'the recording upstream allows no impersonation' } });
   }
 
   /**
    * An upgrade is recorded like any request, with the body its head announces (tower should send
-   * none) and whatever follows, then answered 200 and closed: nothing here switches protocols.
+   * none) and whatever follows before its answer: 200 and closed, or with `switchUpgrades` a 101
+   * on a connection kept open (after which nothing speaks another protocol here).
    */
   #onUpgrade(server: RecorderServer, req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.lastActivity = Date.now();
     this.#upgraded.add(socket);
     socket.on('error', () => undefined);
     socket.on('close', () => this.#upgraded.delete(socket));
-    const seen = this.#received(server, req, this.#state(socket));
+    const seen = this.#received(server, req, this.#state(server, socket));
     seen.upgrade = true;
     this.events.push(seen);
     const length = Number(req.headers['content-length'] ?? 0);
@@ -249,19 +312,25 @@ export class RecordingUpstream {
       }
       return bytes.length >= length ? { body: bytes.subarray(0, length), rest: bytes.subarray(length) } : undefined;
     };
-    const onData = (d: Buffer) => { this.lastActivity = Date.now(); bytes = Buffer.concat([bytes, d]); };
+    const onData = (d: Buffer) => { bytes = Buffer.concat([bytes, d]); };
     socket.on('data', onData);
-    const settle = () => setTimeout(() => {
+    const answerAt = Date.now() + delayOf(seen.url, 'ms');
+    const settle = () => this.#after(Math.max(UPGRADE_SETTLE_MS, answerAt - Date.now()), () => {
       socket.off('data', onData);
       const f = framed();
       seen.complete = f !== undefined;
       seen.body = f?.body ?? bytes;
       seen.trailing = f?.rest ?? Buffer.alloc(0);
+      if (socket.destroyed) return;
+      if (this.#options.switchUpgrades) {
+        socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${headerSafe(req.headers.upgrade ?? 'x')}\r\n\r\n`);
+        return;
+      }
       const body = JSON.stringify(answerBody(seen));
       socket.end(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n${recorderHeaderLines(seen)}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-    }, UPGRADE_SETTLE_MS);
+    });
     const waitedUntil = Date.now() + UPGRADE_BODY_WAIT_MS;
-    const poll = () => { if (framed() || Date.now() >= waitedUntil) settle(); else setTimeout(poll, 10); };
+    const poll = () => { if (framed() || Date.now() >= waitedUntil) settle(); else this.#after(10, poll); };
     poll();
   }
 
@@ -269,7 +338,7 @@ export class RecordingUpstream {
     const code = err.code ?? err.message;
     // a connection tower tore down mid-request is not garbage; bytes the parser refused are
     if (code.startsWith('HPE_')) {
-      this.events.push({ kind: 'garbage', server, connection: this.#state(socket).id, code, bytes: (err.rawPacket ?? Buffer.alloc(0)).toString('latin1').slice(0, SHOWN_BYTES) });
+      this.events.push({ kind: 'garbage', server, connection: this.#state(server, socket).id, code, bytes: (err.rawPacket ?? Buffer.alloc(0)).toString('latin1').slice(0, SHOWN_BYTES) });
     }
     socket.destroy();
   }
@@ -294,10 +363,19 @@ function recorderHeaderLines(seen: Received): string {
   return Object.entries(recorderHeaders(seen)).map(([k, v]) => `${k}: ${v}\r\n`).join('');
 }
 
-function answer(res: ServerResponse, seen: Received): void {
-  const body = JSON.stringify(answerBody(seen));
-  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...recorderHeaders(seen) });
-  res.end(body);
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const s = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s) });
+  res.end(s);
+}
+
+function probeOf(url: string): string | undefined {
+  try { return new URL(url, 'http://member').searchParams.get('probe') ?? undefined; } catch { return undefined; }
+}
+
+/** `?NAME=N` of a request target, bounded: a delay in ms */
+function delayOf(url: string, name: 'ms' | 'body-ms'): number {
+  return Math.min(Number(new RegExp(`[?&]${name}=(\\d+)`).exec(url)?.[1] ?? 0), MAX_DELAY_MS);
 }
 
 /** a request target can carry bytes a header value may not: they are escaped, never dropped */

@@ -1,10 +1,8 @@
-import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { stringify } from 'yaml';
-import { CertificateAuthority } from '../../src/pki/ca.ts';
+import { issueApiserverPki, writeAgentKubeconfig, type ApiserverPki } from './apiserver-pki.ts';
 
 const EXEC_PROTOCOL = 'v5.channel.k8s.io';
 const STDIN = 0;
@@ -27,9 +25,7 @@ export class TestUpstream {
   /** the bearer token of the last request that used one */
   lastToken = '';
   port = 0;
-  caPem = '';
-  clientCert = '';
-  clientKey = '';
+  readonly #pki: ApiserverPki;
   /** how each request authenticated, in order */
   readonly auth: string[] = [];
   /** the headers of every request (SubjectAccessReviews apart), in order */
@@ -40,20 +36,15 @@ export class TestUpstream {
   readonly reviews: string[] = [];
   #wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: (p) => (p.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false) });
 
-  private constructor(server: Server) {
+  private constructor(server: Server, pki: ApiserverPki) {
     this.server = server;
+    this.#pki = pki;
   }
 
   static async start(): Promise<TestUpstream> {
-    const caPair = await CertificateAuthority.create('test-upstream-ca');
-    const ca = await CertificateAuthority.load(caPair, 'test');
-    const serving = await ca.issueServer(['127.0.0.1', 'localhost']);
-    const client = await ca.issueClient('agent', ['system:masters']);
-    const server = createServer({ cert: serving.cert, key: serving.key, ca: caPair.cert, requestCert: true, rejectUnauthorized: false });
-    const u = new TestUpstream(server);
-    u.caPem = caPair.cert;
-    u.clientCert = client.cert;
-    u.clientKey = client.key;
+    const pki = await issueApiserverPki('test-upstream', { user: 'agent', groups: ['system:masters'] });
+    const server = createServer({ ...pki.serving, ca: pki.caPem, requestCert: true, rejectUnauthorized: false });
+    const u = new TestUpstream(server, pki);
     server.on('request', (req, res) => u.#onRequest(req, res));
     server.on('upgrade', (req, socket, head) => {
       if (!u.#authenticate(req)) { socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n'); return; }
@@ -65,20 +56,11 @@ export class TestUpstream {
   }
 
   get hostPort(): string { return `127.0.0.1:${this.port}`; }
+  get caPem(): string { return this.#pki.caPem; }
 
   /** A kubeconfig for the agent: client certificate or bearer token. */
   writeKubeconfig(path: string, how: 'cert' | 'token'): string {
-    const user = how === 'cert'
-      ? { 'client-certificate-data': Buffer.from(this.clientCert).toString('base64'), 'client-key-data': Buffer.from(this.clientKey).toString('base64') }
-      : { token: this.token };
-    writeFileSync(path, stringify({
-      apiVersion: 'v1', kind: 'Config',
-      clusters: [{ name: 'u', cluster: { server: `https://${this.hostPort}`, 'certificate-authority-data': Buffer.from(this.caPem).toString('base64') } }],
-      users: [{ name: 'u', user }],
-      contexts: [{ name: 'u', context: { cluster: 'u', user: 'u' } }],
-      'current-context': 'u',
-    }), { mode: 0o600 });
-    return path;
+    return writeAgentKubeconfig(path, `https://${this.hostPort}`, this.#pki, how === 'cert' ? 'cert' : { token: this.token });
   }
 
   close(): Promise<void> {
