@@ -7,7 +7,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { ConnectionScript, Payload, RequestShape } from './support/framing.ts';
-import { checkFraming, playRound } from './support/framing-harness.ts';
+import { checkFraming, playRound, READ_TIMEOUT_MS } from './support/framing-harness.ts';
+import { ResponseReader } from './support/raw-http.ts';
+import { waitUntil } from './support/tower.ts';
 import { startFileModeStack, type FramingStack } from './support/framing-stack.ts';
 
 /**
@@ -93,5 +95,33 @@ describe('rounds that once broke a rule (shared gateway)', () => {
       }
     });
   }
+});
+
+/**
+ * The member may answer before a request's body has all arrived (Go's net/http does for a handler
+ * that does not read it), and that answer may end after the body does: the agent's exchange is over
+ * only when both are. Every agent keeps serving, and the next request on the connection is answered.
+ */
+test('an answer that begins before its request is all sent and ends after it: the agents serve on', async () => {
+  for (const cluster of CLUSTERS) {
+    const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
+    const socket = await entry.clients[0]!.connect();
+    const answers = new ResponseReader(socket);
+    const target = `${entry.prefix}/api/v1/namespaces/early-${cluster}?early=1&body-ms=1000`;
+    socket.write(`POST ${target} HTTP/1.1\r\nHost: ${entry.host}\r\nContent-Length: 2\r\n\r\nA`);
+    // the member has the head, so its answer's head is on its way back while the body is not all sent
+    await waitUntil(`the member to get early-${cluster}`, () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`early-${cluster}`)), 10_000);
+    await new Promise((r) => setTimeout(r, 200));
+    socket.write('B');
+    const first = await answers.next('POST', READ_TIMEOUT_MS);
+    assert.equal(first.kind === 'answer' && first.answer.status, 200, `the early answer: ${JSON.stringify(first)}`);
+    socket.write(`GET ${entry.prefix}/api/v1/namespaces/after-${cluster} HTTP/1.1\r\nHost: ${entry.host}\r\n\r\n`);
+    const second = await answers.next('GET', READ_TIMEOUT_MS);
+    assert.equal(second.kind === 'answer' && second.answer.headers['x-recorder-url'], `/api/v1/namespaces/after-${cluster}`, `the next request: ${JSON.stringify(second)}`);
+    socket.destroy();
+    const body = s.recorder.events.find((e) => e.kind === 'request' && e.url.includes(`early-${cluster}`));
+    assert.equal(body?.kind === 'request' && body.body.toString(), 'AB', 'the member got the whole body');
+  }
+  for (const p of s.stack.processes) assert.ok(p.running, `${p.name} is still running:\n${p.output}`);
 });
 

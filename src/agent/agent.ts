@@ -391,9 +391,7 @@ export class TowerAgent {
       onDone: () => { ch.end(); upstream.end(); },
     });
     const violated = (err: unknown) => {
-      if (!(err instanceof ExchangeViolation)) throw err;
-      this.#stats.violations++;
-      this.#log.warn('closed a channel that broke HTTP/1.1; nothing more of it was forwarded', { target: hostPort, err: err.message });
+      this.#closeBroken(err, hostPort);
       ch.destroy();
       upstream.destroy();
     };
@@ -430,6 +428,19 @@ export class TowerAgent {
   }
 
   /** Keeps the session until it ends; returns why it ended. */
+  /**
+   * Logs why a channel is being closed: it broke HTTP/1.1 (counted as a violation), or reading it
+   * failed in the agent itself, which ends that channel and never the process.
+   */
+  #closeBroken(err: unknown, target?: string): void {
+    if (err instanceof ExchangeViolation) {
+      this.#stats.violations++;
+      this.#log.warn('closed a channel that broke HTTP/1.1; nothing more of it was forwarded', { target, err: err.message });
+      return;
+    }
+    this.#log.error('closed a channel after an error in the agent; nothing more of it was forwarded', { target, err: (err as Error)?.stack ?? String(err) });
+  }
+
   #hold(held: Held, creds: Credentials): Promise<string> {
     const { session } = held;
     return new Promise((resolve) => {

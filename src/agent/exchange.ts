@@ -240,8 +240,12 @@ export interface ExchangeOptions {
 export class HttpExchange {
   #requests: MessageStream;
   #answers: MessageStream;
-  /** the request being answered: its method, whether it asks to upgrade, whether it was all sent */
-  #open: { head: boolean; upgrade: boolean; sent: boolean; answered: boolean } | undefined;
+  /**
+   * the request being answered: its method, whether it asks to upgrade, whether it was all sent,
+   * whether its final answer has begun and whether it has ended (an answer may begin, and end,
+   * before its request is all sent: the exchange is over when both are)
+   */
+  #open: { head: boolean; upgrade: boolean; sent: boolean; answered: boolean; ended: boolean } | undefined;
   #authLine: Buffer | undefined;
   #opts: ExchangeOptions;
   #tunnel = false;
@@ -287,7 +291,7 @@ export class HttpExchange {
     const upgrade = hasToken(head, 'connection', 'upgrade') && head.lines.some((l) => l.name === 'upgrade');
     const body = framing(head, what) ?? { kind: 'none' };
     if (upgrade && body.kind !== 'none') throw new ExchangeViolation(`${what}: an upgrade with a body`);
-    this.#open = { head: m[1] === 'HEAD', upgrade, sent: false, answered: false };
+    this.#open = { head: m[1] === 'HEAD', upgrade, sent: false, answered: false, ended: false };
     this.requests++;
     if (!this.#authLine) return { out: raw, body };
     let text = head.first + '\r\n';
@@ -298,7 +302,7 @@ export class HttpExchange {
   #requestSent(): void {
     const open = this.#open!;
     open.sent = true;
-    if (open.answered) this.#open = undefined;
+    if (open.ended) this.#open = undefined;
   }
 
   #answer(head: Head, out: Buffer): Message {
@@ -329,6 +333,7 @@ export class HttpExchange {
     }
     const open = this.#open!;
     if (!open.answered) return;
+    open.ended = true;
     // a refused upgrade ends its channel: it was opened for that one request
     if (open.upgrade) { this.#opts.onDone?.(); return; }
     if (open.sent) this.#open = undefined;

@@ -108,7 +108,9 @@ interface ConnectionState { id: number; open: number }
  * Content-Length, kept alive. Nothing is refused here (unless `apiserver`): what tower lets through
  * is what a test asserts on. Every byte is kept as it arrived (`wire`), before any parsing.
  * `?ms=N` on a request (an upgrade too) delays its answer by N ms, time for a hostile peer to write
- * ahead of it; `?body-ms=N` sends the answer's head at once and its body N ms later.
+ * ahead of it; `?body-ms=N` sends the answer's head at once and its body N ms later; `?early=1`
+ * answers as soon as the head arrives, before the body has (as Go's net/http does for a handler
+ * that does not read it).
  */
 export class RecordingUpstream {
   readonly events: RecorderEvent[] = [];
@@ -255,12 +257,14 @@ export class RecordingUpstream {
       if (size < BODY_LIMIT_BYTES) { chunks.push(d); size += d.length; seen.body = Buffer.concat(chunks); }
     });
     req.on('error', () => undefined);
+    const early = !unauthorized && !review && /[?&]early=1(&|$)/.test(seen.url);
+    if (early) this.#answer(res, seen);
     req.on('end', () => {
       seen.complete = true;
       seen.trailers = Object.keys(req.trailers);
       if (unauthorized) json(res, 401, { server, kind: 'Status', code: 401, message: 'Unauthorized' });
       else if (review) this.#review(res, seen, connection);
-      else this.#answer(res, seen);
+      else if (!early) this.#answer(res, seen);
     });
   }
 
