@@ -125,3 +125,53 @@ test('an answer that begins before its request is all sent and ends after it: th
   for (const p of s.stack.processes) assert.ok(p.running, `${p.name} is still running:\n${p.output}`);
 });
 
+
+/**
+ * A chunked body that stops being HTTP after its head has gone to the member: the request fails at
+ * once with a 400 naming the problem (not the member's timeout, holding a channel meanwhile), what
+ * was forwarded of it is cut off at the member, and the connection ends there.
+ */
+test('a chunked body that turns out malformed after its head was forwarded: a 400 at once, and the member sees it cut off', async () => {
+  for (const cluster of CLUSTERS) {
+    const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
+    const socket = await entry.clients[1]!.connect();
+    const answers = new ResponseReader(socket);
+    const marker = `badchunk-${cluster}`;
+    socket.write(`POST ${entry.prefix}/api/v1/namespaces/${marker} HTTP/1.1\r\nHost: ${entry.host}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n`);
+    await waitUntil(`the member to get ${marker}`, () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(marker)), 10_000);
+    // a chunk longer than its size says, and a request behind it
+    socket.write(`3\r\nabcdef\r\n0\r\n\r\nGET ${entry.prefix}/api/v1/namespaces/${marker}-behind HTTP/1.1\r\nHost: ${entry.host}\r\n\r\n`);
+    const got = await answers.next('POST', READ_TIMEOUT_MS);
+    assert.ok(got.kind === 'answer' && got.answer.status === 400, `a 400 at once: ${JSON.stringify(got)}`);
+    assert.match(got.answer.body.toString(), /malformed request body \(HPE_/);
+    assert.equal((await answers.next('GET', READ_TIMEOUT_MS)).kind, 'closed', 'the connection ends with the 400');
+    const seen = await waitUntil(`the member's side of ${marker} to end`, () => {
+      const e = s.recorder.events.find((x) => x.kind === 'request' && x.url.includes(marker));
+      return e?.kind === 'request' && e.over ? e : undefined;
+    }, 10_000);
+    assert.equal(seen.complete, false, 'the member saw the body cut off, never completed');
+    // the second chunk's three bytes are its size's worth; what follows them is where HTTP stops
+    assert.equal(seen.body.toString(), 'abcabc');
+    assert.ok(!s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`${marker}-behind`)), 'nothing behind it was forwarded');
+  }
+});
+
+/**
+ * kube-apiserver also reads a bearer token from a WebSocket subprotocol: on a certificate's route,
+ * a client's token there never reaches the member; the stream protocols it offers do.
+ */
+test('a bearer token offered as a WebSocket subprotocol does not reach the member', async () => {
+  const entry = s.entries.find((e) => e.prefix === `/clusters/${CLUSTERS[0]}`)!;
+  const socket = await entry.clients[0]!.connect();
+  const answers = new ResponseReader(socket);
+  const marker = 'bearer-protocol';
+  const from = s.recorder.wire.length;
+  socket.write(`GET ${entry.prefix}/api/v1/namespaces/default/pods/p/exec?command=sh&${marker}=1 HTTP/1.1\r\nHost: ${entry.host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`
+    + 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+    + 'Sec-WebSocket-Protocol: v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.c3RvbGVuLXRva2Vu\r\n\r\n');
+  await answers.next('GET', READ_TIMEOUT_MS);
+  socket.destroy();
+  const wire = Buffer.concat(s.recorder.wire.slice(from).map((c) => c.bytes)).toString('latin1');
+  assert.match(wire, new RegExp(`${marker}=1[^]*sec-websocket-protocol: v4\\.channel\\.k8s\\.io\\r\\n`, 'i'), `the member got the request with its stream protocol:\n${wire}`);
+  assert.doesNotMatch(wire, /base64url\.bearer|c3RvbGVuLXRva2Vu/, 'the token did not reach the member');
+});

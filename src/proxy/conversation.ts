@@ -5,12 +5,14 @@
 // how many answers are still owed, so that such writes wait their turn, and whether the connection
 // has been refused, so that nothing read after the refusal is forwarded.
 import type { Duplex } from 'node:stream';
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 export class Conversation {
   /** answers owed on this connection, in the order Node will write them */
   #owed = 0;
   #whenAnswered: (() => void)[] = [];
+  /** the request read last (the only one whose body may still be arriving), and what to do if that body breaks */
+  #last: { req: IncomingMessage; bodyBroke: (err: Error) => void } | undefined;
   /** the connection ends with an answer being made: what was read after it is not served */
   #ended = false;
 
@@ -21,7 +23,8 @@ export class Conversation {
   }
 
   /** Counts an answer owed until its response closes. */
-  owe(res: ServerResponse): void {
+  owe(req: IncomingMessage, res: ServerResponse, bodyBroke: (err: Error) => void): void {
+    this.#last = { req, bodyBroke };
     this.#owed++;
     res.once('close', () => {
       if (--this.#owed > 0) return;
@@ -36,6 +39,17 @@ export class Conversation {
   }
 
   get owed(): number { return this.#owed; }
+
+  /**
+   * Bytes that are not HTTP arrived: when they are in the body of the request being read, that
+   * request fails with them (true); otherwise they are a request of their own (false).
+   */
+  bodyBroke(err: Error): boolean {
+    const last = this.#last;
+    if (!last || last.req.complete || last.req.destroyed) return false;
+    last.bodyBroke(err);
+    return true;
+  }
 
   /** Ends the conversation with the answer being made: nothing read after it is served. */
   endHere(): void {

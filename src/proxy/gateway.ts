@@ -34,6 +34,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'pro
  * and a 100-continue is the gateway's to answer
  */
 const CLIENT_FRAMING = new Set(['content-length', 'transfer-encoding', 'expect']);
+const BEARER_PROTOCOL = 'base64url.bearer.authorization.k8s.io.';
 const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
 
 export interface GatewayLimits {
@@ -145,6 +146,9 @@ export class Gateway {
   #peerBusy = new WeakSet<Duplex>();
   /** what each client connection is still owed, so that tower's own writes keep the answers' order */
   #conversations = new Conversations();
+  /** requests whose bodies turned out not to be HTTP, and how to cut off what was forwarded of each */
+  #brokenBodies = new WeakSet<IncomingMessage>();
+  #cutOff = new WeakMap<IncomingMessage, () => void>();
   #peers = new WeakMap<TLSSocket, Peer>();
   #certificates: ClientCertificateCheck | undefined;
   /** requests in flight (watches not counted) and upgraded connections: what a drain waits for */
@@ -200,6 +204,8 @@ export class Gateway {
       const conversation = this.#conversations.of(socket);
       if (conversation.ended) return;
       conversation.refuse();
+      // in a request's body: that request's answer is the 400 (see #onRequest)
+      if (conversation.bodyBroke(err)) return;
       conversation.afterAnswers(() => {
         if (!socket.writable) { socket.destroy(); return; }
         socket.end(rawStatus({ status: 400, message: `tower gateway: malformed HTTP request (${(err as NodeJS.ErrnoException).code ?? err.message})` }), () => socket.destroy());
@@ -367,6 +373,7 @@ export class Gateway {
     const certificate = route.identity !== undefined;
     const dropAuth = !member.keepsClientAuthorization;
     const out = forwardedHeaders(req, (k) => (certificate ? isIdentityHeader(k) : dropAuth && k === 'authorization'));
+    if (certificate) dropBearerProtocol(out);
     out.host = member.hostHeader;
     if (member.authorization) out.authorization = member.authorization;
     if (actAs) impersonationHeaders(out, actAs);
@@ -455,7 +462,15 @@ export class Gateway {
     const conversation = this.#conversations.of(req.socket);
     // pipelined after a refusal that ends the connection: not this client's request, and never answered
     if (conversation.ended) { req.resume(); return; }
-    conversation.owe(res);
+    // a body that turns out not to be HTTP (a bad chunk): what was forwarded of it is cut off, and
+    // its answer is a 400, the connection's last
+    conversation.owe(req, res, (err: NodeJS.ErrnoException) => {
+      this.#brokenBodies.add(req);
+      this.#cutOff.get(req)?.();
+      res.shouldKeepAlive = false;
+      if (!res.headersSent && !res.destroyed) sendStatus(res, { status: 400, message: `tower gateway: malformed request body (${err.code ?? err.message}); nothing more of it was forwarded` });
+      else res.destroy();
+    });
     // a draining replica's clients reconnect, through their load balancer, to another one
     if (this.#opts.draining?.()) {
       res.shouldKeepAlive = false;
@@ -537,6 +552,8 @@ export class Gateway {
    * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
    */
   #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, body: Body, tried: Set<unknown>, verb: string): void {
+    // the client's body broke while a member was being chosen: it has had its answer
+    if (this.#brokenBodies.has(req)) return;
     const { member, path, cluster } = route;
     tried.add(member.key);
     const bodyless = body.kind === 'none';
@@ -574,6 +591,8 @@ export class Gateway {
     });
     upstream.on('error', (err) => {
       clearTimeout(timer);
+      // the client's body broke: it has had its answer (in #onRequest)
+      if (this.#brokenBodies.has(req)) return;
       if (answered || res.headersSent) { if (!res.writableEnded) res.destroy(); return; }
       if (timedOut) {
         sendStatus(res, { status: 504, message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)` });
@@ -599,6 +618,7 @@ export class Gateway {
       upstream.end();
     } else {
       req.on('error', () => upstream.destroy());
+      this.#cutOff.set(req, () => { req.unpipe(upstream); upstream.destroy(); });
       req.pipe(upstream);
     }
   }
@@ -686,7 +706,8 @@ export class Gateway {
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#guard.seen(socket);
     const conversation = this.#conversations.of(socket);
-    if (conversation.ended) { socket.destroy(); return; }
+    // after a refusal that ends the connection: its answer goes, then the connection ends
+    if (conversation.ended) { conversation.afterAnswers(() => socket.destroy()); return; }
     // an upgrade pipelined behind requests still being answered: its refusal or its 101 is written
     // straight to the socket, so it waits until their answers have gone
     if (conversation.owed > 0) {
@@ -819,6 +840,19 @@ function verbOf(req: IncomingMessage, route: Route | Refusal): string {
  * A client's request headers as they may travel on: without hop-by-hop ones (and those its
  * Connection names), Host, tower's own X-Tower-* (never a client's word), and what `drop` names.
  */
+/**
+ * kube-apiserver also takes a bearer token from a WebSocket subprotocol (`base64url.
+ * bearer.authorization.k8s.io.<token>`): on a certificate's route that is the client's word about who it
+ * is, and it goes with the rest of them. The subprotocols that name a stream protocol stay.
+ */
+function dropBearerProtocol(out: OutgoingHttpHeaders): void {
+  const offered = out['sec-websocket-protocol'];
+  if (offered === undefined) return;
+  const kept = String(offered).split(',').map((p) => p.trim()).filter((p) => p && !p.startsWith(BEARER_PROTOCOL));
+  if (kept.length > 0) out['sec-websocket-protocol'] = kept.join(', ');
+  else delete out['sec-websocket-protocol'];
+}
+
 function forwardedHeaders(req: IncomingMessage, drop: (name: string) => boolean): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));

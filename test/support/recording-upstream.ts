@@ -34,6 +34,8 @@ export interface Received {
   body: Buffer;
   /** the body ended as its framing says; false: the connection ended first */
   complete: boolean;
+  /** the request is over here: its body ended, or its connection did */
+  over?: boolean;
   /** how tower framed the body: its Content-Length and Transfer-Encoding headers as they arrived */
   framing: string;
   /** it arrived while the previous request on its connection was still unanswered: something pipelined into the member */
@@ -257,6 +259,7 @@ export class RecordingUpstream {
       if (size < BODY_LIMIT_BYTES) { chunks.push(d); size += d.length; seen.body = Buffer.concat(chunks); }
     });
     req.on('error', () => undefined);
+    req.once('close', () => { seen.over = true; });
     const early = !unauthorized && !review && /[?&]early=1(&|$)/.test(seen.url);
     if (early) this.#answer(res, seen);
     req.on('end', () => {
