@@ -8,7 +8,7 @@ import type { AgentSession } from '../../src/tunnel/server.ts';
 
 const [clusters = '1000', scrapes = '20'] = process.argv.slice(2);
 const registry = new SessionRegistry();
-const metrics = new ProxyMetrics({ registry, leader: () => 1, replicas: () => 1, draining: () => false });
+const metrics = new ProxyMetrics({ registry, leader: () => 1, replicas: () => 1, draining: () => false, stalledBytes: () => 0 });
 for (let i = 0; i < Number(clusters); i++) {
   const name = `cluster-${i}`;
   const session = Object.assign(new EventEmitter(), { name, closed: false, channels: 3, bytes: { read: 1e6 + i, written: 2e6 + i } }) as unknown as AgentSession;

@@ -7,6 +7,9 @@ import { TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
 import { CHANNEL_TYPE_TLS, decodeReplicaView, FEATURE_AUTH_AT_AGENT, FEATURE_REPLICAS, FEATURE_TLS_AT_AGENT, hostOf, MAX_CONTROL_LINE_BYTES, MAX_REPLICAS, normalizeHostPort, splitHostPort, UNAUTHORIZED, type ReplicaView } from '../tunnel/protocol.ts';
+import { rawStatus } from '../proxy/status.ts';
+import { CHANNEL_BUFFER_BYTES } from '../tunnel/ssh.ts';
+import { StallBudget, type Stall } from '../tunnel/stall-budget.ts';
 import { VERSION } from '../version.ts';
 import { ExchangeViolation, HttpExchange } from './exchange.ts';
 import type { Credentials } from './credentials.ts';
@@ -24,6 +27,13 @@ const NEXT_SESSION_SPREAD_MS = 3_000;
 /** dialing the Service again after reaching a replica already held */
 const DUPLICATE_STEP_MS = 1_000;
 const DUPLICATES_AT_STEADY_PACE = 30;
+/** --max-stalled-memory: beside an idle agent's ~80 MiB, within a 200 MB memory limit */
+export const DEFAULT_MAX_STALLED_BYTES = 24 * 2 ** 20;
+/**
+ * what an answer the tunnel cannot take holds here at most: the channel's buffer, and the member
+ * connection's (TLS and socket) before it pauses
+ */
+const STALLED_ANSWER_BYTES = 3 * CHANNEL_BUFFER_BYTES;
 
 export interface AgentOptions {
   name: string;
@@ -47,6 +57,8 @@ export interface AgentOptions {
   tlsAtAgent: boolean;
   /** channels the proxy may hold open at once; more are refused */
   maxChannels: number;
+  /** what answers the tunnel cannot take may hold, in all, before requests are answered 429 here */
+  maxStalledBytes?: number;
   /** each upstream dial's time in seconds, and whether it failed (metrics, with --health-port) */
   onDial?: (seconds: number, failed: boolean) => void;
   log: Logger;
@@ -65,6 +77,10 @@ export interface AgentStats {
   failures: number;
   /** channels closed because the proxy or the member broke HTTP/1.1 on them */
   violations: number;
+  /** bytes reserved now by answers the tunnel cannot take (their member connections paused) */
+  stalledBytes: number;
+  /** requests answered 429 here (or channels refused) because those held --max-stalled-memory */
+  stalledRefusals: number;
   /** bytes through ended sessions' connections; the live ones' are added when read */
   bytesRead: number;
   bytesWritten: number;
@@ -95,7 +111,8 @@ export class TowerAgent {
   #wake: (() => void) | undefined;
   #stopping = new AbortController();
   #channels = 0;
-  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0, violations: 0 };
+  #stalled: StallBudget;
+  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0, violations: 0, stalledRefusals: 0 };
 
   constructor(opts: AgentOptions) {
     // the command checks this with a friendlier message; here it holds for every caller
@@ -104,6 +121,7 @@ export class TowerAgent {
     }
     this.#opts = opts;
     this.#log = opts.log;
+    this.#stalled = new StallBudget(opts.maxStalledBytes ?? DEFAULT_MAX_STALLED_BYTES, STALLED_ANSWER_BYTES);
   }
 
   /** channels open now */
@@ -114,7 +132,7 @@ export class TowerAgent {
     let read = this.#stats.bytesRead;
     let written = this.#stats.bytesWritten;
     for (const h of this.#held) { const b = h.bytes(); read += b.read; written += b.written; }
-    return { ...this.#stats, connected: this.#held.size > 0, sessions: this.#held.size, replicas: this.#replicas?.length ?? 1, bytesRead: read, bytesWritten: written };
+    return { ...this.#stats, connected: this.#held.size > 0, sessions: this.#held.size, replicas: this.#replicas?.length ?? 1, bytesRead: read, bytesWritten: written, stalledBytes: this.#stalled.reservedBytes };
   }
 
   stop(): void {
@@ -289,6 +307,14 @@ export class TowerAgent {
         }
         // the agent reads the HTTP of every channel it can see into: TLS made here, or plain to ks-apiserver
         const http = tls || (hostPort === kubesphere && hostPort !== kubernetes);
+        if (this.#stalled.exhausted) {
+          // the member is not dialed: an HTTP channel gets its 429 here, one the agent cannot read into is refused
+          if (http) { this.#answerStalled(accept); return; }
+          this.#stats.stalledRefusals++;
+          this.#log.debug(1, 'refused a channel: answers the tunnel cannot take hold --max-stalled-memory', { stalled: this.#stalled.reservedBytes });
+          reject();
+          return;
+        }
         this.#pipe(hostPort, tls ? creds : undefined, http ? { authorization: tls ? authorization : undefined } : undefined, accept, reject);
       },
     }).catch((err: Error) => {
@@ -370,11 +396,25 @@ export class TowerAgent {
       const ch = accept();
       upstream.on('error', () => ch.destroy());
       ch.on('error', () => upstream.destroy());
-      if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort);
-      else { upstream.pipe(ch); ch.pipe(upstream); }
+      const stall = this.#stalled.stream();
+      if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort, stall);
+      else {
+        // the member's side by hand, so that an answer the tunnel cannot take counts as stalled
+        upstream.on('data', (d: Buffer) => { if (!ch.write(d)) { upstream.pause(); stall.hold(); } });
+        ch.on('drain', () => { stall.release(); upstream.resume(); });
+        upstream.once('end', () => ch.end());
+        ch.pipe(upstream);
+      }
       // an ssh2 channel that nobody reads never closes: end both together
-      ch.once('close', () => { release(); upstream.destroy(); });
-      upstream.once('close', () => { release(); ch.destroy(); });
+      ch.once('close', () => { release(); stall.end(); upstream.destroy(); });
+      upstream.once('close', () => {
+        release();
+        stall.end();
+        // what the member sent last may still wait for the tunnel (its window, a full transport): the
+        // channel closes once that has left, or the proxy would get its close first
+        if (ch.writableEnded && !ch.writableFinished) ch.once('finish', () => ch.destroy());
+        else ch.destroy();
+      });
     });
   }
 
@@ -382,13 +422,16 @@ export class TowerAgent {
    * Both ways as pipe() does (backpressure, end), through an HttpExchange: one request at a time,
    * each answered in full before the next; the member's credentials join each request head here,
    * never earlier. A head and the bytes after it leave in one write. A violation ends the channel.
+   * While the member's side waits for the tunnel, the answer counts as stalled; while stalled
+   * answers hold --max-stalled-memory, each request is answered 429 here and the channel ends.
    */
-  #pipeExchange(ch: ClientChannel, upstream: Socket, authorization: string | undefined, hostPort: string): void {
+  #pipeExchange(ch: ClientChannel, upstream: Socket, authorization: string | undefined, hostPort: string, stall: Stall): void {
     const exchange = new HttpExchange({
       authorization,
       toMember: (b) => { upstream.write(b); },
       toProxy: (b) => { ch.write(b); },
       onDone: () => { ch.end(); upstream.end(); },
+      refuse: () => (this.#stalled.exhausted ? this.#stalledAnswer() : undefined),
     });
     const violated = (err: unknown) => {
       this.#closeBroken(err, hostPort);
@@ -418,16 +461,40 @@ export class TowerAgent {
         violated(err);
         return;
       }
-      if (ch.writableNeedDrain) upstream.pause();
+      if (ch.writableNeedDrain) { upstream.pause(); stall.hold(); }
     });
-    ch.on('drain', () => upstream.resume());
+    ch.on('drain', () => { stall.release(); upstream.resume(); });
     upstream.once('end', () => {
       try { exchange.memberEnded(); } catch (err) { violated(err); return; }
       ch.end();
     });
   }
 
-  /** Keeps the session until it ends; returns why it ended. */
+  /**
+   * A channel opened while stalled answers hold --max-stalled-memory: the member is not dialed; the
+   * channel's request is answered 429 here, and the channel ends.
+   */
+  #answerStalled(accept: () => ClientChannel): void {
+    this.#channels++;
+    const ch = accept();
+    ch.once('close', () => { this.#channels--; });
+    ch.on('error', () => undefined);
+    const exchange = new HttpExchange({
+      toMember: () => undefined,
+      toProxy: (b) => { ch.write(b); },
+      onDone: () => { ch.end(); },
+      refuse: () => this.#stalledAnswer(),
+    });
+    ch.on('data', (d: Buffer) => {
+      try {
+        exchange.fromProxy(d);
+      } catch (err) {
+        this.#closeBroken(err);
+        ch.destroy();
+      }
+    });
+  }
+
   /**
    * Logs why a channel is being closed: it broke HTTP/1.1 (counted as a violation), or reading it
    * failed in the agent itself, which ends that channel and never the process.
@@ -441,6 +508,16 @@ export class TowerAgent {
     this.#log.error('closed a channel after an error in the agent; nothing more of it was forwarded', { target, err: (err as Error)?.stack ?? String(err) });
   }
 
+  /** The 429 (a Kubernetes Status) that the agent answers itself while stalled answers hold --max-stalled-memory. */
+  #stalledAnswer(): Buffer {
+    this.#stats.stalledRefusals++;
+    const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+    const { reservedBytes, maxBytes } = this.#stalled;
+    this.#log.debug(1, 'answered a request 429: answers the tunnel cannot take hold --max-stalled-memory', { stalled: reservedBytes });
+    return Buffer.from(rawStatus({ status: 429, retryAfter: 1, message: `tower agent of cluster "${this.#opts.name}": answers the tunnel cannot take (their clients stopped reading) hold ${mib(reservedBytes)} MiB there, the agent's limit of ${mib(maxBytes)} MiB (its --max-stalled-memory); retry shortly` }));
+  }
+
+  /** Keeps the session until it ends; returns why it ended. */
   #hold(held: Held, creds: Credentials): Promise<string> {
     const { session } = held;
     return new Promise((resolve) => {

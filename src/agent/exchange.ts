@@ -15,6 +15,7 @@
 export const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_LINE_BYTES = 8 * 1024;
 const CRLF = Buffer.from('\r\n');
+const NOTHING = Buffer.alloc(0);
 const HEAD_END = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.[01]$/;
@@ -232,8 +233,13 @@ export interface ExchangeOptions {
   toMember: (b: Buffer) => void;
   /** bytes for the proxy (answers) */
   toProxy: (b: Buffer) => void;
-  /** the exchange is over and the channel should end (an upgrade the member refused) */
+  /** the exchange is over and the channel should end (an upgrade the member refused, a refused request) */
   onDone?: () => void;
+  /**
+   * asked at each request head: an answer the agent gives itself instead of forwarding the request
+   * (a 429 while it is over a limit), after which nothing more of the channel is forwarded
+   */
+  refuse?: () => Buffer | undefined;
 }
 
 /** One channel's requests and answers, strictly in turn. */
@@ -249,13 +255,15 @@ export class HttpExchange {
   #authLine: Buffer | undefined;
   #opts: ExchangeOptions;
   #tunnel = false;
+  /** a request was answered here instead: nothing more goes to the member */
+  #refused = false;
   /** requests forwarded so far */
   requests = 0;
 
   constructor(opts: ExchangeOptions) {
     this.#opts = opts;
     this.#authLine = opts.authorization ? Buffer.from(`Authorization: ${opts.authorization}\r\n`, 'latin1') : undefined;
-    this.#requests = new MessageStream('a request from the proxy', opts.toMember, {
+    this.#requests = new MessageStream('a request from the proxy', (b) => { if (!this.#refused) opts.toMember(b); }, {
       begin: () => {
         if (this.#open) throw new ExchangeViolation('the proxy sent a request before the previous answer ended');
       },
@@ -275,7 +283,7 @@ export class HttpExchange {
   get tunnel(): boolean { return this.#tunnel; }
 
   /** bytes the proxy sent; throws ExchangeViolation */
-  fromProxy(chunk: Buffer): void { this.#requests.feed(chunk); }
+  fromProxy(chunk: Buffer): void { if (!this.#refused) this.#requests.feed(chunk); }
 
   /** bytes the member sent; throws ExchangeViolation */
   fromMember(chunk: Buffer): void { this.#answers.feed(chunk); }
@@ -291,6 +299,14 @@ export class HttpExchange {
     const upgrade = hasToken(head, 'connection', 'upgrade') && head.lines.some((l) => l.name === 'upgrade');
     const body = framing(head, what) ?? { kind: 'none' };
     if (upgrade && body.kind !== 'none') throw new ExchangeViolation(`${what}: an upgrade with a body`);
+    const refusal = this.#opts.refuse?.();
+    if (refusal) {
+      this.#refused = true;
+      this.#opts.toProxy(refusal);
+      this.#opts.onDone?.();
+      // the rest of this request, and whatever follows it, goes nowhere
+      return { out: NOTHING, body: { kind: 'close' } };
+    }
     this.#open = { head: m[1] === 'HEAD', upgrade, sent: false, answered: false, ended: false };
     this.requests++;
     if (!this.#authLine) return { out: raw, body };

@@ -28,6 +28,8 @@ export class AgentHealth {
     new Counter({ name: 'tower_agent_connection_failures_total', help: 'Failed attempts to connect to the proxy', registers, collect() { this.reset(); this.inc(stats()?.failures ?? 0); } });
     new Counter({ name: 'tower_agent_channel_violations_total', help: 'Channels closed because the proxy or the member broke HTTP/1.1 on them (a request before the previous answer ended, ambiguous framing)', registers, collect() { this.reset(); this.inc(stats()?.violations ?? 0); } });
     const agent = () => this.#agent;
+    new Gauge({ name: 'tower_agent_stalled_memory_bytes', help: 'Memory reserved by answers the tunnel cannot take (their clients stopped reading; the member connection paused); at --max-stalled-memory requests are answered 429 here', registers, collect() { this.set(stats()?.stalledBytes ?? 0); } });
+    new Counter({ name: 'tower_agent_stalled_refusals_total', help: 'Requests answered 429 here (or channels refused) because answers the tunnel cannot take held --max-stalled-memory', registers, collect() { this.reset(); this.inc(stats()?.stalledRefusals ?? 0); } });
     new Gauge({ name: 'tower_agent_channels_open', help: 'Channels the proxy holds open through this agent', registers, collect() { this.set(agent()?.channels ?? 0); } });
     new Counter({
       name: 'tower_agent_tunnel_bytes_total', help: 'Bytes through the connection to the proxy (WebSocket, TLS included), by direction', labelNames: ['direction'], registers,

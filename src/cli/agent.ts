@@ -56,6 +56,7 @@ export class AgentCommand extends TowerCommand {
       insecureSkipProxyVerification: o.insecureSkipProxyVerification,
       tlsAtAgent: o.tlsAtAgent,
       maxChannels: o.maxChannels,
+      maxStalledBytes: o.maxStalledMemory,
       onDial: health?.dial,
       log,
     });

@@ -1,4 +1,5 @@
 import { formatDuration } from '../config/duration.ts';
+import { formatSize } from '../config/size.ts';
 import { flagName, type OptionSpec, type Specs } from '../config/loader.ts';
 import { COMMON } from '../config/options.ts';
 import type { CommandDoc, TowerCommand } from './base.ts';
@@ -28,6 +29,7 @@ function wrap(text: string, indent: string): string {
 export function defaultText(spec: OptionSpec): string | undefined {
   if (spec.default === undefined) return spec.defaultText;
   if (spec.kind === 'duration') return formatDuration(spec.default);
+  if (spec.kind === 'size') return formatSize(spec.default);
   return String(spec.default);
 }
 

@@ -48,7 +48,7 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
       gateway: {
         identity: o.gatewayIdentity as GatewayIdentity,
         allowUnboundCertificates: o.allowUnboundCertificates,
-        limits: { requestTimeoutMs: o.requestTimeout, maxRequestsInflight: o.maxRequestsInflight, maxConnections: o.gatewayMaxConnections, maxConnectionsPerAddress: o.gatewayMaxConnectionsPerAddress },
+        limits: { requestTimeoutMs: o.requestTimeout, maxRequestsInflight: o.maxRequestsInflight, maxStalledBytes: o.maxStalledMemory, maxConnections: o.gatewayMaxConnections, maxConnectionsPerAddress: o.gatewayMaxConnectionsPerAddress },
         accessLog: o.accessLog,
       },
       agentTls: o.agentTlsCert && o.agentTlsKey ? { certFile: o.agentTlsCert, keyFile: o.agentTlsKey } : o.agentTls,

@@ -2,12 +2,13 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError } from '../errors.ts';
 import { parseDuration, formatDuration } from './duration.ts';
+import { formatSize, parseSize } from './size.ts';
 
 /**
  * The one config loader: every subcommand declares its options as a table of specs, and values
  * are merged flags > TOWER_* environment > --config YAML > defaults, then validated once here.
  */
-export type Kind = 'string' | 'int' | 'bool' | 'duration';
+export type Kind = 'string' | 'int' | 'bool' | 'duration' | 'size';
 
 interface SpecOf<K extends Kind, T> {
   kind: K;
@@ -26,7 +27,7 @@ interface SpecOf<K extends Kind, T> {
   /** another environment variable read after TOWER_<NAME> (e.g. TOWER_HOME) */
   alsoEnv?: string;
 }
-export type OptionSpec = SpecOf<'string', string> | SpecOf<'int', number> | SpecOf<'bool', boolean> | SpecOf<'duration', number>;
+export type OptionSpec = SpecOf<'string', string> | SpecOf<'int', number> | SpecOf<'bool', boolean> | SpecOf<'duration', number> | SpecOf<'size', number>;
 export type Specs = Record<string, OptionSpec>;
 type ValueOf<S> = S extends { kind: 'string' } ? string : S extends { kind: 'bool' } ? boolean : number;
 export type Values<S extends Specs> = {
@@ -37,7 +38,7 @@ export type RawFlags = Record<string, string | boolean | undefined>;
 type Check<T> = (v: T) => string | undefined;
 type Input<T> = Omit<SpecOf<Kind, T>, 'kind' | 'check'> & { check?: Check<T> };
 
-const VALUE_NAMES: Record<Kind, string | undefined> = { string: 'STRING', int: 'N', bool: undefined, duration: 'DURATION' };
+const VALUE_NAMES: Record<Kind, string | undefined> = { string: 'STRING', int: 'N', bool: undefined, duration: 'DURATION', size: 'SIZE' };
 
 function make<K extends Kind, T>(kind: K) {
   return <I extends Input<T>>(input: I): I & { kind: K } => ({ value: VALUE_NAMES[kind], ...input, kind });
@@ -49,6 +50,8 @@ export const opt = {
   int: make<'int', number>('int'),
   bool: make<'bool', boolean>('bool'),
   duration: make<'duration', number>('duration'),
+  /** bytes, written as Kubernetes quantities: 64Mi, 200M */
+  size: make<'size', number>('size'),
 };
 
 export function flagName(key: string): string {
@@ -125,6 +128,11 @@ function convert(kind: Kind, raw: unknown, where: string, flag: string): unknown
       if (ms === undefined) throw bad('a duration such as 30s, 1m or 500ms');
       return ms;
     }
+    case 'size': {
+      const bytes = typeof raw === 'number' ? raw : typeof raw === 'string' ? parseSize(raw) : undefined;
+      if (bytes === undefined || !Number.isSafeInteger(bytes) || bytes < 0) throw bad('a size such as 64Mi, 200M or 512Ki');
+      return bytes;
+    }
   }
 }
 
@@ -176,6 +184,7 @@ export function describeSources<S extends Specs>(specs: S, loaded: Loaded<S>, se
     let v = (loaded.values as Record<string, unknown>)[key];
     if (v !== undefined && secret.includes(key)) v = '<redacted>';
     if (specs[key]!.kind === 'duration' && typeof v === 'number') v = formatDuration(v);
+    if (specs[key]!.kind === 'size' && typeof v === 'number') v = formatSize(v);
     return `--${flagName(key)}=${v === undefined ? '' : String(v)} (${loaded.sources[key as keyof S]})`;
   });
 }

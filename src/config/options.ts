@@ -45,6 +45,7 @@ export const PROXY_OPTIONS = {
   allowUnboundCertificates: opt.bool({ help: 'Let the shared gateway serve client certificates that name no cluster (tower kubeconfig always names one)', default: false }),
   requestTimeout: opt.duration({ help: 'How long a request waits for the member\'s response headers before a 504; watches and streams run on once they start; 0: no limit', default: 60_000, check: nonNegative }),
   maxRequestsInflight: opt.int({ help: 'Requests in flight per cluster, watches and streams not counted; more are answered 429 with Retry-After', default: 1_000, check: positive }),
+  maxStalledMemory: opt.size({ help: 'Memory that answers whose clients stopped reading may hold in the proxy, in all (each at most its SSH window, 2 MiB, and 192 KiB of buffers; channels opened once half of it is held get 256 KiB windows); once they hold this much, new requests and upgrades are answered 429 with Retry-After. A size such as 64Mi or 200M', default: 64 * 2 ** 20, check: positive }),
   gatewayMaxConnections: opt.int({ help: 'Connections the gateway (and each cluster port) holds at once; more are closed at once', default: 10_000, check: positive }),
   gatewayMaxConnectionsPerAddress: opt.int({ help: 'The same, per client address', default: 1_000, check: positive }),
   accessLog: opt.bool({ help: 'One log line per gateway request: cluster, user, groups, verb, path, status, duration', default: false }),
@@ -86,6 +87,7 @@ export const AGENT_OPTIONS = {
   maxRetryInterval: opt.duration({ help: 'Longest wait between attempts (jittered exponential backoff from 1s), so that agents are back soon after any outage', default: 30_000, check: nonNegative }),
   tlsAtAgent: opt.bool({ help: 'When the proxy offers it, make the TLS to the kube-apiserver here: the client key never leaves the member; --no-tls-at-agent behaves as Go agents do', default: true }),
   maxChannels: opt.int({ help: 'Channels the proxy may hold open at once through this agent; more are refused', default: 4096, check: positive }),
+  maxStalledMemory: opt.size({ help: 'Memory that answers the tunnel cannot take (their clients stopped reading) may hold in the agent, in all (192 KiB each); once they hold this much, the agent answers requests 429 itself instead of forwarding them. A size such as 24Mi or 25M', default: 24 * 2 ** 20, check: positive }),
   healthPort: opt.int({ help: 'Serve /livez, /readyz (connected to a proxy) and /metrics on this port; 0 picks a free one', value: 'PORT', defaultText: 'off', check: port }),
   healthHost: opt.string({ help: 'Address for --health-port', value: 'ADDRESS', default: '0.0.0.0', check: address }),
 } satisfies Specs;

@@ -16,7 +16,7 @@ export interface ClusterPortsOptions {
   registry: SessionRegistry;
   knows: (name: string) => boolean;
   /** identity, limits and access log, as the proxy's gateway has them */
-  gateway: Pick<GatewayOptions, 'identity' | 'limits' | 'accessLog' | 'impersonation' | 'inflight' | 'metrics' | 'draining' | 'peers'>;
+  gateway: Pick<GatewayOptions, 'identity' | 'limits' | 'accessLog' | 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'>;
   log: Logger;
 }
 
@@ -68,7 +68,7 @@ export class ClusterPorts {
     const { name, host, registry, knows, log, ca, gateway } = this.#opts;
     const cert = await ca.issueServer(names(), CERT_DAYS);
     const kubernetes = new Gateway({ registry, knows, log, cluster: name, tls: { caPem: ca.certPem, cert: cert.cert, key: cert.key }, ...gateway });
-    const kubesphere = new Gateway({ registry, knows, log, cluster: name, target: 'kubesphere', limits: gateway.limits, accessLog: gateway.accessLog, inflight: gateway.inflight, metrics: gateway.metrics, draining: gateway.draining, peers: gateway.peers });
+    const kubesphere = new Gateway({ registry, knows, log, cluster: name, target: 'kubesphere', limits: gateway.limits, accessLog: gateway.accessLog, inflight: gateway.inflight, stalled: gateway.stalled, metrics: gateway.metrics, draining: gateway.draining, peers: gateway.peers });
     try {
       await kubernetes.listen(serve.kubernetesPort, host);
       this.#kubernetes = kubernetes;

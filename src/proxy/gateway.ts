@@ -17,6 +17,7 @@ import type { SessionRegistry } from './registry.ts';
 import { rawStatus, sendStatus, type Refusal } from './status.ts';
 import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
 import { WatchFrames } from './watch-frames.ts';
+import type { StallBudget } from '../tunnel/stall-budget.ts';
 
 const HEADERS_TIMEOUT_MS = 30_000;
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -40,6 +41,8 @@ const CLUSTER_PATH = /^\/clusters\/([^/?]*)(\/[^?]*)?(\?.*)?$/;
 export interface GatewayLimits {
   /** requests in flight per cluster, watches and upgrades not counted (as kube-apiserver's --max-requests-inflight) */
   maxRequestsInflight?: number;
+  /** what answers whose clients stopped reading may hold, in all, before new requests are answered 429 (the proxy's budget) */
+  maxStalledBytes?: number;
   maxConnections: number;
   maxConnectionsPerAddress: number;
   /** until the member's response headers; a watch or stream is not limited once they arrive */
@@ -57,7 +60,7 @@ export const DEFAULT_MAX_REQUESTS_INFLIGHT = 1_000;
 /** What every gateway of a proxy shares: who requests act as, certificates, limits, logging. */
 export type GatewayPolicy = Pick<GatewayOptions, 'identity' | 'allowUnboundCertificates' | 'limits' | 'accessLog'>;
 /** ... and the state they share: verdicts, requests in flight per cluster, metrics */
-export type GatewayShared = GatewayPolicy & Pick<GatewayOptions, 'impersonation' | 'inflight' | 'metrics' | 'draining' | 'peers'>;
+export type GatewayShared = GatewayPolicy & Pick<GatewayOptions, 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'>;
 
 /** Requests in flight per cluster, across the gateway and the cluster's own ports. */
 export class InflightRequests {
@@ -92,6 +95,8 @@ export interface GatewayOptions {
   allowUnboundCertificates?: boolean;
   /** shared by the proxy's gateways, so that the limit holds per cluster */
   inflight?: InflightRequests;
+  /** shared by the proxy's gateways, so that --max-stalled-memory holds per process */
+  stalled?: StallBudget;
   metrics?: ProxyMetrics;
   /** shared by the proxy's gateways, so that a verdict is asked once */
   impersonation?: ImpersonationCheck;
@@ -444,8 +449,13 @@ export class Gateway {
     });
   }
 
-  /** Counts a request against its cluster's in-flight limit; a refusal when the cluster is at it. Watches are not counted. */
+  /**
+   * Counts a request against its cluster's in-flight limit; a refusal when the cluster is at it, or
+   * when stalled answers hold --max-stalled-memory. Watches are not counted.
+   */
   #admit(res: ServerResponse, route: Route, verb: string): Refusal | undefined {
+    const stalled = this.#stalledRefusal(route.cluster);
+    if (stalled) return stalled;
     const max = this.#limits.maxRequestsInflight ?? DEFAULT_MAX_REQUESTS_INFLIGHT;
     const inflight = this.#opts.inflight;
     if (!inflight || verb === 'watch' || /[?&]follow=(true|1)(&|$)/.test(route.path)) return undefined;
@@ -455,6 +465,27 @@ export class Gateway {
     }
     res.once('close', () => inflight.release(route.cluster));
     return undefined;
+  }
+
+  /** A 429 while the answers whose clients stopped reading hold the proxy's --max-stalled-memory (requests and upgrades alike). */
+  #stalledRefusal(cluster: string): Refusal | undefined {
+    const budget = this.#opts.stalled;
+    if (!budget?.exhausted) return undefined;
+    this.#opts.metrics?.stalledRefusals.inc({ cluster });
+    const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+    return { status: 429, retryAfter: 1, message: `tower gateway: answers whose clients stopped reading hold ${mib(budget.reservedBytes)} MiB in this proxy, its limit of ${mib(budget.maxBytes)} MiB (the proxy's --max-stalled-memory); retry shortly` };
+  }
+
+  /**
+   * Backpressure from `to` to `from` that is accounted for: `from` pauses while `to` is full, and
+   * the stream reserves what it then holds against --max-stalled-memory until `to` drains or
+   * closes. Returns what to call when a write to `to` returned false.
+   */
+  #stallable(from: IncomingMessage | Duplex, to: ServerResponse | Duplex): () => void {
+    const stall = this.#opts.stalled?.stream();
+    to.on('drain', () => { stall?.release(); from.resume(); });
+    to.once('close', () => stall?.end());
+    return () => { from.pause(); stall?.hold(); };
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse, continueOutOfTurn = false): void {
@@ -661,12 +692,18 @@ export class Gateway {
     // a streamed answer (a watch) must reach the client before its first event; one with a
     // length leaves with its body, in one record
     if (up.headers['content-length'] === undefined) res.flushHeaders();
-    // pipe, not pipeline: the promise version costs an AbortController (and DOMException) per request
+    // relayed by hand, not piped (nor pipeline: its promise costs an AbortController per request), so
+    // that an answer whose client stops reading counts as stalled while it holds the tunnel's window
     up.on('error', () => res.destroy());
     let handedBack = false;
     // an answer cut off mid-body is cut off for the client too, never ended as if whole
     up.on('close', () => { if (!up.complete && !handedBack) res.destroy(); });
-    if (verb !== 'watch') { up.pipe(res); return; }
+    const stalled = this.#stallable(up, res);
+    if (verb !== 'watch') {
+      up.on('data', (d: Buffer) => { if (!res.write(d)) stalled(); });
+      up.on('end', () => res.end());
+      return;
+    }
     // a watch is relayed event by event, so that a drain can end it where an event ends
     const frames = new WatchFrames(String(up.headers['content-type'] ?? ''));
     let ending = false;
@@ -684,9 +721,8 @@ export class Gateway {
       if (handedBack) return;
       const cut = frames.feed(d);
       if (ending && cut >= 0) { res.write(d.subarray(0, cut)); end(); return; }
-      if (!res.write(d)) up.pause();
+      if (!res.write(d)) stalled();
     });
-    res.on('drain', () => up.resume());
     up.on('end', () => { if (!handedBack) res.end(); });
   }
 
@@ -727,6 +763,8 @@ export class Gateway {
     };
     const found = this.#route(req);
     if ('status' in found) { refuse(found); return; }
+    const full = this.#stalledRefusal(found.cluster);
+    if (full) { refuse(full, found); return; }
     const body = requestBody(req);
     if (typeof body === 'string' || body.kind !== 'none') {
       refuse({ status: 400, message: `tower gateway: an upgrade request carries no body (this one has ${typeof body === 'string' ? body : `a ${body.kind === 'length' ? 'Content-Length' : 'chunked'} body`})` }, found);
@@ -774,7 +812,11 @@ export class Gateway {
           socket.write(rawHead(upRes));
           if (upHead.length) socket.write(upHead);
           if (head.length) upSocket.write(head);
-          upSocket.pipe(socket);
+          // the member's side by hand, so that a client that stops reading counts as stalled
+          const stalled = this.#stallable(upSocket, socket);
+          upSocket.on('data', (d: Buffer) => { if (!socket.write(d)) stalled(); });
+          upSocket.on('end', () => socket.end());
+          upSocket.resume();
           socket.pipe(upSocket);
           this.#finished(req, route, upRes.statusCode ?? 101, started);
         });
@@ -841,8 +883,8 @@ function verbOf(req: IncomingMessage, route: Route | Refusal): string {
  * Connection names), Host, tower's own X-Tower-* (never a client's word), and what `drop` names.
  */
 /**
- * kube-apiserver also takes a bearer token from a WebSocket subprotocol (`base64url.
- * bearer.authorization.k8s.io.<token>`): on a certificate's route that is the client's word about who it
+ * kube-apiserver also takes a bearer token from a WebSocket subprotocol (`base64url.bearer.
+ * authorization.k8s.io.<token>`): on a certificate's route that is the client's word about who it
  * is, and it goes with the rest of them. The subprotocols that name a stream protocol stay.
  */
 function dropBearerProtocol(out: OutgoingHttpHeaders): void {

@@ -18,6 +18,8 @@ export interface ProxyMetricsSource {
   leader: () => number;
   replicas: () => number;
   draining: () => boolean;
+  /** bytes reserved now by answers whose clients stopped reading */
+  stalledBytes: () => number;
 }
 
 /**
@@ -35,6 +37,7 @@ export class ProxyMetrics {
   readonly dialFailures: Counter<'cluster' | 'reason'>;
   readonly reconcileErrors: Counter;
   readonly inflightRefusals: Counter<'cluster'>;
+  readonly stalledRefusals: Counter<'cluster'>;
   readonly peerForwards: Counter<'replica'>;
   /** bytes of sessions that have closed, by cluster; live ones are read at scrape time */
   #closedBytes = new Map<string, { read: number; written: number }>();
@@ -88,6 +91,10 @@ export class ProxyMetrics {
       collect() { this.set(source.replicas()); },
     });
     new Gauge({
+      name: 'tower_proxy_stalled_memory_bytes', help: 'Memory reserved by answers whose clients stopped reading: each holds up to its SSH window and buffers while stalled; at --max-stalled-memory new requests are answered 429', registers,
+      collect() { this.set(source.stalledBytes()); },
+    });
+    new Gauge({
       name: 'tower_proxy_draining', help: '1 while this replica drains (SIGTERM): not ready, finishing what is in flight', registers,
       collect() { this.set(source.draining() ? 1 : 0); },
     });
@@ -101,6 +108,7 @@ export class ProxyMetrics {
     this.reconcileErrors = new Counter({ name: 'tower_proxy_reconcile_errors_total', help: 'Failed reconciles of Cluster resources (Kubernetes mode)', registers });
     this.peerForwards = new Counter({ name: 'tower_proxy_peer_forwards_total', help: 'Requests this replica forwarded to another one, which holds an agent of the cluster when this one does not (they are counted in tower_proxy_gateway_requests_total on both)', labelNames: ['replica'], registers });
     this.inflightRefusals = new Counter({ name: 'tower_proxy_inflight_refusals_total', help: 'Requests answered 429 because the cluster had --max-requests-inflight requests in flight', labelNames: ['cluster'], registers });
+    this.stalledRefusals = new Counter({ name: 'tower_proxy_stalled_refusals_total', help: 'Requests and upgrades answered 429 because answers whose clients stopped reading held --max-stalled-memory', labelNames: ['cluster'], registers });
   }
 
   /** for the tunnel: every channel open, its time or its failure */
@@ -121,7 +129,7 @@ export class ProxyMetrics {
   /** a cluster removed from the store takes its series with it */
   async forget(cluster: string): Promise<void> {
     this.#closedBytes.delete(cluster);
-    for (const m of [this.requests, this.requestDuration, this.dialDuration, this.dialFailures, this.inflightRefusals] as MetricOf[]) {
+    for (const m of [this.requests, this.requestDuration, this.dialDuration, this.dialFailures, this.inflightRefusals, this.stalledRefusals] as MetricOf[]) {
       // prom-client removes series by their exact labels: list the cluster's (a histogram's without le)
       const seen = new Set<string>();
       for (const { labels } of (await m.get()).values) {

@@ -10,7 +10,8 @@ import { loadCertificateAuthority, loadHostKey } from '../pki/keys.ts';
 import { clusterNameProblem } from '../store/names.ts';
 import type { Cluster, ClusterStore, Closer, ReplicaTimes } from '../store/types.ts';
 import { FEATURE_TLS_AT_AGENT, UNAUTHORIZED, type AgentConfig } from '../tunnel/protocol.ts';
-import { CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
+import { CHANNEL_BUFFER_BYTES, CHANNEL_WINDOW_BYTES, CRYPTO_BACKEND, hostKeyFingerprint } from '../tunnel/ssh.ts';
+import { StallBudget } from '../tunnel/stall-budget.ts';
 import { TunnelServer, type AgentSession } from '../tunnel/server.ts';
 import { AgentEndpoint } from './agent-endpoint.ts';
 import { ClusterPorts } from './cluster-ports.ts';
@@ -32,6 +33,18 @@ const MAX_PEER_BODY_BYTES = 256 * 1024;
 /** a drain looks this often whether what was in flight is done */
 const DRAIN_POLL_MS = 100;
 export const DEFAULT_REPLICA_TIMES: ReplicaTimes = { leaseMs: 30_000, renewMs: 10_000 };
+/** --max-stalled-memory: beside an idle proxy's ~90 MiB, within a 256 MiB memory limit */
+export const DEFAULT_MAX_STALLED_BYTES = 64 * 2 ** 20;
+/**
+ * what an answer whose client stopped reading holds here at most: the SSH window the agent may
+ * fill, the channel's buffer, and the TLS and HTTP buffers towards the client
+ */
+const STALLED_ANSWER_BYTES = CHANNEL_WINDOW_BYTES + 3 * CHANNEL_BUFFER_BYTES;
+/**
+ * the SSH window of channels while stalled answers hold half of --max-stalled-memory: a burst of
+ * downloads admitted before any stalls then holds this much each, not 2 MiB (slower over long links)
+ */
+const PRESSED_WINDOW_BYTES = 256 * 1024;
 
 /** How a replica shuts down on SIGTERM. */
 export interface DrainOptions {
@@ -94,18 +107,23 @@ export class Proxy {
   /** when each cluster's agents were last seen by this proxy */
   #lastSeen = new Map<string, string>();
   readonly metrics: ProxyMetrics;
+  /** what answers whose clients stopped reading hold, shared by every gateway */
+  #stalled: StallBudget;
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    const stalled = new StallBudget(opts.gateway?.limits?.maxStalledBytes ?? DEFAULT_MAX_STALLED_BYTES, STALLED_ANSWER_BYTES);
+    this.#stalled = stalled;
     this.metrics = new ProxyMetrics({
       registry: this.registry,
       leader: () => (opts.store.leading === false ? 0 : 1),
       replicas: () => this.#replicas?.live().length ?? 1,
       draining: () => this.#phase === 'draining',
+      stalledBytes: () => stalled.reservedBytes,
     });
     this.#gatewayPolicy = {
-      ...opts.gateway, impersonation: new ImpersonationCheck(), inflight: new InflightRequests(), metrics: this.metrics,
+      ...opts.gateway, impersonation: new ImpersonationCheck(), inflight: new InflightRequests(), stalled, metrics: this.metrics,
       draining: () => this.#phase === 'draining',
     };
   }
@@ -417,6 +435,7 @@ export class Proxy {
     // the token may have rotated, or the cluster gone, while the handshake ran
     if (!cluster || cluster.problem || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
     this.registry.add(session);
+    session.setChannelWindow(() => (this.#stalled.pressed ? PRESSED_WINDOW_BYTES : CHANNEL_WINDOW_BYTES));
     session.tell(this.#view());
     const tlsAtAgent = session.config.features?.includes(FEATURE_TLS_AT_AGENT) ?? false;
     this.#log.info('agent connected', {

@@ -195,6 +195,13 @@ export class AgentSession extends EventEmitter {
     });
   }
 
+  /**
+   * What the session's channels let the agent send ahead of what is read (their SSH window), asked
+   * at each channel open and window adjustment: less than ssh2's 2 MiB bounds what a stream whose
+   * client stops reading comes to hold here.
+   */
+  setChannelWindow(bytes: () => number): void { this.#conn.channelWindow = bytes; }
+
   /** whether the agent holds a session to every replica, and is told of them (FEATURE_REPLICAS) */
   get followsReplicas(): boolean { return this.config.features?.includes(FEATURE_REPLICAS) ?? false; }
 

@@ -2,13 +2,18 @@
  * Types and settings for the ssh2 extensions that wire protocol v1 needs. The extensions
  * themselves are a committed patch to ssh2 (patches/ssh2+1.17.0.patch, applied at install):
  * Go-style identification strings, raw global requests with failure payloads, and channels of
- * custom types with raw extra data. Nothing else in tower touches ssh2 internals.
+ * custom types with raw extra data; and bounded memory per channel: 64 KiB buffered each way
+ * (not the 2 MiB window), channel data that waits while the transport is full, and a destroyed
+ * channel that drops what it had not read, so that it closes. Nothing else in tower touches ssh2
+ * internals.
  */
 import { createHash } from 'node:crypto';
 import type { Client, Connection, ClientChannel, ServerChannel } from 'ssh2';
 import ssh2 from 'ssh2';
 // @ts-expect-error: an internal module of ssh2 without types; tells whether its native binding loaded
 import sshCrypto from 'ssh2/lib/protocol/crypto.js';
+// @ts-expect-error: an internal module of ssh2 without types; its channels' window and buffer sizes
+import sshChannel from 'ssh2/lib/Channel.js';
 
 export type Channel = ClientChannel | ServerChannel;
 
@@ -34,6 +39,8 @@ export interface TunnelConnection extends Connection {
   on(event: 'global request', listener: (name: string, data: Buffer, wantReply: boolean, reply: (ok: boolean, data?: Buffer) => void) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
   _sock: unknown;
+  /** the window its channels grant (the patch's hook; ssh2's 2 MiB when unset or more), asked at each open and adjustment */
+  channelWindow?: () => number;
 }
 
 /** Fast, widely supported choices first; Go's x/crypto/ssh speaks all of these. */
@@ -44,6 +51,11 @@ export const ALGORITHMS = {
   hmac: ['hmac-sha2-256-etm@openssh.com', 'hmac-sha2-256'],
   compress: ['none'],
 } as const;
+
+/** what the peer may send a channel that nobody reads: ssh2's window, a module constant */
+export const CHANNEL_WINDOW_BYTES: number = (sshChannel as { MAX_WINDOW: number }).MAX_WINDOW;
+/** what a channel buffers each way before it pushes back (the patch's CHANNEL_BUFFER; ssh2 used the window) */
+export const CHANNEL_BUFFER_BYTES: number = (sshChannel as { CHANNEL_BUFFER: number }).CHANNEL_BUFFER;
 
 /** Which implementation runs the SSH ciphers: the native binding (fast) or ssh2's JS fallback. */
 export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable: boolean }).bindingAvailable ? 'native' : 'js';

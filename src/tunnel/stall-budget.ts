@@ -1,0 +1,59 @@
+/**
+ * What the streams whose reader stopped hold in one process, against a cap. Such a stream (a
+ * client that stopped reading a download, a tunnel that is full) holds at most a known amount, its
+ * buffers and its SSH window, which it reserves here while it is stalled. How many streams stall
+ * is up to the clients: past the cap, new streams are refused (429) rather than the process growing.
+ */
+export class StallBudget {
+  /** the cap: new streams are refused once the stalled ones reserve this much */
+  readonly maxBytes: number;
+  /** what one stalled stream holds at most */
+  readonly bytesPerStream: number;
+  #reserved = 0;
+
+  constructor(maxBytes: number, bytesPerStream: number) {
+    this.maxBytes = maxBytes;
+    this.bytesPerStream = bytesPerStream;
+  }
+
+  /** bytes reserved by the streams stalled now */
+  get reservedBytes(): number { return this.#reserved; }
+
+  /** whether new streams are refused now */
+  get exhausted(): boolean { return this.#reserved >= this.maxBytes; }
+
+  /**
+   * whether half the cap is reserved: new streams should then be let hold less, so that a burst of
+   * them, all admitted before the first stalls, cannot overshoot the cap by their full size
+   */
+  get pressed(): boolean { return this.#reserved >= this.maxBytes / 2; }
+
+  /** One stream's account: hold() when its reader stops taking, release() when it takes again, end() when it closes. */
+  stream(): Stall {
+    let held = false;
+    let ended = false;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      this.#reserved -= this.bytesPerStream;
+    };
+    return {
+      hold: () => {
+        if (held || ended) return;
+        held = true;
+        this.#reserved += this.bytesPerStream;
+      },
+      release,
+      end: () => { ended = true; release(); },
+    };
+  }
+}
+
+export interface Stall {
+  /** the reader stopped taking: reserves, once (nothing after end()) */
+  hold(): void;
+  /** it takes again */
+  release(): void;
+  /** the stream is over: releases, and never holds again */
+  end(): void;
+}
