@@ -7,7 +7,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { ConnectionScript, Payload, RequestShape } from './support/framing.ts';
-import { checkFraming, playRound, READ_TIMEOUT_MS } from './support/framing-harness.ts';
+import { join } from 'node:path';
+import { checkFraming, credentialsOf, playRound, READ_TIMEOUT_MS, tlsConnector } from './support/framing-harness.ts';
+import { Stack } from './support/stack.ts';
 import { ResponseReader } from './support/raw-http.ts';
 import { waitUntil } from './support/tower.ts';
 import { startFileModeStack, type FramingStack } from './support/framing-stack.ts';
@@ -73,6 +75,9 @@ const KNOWN_ROUNDS: [string, ConnectionScript[]][] = [
   ['an upgrade behind a request: answered after it, in order', [
     { client: 0, pipelined: true, requests: [shape({ method: 'POST' }), shape({ upgrade: 'full', framing: 'none', payload: { kind: 'empty' } })] },
     { client: 1, pipelined: true, requests: [shape({ method: 'PUT' }), shape({ upgrade: 'full', framing: 'length' })] },
+  ]],
+  ['a request, then CONNECT (which the gateway does not serve): the request is answered, then the CONNECT is refused, and nothing behind it is read', [
+    { client: 1, pipelined: true, requests: [shape({ method: 'LINK', framing: 'none', payload: { kind: 'empty' } }), shape({ method: 'CONNECT', payload: { kind: 'empty' } }), shape({ method: 'OPTIONS', framing: 'none', payload: { kind: 'empty' }, impersonate: true })] },
   ]],
   ['a framing refusal, then more requests in the same write: none of them reaches the member', [
     { client: 1, pipelined: true, requests: [shape({}), shape({ framing: 'identity,chunked' }), shape({ method: 'DELETE' }), shape({ method: 'POST', framing: 'chunked' })] },
@@ -175,3 +180,43 @@ test('a bearer token offered as a WebSocket subprotocol does not reach the membe
   assert.match(wire, new RegExp(`${marker}=1[^]*sec-websocket-protocol: v4\\.channel\\.k8s\\.io\\r\\n`, 'i'), `the member got the request with its stream protocol:\n${wire}`);
   assert.doesNotMatch(wire, /base64url\.bearer|c3RvbGVuLXRva2Vu/, 'the token did not reach the member');
 });
+
+/**
+ * After an upgrade, Node no longer tells answers queued behind the one being written that their
+ * connection closed. Requests pipelined before an upgrade on a connection its client then closes
+ * must still give back their places in the cluster's in-flight limit (and in a drain).
+ */
+test('requests pipelined before an upgrade whose client leaves: their places in the in-flight limit come back', async () => {
+  const busy = new Stack();
+  try {
+    await busy.startProxy(['--max-requests-inflight', '3']);
+    const { token } = await busy.token('busy');
+    const member = s.recorder.writeKubeconfig(join(busy.dataDir, 'busy-member.kubeconfig'), 'token');
+    await busy.startAgent('busy', token, member).waitFor(/connected to proxy/);
+    const creds = credentialsOf(await busy.kubeconfig('busy', ['--user', 'jane', '--group', 'viewers']));
+    const connect = tlsConnector(creds.server.hostname, Number(creds.server.port), creds);
+    const host = `127.0.0.1:${busy.gatewayPort}`;
+    const get = (name: string) => `GET /clusters/busy/api/v1/namespaces/${name}?ms=400 HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
+    // three slow requests take all three places, an upgrade waits behind them, and the client goes
+    const socket = await connect();
+    socket.write(get('queued-a') + get('queued-b') + get('queued-c')
+      + `GET /clusters/busy/api/v1/namespaces/default/pods/p/exec HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`
+      + 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    await waitUntil('the member to get the queued requests', () => ['a', 'b', 'c'].every((x) => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`queued-${x}`))), 10_000);
+    socket.destroy();
+    await new Promise((r) => setTimeout(r, 1_000));
+    // three at once again: each has a place
+    const answers = await Promise.all(['again-a', 'again-b', 'again-c'].map(async (name) => {
+      const c = await connect();
+      const reader = new ResponseReader(c);
+      c.write(get(name));
+      const got = await reader.next('GET', READ_TIMEOUT_MS);
+      c.destroy();
+      return got.kind === 'answer' ? got.answer.status : got.kind;
+    }));
+    assert.deepEqual(answers, [200, 200, 200], 'no place in the in-flight limit was lost');
+  } finally {
+    await busy.close();
+  }
+});
+

@@ -9,7 +9,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 
 export class Conversation {
   /** answers owed on this connection, in the order Node will write them */
-  #owed = 0;
+  #owed = new Set<ServerResponse>();
+  #closesWithSocket = false;
   #whenAnswered: (() => void)[] = [];
   /** the request read last (the only one whose body may still be arriving), and what to do if that body breaks */
   #last: { req: IncomingMessage; bodyBroke: (err: Error) => void } | undefined;
@@ -25,20 +26,37 @@ export class Conversation {
   /** Counts an answer owed until its response closes. */
   owe(req: IncomingMessage, res: ServerResponse, bodyBroke: (err: Error) => void): void {
     this.#last = { req, bodyBroke };
-    this.#owed++;
+    this.#owed.add(res);
     res.once('close', () => {
-      if (--this.#owed > 0) return;
+      this.#owed.delete(res);
+      if (this.#owed.size > 0) return;
       for (const run of this.#whenAnswered.splice(0)) run();
+    });
+  }
+
+  /**
+   * After an upgrade or CONNECT, Node no longer tells the answers still queued behind the one being
+   * written that their connection closed: they would never close, holding their request's place in
+   * the in-flight limit and in a drain. They close with the socket here, as Node closes the others.
+   */
+  closeWithSocket(): void {
+    if (this.#closesWithSocket) return;
+    this.#closesWithSocket = true;
+    this.#socket.once('close', () => {
+      for (const res of [...this.#owed]) {
+        res.destroy();
+        res.emit('close');
+      }
     });
   }
 
   /** Runs `fn` once every answer owed before now has gone (at once when none is). */
   afterAnswers(fn: () => void): void {
-    if (this.#owed === 0) fn();
+    if (this.#owed.size === 0) fn();
     else this.#whenAnswered.push(fn);
   }
 
-  get owed(): number { return this.#owed; }
+  get owed(): number { return this.#owed.size; }
 
   /**
    * Bytes that are not HTTP arrived: when they are in the body of the request being read, that

@@ -203,6 +203,19 @@ export class Gateway {
       this.#onRequest(req, res, !res.socket);
     });
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
+    // Node would destroy the connection at a CONNECT, answers owed before it and all
+    this.server.on('connect', (req, socket) => {
+      this.#guard.seen(socket);
+      socket.on('error', () => socket.destroy());
+      const conversation = this.#conversations.of(socket);
+      conversation.closeWithSocket();
+      conversation.endHere();
+      conversation.afterAnswers(() => {
+        this.#log.debug(1, 'gateway refused a CONNECT', { url: req.url });
+        if (!socket.writable) { socket.destroy(); return; }
+        socket.end(rawStatus({ status: 405, message: 'tower gateway: CONNECT is not served here; the gateway serves Kubernetes API requests under /clusters/<name>/' }), () => socket.destroy());
+      });
+    });
     this.server.on('clientError', (err, socket) => {
       this.#log.debug(1, 'gateway dropped a malformed request', { err: err.message });
       // the answers to requests read before these bytes go first; then this 400, and the connection ends
@@ -583,8 +596,9 @@ export class Gateway {
    * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
    */
   #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, body: Body, tried: Set<unknown>, verb: string): void {
-    // the client's body broke while a member was being chosen: it has had its answer
-    if (this.#brokenBodies.has(req)) return;
+    // the client's body broke while a member was being chosen (it has had its answer), or the client
+    // left meanwhile (an impersonation asked of the member takes a round trip): nothing goes on
+    if (this.#brokenBodies.has(req) || res.destroyed) return;
     const { member, path, cluster } = route;
     tried.add(member.key);
     const bodyless = body.kind === 'none';
@@ -742,6 +756,7 @@ export class Gateway {
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#guard.seen(socket);
     const conversation = this.#conversations.of(socket);
+    conversation.closeWithSocket();
     // after a refusal that ends the connection: its answer goes, then the connection ends
     if (conversation.ended) { conversation.afterAnswers(() => socket.destroy()); return; }
     // an upgrade pipelined behind requests still being answered: its refusal or its 101 is written
