@@ -4,6 +4,13 @@
  * buffers and its SSH window, which it reserves here while it is stalled. How many streams stall
  * is up to the clients: past the cap, new streams are refused (429) rather than the process growing.
  */
+/**
+ * a stream that takes again is released only once it has kept taking this long: a reader that
+ * stopped drains a little now and then (the kernel's buffers grow), and its reservation must not
+ * lapse in between, letting new streams in past the cap
+ */
+const RELEASE_AFTER_MS = 1_000;
+
 export class StallBudget {
   /** the cap: new streams are refused once the stalled ones reserve this much */
   readonly maxBytes: number;
@@ -32,19 +39,28 @@ export class StallBudget {
   stream(): Stall {
     let held = false;
     let ended = false;
-    const release = () => {
+    let releasing: NodeJS.Timeout | undefined;
+    const releaseNow = () => {
+      clearTimeout(releasing);
+      releasing = undefined;
       if (!held) return;
       held = false;
       this.#reserved -= this.bytesPerStream;
     };
     return {
       hold: () => {
+        clearTimeout(releasing);
+        releasing = undefined;
         if (held || ended) return;
         held = true;
         this.#reserved += this.bytesPerStream;
       },
-      release,
-      end: () => { ended = true; release(); },
+      release: () => {
+        if (!held || releasing) return;
+        releasing = setTimeout(releaseNow, RELEASE_AFTER_MS);
+        releasing.unref();
+      },
+      end: () => { ended = true; releaseNow(); },
     };
   }
 }
@@ -52,7 +68,7 @@ export class StallBudget {
 export interface Stall {
   /** the reader stopped taking: reserves, once (nothing after end()) */
   hold(): void;
-  /** it takes again */
+  /** it takes again: released once it has kept taking for a second */
   release(): void;
   /** the stream is over: releases, and never holds again */
   end(): void;
