@@ -155,8 +155,9 @@ test('a chunked body that turns out malformed after its head was forwarded: a 40
       return e?.kind === 'request' && e.over ? e : undefined;
     }, 10_000);
     assert.equal(seen.complete, false, 'the member saw the body cut off, never completed');
-    // the second chunk's three bytes are its size's worth; what follows them is where HTTP stops
-    assert.equal(seen.body.toString(), 'abcabc');
+    // the second chunk's three bytes are its size's worth (they may or may not have gone on before
+    // the cut); what follows them is where HTTP stops, and never reaches the member
+    assert.ok(['abc', 'abcabc'].includes(seen.body.toString()), `the member got ${JSON.stringify(seen.body.toString())}, only what the valid chunks carry`);
     assert.ok(!s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`${marker}-behind`)), 'nothing behind it was forwarded');
   }
 });
