@@ -21,13 +21,25 @@ export class Stack {
 
   /** Starts (or restarts, on the same ports and data dir) the proxy. */
   async startProxy(extra: string[] = []): Promise<TowerProcess> {
-    if (!this.agentPort) this.agentPort = await freePort();
-    if (!this.gatewayPort) this.gatewayPort = await freePort();
-    const p = new TowerProcess('proxy', ['proxy', '--host', '127.0.0.1', '--port', String(this.agentPort), '--gateway-port', String(this.gatewayPort), ...extra], this.env);
-    this.processes.push(p);
-    await p.waitFor(/proxy serving/);
-    this.proxy = p;
-    return p;
+    // a port picked free can be taken (by any outgoing connection) before the proxy binds it: freshly
+    // picked ports are picked again then; a restart keeps its ports
+    const fresh = !this.agentPort || !this.gatewayPort;
+    for (let attempt = 1; ; attempt++) {
+      if (!this.agentPort) this.agentPort = await freePort();
+      if (!this.gatewayPort) this.gatewayPort = await freePort();
+      const p = new TowerProcess('proxy', ['proxy', '--host', '127.0.0.1', '--port', String(this.agentPort), '--gateway-port', String(this.gatewayPort), ...extra], this.env);
+      this.processes.push(p);
+      try {
+        await p.waitFor(/proxy serving/);
+      } catch (err) {
+        if (!fresh || attempt >= 3 || !/is already in use/.test(p.output)) throw err;
+        this.agentPort = 0;
+        this.gatewayPort = 0;
+        continue;
+      }
+      this.proxy = p;
+      return p;
+    }
   }
 
   /** `tower token NAME`: the token and the printed join command. */
