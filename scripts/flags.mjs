@@ -6,7 +6,17 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { root } from './lib.mjs';
 
-export const COMMANDS = ['proxy', 'agent', 'token', 'kubeconfig', 'clusters', 'delete', 'version', 'install proxy', 'install agent'];
+export const COMMANDS = [
+  'proxy',
+  'agent',
+  'token',
+  'kubeconfig',
+  'clusters',
+  'delete',
+  'version',
+  'install proxy',
+  'install agent',
+];
 const README = join(root, 'README.md');
 
 /**
@@ -21,7 +31,10 @@ export function helpFlags(helpText) {
   const flags = [];
   for (const line of section.split('\n')) {
     const head = /^ {2}(-.+?)(?: \(default (.*)\))?$/.exec(line);
-    if (head) { flags.push({ usage: head[1], default: head[2], help: '' }); continue; }
+    if (head) {
+      flags.push({ usage: head[1], default: head[2], help: '' });
+      continue;
+    }
     const more = /^ {8}(.*)$/.exec(line);
     if (more && flags.length) flags.at(-1).help += (flags.at(-1).help ? ' ' : '') + more[1];
     else if (line.trim() === '') break;
@@ -36,8 +49,13 @@ export function help(binary, command) {
 
 export function table(flags) {
   const cell = (s) => s.replace(/\|/g, '\\|');
-  return ['| flag | default | |', '| --- | --- | --- |',
-    ...flags.map((f) => `| \`${f.usage}\` | ${f.default === undefined ? '' : `\`${cell(f.default)}\``} | ${cell(f.help)} |`)].join('\n');
+  return [
+    '| flag | default | |',
+    '| --- | --- | --- |',
+    ...flags.map(
+      (f) => `| \`${f.usage}\` | ${f.default === undefined ? '' : `\`${cell(f.default)}\``} | ${cell(f.help)} |`,
+    ),
+  ].join('\n');
 }
 
 /**
@@ -56,7 +74,11 @@ if (process.argv[1] === new URL(import.meta.url).pathname) {
   let text = readFileSync(README, 'utf8');
   for (const c of COMMANDS) {
     const marker = new RegExp(`(<!-- flags: ${c} -->\\n)[\\s\\S]*?(<!-- /flags -->)`);
-    if (!marker.test(text)) { console.error(`docs: README.md has no <!-- flags: ${c} --> table`); process.exitCode = 1; continue; }
+    if (!marker.test(text)) {
+      console.error(`docs: README.md has no <!-- flags: ${c} --> table`);
+      process.exitCode = 1;
+      continue;
+    }
     text = text.replace(marker, (_, a, b) => `${a}${table(helpFlags(help(binary, c)))}\n${b}`);
   }
   writeFileSync(README, text);

@@ -44,11 +44,13 @@ try {
   for (const entry of entries) {
     const started = Date.now();
     if (args.survey) {
-      failed = await survey(entry) || failed;
+      failed = (await survey(entry)) || failed;
     } else {
       try {
         const tally = await checkFraming(entry, s.recorder, { seed, numRuns: runs, timeLimitMs });
-        console.log(`${entry.name}: passed; ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`);
+        console.log(
+          `${entry.name}: passed; ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`,
+        );
       } catch (err) {
         failed = true;
         console.log(`${entry.name}: FAILED\n${(err as Error).message}\n${String((err as Error).cause ?? '')}`);
@@ -78,7 +80,10 @@ async function survey(entry: Parameters<typeof playRound>[0]): Promise<boolean> 
     }
   }
   const byRule = new Map<string, number>();
-  for (const [kind, k] of kinds) { const rule = kind.split(': ')[0]!; byRule.set(rule, (byRule.get(rule) ?? 0) + k.count); }
+  for (const [kind, k] of kinds) {
+    const rule = kind.split(': ')[0]!;
+    byRule.set(rule, (byRule.get(rule) ?? 0) + k.count);
+  }
   console.log(`${entry.name}: ${played} rounds, ${kinds.size} kind(s) of violation`);
   for (const [rule, n] of [...byRule].sort((a, b) => b[1] - a[1])) console.log(`  ${n}× ${rule}`);
   for (const [kind, k] of [...kinds].sort((a, b) => b[1].count - a[1].count)) {

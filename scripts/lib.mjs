@@ -11,7 +11,10 @@ export const binary = join(root, 'dist', 'tower');
 export function ensureBuilt() {
   const newest = readdirSync(join(root, 'src'), { recursive: true, withFileTypes: true })
     .filter((e) => e.isFile())
-    .reduce((t, e) => Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs), statSync(join(root, 'package.json')).mtimeMs);
+    .reduce(
+      (t, e) => Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs),
+      statSync(join(root, 'package.json')).mtimeMs,
+    );
   if (existsSync(binary) && statSync(binary).mtimeMs >= newest) return;
   const r = spawnSync(process.execPath, [join(root, 'scripts', 'build.mjs')], { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);

@@ -17,7 +17,11 @@ export const bindingPath = join(cryptoDir, 'build', 'Release', 'sshcrypto.node')
  */
 function loads() {
   if (!existsSync(bindingPath)) return false;
-  const r = spawnSync(process.execPath, ['-e', `if (typeof require(${JSON.stringify(bindingPath)}).trimMalloc !== 'function') process.exit(1)`], { stdio: 'ignore' });
+  const r = spawnSync(
+    process.execPath,
+    ['-e', `if (typeof require(${JSON.stringify(bindingPath)}).trimMalloc !== 'function') process.exit(1)`],
+    { stdio: 'ignore' },
+  );
   return r.status === 0;
 }
 
@@ -29,14 +33,24 @@ export function ensureNativeCrypto(nodeDir) {
   if (loads()) return bindingPath;
   const gyp = process.env.npm_config_node_gyp;
   const [cmd, args] = gyp ? [process.execPath, [gyp]] : ['node-gyp', []];
-  const r = spawnSync(cmd, [...args, `--target=${process.version}`, `--real_openssl_major=${/^\d+/.exec(process.versions.openssl)[0]}`, `--nodedir=${nodeDir}`, 'rebuild'], {
-    cwd: cryptoDir,
-    // the machine's npm config may point nodedir at the system Node's headers; this build needs ours
-    env: { ...process.env, npm_config_nodedir: nodeDir },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  const r = spawnSync(
+    cmd,
+    [
+      ...args,
+      `--target=${process.version}`,
+      `--real_openssl_major=${/^\d+/.exec(process.versions.openssl)[0]}`,
+      `--nodedir=${nodeDir}`,
+      'rebuild',
+    ],
+    {
+      cwd: cryptoDir,
+      // the machine's npm config may point nodedir at the system Node's headers; this build needs ours
+      env: { ...process.env, npm_config_nodedir: nodeDir },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
   if (r.status !== 0 || !loads()) {
-    console.error('build: cannot build ssh2\'s native crypto binding; dist/tower will use the slower JS crypto');
+    console.error("build: cannot build ssh2's native crypto binding; dist/tower will use the slower JS crypto");
     return undefined;
   }
   return bindingPath;
@@ -51,7 +65,9 @@ export function ensureNativeCrypto(nodeDir) {
 export function crossNativeCrypto(nodeDir, outDir, check) {
   const cross = spawnSync('aarch64-linux-gnu-g++', ['--version'], { stdio: 'ignore' });
   if (cross.error || cross.status !== 0) {
-    console.error('build: no aarch64-linux-gnu-g++ (Debian: g++-aarch64-linux-gnu): dist/tower-linux-arm64 will use the slower JS crypto');
+    console.error(
+      'build: no aarch64-linux-gnu-g++ (Debian: g++-aarch64-linux-gnu): dist/tower-linux-arm64 will use the slower JS crypto',
+    );
     return undefined;
   }
   const work = join(outDir, '.crypto-arm64');
@@ -63,19 +79,35 @@ export function crossNativeCrypto(nodeDir, outDir, check) {
   cpSync(join(cryptoDir, 'src'), join(work, 'src'), { recursive: true });
   const gyp = process.env.npm_config_node_gyp;
   const [cmd, args] = gyp ? [process.execPath, [gyp]] : ['node-gyp', []];
-  const r = spawnSync(cmd, [...args, '--arch=arm64', `--target=${process.version}`, `--real_openssl_major=${/^\d+/.exec(process.versions.openssl)[0]}`, `--nodedir=${nodeDir}`, 'rebuild'], {
-    cwd: work,
-    env: {
-      ...process.env,
-      npm_config_nodedir: nodeDir,
-      // binding.gyp finds nan with `node -e "require('nan')"`
-      NODE_PATH: join(dirname(require.resolve('nan/package.json')), '..'),
-      CC: 'aarch64-linux-gnu-gcc', CXX: 'aarch64-linux-gnu-g++', LINK: 'aarch64-linux-gnu-g++', AR: 'aarch64-linux-gnu-ar',
+  const r = spawnSync(
+    cmd,
+    [
+      ...args,
+      '--arch=arm64',
+      `--target=${process.version}`,
+      `--real_openssl_major=${/^\d+/.exec(process.versions.openssl)[0]}`,
+      `--nodedir=${nodeDir}`,
+      'rebuild',
+    ],
+    {
+      cwd: work,
+      env: {
+        ...process.env,
+        npm_config_nodedir: nodeDir,
+        // binding.gyp finds nan with `node -e "require('nan')"`
+        NODE_PATH: join(dirname(require.resolve('nan/package.json')), '..'),
+        CC: 'aarch64-linux-gnu-gcc',
+        CXX: 'aarch64-linux-gnu-g++',
+        LINK: 'aarch64-linux-gnu-g++',
+        AR: 'aarch64-linux-gnu-ar',
+      },
+      stdio: ['ignore', 'ignore', 'inherit'],
     },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  );
   if (r.status !== 0 || !existsSync(built) || !check(built)) {
-    console.error('build: cannot cross-compile ssh2\'s native crypto binding for arm64; dist/tower-linux-arm64 will use the slower JS crypto');
+    console.error(
+      "build: cannot cross-compile ssh2's native crypto binding for arm64; dist/tower-linux-arm64 will use the slower JS crypto",
+    );
     return undefined;
   }
   return built;

@@ -13,6 +13,11 @@ const sh = (cmd, args, stdio = 'inherit') => {
 
 ensureBuilt();
 sh('bash', ['scripts/test-cluster.sh', 'build'], ['ignore', 'ignore', 'inherit']);
-const files = process.argv.length > 2 ? process.argv.slice(2)
-  : readdirSync(join(root, 'test')).filter((f) => f.endsWith('.test.ts')).sort().map((f) => join('test', f));
+const files =
+  process.argv.length > 2
+    ? process.argv.slice(2)
+    : readdirSync(join(root, 'test'))
+        .filter((f) => f.endsWith('.test.ts'))
+        .sort()
+        .map((f) => join('test', f));
 sh(process.execPath, ['--test', '--test-concurrency=1', '--test-timeout=300000', ...files]);

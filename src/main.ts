@@ -11,12 +11,24 @@ import { VersionCommand } from './cli/version.ts';
 import { CRYPTO_PROBLEM } from './tunnel/ssh.ts';
 import { VERSION } from './version.ts';
 
-const COMMANDS = [ProxyCommand, AgentCommand, TokenCommand, KubeconfigCommand, ClustersCommand, DeleteCommand, VersionCommand, InstallProxyCommand, InstallAgentCommand];
+const COMMANDS = [
+  ProxyCommand,
+  AgentCommand,
+  TokenCommand,
+  KubeconfigCommand,
+  ClustersCommand,
+  DeleteCommand,
+  VersionCommand,
+  InstallProxyCommand,
+  InstallAgentCommand,
+];
 const entries: CommandEntry[] = COMMANDS.map((cls) => ({ path: cls.paths[0]!, cls: cls as CommandEntry['cls'] }));
 
 /** the command that `args` names, and where its own arguments start */
 function resolve(args: string[]): { entry: CommandEntry; rest: string[] } | undefined {
-  const entry = entries.filter((e) => e.path.every((p, i) => args[i] === p)).sort((a, b) => b.path.length - a.path.length)[0];
+  const entry = entries
+    .filter((e) => e.path.every((p, i) => args[i] === p))
+    .sort((a, b) => b.path.length - a.path.length)[0];
   return entry && { entry, rest: args.slice(entry.path.length) };
 }
 
@@ -29,11 +41,23 @@ async function main(args: string[]): Promise<number> {
   // said once, at every start: the SSH ciphers run several times slower on the JS fallback
   if (CRYPTO_PROBLEM) process.stderr.write(`tower: warning: running on the JS crypto: ${CRYPTO_PROBLEM}\n`);
   const first = args[0];
-  if (first === undefined || first === '--help' || first === '-h') { process.stdout.write(overview(entries)); return 0; }
-  if (first === '--version') { process.stdout.write(`${VERSION}\n`); return 0; }
-  if (first === '-v') return fail('tower: unknown command "-v"; did you mean version? (see: tower help; -v N is a command\'s log verbosity)');
+  if (first === undefined || first === '--help' || first === '-h') {
+    process.stdout.write(overview(entries));
+    return 0;
+  }
+  if (first === '--version') {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  if (first === '-v')
+    return fail(
+      'tower: unknown command "-v"; did you mean version? (see: tower help; -v N is a command\'s log verbosity)',
+    );
   if (first === 'help') {
-    if (args.length === 1) { process.stdout.write(overview(entries)); return 0; }
+    if (args.length === 1) {
+      process.stdout.write(overview(entries));
+      return 0;
+    }
     const found = resolve(args.slice(1));
     if (!found) return fail(`tower help: unknown command "${args.slice(1).join(' ')}" (see: tower help)`);
     process.stdout.write(commandHelp(found.entry));
@@ -42,16 +66,24 @@ async function main(args: string[]): Promise<number> {
   const found = resolve(args);
   if (!found) {
     const words = entries.map((e) => e.path.join(' '));
-    const near = nearest(first.startsWith('-') ? first.replace(/^-+/, '') : first, [...new Set(entries.map((e) => e.path[0]!))]);
+    const near = nearest(first.startsWith('-') ? first.replace(/^-+/, '') : first, [
+      ...new Set(entries.map((e) => e.path[0]!)),
+    ]);
     const sub = words.filter((w) => w.startsWith(`${first} `));
-    if (sub.length) return fail(`tower ${first}: name what to ${first}: ${sub.map((w) => w.split(' ')[1]).join(' or ')} (see: tower help)`);
+    if (sub.length)
+      return fail(
+        `tower ${first}: name what to ${first}: ${sub.map((w) => w.split(' ')[1]).join(' or ')} (see: tower help)`,
+      );
     return fail(`tower: unknown command "${first}"${near ? `; did you mean ${near}?` : ''} (see: tower help)`);
   }
   const { entry, rest } = found;
   const name = `tower ${entry.path.join(' ')}`;
   const dashes = rest.indexOf('--');
   const flags = dashes < 0 ? rest : rest.slice(0, dashes);
-  if (flags.includes('--help') || flags.includes('-h')) { process.stdout.write(commandHelp(entry)); return 0; }
+  if (flags.includes('--help') || flags.includes('-h')) {
+    process.stdout.write(commandHelp(entry));
+    return 0;
+  }
   const specs = (entry.cls as typeof TowerCommand).options;
   const scan = scanArgs(rest, specs);
   if (scan.unknown) return fail(`${name}: ${scan.unknown} (see: ${name} --help)`);
@@ -67,7 +99,10 @@ async function main(args: string[]): Promise<number> {
     command = cli.process([...entry.path, ...normalized]);
   } catch (err) {
     // clipanion's own message, on one line: a missing value, an extra argument
-    const why = ((err as Error).message.split('\n')[0] ?? '').replace(/^Command not found; did you mean.*$/, 'unexpected argument');
+    const why = ((err as Error).message.split('\n')[0] ?? '').replace(
+      /^Command not found; did you mean.*$/,
+      'unexpected argument',
+    );
     const takes = entry.cls.doc.usage.split(' ')[entry.path.length] === 'NAME' ? 1 : 0;
     return fail(`${name}: ${syntaxProblem(why, scan.positionals.slice(takes))} (see: ${name} --help)`);
   }
@@ -76,14 +111,19 @@ async function main(args: string[]): Promise<number> {
 
 /** clipanion's parse errors, said as what is wrong with the command line */
 function syntaxProblem(why: string, extra: string[]): string {
-  if (/Not enough arguments to option (\S+)/.test(why)) return `${/Not enough arguments to option (\S+?)\.?$/.exec(why)![1]} needs a value`;
-  if (/Extraneous positional argument|unexpected argument/.test(why)) return `unexpected argument${extra.length > 1 ? 's' : ''} ${extra.map((a) => JSON.stringify(a)).join(' ')}`;
+  if (/Not enough arguments to option (\S+)/.test(why))
+    return `${/Not enough arguments to option (\S+?)\.?$/.exec(why)![1]} needs a value`;
+  if (/Extraneous positional argument|unexpected argument/.test(why))
+    return `unexpected argument${extra.length > 1 ? 's' : ''} ${extra.map((a) => JSON.stringify(a)).join(' ')}`;
   return why || 'invalid command line';
 }
 
 // SEA binaries see [node, binary, ...]; so does `node bundle.cjs`. Exit when the command is done,
 // even if a library left a handle open: pipes and files are written synchronously on Linux.
-main(process.argv.slice(2)).then((code) => process.exit(code), (err: Error) => {
-  process.stderr.write(`tower: ${err.stack ?? err.message}\n`);
-  process.exit(1);
-});
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: Error) => {
+    process.stderr.write(`tower: ${err.stack ?? err.message}\n`);
+    process.exit(1);
+  },
+);

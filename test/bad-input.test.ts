@@ -28,7 +28,9 @@ async function rawExchange(bytes: string, end: boolean): Promise<string> {
   if (end) sock.end(bytes);
   else sock.write(bytes);
   let answer = '';
-  sock.setEncoding('latin1').on('data', (d: string) => { answer += d; });
+  sock.setEncoding('latin1').on('data', (d: string) => {
+    answer += d;
+  });
   await once(sock, 'close');
   return answer;
 }
@@ -45,7 +47,11 @@ before(async () => {
   stack = new Stack();
   await stack.startProxy();
   const { token } = await stack.token('healthy');
-  const agent = stack.startAgent('healthy', token, upstream.writeKubeconfig(join(stack.dataDir, 'u.kubeconfig'), 'token'));
+  const agent = stack.startAgent(
+    'healthy',
+    token,
+    upstream.writeKubeconfig(join(stack.dataDir, 'u.kubeconfig'), 'token'),
+  );
   await agent.waitFor(/connected to proxy/);
   kc = await stack.kubeconfig('healthy');
   await stack.token('idle');
@@ -61,7 +67,10 @@ describe('agents with bad credentials', () => {
     const agent = stack.startAgent('healthy', 'f'.repeat(64), join(stack.dataDir, 'u.kubeconfig'));
     const code = await agent.exited;
     assert.equal(code, 1);
-    assert.match(agent.output, /tower agent: the proxy refused agent "healthy": Unauthorized agent \(check --name and --token; the proxy's host prints them with: tower token healthy\)/);
+    assert.match(
+      agent.output,
+      /tower agent: the proxy refused agent "healthy": Unauthorized agent \(check --name and --token; the proxy's host prints them with: tower token healthy\)/,
+    );
     await stack.proxy!.waitFor(/agent refused: wrong token cluster=healthy/);
     await stillServing();
   });
@@ -77,7 +86,12 @@ describe('agents with bad credentials', () => {
   test('a proxy whose host key does not match --proxy-fingerprint is refused', async () => {
     const { token } = await stack.token('idle');
     const wrong = 'SHA256:' + 'A'.repeat(43);
-    const agent = stack.startAgent('idle', token, join(stack.dataDir, 'u.kubeconfig'), ['--proxy-fingerprint', wrong, '--max-retry', '1']);
+    const agent = stack.startAgent('idle', token, join(stack.dataDir, 'u.kubeconfig'), [
+      '--proxy-fingerprint',
+      wrong,
+      '--max-retry',
+      '1',
+    ]);
     assert.equal(await agent.exited, 1);
     assert.match(agent.output, /the proxy's host key is SHA256:\S+, not SHA256:A{43} as --proxy-fingerprint demands/);
     await stillServing();
@@ -85,9 +99,19 @@ describe('agents with bad credentials', () => {
 
   test('--max-retry: an agent that cannot reach the proxy gives up with the last error', async () => {
     const dead = await freePort();
-    const agent = stack.startAgent('idle', 'f'.repeat(64), join(stack.dataDir, 'u.kubeconfig'), ['--proxy-server', `http://127.0.0.1:${dead}`, '--max-retry', '2', '--max-retry-interval', '1s']);
+    const agent = stack.startAgent('idle', 'f'.repeat(64), join(stack.dataDir, 'u.kubeconfig'), [
+      '--proxy-server',
+      `http://127.0.0.1:${dead}`,
+      '--max-retry',
+      '2',
+      '--max-retry-interval',
+      '1s',
+    ]);
     assert.equal(await agent.exited, 1);
-    assert.match(agent.output, /tower agent: gave up after 2 failed attempts \(--max-retry 2\): cannot reach the proxy at ws:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/);
+    assert.match(
+      agent.output,
+      /tower agent: gave up after 2 failed attempts \(--max-retry 2\): cannot reach the proxy at ws:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/,
+    );
   });
 });
 
@@ -100,14 +124,20 @@ describe('garbage on the agent port', () => {
   });
 
   test('/health and /version answer; other paths are 404', async () => {
-    const get = async (p: string) => { const r = await fetch(`${stack.proxyUrl}${p}`); return [r.status, await r.text()]; };
+    const get = async (p: string) => {
+      const r = await fetch(`${stack.proxyUrl}${p}`);
+      return [r.status, await r.text()];
+    };
     assert.deepEqual(await get('/health'), [200, 'OK\n']);
     assert.deepEqual(await get('/version'), [200, '0.1.0\n']);
     assert.equal((await get('/nope'))[0], 404);
   });
 
   test('a WebSocket without the kubesphere-v1 subprotocol is refused', async () => {
-    const answer = await rawExchange('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', false);
+    const answer = await rawExchange(
+      'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      false,
+    );
     assert.match(answer, /^HTTP\/1\.1 400 Bad Request[^]*WebSocket subprotocol must be kubesphere-v1/);
   });
 
@@ -130,13 +160,20 @@ describe('garbage on the agent port', () => {
 
   test('a malformed config payload is answered with the reason, then the connection is closed', async () => {
     const { stream, features } = await dialWebSocket(stack.proxyUrl.replace('http', 'ws'), { timeoutMs: 5000 });
-    assert.deepEqual(features, ['tls-at-agent', 'auth-at-agent', 'replicas'], 'the proxy offers its extensions in the 101');
+    assert.deepEqual(
+      features,
+      ['tls-at-agent', 'auth-at-agent', 'replicas'],
+      'the proxy offers its extensions in the 101',
+    );
     const client = new ssh2.Client() as TunnelClient;
     client.on('error', () => {});
     client.connect({ sock: stream as never, username: '', password: '', ident: 'SSH-kubesphere-v1-client' });
     await once(client, 'ready');
     const reply = await new Promise<{ failed: boolean; text: string }>((resolve) =>
-      client.globalRequest('config', Buffer.from('{"Name": "healthy", "Token": '), (failed, data) => resolve({ failed, text: data?.toString() ?? '' })));
+      client.globalRequest('config', Buffer.from('{"Name": "healthy", "Token": '), (failed, data) =>
+        resolve({ failed, text: data?.toString() ?? '' }),
+      ),
+    );
     assert.equal(reply.failed, true);
     assert.match(reply.text, /^malformed config payload: /);
     await once(client, 'close');
@@ -148,10 +185,24 @@ describe('the gateway', () => {
   function gatewayStatus(cert?: { cert: string; key: string }, path = '/clusters/healthy/api') {
     const doc = parse(readFileSync(kc, 'utf8'));
     return new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port: stack.gatewayPort, path, ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'), ...cert }, (res) => {
-        let body = '';
-        res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve({ status: res.statusCode!, body }));
-      });
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: stack.gatewayPort,
+          path,
+          ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+          ...cert,
+        },
+        (res) => {
+          let body = '';
+          res
+            .setEncoding('utf8')
+            .on('data', (d: string) => {
+              body += d;
+            })
+            .on('end', () => resolve({ status: res.statusCode!, body }));
+        },
+      );
       req.on('error', reject);
       req.end();
     });
@@ -174,44 +225,80 @@ describe('the gateway', () => {
     assert.equal(upstream.auth.length, before);
   });
 
-  test('certificates of tower\'s CA that OpenSSL would refuse are refused here too: expired, or meant for servers (401, nothing forwarded)', async () => {
+  test("certificates of tower's CA that OpenSSL would refuse are refused here too: expired, or meant for servers (401, nothing forwarded)", async () => {
     // the gateway checks client certificates itself (see src/proxy/client-certificate.ts)
-    const ca = await CertificateAuthority.load({ cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'), key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8') }, 'test');
+    const ca = await CertificateAuthority.load(
+      {
+        cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'),
+        key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8'),
+      },
+      'test',
+    );
     const before = upstream.auth.length;
     const expired = await gatewayStatus(await ca.issueClient('old', ['system:masters'], -1, 'healthy'));
     assert.equal(expired.status, 401);
     assert.match(JSON.parse(expired.body).message, /\(this connection has a certificate that expired .*\)/);
     const server = await gatewayStatus(await ca.issueServer(['healthy.example']));
     assert.equal(server.status, 401);
-    assert.match(JSON.parse(server.body).message, /\(this connection has a certificate not meant for client authentication\)/);
+    assert.match(
+      JSON.parse(server.body).message,
+      /\(this connection has a certificate not meant for client authentication\)/,
+    );
     assert.equal(upstream.auth.length, before);
     await stillServing();
   });
 
-  test('certificates OpenSSL\'s clientAuth check refuses are refused: an unknown critical extension, a key usage without digitalSignature, a CA (401, nothing forwarded)', async () => {
+  test("certificates OpenSSL's clientAuth check refuses are refused: an unknown critical extension, a key usage without digitalSignature, a CA (401, nothing forwarded)", async () => {
     const caPem = readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8');
-    const caKey = await webcrypto.subtle.importKey('pkcs8', createPrivateKey(readFileSync(join(stack.dataDir, 'ca.key'), 'utf8')).export({ format: 'der', type: 'pkcs8' }), { name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']);
+    const caKey = await webcrypto.subtle.importKey(
+      'pkcs8',
+      createPrivateKey(readFileSync(join(stack.dataDir, 'ca.key'), 'utf8')).export({ format: 'der', type: 'pkcs8' }),
+      { name: 'ECDSA', namedCurve: 'P-256' },
+      false,
+      ['sign'],
+    );
     const issuer = new x509.X509Certificate(caPem);
     /** a client certificate of tower's CA for cluster "healthy", with these extensions besides its name */
     const craft = async (extensions: x509.Extension[]) => {
-      const keys = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+      const keys = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, [
+        'sign',
+        'verify',
+      ])) as webcrypto.CryptoKeyPair;
       const cert = await x509.X509CertificateGenerator.create({
-        serialNumber: '0' + Date.now().toString(16), subject: 'CN=mallory, O=system:masters', issuer: issuer.subject,
-        notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3_600_000),
-        signingKey: caKey as never, publicKey: keys.publicKey as never, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
-        extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'urn:tower:cluster:healthy' }]), ...extensions],
+        serialNumber: '0' + Date.now().toString(16),
+        subject: 'CN=mallory, O=system:masters',
+        issuer: issuer.subject,
+        notBefore: new Date(Date.now() - 60_000),
+        notAfter: new Date(Date.now() + 3_600_000),
+        signingKey: caKey as never,
+        publicKey: keys.publicKey as never,
+        signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+        extensions: [
+          new x509.SubjectAlternativeNameExtension([{ type: 'url', value: 'urn:tower:cluster:healthy' }]),
+          ...extensions,
+        ],
       });
-      const key = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64').replace(/.{64}/g, '$&\n');
+      const key = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey))
+        .toString('base64')
+        .replace(/.{64}/g, '$&\n');
       return { cert: cert.toString('pem'), key: `-----BEGIN PRIVATE KEY-----\n${key}\n-----END PRIVATE KEY-----\n` };
     };
     const clientAuth = new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]);
     // the control: the same crafting with what tower issues is accepted (then 200 from the member)
-    const good = await gatewayStatus(await craft([clientAuth, new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true)]));
+    const good = await gatewayStatus(
+      await craft([clientAuth, new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true)]),
+    );
     assert.equal(good.status, 200, good.body);
     const before = upstream.auth.length;
     const cases: [x509.Extension[], RegExp][] = [
-      [[clientAuth, new x509.Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([5, 0]))], /an unknown critical extension 1\.3\.6\.1\.4\.1\.99999\.1/],
-      [[clientAuth, new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyEncipherment, true)], /key usage does not allow signing/],
+      [
+        [clientAuth, new x509.Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([5, 0]))],
+        /an unknown critical extension 1\.3\.6\.1\.4\.1\.99999\.1/,
+      ],
+      [
+        [clientAuth, new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyEncipherment, true)],
+        /key usage does not allow signing/,
+      ],
       [[clientAuth, new x509.BasicConstraintsExtension(true, undefined, true)], /a CA certificate/],
     ];
     for (const [extensions, why] of cases) {
@@ -223,8 +310,14 @@ describe('the gateway', () => {
     await stillServing();
   });
 
-  test('a replica\'s certificate means nothing where there are no replicas (file mode): no peer API, no forwarded identity', async () => {
-    const ca = await CertificateAuthority.load({ cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'), key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8') }, 'test');
+  test("a replica's certificate means nothing where there are no replicas (file mode): no peer API, no forwarded identity", async () => {
+    const ca = await CertificateAuthority.load(
+      {
+        cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'),
+        key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8'),
+      },
+      'test',
+    );
     const peer = await ca.issueClient('tower-replica:r9', [], 1, undefined, [`${PEER_URI_PREFIX}r9`]);
     const before = upstream.requests.length;
     const api = await gatewayStatus(peer, '/peer/v1/sessions?cluster=healthy');
@@ -240,17 +333,29 @@ describe('the gateway', () => {
     const missing = await kubectl(kc, ['get', '--raw', '/clusters/nosuch/api']);
     const other = await kubectl(kc, ['get', '--raw', '/clusters/idle/api']);
     assert.notEqual(missing.code, 0);
-    assert.match(missing.stderr, /Error from server \(Forbidden\): tower gateway: this client certificate is for cluster "healthy", not "nosuch"/);
+    assert.match(
+      missing.stderr,
+      /Error from server \(Forbidden\): tower gateway: this client certificate is for cluster "healthy", not "nosuch"/,
+    );
     assert.equal(other.stderr.replaceAll('idle', 'nosuch'), missing.stderr, 'existence must not show');
     await stillServing();
   });
 
-  test('a certificate of tower\'s CA that names no cluster is refused on the shared gateway', async () => {
-    const ca = await CertificateAuthority.load({ cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'), key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8') }, 'test');
+  test("a certificate of tower's CA that names no cluster is refused on the shared gateway", async () => {
+    const ca = await CertificateAuthority.load(
+      {
+        cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'),
+        key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8'),
+      },
+      'test',
+    );
     const before = upstream.requests.length;
     const r = await gatewayStatus(await ca.issueClient('someone', ['system:masters']));
     assert.equal(r.status, 403);
-    assert.match(JSON.parse(r.body).message, /this client certificate is not bound to a cluster .*--allow-unbound-certificates/);
+    assert.match(
+      JSON.parse(r.body).message,
+      /this client certificate is not bound to a cluster .*--allow-unbound-certificates/,
+    );
     assert.equal(upstream.requests.length, before, 'nothing forwarded');
   });
 
@@ -296,16 +401,29 @@ describe('commands', () => {
   test('a second proxy on the same data dir is refused while the first runs', async () => {
     const r = await tower(['proxy', '--host', '127.0.0.1', '--port', '0', '--gateway-port', '0'], stack.env);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, new RegExp(`^tower proxy: another proxy \\(pid ${stack.proxy!.pid}\\) serves .*; stop it, or give this one its own --data-dir\n$`));
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `^tower proxy: another proxy \\(pid ${stack.proxy!.pid}\\) serves .*; stop it, or give this one its own --data-dir\n$`,
+      ),
+    );
     await stillServing();
   });
 
   test('a proxy on a taken port says so, and exits', async () => {
     const other = tempDir('other');
     try {
-      const r = await tower(['proxy', '--host', '127.0.0.1', '--port', '0', '--gateway-port', String(stack.gatewayPort)], { TOWER_HOME: other });
+      const r = await tower(
+        ['proxy', '--host', '127.0.0.1', '--port', '0', '--gateway-port', String(stack.gatewayPort)],
+        { TOWER_HOME: other },
+      );
       assert.equal(r.code, 1);
-      assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${stack.gatewayPort} is already in use \\(another proxy running\\? choose another --gateway-port\\)`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `127\\.0\\.0\\.1:${stack.gatewayPort} is already in use \\(another proxy running\\? choose another --gateway-port\\)`,
+        ),
+      );
     } finally {
       removeDir(other);
     }
@@ -315,5 +433,7 @@ describe('commands', () => {
 
 test('the proxy logged every refusal and is still running', async () => {
   assert.ok(stack.proxy!.running);
-  await waitUntil('status of healthy', () => readFileSync(join(stack.dataDir, 'status', 'healthy.yaml'), 'utf8').includes('connected: true'));
+  await waitUntil('status of healthy', () =>
+    readFileSync(join(stack.dataDir, 'status', 'healthy.yaml'), 'utf8').includes('connected: true'),
+  );
 });

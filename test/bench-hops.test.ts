@@ -8,7 +8,8 @@ const TOWER: HopPorts = { entry: 8443, middle: 8080, upstream: 6443, middleListe
 const SSH: HopPorts = { entry: 9000, middle: 2222, upstream: 6443, middleListensAtEntry: false };
 
 /** a tcpdump -n -tt -q line: `at` in µs */
-const seg = (at: number, from: number, to: number, bytes: number) => `${(at / 1e6).toFixed(6)} IP 127.0.0.1.${from} > 127.0.0.1.${to}: tcp ${bytes}`;
+const seg = (at: number, from: number, to: number, bytes: number) =>
+  `${(at / 1e6).toFixed(6)} IP 127.0.0.1.${from} > 127.0.0.1.${to}: tcp ${bytes}`;
 
 describe('the bench reads one request hop by hop off the wire', () => {
   test('tower: client → gateway → agent (over the agent port) → upstream and back, acks and window adjustments skipped', () => {
@@ -24,24 +25,42 @@ describe('the bench reads one request hop by hop off the wire', () => {
       'tcpdump: a line of something else',
     ].join('\n');
     const legs = parseLegs(lines, TOWER);
-    assert.deepEqual(legs.map((s) => s.leg), [0, 1, 2, 3, 1, 4, 5]);
+    assert.deepEqual(
+      legs.map((s) => s.leg),
+      [0, 1, 2, 3, 1, 4, 5],
+    );
     const { hops, requests } = hopTimes(legs);
     assert.equal(requests, 1);
     assert.deepEqual(Object.values(hops), [150, 90, 60, 90, 110]);
   });
 
   test('OpenSSH: ssh dials sshd, so the middle port is the destination on the way in', () => {
-    const lines = [seg(0, 50000, 9000, 300), seg(20, 33000, 2222, 400), seg(40, 34000, 6443, 300), seg(100, 6443, 34000, 250), seg(120, 2222, 33000, 330), seg(140, 9000, 50000, 260)].join('\n');
+    const lines = [
+      seg(0, 50000, 9000, 300),
+      seg(20, 33000, 2222, 400),
+      seg(40, 34000, 6443, 300),
+      seg(100, 6443, 34000, 250),
+      seg(120, 2222, 33000, 330),
+      seg(140, 9000, 50000, 260),
+    ].join('\n');
     const { hops, requests } = hopTimes(parseLegs(lines, SSH));
     assert.equal(requests, 1);
     assert.deepEqual(Object.values(hops), [20, 20, 60, 20, 20]);
   });
 
   test('a request whose legs are cut short is dropped, not counted, and the medians come from the whole ones', () => {
-    const whole = (t0: number, d: number) => [seg(t0, 51000, 8443, 300), seg(t0 + d, 8080, 40000, 180), seg(t0 + 2 * d, 41000, 6443, 350), seg(t0 + 3 * d, 6443, 41000, 250), seg(t0 + 4 * d, 40000, 8080, 320), seg(t0 + 5 * d, 8443, 51000, 260)];
+    const whole = (t0: number, d: number) => [
+      seg(t0, 51000, 8443, 300),
+      seg(t0 + d, 8080, 40000, 180),
+      seg(t0 + 2 * d, 41000, 6443, 350),
+      seg(t0 + 3 * d, 6443, 41000, 250),
+      seg(t0 + 4 * d, 40000, 8080, 320),
+      seg(t0 + 5 * d, 8443, 51000, 260),
+    ];
     const lines = [
       ...whole(0, 10),
-      seg(1_000, 51000, 8443, 300), seg(1_010, 8080, 40000, 180), // lost after two legs: the next request begins
+      seg(1_000, 51000, 8443, 300),
+      seg(1_010, 8080, 40000, 180), // lost after two legs: the next request begins
       ...whole(2_000, 30),
       ...whole(3_000, 20),
     ].join('\n');

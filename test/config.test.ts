@@ -13,7 +13,10 @@ after(() => removeDir(dir));
 
 test('flags beat TOWER_* environment, which beats the config file, which beats defaults', () => {
   const file = join(dir, 'tower.yaml');
-  writeFileSync(file, 'port: 1111\ngateway-port: 2222\nhost: 127.0.0.2\nproxy:\n  host: 127.0.0.3\nname: shared-with-agent\n');
+  writeFileSync(
+    file,
+    'port: 1111\ngateway-port: 2222\nhost: 127.0.0.2\nproxy:\n  host: 127.0.0.3\nname: shared-with-agent\n',
+  );
   const { values, sources } = loadConfig(PROXY_OPTIONS, {
     command: 'proxy',
     flags: { port: '3333' },
@@ -34,13 +37,23 @@ test('flags beat TOWER_* environment, which beats the config file, which beats d
 test('errors name the option, the source and what is wanted', () => {
   const file = join(dir, 'bad.yaml');
   writeFileSync(file, 'keepalive: soon\n');
-  assert.throws(() => loadConfig(AGENT_OPTIONS, { command: 'agent', flags: {}, env: {}, configFile: file }),
-    /invalid --keepalive value "soon" from key "keepalive" in .*bad\.yaml: want a duration such as 30s/);
-  assert.throws(() => loadConfig(PROXY_OPTIONS, { command: 'proxy', flags: { port: '70000' }, env: {} }),
-    /invalid --port value "70000" from flag --port: a port is 1-65535/);
+  assert.throws(
+    () => loadConfig(AGENT_OPTIONS, { command: 'agent', flags: {}, env: {}, configFile: file }),
+    /invalid --keepalive value "soon" from key "keepalive" in .*bad\.yaml: want a duration such as 30s/,
+  );
+  assert.throws(
+    () => loadConfig(PROXY_OPTIONS, { command: 'proxy', flags: { port: '70000' }, env: {} }),
+    /invalid --port value "70000" from flag --port: a port is 1-65535/,
+  );
   writeFileSync(file, 'prot: 8080\n');
-  assert.throws(() => loadConfig(PROXY_OPTIONS, { command: 'proxy', flags: {}, env: {}, configFile: file }), /unknown option "prot" .*\(see: tower proxy --help\)/);
-  assert.throws(() => loadConfig(PROXY_OPTIONS, { command: 'proxy', flags: {}, env: {}, configFile: join(dir, 'missing.yaml') }), /cannot read config file .*missing\.yaml: no such file/);
+  assert.throws(
+    () => loadConfig(PROXY_OPTIONS, { command: 'proxy', flags: {}, env: {}, configFile: file }),
+    /unknown option "prot" .*\(see: tower proxy --help\)/,
+  );
+  assert.throws(
+    () => loadConfig(PROXY_OPTIONS, { command: 'proxy', flags: {}, env: {}, configFile: join(dir, 'missing.yaml') }),
+    /cannot read config file .*missing\.yaml: no such file/,
+  );
 });
 
 test('Go durations', () => {
@@ -62,11 +75,25 @@ test('--proxy-server is normalised as the Go agent does', () => {
 });
 
 test('-v 2 prints where every option came from, with the token redacted', async () => {
-  const r = await tower(['agent', '-v', '2', '--name', 'x', '--token', 'secret-token', '--proxy-fingerprint', `SHA256:${'A'.repeat(43)}`, '--kubeconfig', join(dir, 'none.kubeconfig')], { TOWER_KEEPALIVE: '5s' });
+  const r = await tower(
+    [
+      'agent',
+      '-v',
+      '2',
+      '--name',
+      'x',
+      '--token',
+      'secret-token',
+      '--proxy-fingerprint',
+      `SHA256:${'A'.repeat(43)}`,
+      '--kubeconfig',
+      join(dir, 'none.kubeconfig'),
+    ],
+    { TOWER_KEEPALIVE: '5s' },
+  );
   assert.equal(r.code, 1);
   assert.match(r.stderr, /option --keepalive=5s \(env\)/);
   assert.match(r.stderr, /option --token=<redacted> \(flag\)/);
   assert.doesNotMatch(r.stderr, /secret-token/);
   assert.match(r.stderr, /tower agent: cannot read --kubeconfig .*none\.kubeconfig: no such file/);
 });
-

@@ -36,7 +36,11 @@ test('an emptied cluster file: the old token stops working at once, logged once,
   // the live session goes, and its reconnection with the old token is refused
   assert.equal(await agent.exited, 1);
   assert.match(agent.output, /the proxy refused agent "alpha": Unauthorized agent/);
-  await stack.proxy!.waitFor(/ERROR cluster record unusable: its agents are refused cluster=alpha why=".*alpha\.yaml is empty" sessionsClosed=1/, 5000, from);
+  await stack.proxy!.waitFor(
+    /ERROR cluster record unusable: its agents are refused cluster=alpha why=".*alpha\.yaml is empty" sessionsClosed=1/,
+    5000,
+    from,
+  );
   await settle();
   assert.equal(unusable(from), 1, 'one line per change, not one per poll');
 });
@@ -52,7 +56,10 @@ test('unparseable YAML: a new change, a new line, then silence', async () => {
 test('tower token on an unusable record exits 1 with the fix; it never rewrites the token by itself', async () => {
   const r = await tower(['token', 'alpha'], stack.env);
   assert.equal(r.code, 1);
-  assert.match(r.stderr, /^tower token: cluster "alpha" is registered, but .*alpha\.yaml is not YAML .*; its agents are refused\. Restore the file, or write a new token with: tower token alpha --rotate\n$/);
+  assert.match(
+    r.stderr,
+    /^tower token: cluster "alpha" is registered, but .*alpha\.yaml is not YAML .*; its agents are refused\. Restore the file, or write a new token with: tower token alpha --rotate\n$/,
+  );
   const kc = await tower(['kubeconfig', 'alpha'], stack.env);
   assert.equal(kc.code, 1);
   assert.match(kc.stderr, /cluster "alpha" is registered, but/);
@@ -71,7 +78,7 @@ test('an unreadable record (a directory where the file was) is refused the same 
 test('--rotate writes a new token; agents with it connect; tower token then prints that same token', async () => {
   const rotated = await stack.token('alpha', ['--rotate']);
   const again = await stack.token('alpha');
-  assert.equal(again.token, rotated.token, 'an existing cluster\'s token is printed, never reissued');
+  assert.equal(again.token, rotated.token, "an existing cluster's token is printed, never reissued");
   const agent = stack.startAgent('alpha', rotated.token, memberKc);
   await agent.waitFor(/connected to proxy/);
   await stack.proxy!.waitFor(/cluster record usable again cluster=alpha/);
@@ -90,10 +97,15 @@ test('other files of the data dir are strangers too: a broken record of addresse
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /ignoring an unusable file in the data dir .*proxy\.yaml why="is malformed"/);
     assert.match(r.stdout, /--proxy-server http:\/\/127\.0\.0\.1:8080/, 'the default address is printed instead');
-    writeFileSync(hostKey, '-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n', { mode: 0o600 });
+    writeFileSync(hostKey, '-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n', {
+      mode: 0o600,
+    });
     const k = await tower(['token', 'alpha'], stack.env);
     assert.equal(k.code, 1);
-    assert.match(k.stderr, /^tower token: the proxy's SSH host key in .* is not a usable private key \(.*\); restore it, or remove it to make a new one/m);
+    assert.match(
+      k.stderr,
+      /^tower token: the proxy's SSH host key in .* is not a usable private key \(.*\); restore it, or remove it to make a new one/m,
+    );
     assert.doesNotMatch(k.stderr, /unexpected error|\n\s+at /);
   } finally {
     writeFileSync(record, goodRecord);

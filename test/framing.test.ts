@@ -42,8 +42,14 @@ describe('no request smuggling through the shared gateway (file mode)', () => {
   CLUSTERS.forEach((cluster, i) => {
     test(`jane and bob at once on cluster ${cluster}: the member sees exactly their heads, as each of them, and each gets their own answers`, async () => {
       const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
-      const tally = await checkFraming(entry, s.recorder, { seed: seed + i, numRuns: RUNS_PER_ENTRY, timeLimitMs: TIME_LIMIT_PER_ENTRY_MS });
-      console.log(`${entry.name} (seed ${seed + i}): ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`);
+      const tally = await checkFraming(entry, s.recorder, {
+        seed: seed + i,
+        numRuns: RUNS_PER_ENTRY,
+        timeLimitMs: TIME_LIMIT_PER_ENTRY_MS,
+      });
+      console.log(
+        `${entry.name} (seed ${seed + i}): ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`,
+      );
       // a tower that refused everything would keep every rule above: it must have served, too
       assert.ok(tally.forwarded > 0, 'some requests reached the member');
     });
@@ -53,8 +59,18 @@ describe('no request smuggling through the shared gateway (file mode)', () => {
 /** a plain request with one byte of body, to be changed where a round needs it */
 function shape(change: Partial<RequestShape>): RequestShape {
   return {
-    method: 'GET', http10: false, keepAlive: false, framing: 'length', payload: { kind: 'bytes', bytes: Uint8Array.from([0]) },
-    chunkSizes: [], chunkExtension: false, identityTrailer: false, expectContinue: false, upgrade: 'none', impersonate: false, ...change,
+    method: 'GET',
+    http10: false,
+    keepAlive: false,
+    framing: 'length',
+    payload: { kind: 'bytes', bytes: Uint8Array.from([0]) },
+    chunkSizes: [],
+    chunkExtension: false,
+    identityTrailer: false,
+    expectContinue: false,
+    upgrade: 'none',
+    impersonate: false,
+    ...change,
   };
 }
 
@@ -66,22 +82,81 @@ const smuggling: Payload = { kind: 'requests', requests: [{ method: 'GET', to: '
  * answers owed before it, and nothing pipelined after a refusal that ends a connection is forwarded.
  */
 const KNOWN_ROUNDS: [string, ConnectionScript[]][] = [
-  ['a request, then bytes that are not HTTP: its answer first, then the 400', [
-    { client: 0, pipelined: true, requests: [shape({ upgrade: 'bare' }), shape({ framing: 'length+chunked', payload: { kind: 'requests', requests: [{ method: 'GET', to: 'member', withBody: false }] } }), shape({ framing: 'none', payload: { kind: 'empty' } })] },
-  ]],
-  ['a request expecting 100-continue behind another: refused, and what follows it is not forwarded', [
-    { client: 0, pipelined: true, requests: [shape({ payload: smuggling }), shape({ framing: 'chunked', expectContinue: true, payload: smuggling }), shape({ framing: 'chunked' })] },
-  ]],
-  ['an upgrade behind a request: answered after it, in order', [
-    { client: 0, pipelined: true, requests: [shape({ method: 'POST' }), shape({ upgrade: 'full', framing: 'none', payload: { kind: 'empty' } })] },
-    { client: 1, pipelined: true, requests: [shape({ method: 'PUT' }), shape({ upgrade: 'full', framing: 'length' })] },
-  ]],
-  ['a request, then CONNECT (which the gateway does not serve): the request is answered, then the CONNECT is refused, and nothing behind it is read', [
-    { client: 1, pipelined: true, requests: [shape({ method: 'LINK', framing: 'none', payload: { kind: 'empty' } }), shape({ method: 'CONNECT', payload: { kind: 'empty' } }), shape({ method: 'OPTIONS', framing: 'none', payload: { kind: 'empty' }, impersonate: true })] },
-  ]],
-  ['a framing refusal, then more requests in the same write: none of them reaches the member', [
-    { client: 1, pipelined: true, requests: [shape({}), shape({ framing: 'identity,chunked' }), shape({ method: 'DELETE' }), shape({ method: 'POST', framing: 'chunked' })] },
-  ]],
+  [
+    'a request, then bytes that are not HTTP: its answer first, then the 400',
+    [
+      {
+        client: 0,
+        pipelined: true,
+        requests: [
+          shape({ upgrade: 'bare' }),
+          shape({
+            framing: 'length+chunked',
+            payload: { kind: 'requests', requests: [{ method: 'GET', to: 'member', withBody: false }] },
+          }),
+          shape({ framing: 'none', payload: { kind: 'empty' } }),
+        ],
+      },
+    ],
+  ],
+  [
+    'a request expecting 100-continue behind another: refused, and what follows it is not forwarded',
+    [
+      {
+        client: 0,
+        pipelined: true,
+        requests: [
+          shape({ payload: smuggling }),
+          shape({ framing: 'chunked', expectContinue: true, payload: smuggling }),
+          shape({ framing: 'chunked' }),
+        ],
+      },
+    ],
+  ],
+  [
+    'an upgrade behind a request: answered after it, in order',
+    [
+      {
+        client: 0,
+        pipelined: true,
+        requests: [shape({ method: 'POST' }), shape({ upgrade: 'full', framing: 'none', payload: { kind: 'empty' } })],
+      },
+      {
+        client: 1,
+        pipelined: true,
+        requests: [shape({ method: 'PUT' }), shape({ upgrade: 'full', framing: 'length' })],
+      },
+    ],
+  ],
+  [
+    'a request, then CONNECT (which the gateway does not serve): the request is answered, then the CONNECT is refused, and nothing behind it is read',
+    [
+      {
+        client: 1,
+        pipelined: true,
+        requests: [
+          shape({ method: 'LINK', framing: 'none', payload: { kind: 'empty' } }),
+          shape({ method: 'CONNECT', payload: { kind: 'empty' } }),
+          shape({ method: 'OPTIONS', framing: 'none', payload: { kind: 'empty' }, impersonate: true }),
+        ],
+      },
+    ],
+  ],
+  [
+    'a framing refusal, then more requests in the same write: none of them reaches the member',
+    [
+      {
+        client: 1,
+        pipelined: true,
+        requests: [
+          shape({}),
+          shape({ framing: 'identity,chunked' }),
+          shape({ method: 'DELETE' }),
+          shape({ method: 'POST', framing: 'chunked' }),
+        ],
+      },
+    ],
+  ],
 ];
 
 const REPLAYS = 4;
@@ -94,7 +169,11 @@ describe('rounds that once broke a rule (shared gateway)', () => {
         for (const cluster of CLUSTERS) {
           const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
           const r = await playRound(entry, s.recorder, scripts);
-          assert.deepEqual(r.violations.map((v) => v.text), [], r.transcript);
+          assert.deepEqual(
+            r.violations.map((v) => v.text),
+            [],
+            r.transcript,
+          );
           assert.ok(r.fates.includes('forwarded'), `some request of the round reached the member:\n${r.transcript}`);
         }
       }
@@ -115,21 +194,28 @@ test('an answer that begins before its request is all sent and ends after it: th
     const target = `${entry.prefix}/api/v1/namespaces/early-${cluster}?early=1&body-ms=1000`;
     socket.write(`POST ${target} HTTP/1.1\r\nHost: ${entry.host}\r\nContent-Length: 2\r\n\r\nA`);
     // the member has the head, so its answer's head is on its way back while the body is not all sent
-    await waitUntil(`the member to get early-${cluster}`, () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`early-${cluster}`)), 10_000);
+    await waitUntil(
+      `the member to get early-${cluster}`,
+      () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`early-${cluster}`)),
+      10_000,
+    );
     await new Promise((r) => setTimeout(r, 200));
     socket.write('B');
     const first = await answers.next('POST', READ_TIMEOUT_MS);
     assert.equal(first.kind === 'answer' && first.answer.status, 200, `the early answer: ${JSON.stringify(first)}`);
     socket.write(`GET ${entry.prefix}/api/v1/namespaces/after-${cluster} HTTP/1.1\r\nHost: ${entry.host}\r\n\r\n`);
     const second = await answers.next('GET', READ_TIMEOUT_MS);
-    assert.equal(second.kind === 'answer' && second.answer.headers['x-recorder-url'], `/api/v1/namespaces/after-${cluster}`, `the next request: ${JSON.stringify(second)}`);
+    assert.equal(
+      second.kind === 'answer' && second.answer.headers['x-recorder-url'],
+      `/api/v1/namespaces/after-${cluster}`,
+      `the next request: ${JSON.stringify(second)}`,
+    );
     socket.destroy();
     const body = s.recorder.events.find((e) => e.kind === 'request' && e.url.includes(`early-${cluster}`));
     assert.equal(body?.kind === 'request' && body.body.toString(), 'AB', 'the member got the whole body');
   }
   for (const p of s.stack.processes) assert.ok(p.running, `${p.name} is still running:\n${p.output}`);
 });
-
 
 /**
  * A chunked body that stops being HTTP after its head has gone to the member: the request fails at
@@ -142,23 +228,41 @@ test('a chunked body that turns out malformed after its head was forwarded: a 40
     const socket = await entry.clients[1]!.connect();
     const answers = new ResponseReader(socket);
     const marker = `badchunk-${cluster}`;
-    socket.write(`POST ${entry.prefix}/api/v1/namespaces/${marker} HTTP/1.1\r\nHost: ${entry.host}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n`);
-    await waitUntil(`the member to get ${marker}`, () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(marker)), 10_000);
+    socket.write(
+      `POST ${entry.prefix}/api/v1/namespaces/${marker} HTTP/1.1\r\nHost: ${entry.host}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n`,
+    );
+    await waitUntil(
+      `the member to get ${marker}`,
+      () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(marker)),
+      10_000,
+    );
     // a chunk longer than its size says, and a request behind it
-    socket.write(`3\r\nabcdef\r\n0\r\n\r\nGET ${entry.prefix}/api/v1/namespaces/${marker}-behind HTTP/1.1\r\nHost: ${entry.host}\r\n\r\n`);
+    socket.write(
+      `3\r\nabcdef\r\n0\r\n\r\nGET ${entry.prefix}/api/v1/namespaces/${marker}-behind HTTP/1.1\r\nHost: ${entry.host}\r\n\r\n`,
+    );
     const got = await answers.next('POST', READ_TIMEOUT_MS);
     assert.ok(got.kind === 'answer' && got.answer.status === 400, `a 400 at once: ${JSON.stringify(got)}`);
     assert.match(got.answer.body.toString(), /malformed request body \(HPE_/);
     assert.equal((await answers.next('GET', READ_TIMEOUT_MS)).kind, 'closed', 'the connection ends with the 400');
-    const seen = await waitUntil(`the member's side of ${marker} to end`, () => {
-      const e = s.recorder.events.find((x) => x.kind === 'request' && x.url.includes(marker));
-      return e?.kind === 'request' && e.over ? e : undefined;
-    }, 10_000);
+    const seen = await waitUntil(
+      `the member's side of ${marker} to end`,
+      () => {
+        const e = s.recorder.events.find((x) => x.kind === 'request' && x.url.includes(marker));
+        return e?.kind === 'request' && e.over ? e : undefined;
+      },
+      10_000,
+    );
     assert.equal(seen.complete, false, 'the member saw the body cut off, never completed');
     // the second chunk's three bytes are its size's worth (they may or may not have gone on before
     // the cut); what follows them is where HTTP stops, and never reaches the member
-    assert.ok(['abc', 'abcabc'].includes(seen.body.toString()), `the member got ${JSON.stringify(seen.body.toString())}, only what the valid chunks carry`);
-    assert.ok(!s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`${marker}-behind`)), 'nothing behind it was forwarded');
+    assert.ok(
+      ['abc', 'abcabc'].includes(seen.body.toString()),
+      `the member got ${JSON.stringify(seen.body.toString())}, only what the valid chunks carry`,
+    );
+    assert.ok(
+      !s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`${marker}-behind`)),
+      'nothing behind it was forwarded',
+    );
   }
 });
 
@@ -172,13 +276,19 @@ test('a bearer token offered as a WebSocket subprotocol does not reach the membe
   const answers = new ResponseReader(socket);
   const marker = 'bearer-protocol';
   const from = s.recorder.wire.length;
-  socket.write(`GET ${entry.prefix}/api/v1/namespaces/default/pods/p/exec?command=sh&${marker}=1 HTTP/1.1\r\nHost: ${entry.host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`
-    + 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
-    + 'Sec-WebSocket-Protocol: v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.c3RvbGVuLXRva2Vu\r\n\r\n');
+  socket.write(
+    `GET ${entry.prefix}/api/v1/namespaces/default/pods/p/exec?command=sh&${marker}=1 HTTP/1.1\r\nHost: ${entry.host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+      'Sec-WebSocket-Protocol: v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.c3RvbGVuLXRva2Vu\r\n\r\n',
+  );
   await answers.next('GET', READ_TIMEOUT_MS);
   socket.destroy();
   const wire = Buffer.concat(s.recorder.wire.slice(from).map((c) => c.bytes)).toString('latin1');
-  assert.match(wire, new RegExp(`${marker}=1[^]*sec-websocket-protocol: v4\\.channel\\.k8s\\.io\\r\\n`, 'i'), `the member got the request with its stream protocol:\n${wire}`);
+  assert.match(
+    wire,
+    new RegExp(`${marker}=1[^]*sec-websocket-protocol: v4\\.channel\\.k8s\\.io\\r\\n`, 'i'),
+    `the member got the request with its stream protocol:\n${wire}`,
+  );
   assert.doesNotMatch(wire, /base64url\.bearer|c3RvbGVuLXRva2Vu/, 'the token did not reach the member');
 });
 
@@ -197,27 +307,40 @@ test('requests pipelined before an upgrade whose client leaves: their places in 
     const creds = credentialsOf(await busy.kubeconfig('busy', ['--user', 'jane', '--group', 'viewers']));
     const connect = tlsConnector(creds.server.hostname, Number(creds.server.port), creds);
     const host = `127.0.0.1:${busy.gatewayPort}`;
-    const get = (name: string) => `GET /clusters/busy/api/v1/namespaces/${name}?ms=400 HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
+    const get = (name: string) =>
+      `GET /clusters/busy/api/v1/namespaces/${name}?ms=400 HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
     // three slow requests take all three places, an upgrade waits behind them, and the client goes
     const socket = await connect();
-    socket.write(get('queued-a') + get('queued-b') + get('queued-c')
-      + `GET /clusters/busy/api/v1/namespaces/default/pods/p/exec HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`
-      + 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
-    await waitUntil('the member to get the queued requests', () => ['a', 'b', 'c'].every((x) => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`queued-${x}`))), 10_000);
+    socket.write(
+      get('queued-a') +
+        get('queued-b') +
+        get('queued-c') +
+        `GET /clusters/busy/api/v1/namespaces/default/pods/p/exec HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
+    await waitUntil(
+      'the member to get the queued requests',
+      () =>
+        ['a', 'b', 'c'].every((x) =>
+          s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`queued-${x}`)),
+        ),
+      10_000,
+    );
     socket.destroy();
     await new Promise((r) => setTimeout(r, 1_000));
     // three at once again: each has a place
-    const answers = await Promise.all(['again-a', 'again-b', 'again-c'].map(async (name) => {
-      const c = await connect();
-      const reader = new ResponseReader(c);
-      c.write(get(name));
-      const got = await reader.next('GET', READ_TIMEOUT_MS);
-      c.destroy();
-      return got.kind === 'answer' ? got.answer.status : got.kind;
-    }));
+    const answers = await Promise.all(
+      ['again-a', 'again-b', 'again-c'].map(async (name) => {
+        const c = await connect();
+        const reader = new ResponseReader(c);
+        c.write(get(name));
+        const got = await reader.next('GET', READ_TIMEOUT_MS);
+        c.destroy();
+        return got.kind === 'answer' ? got.answer.status : got.kind;
+      }),
+    );
     assert.deepEqual(answers, [200, 200, 200], 'no place in the in-flight limit was lost');
   } finally {
     await busy.close();
   }
 });
-

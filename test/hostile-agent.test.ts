@@ -26,7 +26,15 @@ async function othersUnharmed() {
 }
 
 function validConfig(extra: Record<string, unknown> = {}) {
-  return { Version: 'hostile', Name: 'hostile', Token: hostileToken, KubernetesSvcHost: '10.0.0.1:443', KubeSphereSvcHost: 'ks:80', TowerFeatures: ['tls-at-agent'], ...extra };
+  return {
+    Version: 'hostile',
+    Name: 'hostile',
+    Token: hostileToken,
+    KubernetesSvcHost: '10.0.0.1:443',
+    KubeSphereSvcHost: 'ks:80',
+    TowerFeatures: ['tls-at-agent'],
+    ...extra,
+  };
 }
 
 before(async () => {
@@ -47,15 +55,35 @@ after(async () => {
   await member?.stop();
 });
 
-describe('a hostile agent\'s config values (bad, huge, of the wrong type, missing): that agent is refused with the reason, nothing else changes', () => {
+describe("a hostile agent's config values (bad, huge, of the wrong type, missing): that agent is refused with the reason, nothing else changes", () => {
   const cases: [string, Record<string, unknown>, RegExp][] = [
-    ['a CR/LF in the bearer token (header injection)', { BearerToken: b64('token\r\nImpersonate-User: admin') }, /invalid config: BearerToken must be/],
-    ['a CR/LF in KubernetesSvcHost (the Host header)', { KubernetesSvcHost: 'evil\r\nX: y:443' }, /invalid config: KubernetesSvcHost must be host:port in printable ASCII/],
-    ['a port out of range', { KubernetesSvcHost: '10.0.0.1:70000' }, /invalid config: KubernetesSvcHost "10\.0\.0\.1:70000" is not host:port/],
+    [
+      'a CR/LF in the bearer token (header injection)',
+      { BearerToken: b64('token\r\nImpersonate-User: admin') },
+      /invalid config: BearerToken must be/,
+    ],
+    [
+      'a CR/LF in KubernetesSvcHost (the Host header)',
+      { KubernetesSvcHost: 'evil\r\nX: y:443' },
+      /invalid config: KubernetesSvcHost must be host:port in printable ASCII/,
+    ],
+    [
+      'a port out of range',
+      { KubernetesSvcHost: '10.0.0.1:70000' },
+      /invalid config: KubernetesSvcHost "10\.0\.0\.1:70000" is not host:port/,
+    ],
     ['a CA that is not PEM', { CAData: b64('garbage') }, /invalid config: CAData holds no PEM certificate/],
-    ['a key without its certificate', { KeyData: b64('-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n') }, /invalid config: CertData and KeyData come together/],
+    [
+      'a key without its certificate',
+      { KeyData: b64('-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n') },
+      /invalid config: CertData and KeyData come together/,
+    ],
     ['a token of the wrong type', { Token: 12345 }, /malformed config payload: field Token must be a string/],
-    ['a feature list of the wrong type', { TowerFeatures: 'tls-at-agent' }, /malformed config payload: field TowerFeatures must be a list of strings/],
+    [
+      'a feature list of the wrong type',
+      { TowerFeatures: 'tls-at-agent' },
+      /malformed config payload: field TowerFeatures must be a list of strings/,
+    ],
     ['no token at all', { Token: null }, /invalid config: Token must be 1-512 printable ASCII characters/],
     ['no kube-apiserver at all', { KubernetesSvcHost: undefined }, /invalid config: KubernetesSvcHost is missing/],
   ];
@@ -67,7 +95,10 @@ describe('a hostile agent\'s config values (bad, huge, of the wrong type, missin
       assert.equal(a.reply.failed, true);
       assert.match(a.reply.text, reason);
       await stack.proxy!.waitFor(/agent handshake failed/, 5000, from);
-      const lines = stack.proxy!.output.slice(from).split('\n').filter((l) => /hostile|handshake/.test(l));
+      const lines = stack
+        .proxy!.output.slice(from)
+        .split('\n')
+        .filter((l) => /hostile|handshake/.test(l));
       assert.equal(lines.length, 1, `one log line for the refusal:\n${lines.join('\n')}`);
       assert.doesNotMatch(stack.proxy!.output.slice(from), /agent connected cluster=hostile/);
       await othersUnharmed();
@@ -89,7 +120,11 @@ describe('a hostile agent\'s config values (bad, huge, of the wrong type, missin
 
   test('config requests pipelined behind the first are not evaluated', async () => {
     const from = stack.proxy!.output.length;
-    const a = await hostileAgent(stack.proxyUrl, [validConfig({ Token: 'f'.repeat(64) }), validConfig(), validConfig()]);
+    const a = await hostileAgent(stack.proxyUrl, [
+      validConfig({ Token: 'f'.repeat(64) }),
+      validConfig(),
+      validConfig(),
+    ]);
     agents.push(a);
     assert.equal(a.reply.text, 'Unauthorized agent');
     for (const m of a.more) {
@@ -97,26 +132,42 @@ describe('a hostile agent\'s config values (bad, huge, of the wrong type, missin
       assert.match(m.text, /one config request per connection|connection closed/);
     }
     await new Promise((r) => setTimeout(r, 500));
-    assert.doesNotMatch(stack.proxy!.output.slice(from), /agent connected cluster=hostile/, 'the valid config behind the refused one was admitted');
+    assert.doesNotMatch(
+      stack.proxy!.output.slice(from),
+      /agent connected cluster=hostile/,
+      'the valid config behind the refused one was admitted',
+    );
     await othersUnharmed();
   });
 });
 
-describe('broken answers from a hostile agent\'s upstream fail that request alone (502/504)', () => {
+describe("broken answers from a hostile agent's upstream fail that request alone (502/504)", () => {
   let hostile: HostileAgent;
 
   before(async () => {
     hostile = await hostileAgent(stack.proxyUrl, [validConfig()], (path) => {
       switch (path) {
-        case '/status-099': return { answer: 'HTTP/1.1 099 Weird\r\nContent-Length: 0\r\n\r\n' };
-        case '/status-600': return { answer: 'HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n' };
-        case '/silent': return {};
-        case '/huge-headers': return { answer: `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(100_000)}\r\nContent-Length: 0\r\n\r\n` };
-        case '/no-colon': return { answer: 'HTTP/1.1 200 OK\r\nthis line has no colon\r\nContent-Length: 2\r\n\r\n{}' };
-        case '/bad-reason': return { answer: 'HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\n{}' };
-        case '/cut': return { answer: 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"kind":', close: true };
-        case '/garbage': return { answer: Buffer.from([0, 1, 2, 255, 13, 10, 13, 10]) };
-        default: return { answer: jsonAnswer(200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [] }) };
+        case '/status-099':
+          return { answer: 'HTTP/1.1 099 Weird\r\nContent-Length: 0\r\n\r\n' };
+        case '/status-600':
+          return { answer: 'HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n' };
+        case '/silent':
+          return {};
+        case '/huge-headers':
+          return { answer: `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(100_000)}\r\nContent-Length: 0\r\n\r\n` };
+        case '/no-colon':
+          return { answer: 'HTTP/1.1 200 OK\r\nthis line has no colon\r\nContent-Length: 2\r\n\r\n{}' };
+        case '/bad-reason':
+          return { answer: 'HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\n{}' };
+        case '/cut':
+          return {
+            answer: 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"kind":',
+            close: true,
+          };
+        case '/garbage':
+          return { answer: Buffer.from([0, 1, 2, 255, 13, 10, 13, 10]) };
+        default:
+          return { answer: jsonAnswer(200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [] }) };
       }
     });
     agents.push(hostile);
@@ -125,10 +176,22 @@ describe('broken answers from a hostile agent\'s upstream fail that request alon
   });
 
   const cases: [string, RegExp][] = [
-    ['/status-099', /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster "hostile" answered with|Error from server \(BadGateway\): tower gateway: cannot reach/],
-    ['/status-600', /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster "hostile" answered with an invalid status code 600/],
-    ['/silent', /Error from server \(Timeout\): tower gateway: the kube-apiserver of cluster "hostile" did not answer within 2s/],
-    ['/huge-headers', /Error from server \(BadGateway\): tower gateway: cannot reach the kube-apiserver of cluster "hostile" through its agent: .*[Hh]eader/],
+    [
+      '/status-099',
+      /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster "hostile" answered with|Error from server \(BadGateway\): tower gateway: cannot reach/,
+    ],
+    [
+      '/status-600',
+      /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster "hostile" answered with an invalid status code 600/,
+    ],
+    [
+      '/silent',
+      /Error from server \(Timeout\): tower gateway: the kube-apiserver of cluster "hostile" did not answer within 2s/,
+    ],
+    [
+      '/huge-headers',
+      /Error from server \(BadGateway\): tower gateway: cannot reach the kube-apiserver of cluster "hostile" through its agent: .*[Hh]eader/,
+    ],
     ['/no-colon', /Error from server \(BadGateway\)/],
     ['/bad-reason', /Error from server \(BadGateway\)/],
     ['/garbage', /Error from server \(BadGateway\)/],
@@ -160,12 +223,23 @@ describe('broken answers from a hostile agent\'s upstream fail that request alon
     const user = doc.users[0].user;
     const status = await new Promise<number>((resolve, reject) => {
       const req = request({
-        host: '127.0.0.1', port: stack.gatewayPort, path: '/clusters/hostile/status-099',
+        host: '127.0.0.1',
+        port: stack.gatewayPort,
+        path: '/clusters/hostile/status-099',
         ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'),
-        cert: Buffer.from(user['client-certificate-data'], 'base64'), key: Buffer.from(user['client-key-data'], 'base64'),
-        headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' },
+        cert: Buffer.from(user['client-certificate-data'], 'base64'),
+        key: Buffer.from(user['client-key-data'], 'base64'),
+        headers: {
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-version': '13',
+          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        },
       });
-      req.on('response', (res) => { res.resume(); resolve(res.statusCode!); });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
       req.on('upgrade', () => reject(new Error('the broken upgrade was relayed')));
       req.on('error', reject);
       req.end();

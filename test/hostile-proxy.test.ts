@@ -42,8 +42,21 @@ let probes = 0;
 /** A real agent of the fake proxy, with `kubeconfig` for the member's kube-apiserver and the recording ks-apiserver. */
 function startAgent(name: string, kubeconfig: string): TowerProcess {
   const p = new TowerProcess(`agent ${name}`, [
-    'agent', '--name', name, '--token', AGENT_TOKEN, '--proxy-server', proxy.url, '--proxy-fingerprint', proxy.fingerprint,
-    '--kubeconfig', kubeconfig, '--kubesphere-service', member.ksHostPort, '--max-retry-interval', '2s',
+    'agent',
+    '--name',
+    name,
+    '--token',
+    AGENT_TOKEN,
+    '--proxy-server',
+    proxy.url,
+    '--proxy-fingerprint',
+    proxy.fingerprint,
+    '--kubeconfig',
+    kubeconfig,
+    '--kubesphere-service',
+    member.ksHostPort,
+    '--max-retry-interval',
+    '2s',
   ]);
   agents.push(p);
   return p;
@@ -69,11 +82,27 @@ after(async () => {
 });
 
 /** Where a channel leads: the member's kube-apiserver (TLS made by the agent) or its ks-apiserver (plain HTTP). */
-interface Route { agent: string; server: RecorderServer; type: string }
+interface Route {
+  agent: string;
+  server: RecorderServer;
+  type: string;
+}
 const ROUTES: Record<string, Route> = {
-  'kube-apiserver through the token agent (it adds its Authorization)': { agent: 'token-agent', server: 'kube-apiserver', type: CHANNEL_TYPE_TLS },
-  'kube-apiserver through the certificate agent (its TLS is its identity)': { agent: 'cert-agent', server: 'kube-apiserver', type: CHANNEL_TYPE_TLS },
-  'ks-apiserver through the token agent (plain HTTP)': { agent: 'token-agent', server: 'ks-apiserver', type: CHANNEL_TYPE },
+  'kube-apiserver through the token agent (it adds its Authorization)': {
+    agent: 'token-agent',
+    server: 'kube-apiserver',
+    type: CHANNEL_TYPE_TLS,
+  },
+  'kube-apiserver through the certificate agent (its TLS is its identity)': {
+    agent: 'cert-agent',
+    server: 'kube-apiserver',
+    type: CHANNEL_TYPE_TLS,
+  },
+  'ks-apiserver through the token agent (plain HTTP)': {
+    agent: 'token-agent',
+    server: 'ks-apiserver',
+    type: CHANNEL_TYPE,
+  },
 };
 
 function hostPortOf(route: Route): string {
@@ -92,8 +121,15 @@ class Opened {
     this.channel = channel;
     channel.on('error', () => undefined);
     // read: an ssh2 channel that nobody reads never closes
-    channel.on('data', (d: Buffer) => { this.answer += d.toString('latin1'); });
-    this.#closedNow = new Promise((resolve) => channel.once('close', () => { this.closed = true; resolve(); }));
+    channel.on('data', (d: Buffer) => {
+      this.answer += d.toString('latin1');
+    });
+    this.#closedNow = new Promise((resolve) =>
+      channel.once('close', () => {
+        this.closed = true;
+        resolve();
+      }),
+    );
   }
 
   static async open(route: Route): Promise<Opened> {
@@ -113,25 +149,44 @@ class Opened {
   async waitForAnswer(marker: string): Promise<void> {
     const deadline = Date.now() + ANSWER_WAIT_MS;
     while (!this.answer.includes(marker)) {
-      if (Date.now() > deadline) throw new Error(`no answer naming ${marker} within ${ANSWER_WAIT_MS} ms; got ${JSON.stringify(this.answer)}`);
-      if (this.closed) throw new Error(`the channel closed before an answer naming ${marker}; got ${JSON.stringify(this.answer)}`);
+      if (Date.now() > deadline)
+        throw new Error(`no answer naming ${marker} within ${ANSWER_WAIT_MS} ms; got ${JSON.stringify(this.answer)}`);
+      if (this.closed)
+        throw new Error(`the channel closed before an answer naming ${marker}; got ${JSON.stringify(this.answer)}`);
       await sleep(20);
     }
   }
 
-  close(): void { if (!this.closed) this.channel.close(); }
+  close(): void {
+    if (!this.closed) this.channel.close();
+  }
 }
 
 /** a request head as the proxy would write it, with a probe that names it at the member */
 function get(path: string, probe: string, extra: string[] = []): string {
-  return [`GET ${path}${path.includes('?') ? '&' : '?'}probe=${probe} HTTP/1.1`, 'Host: member', 'User-Agent: hostile-proxy', ...extra, '', ''].join('\r\n');
+  return [
+    `GET ${path}${path.includes('?') ? '&' : '?'}probe=${probe} HTTP/1.1`,
+    'Host: member',
+    'User-Agent: hostile-proxy',
+    ...extra,
+    '',
+    '',
+  ].join('\r\n');
 }
 
 /** the request the hostile proxy slips in: what an attacker wants run with the agent's rights */
 function smuggled(probe: string): string {
   const body = JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: probe } });
-  return [`POST /api/v1/namespaces?probe=${probe} HTTP/1.1`, 'Host: member', 'Impersonate-User: mallory', 'Impersonate-Group: system:masters',
-    'Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`, '', body].join('\r\n');
+  return [
+    `POST /api/v1/namespaces?probe=${probe} HTTP/1.1`,
+    'Host: member',
+    'Impersonate-User: mallory',
+    'Impersonate-Group: system:masters',
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    '',
+    body,
+  ].join('\r\n');
 }
 
 /** How an attempt on one channel went, at the member's side and at the agent's. */
@@ -154,7 +209,13 @@ type Timing = 'one write' | 'two writes' | 'while the answer streams';
  * Writes `first`, then `second` before the first answer has ended, as `timing` says. Returns what
  * reached the member besides the first request, and what the agent did.
  */
-async function attempt(route: Route, first: string, second: string, timing: Timing, secondProbe: string): Promise<Verdict> {
+async function attempt(
+  route: Route,
+  first: string,
+  second: string,
+  timing: Timing,
+  secondProbe: string,
+): Promise<Verdict> {
   const agent = agents.find((a) => a.name === `agent ${route.agent}`)!;
   const logFrom = agent.output.length;
   const wireFrom = member.wire.length;
@@ -173,9 +234,15 @@ async function attempt(route: Route, first: string, second: string, timing: Timi
       ch.write(second);
     }
     const channelClosed = await ch.closedWithin(CHANNEL_CLOSE_WAIT_MS);
-    const agentLogged = await agent.waitFor(/closed a channel/, LOG_WAIT_MS, logFrom).then(() => true, () => false);
+    const agentLogged = await agent.waitFor(/closed a channel/, LOG_WAIT_MS, logFrom).then(
+      () => true,
+      () => false,
+    );
     await sleep(SETTLE_MS);
-    const parsed = member.requests(eventsFrom).filter((r) => r.url.includes(secondProbe)).map((r) => `${r.method} ${r.url} (read by the member's parser, auth: ${r.auth})`);
+    const parsed = member
+      .requests(eventsFrom)
+      .filter((r) => r.url.includes(secondProbe))
+      .map((r) => `${r.method} ${r.url} (read by the member's parser, auth: ${r.auth})`);
     const raw = member.received(route.server, wireFrom).includes(secondProbe) ? [`bytes naming ${secondProbe}`] : [];
     return { secondReachedMember: [...parsed, ...raw], channelClosed, agentLogged };
   } finally {
@@ -186,7 +253,11 @@ async function attempt(route: Route, first: string, second: string, timing: Timi
 test('both agents took the TLS and the authorization offered to them: the fake proxy holds no member credential, only channels', () => {
   for (const name of ['token-agent', 'cert-agent']) {
     const { config } = sessions[name]!;
-    assert.deepEqual(config.features?.filter((f) => f === FEATURE_TLS_AT_AGENT || f === FEATURE_AUTH_AT_AGENT).sort(), [FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT], name);
+    assert.deepEqual(
+      config.features?.filter((f) => f === FEATURE_TLS_AT_AGENT || f === FEATURE_AUTH_AT_AGENT).sort(),
+      [FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT],
+      name,
+    );
     assert.equal(config.bearerToken, undefined, name);
     assert.equal(config.keyData, undefined, name);
   }
@@ -203,7 +274,10 @@ async function twoInTurn(route: Route): Promise<void> {
     await ch.waitForAnswer(`turn-b-${n}`);
     const seen = member.requests().filter((r) => r.url.includes(`turn-a-${n}`) || r.url.includes(`turn-b-${n}`));
     const auth = route.server === 'ks-apiserver' ? 'none' : route.agent === 'token-agent' ? 'token' : 'cert';
-    assert.deepEqual(seen.map((r) => `${r.method} ${r.url} ${r.auth}`), [`GET /first?probe=turn-a-${n} ${auth}`, `GET /second?probe=turn-b-${n} ${auth}`]);
+    assert.deepEqual(
+      seen.map((r) => `${r.method} ${r.url} ${r.auth}`),
+      [`GET /first?probe=turn-a-${n} ${auth}`, `GET /second?probe=turn-b-${n} ${auth}`],
+    );
     assert.equal(ch.closed, false, 'a keep-alive channel stays open between requests');
   } finally {
     ch.close();
@@ -214,20 +288,29 @@ const HOLD_LINE = `the agent forwards nothing of the second request, closes the 
 
 for (const [routeName, route] of Object.entries(ROUTES)) {
   describe(`a hostile proxy on a channel to the ${routeName}`, () => {
-    test('well-behaved: two requests in turn, each after the previous answer, both reach the member with the agent\'s credential', async () => {
+    test("well-behaved: two requests in turn, each after the previous answer, both reach the member with the agent's credential", async () => {
       await twoInTurn(route);
     });
 
     for (const writes of ['one write', 'two writes'] as const) {
       test(`a second request before the first answer (${writes}): ${HOLD_LINE}`, async () => {
         const n = ++probes;
-        const verdict = await attempt(route, get(`/slow?ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`), smuggled(`second-${n}`), writes, `second-${n}`);
+        const verdict = await attempt(
+          route,
+          get(`/slow?ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`),
+          smuggled(`second-${n}`),
+          writes,
+          `second-${n}`,
+        );
         assert.deepEqual(verdict, { secondReachedMember: [], channelClosed: true, agentLogged: true });
       });
 
       test(`bytes after an upgrade request, before its 101 (${writes}): ${HOLD_LINE}`, async () => {
         const n = ++probes;
-        const upgrade = get(`/upgrade?ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`, ['Connection: Upgrade', 'Upgrade: x-hostile']);
+        const upgrade = get(`/upgrade?ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`, [
+          'Connection: Upgrade',
+          'Upgrade: x-hostile',
+        ]);
         const verdict = await attempt(route, upgrade, smuggled(`second-${n}`), writes, `second-${n}`);
         assert.deepEqual(verdict, { secondReachedMember: [], channelClosed: true, agentLogged: true });
       });
@@ -235,7 +318,13 @@ for (const [routeName, route] of Object.entries(ROUTES)) {
 
     test(`a second request after the first answer's head, before its body (while the answer streams): ${HOLD_LINE}`, async () => {
       const n = ++probes;
-      const verdict = await attempt(route, get(`/streaming?body-ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`), smuggled(`second-${n}`), 'while the answer streams', `second-${n}`);
+      const verdict = await attempt(
+        route,
+        get(`/streaming?body-ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`),
+        smuggled(`second-${n}`),
+        'while the answer streams',
+        `second-${n}`,
+      );
       assert.deepEqual(verdict, { secondReachedMember: [], channelClosed: true, agentLogged: true });
     });
 

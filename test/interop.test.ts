@@ -34,8 +34,23 @@ describe('a Go tower agent (x/crypto/ssh, gorilla/websocket) with our proxy', ()
   test('connects with a client certificate, and kubectl reaches the member through our gateway', async () => {
     const { token } = await stack.token('gopher');
     const pki = join(member.dir, 'pki');
-    const agent = peer(['agent', '-proxy-server', `ws://127.0.0.1:${stack.agentPort}`, '-name', 'gopher', '-token', token,
-      '-upstream', new URL(member.server).host, '-ca', join(pki, 'ca.crt'), '-cert', join(pki, 'admin.crt'), '-key', join(pki, 'admin.key')]);
+    const agent = peer([
+      'agent',
+      '-proxy-server',
+      `ws://127.0.0.1:${stack.agentPort}`,
+      '-name',
+      'gopher',
+      '-token',
+      token,
+      '-upstream',
+      new URL(member.server).host,
+      '-ca',
+      join(pki, 'ca.crt'),
+      '-cert',
+      join(pki, 'admin.crt'),
+      '-key',
+      join(pki, 'admin.key'),
+    ]);
     await agent.waitFor(/^connected$/m);
     await stack.proxy!.waitFor(/agent connected cluster=gopher .*version=go-peer .*auth="client certificate"/);
     const r = await kubectl(await stack.kubeconfig('gopher'), ['get', 'namespaces', '-o', 'name']);
@@ -44,7 +59,19 @@ describe('a Go tower agent (x/crypto/ssh, gorilla/websocket) with our proxy', ()
   });
 
   test('with a wrong token it reads our refusal text, as Go agents do, and stops', async () => {
-    const agent = peer(['agent', '-proxy-server', `ws://127.0.0.1:${stack.agentPort}`, '-name', 'gopher', '-token', 'wrong', '-upstream', new URL(member.server).host, '-bearer', member.token]);
+    const agent = peer([
+      'agent',
+      '-proxy-server',
+      `ws://127.0.0.1:${stack.agentPort}`,
+      '-name',
+      'gopher',
+      '-token',
+      'wrong',
+      '-upstream',
+      new URL(member.server).host,
+      '-bearer',
+      member.token,
+    ]);
     assert.equal(await agent.exited, 1);
     assert.match(agent.output, /^Unauthorized agent$/m);
   });
@@ -59,15 +86,39 @@ describe('our agent with a Go tower proxy', () => {
   before(async () => {
     listen = await freePort();
     forward = await freePort();
-    const proxy = peer(['proxy', '-listen', `127.0.0.1:${listen}`, '-forward', `127.0.0.1:${forward}`, '-name', 'alpha', '-token', token]);
+    const proxy = peer([
+      'proxy',
+      '-listen',
+      `127.0.0.1:${listen}`,
+      '-forward',
+      `127.0.0.1:${forward}`,
+      '-name',
+      'alpha',
+      '-token',
+      token,
+    ]);
     fingerprint = (await proxy.waitFor(/^serving .* fingerprint=(SHA256:\S+)$/m))[1]!;
   });
 
   test('connects through a 101 without a subprotocol header, and carries kubectl through the Go proxy', async () => {
-    const agent = stack.startAgent('alpha', token, member.kubeconfig, ['--proxy-server', `http://127.0.0.1:${listen}`, '--proxy-fingerprint', fingerprint, '--keepalive', '1s']);
+    const agent = stack.startAgent('alpha', token, member.kubeconfig, [
+      '--proxy-server',
+      `http://127.0.0.1:${listen}`,
+      '--proxy-fingerprint',
+      fingerprint,
+      '--keepalive',
+      '1s',
+    ]);
     await agent.waitFor(/connected to proxy/);
     // the Go proxy forwards raw TCP: kubectl's TLS and client certificate go end to end to the member
-    const r = await kubectl(member.kubeconfig, ['--server', `https://127.0.0.1:${forward}`, 'get', 'namespaces', '-o', 'name']);
+    const r = await kubectl(member.kubeconfig, [
+      '--server',
+      `https://127.0.0.1:${forward}`,
+      'get',
+      'namespaces',
+      '-o',
+      'name',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /namespace\/default/);
     // keepalive pings (every second) are answered by the Go proxy: still connected after a few
@@ -77,7 +128,12 @@ describe('our agent with a Go tower proxy', () => {
   });
 
   test('a wrong token: the Go proxy\'s "Unauthorized agent" makes our agent exit 1 with the fix', async () => {
-    const agent = stack.startAgent('alpha', 'wrong', member.kubeconfig, ['--proxy-server', `http://127.0.0.1:${listen}`, '--proxy-fingerprint', fingerprint]);
+    const agent = stack.startAgent('alpha', 'wrong', member.kubeconfig, [
+      '--proxy-server',
+      `http://127.0.0.1:${listen}`,
+      '--proxy-fingerprint',
+      fingerprint,
+    ]);
     assert.equal(await agent.exited, 1);
     assert.match(agent.output, /the proxy refused agent "alpha": Unauthorized agent/);
   });

@@ -34,7 +34,13 @@ async function attempt(attemptToken: string): Promise<string> {
   try {
     const { stream } = await dialWebSocket(stack.proxyUrl.replace('http', 'ws'), { timeoutMs: 20_000 });
     const session = await dialTunnel(stream, {
-      config: { version: 't', name: 'target', token: attemptToken, kubernetesSvcHost: '127.0.0.1:1', kubesphereSvcHost: '127.0.0.1:2' },
+      config: {
+        version: 't',
+        name: 'target',
+        token: attemptToken,
+        kubernetesSvcHost: '127.0.0.1:1',
+        kubesphereSvcHost: '127.0.0.1:2',
+      },
       handshakeTimeoutMs: 20_000,
       onChannel: (_h, _t, _a, reject) => reject(),
     });
@@ -76,7 +82,11 @@ function rssKiB(pid: number): number {
 function socketFds(pid: number): number {
   let n = 0;
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try { if (readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('socket:')) n++; } catch { /* closed meanwhile */ }
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('socket:')) n++;
+    } catch {
+      /* closed meanwhile */
+    }
   }
   return n;
 }
@@ -88,12 +98,20 @@ describe('failed logins slow strangers down, and never keep a correct token out'
     const answers: string[] = [];
     // two waves of 50 at once (the per-address cap on handshakes in progress is 128)
     for (let wave = 0; wave < 2; wave++) {
-      answers.push(...await Promise.all(Array.from({ length: 50 }, () => attempt('0'.repeat(64)))));
+      answers.push(...(await Promise.all(Array.from({ length: 50 }, () => attempt('0'.repeat(64))))));
     }
     assert.equal(answers.length, 100);
-    assert.deepEqual([...new Set(answers)], ['Unauthorized agent'], 'each wrong token gets the Go tower\'s answer, none a lockout');
+    assert.deepEqual(
+      [...new Set(answers)],
+      ['Unauthorized agent'],
+      "each wrong token gets the Go tower's answer, none a lockout",
+    );
     // the real agent, from the same address, with the correct token
-    const agent = stack.startAgent('target', token, upstream.writeKubeconfig(join(stack.dataDir, 'target.kubeconfig'), 'token'));
+    const agent = stack.startAgent(
+      'target',
+      token,
+      upstream.writeKubeconfig(join(stack.dataDir, 'target.kubeconfig'), 'token'),
+    );
     await agent.waitFor(/connected to proxy/, 10_000);
     await agent.stop();
     // the delay was there for the stranger's next attempt: the limiter is not a no-op
@@ -104,13 +122,14 @@ describe('failed logins slow strangers down, and never keep a correct token out'
   });
 
   test('handshakes in progress are capped per address: a crowd at one address does not block another', async () => {
-    const upgrade = 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: kubesphere-v1\r\n\r\n';
+    const upgrade =
+      'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: kubesphere-v1\r\n\r\n';
     const answer = async (localAddress: string) => {
       const s = connect({ port: stack.agentPort, host: '127.0.0.1', localAddress });
       s.on('error', () => {});
       sockets.push(s);
       s.write(upgrade);
-      const [d] = await once(s, 'data') as [Buffer];
+      const [d] = (await once(s, 'data')) as [Buffer];
       return d.toString('latin1').split('\r\n')[0]!;
     };
     // WebSocket open, SSH never started: each holds a pending slot until the handshake deadline
@@ -123,9 +142,16 @@ describe('failed logins slow strangers down, and never keep a correct token out'
     const from = stack.proxy!.output.length;
     const again = await Promise.all(Array.from({ length: 20 }, () => answer('127.0.0.2')));
     assert.deepEqual([...new Set(again)], ['HTTP/1.1 429 Too Many Requests']);
-    const summary = await stack.proxy!.waitFor(/refused agent connections why="too many agent handshakes in progress from this address; retry later" refused=(\d+) inLast=10s/, 15_000, from);
+    const summary = await stack.proxy!.waitFor(
+      /refused agent connections why="too many agent handshakes in progress from this address; retry later" refused=(\d+) inLast=10s/,
+      15_000,
+      from,
+    );
     assert.equal(Number(summary[1]), 20);
-    const lines = stack.proxy!.output.slice(from).split('\n').filter((l) => l.includes('refused an agent connection'));
+    const lines = stack
+      .proxy!.output.slice(from)
+      .split('\n')
+      .filter((l) => l.includes('refused an agent connection'));
     assert.deepEqual(lines, [], 'the repeated refusals were counted, not logged one by one');
   });
 });
@@ -151,11 +177,16 @@ describe('idle sockets are closed by the deadlines, and the memory they took com
     }
     const closedAfter = Date.now() - opened;
     assert.ok(peakFds > baselineFds + 2000, `the proxy held only ${peakFds - baselineFds} of the sockets at once`);
-    assert.ok(socketFds(pid) <= baselineFds, `${socketFds(pid) - baselineFds} idle sockets still held after ${closedAfter} ms`);
+    assert.ok(
+      socketFds(pid) <= baselineFds,
+      `${socketFds(pid) - baselineFds} idle sockets still held after ${closedAfter} ms`,
+    );
     assert.ok(closedAfter < 12_000, `closed after ${closedAfter} ms`);
     await new Promise((r) => setTimeout(r, 2000));
     const afterwards = rssKiB(pid);
-    console.log(`gateway socket flood: RSS ${Math.round(baseline / 1024)} MiB before, ${Math.round(peak / 1024)} MiB peak, ${Math.round(afterwards / 1024)} MiB after; closed in ${closedAfter} ms`);
+    console.log(
+      `gateway socket flood: RSS ${Math.round(baseline / 1024)} MiB before, ${Math.round(peak / 1024)} MiB peak, ${Math.round(afterwards / 1024)} MiB after; closed in ${closedAfter} ms`,
+    );
     assert.ok(afterwards - baseline < 20 * 1024, `RSS grew by ${afterwards - baseline} KiB and stayed`);
     const kc = await stack.kubeconfig('target');
     const r = await kubectl(kc, ['get', '--raw', '/api']);
@@ -181,7 +212,9 @@ describe('connection caps', () => {
     small = new Stack();
     await small.startProxy(['--gateway-max-connections', '80', '--gateway-max-connections-per-address', '50']);
   });
-  after(async () => { await small?.close(); });
+  after(async () => {
+    await small?.close();
+  });
 
   test('a client address gets at most --gateway-max-connections-per-address; others still connect', async () => {
     const first = await idleSockets(small.gatewayPort, 60, '127.0.0.10');
@@ -201,19 +234,35 @@ describe('connection caps', () => {
 
 test('an agent refuses channels beyond --max-channels: that request fails, the next one works', async () => {
   const { token: t } = await stack.token('capped');
-  const agent = stack.startAgent('capped', t, upstream.writeKubeconfig(join(stack.dataDir, 'capped.kubeconfig'), 'token'), ['--max-channels', '1']);
+  const agent = stack.startAgent(
+    'capped',
+    t,
+    upstream.writeKubeconfig(join(stack.dataDir, 'capped.kubeconfig'), 'token'),
+    ['--max-channels', '1'],
+  );
   await agent.waitFor(/connected to proxy/);
   const kc = parse(readFileSync(await stack.kubeconfig('capped'), 'utf8'));
-  const get = (path: string) => new Promise<number>((resolve, reject) => {
-    const user = kc.users[0].user;
-    const req = request({
-      host: '127.0.0.1', port: stack.gatewayPort, path: `/clusters/capped${path}`, agent: false,
-      ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
-      cert: Buffer.from(user['client-certificate-data'], 'base64'), key: Buffer.from(user['client-key-data'], 'base64'),
-    }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode!)); });
-    req.on('error', reject);
-    req.end();
-  });
+  const get = (path: string) =>
+    new Promise<number>((resolve, reject) => {
+      const user = kc.users[0].user;
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: stack.gatewayPort,
+          path: `/clusters/capped${path}`,
+          agent: false,
+          ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+          cert: Buffer.from(user['client-certificate-data'], 'base64'),
+          key: Buffer.from(user['client-key-data'], 'base64'),
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode!));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
   const slow = get('/slow?ms=1500');
   await new Promise((r) => setTimeout(r, 300));
   assert.equal(await get('/api'), 502, 'a second channel at once is refused by the agent');

@@ -38,13 +38,26 @@ after(async () => {
 /** a hostile agent for `name` whose kube-apiserver never answers */
 async function silentCluster(s: Stack, name: string): Promise<string> {
   const { token } = await s.token(name);
-  const a = await hostileAgent(s.proxyUrl, [{ Version: 'test', Name: name, Token: token, KubernetesSvcHost: '10.0.0.1:443', KubeSphereSvcHost: 'ks:80', TowerFeatures: ['tls-at-agent'] }], () => ({}));
+  const a = await hostileAgent(
+    s.proxyUrl,
+    [
+      {
+        Version: 'test',
+        Name: name,
+        Token: token,
+        KubernetesSvcHost: '10.0.0.1:443',
+        KubeSphereSvcHost: 'ks:80',
+        TowerFeatures: ['tls-at-agent'],
+      },
+    ],
+    () => ({}),
+  );
   hostile.push(a);
   assert.equal(a.reply.failed, false, a.reply.text);
   return s.kubeconfig(name);
 }
 
-describe('kubectl prints the answers tower makes itself, as the server\'s', () => {
+describe("kubectl prints the answers tower makes itself, as the server's", () => {
   test('503: a cluster whose agent went away (discovery cached from when it was there)', async () => {
     const { token } = await stack.token('delta');
     const agent = stack.startAgent('delta', token, member.kubeconfig);
@@ -58,14 +71,20 @@ describe('kubectl prints the answers tower makes itself, as the server\'s', () =
     await stack.proxy!.waitFor(/agent disconnected cluster=delta/, 10_000, from);
     const r = await kubectl(kc, ['--cache-dir', cache, 'get', 'namespaces']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^Error from server \(ServiceUnavailable\): cluster "delta" has no agent connected to tower \(start one with the command that "tower token delta" prints\)$/m);
+    assert.match(
+      r.stderr,
+      /^Error from server \(ServiceUnavailable\): cluster "delta" has no agent connected to tower \(start one with the command that "tower token delta" prints\)$/m,
+    );
   });
 
-  test('504: the member\'s kube-apiserver does not answer within --request-timeout', async () => {
+  test("504: the member's kube-apiserver does not answer within --request-timeout", async () => {
     const kc = await silentCluster(stack, 'silent');
     const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^Error from server \(Timeout\): tower gateway: the kube-apiserver of cluster "silent" did not answer within 2s \(the proxy's --request-timeout\)$/m);
+    assert.match(
+      r.stderr,
+      /^Error from server \(Timeout\): tower gateway: the kube-apiserver of cluster "silent" did not answer within 2s \(the proxy's --request-timeout\)$/m,
+    );
   });
 
   test('404: a cluster that was deleted (tower delete)', async () => {
@@ -76,35 +95,46 @@ describe('kubectl prints the answers tower makes itself, as the server\'s', () =
     const from = stack.proxy!.output.length;
     const del = await tower(['delete', 'gone'], stack.env);
     assert.equal(del.code, 0, del.stderr);
-    assert.match(del.stdout, /cluster "gone" deleted from .*; its agents are disconnected and their token no longer works/);
+    assert.match(
+      del.stdout,
+      /cluster "gone" deleted from .*; its agents are disconnected and their token no longer works/,
+    );
     // the proxy closes the session; the agent's reconnect is refused, and it exits
     await stack.proxy!.waitFor(/cluster removed from the store cluster=gone sessionsClosed=1/, 10_000, from);
     assert.equal(await agent.exited, 1);
     assert.match(agent.output, /the proxy refused agent "gone"/);
     const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^Error from server \(NotFound\): cluster "gone" not found in tower \(register it with: tower token gone\)$/m);
+    assert.match(
+      r.stderr,
+      /^Error from server \(NotFound\): cluster "gone" not found in tower \(register it with: tower token gone\)$/m,
+    );
     const again = await tower(['delete', 'gone'], stack.env);
     assert.equal(again.code, 1);
     assert.match(again.stderr, /^tower delete: cluster "gone" not found in .* \(see: tower clusters\)$/m);
-
   });
 
   test('403: a certificate bound to another cluster', async () => {
     // (kubectl get --raw drops the server's path: the path names the cluster here)
     const r = await kubectl(alphaKc, ['get', '--raw', '/clusters/delta/api/v1/namespaces']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^Error from server \(Forbidden\): tower gateway: this client certificate is for cluster "alpha", not "delta" \(get one with: tower kubeconfig delta\)$/m);
+    assert.match(
+      r.stderr,
+      /^Error from server \(Forbidden\): tower gateway: this client certificate is for cluster "alpha", not "delta" \(get one with: tower kubeconfig delta\)$/m,
+    );
   });
 
-  test('401: no client certificate from tower\'s CA', async () => {
+  test("401: no client certificate from tower's CA", async () => {
     const doc = parse(readFileSync(alphaKc, 'utf8'));
     doc.users[0].user = { token: 'not-a-certificate' };
     const kc = join(stack.dataDir, 'token.kubeconfig');
     writeFileSync(kc, stringify(doc), { mode: 0o600 });
     const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^error: You must be logged in to the server \(tower gateway: a client certificate signed by tower's CA is required \(.*\); get a kubeconfig with: tower kubeconfig <cluster>\)$/m);
+    assert.match(
+      r.stderr,
+      /^error: You must be logged in to the server \(tower gateway: a client certificate signed by tower's CA is required \(.*\); get a kubeconfig with: tower kubeconfig <cluster>\)$/m,
+    );
   });
 
   test('400: a cluster name that cannot be one', async () => {
@@ -122,8 +152,13 @@ describe('kubectl prints the answers tower makes itself, as the server\'s', () =
       const doc = parse(readFileSync(kc, 'utf8'));
       const b64 = (k: string) => Buffer.from(doc.users[0].user[k], 'base64');
       const held = request({
-        host: '127.0.0.1', port: busy.gatewayPort, path: '/clusters/busy/api/v1/pods', method: 'GET',
-        ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'), cert: b64('client-certificate-data'), key: b64('client-key-data'),
+        host: '127.0.0.1',
+        port: busy.gatewayPort,
+        path: '/clusters/busy/api/v1/pods',
+        method: 'GET',
+        ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+        cert: b64('client-certificate-data'),
+        key: b64('client-key-data'),
       });
       held.on('error', () => {});
       held.end();
@@ -131,7 +166,10 @@ describe('kubectl prints the answers tower makes itself, as the server\'s', () =
       const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
       held.destroy();
       assert.equal(r.code, 1);
-      assert.match(r.stderr, /^Error from server \(TooManyRequests\): tower gateway: cluster "busy" has 1 requests in flight through tower, its limit \(the proxy's --max-requests-inflight\); retry shortly$/m);
+      assert.match(
+        r.stderr,
+        /^Error from server \(TooManyRequests\): tower gateway: cluster "busy" has 1 requests in flight through tower, its limit \(the proxy's --max-requests-inflight\); retry shortly$/m,
+      );
       const metrics = await (await fetch(`${busy.proxyUrl}/metrics`)).text();
       assert.match(metrics, /^tower_proxy_inflight_refusals_total\{cluster="busy"\} [1-9]\d*$/m);
     } finally {
@@ -149,13 +187,18 @@ describe('tower clusters', () => {
     assert.match(r.stdout, /^alpha\s+1\s+\d+[smhd]\s+now\s+0\.1\.0\s+127\.0\.0\.1:\d+$/m);
     assert.match(r.stdout, /^delta\s+0\s+-\s+\d+[smhd] ago\s+-\s+-$/m);
     assert.doesNotMatch(r.stdout, /^gone/m);
-    const json = JSON.parse((await tower(['clusters', '-o', 'json'], stack.env)).stdout) as { clusters: { name: string; agents: number; agentVersion?: string }[] };
+    const json = JSON.parse((await tower(['clusters', '-o', 'json'], stack.env)).stdout) as {
+      clusters: { name: string; agents: number; agentVersion?: string }[];
+    };
     const row = json.clusters.find((c) => c.name === 'alpha');
     assert.equal(row?.agents, 1);
     assert.equal(row?.agentVersion, '0.1.0');
     const bad = await tower(['clusters', '-o', 'xml'], stack.env);
     assert.equal(bad.code, 1);
-    assert.match(bad.stderr, /^tower clusters: invalid --output value "xml" from flag --output: use table, wide, json or yaml$/m);
+    assert.match(
+      bad.stderr,
+      /^tower clusters: invalid --output value "xml" from flag --output: use table, wide, json or yaml$/m,
+    );
   });
 
   test('without a proxy serving the data dir it says so, and AGENTS is unknown', async () => {
@@ -172,12 +215,27 @@ describe('tower clusters', () => {
     const dir = tempDir('hostile-status');
     const env = { TOWER_HOME: dir };
     assert.equal((await tower(['token', 'odd'], env)).code, 0);
-    writeFileSync(join(dir, 'status', 'odd.yaml'), stringify({
-      connected: true, agents: 'many', since: { not: 'a time' }, lastSeen: '2026-01-01T00:00:00Z',
-      agentVersions: '\x1b]0;pwned\x07\x1b[31mred', agentAddresses: '10.0.0.1:5000',
-    }));
+    writeFileSync(
+      join(dir, 'status', 'odd.yaml'),
+      stringify({
+        connected: true,
+        agents: 'many',
+        since: { not: 'a time' },
+        lastSeen: '2026-01-01T00:00:00Z',
+        agentVersions: '\x1b]0;pwned\x07\x1b[31mred',
+        agentAddresses: '10.0.0.1:5000',
+      }),
+    );
     // kill(-1, 0) reaches every process: a pid of -1 must not pass for a running proxy
-    writeFileSync(join(dir, 'proxy.yaml'), stringify({ agentUrl: 'http://127.0.0.1:1', gatewayUrl: 'https://127.0.0.1:2', hostKeyFingerprint: `SHA256:${'A'.repeat(43)}`, pid: -1 }));
+    writeFileSync(
+      join(dir, 'proxy.yaml'),
+      stringify({
+        agentUrl: 'http://127.0.0.1:1',
+        gatewayUrl: 'https://127.0.0.1:2',
+        hostKeyFingerprint: `SHA256:${'A'.repeat(43)}`,
+        pid: -1,
+      }),
+    );
     for (const output of ['wide', 'json', 'yaml']) {
       const r = await tower(['clusters', '-o', output], env);
       assert.equal(r.code, 0, `${output}: ${r.stderr}`);
@@ -192,14 +250,20 @@ describe('tower clusters', () => {
 
 describe('health and metrics', () => {
   test('the proxy answers /livez and /readyz as Kubernetes components do, and /health as the Go tower', async () => {
-    const get = async (path: string) => { const r = await fetch(`${stack.proxyUrl}${path}`); return [r.status, await r.text()] as const; };
+    const get = async (path: string) => {
+      const r = await fetch(`${stack.proxyUrl}${path}`);
+      return [r.status, await r.text()] as const;
+    };
     assert.deepEqual(await get('/livez'), [200, 'ok']);
     assert.deepEqual(await get('/readyz'), [200, 'ok']);
-    assert.deepEqual(await get('/readyz?verbose'), [200, '[+]ping ok\n[+]shutdown ok\n[+]store ok\n[+]listeners ok\nreadyz check passed\n']);
+    assert.deepEqual(await get('/readyz?verbose'), [
+      200,
+      '[+]ping ok\n[+]shutdown ok\n[+]store ok\n[+]listeners ok\nreadyz check passed\n',
+    ]);
     assert.deepEqual(await get('/health'), [200, 'OK\n']);
   });
 
-  test('the agent\'s --health-port: /readyz is ok while connected to a proxy', async () => {
+  test("the agent's --health-port: /readyz is ok while connected to a proxy", async () => {
     const port = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
     const r = await fetch(`http://127.0.0.1:${port}/readyz?verbose`);
     assert.equal(r.status, 200);
@@ -210,7 +274,10 @@ describe('health and metrics', () => {
     const port = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
     const proxyText = await (await fetch(`${stack.proxyUrl}/metrics`)).text();
     const agentText = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    for (const [what, text] of [['proxy', proxyText], ['agent', agentText]] as const) {
+    for (const [what, text] of [
+      ['proxy', proxyText],
+      ['agent', agentText],
+    ] as const) {
       const r = await run('promtool', ['check', 'metrics'], { input: text });
       assert.equal(r.code, 0, `promtool on the ${what}'s metrics:\n${r.stdout}${r.stderr}`);
     }
@@ -238,7 +305,10 @@ describe('health and metrics', () => {
     const bodies = new Set<string>();
     for (let i = 0; i < 300; i++) bodies.add(await (await fetch(`${stack.proxyUrl}/metrics`)).text());
     const seconds = (Date.now() - started) / 1000;
-    assert.ok(bodies.size <= Math.ceil(seconds) + 1, `${bodies.size} renderings for 300 scrapes in ${seconds.toFixed(1)} s`);
+    assert.ok(
+      bodies.size <= Math.ceil(seconds) + 1,
+      `${bodies.size} renderings for 300 scrapes in ${seconds.toFixed(1)} s`,
+    );
     const r = await kubectl(alphaKc, ['get', 'namespaces', '-o', 'name']);
     assert.equal(r.code, 0, r.stderr);
   });
@@ -247,24 +317,44 @@ describe('health and metrics', () => {
     const healthPort = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
     const dir = tempDir('prometheus');
     const web = await freePort();
-    writeFileSync(join(dir, 'prometheus.yml'), stringify({
-      global: { scrape_interval: '1s', evaluation_interval: '1s' },
-      scrape_configs: [
-        { job_name: 'tower-proxy', static_configs: [{ targets: [`127.0.0.1:${stack.agentPort}`] }] },
-        { job_name: 'tower-agent', static_configs: [{ targets: [`127.0.0.1:${healthPort}`] }] },
+    writeFileSync(
+      join(dir, 'prometheus.yml'),
+      stringify({
+        global: { scrape_interval: '1s', evaluation_interval: '1s' },
+        scrape_configs: [
+          { job_name: 'tower-proxy', static_configs: [{ targets: [`127.0.0.1:${stack.agentPort}`] }] },
+          { job_name: 'tower-agent', static_configs: [{ targets: [`127.0.0.1:${healthPort}`] }] },
+        ],
+      }),
+    );
+    const prom = new TowerProcess(
+      'prometheus',
+      [
+        `--config.file=${join(dir, 'prometheus.yml')}`,
+        `--storage.tsdb.path=${join(dir, 'data')}`,
+        `--web.listen-address=127.0.0.1:${web}`,
       ],
-    }));
-    const prom = new TowerProcess('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${web}`], {}, 'prometheus');
+      {},
+      'prometheus',
+    );
     try {
       const query = async (q: string) => {
         const r = await fetch(`http://127.0.0.1:${web}/api/v1/query?query=${encodeURIComponent(q)}`);
-        const body = await r.json() as { data?: { result: { value: [number, string] }[] } };
+        const body = (await r.json()) as { data?: { result: { value: [number, string] }[] } };
         return body.data?.result[0]?.value[1];
       };
       // alpha's agent and the hostile one of "silent" are connected; delta's and gone's are not
-      const connected = await waitUntil('Prometheus to answer the connected agent count', async () => (await query('sum(tower_proxy_agents_connected)')) === '2' && '2', 60_000, 500);
+      const connected = await waitUntil(
+        'Prometheus to answer the connected agent count',
+        async () => (await query('sum(tower_proxy_agents_connected)')) === '2' && '2',
+        60_000,
+        500,
+      );
       assert.equal(connected, '2');
-      assert.equal(await waitUntil('the agent\'s own metric', () => query('tower_agent_connected{job="tower-agent"}'), 20_000, 500), '1');
+      assert.equal(
+        await waitUntil("the agent's own metric", () => query('tower_agent_connected{job="tower-agent"}'), 20_000, 500),
+        '1',
+      );
       assert.equal(await query('up{job="tower-proxy"}'), '1');
     } finally {
       await prom.stop();

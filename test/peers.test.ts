@@ -27,33 +27,67 @@ async function peer(answer: ((cluster: string) => string) | undefined): Promise<
 
 function replicasOf(others: Replica[]): Replicas {
   const self = { id: 'self', address: '127.0.0.1:1', draining: false };
-  return { self, start: async () => {}, live: () => [self, ...others], onChange: () => {}, drain: async () => {}, close: async () => {} };
+  return {
+    self,
+    start: async () => {},
+    live: () => [self, ...others],
+    onChange: () => {},
+    drain: async () => {},
+    close: async () => {},
+  };
 }
 
 before(async () => {
   ca = await CertificateAuthority.load(await CertificateAuthority.create('peers-test'), 'test');
 });
 
-after(() => { for (const s of servers) { s.close(); s.closeAllConnections(); } });
+after(() => {
+  for (const s of servers) {
+    s.close();
+    s.closeAllConnections();
+  }
+});
 
 test('hostile replicas count as holding no agent; the honest one is still found, a silent one ends at the lookup deadline', async () => {
   const honest = await peer((c) => JSON.stringify({ server: 'honest', draining: false, sessions: { [c]: 1 } }));
   const hostile: Replica[] = [
-    { id: 'strings', address: await peer((c) => JSON.stringify({ server: 'strings', draining: false, sessions: { [c]: '1' } })), draining: false },
-    { id: 'impostor', address: await peer((c) => JSON.stringify({ server: 'someone-else', draining: false, sessions: { [c]: 5 } })), draining: false },
+    {
+      id: 'strings',
+      address: await peer((c) => JSON.stringify({ server: 'strings', draining: false, sessions: { [c]: '1' } })),
+      draining: false,
+    },
+    {
+      id: 'impostor',
+      address: await peer((c) => JSON.stringify({ server: 'someone-else', draining: false, sessions: { [c]: 5 } })),
+      draining: false,
+    },
     { id: 'garbage', address: await peer(() => 'not json'), draining: false },
     { id: 'null', address: await peer(() => 'null'), draining: false },
     { id: 'huge', address: await peer(() => 'x'.repeat(3 * 1024 * 1024)), draining: false },
-    { id: 'negative', address: await peer((c) => JSON.stringify({ server: 'negative', draining: false, sessions: { [c]: -3 } })), draining: false },
+    {
+      id: 'negative',
+      address: await peer((c) => JSON.stringify({ server: 'negative', draining: false, sessions: { [c]: -3 } })),
+      draining: false,
+    },
     { id: 'silent', address: await peer(undefined), draining: false },
   ];
   const client = await ca.issueClient('tower-replica:self', [], 1, undefined, [`${PEER_URI_PREFIX}self`]);
   const quiet = new Logger();
-  const alone = new Peers({ replicas: replicasOf(hostile), tls: { ...client, caPem: ca.certPem }, signature: new PeerSignature(ca.secret('test')), log: quiet });
+  const alone = new Peers({
+    replicas: replicasOf(hostile),
+    tls: { ...client, caPem: ca.certPem },
+    signature: new PeerSignature(ca.secret('test')),
+    log: quiet,
+  });
   // the silent one ends at the lookup's own deadline, or this would not return
   assert.equal(await alone.sessionsElsewhere('alpha'), 0);
   assert.equal(await alone.find('alpha'), undefined);
-  const withHonest = new Peers({ replicas: replicasOf([...hostile, { id: 'honest', address: honest, draining: false }]), tls: { ...client, caPem: ca.certPem }, signature: new PeerSignature(ca.secret('test')), log: quiet });
+  const withHonest = new Peers({
+    replicas: replicasOf([...hostile, { id: 'honest', address: honest, draining: false }]),
+    tls: { ...client, caPem: ca.certPem },
+    signature: new PeerSignature(ca.secret('test')),
+    log: quiet,
+  });
   assert.equal((await withHonest.find('alpha'))?.id, 'honest');
   assert.equal(await withHonest.sessionsElsewhere('alpha'), 1);
   alone.close();

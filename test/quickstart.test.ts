@@ -23,7 +23,10 @@ after(async () => {
 /** The README's Quick start, with the agent authenticating to the member as `how`. */
 async function quickStart(name: string, memberKubeconfig: string) {
   const { token, join: joinCommand } = await stack.token(name);
-  assert.equal(joinCommand, `${TOWER} agent --name ${name} --token ${token} --proxy-server http://127.0.0.1:${stack.agentPort} --proxy-fingerprint ${stack.fingerprint} --kubeconfig <member kubeconfig>`);
+  assert.equal(
+    joinCommand,
+    `${TOWER} agent --name ${name} --token ${token} --proxy-server http://127.0.0.1:${stack.agentPort} --proxy-fingerprint ${stack.fingerprint} --kubeconfig <member kubeconfig>`,
+  );
   // run exactly the printed command, the member's kubeconfig in its placeholder
   const args = joinCommand.replace('<member kubeconfig>', memberKubeconfig).split(' ');
   const agent = new TowerProcess(`agent ${name}`, args.slice(1), {});
@@ -39,12 +42,20 @@ for (const auth of ['client certificate', 'bearer token'] as const) {
     let kc: string;
 
     before(async () => {
-      const memberKc = auth === 'client certificate'
-        ? member.kubeconfig
-        : writeTokenKubeconfig(join(stack.dataDir, 'member-token.kubeconfig'), member.server, member.caPem, member.token);
+      const memberKc =
+        auth === 'client certificate'
+          ? member.kubeconfig
+          : writeTokenKubeconfig(
+              join(stack.dataDir, 'member-token.kubeconfig'),
+              member.server,
+              member.caPem,
+              member.token,
+            );
       ({ kc } = await quickStart(name, memberKc));
       // the agent makes the TLS to its apiserver and adds its token (negotiated): no credential reaches the proxy
-      await stack.proxy!.waitFor(new RegExp(`agent connected cluster=${name} .*auth="kept by the agent" upstreamTls=agent`));
+      await stack.proxy!.waitFor(
+        new RegExp(`agent connected cluster=${name} .*auth="kept by the agent" upstreamTls=agent`),
+      );
     });
 
     test('the binary runs the SSH ciphers on the embedded native binding', () => {
@@ -64,7 +75,13 @@ for (const auth of ['client certificate', 'bearer token'] as const) {
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, new RegExp(`configmap/via-${name} created`));
       // read it back directly from the member, not through the tunnel
-      const direct = await kubectl(member.kubeconfig, ['get', 'configmap', `via-${name}`, '-o', 'jsonpath={.data.hello}']);
+      const direct = await kubectl(member.kubeconfig, [
+        'get',
+        'configmap',
+        `via-${name}`,
+        '-o',
+        'jsonpath={.data.hello}',
+      ]);
       assert.equal(direct.stdout, name);
     });
 
@@ -76,16 +93,32 @@ for (const auth of ['client certificate', 'bearer token'] as const) {
 
     test('a watch receives an event created after it started', async () => {
       const cmName = `watched-${name}`;
-      const watch = spawn('kubectl', ['--kubeconfig', kc, 'get', 'configmaps', '-n', 'default', '--watch', '-o', 'name'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const watch = spawn(
+        'kubectl',
+        ['--kubeconfig', kc, 'get', 'configmaps', '-n', 'default', '--watch', '-o', 'name'],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       let out = '';
-      watch.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+      watch.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+      });
       try {
         // the initial list arrives first, so the watch is established
         await waitUntil('the watch to list existing ConfigMaps', () => out.includes(`configmap/via-${name}`));
-        const created = await kubectl(member.kubeconfig, ['create', 'configmap', cmName, '-n', 'default', '--from-literal=k=v']);
+        const created = await kubectl(member.kubeconfig, [
+          'create',
+          'configmap',
+          cmName,
+          '-n',
+          'default',
+          '--from-literal=k=v',
+        ]);
         assert.equal(created.code, 0, created.stderr);
         // the ConfigMap did not exist when the watch began: only a watch event can bring it
-        await waitUntil(() => `the watch to report ${cmName} (got: ${JSON.stringify(out)})`, () => out.includes(`configmap/${cmName}`));
+        await waitUntil(
+          () => `the watch to report ${cmName} (got: ${JSON.stringify(out)})`,
+          () => out.includes(`configmap/${cmName}`),
+        );
       } finally {
         watch.kill('SIGKILL');
       }

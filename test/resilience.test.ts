@@ -24,7 +24,10 @@ after(async () => {
 
 function status(name: string) {
   try {
-    return parse(readFileSync(join(stack.dataDir, 'status', `${name}.yaml`), 'utf8')) as { connected: boolean; agents: number };
+    return parse(readFileSync(join(stack.dataDir, 'status', `${name}.yaml`), 'utf8')) as {
+      connected: boolean;
+      agents: number;
+    };
   } catch {
     return undefined;
   }
@@ -50,7 +53,10 @@ test('two agents with the same name share the load; one is killed with SIGKILL a
   // the proxy notices the dead link when the WebSocket closes; meanwhile requests must still succeed
   for (let i = 0; i < 10; i++) assert.equal(await version(), 'v1.20.2');
   await stack.proxy!.waitFor(/agent disconnected cluster=delta .* agents=1/);
-  await waitUntil('status to count one agent', () => status('delta')?.agents === 1 && status('delta')?.connected === true);
+  await waitUntil(
+    'status to count one agent',
+    () => status('delta')?.agents === 1 && status('delta')?.connected === true,
+  );
   assert.ok(a2.running);
 });
 
@@ -95,7 +101,11 @@ test('a proxy that stops answering is detected by keepalive and redialed', async
   // freeze the proxy: its sockets stay open but nothing answers
   stack.proxy!.child.kill('SIGSTOP');
   try {
-    await agent.waitFor(/disconnected from proxy; reconnecting why="the proxy did not answer a ping within 10000 ms"/, 30_000, mark);
+    await agent.waitFor(
+      /disconnected from proxy; reconnecting why="the proxy did not answer a ping within 10000 ms"/,
+      30_000,
+      mark,
+    );
   } finally {
     stack.proxy!.child.kill('SIGCONT');
   }

@@ -12,21 +12,41 @@ const START_LIMIT_MS = 10_000;
 
 /** runs the binary under a mount namespace of its own, with `mounts` (tmpfs mount options by path) set up first */
 function isolated(mounts: Record<string, string>, env: Record<string, string>, args: string[]) {
-  const setup = Object.entries(mounts).map(([dir, options]) => `mount -t tmpfs -o ${options} tmpfs ${dir}`).join(' && ');
-  const exports = Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ');
-  return run('unshare', ['-m', 'sh', '-c', `${setup} && exec env ${exports} XDG_RUNTIME_DIR= ${TOWER} ${args.join(' ')}`], { timeoutMs: START_LIMIT_MS });
+  const setup = Object.entries(mounts)
+    .map(([dir, options]) => `mount -t tmpfs -o ${options} tmpfs ${dir}`)
+    .join(' && ');
+  const exports = Object.entries(env)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ');
+  return run(
+    'unshare',
+    ['-m', 'sh', '-c', `${setup} && exec env ${exports} XDG_RUNTIME_DIR= ${TOWER} ${args.join(' ')}`],
+    { timeoutMs: START_LIMIT_MS },
+  );
 }
 
 test('an unusable TMPDIR (under /proc): --version returns at once, and the JS fallback is said once', async () => {
   const home = tempDir('home-ro');
   const started = Date.now();
-  const r = await run('unshare', ['-m', 'sh', '-c', `mount -t tmpfs -o ro tmpfs ${home} && exec env TMPDIR=/proc/tower-test/tmp HOME=${home} XDG_RUNTIME_DIR= ${TOWER} --version`], { timeoutMs: START_LIMIT_MS });
+  const r = await run(
+    'unshare',
+    [
+      '-m',
+      'sh',
+      '-c',
+      `mount -t tmpfs -o ro tmpfs ${home} && exec env TMPDIR=/proc/tower-test/tmp HOME=${home} XDG_RUNTIME_DIR= ${TOWER} --version`,
+    ],
+    { timeoutMs: START_LIMIT_MS },
+  );
   const ms = Date.now() - started;
   assert.equal(r.code, 0, `tower --version did not finish by itself (${ms} ms): ${r.stderr}`);
   assert.equal(r.stdout, '0.1.0\n');
   const warnings = r.stderr.split('\n').filter(Boolean);
   assert.equal(warnings.length, 1, r.stderr);
-  assert.match(warnings[0]!, /^tower: warning: running on the JS crypto: the native crypto binding could not be written and loaded \(\/proc\/tower-test\/tmp: ENOENT; [^)]*\); set TMPDIR to a writable directory that allows executables$/);
+  assert.match(
+    warnings[0]!,
+    /^tower: warning: running on the JS crypto: the native crypto binding could not be written and loaded \(\/proc\/tower-test\/tmp: ENOENT; [^)]*\); set TMPDIR to a writable directory that allows executables$/,
+  );
 });
 
 test('a read-only TMPDIR: the binding is loaded from ~/.cache instead; with nothing writable, tower version says js and why', async () => {
@@ -64,7 +84,7 @@ test('a private directory that another user made (or a link) is not used: no lib
   const r = await run(TOWER, ['version'], { env: { TMPDIR: tmp, HOME: home, XDG_RUNTIME_DIR: '' } });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /crypto: native\n$/, 'loaded from ~/.cache instead');
-  assert.deepEqual(readdirSync(planted), [], 'nothing written into (or read from) the other user\'s directory');
+  assert.deepEqual(readdirSync(planted), [], "nothing written into (or read from) the other user's directory");
   assert.ok(readdirSync(join(home, '.cache', `tower-${uid}`)).some((f) => f.endsWith('.node')));
 
   const linked = tempDir('tmp-link');

@@ -7,7 +7,9 @@ import type { ClusterEvent } from '../src/store/types.ts';
 import { removeDir, tempDir, tower, waitUntil } from './support/tower.ts';
 
 const dirs: string[] = [];
-after(() => { for (const d of dirs) removeDir(d); });
+after(() => {
+  for (const d of dirs) removeDir(d);
+});
 function freshDir(): string {
   const d = tempDir('store');
   dirs.push(d);
@@ -21,7 +23,10 @@ test('clusters are written atomically with 0600, and a stale update is refused',
   await assert.rejects(store.create('alpha', 'b'), /cluster "alpha" already exists/);
   const c2 = await store.update({ ...c, token: 'c'.repeat(64) });
   assert.notEqual(c2.revision, c.revision);
-  await assert.rejects(store.update({ ...c, token: 'd' }), (err: Error & { code?: string }) => err.code === 'ECONFLICT');
+  await assert.rejects(
+    store.update({ ...c, token: 'd' }),
+    (err: Error & { code?: string }) => err.code === 'ECONFLICT',
+  );
   assert.equal((await store.get('alpha'))?.token, 'c'.repeat(64));
   await assert.rejects(store.get('../x'), /invalid cluster name/);
   store.close();
@@ -34,10 +39,23 @@ test('the watch reports additions, changes and removals within a second', async 
   const c = await store.create('beta', 'a'.repeat(64));
   await waitUntil('added', () => events.some((e) => e.type === 'added'), 1500, 20);
   await store.update({ ...c, token: 'b'.repeat(64) });
-  await waitUntil('modified', () => events.some((e) => e.type === 'modified' && e.cluster.token === 'b'.repeat(64)), 1500, 20);
+  await waitUntil(
+    'modified',
+    () => events.some((e) => e.type === 'modified' && e.cluster.token === 'b'.repeat(64)),
+    1500,
+    20,
+  );
   // an edit in place (same file, no rename): inotify names the file
-  writeFileSync(join(store.dir, 'clusters', 'beta.yaml'), `name: beta\ntoken: ${'e'.repeat(64)}\ncreatedAt: x\ngeneration: 7\n`);
-  await waitUntil('modified in place', () => events.some((e) => e.type === 'modified' && e.cluster.token === 'e'.repeat(64)), 1500, 20);
+  writeFileSync(
+    join(store.dir, 'clusters', 'beta.yaml'),
+    `name: beta\ntoken: ${'e'.repeat(64)}\ncreatedAt: x\ngeneration: 7\n`,
+  );
+  await waitUntil(
+    'modified in place',
+    () => events.some((e) => e.type === 'modified' && e.cluster.token === 'e'.repeat(64)),
+    1500,
+    20,
+  );
   removeDir(join(store.dir, 'clusters', 'beta.yaml'));
   await waitUntil('deleted', () => events.some((e) => e.type === 'deleted' && e.name === 'beta'), 1500, 20);
   w.close();
@@ -63,9 +81,19 @@ test('an unusable cluster file fails closed: it is listed with its problem, neve
     assert.match(c?.problem ?? '', why);
   }
   const listed = await store.list();
-  assert.deepEqual(listed.map((c) => c.name), ['empty', 'good', 'malformed', 'short-token', 'unparseable', 'unreadable']);
-  assert.deepEqual(listed.filter((c) => !c.problem).map((c) => c.name), ['good']);
-  await assert.rejects(store.create('empty', 'b'.repeat(64)), /already exists/, 'an unusable record is not silently replaced');
+  assert.deepEqual(
+    listed.map((c) => c.name),
+    ['empty', 'good', 'malformed', 'short-token', 'unparseable', 'unreadable'],
+  );
+  assert.deepEqual(
+    listed.filter((c) => !c.problem).map((c) => c.name),
+    ['good'],
+  );
+  await assert.rejects(
+    store.create('empty', 'b'.repeat(64)),
+    /already exists/,
+    'an unusable record is not silently replaced',
+  );
   store.close();
 });
 

@@ -23,7 +23,11 @@ before(async () => {
   stack = new Stack();
   await stack.startProxy();
   const { token } = await stack.token('gamma');
-  const agent = stack.startAgent('gamma', token, upstream.writeKubeconfig(join(stack.dataDir, 'upstream.kubeconfig'), 'cert'));
+  const agent = stack.startAgent(
+    'gamma',
+    token,
+    upstream.writeKubeconfig(join(stack.dataDir, 'upstream.kubeconfig'), 'cert'),
+  );
   await agent.waitFor(/connected to proxy/);
   agentPid = agent.pid;
   kc = await stack.kubeconfig('gamma');
@@ -49,21 +53,33 @@ function gatewayRequest(method: string, path: string, body?: () => AsyncGenerato
   const server = new URL(doc.clusters[0].cluster.server);
   const b64 = (s: string) => Buffer.from(s, 'base64');
   return new Promise<{ status: number; bytes: number; text: string }>((resolve, reject) => {
-    const req = request({
-      host: server.hostname, port: server.port, method, path: server.pathname + path,
-      ca: b64(doc.clusters[0].cluster['certificate-authority-data']),
-      cert: b64(doc.users[0].user['client-certificate-data']),
-      key: b64(doc.users[0].user['client-key-data']),
-      headers: body ? { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } : {},
-    }, (res) => {
-      let bytes = 0;
-      let text = '';
-      res.on('data', (d: Buffer) => { bytes += d.length; if (text.length < 1000) text += d.toString('latin1'); });
-      res.on('end', () => resolve({ status: res.statusCode!, bytes, text }));
-      res.on('error', reject);
-    });
+    const req = request(
+      {
+        host: server.hostname,
+        port: server.port,
+        method,
+        path: server.pathname + path,
+        ca: b64(doc.clusters[0].cluster['certificate-authority-data']),
+        cert: b64(doc.users[0].user['client-certificate-data']),
+        key: b64(doc.users[0].user['client-key-data']),
+        headers: body ? { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } : {},
+      },
+      (res) => {
+        let bytes = 0;
+        let text = '';
+        res.on('data', (d: Buffer) => {
+          bytes += d.length;
+          if (text.length < 1000) text += d.toString('latin1');
+        });
+        res.on('end', () => resolve({ status: res.statusCode!, bytes, text }));
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
-    if (!body) { req.end(); return; }
+    if (!body) {
+      req.end();
+      return;
+    }
     (async () => {
       for await (const chunk of body()) if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
       req.end();
@@ -73,7 +89,9 @@ function gatewayRequest(method: string, path: string, body?: () => AsyncGenerato
 
 test('a 256 MiB upload and a 256 MiB download stream through while proxy and agent stay under 200 MiB RSS', async () => {
   const chunk = Buffer.alloc(MIB, 1);
-  async function* body() { for (let i = 0; i < BODY_BYTES / MIB; i++) yield chunk; }
+  async function* body() {
+    for (let i = 0; i < BODY_BYTES / MIB; i++) yield chunk;
+  }
   const up = await gatewayRequest('POST', '/upload', body);
   assert.equal(up.status, 200, up.text);
   assert.equal(JSON.parse(up.text).bytes, BODY_BYTES);
@@ -89,7 +107,7 @@ test('a 256 MiB upload and a 256 MiB download stream through while proxy and age
   console.log(`# peak RSS: proxy ${(proxyPeak / MIB).toFixed(0)} MiB, agent ${(agentPeak / MIB).toFixed(0)} MiB`);
 });
 
-test('over a slow link the agent\'s queued SSH packets still leave in frames the proxy accepts', async () => {
+test("over a slow link the agent's queued SSH packets still leave in frames the proxy accepts", async () => {
   // a relay that lets ~16 MB/s through from agent to proxy; eight downloads at once keep 16 MiB of
   // SSH window in flight, more than the kernel buffers, so the agent's WebSocket queue grows
   const BYTES_PER_MS = 16_000;
@@ -102,7 +120,10 @@ test('over a slow link the agent\'s queued SSH packets still leave in frames the
       setTimeout(() => fromAgent.resume(), Math.ceil(d.length / BYTES_PER_MS));
     });
     fromAgent.on('end', () => toProxy.end());
-    const close = () => { fromAgent.destroy(); toProxy.destroy(); };
+    const close = () => {
+      fromAgent.destroy();
+      toProxy.destroy();
+    };
     fromAgent.on('error', close);
     toProxy.on('error', close);
     fromAgent.on('close', close);
@@ -111,10 +132,15 @@ test('over a slow link the agent\'s queued SSH packets still leave in frames the
   await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
   try {
     const { token } = await stack.token('slow');
-    const agent = stack.startAgent('slow', token, join(stack.dataDir, 'upstream.kubeconfig'), ['--proxy-server', `http://127.0.0.1:${(relay.address() as { port: number }).port}`]);
+    const agent = stack.startAgent('slow', token, join(stack.dataDir, 'upstream.kubeconfig'), [
+      '--proxy-server',
+      `http://127.0.0.1:${(relay.address() as { port: number }).port}`,
+    ]);
     await agent.waitFor(/connected to proxy/);
     const slowKc = await stack.kubeconfig('slow');
-    const downs = await Promise.all(Array.from({ length: 8 }, () => gatewayRequest('GET', `/download?bytes=${8 * MIB}`, undefined, slowKc)));
+    const downs = await Promise.all(
+      Array.from({ length: 8 }, () => gatewayRequest('GET', `/download?bytes=${8 * MIB}`, undefined, slowKc)),
+    );
     for (const d of downs) assert.deepEqual([d.status, d.bytes], [200, 8 * MIB]);
     assert.doesNotMatch(agent.output, /disconnected from proxy/);
     await agent.stop();
@@ -123,7 +149,7 @@ test('over a slow link the agent\'s queued SSH packets still leave in frames the
   }
 });
 
-test('the upstream saw the agent\'s client certificate, never a caller\'s credentials', () => {
+test("the upstream saw the agent's client certificate, never a caller's credentials", () => {
   assert.ok(upstream.auth.length > 0);
   assert.deepEqual([...new Set(upstream.auth)], ['cert']);
 });

@@ -6,7 +6,17 @@ import ssh2 from 'ssh2';
 import { Logger } from '../src/observe/log.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { dialTunnel, ConfigRejectedError } from '../src/tunnel/client.ts';
-import { CHANNEL_TYPE, CLIENT_IDENT, decodeConfig, decodeReplicaView, encodeConfig, encodeReplicaView, SERVER_IDENT, UNAUTHORIZED, type AgentConfig } from '../src/tunnel/protocol.ts';
+import {
+  CHANNEL_TYPE,
+  CLIENT_IDENT,
+  decodeConfig,
+  decodeReplicaView,
+  encodeConfig,
+  encodeReplicaView,
+  SERVER_IDENT,
+  UNAUTHORIZED,
+  type AgentConfig,
+} from '../src/tunnel/protocol.ts';
 import { WatchFrames } from '../src/proxy/watch-frames.ts';
 import { TunnelServer, type AgentSession } from '../src/tunnel/server.ts';
 import { generateHostKey, hostKeyFingerprint, type TunnelClient } from '../src/tunnel/ssh.ts';
@@ -14,7 +24,9 @@ import { generateHostKey, hostKeyFingerprint, type TunnelClient } from '../src/t
 const quiet = new Logger({ verbosity: -1, format: 'text' });
 const hostKey = generateHostKey();
 const sockets: Socket[] = [];
-after(() => { for (const s of sockets) s.destroy(); });
+after(() => {
+  for (const s of sockets) s.destroy();
+});
 
 /** Two connected loopback sockets, and every byte each side sent. */
 async function socketPair(): Promise<{ a: Socket; b: Socket; fromA: Buffer[]; fromB: Buffer[] }> {
@@ -33,18 +45,42 @@ async function socketPair(): Promise<{ a: Socket; b: Socket; fromA: Buffer[]; fr
 }
 
 const caPem = (await CertificateAuthority.create('config-test-ca')).cert;
-const config: AgentConfig = { version: 'v-test', name: 'alpha', token: 't0k3n', kubernetesSvcHost: '10.0.0.1:443', kubesphereSvcHost: 'ks:80', caData: Buffer.from(caPem), bearerToken: Buffer.from('bearer') };
+const config: AgentConfig = {
+  version: 'v-test',
+  name: 'alpha',
+  token: 't0k3n',
+  kubernetesSvcHost: '10.0.0.1:443',
+  kubesphereSvcHost: 'ks:80',
+  caData: Buffer.from(caPem),
+  bearerToken: Buffer.from('bearer'),
+};
 
 function serve(b: Socket, verdict: string | undefined = undefined, timeoutMs = 5000): Promise<AgentSession> {
-  return new TunnelServer(hostKey).accept(b, { remote: 'test', authorize: async () => verdict, handshakeTimeoutMs: timeoutMs, log: quiet });
+  return new TunnelServer(hostKey).accept(b, {
+    remote: 'test',
+    authorize: async () => verdict,
+    handshakeTimeoutMs: timeoutMs,
+    log: quiet,
+  });
 }
 
 describe('wire protocol v1 on the patched ssh2', () => {
   test('both sides send the Go tower identification strings, byte for byte, and still agree on keys', async () => {
     const { a, b, fromA, fromB } = await socketPair();
-    const [session, client] = await Promise.all([serve(b), dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: (_h, _t, _acc, rej) => rej() })]);
-    assert.ok(Buffer.concat(fromA).toString('latin1').startsWith(CLIENT_IDENT + '\r\n'));
-    assert.ok(Buffer.concat(fromB).toString('latin1').startsWith(SERVER_IDENT + '\r\n'));
+    const [session, client] = await Promise.all([
+      serve(b),
+      dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: (_h, _t, _acc, rej) => rej() }),
+    ]);
+    assert.ok(
+      Buffer.concat(fromA)
+        .toString('latin1')
+        .startsWith(CLIENT_IDENT + '\r\n'),
+    );
+    assert.ok(
+      Buffer.concat(fromB)
+        .toString('latin1')
+        .startsWith(SERVER_IDENT + '\r\n'),
+    );
     assert.equal(client.hostKeyFingerprint, hostKeyFingerprint(hostKey));
     assert.equal(session.config.name, 'alpha');
     assert.equal(session.config.token, 't0k3n');
@@ -57,7 +93,10 @@ describe('wire protocol v1 on the patched ssh2', () => {
   test('a refused config carries its text in the failure payload, and the connection is closed', async () => {
     const { a, b } = await socketPair();
     const served = serve(b, UNAUTHORIZED);
-    await assert.rejects(dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: () => {} }), (err: Error) => err instanceof ConfigRejectedError && err.message === UNAUTHORIZED);
+    await assert.rejects(
+      dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: () => {} }),
+      (err: Error) => err instanceof ConfigRejectedError && err.message === UNAUTHORIZED,
+    );
     await assert.rejects(served, /Unauthorized agent/);
     if (!b.destroyed) await once(b, 'close');
   });
@@ -65,20 +104,30 @@ describe('wire protocol v1 on the patched ssh2', () => {
   test('a kubesphere channel carries the raw host:port as extra data; data flows both ways', async () => {
     const { a, b } = await socketPair();
     const seen: string[] = [];
-    const [session, client] = await Promise.all([serve(b), dialTunnel(a, {
-      config, handshakeTimeoutMs: 5000,
-      onChannel: (hostPort, _type, accept, reject) => {
-        seen.push(hostPort);
-        if (hostPort !== '10.0.0.1:443') { reject(); return; }
-        const ch = accept();
-        ch.on('data', (d: Buffer) => ch.write(Buffer.from(d.toString().toUpperCase())));
-      },
-    })]);
+    const [session, client] = await Promise.all([
+      serve(b),
+      dialTunnel(a, {
+        config,
+        handshakeTimeoutMs: 5000,
+        onChannel: (hostPort, _type, accept, reject) => {
+          seen.push(hostPort);
+          if (hostPort !== '10.0.0.1:443') {
+            reject();
+            return;
+          }
+          const ch = accept();
+          ch.on('data', (d: Buffer) => ch.write(Buffer.from(d.toString().toUpperCase())));
+        },
+      }),
+    ]);
     const ch = await session.openChannel('10.0.0.1:443');
     ch.write('ping over the channel');
     const [echo] = await once(ch, 'data');
     assert.equal(echo.toString(), 'PING OVER THE CHANNEL');
-    await assert.rejects(session.openChannel('169.254.169.254:80'), /the agent refused a channel to 169\.254\.169\.254:80/);
+    await assert.rejects(
+      session.openChannel('169.254.169.254:80'),
+      /the agent refused a channel to 169\.254\.169\.254:80/,
+    );
     assert.deepEqual(seen, ['10.0.0.1:443', '169.254.169.254:80']);
     ch.close();
     client.close();
@@ -86,7 +135,10 @@ describe('wire protocol v1 on the patched ssh2', () => {
 
   test('keepalive pings are answered', async () => {
     const { a, b } = await socketPair();
-    const [session, client] = await Promise.all([serve(b), dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: () => {} })]);
+    const [session, client] = await Promise.all([
+      serve(b),
+      dialTunnel(a, { config, handshakeTimeoutMs: 5000, onChannel: () => {} }),
+    ]);
     const before = session.lastSeen.getTime();
     await new Promise((r) => setTimeout(r, 5));
     await client.ping(2000);
@@ -103,7 +155,9 @@ describe('wire protocol v1 on the patched ssh2', () => {
     await once(client, 'ready');
     client.globalRequest('config', encodeConfig(config), () => {});
     await served;
-    const err = await new Promise<Error | undefined>((resolve) => client.forwardOut('127.0.0.1', 1, '127.0.0.1', 22, (e) => resolve(e)));
+    const err = await new Promise<Error | undefined>((resolve) =>
+      client.forwardOut('127.0.0.1', 1, '127.0.0.1', 22, (e) => resolve(e)),
+    );
     assert.match(String(err), /prohibited|rejected|failure/i);
     const err2 = await new Promise<Error | undefined>((resolve) => client.exec('id', (e) => resolve(e)));
     assert.ok(err2, 'a session channel must be refused');
@@ -123,16 +177,35 @@ describe('wire protocol v1 on the patched ssh2', () => {
 
 describe('the config payload', () => {
   test('keys decode case-insensitively and byte fields from base64, as Go does', () => {
-    const c = decodeConfig(Buffer.from(JSON.stringify({ name: 'a', TOKEN: 't', kubernetessvchost: 'k:443', KubeSphereSvcHost: 'ks:80', cadata: Buffer.from(caPem).toString('base64'), Unknown: 1 })));
+    const c = decodeConfig(
+      Buffer.from(
+        JSON.stringify({
+          name: 'a',
+          TOKEN: 't',
+          kubernetessvchost: 'k:443',
+          KubeSphereSvcHost: 'ks:80',
+          cadata: Buffer.from(caPem).toString('base64'),
+          Unknown: 1,
+        }),
+      ),
+    );
     assert.equal(c.name, 'a');
     assert.equal(c.token, 't');
     assert.equal(c.kubernetesSvcHost, 'k:443');
     assert.equal(c.caData?.toString(), caPem);
   });
 
-  test('what we send is what Go\'s encoding/json writes for the Go tower\'s Config', () => {
+  test("what we send is what Go's encoding/json writes for the Go tower's Config", () => {
     const json = JSON.parse(encodeConfig(config).toString());
-    assert.deepEqual(Object.keys(json), ['Version', 'Name', 'Token', 'KubernetesSvcHost', 'KubeSphereSvcHost', 'CAData', 'BearerToken']);
+    assert.deepEqual(Object.keys(json), [
+      'Version',
+      'Name',
+      'Token',
+      'KubernetesSvcHost',
+      'KubeSphereSvcHost',
+      'CAData',
+      'BearerToken',
+    ]);
     assert.equal(json.CAData, Buffer.from(caPem).toString('base64'));
   });
 
@@ -148,9 +221,27 @@ describe('the config payload', () => {
     const other = await CertificateAuthority.load(await CertificateAuthority.create('other'), 'test');
     const leaf = await other.issueClient('agent', []);
     const stranger = await other.issueClient('someone', []);
-    const good = { Version: 'v1', Name: 'alpha', Token: 'a'.repeat(64), KubernetesSvcHost: '10.0.0.1:6443', KubeSphereSvcHost: 'ks-apiserver.kubesphere-system.svc:80' };
+    const good = {
+      Version: 'v1',
+      Name: 'alpha',
+      Token: 'a'.repeat(64),
+      KubernetesSvcHost: '10.0.0.1:6443',
+      KubeSphereSvcHost: 'ks-apiserver.kubesphere-system.svc:80',
+    };
     const b64 = (s: string) => Buffer.from(s).toString('base64');
-    assert.equal(decodeConfig(Buffer.from(JSON.stringify({ ...good, CertData: b64(leaf.cert), KeyData: b64(leaf.key), BearerToken: b64('eyJhbGciOi.x-y_z') }))).name, 'alpha');
+    assert.equal(
+      decodeConfig(
+        Buffer.from(
+          JSON.stringify({
+            ...good,
+            CertData: b64(leaf.cert),
+            KeyData: b64(leaf.key),
+            BearerToken: b64('eyJhbGciOi.x-y_z'),
+          }),
+        ),
+      ).name,
+      'alpha',
+    );
     const bad: [Record<string, unknown>, RegExp][] = [
       [{ BearerToken: b64('tok\r\nX-Injected: 1') }, /BearerToken must be/],
       [{ BearerToken: b64('a b') }, /BearerToken must be/],
@@ -168,7 +259,10 @@ describe('the config payload', () => {
       [{ TowerFeatures: ['ok', 'Bad Feature'] }, /TowerFeatures must be/],
       [{ TowerFeatures: Array(20).fill('f') }, /TowerFeatures must be/],
       [{ CAData: b64('not a certificate') }, /CAData holds no PEM certificate/],
-      [{ CAData: b64('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n') }, /CAData holds a certificate that does not parse/],
+      [
+        { CAData: b64('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n') },
+        /CAData holds a certificate that does not parse/,
+      ],
       [{ CertData: b64(leaf.cert) }, /CertData and KeyData come together/],
       [{ CertData: b64('junk'), KeyData: b64(leaf.key) }, /CertData is not a PEM certificate/],
       [{ CertData: b64(leaf.cert), KeyData: b64('junk') }, /KeyData is not a PEM private key/],
@@ -176,7 +270,11 @@ describe('the config payload', () => {
       [{ Name: 5 }, /field Name must be a string/],
     ];
     for (const [patch, why] of bad) {
-      assert.throws(() => decodeConfig(Buffer.from(JSON.stringify({ ...good, ...patch }))), (err: Error) => why.test(err.message) && /^invalid config: |^malformed config payload: /.test(err.message), `${JSON.stringify(patch)} → ${why}`);
+      assert.throws(
+        () => decodeConfig(Buffer.from(JSON.stringify({ ...good, ...patch }))),
+        (err: Error) => why.test(err.message) && /^invalid config: |^malformed config payload: /.test(err.message),
+        `${JSON.stringify(patch)} → ${why}`,
+      );
     }
   });
 
@@ -185,7 +283,11 @@ describe('the config payload', () => {
 
 describe('replica views and watch frames', () => {
   test('a view survives its own encoding; duplicates collapse', () => {
-    const v = decodeReplicaView(encodeReplicaView({ server: 'r1', servers: ['r1', 'r2', 'r2'], draining: true }).toString().trim());
+    const v = decodeReplicaView(
+      encodeReplicaView({ server: 'r1', servers: ['r1', 'r2', 'r2'], draining: true })
+        .toString()
+        .trim(),
+    );
     assert.deepEqual(v, { server: 'r1', servers: ['r1', 'r2'], draining: true });
   });
 
@@ -213,7 +315,7 @@ describe('replica views and watch frames', () => {
   });
 });
 
-test('every host key the proxy generates parses (ssh2\'s generator makes about one in 230 it cannot read back)', () => {
+test("every host key the proxy generates parses (ssh2's generator makes about one in 230 it cannot read back)", () => {
   for (let i = 0; i < 2000; i++) {
     const key = generateHostKey();
     assert.match(hostKeyFingerprint(key), /^SHA256:[A-Za-z0-9+/]{43}$/);

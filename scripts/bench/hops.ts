@@ -26,20 +26,35 @@ export interface HopPorts {
 /** the legs of one request, in order */
 const LEGS = 6;
 /** what each stretch between two legs is: the time from leg i to leg i+1 */
-export const HOPS = ['first relay, request', 'second relay, request', 'upstream answers', 'second relay, answer', 'first relay, answer'] as const;
+export const HOPS = [
+  'first relay, request',
+  'second relay, request',
+  'upstream answers',
+  'second relay, answer',
+  'first relay, answer',
+] as const;
 export type HopTimes = Record<(typeof HOPS)[number], number>;
 
 /** one segment with bytes: when (µs) and which of the six legs (0–5) it is */
-export interface Segment { t: number; leg: number }
+export interface Segment {
+  t: number;
+  leg: number;
+}
 
 /** Starts tcpdump on lo for the three ports; the returned stop() ends it and yields the segments' legs. */
 export async function captureLegs(ports: HopPorts): Promise<{ stop: () => Promise<Segment[]> }> {
   const filter = `tcp and (port ${ports.entry} or port ${ports.middle} or port ${ports.upstream})`;
-  const dump = spawn('tcpdump', ['-i', 'lo', '-n', '-tt', '-l', '-q', '--immediate-mode', '-B', '16384', filter], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const dump = spawn('tcpdump', ['-i', 'lo', '-n', '-tt', '-l', '-q', '--immediate-mode', '-B', '16384', filter], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
-  dump.stdout.on('data', (d) => { out += d; });
-  dump.stderr.on('data', (d) => { err += d; });
+  dump.stdout.on('data', (d) => {
+    out += d;
+  });
+  dump.stderr.on('data', (d) => {
+    err += d;
+  });
   // tcpdump says "listening on lo" once its capture is open
   const deadline = Date.now() + 5000;
   while (!/listening on/.test(err)) {
@@ -66,7 +81,20 @@ export function parseLegs(text: string, ports: HopPorts): Segment[] {
     // the first relay's end of the middle connection: the listening port (tower) or the dialed one (sshd's, seen from ssh)
     const towardSecond = ports.middleListensAtEntry ? src === ports.middle : dst === ports.middle;
     const towardFirst = ports.middleListensAtEntry ? dst === ports.middle : src === ports.middle;
-    const leg = dst === ports.entry ? 0 : towardSecond ? 1 : dst === ports.upstream ? 2 : src === ports.upstream ? 3 : towardFirst ? 4 : src === ports.entry ? 5 : -1;
+    const leg =
+      dst === ports.entry
+        ? 0
+        : towardSecond
+          ? 1
+          : dst === ports.upstream
+            ? 2
+            : src === ports.upstream
+              ? 3
+              : towardFirst
+                ? 4
+                : src === ports.entry
+                  ? 5
+                  : -1;
     if (leg >= 0) segments.push({ t: Number(m[1]) * 1e6, leg });
   }
   return segments;
@@ -83,7 +111,10 @@ export function hopTimes(segments: Segment[]): { hops: HopTimes; requests: numbe
   let times: number[] = [];
   let whole = 0;
   for (const s of segments) {
-    if (s.leg === 0 && want !== 0) { want = 0; times = []; }
+    if (s.leg === 0 && want !== 0) {
+      want = 0;
+      times = [];
+    }
     if (s.leg !== want) continue;
     times.push(s.t);
     want++;
@@ -114,17 +145,27 @@ export function callsIn(summary: string, names: string[]): number {
 }
 
 /** strace -c -f on a process while `run` goes: event-loop waits and write calls, in all. */
-export async function countCalls<T>(pids: number[], run: () => Promise<T>): Promise<{ result: T; waits: number[]; writes: number[] }> {
+export async function countCalls<T>(
+  pids: number[],
+  run: () => Promise<T>,
+): Promise<{ result: T; waits: number[]; writes: number[] }> {
   const tracers: { child: ChildProcess; err: string }[] = pids.map((pid) => {
-    const child = spawn('strace', ['-c', '-f', '-e', `trace=${[...WAIT_CALLS, ...WRITE_CALLS].join(',')}`, '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(
+      'strace',
+      ['-c', '-f', '-e', `trace=${[...WAIT_CALLS, ...WRITE_CALLS].join(',')}`, '-p', String(pid)],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     const t = { child, err: '' };
-    child.stderr!.on('data', (d) => { t.err += d; });
+    child.stderr!.on('data', (d) => {
+      t.err += d;
+    });
     return t;
   });
   // strace prints "Process N attached" once it holds the process
   const deadline = Date.now() + 5000;
   while (tracers.some((t) => !/attached/.test(t.err))) {
-    if (tracers.some((t) => t.child.exitCode !== null) || Date.now() > deadline) throw new Error(`strace did not attach: ${tracers.map((t) => t.err.trim()).join('; ')}`);
+    if (tracers.some((t) => t.child.exitCode !== null) || Date.now() > deadline)
+      throw new Error(`strace did not attach: ${tracers.map((t) => t.err.trim()).join('; ')}`);
     await new Promise((r) => setTimeout(r, 20));
   }
   const result = await run();

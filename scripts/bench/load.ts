@@ -8,20 +8,45 @@
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 
-interface Job { mode: 'bulk' | 'small' | 'watch' | 'soak'; host: string; port: number; path: string; ca: string; cert: string; key: string; concurrency?: number; seconds?: number; streams?: number; requests?: number; freshEvery?: number }
+interface Job {
+  mode: 'bulk' | 'small' | 'watch' | 'soak';
+  host: string;
+  port: number;
+  path: string;
+  ca: string;
+  cert: string;
+  key: string;
+  concurrency?: number;
+  seconds?: number;
+  streams?: number;
+  requests?: number;
+  freshEvery?: number;
+}
 const job = JSON.parse(process.argv[2]!) as Job;
 const tls = { ca: readFileSync(job.ca), cert: readFileSync(job.cert), key: readFileSync(job.key) };
 const agent = new Agent({ keepAlive: true, maxSockets: Math.max(job.concurrency ?? 1, job.streams ?? 1), ...tls });
 
 function get(path: string, onData?: (d: Buffer) => void, fresh = false): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: job.host, port: job.port, path, agent: fresh ? new Agent({ keepAlive: false, ...tls }) : agent, servername: undefined }, (res) => {
-      let bytes = 0;
-      if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode} for ${path}`));
-      res.on('data', (d: Buffer) => { bytes += d.length; onData?.(d); });
-      res.on('end', () => resolve(bytes));
-      res.on('error', reject);
-    });
+    const req = request(
+      {
+        host: job.host,
+        port: job.port,
+        path,
+        agent: fresh ? new Agent({ keepAlive: false, ...tls }) : agent,
+        servername: undefined,
+      },
+      (res) => {
+        let bytes = 0;
+        if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode} for ${path}`));
+        res.on('data', (d: Buffer) => {
+          bytes += d.length;
+          onData?.(d);
+        });
+        res.on('end', () => resolve(bytes));
+        res.on('error', reject);
+      },
+    );
     req.setNoDelay(true);
     req.on('error', reject);
     req.end();
@@ -39,13 +64,15 @@ async function main(): Promise<unknown> {
     const latencies: number[] = [];
     const end = Date.now() + (job.seconds ?? 10) * 1000;
     const t0 = process.hrtime.bigint();
-    await Promise.all(Array.from({ length: job.concurrency ?? 1 }, async () => {
-      while (Date.now() < end) {
-        const s = process.hrtime.bigint();
-        await get(job.path);
-        latencies.push(Number(process.hrtime.bigint() - s) / 1e6);
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: job.concurrency ?? 1 }, async () => {
+        while (Date.now() < end) {
+          const s = process.hrtime.bigint();
+          await get(job.path);
+          latencies.push(Number(process.hrtime.bigint() - s) / 1e6);
+        }
+      }),
+    );
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     latencies.sort((a, b) => a - b);
     const q = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]!;
@@ -70,7 +97,10 @@ async function main(): Promise<unknown> {
       }
     };
     const watcher = async () => {
-      while (started < total) await get(`${prefix}/watch?n=2`).catch(() => { failed++; });
+      while (started < total)
+        await get(`${prefix}/watch?n=2`).catch(() => {
+          failed++;
+        });
     };
     await Promise.all([
       ...Array.from({ length: job.concurrency ?? 32 }, worker),
@@ -81,9 +111,24 @@ async function main(): Promise<unknown> {
   }
   let events = 0;
   const t0 = process.hrtime.bigint();
-  const results = await Promise.allSettled(Array.from({ length: job.streams ?? 1 }, () => get(job.path, (d) => { for (const b of d) if (b === 0x0a) events++; })));
+  const results = await Promise.allSettled(
+    Array.from({ length: job.streams ?? 1 }, () =>
+      get(job.path, (d) => {
+        for (const b of d) if (b === 0x0a) events++;
+      }),
+    ),
+  );
   const failed = results.filter((r) => r.status === 'rejected').length;
   return { events, failed, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 
-main().then((r) => { console.log(JSON.stringify(r)); process.exit(0); }, (err: Error) => { console.error(err.message); process.exit(1); });
+main().then(
+  (r) => {
+    console.log(JSON.stringify(r));
+    process.exit(0);
+  },
+  (err: Error) => {
+    console.error(err.message);
+    process.exit(1);
+  },
+);

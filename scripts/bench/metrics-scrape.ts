@@ -8,10 +8,21 @@ import type { AgentSession } from '../../src/tunnel/server.ts';
 
 const [clusters = '1000', scrapes = '20'] = process.argv.slice(2);
 const registry = new SessionRegistry();
-const metrics = new ProxyMetrics({ registry, leader: () => 1, replicas: () => 1, draining: () => false, stalledBytes: () => 0 });
+const metrics = new ProxyMetrics({
+  registry,
+  leader: () => 1,
+  replicas: () => 1,
+  draining: () => false,
+  stalledBytes: () => 0,
+});
 for (let i = 0; i < Number(clusters); i++) {
   const name = `cluster-${i}`;
-  const session = Object.assign(new EventEmitter(), { name, closed: false, channels: 3, bytes: { read: 1e6 + i, written: 2e6 + i } }) as unknown as AgentSession;
+  const session = Object.assign(new EventEmitter(), {
+    name,
+    closed: false,
+    channels: 3,
+    bytes: { read: 1e6 + i, written: 2e6 + i },
+  }) as unknown as AgentSession;
   registry.add(session);
   for (const verb of ['get', 'list', 'watch', 'create']) {
     for (const code of ['200', '404']) {
@@ -30,4 +41,11 @@ for (let n = 0; n < Number(scrapes); n++) {
   times.push(performance.now() - t);
 }
 times.sort((a, b) => a - b);
-console.log(JSON.stringify({ clusters: Number(clusters), p50ms: times[Math.floor(times.length / 2)], maxms: times.at(-1), bytes }));
+console.log(
+  JSON.stringify({
+    clusters: Number(clusters),
+    p50ms: times[Math.floor(times.length / 2)],
+    maxms: times.at(-1),
+    bytes,
+  }),
+);

@@ -9,15 +9,42 @@ import { Agent, createServer, request } from 'node:https';
 
 const [upstreamPort, ca, cert, key, clientCert, clientKey] = process.argv.slice(2);
 const read = (p: string | undefined) => readFileSync(p!);
-const pool = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 256, ca: read(ca), cert: read(clientCert), key: read(clientKey) });
-
-const server = createServer({ cert: read(cert), key: read(key), ca: read(ca), requestCert: true, rejectUnauthorized: true, keepAliveTimeout: 60_000 }, (req, res) => {
-  const up = request({ host: '127.0.0.1', port: Number(upstreamPort), method: req.method, path: req.url, headers: req.headers, agent: pool }, (answer) => {
-    res.writeHead(answer.statusCode ?? 502, answer.headers);
-    answer.pipe(res);
-  });
-  up.on('socket', (s) => s.setNoDelay(true));
-  up.on('error', () => res.destroy());
-  req.pipe(up);
+const pool = new Agent({
+  keepAlive: true,
+  maxSockets: 256,
+  maxFreeSockets: 256,
+  ca: read(ca),
+  cert: read(clientCert),
+  key: read(clientKey),
 });
+
+const server = createServer(
+  {
+    cert: read(cert),
+    key: read(key),
+    ca: read(ca),
+    requestCert: true,
+    rejectUnauthorized: true,
+    keepAliveTimeout: 60_000,
+  },
+  (req, res) => {
+    const up = request(
+      {
+        host: '127.0.0.1',
+        port: Number(upstreamPort),
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+        agent: pool,
+      },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    up.on('socket', (s) => s.setNoDelay(true));
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  },
+);
 server.listen(0, '127.0.0.1', () => console.log((server.address() as { port: number }).port));

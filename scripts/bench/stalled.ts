@@ -53,14 +53,31 @@ export interface ProcessMemory {
   /** channels open, as the process counts them (tower_proxy_channels_open, tower_agent_channels_open) */
   channels: number;
 }
-export interface StalledPoint { label: string; streams: number; ok: number; codes: Record<string, number>; settleSeconds: number; proxy: ProcessMemory; agent: ProcessMemory }
-export interface StalledResult { points: StalledPoint[]; agentArgs: string[] }
+export interface StalledPoint {
+  label: string;
+  streams: number;
+  ok: number;
+  codes: Record<string, number>;
+  settleSeconds: number;
+  proxy: ProcessMemory;
+  agent: ProcessMemory;
+}
+export interface StalledResult {
+  points: StalledPoint[];
+  agentArgs: string[];
+}
 
 function statusMiB(pid: number, key: string): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) / 1024;
 }
-function resetPeak(pid: number): void { try { writeFileSync(`/proc/${pid}/clear_refs`, '5'); } catch { /* older kernels: lifetime peak */ } }
+function resetPeak(pid: number): void {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+  } catch {
+    /* older kernels: lifetime peak */
+  }
+}
 
 async function scrape(url: string): Promise<string> {
   const r = await fetch(url);
@@ -69,7 +86,10 @@ async function scrape(url: string): Promise<string> {
 function metric(text: string, name: string): number {
   let sum = 0;
   let seen = false;
-  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'gm'))) { sum += Number(m[1]); seen = true; }
+  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'gm'))) {
+    sum += Number(m[1]);
+    seen = true;
+  }
   return seen ? sum : NaN;
 }
 
@@ -97,29 +117,68 @@ async function setup(h: StalledHelpers) {
   const agentPort = await h.freePort();
   const gatewayPort = await h.freePort();
   const healthPort = await h.freePort();
-  const proxy = h.start(h.binary, ['proxy', '--host', '127.0.0.1', '--port', String(agentPort), '--gateway-port', String(gatewayPort)], { env: { ...env, ...h.env } });
+  const proxy = h.start(
+    h.binary,
+    ['proxy', '--host', '127.0.0.1', '--port', String(agentPort), '--gateway-port', String(gatewayPort)],
+    { env: { ...env, ...h.env } },
+  );
   await h.waitOutput(proxy, /proxy serving/);
   const tok = spawnSync(h.binary, ['token', 'stalled'], { env: { ...process.env, ...env }, encoding: 'utf8' });
   const token = /^token: (\w+)/m.exec(tok.stdout)![1]!;
   const fingerprint = /--proxy-fingerprint (\S+)/.exec(tok.stdout)![1]!;
   const b64 = (s: string) => Buffer.from(s).toString('base64');
   const memberKc = join(dir, 'member.kubeconfig');
-  writeFileSync(memberKc, [
-    'apiVersion: v1', 'kind: Config', 'current-context: c',
-    `clusters: [{name: m, cluster: {server: "https://127.0.0.1:${h.upstreamPort}", certificate-authority-data: ${b64(h.upstreamCaPem)}}}]`,
-    `users: [{name: u, user: {client-certificate-data: ${b64(h.client.cert)}, client-key-data: ${b64(h.client.key)}, token: bench-service-account-token}}]`,
-    'contexts: [{name: c, context: {cluster: m, user: u}}]',
-  ].join('\n') + '\n');
-  const agent = h.start(h.binary, ['agent', '--name', 'stalled', '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--proxy-fingerprint', fingerprint,
-    '--kubeconfig', memberKc, '--health-port', String(healthPort), '--health-host', '127.0.0.1', ...h.agentArgs], { env: h.env });
+  writeFileSync(
+    memberKc,
+    [
+      'apiVersion: v1',
+      'kind: Config',
+      'current-context: c',
+      `clusters: [{name: m, cluster: {server: "https://127.0.0.1:${h.upstreamPort}", certificate-authority-data: ${b64(h.upstreamCaPem)}}}]`,
+      `users: [{name: u, user: {client-certificate-data: ${b64(h.client.cert)}, client-key-data: ${b64(h.client.key)}, token: bench-service-account-token}}]`,
+      'contexts: [{name: c, context: {cluster: m, user: u}}]',
+    ].join('\n') + '\n',
+  );
+  const agent = h.start(
+    h.binary,
+    [
+      'agent',
+      '--name',
+      'stalled',
+      '--token',
+      token,
+      '--proxy-server',
+      `http://127.0.0.1:${agentPort}`,
+      '--proxy-fingerprint',
+      fingerprint,
+      '--kubeconfig',
+      memberKc,
+      '--health-port',
+      String(healthPort),
+      '--health-host',
+      '127.0.0.1',
+      ...h.agentArgs,
+    ],
+    { env: h.env },
+  );
   await h.waitOutput(agent, /connected to proxy/);
-  const kc = spawnSync(h.binary, ['kubeconfig', 'stalled'], { env: { ...process.env, ...env }, encoding: 'utf8' }).stdout;
+  const kc = spawnSync(h.binary, ['kubeconfig', 'stalled'], {
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  }).stdout;
   const field = (k: string) => Buffer.from(new RegExp(`${k}: (\\S+)`).exec(kc)![1]!, 'base64');
   const gw = { ca: join(dir, 'gw-ca.crt'), cert: join(dir, 'gw.crt'), key: join(dir, 'gw.key') };
   writeFileSync(gw.ca, field('certificate-authority-data'));
   writeFileSync(gw.cert, field('client-certificate-data'));
   writeFileSync(gw.key, field('client-key-data'));
-  return { proxy, agent, gatewayPort, proxyMetrics: `http://127.0.0.1:${agentPort}/metrics`, agentMetrics: `http://127.0.0.1:${healthPort}/metrics`, gw };
+  return {
+    proxy,
+    agent,
+    gatewayPort,
+    proxyMetrics: `http://127.0.0.1:${agentPort}/metrics`,
+    agentMetrics: `http://127.0.0.1:${healthPort}/metrics`,
+    gw,
+  };
 }
 
 export async function stalledWorkload(h: StalledHelpers): Promise<StalledResult> {
@@ -128,7 +187,17 @@ export async function stalledWorkload(h: StalledHelpers): Promise<StalledResult>
   const clientsScript = fileURLToPath(import.meta.url);
   const clients: Child[] = [];
   const open = (n: number) => {
-    const c = h.start(process.execPath, [clientsScript, 'clients', '127.0.0.1', String(t.gatewayPort), t.gw.ca, t.gw.cert, t.gw.key, `/clusters/stalled/bulk?bytes=${DOWNLOAD_BYTES}`, String(n)]);
+    const c = h.start(process.execPath, [
+      clientsScript,
+      'clients',
+      '127.0.0.1',
+      String(t.gatewayPort),
+      t.gw.ca,
+      t.gw.cert,
+      t.gw.key,
+      `/clusters/stalled/bulk?bytes=${DOWNLOAD_BYTES}`,
+      String(n),
+    ]);
     clients.push(c);
     return c;
   };
@@ -153,23 +222,43 @@ export async function stalledWorkload(h: StalledHelpers): Promise<StalledResult>
       await sleep(250);
       const bytes = metric(await scrape(t.proxyMetrics).catch(() => ''), 'tower_proxy_tunnel_bytes_total');
       const now = JSON.stringify([bytes, ...pids.map((p) => Math.round(statusMiB(p, 'VmRSS')))]);
-      if (now !== last) { last = now; quietSince = Date.now(); continue; }
+      if (now !== last) {
+        last = now;
+        quietSince = Date.now();
+        continue;
+      }
       if (Date.now() - quietSince >= SETTLE_QUIET_MS) break;
     }
     return (Date.now() - t0) / 1000;
   };
   const points: StalledPoint[] = [];
-  const point = async (label: string, streams: number, settleSeconds: number, a = { ok: 0, codes: {} as Record<string, number> }) => {
+  const point = async (
+    label: string,
+    streams: number,
+    settleSeconds: number,
+    a = { ok: 0, codes: {} as Record<string, number> },
+  ) => {
     const [proxy, agent] = await Promise.all([
       memory(pids[0], t.proxyMetrics, 'tower_proxy_channels_open'),
       memory(pids[1], t.agentMetrics, 'tower_agent_channels_open'),
     ]);
     points.push({ label, streams, ok: a.ok, codes: a.codes, settleSeconds, proxy, agent });
-    h.log(`stalled: ${label}: proxy RSS ${proxy.rss.toFixed(0)} MiB (peak ${proxy.peak.toFixed(0)}), agent ${agent.rss.toFixed(0)} MiB (peak ${agent.peak.toFixed(0)})${streams ? `, ${a.ok} of ${streams} answered 200` : ''}`);
+    h.log(
+      `stalled: ${label}: proxy RSS ${proxy.rss.toFixed(0)} MiB (peak ${proxy.peak.toFixed(0)}), agent ${agent.rss.toFixed(0)} MiB (peak ${agent.peak.toFixed(0)})${streams ? `, ${a.ok} of ${streams} answered 200` : ''}`,
+    );
   };
   // warm: a whole download through, so that code, pools and TLS contexts exist; then past a malloc-trim
   // check, or the idle figure would still hold what that download freed
-  const warm = h.start(process.execPath, [clientsScript, 'fetch', '127.0.0.1', String(t.gatewayPort), t.gw.ca, t.gw.cert, t.gw.key, `/clusters/stalled/bulk?bytes=${16 * 2 ** 20}`]);
+  const warm = h.start(process.execPath, [
+    clientsScript,
+    'fetch',
+    '127.0.0.1',
+    String(t.gatewayPort),
+    t.gw.ca,
+    t.gw.cert,
+    t.gw.key,
+    `/clusters/stalled/bulk?bytes=${16 * 2 ** 20}`,
+  ]);
   await h.waitOutput(warm, /^\{"bytes"/m, 60_000);
   await sleep(TRIM_WAIT_MS);
   await point('idle (after one 16 MiB download)', 0, await settle());
@@ -186,7 +275,9 @@ export async function stalledWorkload(h: StalledHelpers): Promise<StalledResult>
     await point(`${n} stalled, ${TRIM_WAIT_MS / 1000} s later (past a malloc-trim check)`, n, await settle(), a);
   }
   for (const p of pids) resetPeak(p);
-  for (const c of clients) { c.kill('SIGKILL'); }
+  for (const c of clients) {
+    c.kill('SIGKILL');
+  }
   await sleep(TRIM_WAIT_MS);
   await point(`the ${streams} clients gone, ${TRIM_WAIT_MS / 1000} s later`, 0, await settle());
   for (const c of [t.proxy, t.agent]) c.kill('SIGTERM');
@@ -203,11 +294,17 @@ export function stalledTable(r: StalledResult, fmt: (v?: number) => string): str
   const mem = (m: ProcessMemory) => `${fmt(m.rss)} (${fmt(m.peak)})`;
   const js = (m: ProcessMemory) => `${fmt(m.heap)} + ${fmt(m.external)}`;
   for (const p of r.points) {
-    const other = Object.entries(p.codes).filter(([k]) => k !== '200').map(([k, v]) => `${v}× ${k}`).join(', ');
-    lines.push(`| ${p.label} | ${p.streams ? `${p.ok} of ${p.streams}${other ? ` (${other})` : ''}` : '–'} | ${mem(p.proxy)} | ${js(p.proxy)} | ${fmt(p.proxy.channels)} | ${mem(p.agent)} | ${js(p.agent)} | ${fmt(p.agent.channels)} |`);
+    const other = Object.entries(p.codes)
+      .filter(([k]) => k !== '200')
+      .map(([k, v]) => `${v}× ${k}`)
+      .join(', ');
+    lines.push(
+      `| ${p.label} | ${p.streams ? `${p.ok} of ${p.streams}${other ? ` (${other})` : ''}` : '–'} | ${mem(p.proxy)} | ${js(p.proxy)} | ${fmt(p.proxy.channels)} | ${mem(p.agent)} | ${js(p.agent)} | ${fmt(p.agent.channels)} |`,
+    );
   }
   for (const p of r.points.filter((x) => x.streams > 0)) {
-    const per = (m: ProcessMemory, i: ProcessMemory) => `${fmt(m.rss - i.rss)} MiB, ${fmt(((m.rss - i.rss) * 1024) / p.streams)} KiB per stream (peak ${fmt(((m.peak - i.rss) * 1024) / p.streams)} KiB)`;
+    const per = (m: ProcessMemory, i: ProcessMemory) =>
+      `${fmt(m.rss - i.rss)} MiB, ${fmt(((m.rss - i.rss) * 1024) / p.streams)} KiB per stream (peak ${fmt(((m.peak - i.rss) * 1024) / p.streams)} KiB)`;
     lines.push(`| cost over idle: ${p.label} | | ${per(p.proxy, idle.proxy)} | | | ${per(p.agent, idle.agent)} | | |`);
   }
   lines.push('');
@@ -217,14 +314,28 @@ export function stalledTable(r: StalledResult, fmt: (v?: number) => string): str
 // ---------------------------------------------------------------------------------------------
 // the client side, in a process of its own
 function clientsMain(argv: string[]): void {
-  const [mode, host, port, ca, cert, key, path, n = '0'] = argv as [string, string, string, string, string, string, string, string?];
+  const [mode, host, port, ca, cert, key, path, n = '0'] = argv as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string?,
+  ];
   const tls = { host, port: Number(port), ca: readFileSync(ca), cert: readFileSync(cert), key: readFileSync(key) };
   if (mode === 'fetch') {
     // one whole download, read to the end
     const s = connect(tls, () => s.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
     let bytes = 0;
-    s.on('data', (d: Buffer) => { bytes += d.length; });
-    s.on('close', () => { console.log(JSON.stringify({ bytes })); process.exit(0); });
+    s.on('data', (d: Buffer) => {
+      bytes += d.length;
+    });
+    s.on('close', () => {
+      console.log(JSON.stringify({ bytes }));
+      process.exit(0);
+    });
     s.on('error', () => undefined);
     return;
   }
@@ -237,7 +348,9 @@ function clientsMain(argv: string[]): void {
   };
   const sockets = [];
   for (let i = 0; i < total; i++) {
-    const s = connect(tls, () => s.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: tower-bench-stalled\r\n\r\n`));
+    const s = connect(tls, () =>
+      s.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: tower-bench-stalled\r\n\r\n`),
+    );
     sockets.push(s);
     let first = true;
     s.on('data', (d: Buffer) => {

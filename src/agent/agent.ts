@@ -6,7 +6,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
-import { CHANNEL_TYPE_TLS, decodeReplicaView, FEATURE_AUTH_AT_AGENT, FEATURE_REPLICAS, FEATURE_TLS_AT_AGENT, hostOf, MAX_CONTROL_LINE_BYTES, MAX_REPLICAS, normalizeHostPort, splitHostPort, UNAUTHORIZED, type ReplicaView } from '../tunnel/protocol.ts';
+import {
+  CHANNEL_TYPE_TLS,
+  decodeReplicaView,
+  FEATURE_AUTH_AT_AGENT,
+  FEATURE_REPLICAS,
+  FEATURE_TLS_AT_AGENT,
+  hostOf,
+  MAX_CONTROL_LINE_BYTES,
+  MAX_REPLICAS,
+  normalizeHostPort,
+  splitHostPort,
+  UNAUTHORIZED,
+  type ReplicaView,
+} from '../tunnel/protocol.ts';
 import { rawStatus } from '../proxy/status.ts';
 import { CHANNEL_BUFFER_BYTES } from '../tunnel/ssh.ts';
 import { StallBudget, type Stall } from '../tunnel/stall-budget.ts';
@@ -117,7 +130,10 @@ export class TowerAgent {
   constructor(opts: AgentOptions) {
     // the command checks this with a friendlier message; here it holds for every caller
     if (!proxyVerification(opts.proxyUrl, opts.proxyFingerprint, opts.proxyCa) && !opts.insecureSkipProxyVerification) {
-      throw new TowerError('EUNVERIFIED', `refusing to connect to ${opts.proxyUrl}: nothing verifies that it is the proxy (give a fingerprint, or a wss:// address)`);
+      throw new TowerError(
+        'EUNVERIFIED',
+        `refusing to connect to ${opts.proxyUrl}: nothing verifies that it is the proxy (give a fingerprint, or a wss:// address)`,
+      );
     }
     this.#opts = opts;
     this.#log = opts.log;
@@ -125,14 +141,28 @@ export class TowerAgent {
   }
 
   /** channels open now */
-  get channels(): number { return this.#channels; }
+  get channels(): number {
+    return this.#channels;
+  }
 
   /** counters so far, the live connections' bytes included */
   get stats(): AgentStats {
     let read = this.#stats.bytesRead;
     let written = this.#stats.bytesWritten;
-    for (const h of this.#held) { const b = h.bytes(); read += b.read; written += b.written; }
-    return { ...this.#stats, connected: this.#held.size > 0, sessions: this.#held.size, replicas: this.#replicas?.length ?? 1, bytesRead: read, bytesWritten: written, stalledBytes: this.#stalled.reservedBytes };
+    for (const h of this.#held) {
+      const b = h.bytes();
+      read += b.read;
+      written += b.written;
+    }
+    return {
+      ...this.#stats,
+      connected: this.#held.size > 0,
+      sessions: this.#held.size,
+      replicas: this.#replicas?.length ?? 1,
+      bytesRead: read,
+      bytesWritten: written,
+      stalledBytes: this.#stalled.reservedBytes,
+    };
   }
 
   stop(): void {
@@ -158,14 +188,24 @@ export class TowerAgent {
     let connectedJustNow = false;
     let lastError: Error | undefined;
     while (!this.#stopped) {
-      if (!this.#wantsSession()) { await this.#idle(); continue; }
+      if (!this.#wantsSession()) {
+        await this.#idle();
+        continue;
+      }
       if (failures > 0) {
         const { maxRetry } = this.#opts;
         if (maxRetry > 0 && failures >= maxRetry && this.#held.size === 0) {
-          throw new TowerError('EGAVEUP', `gave up after ${failures} failed attempts (--max-retry ${maxRetry}): ${lastError?.message}`);
+          throw new TowerError(
+            'EGAVEUP',
+            `gave up after ${failures} failed attempts (--max-retry ${maxRetry}): ${lastError?.message}`,
+          );
         }
         const delay = backoffDelay(failures, this.#opts.maxRetryIntervalMs);
-        this.#log.warn('connection failed; retrying', { attempt: maxRetry > 0 ? `${failures}/${maxRetry}` : failures, in: `${(delay / 1000).toFixed(1)}s`, err: lastError?.message });
+        this.#log.warn('connection failed; retrying', {
+          attempt: maxRetry > 0 ? `${failures}/${maxRetry}` : failures,
+          in: `${(delay / 1000).toFixed(1)}s`,
+          err: lastError?.message,
+        });
         await this.#sleep(delay);
         if (this.#stopped) break;
       } else if (duplicates > 0) {
@@ -187,7 +227,10 @@ export class TowerAgent {
         // refused while another replica holds this agent's session: replicas that disagree for a moment
         // (a token rotating, a Cluster not yet seen), not a wrong token; retried with backoff
         if (err instanceof ConfigRejectedError && err.message.includes(UNAUTHORIZED) && this.#held.size === 0) {
-          throw new TowerError('EUNAUTHORIZED', `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`);
+          throw new TowerError(
+            'EUNAUTHORIZED',
+            `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`,
+          );
         }
         failures++;
         this.#stats.failures++;
@@ -195,25 +238,41 @@ export class TowerAgent {
         continue;
       }
       failures = 0;
-      if (held === 'duplicate') { duplicates++; continue; }
+      if (held === 'duplicate') {
+        duplicates++;
+        continue;
+      }
       duplicates = 0;
       connectedJustNow = true;
       // loudly, at every connection: each one hands this cluster's requests to whoever answered
       if (!proxyVerification(this.#opts.proxyUrl, this.#opts.proxyFingerprint, this.#opts.proxyCa)) {
-        this.#log.warn('INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster\'s requests; pin its host key with --proxy-fingerprint', { fingerprint: held.session.hostKeyFingerprint });
+        this.#log.warn(
+          "INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster's requests; pin its host key with --proxy-fingerprint",
+          { fingerprint: held.session.hostKeyFingerprint },
+        );
       }
       this.#log.info('connected to proxy', {
-        proxy: this.#opts.proxyUrl, cluster: this.#opts.name, server: held.server, sessions: this.#held.size,
-        upstream: this.#upstreams(creds)[0], credentials: creds.origin,
+        proxy: this.#opts.proxyUrl,
+        cluster: this.#opts.name,
+        server: held.server,
+        sessions: this.#held.size,
+        upstream: this.#upstreams(creds)[0],
+        credentials: creds.origin,
       });
       void this.#hold(held, creds).then((why) => {
         this.#held.delete(held);
         this.#retire(held);
         if (this.#stopped) return;
         this.#stats.reconnects++;
-        const expected = held.draining || (held.server !== undefined && this.#replicas !== undefined && !this.#replicas.includes(held.server));
+        const expected =
+          held.draining ||
+          (held.server !== undefined && this.#replicas !== undefined && !this.#replicas.includes(held.server));
         // a replica that drained or left ends its sessions on purpose: said, not warned
-        if (expected) this.#log.info('disconnected from proxy; reconnecting', { why: `${why} (the replica ${held.draining ? 'drained' : 'left'})`, server: held.server });
+        if (expected)
+          this.#log.info('disconnected from proxy; reconnecting', {
+            why: `${why} (the replica ${held.draining ? 'drained' : 'left'})`,
+            server: held.server,
+          });
         else this.#log.warn('disconnected from proxy; reconnecting', { why, server: held.server });
         // a lost session is redialed after a random delay, so that agents don't return in lockstep
         setTimeout(() => this.#wake?.(), Math.random() * RECONNECT_SPREAD_MS);
@@ -231,18 +290,26 @@ export class TowerAgent {
   /** What a replica says on its control channel: the live set, and whether it drains. */
   #onView(held: Held, view: ReplicaView): void {
     if (held.server !== undefined && view.server !== held.server) {
-      this.#log.warn('a proxy replica names itself differently on its control channel; ignored', { server: held.server, says: view.server });
+      this.#log.warn('a proxy replica names itself differently on its control channel; ignored', {
+        server: held.server,
+        says: view.server,
+      });
       return;
     }
-    if (view.draining && !held.draining) this.#log.info('proxy replica drains; its session ends once its requests are done', { server: view.server });
+    if (view.draining && !held.draining)
+      this.#log.info('proxy replica drains; its session ends once its requests are done', { server: view.server });
     held.draining = view.draining;
     const before = this.#replicas?.join(',');
     this.#replicas = view.servers.slice(0, MAX_REPLICAS);
-    if (before !== this.#replicas.join(',')) this.#log.info('proxy replicas', { replicas: this.#replicas.join(','), from: view.server });
+    if (before !== this.#replicas.join(','))
+      this.#log.info('proxy replicas', { replicas: this.#replicas.join(','), from: view.server });
     // a replica that left (its Lease gone) is not held on to
     for (const h of this.#held) {
       if (h !== held && h.server !== undefined && !view.servers.includes(h.server) && !h.draining) {
-        this.#log.info('closing the session to a replica that is no longer live', { server: h.server, from: view.server });
+        this.#log.info('closing the session to a replica that is no longer live', {
+          server: h.server,
+          from: view.server,
+        });
         h.session.close();
       }
     }
@@ -250,7 +317,10 @@ export class TowerAgent {
   }
 
   #upstreams(creds: Credentials): string[] {
-    return [normalizeHostPort(this.#opts.kubernetesService ?? creds.hostPort, 443), normalizeHostPort(this.#opts.kubesphereService, 80)];
+    return [
+      normalizeHostPort(this.#opts.kubernetesService ?? creds.hostPort, 443),
+      normalizeHostPort(this.#opts.kubesphereService, 80),
+    ];
   }
 
   /** One session to whichever replica the address leads to; 'duplicate' (hung up before SSH) when it is one already held. */
@@ -260,7 +330,11 @@ export class TowerAgent {
     const held = [...this.#held].map((h) => h.server).filter((id): id is string => id !== undefined);
     let connection: ProxyConnection;
     try {
-      connection = await dialWebSocket(this.#opts.proxyUrl, { timeoutMs: HANDSHAKE_TIMEOUT_MS, ca: this.#opts.proxyCa, held });
+      connection = await dialWebSocket(this.#opts.proxyUrl, {
+        timeoutMs: HANDSHAKE_TIMEOUT_MS,
+        ca: this.#opts.proxyCa,
+        held,
+      });
     } catch (err) {
       if (err instanceof HeldReplicaError) return 'duplicate';
       throw err;
@@ -271,11 +345,17 @@ export class TowerAgent {
       stream.destroy();
       return 'duplicate';
     }
-    const fresh: Held = { server: replicas ? serverId : undefined, session: undefined as never, bytes: () => stream.bytes, draining: false };
+    const fresh: Held = {
+      server: replicas ? serverId : undefined,
+      session: undefined as never,
+      bytes: () => stream.bytes,
+      draining: false,
+    };
     const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
     // with both, no member credential is sent to the proxy at all
     const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
-    const authorization = authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
+    const authorization =
+      authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
     fresh.session = await dialTunnel(stream, {
       config: {
         version: VERSION,
@@ -288,7 +368,11 @@ export class TowerAgent {
         certData: tlsHere ? undefined : creds.certData,
         keyData: tlsHere ? undefined : creds.keyData,
         bearerToken: authHere ? undefined : creds.bearerToken,
-        features: [...(tlsHere ? [FEATURE_TLS_AT_AGENT] : []), ...(authHere ? [FEATURE_AUTH_AT_AGENT] : []), ...(replicas ? [FEATURE_REPLICAS] : [])],
+        features: [
+          ...(tlsHere ? [FEATURE_TLS_AT_AGENT] : []),
+          ...(authHere ? [FEATURE_AUTH_AT_AGENT] : []),
+          ...(replicas ? [FEATURE_REPLICAS] : []),
+        ],
       },
       onControl: (channel) => this.#readControl(fresh, channel),
       expectFingerprint: this.#opts.proxyFingerprint,
@@ -301,7 +385,9 @@ export class TowerAgent {
           return;
         }
         if (this.#channels >= this.#opts.maxChannels) {
-          this.#log.warn('refused a channel: the proxy holds as many open as --max-channels allows', { open: this.#channels });
+          this.#log.warn('refused a channel: the proxy holds as many open as --max-channels allows', {
+            open: this.#channels,
+          });
           reject();
           return;
         }
@@ -309,13 +395,24 @@ export class TowerAgent {
         const http = tls || (hostPort === kubesphere && hostPort !== kubernetes);
         if (this.#stalled.exhausted) {
           // the member is not dialed: an HTTP channel gets its 429 here, one the agent cannot read into is refused
-          if (http) { this.#answerStalled(accept); return; }
+          if (http) {
+            this.#answerStalled(accept);
+            return;
+          }
           this.#stats.stalledRefusals++;
-          this.#log.debug(1, 'refused a channel: answers the tunnel cannot take hold --max-stalled-memory', { stalled: this.#stalled.reservedBytes });
+          this.#log.debug(1, 'refused a channel: answers the tunnel cannot take hold --max-stalled-memory', {
+            stalled: this.#stalled.reservedBytes,
+          });
           reject();
           return;
         }
-        this.#pipe(hostPort, tls ? creds : undefined, http ? { authorization: tls ? authorization : undefined } : undefined, accept, reject);
+        this.#pipe(
+          hostPort,
+          tls ? creds : undefined,
+          http ? { authorization: tls ? authorization : undefined } : undefined,
+          accept,
+          reject,
+        );
       },
     }).catch((err: Error) => {
       if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
@@ -347,17 +444,27 @@ export class TowerAgent {
       while (!closed && (nl = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, nl);
         buffered = buffered.slice(nl + 1);
-        if (line.length > MAX_CONTROL_LINE_BYTES) { close('the proxy sent a control line over the limit; control channel closed', { limit: MAX_CONTROL_LINE_BYTES }); return; }
+        if (line.length > MAX_CONTROL_LINE_BYTES) {
+          close('the proxy sent a control line over the limit; control channel closed', {
+            limit: MAX_CONTROL_LINE_BYTES,
+          });
+          return;
+        }
         let view: ReplicaView;
         try {
           view = decodeReplicaView(line);
         } catch (err) {
-          close('the proxy sent a control message that is not one; control channel closed', { err: (err as Error).message });
+          close('the proxy sent a control message that is not one; control channel closed', {
+            err: (err as Error).message,
+          });
           return;
         }
         this.#onView(held, view);
       }
-      if (buffered.length > MAX_CONTROL_LINE_BYTES) close('the proxy sent a control line over the limit; control channel closed', { limit: MAX_CONTROL_LINE_BYTES });
+      if (buffered.length > MAX_CONTROL_LINE_BYTES)
+        close('the proxy sent a control line over the limit; control channel closed', {
+          limit: MAX_CONTROL_LINE_BYTES,
+        });
     });
   }
 
@@ -365,18 +472,36 @@ export class TowerAgent {
    * Dials the upstream first (with TLS when `tls` holds its credentials), so that a dead upstream
    * refuses the channel instead of half-opening it.
    */
-  #pipe(hostPort: string, tls: Credentials | undefined, http: { authorization: string | undefined } | undefined, accept: () => ClientChannel, reject: () => void): void {
+  #pipe(
+    hostPort: string,
+    tls: Credentials | undefined,
+    http: { authorization: string | undefined } | undefined,
+    accept: () => ClientChannel,
+    reject: () => void,
+  ): void {
     const hp = splitHostPort(hostPort);
-    if (!hp) { reject(); return; }
+    if (!hp) {
+      reject();
+      return;
+    }
     this.#channels++;
     let released = false;
-    const release = () => { if (!released) { released = true; this.#channels--; } };
+    const release = () => {
+      if (!released) {
+        released = true;
+        this.#channels--;
+      }
+    };
     const host = hostOf(hostPort);
     const upstream: Socket = tls
       ? tlsConnect({
-        host, port: hp.port, servername: isIP(host) ? undefined : host, timeout: UPSTREAM_DIAL_TIMEOUT_MS,
-        secureContext: secureContextOf(tls), ALPNProtocols: ['http/1.1'],
-      })
+          host,
+          port: hp.port,
+          servername: isIP(host) ? undefined : host,
+          timeout: UPSTREAM_DIAL_TIMEOUT_MS,
+          secureContext: secureContextOf(tls),
+          ALPNProtocols: ['http/1.1'],
+        })
       : netConnect({ host, port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
     upstream.setNoDelay(true);
     const onDial = this.#opts.onDial;
@@ -400,13 +525,25 @@ export class TowerAgent {
       if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort, stall);
       else {
         // the member's side by hand, so that an answer the tunnel cannot take counts as stalled
-        upstream.on('data', (d: Buffer) => { if (!ch.write(d)) { upstream.pause(); stall.hold(); } });
-        ch.on('drain', () => { stall.release(); upstream.resume(); });
+        upstream.on('data', (d: Buffer) => {
+          if (!ch.write(d)) {
+            upstream.pause();
+            stall.hold();
+          }
+        });
+        ch.on('drain', () => {
+          stall.release();
+          upstream.resume();
+        });
         upstream.once('end', () => ch.end());
         ch.pipe(upstream);
       }
       // an ssh2 channel that nobody reads never closes: end both together
-      ch.once('close', () => { release(); stall.end(); upstream.destroy(); });
+      ch.once('close', () => {
+        release();
+        stall.end();
+        upstream.destroy();
+      });
       upstream.once('close', () => {
         release();
         stall.end();
@@ -425,12 +562,25 @@ export class TowerAgent {
    * While the member's side waits for the tunnel, the answer counts as stalled; while stalled
    * answers hold --max-stalled-memory, each request is answered 429 here and the channel ends.
    */
-  #pipeExchange(ch: ClientChannel, upstream: Socket, authorization: string | undefined, hostPort: string, stall: Stall): void {
+  #pipeExchange(
+    ch: ClientChannel,
+    upstream: Socket,
+    authorization: string | undefined,
+    hostPort: string,
+    stall: Stall,
+  ): void {
     const exchange = new HttpExchange({
       authorization,
-      toMember: (b) => { upstream.write(b); },
-      toProxy: (b) => { ch.write(b); },
-      onDone: () => { ch.end(); upstream.end(); },
+      toMember: (b) => {
+        upstream.write(b);
+      },
+      toProxy: (b) => {
+        ch.write(b);
+      },
+      onDone: () => {
+        ch.end();
+        upstream.end();
+      },
       refuse: () => (this.#stalled.exhausted ? this.#stalledAnswer() : undefined),
     });
     const violated = (err: unknown) => {
@@ -461,11 +611,22 @@ export class TowerAgent {
         violated(err);
         return;
       }
-      if (ch.writableNeedDrain) { upstream.pause(); stall.hold(); }
+      if (ch.writableNeedDrain) {
+        upstream.pause();
+        stall.hold();
+      }
     });
-    ch.on('drain', () => { stall.release(); upstream.resume(); });
+    ch.on('drain', () => {
+      stall.release();
+      upstream.resume();
+    });
     upstream.once('end', () => {
-      try { exchange.memberEnded(); } catch (err) { violated(err); return; }
+      try {
+        exchange.memberEnded();
+      } catch (err) {
+        violated(err);
+        return;
+      }
       ch.end();
     });
   }
@@ -477,12 +638,18 @@ export class TowerAgent {
   #answerStalled(accept: () => ClientChannel): void {
     this.#channels++;
     const ch = accept();
-    ch.once('close', () => { this.#channels--; });
+    ch.once('close', () => {
+      this.#channels--;
+    });
     ch.on('error', () => undefined);
     const exchange = new HttpExchange({
       toMember: () => undefined,
-      toProxy: (b) => { ch.write(b); },
-      onDone: () => { ch.end(); },
+      toProxy: (b) => {
+        ch.write(b);
+      },
+      onDone: () => {
+        ch.end();
+      },
       refuse: () => this.#stalledAnswer(),
     });
     ch.on('data', (d: Buffer) => {
@@ -502,10 +669,16 @@ export class TowerAgent {
   #closeBroken(err: unknown, target?: string): void {
     if (err instanceof ExchangeViolation) {
       this.#stats.violations++;
-      this.#log.warn('closed a channel that broke HTTP/1.1; nothing more of it was forwarded', { target, err: err.message });
+      this.#log.warn('closed a channel that broke HTTP/1.1; nothing more of it was forwarded', {
+        target,
+        err: err.message,
+      });
       return;
     }
-    this.#log.error('closed a channel after an error in the agent; nothing more of it was forwarded', { target, err: (err as Error)?.stack ?? String(err) });
+    this.#log.error('closed a channel after an error in the agent; nothing more of it was forwarded', {
+      target,
+      err: (err as Error)?.stack ?? String(err),
+    });
   }
 
   /** The 429 (a Kubernetes Status) that the agent answers itself while stalled answers hold --max-stalled-memory. */
@@ -513,8 +686,16 @@ export class TowerAgent {
     this.#stats.stalledRefusals++;
     const mib = (n: number) => (n / 2 ** 20).toFixed(1);
     const { reservedBytes, maxBytes } = this.#stalled;
-    this.#log.debug(1, 'answered a request 429: answers the tunnel cannot take hold --max-stalled-memory', { stalled: reservedBytes });
-    return Buffer.from(rawStatus({ status: 429, retryAfter: 1, message: `tower agent of cluster "${this.#opts.name}": answers the tunnel cannot take (their clients stopped reading) hold ${mib(reservedBytes)} MiB there, the agent's limit of ${mib(maxBytes)} MiB (its --max-stalled-memory); retry shortly` }));
+    this.#log.debug(1, 'answered a request 429: answers the tunnel cannot take hold --max-stalled-memory', {
+      stalled: reservedBytes,
+    });
+    return Buffer.from(
+      rawStatus({
+        status: 429,
+        retryAfter: 1,
+        message: `tower agent of cluster "${this.#opts.name}": answers the tunnel cannot take (their clients stopped reading) hold ${mib(reservedBytes)} MiB there, the agent's limit of ${mib(maxBytes)} MiB (its --max-stalled-memory); retry shortly`,
+      }),
+    );
   }
 
   /** Keeps the session until it ends; returns why it ended. */
@@ -533,32 +714,47 @@ export class TowerAgent {
       session.once('close', () => end('the connection closed'));
       const { keepaliveMs } = this.#opts;
       if (keepaliveMs > 0) {
-        timers.push(setInterval(() => {
-          session.ping(Math.max(keepaliveMs, MIN_PING_TIMEOUT_MS)).catch((err: Error) => end(err.message));
-        }, keepaliveMs));
+        timers.push(
+          setInterval(() => {
+            session.ping(Math.max(keepaliveMs, MIN_PING_TIMEOUT_MS)).catch((err: Error) => end(err.message));
+          }, keepaliveMs),
+        );
       }
       if (creds.tokenFile) {
         const file = creds.tokenFile;
         const announced = creds.bearerToken;
-        timers.push(setInterval(() => {
-          let now: Buffer;
-          try { now = readFileSync(file); } catch { return; }
-          // a rotated token is announced by reconnecting, which every v1 proxy understands
-          if (announced && !now.equals(announced)) end(`the token in ${file} rotated`);
-        }, TOKEN_FILE_CHECK_MS));
+        timers.push(
+          setInterval(() => {
+            let now: Buffer;
+            try {
+              now = readFileSync(file);
+            } catch {
+              return;
+            }
+            // a rotated token is announced by reconnecting, which every v1 proxy understands
+            if (announced && !now.equals(announced)) end(`the token in ${file} rotated`);
+          }, TOKEN_FILE_CHECK_MS),
+        );
       }
     });
   }
 
   /** Waits `ms`, or less when stopped. */
   #sleep(ms: number): Promise<void> {
-    return sleep(ms, undefined, { signal: this.#stopping.signal }).then(() => undefined, () => undefined);
+    return sleep(ms, undefined, { signal: this.#stopping.signal }).then(
+      () => undefined,
+      () => undefined,
+    );
   }
 
   /** Waits until something changes: a session ended, the replicas changed, stop. */
   #idle(): Promise<void> {
     return new Promise((resolve) => {
-      const done = () => { this.#wake = undefined; this.#stopping.signal.removeEventListener('abort', done); resolve(); };
+      const done = () => {
+        this.#wake = undefined;
+        this.#stopping.signal.removeEventListener('abort', done);
+        resolve();
+      };
       this.#wake = done;
       this.#stopping.signal.addEventListener('abort', done);
     });
@@ -580,8 +776,14 @@ function secureContextOf(c: Credentials): SecureContext {
  * What verifies the proxy at `proxyUrl` (normalised: ws:// or wss://) before anything is sent to
  * it — its pinned host key, its TLS certificate — or undefined when nothing does.
  */
-export function proxyVerification(proxyUrl: string, fingerprint: string | undefined, ca: string | undefined): string | undefined {
-  const by = [fingerprint && 'host key', proxyUrl.startsWith('wss:') && (ca ? '--proxy-ca' : 'system roots')].filter(Boolean);
+export function proxyVerification(
+  proxyUrl: string,
+  fingerprint: string | undefined,
+  ca: string | undefined,
+): string | undefined {
+  const by = [fingerprint && 'host key', proxyUrl.startsWith('wss:') && (ca ? '--proxy-ca' : 'system roots')].filter(
+    Boolean,
+  );
   return by.length ? by.join(' and ') : undefined;
 }
 
@@ -610,10 +812,17 @@ export function normalizeProxyServer(value: string): string {
   try {
     url = new URL(value.includes('://') ? value : `http://${value}`);
   } catch {
-    throw new TowerError('ECONFIG', `invalid --proxy-server ${JSON.stringify(value)}: want a URL such as http://proxy.example:8080`);
+    throw new TowerError(
+      'ECONFIG',
+      `invalid --proxy-server ${JSON.stringify(value)}: want a URL such as http://proxy.example:8080`,
+    );
   }
   const scheme = { 'http:': 'ws:', 'https:': 'wss:', 'ws:': 'ws:', 'wss:': 'wss:' }[url.protocol];
-  if (!scheme) throw new TowerError('ECONFIG', `invalid --proxy-server ${JSON.stringify(value)}: the scheme must be http, https, ws or wss`);
+  if (!scheme)
+    throw new TowerError(
+      'ECONFIG',
+      `invalid --proxy-server ${JSON.stringify(value)}: the scheme must be http, https, ws or wss`,
+    );
   const port = url.port || (scheme === 'wss:' ? '443' : '80');
   const path = url.pathname === '/' ? '' : url.pathname;
   return `${scheme}//${url.hostname}:${port}${path}${url.search}`;

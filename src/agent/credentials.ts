@@ -29,7 +29,8 @@ export function credentialsFromKubeconfig(path: string): Credentials {
   try {
     doc = (parseYaml(readFileSync(path, 'utf8')) ?? {}) as Doc;
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message.split('\n')[0];
+    const why =
+      (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message.split('\n')[0];
     throw new ConfigError(`cannot read --kubeconfig ${path}: ${why}`);
   }
   const bad = (what: string) => new ConfigError(`kubeconfig ${path}: ${what}`);
@@ -39,25 +40,35 @@ export function credentialsFromKubeconfig(path: string): Credentials {
     return (item[kind] ?? {}) as Doc;
   };
   const contexts = doc.contexts as Doc[] | undefined;
-  const current = doc['current-context'] ?? (Array.isArray(contexts) && contexts.length === 1 ? contexts[0]!.name : undefined);
+  const current =
+    doc['current-context'] ?? (Array.isArray(contexts) && contexts.length === 1 ? contexts[0]!.name : undefined);
   if (!current) throw bad('no current-context (set one with: kubectl config use-context NAME)');
   const ctx = named(contexts, current, 'context');
   const cluster = named(doc.clusters, ctx.cluster, 'cluster');
   const user = ctx.user === undefined ? {} : named(doc.users, ctx.user, 'user');
   if (user.exec || user['auth-provider']) {
-    throw bad(`user ${JSON.stringify(ctx.user)} authenticates with ${user.exec ? 'an exec plugin' : 'an auth provider'}, which the proxy cannot use; give the agent a kubeconfig with a client certificate or a token (e.g. of a ServiceAccount)`);
+    throw bad(
+      `user ${JSON.stringify(ctx.user)} authenticates with ${user.exec ? 'an exec plugin' : 'an auth provider'}, which the proxy cannot use; give the agent a kubeconfig with a client certificate or a token (e.g. of a ServiceAccount)`,
+    );
   }
   const base = dirname(path);
   const data = (obj: Doc, dataKey: string, fileKey: string): Buffer | undefined => {
     if (typeof obj[dataKey] === 'string' && obj[dataKey] !== '') return Buffer.from(obj[dataKey] as string, 'base64');
-    if (typeof obj[fileKey] === 'string' && obj[fileKey] !== '') return readFileOrExplain(resolvePath(base, obj[fileKey] as string), `${fileKey} of kubeconfig ${path}`);
+    if (typeof obj[fileKey] === 'string' && obj[fileKey] !== '')
+      return readFileOrExplain(resolvePath(base, obj[fileKey] as string), `${fileKey} of kubeconfig ${path}`);
     return undefined;
   };
   const server = cluster.server;
-  if (typeof server !== 'string' || !/^https:\/\//.test(server)) throw bad(`cluster server ${JSON.stringify(server)} must be an https:// URL`);
-  const tokenFile = typeof user.tokenFile === 'string' && user.tokenFile !== '' ? resolvePath(base, user.tokenFile) : undefined;
-  const token = typeof user.token === 'string' && user.token !== '' ? checkedToken(Buffer.from(user.token), `the token of kubeconfig ${path}`)
-    : tokenFile ? checkedToken(readFileOrExplain(tokenFile, `tokenFile of kubeconfig ${path}`), tokenFile) : undefined;
+  if (typeof server !== 'string' || !/^https:\/\//.test(server))
+    throw bad(`cluster server ${JSON.stringify(server)} must be an https:// URL`);
+  const tokenFile =
+    typeof user.tokenFile === 'string' && user.tokenFile !== '' ? resolvePath(base, user.tokenFile) : undefined;
+  const token =
+    typeof user.token === 'string' && user.token !== ''
+      ? checkedToken(Buffer.from(user.token), `the token of kubeconfig ${path}`)
+      : tokenFile
+        ? checkedToken(readFileOrExplain(tokenFile, `tokenFile of kubeconfig ${path}`), tokenFile)
+        : undefined;
   const creds: Credentials = {
     hostPort: normalizeHostPort(new URL(server).host, 443),
     caData: data(cluster, 'certificate-authority-data', 'certificate-authority'),
@@ -78,7 +89,9 @@ export function credentialsInCluster(env: NodeJS.ProcessEnv = process.env, dir =
   const host = env.KUBERNETES_SERVICE_HOST;
   const port = env.KUBERNETES_SERVICE_PORT;
   if (!host || !port) {
-    throw new ConfigError('not running in a cluster (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are unset); give the member cluster\'s kubeconfig with --kubeconfig');
+    throw new ConfigError(
+      "not running in a cluster (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are unset); give the member cluster's kubeconfig with --kubeconfig",
+    );
   }
   const tokenFile = join(dir, 'token');
   return {

@@ -44,14 +44,19 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
   const proxy = proxyFor(new URL(url), opts.env ?? process.env);
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, {
-      headers: { 'Sec-WebSocket-Protocol': SUBPROTOCOL, ...(opts.held?.length ? { [HELD_HEADER]: opts.held.join(',') } : {}) },
+      headers: {
+        'Sec-WebSocket-Protocol': SUBPROTOCOL,
+        ...(opts.held?.length ? { [HELD_HEADER]: opts.held.join(',') } : {}),
+      },
       perMessageDeflate: false,
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: opts.timeoutMs,
       followRedirects: false,
       ca: opts.ca,
       // masking protects browsers' peers, not a tunnel of encrypted bytes; a zero mask skips the XOR
-      generateMask: (mask: Buffer) => { mask.fill(0); },
+      generateMask: (mask: Buffer) => {
+        mask.fill(0);
+      },
       agent: proxy ? new ConnectProxyAgent(proxy, url.startsWith('wss:'), opts.ca, { keepAlive: false }) : undefined,
     });
     let done = false;
@@ -65,10 +70,20 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
     };
     ws.on('upgrade', (res) => {
       const p = res.headers['sec-websocket-protocol'];
-      if (p !== undefined && p !== SUBPROTOCOL) fail(new TowerError('EPROTOCOL', `${url} answered with WebSocket subprotocol ${p}, not ${SUBPROTOCOL}: is this a tower proxy?`));
+      if (p !== undefined && p !== SUBPROTOCOL)
+        fail(
+          new TowerError(
+            'EPROTOCOL',
+            `${url} answered with WebSocket subprotocol ${p}, not ${SUBPROTOCOL}: is this a tower proxy?`,
+          ),
+        );
       delete res.headers['sec-websocket-protocol'];
       const offered = res.headers[FEATURES_HEADER];
-      if (typeof offered === 'string') features = offered.split(',').map((f) => f.trim()).filter(Boolean);
+      if (typeof offered === 'string')
+        features = offered
+          .split(',')
+          .map((f) => f.trim())
+          .filter(Boolean);
       const id = res.headers[SERVER_ID_HEADER];
       if (typeof id === 'string' && !serverIdProblem(id)) serverId = id;
     });
@@ -81,11 +96,27 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       }
       let body = '';
       res.setEncoding('utf8');
-      res.on('data', (d: string) => { if (body.length < 200) body += d; });
-      res.on('end', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode} ${printable(res.statusMessage ?? '')}${body.trim() ? `: ${printable(body.trim().slice(0, 200))}` : ''} (is --proxy-server the proxy's agent port?)`)));
+      res.on('data', (d: string) => {
+        if (body.length < 200) body += d;
+      });
+      res.on('end', () =>
+        fail(
+          new TowerError(
+            'EHTTP',
+            `${url} answered ${res.statusCode} ${printable(res.statusMessage ?? '')}${body.trim() ? `: ${printable(body.trim().slice(0, 200))}` : ''} (is --proxy-server the proxy's agent port?)`,
+          ),
+        ),
+      );
       res.on('error', () => fail(new TowerError('EHTTP', `${url} answered ${res.statusCode}`)));
     });
-    ws.on('error', (err: NodeJS.ErrnoException) => fail(new TowerError(err.code ?? 'EDIAL', `cannot reach the proxy at ${url}${proxy ? ` through ${proxy.host}` : ''}: ${err.message}`)));
+    ws.on('error', (err: NodeJS.ErrnoException) =>
+      fail(
+        new TowerError(
+          err.code ?? 'EDIAL',
+          `cannot reach the proxy at ${url}${proxy ? ` through ${proxy.host}` : ''}: ${err.message}`,
+        ),
+      ),
+    );
     ws.on('open', () => {
       if (done) return;
       done = true;
@@ -97,9 +128,12 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
 /** HTTP(S)_PROXY and NO_PROXY as Go's ProxyFromEnvironment reads them (loopback never proxied). */
 export function proxyFor(target: URL, env: NodeJS.ProcessEnv): URL | undefined {
   const secure = target.protocol === 'wss:' || target.protocol === 'https:';
-  const raw = secure ? env.HTTPS_PROXY ?? env.https_proxy : env.HTTP_PROXY ?? env.http_proxy;
+  const raw = secure ? (env.HTTPS_PROXY ?? env.https_proxy) : (env.HTTP_PROXY ?? env.http_proxy);
   if (!raw) return undefined;
-  const noProxy = (env.NO_PROXY ?? env.no_proxy ?? '').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  const noProxy = (env.NO_PROXY ?? env.no_proxy ?? '')
+    .split(',')
+    .map((s) => s.trim().toLowerCase())
+    .filter(Boolean);
   const host = target.hostname.toLowerCase().replace(/^\[|\]$/g, '');
   // as Go: never through a proxy to this machine
   if (host === 'localhost' || (isIP(host) && (host === '::1' || host.startsWith('127.')))) return undefined;
@@ -111,7 +145,10 @@ export function proxyFor(target: URL, env: NodeJS.ProcessEnv): URL | undefined {
   try {
     return new URL(raw.includes('://') ? raw : `http://${raw}`);
   } catch {
-    throw new TowerError('ECONFIG', `invalid ${secure ? 'HTTPS_PROXY' : 'HTTP_PROXY'} ${JSON.stringify(raw)}: want a URL such as http://proxy.example:3128`);
+    throw new TowerError(
+      'ECONFIG',
+      `invalid ${secure ? 'HTTPS_PROXY' : 'HTTP_PROXY'} ${JSON.stringify(raw)}: want a URL such as http://proxy.example:3128`,
+    );
   }
 }
 
@@ -127,23 +164,48 @@ class ConnectProxyAgent extends Agent {
     this.#ca = ca;
   }
 
-  override createConnection(options: ClientRequestArgs & { servername?: string; ca?: unknown }, callback?: (err: Error | null, stream: Duplex) => void): undefined {
+  override createConnection(
+    options: ClientRequestArgs & { servername?: string; ca?: unknown },
+    callback?: (err: Error | null, stream: Duplex) => void,
+  ): undefined {
     const cb = (err: Error | null, socket?: Duplex) => callback?.(err, socket as Duplex);
     const target = `${options.host}:${options.port}`;
     const headers: Record<string, string> = { host: target };
     if (this.#proxy.username) {
-      headers['proxy-authorization'] = 'Basic ' + Buffer.from(`${decodeURIComponent(this.#proxy.username)}:${decodeURIComponent(this.#proxy.password)}`).toString('base64');
+      headers['proxy-authorization'] =
+        'Basic ' +
+        Buffer.from(`${decodeURIComponent(this.#proxy.username)}:${decodeURIComponent(this.#proxy.password)}`).toString(
+          'base64',
+        );
     }
-    const req = httpRequest({ host: this.#proxy.hostname, port: this.#proxy.port || 80, method: 'CONNECT', path: target, headers, agent: false });
+    const req = httpRequest({
+      host: this.#proxy.hostname,
+      port: this.#proxy.port || 80,
+      method: 'CONNECT',
+      path: target,
+      headers,
+      agent: false,
+    });
     req.once('connect', (res, socket) => {
       if (res.statusCode !== 200) {
         socket.destroy();
         cb(new Error(`proxy ${this.#proxy.host} refused CONNECT ${target}: ${res.statusCode} ${res.statusMessage}`));
         return;
       }
-      if (!this.#secure) { cb(null, socket); return; }
+      if (!this.#secure) {
+        cb(null, socket);
+        return;
+      }
       const host = options.servername ?? options.host ?? undefined;
-      cb(null, tlsConnect({ socket, servername: host && !isIP(host) ? host : undefined, host: host ?? undefined, ca: this.#ca }));
+      cb(
+        null,
+        tlsConnect({
+          socket,
+          servername: host && !isIP(host) ? host : undefined,
+          host: host ?? undefined,
+          ca: this.#ca,
+        }),
+      );
     });
     req.once('error', (err) => cb(err));
     req.end();

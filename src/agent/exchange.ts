@@ -75,7 +75,9 @@ class MessageStream {
     if (rest) this.#push(rest);
   }
 
-  get idle(): boolean { return this.#state === 'head' && this.#partial === undefined; }
+  get idle(): boolean {
+    return this.#state === 'head' && this.#partial === undefined;
+  }
 
   feed(input: Buffer): void {
     let buf = input;
@@ -93,14 +95,18 @@ class MessageStream {
           this.#remaining -= n;
           if (this.#remaining === 0) {
             if (this.#state === 'length') this.#ended();
-            else { this.#state = 'chunk-end'; this.#remaining = 2; }
+            else {
+              this.#state = 'chunk-end';
+              this.#remaining = 2;
+            }
           }
           break;
         }
         case 'chunk-end': {
           // the CRLF after a chunk's data, perhaps split across reads
           const n = Math.min(this.#remaining, buf.length);
-          if (!CRLF.subarray(2 - this.#remaining, 2 - this.#remaining + n).equals(buf.subarray(0, n))) throw new ExchangeViolation(`${this.#what}: a chunk not followed by CRLF`);
+          if (!CRLF.subarray(2 - this.#remaining, 2 - this.#remaining + n).equals(buf.subarray(0, n)))
+            throw new ExchangeViolation(`${this.#what}: a chunk not followed by CRLF`);
           this.#push(buf.subarray(0, n));
           buf = buf.subarray(n);
           this.#remaining -= n;
@@ -131,7 +137,10 @@ class MessageStream {
             if (!m) throw new ExchangeViolation(`${this.#what}: a malformed chunk size`);
             const size = parseInt(m[1]!, 16);
             if (size === 0) this.#state = 'trailers';
-            else { this.#state = 'chunk-data'; this.#remaining = size; }
+            else {
+              this.#state = 'chunk-data';
+              this.#remaining = size;
+            }
           } else if (line.length === 0) {
             this.#ended();
           } else if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:/.test(line)) {
@@ -150,10 +159,19 @@ class MessageStream {
 
   #start(body: Body): void {
     switch (body.kind) {
-      case 'none': this.#ended(); break;
-      case 'length': this.#state = 'length'; this.#remaining = body.bytes; break;
-      case 'chunked': this.#state = 'chunk-size'; break;
-      case 'close': this.#state = 'close'; break;
+      case 'none':
+        this.#ended();
+        break;
+      case 'length':
+        this.#state = 'length';
+        this.#remaining = body.bytes;
+        break;
+      case 'chunked':
+        this.#state = 'chunk-size';
+        break;
+      case 'close':
+        this.#state = 'close';
+        break;
     }
   }
 
@@ -194,7 +212,8 @@ function parseHead(text: string, what: string): Head | undefined {
     // folded lines, nameless ones, spaces before the colon: read otherwise by one server or another
     if (!TOKEN.test(name)) throw new ExchangeViolation(`${what}: a malformed header line`);
     const value = raw.slice(colon + 1).trim();
-    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) throw new ExchangeViolation(`${what}: a control character in header ${name}`);
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value))
+      throw new ExchangeViolation(`${what}: a control character in header ${name}`);
     lines.push({ name: name.toLowerCase(), value, raw });
   }
   return { first: all[0]!, lines };
@@ -209,13 +228,15 @@ function framing(head: Head, what: string): Body | undefined {
       if (te !== undefined) throw new ExchangeViolation(`${what}: Transfer-Encoding twice`);
       te = value;
     } else if (name === 'content-length') {
-      if (!/^\d{1,15}$/.test(value) || (cl !== undefined && cl !== value)) throw new ExchangeViolation(`${what}: an invalid Content-Length`);
+      if (!/^\d{1,15}$/.test(value) || (cl !== undefined && cl !== value))
+        throw new ExchangeViolation(`${what}: an invalid Content-Length`);
       cl = value;
     }
   }
   if (te !== undefined) {
     if (cl !== undefined) throw new ExchangeViolation(`${what}: both Content-Length and Transfer-Encoding`);
-    if (te.toLowerCase() !== 'chunked') throw new ExchangeViolation(`${what}: Transfer-Encoding ${JSON.stringify(te.slice(0, 64))} (only chunked)`);
+    if (te.toLowerCase() !== 'chunked')
+      throw new ExchangeViolation(`${what}: Transfer-Encoding ${JSON.stringify(te.slice(0, 64))} (only chunked)`);
     return { kind: 'chunked' };
   }
   if (cl !== undefined) return Number(cl) > 0 ? { kind: 'length', bytes: Number(cl) } : { kind: 'none' };
@@ -223,7 +244,14 @@ function framing(head: Head, what: string): Body | undefined {
 }
 
 function hasToken(head: Head, header: string, token: string): boolean {
-  return head.lines.some((l) => l.name === header && l.value.toLowerCase().split(',').some((t) => t.trim() === token));
+  return head.lines.some(
+    (l) =>
+      l.name === header &&
+      l.value
+        .toLowerCase()
+        .split(',')
+        .some((t) => t.trim() === token),
+  );
 }
 
 export interface ExchangeOptions {
@@ -263,13 +291,19 @@ export class HttpExchange {
   constructor(opts: ExchangeOptions) {
     this.#opts = opts;
     this.#authLine = opts.authorization ? Buffer.from(`Authorization: ${opts.authorization}\r\n`, 'latin1') : undefined;
-    this.#requests = new MessageStream('a request from the proxy', (b) => { if (!this.#refused) opts.toMember(b); }, {
-      begin: () => {
-        if (this.#open) throw new ExchangeViolation('the proxy sent a request before the previous answer ended');
+    this.#requests = new MessageStream(
+      'a request from the proxy',
+      (b) => {
+        if (!this.#refused) opts.toMember(b);
       },
-      head: (head, raw) => this.#request(head, raw),
-      end: () => this.#requestSent(),
-    });
+      {
+        begin: () => {
+          if (this.#open) throw new ExchangeViolation('the proxy sent a request before the previous answer ended');
+        },
+        head: (head, raw) => this.#request(head, raw),
+        end: () => this.#requestSent(),
+      },
+    );
     this.#answers = new MessageStream('an answer from the member', opts.toProxy, {
       begin: () => {
         if (!this.#open || this.#open.answered) throw new ExchangeViolation('the member sent an answer to no request');
@@ -280,16 +314,24 @@ export class HttpExchange {
   }
 
   /** after a 101: bytes pass through as they are */
-  get tunnel(): boolean { return this.#tunnel; }
+  get tunnel(): boolean {
+    return this.#tunnel;
+  }
 
   /** bytes the proxy sent; throws ExchangeViolation */
-  fromProxy(chunk: Buffer): void { if (!this.#refused) this.#requests.feed(chunk); }
+  fromProxy(chunk: Buffer): void {
+    if (!this.#refused) this.#requests.feed(chunk);
+  }
 
   /** bytes the member sent; throws ExchangeViolation */
-  fromMember(chunk: Buffer): void { this.#answers.feed(chunk); }
+  fromMember(chunk: Buffer): void {
+    this.#answers.feed(chunk);
+  }
 
   /** the member closed its side: an answer read until close ends here */
-  memberEnded(): void { this.#answers.closed(); }
+  memberEnded(): void {
+    this.#answers.closed();
+  }
 
   #request(head: Head, raw: Buffer): Message {
     const what = 'a request from the proxy';
@@ -328,7 +370,8 @@ export class HttpExchange {
     const code = Number(m[1]);
     const open = this.#open!;
     if (code === 101) {
-      if (!open.upgrade || !open.sent) throw new ExchangeViolation(`${what}: 101 Switching Protocols to a request that did not ask for it`);
+      if (!open.upgrade || !open.sent)
+        throw new ExchangeViolation(`${what}: 101 Switching Protocols to a request that did not ask for it`);
       this.#tunnel = true;
       // after this head, both ways carry another protocol
       return { out, body: { kind: 'none' } };
@@ -336,7 +379,10 @@ export class HttpExchange {
     // interim answers (100 Continue, 103) precede the final one
     if (code < 200) return { out, body: { kind: 'none' } };
     open.answered = true;
-    if (open.head || code === 204 || code === 304) { framing(head, what); return { out, body: { kind: 'none' } }; }
+    if (open.head || code === 204 || code === 304) {
+      framing(head, what);
+      return { out, body: { kind: 'none' } };
+    }
     return { out, body: framing(head, what) ?? { kind: 'close' } };
   }
 
@@ -351,7 +397,10 @@ export class HttpExchange {
     if (!open.answered) return;
     open.ended = true;
     // a refused upgrade ends its channel: it was opened for that one request
-    if (open.upgrade) { this.#opts.onDone?.(); return; }
+    if (open.upgrade) {
+      this.#opts.onDone?.();
+      return;
+    }
     if (open.sent) this.#open = undefined;
   }
 }

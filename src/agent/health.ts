@@ -1,6 +1,12 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { cachedMetrics, EVENT_LOOP_SAMPLE_MS, serveHealth, withoutTotalGauges, type HealthOptions } from '../observe/health.ts';
+import {
+  cachedMetrics,
+  EVENT_LOOP_SAMPLE_MS,
+  serveHealth,
+  withoutTotalGauges,
+  type HealthOptions,
+} from '../observe/health.ts';
 import type { TowerAgent } from './agent.ts';
 
 const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10];
@@ -21,18 +27,88 @@ export class AgentHealth {
     collectDefaultMetrics({ register: this.register, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     withoutTotalGauges(this.register);
     const stats = () => this.#agent?.stats;
-    new Gauge({ name: 'tower_agent_connected', help: '1 while the agent holds a session with the proxy', registers, collect() { this.set(stats()?.connected ? 1 : 0); } });
-    new Gauge({ name: 'tower_agent_sessions', help: 'Sessions held: one per proxy replica', registers, collect() { this.set(stats()?.sessions ?? 0); } });
-    new Gauge({ name: 'tower_agent_known_replicas', help: 'Proxy replicas the proxy says live (1 for a proxy that names none)', registers, collect() { this.set(stats()?.replicas ?? 0); } });
-    new Counter({ name: 'tower_agent_reconnects_total', help: 'Sessions that ended and were dialed again', registers, collect() { this.reset(); this.inc(stats()?.reconnects ?? 0); } });
-    new Counter({ name: 'tower_agent_connection_failures_total', help: 'Failed attempts to connect to the proxy', registers, collect() { this.reset(); this.inc(stats()?.failures ?? 0); } });
-    new Counter({ name: 'tower_agent_channel_violations_total', help: 'Channels closed because the proxy or the member broke HTTP/1.1 on them (a request before the previous answer ended, ambiguous framing)', registers, collect() { this.reset(); this.inc(stats()?.violations ?? 0); } });
-    const agent = () => this.#agent;
-    new Gauge({ name: 'tower_agent_stalled_memory_bytes', help: 'Memory reserved by answers the tunnel cannot take (their clients stopped reading; the member connection paused); at --max-stalled-memory requests are answered 429 here', registers, collect() { this.set(stats()?.stalledBytes ?? 0); } });
-    new Counter({ name: 'tower_agent_stalled_refusals_total', help: 'Requests answered 429 here (or channels refused) because answers the tunnel cannot take held --max-stalled-memory', registers, collect() { this.reset(); this.inc(stats()?.stalledRefusals ?? 0); } });
-    new Gauge({ name: 'tower_agent_channels_open', help: 'Channels the proxy holds open through this agent', registers, collect() { this.set(agent()?.channels ?? 0); } });
+    new Gauge({
+      name: 'tower_agent_connected',
+      help: '1 while the agent holds a session with the proxy',
+      registers,
+      collect() {
+        this.set(stats()?.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tower_agent_sessions',
+      help: 'Sessions held: one per proxy replica',
+      registers,
+      collect() {
+        this.set(stats()?.sessions ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'tower_agent_known_replicas',
+      help: 'Proxy replicas the proxy says live (1 for a proxy that names none)',
+      registers,
+      collect() {
+        this.set(stats()?.replicas ?? 0);
+      },
+    });
     new Counter({
-      name: 'tower_agent_tunnel_bytes_total', help: 'Bytes through the connection to the proxy (WebSocket, TLS included), by direction', labelNames: ['direction'], registers,
+      name: 'tower_agent_reconnects_total',
+      help: 'Sessions that ended and were dialed again',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(stats()?.reconnects ?? 0);
+      },
+    });
+    new Counter({
+      name: 'tower_agent_connection_failures_total',
+      help: 'Failed attempts to connect to the proxy',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(stats()?.failures ?? 0);
+      },
+    });
+    new Counter({
+      name: 'tower_agent_channel_violations_total',
+      help: 'Channels closed because the proxy or the member broke HTTP/1.1 on them (a request before the previous answer ended, ambiguous framing)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(stats()?.violations ?? 0);
+      },
+    });
+    const agent = () => this.#agent;
+    new Gauge({
+      name: 'tower_agent_stalled_memory_bytes',
+      help: 'Memory reserved by answers the tunnel cannot take (their clients stopped reading; the member connection paused); at --max-stalled-memory requests are answered 429 here',
+      registers,
+      collect() {
+        this.set(stats()?.stalledBytes ?? 0);
+      },
+    });
+    new Counter({
+      name: 'tower_agent_stalled_refusals_total',
+      help: 'Requests answered 429 here (or channels refused) because answers the tunnel cannot take held --max-stalled-memory',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(stats()?.stalledRefusals ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'tower_agent_channels_open',
+      help: 'Channels the proxy holds open through this agent',
+      registers,
+      collect() {
+        this.set(agent()?.channels ?? 0);
+      },
+    });
+    new Counter({
+      name: 'tower_agent_tunnel_bytes_total',
+      help: 'Bytes through the connection to the proxy (WebSocket, TLS included), by direction',
+      labelNames: ['direction'],
+      registers,
       collect() {
         const s = stats();
         this.reset();
@@ -40,7 +116,13 @@ export class AgentHealth {
         this.inc({ direction: 'to_proxy' }, s?.bytesWritten ?? 0);
       },
     });
-    const duration = new Histogram({ name: 'tower_agent_upstream_dial_duration_seconds', help: 'Time to connect to an upstream (kube-apiserver with its TLS, or ks-apiserver) for a channel', labelNames: ['result'], buckets: DIAL_BUCKETS, registers });
+    const duration = new Histogram({
+      name: 'tower_agent_upstream_dial_duration_seconds',
+      help: 'Time to connect to an upstream (kube-apiserver with its TLS, or ks-apiserver) for a channel',
+      labelNames: ['result'],
+      buckets: DIAL_BUCKETS,
+      registers,
+    });
     this.dial = (seconds, failed) => duration.observe({ result: failed ? 'error' : 'ok' }, seconds);
   }
 
@@ -49,12 +131,23 @@ export class AgentHealth {
     this.#agent = agent;
     const health: HealthOptions = {
       live: [{ name: 'ping', check: () => undefined }],
-      ready: [{ name: 'proxy-connection', check: () => (agent.stats.connected ? undefined : 'not connected to the proxy (see the agent\'s log)') }],
-      metrics: cachedMetrics(async () => ({ contentType: this.register.contentType, body: await this.register.metrics() })),
+      ready: [
+        {
+          name: 'proxy-connection',
+          check: () => (agent.stats.connected ? undefined : "not connected to the proxy (see the agent's log)"),
+        },
+      ],
+      metrics: cachedMetrics(async () => ({
+        contentType: this.register.contentType,
+        body: await this.register.metrics(),
+      })),
     };
     const server = createServer((req, res) => {
       const handled = serveHealth(req, res, health);
-      if (!handled) { res.writeHead(404, { 'content-type': 'text/plain' }); res.end('404 page not found\n'); }
+      if (!handled) {
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('404 page not found\n');
+      }
     });
     server.headersTimeout = 10_000;
     server.requestTimeout = 10_000;

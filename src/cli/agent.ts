@@ -17,7 +17,12 @@ export class AgentCommand extends TowerCommand {
     usage: 'agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
     summary: 'Connect a member cluster to the proxy',
     details: `Dials the proxy, verifies it (its host key, or its TLS certificate), announces this cluster's kube-apiserver, and carries the proxy's requests to it with this cluster's credentials, which a tower proxy never receives. Without --kubeconfig it uses the pod's service account. It redials with a jittered backoff of at most --max-retry-interval.`,
-    examples: [['Join with the command that `tower token` printed', 'tower agent --name alpha --token <token> --proxy-server http://proxy.example:8080 --proxy-fingerprint SHA256:<fingerprint> --kubeconfig member.kubeconfig']],
+    examples: [
+      [
+        'Join with the command that `tower token` printed',
+        'tower agent --name alpha --token <token> --proxy-server http://proxy.example:8080 --proxy-fingerprint SHA256:<fingerprint> --kubeconfig member.kubeconfig',
+      ],
+    ],
   };
   readonly command = 'agent';
 
@@ -26,13 +31,19 @@ export class AgentCommand extends TowerCommand {
     if (!o.name) throw new ConfigError('--name is required: the cluster name given to `tower token`');
     const problem = clusterNameProblem(o.name);
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
-    if (!o.token) throw new ConfigError(`--token is required: print it on the proxy's host with: tower token ${o.name}`);
+    if (!o.token)
+      throw new ConfigError(`--token is required: print it on the proxy's host with: tower token ${o.name}`);
     const proxyUrl = normalizeProxyServer(o.proxyServer);
-    if (o.proxyCa && !proxyUrl.startsWith('wss:')) throw new ConfigError(`--proxy-ca verifies a TLS proxy, but --proxy-server ${o.proxyServer} is not https:// (or wss://)`);
+    if (o.proxyCa && !proxyUrl.startsWith('wss:'))
+      throw new ConfigError(
+        `--proxy-ca verifies a TLS proxy, but --proxy-server ${o.proxyServer} is not https:// (or wss://)`,
+      );
     const verifiedBy = proxyVerification(proxyUrl, o.proxyFingerprint, o.proxyCa);
     // nothing is sent to a proxy that nothing verifies: not the token, not a credential
     if (!verifiedBy && !o.insecureSkipProxyVerification) {
-      throw new ConfigError(`refusing to connect to ${o.proxyServer}: nothing verifies that it is the proxy. Give --proxy-fingerprint (the join command that \`tower token ${o.name}\` prints has it), or an https:// --proxy-server whose certificate verifies (--proxy-ca), or --insecure-skip-proxy-verification to connect anyway`);
+      throw new ConfigError(
+        `refusing to connect to ${o.proxyServer}: nothing verifies that it is the proxy. Give --proxy-fingerprint (the join command that \`tower token ${o.name}\` prints has it), or an https:// --proxy-server whose certificate verifies (--proxy-ca), or --insecure-skip-proxy-verification to connect anyway`,
+      );
     }
     const proxyCa = o.proxyCa ? readProxyCa(o.proxyCa) : undefined;
     const kubeconfig = o.kubeconfig;
@@ -62,12 +73,23 @@ export class AgentCommand extends TowerCommand {
     });
     if (health && o.healthPort !== undefined) {
       const port = await health.listen(agent, o.healthHost, o.healthPort).catch((err: NodeJS.ErrnoException) => {
-        throw new ConfigError(`cannot serve --health-port on ${o.healthHost}:${o.healthPort}: ${err.code === 'EADDRINUSE' ? 'the port is in use; choose another' : err.message}`);
+        throw new ConfigError(
+          `cannot serve --health-port on ${o.healthHost}:${o.healthPort}: ${err.code === 'EADDRINUSE' ? 'the port is in use; choose another' : err.message}`,
+        );
       });
       log.info('health and metrics serving', { address: `${o.healthHost}:${port}`, paths: '/livez /readyz /metrics' });
     }
-    if (!verifiedBy) log.warn('INSECURE: --insecure-skip-proxy-verification: the proxy is not verified; whoever answers at its address gets this cluster\'s requests');
-    log.info('agent starting', { cluster: o.name, proxy: proxyUrl, verified: verifiedBy || 'no', keepalive: formatDuration(o.keepalive), crypto: CRYPTO_BACKEND });
+    if (!verifiedBy)
+      log.warn(
+        "INSECURE: --insecure-skip-proxy-verification: the proxy is not verified; whoever answers at its address gets this cluster's requests",
+      );
+    log.info('agent starting', {
+      cluster: o.name,
+      proxy: proxyUrl,
+      verified: verifiedBy || 'no',
+      keepalive: formatDuration(o.keepalive),
+      crypto: CRYPTO_BACKEND,
+    });
     const stop = () => agent.stop();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
@@ -85,6 +107,7 @@ export class AgentCommand extends TowerCommand {
 
 function readProxyCa(path: string): string {
   const pem = readFileOrExplain(path, '--proxy-ca').toString('utf8');
-  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`--proxy-ca ${path} holds no PEM certificate`);
+  if (!pem.includes('-----BEGIN CERTIFICATE-----'))
+    throw new ConfigError(`--proxy-ca ${path} holds no PEM certificate`);
   return pem;
 }

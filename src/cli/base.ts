@@ -69,7 +69,10 @@ export abstract class TowerCommand extends Command {
 
   /** The NAME argument, checked: a missing or invalid one is a one-line error with an example. */
   clusterName(name: string | undefined): string {
-    if (name === undefined) throw new ConfigError(`missing NAME, the cluster's name (e.g. tower ${this.command} alpha; see: tower ${this.command} --help)`);
+    if (name === undefined)
+      throw new ConfigError(
+        `missing NAME, the cluster's name (e.g. tower ${this.command} alpha; see: tower ${this.command} --help)`,
+      );
     return assertClusterName(name);
   }
 
@@ -104,12 +107,18 @@ export abstract class TowerCommand extends Command {
   async openStore(o: StoreChoice, k8s: Omit<KubernetesStoreOptions, 'kubeconfig' | 'log'> = {}): Promise<ClusterStore> {
     const kind = o.store ?? (o.kubeconfig || inCluster() ? 'kubernetes' : 'file');
     if (kind === 'kubernetes') {
-      if (!o.kubeconfig && !inCluster()) throw new ConfigError('--store kubernetes needs the host cluster: give --kubeconfig <path>, or run in a pod with a service account');
+      if (!o.kubeconfig && !inCluster())
+        throw new ConfigError(
+          '--store kubernetes needs the host cluster: give --kubeconfig <path>, or run in a pod with a service account',
+        );
       // loaded on demand: the Kubernetes client is most of the bundle, and the file mode and the agent never need it
       const { KubernetesStore } = await import('../store/kubernetes.ts');
       return new KubernetesStore({ kubeconfig: o.kubeconfig, log, ...k8s });
     }
-    if (o.kubeconfig) throw new ConfigError('--kubeconfig names a host cluster, which the file store does not use: drop --store file, or drop --kubeconfig');
+    if (o.kubeconfig)
+      throw new ConfigError(
+        '--kubeconfig names a host cluster, which the file store does not use: drop --store file, or drop --kubeconfig',
+      );
     const dir = o.dataDir ? resolve(o.dataDir.replace(/^~(?=$|\/)/, homedir())) : resolve(homedir(), '.tower');
     return new FileStore(dir);
   }

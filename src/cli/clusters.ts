@@ -36,7 +36,16 @@ function age(iso: string | undefined, now: number): string {
 function table(cells: string[][]): string {
   const rows = cells.map((r) => r.map(printable));
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n') + '\n';
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3)))
+          .join('')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 export function render(rows: ClusterRow[], output: string, now = Date.now()): string {
@@ -70,25 +79,36 @@ async function fileRows(store: FileStore): Promise<{ rows: ClusterRow[]; note?: 
       note: c.problem ? `unusable record: ${c.problem}` : undefined,
     });
   }
-  return { rows, note: running ? undefined : `no proxy is serving ${store.location}${record?.pid ? ` (the last one was pid ${record.pid})` : ''}: AGENTS unknown` };
+  return {
+    rows,
+    note: running
+      ? undefined
+      : `no proxy is serving ${store.location}${record?.pid ? ` (the last one was pid ${record.pid})` : ''}: AGENTS unknown`,
+  };
 }
 
 /** Kubernetes mode: from the Cluster resources of type proxy and their AgentAvailable condition. */
 async function kubernetesRows(store: KubernetesStore): Promise<ClusterRow[]> {
   const { items } = await store.host.listClusters();
-  return items.filter((c) => c.spec?.connection?.type === 'proxy').map((c: KubeCluster) => {
-    const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
-    const initialized = c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True');
-    const up = available?.status === 'True';
-    return {
-      name: c.metadata.name,
-      // the proxy sets AgentAvailable when an agent first connects
-      agents: available ? (up ? 1 : 0) : initialized ? 0 : undefined,
-      connectedSince: up ? available?.lastTransitionTime : undefined,
-      lastSeen: up ? new Date().toISOString() : available?.lastTransitionTime,
-      note: up ? undefined : available?.message ?? (initialized ? 'no agent has connected yet' : 'not initialized by a tower proxy yet (is one running?)'),
-    };
-  }).sort((a, b) => a.name.localeCompare(b.name));
+  return items
+    .filter((c) => c.spec?.connection?.type === 'proxy')
+    .map((c: KubeCluster) => {
+      const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
+      const initialized = c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True');
+      const up = available?.status === 'True';
+      return {
+        name: c.metadata.name,
+        // the proxy sets AgentAvailable when an agent first connects
+        agents: available ? (up ? 1 : 0) : initialized ? 0 : undefined,
+        connectedSince: up ? available?.lastTransitionTime : undefined,
+        lastSeen: up ? new Date().toISOString() : available?.lastTransitionTime,
+        note: up
+          ? undefined
+          : (available?.message ??
+            (initialized ? 'no agent has connected yet' : 'not initialized by a tower proxy yet (is one running?)')),
+      };
+    })
+    .sort((a, b) => a.name.localeCompare(b.name));
 }
 
 export class ClustersCommand extends TowerCommand {
@@ -97,8 +117,12 @@ export class ClustersCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'clusters',
     summary: 'List the registered clusters and their agents',
-    details: 'Name, agent sessions, connected since, last seen; -o wide adds the agents\' versions and addresses. The file store shows what the running proxy recorded; in Kubernetes mode, the proxy Clusters and their AgentAvailable condition (one row per Cluster, AGENTS 1 while any agent is connected).',
-    examples: [['Which clusters are connected', 'tower clusters'], ['As JSON', 'tower clusters -o json']],
+    details:
+      "Name, agent sessions, connected since, last seen; -o wide adds the agents' versions and addresses. The file store shows what the running proxy recorded; in Kubernetes mode, the proxy Clusters and their AgentAvailable condition (one row per Cluster, AGENTS 1 while any agent is connected).",
+    examples: [
+      ['Which clusters are connected', 'tower clusters'],
+      ['As JSON', 'tower clusters -o json'],
+    ],
   };
   readonly command = 'clusters';
 
@@ -112,7 +136,8 @@ export class ClustersCommand extends TowerCommand {
       }
       const { rows, note } = await fileRows(store as FileStore);
       if (note && table) process.stderr.write(`${note}\n`);
-      if (rows.length === 0 && table) process.stderr.write(`no clusters in ${store.location} (register one with: tower token NAME)\n`);
+      if (rows.length === 0 && table)
+        process.stderr.write(`no clusters in ${store.location} (register one with: tower token NAME)\n`);
       else process.stdout.write(render(rows, o.output));
       return 0;
     });
@@ -125,7 +150,8 @@ export class DeleteCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'delete NAME',
     summary: 'Unregister a cluster: its token stops working and its agents are disconnected',
-    details: 'File store: removes the cluster\'s record and status; a running proxy closes its agents\' sessions within a second, and their reconnects are refused. Its kubeconfigs stop working (the gateway answers 404). In Kubernetes mode the Cluster resource is KubeSphere\'s: this command says what to delete instead.',
+    details:
+      "File store: removes the cluster's record and status; a running proxy closes its agents' sessions within a second, and their reconnects are refused. Its kubeconfigs stop working (the gateway answers 404). In Kubernetes mode the Cluster resource is KubeSphere's: this command says what to delete instead.",
     examples: [['Remove alpha', 'tower delete alpha']],
   };
   readonly command = 'delete';
@@ -137,10 +163,16 @@ export class DeleteCommand extends TowerCommand {
     const name = this.clusterName(this.name);
     return this.withStore(o, async (store) => {
       if (isKubernetesStore(store)) {
-        throw new StoreError('EKUBE', `in Kubernetes mode cluster "${name}" is KubeSphere's Cluster resource, which tower does not delete: kubectl --kubeconfig <host> delete cluster.cluster.kubesphere.io ${name} (tower then stops serving it and removes its Service mc-${name})`);
+        throw new StoreError(
+          'EKUBE',
+          `in Kubernetes mode cluster "${name}" is KubeSphere's Cluster resource, which tower does not delete: kubectl --kubeconfig <host> delete cluster.cluster.kubesphere.io ${name} (tower then stops serving it and removes its Service mc-${name})`,
+        );
       }
-      if (!await (store as FileStore).remove(name)) throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (see: tower clusters)`);
-      process.stdout.write(`cluster "${name}" deleted from ${store.location}; its agents are disconnected and their token no longer works\n`);
+      if (!(await (store as FileStore).remove(name)))
+        throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (see: tower clusters)`);
+      process.stdout.write(
+        `cluster "${name}" deleted from ${store.location}; its agents are disconnected and their token no longer works\n`,
+      );
       return 0;
     });
   }

@@ -17,7 +17,10 @@ function wrap(text: string, indent: string): string {
   for (const paragraph of text.split('\n')) {
     let line = indent;
     for (const word of paragraph.split(/\s+/).filter(Boolean)) {
-      if (line.length + word.length + 1 > WIDTH && line.trim()) { out.push(line.trimEnd()); line = indent; }
+      if (line.length + word.length + 1 > WIDTH && line.trim()) {
+        out.push(line.trimEnd());
+        line = indent;
+      }
       line += (line.trim() ? ' ' : '') + word;
     }
     out.push(line.trimEnd());
@@ -42,25 +45,30 @@ export function flagUsage(key: string, spec: OptionSpec): string {
 }
 
 function flagLines(specs: Specs): string {
-  return Object.entries(specs).map(([key, spec]) => {
-    const d = defaultText(spec);
-    return `  ${flagUsage(key, spec)}${d !== undefined ? ` (default ${d})` : ''}\n${wrap(spec.help, '        ')}`;
-  }).join('\n');
+  return Object.entries(specs)
+    .map(([key, spec]) => {
+      const d = defaultText(spec);
+      return `  ${flagUsage(key, spec)}${d !== undefined ? ` (default ${d})` : ''}\n${wrap(spec.help, '        ')}`;
+    })
+    .join('\n');
 }
 
 /** `tower <command> --help` */
 export function commandHelp(entry: CommandEntry): string {
   const doc: CommandDoc = entry.cls.doc;
   const own = Object.fromEntries(Object.entries(entry.cls.options).filter(([k]) => !(k in COMMON)));
-  const parts = [
-    `tower ${entry.path.join(' ')}: ${doc.summary}`,
-    `Usage:\n  tower ${doc.usage} [flags]`,
-  ];
+  const parts = [`tower ${entry.path.join(' ')}: ${doc.summary}`, `Usage:\n  tower ${doc.usage} [flags]`];
   if (doc.details) parts.push(wrap(doc.details, ''));
   if (Object.keys(own).length) parts.push(`Flags:\n${flagLines(own)}`);
   parts.push(`Flags of every command:\n${flagLines(COMMON)}`);
-  parts.push(wrap('Every flag can also be given as an environment variable, TOWER_ and the flag name in upper case with underscores (TOWER_GATEWAY_PORT), or as a key of the --config file. Precedence: flag, environment, file, default. A boolean flag is a switch: --name sets it, --no-name clears it.', ''));
-  if (doc.examples?.length) parts.push(`Examples:\n${doc.examples.map(([what, cmd]) => `  # ${what}\n  ${cmd}`).join('\n\n')}`);
+  parts.push(
+    wrap(
+      'Every flag can also be given as an environment variable, TOWER_ and the flag name in upper case with underscores (TOWER_GATEWAY_PORT), or as a key of the --config file. Precedence: flag, environment, file, default. A boolean flag is a switch: --name sets it, --no-name clears it.',
+      '',
+    ),
+  );
+  if (doc.examples?.length)
+    parts.push(`Examples:\n${doc.examples.map(([what, cmd]) => `  # ${what}\n  ${cmd}`).join('\n\n')}`);
   return parts.join('\n\n') + '\n';
 }
 
@@ -68,12 +76,14 @@ export function commandHelp(entry: CommandEntry): string {
 export function overview(entries: CommandEntry[]): string {
   const width = Math.max(...entries.map((e) => e.path.join(' ').length));
   const lines = entries.map((e) => `  ${e.path.join(' ').padEnd(width)}  ${e.cls.doc.summary}`);
-  return [
-    'tower: reach the kube-apiservers of member clusters through agents that dial out',
-    `Usage:\n  tower COMMAND [flags]\n\nCommands:\n${lines.join('\n')}`,
-    'Run `tower help COMMAND` or `tower COMMAND --help` for a command\'s flags.',
-    `Quick start:\n  tower proxy\n  tower token alpha              # prints the agent's join command\n  tower agent --name alpha --token ... --proxy-server ... --proxy-fingerprint ... --kubeconfig member.kubeconfig\n  tower kubeconfig alpha > alpha.kubeconfig`,
-  ].join('\n\n') + '\n';
+  return (
+    [
+      'tower: reach the kube-apiservers of member clusters through agents that dial out',
+      `Usage:\n  tower COMMAND [flags]\n\nCommands:\n${lines.join('\n')}`,
+      "Run `tower help COMMAND` or `tower COMMAND --help` for a command's flags.",
+      `Quick start:\n  tower proxy\n  tower token alpha              # prints the agent's join command\n  tower agent --name alpha --token ... --proxy-server ... --proxy-fingerprint ... --kubeconfig member.kubeconfig\n  tower kubeconfig alpha > alpha.kubeconfig`,
+    ].join('\n\n') + '\n'
+  );
 }
 
 function distance(a: string, b: string): number {
@@ -93,7 +103,10 @@ export function nearest(word: string, candidates: string[]): string | undefined 
   let bestD = Infinity;
   for (const c of candidates) {
     const d = c.startsWith(word) || word.startsWith(c) ? Math.abs(c.length - word.length) / 2 : distance(word, c);
-    if (d < bestD) { best = c; bestD = d; }
+    if (d < bestD) {
+      best = c;
+      bestD = d;
+    }
   }
   return best !== undefined && bestD <= Math.max(2, Math.floor(word.length / 3)) ? best : undefined;
 }
@@ -104,7 +117,10 @@ export function normalizeSwitches(args: string[], specs: Specs): string[] | stri
   const out: string[] = [];
   for (const a of args) {
     const m = /^--([a-z0-9-]+)=(.*)$/.exec(a);
-    if (!m || known.get(`--${m[1]}`)?.kind !== 'bool' || m[1]!.startsWith('no-')) { out.push(a); continue; }
+    if (!m || known.get(`--${m[1]}`)?.kind !== 'bool' || m[1]!.startsWith('no-')) {
+      out.push(a);
+      continue;
+    }
     if (/^(true|1|yes)$/i.test(m[2]!)) out.push(`--${m[1]}`);
     else if (/^(false|0|no)$/i.test(m[2]!)) out.push(`--no-${m[1]}`);
     else return `invalid --${m[1]} value ${JSON.stringify(m[2])}: it is a switch; give --${m[1]} or --no-${m[1]}`;
@@ -133,13 +149,22 @@ export function scanArgs(args: string[], specs: Specs): { unknown?: string; posi
   let unknown: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    if (a === '--') { positionals.push(...args.slice(i + 1)); break; }
-    if (!a.startsWith('-') || a === '-') { positionals.push(a); continue; }
+    if (a === '--') {
+      positionals.push(...args.slice(i + 1));
+      break;
+    }
+    if (!a.startsWith('-') || a === '-') {
+      positionals.push(a);
+      continue;
+    }
     const name = a.split('=')[0]!;
     const spec = known.get(name);
     if (!spec) {
       if (unknown === undefined) {
-        const near = nearest(name, [...known.keys()].filter((k) => k.startsWith('--')));
+        const near = nearest(
+          name,
+          [...known.keys()].filter((k) => k.startsWith('--')),
+        );
         unknown = `unknown flag ${name}${near ? `; did you mean ${near}?` : ''}`;
       }
       continue;

@@ -17,13 +17,25 @@ export class InstallProxyCommand extends TowerCommand {
     usage: 'install proxy',
     summary: 'Print the manifests that run the proxy in a host cluster',
     details: `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes mode; liveness and readiness probes on /livez and /readyz, metrics on the agent port) and a Service for the agents. Pipe it to \`kubectl apply -f -\`.`,
-    examples: [['Install into the current cluster', 'tower install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | kubectl apply -f -']],
+    examples: [
+      [
+        'Install into the current cluster',
+        'tower install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | kubectl apply -f -',
+      ],
+    ],
   };
   readonly command = 'install';
 
   async run(): Promise<number> {
     const o = this.load(INSTALL_PROXY_OPTIONS);
-    printAll(proxyManifests({ image: o.image, replicas: o.replicas, publishServiceAddress: o.publishServiceAddress, serviceType: o.serviceType }));
+    printAll(
+      proxyManifests({
+        image: o.image,
+        replicas: o.replicas,
+        publishServiceAddress: o.publishServiceAddress,
+        serviceType: o.serviceType,
+      }),
+    );
     return 0;
   }
 }
@@ -35,24 +47,43 @@ export class InstallAgentCommand extends TowerCommand {
     usage: 'install agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
     summary: 'Print the manifests that run an agent in a member cluster',
     details: `A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a tower proxy acts as each gateway user's certificate; --cluster-admin binds cluster-admin instead, for a Go tower proxy or --gateway-identity agent), the token in a Secret, and the agent's Deployment (liveness and readiness probes, metrics on port 8081). Pipe it to \`kubectl apply -f -\` against the member cluster.`,
-    examples: [['With what `tower token` printed', 'tower install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 --proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -']],
+    examples: [
+      [
+        'With what `tower token` printed',
+        'tower install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 --proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -',
+      ],
+    ],
   };
   readonly command = 'install';
 
   async run(): Promise<number> {
     const o = this.load(INSTALL_AGENT_OPTIONS, ['token']);
-    if (!o.name) throw new ConfigError('--name is required: the cluster\'s name, as `tower token` registered it');
+    if (!o.name) throw new ConfigError("--name is required: the cluster's name, as `tower token` registered it");
     const problem = clusterNameProblem(o.name);
     if (problem) throw new ConfigError(`invalid --name ${JSON.stringify(o.name)}: ${problem}`);
     if (!o.token) throw new ConfigError('--token is required: print it with `tower token <name>`');
-    if (!o.proxyServer) throw new ConfigError('--proxy-server is required: the proxy\'s agent endpoint, as `tower token` prints it');
-    if (!proxyVerification(normalizeProxyServer(o.proxyServer), o.proxyFingerprint, undefined) && !o.insecureSkipProxyVerification) {
-      throw new ConfigError(`--proxy-fingerprint is required with a plain http:// --proxy-server, so that the agent can verify the proxy (the join command that \`tower token ${o.name}\` prints has it); or --insecure-skip-proxy-verification`);
+    if (!o.proxyServer)
+      throw new ConfigError("--proxy-server is required: the proxy's agent endpoint, as `tower token` prints it");
+    if (
+      !proxyVerification(normalizeProxyServer(o.proxyServer), o.proxyFingerprint, undefined) &&
+      !o.insecureSkipProxyVerification
+    ) {
+      throw new ConfigError(
+        `--proxy-fingerprint is required with a plain http:// --proxy-server, so that the agent can verify the proxy (the join command that \`tower token ${o.name}\` prints has it); or --insecure-skip-proxy-verification`,
+      );
     }
-    printAll(agentManifests({
-      image: o.image, name: o.name, token: o.token, proxyServer: o.proxyServer, proxyFingerprint: o.proxyFingerprint, kubesphereService: o.kubesphereService,
-      insecureSkipProxyVerification: o.insecureSkipProxyVerification, clusterAdmin: o.clusterAdmin,
-    }));
+    printAll(
+      agentManifests({
+        image: o.image,
+        name: o.name,
+        token: o.token,
+        proxyServer: o.proxyServer,
+        proxyFingerprint: o.proxyFingerprint,
+        kubesphereService: o.kubesphereService,
+        insecureSkipProxyVerification: o.insecureSkipProxyVerification,
+        clusterAdmin: o.clusterAdmin,
+      }),
+    );
     return 0;
   }
 }

@@ -18,8 +18,11 @@ export class KubeconfigCommand extends TowerCommand {
 Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote into the Cluster (spec.connection.kubeconfig) once its agent is connected; --gateway issues one for the gateway instead, as in file mode.`,
     examples: [
       ['Admin access to alpha', 'tower kubeconfig alpha > alpha.kubeconfig'],
-      ['Jane, with what the member\'s RBAC grants her and the group viewers', 'tower kubeconfig alpha --user jane --group viewers'],
-      ['The Cluster\'s own, in a KubeSphere host', 'tower kubeconfig alpha --kubeconfig host.kubeconfig'],
+      [
+        "Jane, with what the member's RBAC grants her and the group viewers",
+        'tower kubeconfig alpha --user jane --group viewers',
+      ],
+      ["The Cluster's own, in a KubeSphere host", 'tower kubeconfig alpha --kubeconfig host.kubeconfig'],
     ],
   };
   readonly command = 'kubeconfig';
@@ -35,14 +38,34 @@ Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote int
         return 0;
       }
       const cluster = await store.get(name);
-      if (!cluster) throw new StoreError('ENOTFOUND', `cluster "${name}" not found in ${store.location} (create it with: tower token ${name})`);
-      if (cluster.problem) throw new StoreError('EUNUSABLE', `cluster "${name}" is registered, but ${cluster.problem} (restore it, or: tower token ${name} --rotate)`);
+      if (!cluster)
+        throw new StoreError(
+          'ENOTFOUND',
+          `cluster "${name}" not found in ${store.location} (create it with: tower token ${name})`,
+        );
+      if (cluster.problem)
+        throw new StoreError(
+          'EUNUSABLE',
+          `cluster "${name}" is registered, but ${cluster.problem} (restore it, or: tower token ${name} --rotate)`,
+        );
       const ca = await loadCertificateAuthority(store, o.caCert, o.caKey);
       const record = await store.readProxyRecord();
       const server = o.server ?? `${record?.gatewayUrl ?? 'https://127.0.0.1:6443'}/clusters/${name}`;
-      const groups = o.group.split(',').map((g) => g.trim()).filter(Boolean);
+      const groups = o.group
+        .split(',')
+        .map((g) => g.trim())
+        .filter(Boolean);
       const leaf = await ca.issueClient(o.user, groups, o.days, name);
-      process.stdout.write(renderKubeconfig({ cluster: name, server, caPem: ca.certPem, user: o.user, certPem: leaf.cert, keyPem: leaf.key }));
+      process.stdout.write(
+        renderKubeconfig({
+          cluster: name,
+          server,
+          caPem: ca.certPem,
+          user: o.user,
+          certPem: leaf.cert,
+          keyPem: leaf.key,
+        }),
+      );
       return 0;
     });
   }
@@ -51,13 +74,21 @@ Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote int
 /** spec.connection.kubeconfig, once the proxy has written it for a connected agent. */
 async function clusterKubeconfig(store: KubernetesStore, name: string, timeoutMs: number): Promise<string> {
   if (!(await store.resource(name))) {
-    throw new StoreError('ENOTFOUND', `Cluster "${name}" not found in ${store.location} (create it with: tower token ${name} --kubeconfig <host>)`);
+    throw new StoreError(
+      'ENOTFOUND',
+      `Cluster "${name}" not found in ${store.location} (create it with: tower token ${name} --kubeconfig <host>)`,
+    );
   }
-  return waitWithProgress(`waiting for an agent of Cluster "${name}" to connect`, async () => {
-    const c = await store.resource(name);
-    if (!c) throw new StoreError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
-    const agent = c.status?.conditions?.find((x) => x.type === 'AgentAvailable')?.status === 'True';
-    const b64 = c.spec?.connection?.kubeconfig;
-    return agent && b64 ? Buffer.from(b64, 'base64').toString('utf8') : undefined;
-  }, timeoutMs, `no agent of Cluster "${name}" has connected to the proxy yet (start one with the command that "tower token ${name} --kubeconfig <host>" prints)`);
+  return waitWithProgress(
+    `waiting for an agent of Cluster "${name}" to connect`,
+    async () => {
+      const c = await store.resource(name);
+      if (!c) throw new StoreError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
+      const agent = c.status?.conditions?.find((x) => x.type === 'AgentAvailable')?.status === 'True';
+      const b64 = c.spec?.connection?.kubeconfig;
+      return agent && b64 ? Buffer.from(b64, 'base64').toString('utf8') : undefined;
+    },
+    timeoutMs,
+    `no agent of Cluster "${name}" has connected to the proxy yet (start one with the command that "tower token ${name} --kubeconfig <host>" prints)`,
+  );
 }

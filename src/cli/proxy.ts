@@ -19,22 +19,45 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
     examples: [
       ['Serve on the default ports', 'tower proxy'],
       ['Publish a public address', 'tower proxy --publish-service-address proxy.example.com'],
-      ['Kubernetes mode, one of several replicas', 'tower proxy --kubeconfig host.kubeconfig --leader-elect --server-id tower-0 --advertise-address 10.0.0.5'],
+      [
+        'Kubernetes mode, one of several replicas',
+        'tower proxy --kubeconfig host.kubeconfig --leader-elect --server-id tower-0 --advertise-address 10.0.0.5',
+      ],
     ],
   };
   readonly command = 'proxy';
 
   async run(): Promise<number> {
     const o = this.load(PROXY_OPTIONS);
-    if (!o.agentTlsCert !== !o.agentTlsKey) throw new ConfigError('give both --agent-tls-cert and --agent-tls-key, or neither (--agent-tls alone uses a certificate from tower\'s CA)');
-    if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration) throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
-    if (o.leaderElectRetryPeriod >= o.leaderElectRenewDeadline) throw new ConfigError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline');
-    if (o.serverLeaseRenewPeriod >= o.serverLeaseDuration) throw new ConfigError('--server-lease-renew-period must be shorter than --server-lease-duration');
+    if (!o.agentTlsCert !== !o.agentTlsKey)
+      throw new ConfigError(
+        "give both --agent-tls-cert and --agent-tls-key, or neither (--agent-tls alone uses a certificate from tower's CA)",
+      );
+    if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration)
+      throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
+    if (o.leaderElectRetryPeriod >= o.leaderElectRenewDeadline)
+      throw new ConfigError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline');
+    if (o.serverLeaseRenewPeriod >= o.serverLeaseDuration)
+      throw new ConfigError('--server-lease-renew-period must be shorter than --server-lease-duration');
     const serverId = o.serverId ?? defaultServerId();
-    const store = await this.openStore(o, o.leaderElect ? {
-      leaderElection: { times: { leaseMs: o.leaderElectLeaseDuration, renewDeadlineMs: o.leaderElectRenewDeadline, retryMs: o.leaderElectRetryPeriod } },
-    } : {});
-    if (o.leaderElect && !isKubernetesStore(store)) throw new ConfigError('--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir');
+    const store = await this.openStore(
+      o,
+      o.leaderElect
+        ? {
+            leaderElection: {
+              times: {
+                leaseMs: o.leaderElectLeaseDuration,
+                renewDeadlineMs: o.leaderElectRenewDeadline,
+                retryMs: o.leaderElectRetryPeriod,
+              },
+            },
+          }
+        : {},
+    );
+    if (o.leaderElect && !isKubernetesStore(store))
+      throw new ConfigError(
+        '--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir',
+      );
     // loaded here, not at start: agents and other commands never evaluate the proxy and its PKI
     const { Proxy } = await import('../proxy/proxy.ts');
     const proxy = new Proxy({
@@ -48,7 +71,13 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
       gateway: {
         identity: o.gatewayIdentity as GatewayIdentity,
         allowUnboundCertificates: o.allowUnboundCertificates,
-        limits: { requestTimeoutMs: o.requestTimeout, maxRequestsInflight: o.maxRequestsInflight, maxStalledBytes: o.maxStalledMemory, maxConnections: o.gatewayMaxConnections, maxConnectionsPerAddress: o.gatewayMaxConnectionsPerAddress },
+        limits: {
+          requestTimeoutMs: o.requestTimeout,
+          maxRequestsInflight: o.maxRequestsInflight,
+          maxStalledBytes: o.maxStalledMemory,
+          maxConnections: o.gatewayMaxConnections,
+          maxConnectionsPerAddress: o.gatewayMaxConnectionsPerAddress,
+        },
         accessLog: o.accessLog,
       },
       agentTls: o.agentTlsCert && o.agentTlsKey ? { certFile: o.agentTlsCert, keyFile: o.agentTlsKey } : o.agentTls,
@@ -67,10 +96,13 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
       throw err;
     });
     const stopTrimming = trimMemoryPeriodically(log);
-    const signal = early ?? await stopped;
+    const signal = early ?? (await stopped);
     stopTrimming();
     // a second signal does not wait for the drain
-    const again = () => { log.warn('second signal: exiting without draining'); process.exit(1); };
+    const again = () => {
+      log.warn('second signal: exiting without draining');
+      process.exit(1);
+    };
     process.once('SIGINT', again);
     process.once('SIGTERM', again);
     log.info('shutting down', { signal });
@@ -83,6 +115,10 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
 /** The pod's name (the Deployment sets POD_NAME), else the host name, made a valid id. */
 function defaultServerId(): string {
   const raw = (process.env.POD_NAME || hostname()).toLowerCase();
-  const id = raw.replace(/[^a-z0-9.-]/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '').slice(0, 63).replace(/[^a-z0-9]+$/, '');
+  const id = raw
+    .replace(/[^a-z0-9.-]/g, '-')
+    .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '')
+    .slice(0, 63)
+    .replace(/[^a-z0-9]+$/, '');
   return serverIdProblem(id) ? 'tower' : id;
 }

@@ -40,14 +40,21 @@ Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy,
         ? await this.#kubernetes(store, name, o.rotate, o.timeout)
         : await this.#file(store, name, o.rotate);
       const record = await store.readProxyRecord();
-      const server = normalizeProxyServer(o.proxyServer ?? record?.agentUrl ?? 'http://127.0.0.1:8080').replace(/^ws/, 'http');
+      const server = normalizeProxyServer(o.proxyServer ?? record?.agentUrl ?? 'http://127.0.0.1:8080').replace(
+        /^ws/,
+        'http',
+      );
       const fingerprint = hostKeyFingerprint(await loadHostKey(store));
       process.stderr.write(`${note}\n`);
       process.stdout.write(`token: ${cluster.token}\n`);
       const bin = invokedAs();
       const args = `--name ${name} --token ${cluster.token} --proxy-server ${server} --proxy-fingerprint ${fingerprint}`;
-      process.stdout.write(`join with (on a machine that reaches the proxy, with the member's kubeconfig):\n  ${bin} agent ${args} \\\n    --kubeconfig <member kubeconfig>\n`);
-      process.stdout.write(`or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member kubeconfig> apply -f -\n`);
+      process.stdout.write(
+        `join with (on a machine that reaches the proxy, with the member's kubeconfig):\n  ${bin} agent ${args} \\\n    --kubeconfig <member kubeconfig>\n`,
+      );
+      process.stdout.write(
+        `or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member kubeconfig> apply -f -\n`,
+      );
       return 0;
     });
   }
@@ -56,22 +63,39 @@ Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy,
     const existing = await store.get(name);
     if (!existing) {
       try {
-        return { cluster: await store.create(name, newToken()), note: `registered cluster "${name}" in ${store.location}` };
+        return {
+          cluster: await store.create(name, newToken()),
+          note: `registered cluster "${name}" in ${store.location}`,
+        };
       } catch (err) {
         // another `tower token` created it meanwhile: print that one
         if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
-        return { cluster: (await store.get(name))!, note: `cluster "${name}" is already registered in ${store.location}` };
+        return {
+          cluster: (await store.get(name))!,
+          note: `cluster "${name}" is already registered in ${store.location}`,
+        };
       }
     }
     if (existing.problem && !rotate) {
-      throw new StoreError('EUNUSABLE', `cluster "${name}" is registered, but ${existing.problem}; its agents are refused. Restore the file, or write a new token with: tower token ${name} --rotate`);
+      throw new StoreError(
+        'EUNUSABLE',
+        `cluster "${name}" is registered, but ${existing.problem}; its agents are refused. Restore the file, or write a new token with: tower token ${name} --rotate`,
+      );
     }
     if (!rotate) return { cluster: existing, note: `cluster "${name}" is already registered in ${store.location}` };
-    return { cluster: await rotateToken(store, name), note: `rotated the token of cluster "${name}"; agents with the old one are disconnected` };
+    return {
+      cluster: await rotateToken(store, name),
+      note: `rotated the token of cluster "${name}"; agents with the old one are disconnected`,
+    };
   }
 
   /** The Cluster resource: created when missing (the proxy fills in token, ports and Service), then awaited. */
-  async #kubernetes(store: KubernetesStore, name: string, rotate: boolean, timeoutMs: number): Promise<{ cluster: Cluster; note: string }> {
+  async #kubernetes(
+    store: KubernetesStore,
+    name: string,
+    rotate: boolean,
+    timeoutMs: number,
+  ): Promise<{ cluster: Cluster; note: string }> {
     let note: string;
     let resource = await store.resource(name);
     if (!resource) {
@@ -84,20 +108,36 @@ Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy,
       }
     } else {
       const why = notOurs(resource);
-      if (why) throw new TowerError('ENOTPROXY', `Cluster "${name}" exists, but ${why}; tower serves only proxy clusters (fix: kubectl patch cluster ${name} --type merge -p '{"spec":{"joinFederation":true,"connection":{"type":"proxy"}}}')`);
+      if (why)
+        throw new TowerError(
+          'ENOTPROXY',
+          `Cluster "${name}" exists, but ${why}; tower serves only proxy clusters (fix: kubectl patch cluster ${name} --type merge -p '{"spec":{"joinFederation":true,"connection":{"type":"proxy"}}}')`,
+        );
       note = `Cluster "${name}" already exists in ${store.location}`;
     }
     if (rotate && resource?.spec?.connection?.token) {
       await rotateToken(store, name);
       note = `rotated the token of Cluster "${name}"; agents with the old one are disconnected`;
     }
-    const cluster = await waitWithProgress(`waiting for the proxy to fill in the token of Cluster "${name}"`, async () => {
-      resource = await store.resource(name);
-      if (!resource) throw new TowerError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
-      const token = resource.spec?.connection?.token;
-      const ready = resource.status?.conditions?.some((c) => c.type === 'Initialized' && c.status === 'True');
-      return token && ready ? { name, token, createdAt: String(resource.metadata.creationTimestamp ?? ''), revision: resource.metadata.resourceVersion ?? '' } : undefined;
-    }, timeoutMs, `the proxy has not initialized Cluster "${name}": is a tower proxy running against ${store.host.server}? (tower proxy --kubeconfig <host>)`);
+    const cluster = await waitWithProgress(
+      `waiting for the proxy to fill in the token of Cluster "${name}"`,
+      async () => {
+        resource = await store.resource(name);
+        if (!resource) throw new TowerError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
+        const token = resource.spec?.connection?.token;
+        const ready = resource.status?.conditions?.some((c) => c.type === 'Initialized' && c.status === 'True');
+        return token && ready
+          ? {
+              name,
+              token,
+              createdAt: String(resource.metadata.creationTimestamp ?? ''),
+              revision: resource.metadata.resourceVersion ?? '',
+            }
+          : undefined;
+      },
+      timeoutMs,
+      `the proxy has not initialized Cluster "${name}": is a tower proxy running against ${store.host.server}? (tower proxy --kubeconfig <host>)`,
+    );
     return { cluster, note };
   }
 }

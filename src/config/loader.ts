@@ -27,7 +27,12 @@ interface SpecOf<K extends Kind, T> {
   /** another environment variable read after TOWER_<NAME> (e.g. TOWER_HOME) */
   alsoEnv?: string;
 }
-export type OptionSpec = SpecOf<'string', string> | SpecOf<'int', number> | SpecOf<'bool', boolean> | SpecOf<'duration', number> | SpecOf<'size', number>;
+export type OptionSpec =
+  | SpecOf<'string', string>
+  | SpecOf<'int', number>
+  | SpecOf<'bool', boolean>
+  | SpecOf<'duration', number>
+  | SpecOf<'size', number>;
 export type Specs = Record<string, OptionSpec>;
 type ValueOf<S> = S extends { kind: 'string' } ? string : S extends { kind: 'bool' } ? boolean : number;
 export type Values<S extends Specs> = {
@@ -38,7 +43,13 @@ export type RawFlags = Record<string, string | boolean | undefined>;
 type Check<T> = (v: T) => string | undefined;
 type Input<T> = Omit<SpecOf<Kind, T>, 'kind' | 'check'> & { check?: Check<T> };
 
-const VALUE_NAMES: Record<Kind, string | undefined> = { string: 'STRING', int: 'N', bool: undefined, duration: 'DURATION', size: 'SIZE' };
+const VALUE_NAMES: Record<Kind, string | undefined> = {
+  string: 'STRING',
+  int: 'N',
+  bool: undefined,
+  duration: 'DURATION',
+  size: 'SIZE',
+};
 
 function make<K extends Kind, T>(kind: K) {
   return <I extends Input<T>>(input: I): I & { kind: K } => ({ value: VALUE_NAMES[kind], ...input, kind });
@@ -99,7 +110,8 @@ export function loadConfig<S extends Specs>(specs: S, input: LoadInput): Loaded<
     }
     const value = convert(s.kind, raw, where, flag);
     const problem = (s.check as Check<unknown> | undefined)?.(value);
-    if (problem) throw new ConfigError(`invalid ${flag} value ${JSON.stringify(String(raw))} from ${where}: ${problem}`);
+    if (problem)
+      throw new ConfigError(`invalid ${flag} value ${JSON.stringify(String(raw))} from ${where}: ${problem}`);
     values[key] = value;
     sources[key] = source;
   }
@@ -114,7 +126,8 @@ function convert(kind: Kind, raw: unknown, where: string, flag: string): unknown
       if (typeof raw === 'string' || typeof raw === 'number') return String(raw);
       throw bad('a string');
     case 'int': {
-      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^-?\d+$/.test(raw.trim()) ? Number(raw) : NaN;
+      const n =
+        typeof raw === 'number' ? raw : typeof raw === 'string' && /^-?\d+$/.test(raw.trim()) ? Number(raw) : NaN;
       if (!Number.isSafeInteger(n)) throw bad('an integer');
       return n;
     }
@@ -130,7 +143,8 @@ function convert(kind: Kind, raw: unknown, where: string, flag: string): unknown
     }
     case 'size': {
       const bytes = typeof raw === 'number' ? raw : typeof raw === 'string' ? parseSize(raw) : undefined;
-      if (bytes === undefined || !Number.isSafeInteger(bytes) || bytes < 0) throw bad('a size such as 64Mi, 200M or 512Ki');
+      if (bytes === undefined || !Number.isSafeInteger(bytes) || bytes < 0)
+        throw bad('a size such as 64Mi, 200M or 512Ki');
       return bytes;
     }
   }
@@ -142,7 +156,8 @@ function readConfigFile(path: string, command: string, specs: Specs): Record<str
   try {
     doc = parseYaml(readFileSync(path, 'utf8'));
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message.split('\n')[0];
+    const why =
+      (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message.split('\n')[0];
     throw new ConfigError(`cannot read config file ${path}: ${why} (fix the file or drop --config)`);
   }
   if (doc == null) return {};
@@ -157,7 +172,9 @@ function readConfigFile(path: string, command: string, specs: Specs): Record<str
       const key = known.get(name) ?? known.get(flagName(name));
       if (key) out[key] = value;
       else if (section !== '' || !ALL_OPTION_NAMES.has(name)) {
-        throw new ConfigError(`unknown option "${name}"${section ? ` in section "${section}"` : ''} of config file ${path} (see: tower ${command} --help)`);
+        throw new ConfigError(
+          `unknown option "${name}"${section ? ` in section "${section}"` : ''} of config file ${path} (see: tower ${command} --help)`,
+        );
       }
     }
   };
@@ -165,7 +182,8 @@ function readConfigFile(path: string, command: string, specs: Specs): Record<str
   take(root, '');
   const own = root[command];
   if (own != null) {
-    if (typeof own !== 'object' || Array.isArray(own)) throw new ConfigError(`section "${command}" of config file ${path} must be a mapping`);
+    if (typeof own !== 'object' || Array.isArray(own))
+      throw new ConfigError(`section "${command}" of config file ${path} must be a mapping`);
     take(own as Record<string, unknown>, command);
   }
   return out;

@@ -5,8 +5,15 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
-  CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, makeInformer,
-  type Cluster, type Informer, type KubernetesObject, type ObjectCache,
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  makeInformer,
+  type Cluster,
+  type Informer,
+  type KubernetesObject,
+  type ObjectCache,
 } from '@kubernetes/client-node';
 import { Agent as UndiciAgent, type Dispatcher } from 'undici';
 import type { AgentOptions } from 'node:https';
@@ -24,7 +31,10 @@ export class HostCluster {
 
   constructor(kubeconfig: string | undefined) {
     if (kubeconfig) {
-      if (!existsSync(kubeconfig)) throw new ConfigError(`host kubeconfig ${kubeconfig} does not exist (give --kubeconfig the path of a kubeconfig for the host cluster)`);
+      if (!existsSync(kubeconfig))
+        throw new ConfigError(
+          `host kubeconfig ${kubeconfig} does not exist (give --kubeconfig the path of a kubeconfig for the host cluster)`,
+        );
       try {
         this.kc.loadFromFile(kubeconfig);
       } catch (err) {
@@ -35,7 +45,8 @@ export class HostCluster {
     }
     reuseConnections(this.kc);
     const cluster = this.kc.getCurrentCluster();
-    if (!cluster?.server) throw new ConfigError(`host kubeconfig ${kubeconfig ?? '(in-cluster)'} has no current cluster with a server`);
+    if (!cluster?.server)
+      throw new ConfigError(`host kubeconfig ${kubeconfig ?? '(in-cluster)'} has no current cluster with a server`);
     this.server = cluster.server;
     this.custom = this.kc.makeApiClient(CustomObjectsApi);
     this.core = this.kc.makeApiClient(CoreV1Api);
@@ -43,28 +54,59 @@ export class HostCluster {
   }
 
   getCluster(name: string): Promise<KubeCluster | undefined> {
-    return orUndefined(this.custom.getClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, name }) as Promise<KubeCluster>);
+    return orUndefined(
+      this.custom.getClusterCustomObject({
+        group: GROUP,
+        version: VERSION,
+        plural: PLURAL,
+        name,
+      }) as Promise<KubeCluster>,
+    );
   }
 
   async listClusters(): Promise<{ items: KubeCluster[]; metadata?: { resourceVersion?: string } }> {
-    return await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }) as { items: KubeCluster[] };
+    return (await this.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })) as {
+      items: KubeCluster[];
+    };
   }
 
   createCluster(body: KubeCluster): Promise<KubeCluster> {
-    return this.custom.createClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, body }) as Promise<KubeCluster>;
+    return this.custom.createClusterCustomObject({
+      group: GROUP,
+      version: VERSION,
+      plural: PLURAL,
+      body,
+    }) as Promise<KubeCluster>;
   }
 
   /** A whole-object update (resourceVersion checked): with no status subresource it writes status too. */
   replaceCluster(body: KubeCluster): Promise<KubeCluster> {
-    return this.custom.replaceClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, name: body.metadata.name, body }) as Promise<KubeCluster>;
+    return this.custom.replaceClusterCustomObject({
+      group: GROUP,
+      version: VERSION,
+      plural: PLURAL,
+      name: body.metadata.name,
+      body,
+    }) as Promise<KubeCluster>;
   }
 
   replaceClusterStatus(body: KubeCluster): Promise<KubeCluster> {
-    return this.custom.replaceClusterCustomObjectStatus({ group: GROUP, version: VERSION, plural: PLURAL, name: body.metadata.name, body }) as Promise<KubeCluster>;
+    return this.custom.replaceClusterCustomObjectStatus({
+      group: GROUP,
+      version: VERSION,
+      plural: PLURAL,
+      name: body.metadata.name,
+      body,
+    }) as Promise<KubeCluster>;
   }
 
   /** An informer that restarts itself (client-node's stops on any error but 410). */
-  watch<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger): Watcher<T> {
+  watch<T extends KubernetesObject>(
+    what: string,
+    path: string,
+    list: () => Promise<{ items: T[] }>,
+    log: Logger,
+  ): Watcher<T> {
     return new Watcher<T>(this.kc, what, path, list, log);
   }
 }
@@ -86,11 +128,17 @@ function reuseConnections(kc: KubeConfig): void {
   target.createDispatcher = (cluster, agentOptions) => {
     const h = createHash('sha256').update(JSON.stringify(cluster ?? null));
     const o = agentOptions as Record<string, unknown>;
-    for (const k of ['ca', 'cert', 'key', 'pfx', 'passphrase', 'rejectUnauthorized', 'servername']) h.update(`\0${k}\0`).update(String(o[k] ?? ''));
+    for (const k of ['ca', 'cert', 'key', 'pfx', 'passphrase', 'rejectUnauthorized', 'servername'])
+      h.update(`\0${k}\0`).update(String(o[k] ?? ''));
     const key = h.digest('hex');
     if (!cache.has(key)) {
       const opts = kc.createDispatcherOptions(cluster, agentOptions);
-      cache.set(key, opts.type === 'agent' ? new UndiciAgent({ connect: opts.connect, headersTimeout: API_HEADERS_TIMEOUT_MS }) : create(cluster, agentOptions));
+      cache.set(
+        key,
+        opts.type === 'agent'
+          ? new UndiciAgent({ connect: opts.connect, headersTimeout: API_HEADERS_TIMEOUT_MS })
+          : create(cluster, agentOptions),
+      );
     }
     return cache.get(key);
   };
@@ -117,7 +165,9 @@ export class Watcher<T extends KubernetesObject> {
     this.#what = what;
     this.#log = log;
     let onSynced!: () => void;
-    this.synced = new Promise((resolve) => { onSynced = resolve; });
+    this.synced = new Promise((resolve) => {
+      onSynced = resolve;
+    });
     const listed = async () => {
       const r = await list();
       // the informer stores the items right after this returns, in the same turn
@@ -125,12 +175,16 @@ export class Watcher<T extends KubernetesObject> {
       return r;
     };
     this.informer = makeInformer<T>(kc, path, listed as never);
-    this.informer.on('connect', () => { this.#delay = RESTART_MIN_MS; });
+    this.informer.on('connect', () => {
+      this.#delay = RESTART_MIN_MS;
+    });
     this.informer.on('error', (err: unknown) => {
       if (this.#stopped) return;
       this.#log.warn(`watch of ${this.#what} failed; restarting`, { err: apiMessage(err), inMs: this.#delay });
       clearTimeout(this.#restartTimer);
-      this.#restartTimer = setTimeout(() => { void this.#start(); }, this.#delay);
+      this.#restartTimer = setTimeout(() => {
+        void this.#start();
+      }, this.#delay);
       this.#delay = Math.min(this.#delay * 2, RESTART_MAX_MS);
     });
   }
@@ -173,9 +227,18 @@ export function apiMessage(err: unknown): string {
   if (status !== undefined) {
     let body = e.body as { message?: string } | string | undefined;
     if (typeof body === 'string') {
-      try { body = JSON.parse(body) as { message?: string }; } catch { /* not JSON */ }
+      try {
+        body = JSON.parse(body) as { message?: string };
+      } catch {
+        /* not JSON */
+      }
     }
-    const msg = typeof body === 'object' && body?.message ? body.message : typeof body === 'string' && body ? body.slice(0, 200) : e.message?.split('\n')[0] ?? '';
+    const msg =
+      typeof body === 'object' && body?.message
+        ? body.message
+        : typeof body === 'string' && body
+          ? body.slice(0, 200)
+          : (e.message?.split('\n')[0] ?? '');
     return `${status}: ${msg}`;
   }
   const cause = e?.cause?.message;
@@ -194,9 +257,15 @@ export async function orUndefined<T>(p: Promise<T>): Promise<T | undefined> {
 /** A failed API call as an error for people: what was attempted, where, and why. */
 export function apiError(what: string, server: string, err: unknown): TowerError {
   const status = apiStatus(err);
-  const hint = status === 401 ? ' (the host kubeconfig\'s credentials are not accepted)'
-    : status === 403 ? ' (grant the RBAC that `tower install proxy` prints)'
-    : status === 404 && /Cluster/.test(what) ? ' (is the Cluster CRD installed? `tower install proxy | kubectl apply -f -`)'
-    : status === undefined ? ' (is the host cluster reachable?)' : '';
+  const hint =
+    status === 401
+      ? " (the host kubeconfig's credentials are not accepted)"
+      : status === 403
+        ? ' (grant the RBAC that `tower install proxy` prints)'
+        : status === 404 && /Cluster/.test(what)
+          ? ' (is the Cluster CRD installed? `tower install proxy | kubectl apply -f -`)'
+          : status === undefined
+            ? ' (is the host cluster reachable?)'
+            : '';
   return new TowerError('EKUBE', `${what} at ${server} failed: ${apiMessage(err)}${hint}`);
 }

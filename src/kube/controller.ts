@@ -33,7 +33,7 @@ const RETRY_MAX_MS = 30_000;
 const MAX_CONFLICT_RETRIES = 5;
 
 const PROBLEMS = ['spec', 'ports', 'annotation'] as const;
-type Problem = typeof PROBLEMS[number];
+type Problem = (typeof PROBLEMS)[number];
 
 const COND_INITIALIZED = 'Initialized';
 const COND_AGENT = 'AgentAvailable';
@@ -46,17 +46,28 @@ export function serviceName(cluster: string): string {
 /** The shape problems of a Cluster that a schema-less CRD lets through, in one line. */
 function specProblem(c: KubeCluster): string | undefined {
   const spec = c.spec as unknown;
-  if (spec !== undefined && (typeof spec !== 'object' || spec === null || Array.isArray(spec))) return 'spec is not an object';
+  if (spec !== undefined && (typeof spec !== 'object' || spec === null || Array.isArray(spec)))
+    return 'spec is not an object';
   const conn = (spec as KubeCluster['spec'])?.connection as unknown;
-  if (conn !== undefined && (typeof conn !== 'object' || conn === null || Array.isArray(conn))) return `spec.connection is ${JSON.stringify(conn)}, not an object`;
+  if (conn !== undefined && (typeof conn !== 'object' || conn === null || Array.isArray(conn)))
+    return `spec.connection is ${JSON.stringify(conn)}, not an object`;
   const cn = conn as Record<string, unknown> | undefined;
   for (const f of ['kubernetesAPIServerPort', 'kubesphereAPIServerPort']) {
     const v = cn?.[f];
-    if (v !== undefined && v !== null && !(Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535)) return `spec.connection.${f} is ${JSON.stringify(v)}, not a port number`;
+    if (v !== undefined && v !== null && !(Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535))
+      return `spec.connection.${f} is ${JSON.stringify(v)}, not a port number`;
   }
-  for (const f of ['token', 'kubeconfig', 'kubernetesAPIEndpoint', 'kubesphereAPIEndpoint', 'externalKubernetesAPIEndpoint', 'type']) {
+  for (const f of [
+    'token',
+    'kubeconfig',
+    'kubernetesAPIEndpoint',
+    'kubesphereAPIEndpoint',
+    'externalKubernetesAPIEndpoint',
+    'type',
+  ]) {
     const v = cn?.[f];
-    if (v !== undefined && v !== null && typeof v !== 'string') return `spec.connection.${f} is ${JSON.stringify(v)}, not a string`;
+    if (v !== undefined && v !== null && typeof v !== 'string')
+      return `spec.connection.${f} is ${JSON.stringify(v)}, not a string`;
   }
   const problem = clusterNameProblem(c.metadata.name);
   if (problem) return `the name is not usable: ${problem}`;
@@ -89,15 +100,24 @@ export class ClusterController {
   /** whether this replica writes (leader election: the lease holder); else it only reads what the writer wrote */
   #writer: boolean;
 
-  constructor(host: HostCluster, ctx: ReconcileContext & { log: Logger }, emit: (ev: ClusterEvent) => void, writer = true) {
+  constructor(
+    host: HostCluster,
+    ctx: ReconcileContext & { log: Logger },
+    emit: (ev: ClusterEvent) => void,
+    writer = true,
+  ) {
     this.#writer = writer;
     this.#host = host;
     this.#ctx = ctx;
     this.#log = ctx.log;
     this.#emit = emit;
     this.#clusters = host.watch<KubeCluster>('Clusters', CLUSTERS_PATH, () => host.listClusters(), this.#log);
-    this.#services = host.watch<V1Service>(`Services in ${NAMESPACE}`, `/api/v1/namespaces/${NAMESPACE}/services`,
-      () => host.core.listNamespacedService({ namespace: NAMESPACE }) as Promise<{ items: V1Service[] }>, this.#log);
+    this.#services = host.watch<V1Service>(
+      `Services in ${NAMESPACE}`,
+      `/api/v1/namespaces/${NAMESPACE}/services`,
+      () => host.core.listNamespacedService({ namespace: NAMESPACE }) as Promise<{ items: V1Service[] }>,
+      this.#log,
+    );
     const onCluster = (c: KubeCluster) => this.enqueue(c.metadata.name);
     this.#clusters.informer.on('add', onCluster);
     this.#clusters.informer.on('update', onCluster);
@@ -111,7 +131,9 @@ export class ClusterController {
     this.#services.informer.on('delete', onService);
   }
 
-  get served(): Map<string, Cluster> { return this.#served; }
+  get served(): Map<string, Cluster> {
+    return this.#served;
+  }
 
   async start(): Promise<void> {
     this.#startedAt = Date.now();
@@ -119,10 +141,14 @@ export class ClusterController {
     for (const c of this.#clusters.informer.list()) this.#queue.add(c.metadata.name);
     this.#ready = true;
     await this.#drain();
-    this.#resync = setInterval(() => { for (const c of this.#clusters.informer.list()) this.enqueue(c.metadata.name); }, RESYNC_MS);
+    this.#resync = setInterval(() => {
+      for (const c of this.#clusters.informer.list()) this.enqueue(c.metadata.name);
+    }, RESYNC_MS);
     this.#resync.unref();
     // agents that have not come back after the grace period get AgentAvailable False
-    this.#graceTimer = setTimeout(() => { for (const name of this.#served.keys()) this.enqueue(name); }, AGENT_GRACE_MS);
+    this.#graceTimer = setTimeout(() => {
+      for (const name of this.#served.keys()) this.enqueue(name);
+    }, AGENT_GRACE_MS);
     this.#graceTimer.unref();
   }
 
@@ -141,7 +167,9 @@ export class ClusterController {
     this.#writer = true;
     this.#startedAt = Date.now();
     clearTimeout(this.#graceTimer);
-    this.#graceTimer = setTimeout(() => { for (const name of this.#served.keys()) this.enqueue(name); }, AGENT_GRACE_MS);
+    this.#graceTimer = setTimeout(() => {
+      for (const name of this.#served.keys()) this.enqueue(name);
+    }, AGENT_GRACE_MS);
     this.#graceTimer.unref();
     for (const c of this.#clusters.informer.list()) this.enqueue(c.metadata.name);
   }
@@ -209,7 +237,10 @@ export class ClusterController {
   #latest(name: string): KubeCluster | undefined {
     const cached = this.#clusters.informer.get(name);
     const mine = this.#written.get(name);
-    if (!mine || !cached) { this.#written.delete(name); return cached; }
+    if (!mine || !cached) {
+      this.#written.delete(name);
+      return cached;
+    }
     if (cached.metadata.resourceVersion === mine.over) return mine.obj;
     // the cache has caught up with our write, or someone wrote after it: the cache is the newer
     this.#written.delete(name);
@@ -218,7 +249,8 @@ export class ClusterController {
 
   #clear(name: string, ...kinds: Problem[]): void {
     for (const k of kinds) {
-      if (this.#reported.delete(`${name}/${k}`)) this.#log.info(`cluster "${name}": the ${k} problem is resolved`, { cluster: name });
+      if (this.#reported.delete(`${name}/${k}`))
+        this.#log.info(`cluster "${name}": the ${k} problem is resolved`, { cluster: name });
     }
   }
 
@@ -234,7 +266,9 @@ export class ClusterController {
     for (let attempt = 0; ; attempt++) {
       const problem = specProblem(current);
       if (problem) {
-        this.#report(name, 'spec', `${problem}; tower ignores this Cluster until it is fixed`, { fix: `kubectl edit cluster ${current.metadata.name}` });
+        this.#report(name, 'spec', `${problem}; tower ignores this Cluster until it is fixed`, {
+          fix: `kubectl edit cluster ${current.metadata.name}`,
+        });
         this.#unserve(name, 'malformed spec');
         return;
       }
@@ -245,7 +279,10 @@ export class ClusterController {
         if (service && ours(service, name)) await this.#deleteService(name, `Cluster: ${why}`);
         return;
       }
-      if (!this.#writer) { this.#follow(current, service); return; }
+      if (!this.#writer) {
+        this.#follow(current, service);
+        return;
+      }
       try {
         await this.#reconcileOurs(current);
         return;
@@ -274,20 +311,27 @@ export class ClusterController {
     const desired = structuredClone(current);
     desired.spec ??= {};
     const conn = (desired.spec.connection ??= {});
-    const conditions = (desired.status ??= {}).conditions ??= [];
+    const conditions = ((desired.status ??= {}).conditions ??= []);
     const initialized = conditions.some((c) => c.type === COND_INITIALIZED && c.status === 'True');
 
     // first time: fill only what is missing
     if (!conn.kubernetesAPIServerPort) {
       const port = this.#allocatePort(name);
       if (port === undefined) {
-        this.#report(name, 'ports', `no free port left in ${PORT_MIN}-${PORT_MAX} for its kube-apiserver endpoint`, { fix: 'delete unused Clusters' });
+        this.#report(name, 'ports', `no free port left in ${PORT_MIN}-${PORT_MAX} for its kube-apiserver endpoint`, {
+          fix: 'delete unused Clusters',
+        });
         return;
       }
       conn.kubernetesAPIServerPort = port;
-      this.#log.info('allocated ports', { cluster: name, kubernetes: port, kubesphere: conn.kubesphereAPIServerPort || port + KUBESPHERE_PORT_OFFSET });
+      this.#log.info('allocated ports', {
+        cluster: name,
+        kubernetes: port,
+        kubesphere: conn.kubesphereAPIServerPort || port + KUBESPHERE_PORT_OFFSET,
+      });
     }
-    if (!conn.kubesphereAPIServerPort) conn.kubesphereAPIServerPort = conn.kubernetesAPIServerPort + KUBESPHERE_PORT_OFFSET;
+    if (!conn.kubesphereAPIServerPort)
+      conn.kubesphereAPIServerPort = conn.kubernetesAPIServerPort + KUBESPHERE_PORT_OFFSET;
     if (!conn.token) conn.token = randomBytes(32).toString('hex');
     if (!sameJson(conn, current.spec?.connection ?? {})) {
       // the allocation is written before anything depends on it: a controller that loses the race
@@ -299,11 +343,18 @@ export class ClusterController {
     const clusterIP = service.spec?.clusterIP;
     if (clusterIP && clusterIP !== 'None') {
       const host = isIP(clusterIP) === 6 ? `[${clusterIP}]` : clusterIP;
-      if (staleEndpoint(conn.kubernetesAPIEndpoint, clusterIP, service)) conn.kubernetesAPIEndpoint = `https://${host}:6443`;
-      if (staleEndpoint(conn.kubesphereAPIEndpoint, clusterIP, service)) conn.kubesphereAPIEndpoint = `http://${host}:80`;
+      if (staleEndpoint(conn.kubernetesAPIEndpoint, clusterIP, service))
+        conn.kubernetesAPIEndpoint = `https://${host}:6443`;
+      if (staleEndpoint(conn.kubesphereAPIEndpoint, clusterIP, service))
+        conn.kubesphereAPIEndpoint = `http://${host}:80`;
     }
     if (!initialized && conn.kubernetesAPIEndpoint) {
-      setCondition(conditions, { type: COND_INITIALIZED, status: 'True', reason: COND_INITIALIZED, message: 'Cluster has been initialized' });
+      setCondition(conditions, {
+        type: COND_INITIALIZED,
+        status: 'True',
+        reason: COND_INITIALIZED,
+        message: 'Cluster has been initialized',
+      });
     }
 
     // a load balancer's address, once a cloud controller has written it
@@ -314,12 +365,27 @@ export class ClusterController {
       if (external) {
         const url = `https://${isIP(external) === 6 ? `[${external}]` : external}:6443`;
         if (conn.externalKubernetesAPIEndpoint !== url) conn.externalKubernetesAPIEndpoint = url;
-        setCondition(conditions, { type: COND_EXTERNAL, status: 'True', reason: COND_EXTERNAL, message: `The load balancer's address is ${external}` });
+        setCondition(conditions, {
+          type: COND_EXTERNAL,
+          status: 'True',
+          reason: COND_EXTERNAL,
+          message: `The load balancer's address is ${external}`,
+        });
       } else if (conditions.some((c) => c.type === COND_EXTERNAL)) {
-        setCondition(conditions, { type: COND_EXTERNAL, status: 'False', reason: 'WaitingForAddress', message: 'The load balancer has no address yet' });
+        setCondition(conditions, {
+          type: COND_EXTERNAL,
+          status: 'False',
+          reason: 'WaitingForAddress',
+          message: 'The load balancer has no address yet',
+        });
       }
     } else if (conditions.some((c) => c.type === COND_EXTERNAL)) {
-      setCondition(conditions, { type: COND_EXTERNAL, status: 'False', reason: 'Disabled', message: 'spec.externalKubeAPIEnabled is not true' });
+      setCondition(conditions, {
+        type: COND_EXTERNAL,
+        status: 'False',
+        reason: 'Disabled',
+        message: 'spec.externalKubeAPIEnabled is not true',
+      });
     }
 
     // agents: the kubeconfig once one is connected, AgentAvailable as they come and go
@@ -327,13 +393,20 @@ export class ClusterController {
     if (agents > 0) {
       const why = kubeconfigOutdated(conn.kubeconfig, conn.kubernetesAPIEndpoint, this.#ctx.ca);
       if (why && conn.kubernetesAPIEndpoint) {
-        conn.kubeconfig = Buffer.from(await this.#kubeconfig(name, conn.kubernetesAPIEndpoint, this.#ctx.ca)).toString('base64');
-        this.#log.info('wrote the cluster\'s kubeconfig', { cluster: name, why, server: conn.kubernetesAPIEndpoint });
+        conn.kubeconfig = Buffer.from(await this.#kubeconfig(name, conn.kubernetesAPIEndpoint, this.#ctx.ca)).toString(
+          'base64',
+        );
+        this.#log.info("wrote the cluster's kubeconfig", { cluster: name, why, server: conn.kubernetesAPIEndpoint });
       }
-      setCondition(conditions, { type: COND_AGENT, status: 'True', message: 'Agent has connected to proxy successfully.' });
+      setCondition(conditions, {
+        type: COND_AGENT,
+        status: 'True',
+        message: 'Agent has connected to proxy successfully.',
+      });
     } else if (Date.now() - this.#startedAt >= AGENT_GRACE_MS) {
       const had = conditions.find((c) => c.type === COND_AGENT);
-      if (had) setCondition(conditions, { type: COND_AGENT, status: 'False', message: 'Agent has not connected to proxy.' });
+      if (had)
+        setCondition(conditions, { type: COND_AGENT, status: 'False', message: 'Agent has not connected to proxy.' });
     }
 
     if (!sameJson(desired, current)) current = await this.#persist(current, desired);
@@ -357,18 +430,37 @@ export class ClusterController {
   #serve(c: KubeCluster, service: V1Service, external: string | undefined): void {
     const name = c.metadata.name;
     const conn = c.spec!.connection!;
-    const others = this.#clusters.informer.list().filter((o) => o.metadata.name !== name).map((o) => this.#latest(o.metadata.name)!);
-    const collision = others.find((o) => !notOurs(o) && !specProblem(o)
-      && (o.spec?.connection?.kubernetesAPIServerPort === conn.kubernetesAPIServerPort || o.spec?.connection?.kubesphereAPIServerPort === conn.kubesphereAPIServerPort)
-      && olderThan(o, c));
+    const others = this.#clusters.informer
+      .list()
+      .filter((o) => o.metadata.name !== name)
+      .map((o) => this.#latest(o.metadata.name)!);
+    const collision = others.find(
+      (o) =>
+        !notOurs(o) &&
+        !specProblem(o) &&
+        (o.spec?.connection?.kubernetesAPIServerPort === conn.kubernetesAPIServerPort ||
+          o.spec?.connection?.kubesphereAPIServerPort === conn.kubesphereAPIServerPort) &&
+        olderThan(o, c),
+    );
     let serve: Cluster['serve'];
     if (collision) {
-      this.#report(name, 'ports', `its ports ${conn.kubernetesAPIServerPort}/${conn.kubesphereAPIServerPort} are taken by Cluster "${collision.metadata.name}"; it is served through the gateway only`,
-        { fix: `set other ports in spec.connection of ${name} (${PORT_MIN}-${PORT_MAX}), or remove them to have tower allocate free ones` });
+      this.#report(
+        name,
+        'ports',
+        `its ports ${conn.kubernetesAPIServerPort}/${conn.kubesphereAPIServerPort} are taken by Cluster "${collision.metadata.name}"; it is served through the gateway only`,
+        {
+          fix: `set other ports in spec.connection of ${name} (${PORT_MIN}-${PORT_MAX}), or remove them to have tower allocate free ones`,
+        },
+      );
     } else {
       this.#clear(name, 'ports');
       const svc = serviceName(name);
-      const names = [`${svc}`, `${svc}.${NAMESPACE}`, `${svc}.${NAMESPACE}.svc`, `${svc}.${NAMESPACE}.svc.cluster.local`];
+      const names = [
+        `${svc}`,
+        `${svc}.${NAMESPACE}`,
+        `${svc}.${NAMESPACE}.svc`,
+        `${svc}.${NAMESPACE}.svc.cluster.local`,
+      ];
       const ip = service.spec?.clusterIP;
       if (ip && ip !== 'None') names.unshift(ip);
       for (const u of [conn.kubernetesAPIEndpoint, conn.externalKubernetesAPIEndpoint]) {
@@ -376,13 +468,24 @@ export class ClusterController {
         if (h) names.push(h);
       }
       if (external) names.push(external);
-      serve = { kubernetesPort: conn.kubernetesAPIServerPort!, kubespherePort: conn.kubesphereAPIServerPort!, names: [...new Set(names)] };
+      serve = {
+        kubernetesPort: conn.kubernetesAPIServerPort!,
+        kubespherePort: conn.kubesphereAPIServerPort!,
+        names: [...new Set(names)],
+      };
     }
-    const cluster: Cluster = { name, token: conn.token!, createdAt: c.metadata.creationTimestamp ? new Date(c.metadata.creationTimestamp).toISOString() : '', revision: c.metadata.resourceVersion ?? '', serve };
+    const cluster: Cluster = {
+      name,
+      token: conn.token!,
+      createdAt: c.metadata.creationTimestamp ? new Date(c.metadata.creationTimestamp).toISOString() : '',
+      revision: c.metadata.resourceVersion ?? '',
+      serve,
+    };
     const before = this.#served.get(name);
     this.#served.set(name, cluster);
     if (!before) this.#emit({ type: 'added', cluster });
-    else if (before.token !== cluster.token || JSON.stringify(before.serve) !== JSON.stringify(cluster.serve)) this.#emit({ type: 'modified', cluster });
+    else if (before.token !== cluster.token || JSON.stringify(before.serve) !== JSON.stringify(cluster.serve))
+      this.#emit({ type: 'modified', cluster });
   }
 
   /** A free kubernetesAPIServerPort: unused by every Cluster's either port, starting at a random point. */
@@ -419,29 +522,56 @@ export class ClusterController {
     const existing = this.#services.informer.get(svcName, NAMESPACE);
     if (!existing) {
       const body: V1Service = {
-        metadata: { name: svcName, namespace: NAMESPACE, labels: { 'app.kubernetes.io/name': svcName, app: svcName }, annotations },
+        metadata: {
+          name: svcName,
+          namespace: NAMESPACE,
+          labels: { 'app.kubernetes.io/name': svcName, app: svcName },
+          annotations,
+        },
         spec: { selector: { 'app.kubernetes.io/name': 'tower', app: 'tower' }, ports, type },
       };
       try {
         const made = await this.#host.core.createNamespacedService({ namespace: NAMESPACE, body });
-        this.#log.info('created Service', { cluster: name, service: `${NAMESPACE}/${svcName}`, clusterIP: made.spec?.clusterIP, type });
+        this.#log.info('created Service', {
+          cluster: name,
+          service: `${NAMESPACE}/${svcName}`,
+          clusterIP: made.spec?.clusterIP,
+          type,
+        });
         return made;
       } catch (err) {
         // the cache was behind: someone (KubeSphere, a Go tower) created it meanwhile
         if (apiStatus(err) !== 409) throw err;
-        return this.#updateService(c, await this.#host.core.readNamespacedService({ name: svcName, namespace: NAMESPACE }), ports, type, annotations);
+        return this.#updateService(
+          c,
+          await this.#host.core.readNamespacedService({ name: svcName, namespace: NAMESPACE }),
+          ports,
+          type,
+          annotations,
+        );
       }
     }
     return this.#updateService(c, existing, ports, type, annotations);
   }
 
-  async #updateService(c: KubeCluster, existing: V1Service, ports: V1ServicePort[], type: string, annotations: Record<string, string>): Promise<V1Service> {
+  async #updateService(
+    c: KubeCluster,
+    existing: V1Service,
+    ports: V1ServicePort[],
+    type: string,
+    annotations: Record<string, string>,
+  ): Promise<V1Service> {
     const next = structuredClone(existing);
     next.spec ??= {};
     const have = next.spec.ports ?? [];
-    const samePorts = ports.every((p) => have.some((h) => h.port === p.port && Number(h.targetPort) === Number(p.targetPort) && (h.protocol ?? 'TCP') === 'TCP'));
+    const samePorts = ports.every((p) =>
+      have.some(
+        (h) => h.port === p.port && Number(h.targetPort) === Number(p.targetPort) && (h.protocol ?? 'TCP') === 'TCP',
+      ),
+    );
     // node ports the API assigned (LoadBalancer) are kept
-    if (!samePorts) next.spec.ports = ports.map((p) => ({ ...p, nodePort: have.find((h) => h.port === p.port)?.nodePort }));
+    if (!samePorts)
+      next.spec.ports = ports.map((p) => ({ ...p, nodePort: have.find((h) => h.port === p.port)?.nodePort }));
     // only LoadBalancer and ClusterIP are ours to switch between (a NodePort someone chose is kept)
     if (type === 'LoadBalancer' && next.spec.type !== 'LoadBalancer') next.spec.type = 'LoadBalancer';
     if (type === 'ClusterIP' && next.spec.type === 'LoadBalancer') {
@@ -453,26 +583,47 @@ export class ClusterController {
       delete next.spec.allocateLoadBalancerNodePorts;
     }
     next.metadata ??= {};
-    if (Object.keys(annotations).length > 0) next.metadata.annotations = { ...(next.metadata.annotations ?? {}), ...annotations };
+    if (Object.keys(annotations).length > 0)
+      next.metadata.annotations = { ...(next.metadata.annotations ?? {}), ...annotations };
     if (sameJson(next, existing)) return existing;
-    const made = await this.#host.core.replaceNamespacedService({ name: existing.metadata!.name!, namespace: NAMESPACE, body: next });
-    this.#log.info('updated Service', { cluster: c.metadata.name, service: `${NAMESPACE}/${existing.metadata!.name}`, type: made.spec?.type });
+    const made = await this.#host.core.replaceNamespacedService({
+      name: existing.metadata!.name!,
+      namespace: NAMESPACE,
+      body: next,
+    });
+    this.#log.info('updated Service', {
+      cluster: c.metadata.name,
+      service: `${NAMESPACE}/${existing.metadata!.name}`,
+      type: made.spec?.type,
+    });
     return made;
   }
 
   #lbAnnotations(c: KubeCluster): Record<string, string> {
     const raw = c.metadata.annotations?.[LB_ANNOTATION];
-    if (!raw) { this.#clear(c.metadata.name, 'annotation'); return {}; }
+    if (!raw) {
+      this.#clear(c.metadata.name, 'annotation');
+      return {};
+    }
     try {
       const parsed = JSON.parse(raw) as unknown;
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || Object.values(parsed).some((v) => typeof v !== 'string')) {
+      if (
+        typeof parsed !== 'object' ||
+        parsed === null ||
+        Array.isArray(parsed) ||
+        Object.values(parsed).some((v) => typeof v !== 'string')
+      ) {
         throw new Error('want a JSON object of strings');
       }
       this.#clear(c.metadata.name, 'annotation');
       return parsed as Record<string, string>;
     } catch (err) {
-      this.#report(c.metadata.name, 'annotation', `annotation ${LB_ANNOTATION} is not usable (${(err as Error).message}); the Service keeps its annotations`,
-        { fix: `kubectl annotate --overwrite cluster ${c.metadata.name} ${LB_ANNOTATION}='{"key":"value"}'` });
+      this.#report(
+        c.metadata.name,
+        'annotation',
+        `annotation ${LB_ANNOTATION} is not usable (${(err as Error).message}); the Service keeps its annotations`,
+        { fix: `kubectl annotate --overwrite cluster ${c.metadata.name} ${LB_ANNOTATION}='{"key":"value"}'` },
+      );
       return {};
     }
   }
@@ -488,7 +639,14 @@ export class ClusterController {
 
   async #kubeconfig(name: string, server: string, ca: CertificateAuthority): Promise<string> {
     const leaf = await ca.issueClient(KUBECONFIG_USER, [KUBECONFIG_GROUP], KUBECONFIG_DAYS, name);
-    return renderKubeconfig({ cluster: name, server, caPem: ca.certPem, user: KUBECONFIG_USER, certPem: leaf.cert, keyPem: leaf.key });
+    return renderKubeconfig({
+      cluster: name,
+      server,
+      caPem: ca.certPem,
+      user: KUBECONFIG_USER,
+      certPem: leaf.cert,
+      keyPem: leaf.key,
+    });
   }
 }
 
@@ -498,11 +656,21 @@ function ours(service: V1Service, cluster: string): boolean {
 }
 
 /** Adds or updates a condition; lastTransitionTime moves only when the status does. An empty reason is left out. */
-function setCondition(conditions: ClusterCondition[], c: { type: string; status: string; reason?: string; message: string }): void {
+function setCondition(
+  conditions: ClusterCondition[],
+  c: { type: string; status: string; reason?: string; message: string },
+): void {
   const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
   const had = conditions.find((x) => x.type === c.type);
   if (!had) {
-    conditions.push({ type: c.type, status: c.status, lastUpdateTime: now, lastTransitionTime: now, ...(c.reason ? { reason: c.reason } : {}), message: c.message });
+    conditions.push({
+      type: c.type,
+      status: c.status,
+      lastUpdateTime: now,
+      lastTransitionTime: now,
+      ...(c.reason ? { reason: c.reason } : {}),
+      message: c.message,
+    });
     return;
   }
   if (had.status === c.status && had.message === c.message && (had.reason ?? '') === (c.reason ?? '')) return;
@@ -539,9 +707,15 @@ function sameJson(a: unknown, b: unknown): boolean {
 }
 
 function canonical(v: unknown): string {
-  return JSON.stringify(v, (_k, x: unknown) => (x && typeof x === 'object' && !Array.isArray(x)
-    ? Object.fromEntries(Object.entries(x as Record<string, unknown>).filter(([, y]) => y !== undefined).sort(([p], [q]) => (p < q ? -1 : p > q ? 1 : 0)))
-    : x));
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x && typeof x === 'object' && !Array.isArray(x)
+      ? Object.fromEntries(
+          Object.entries(x as Record<string, unknown>)
+            .filter(([, y]) => y !== undefined)
+            .sort(([p], [q]) => (p < q ? -1 : p > q ? 1 : 0)),
+        )
+      : x,
+  );
 }
 
 function olderThan(a: KubeCluster, b: KubeCluster): boolean {
@@ -551,7 +725,11 @@ function olderThan(a: KubeCluster, b: KubeCluster): boolean {
 }
 
 /** Why the stored kubeconfig must be rewritten, or undefined when it is still good. */
-export function kubeconfigOutdated(b64: string | undefined, server: string | undefined, ca: CertificateAuthority): string | undefined {
+export function kubeconfigOutdated(
+  b64: string | undefined,
+  server: string | undefined,
+  ca: CertificateAuthority,
+): string | undefined {
   if (!b64) return 'missing';
   try {
     const doc = parseYaml(Buffer.from(b64, 'base64').toString('utf8')) as {
@@ -560,11 +738,16 @@ export function kubeconfigOutdated(b64: string | undefined, server: string | und
     };
     const cluster = doc?.clusters?.[0]?.cluster;
     if (cluster?.server !== server) return `it points to ${cluster?.server ?? 'nothing'}`;
-    if (Buffer.from(cluster?.['certificate-authority-data'] ?? '', 'base64').toString('utf8').trim() !== ca.certPem.trim()) return 'it trusts another CA';
+    if (
+      Buffer.from(cluster?.['certificate-authority-data'] ?? '', 'base64')
+        .toString('utf8')
+        .trim() !== ca.certPem.trim()
+    )
+      return 'it trusts another CA';
     const certPem = Buffer.from(doc?.users?.[0]?.user?.['client-certificate-data'] ?? '', 'base64').toString('utf8');
     const cert = new X509Certificate(certPem);
     if (Date.parse(cert.validTo) - Date.now() < KUBECONFIG_RENEW_BEFORE_MS) return 'its certificate nears expiry';
-    if (!cert.checkIssued(new X509Certificate(ca.certPem))) return 'its certificate is not from tower\'s CA';
+    if (!cert.checkIssued(new X509Certificate(ca.certPem))) return "its certificate is not from tower's CA";
     return undefined;
   } catch {
     return 'it is unreadable';

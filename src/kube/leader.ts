@@ -44,14 +44,19 @@ export class LeaderElector {
     this.#log = log;
   }
 
-  get leading(): boolean { return this.#leading; }
+  get leading(): boolean {
+    return this.#leading;
+  }
 
   /** Waits until this process holds the lease; then renews it until release(), calling onLost if it cannot. */
   async acquire(onLost: (why: string) => void): Promise<void> {
     let waitingLogged = false;
     while (!this.#stopped) {
       const holder = await this.#tryAcquireOrRenew().catch((err: unknown) => {
-        this.#log.warn('leader election: cannot read or write the lease', { lease: `${this.#namespace}/${this.#name}`, err: apiMessage(err) });
+        this.#log.warn('leader election: cannot read or write the lease', {
+          lease: `${this.#namespace}/${this.#name}`,
+          err: apiMessage(err),
+        });
         return undefined;
       });
       if (holder === this.identity) break;
@@ -74,7 +79,10 @@ export class LeaderElector {
       if (this.#stopped) return;
       try {
         const holder = await this.#tryAcquireOrRenew();
-        if (holder === this.identity) { lastRenew = Date.now(); continue; }
+        if (holder === this.identity) {
+          lastRenew = Date.now();
+          continue;
+        }
         if (holder !== undefined) {
           this.#leading = false;
           onLost(`the lease is now held by ${holder}`);
@@ -104,7 +112,13 @@ export class LeaderElector {
           namespace: this.#namespace,
           body: {
             metadata: { name: this.#name, namespace: this.#namespace },
-            spec: { holderIdentity: this.identity, leaseDurationSeconds: durationSeconds, acquireTime: now, renewTime: now, leaseTransitions: 0 },
+            spec: {
+              holderIdentity: this.identity,
+              leaseDurationSeconds: durationSeconds,
+              acquireTime: now,
+              renewTime: now,
+              leaseTransitions: 0,
+            },
           },
         });
         return this.identity;
@@ -149,11 +163,22 @@ export class LeaderElector {
     try {
       const lease = await this.#host.coordination.readNamespacedLease({ name: this.#name, namespace: this.#namespace });
       if (lease.spec?.holderIdentity !== this.identity) return;
-      const body: V1Lease = { ...lease, spec: { ...lease.spec, holderIdentity: '', leaseDurationSeconds: 1, renewTime: new V1MicroTime(), acquireTime: lease.spec.acquireTime ? new V1MicroTime(String(lease.spec.acquireTime)) : undefined } };
+      const body: V1Lease = {
+        ...lease,
+        spec: {
+          ...lease.spec,
+          holderIdentity: '',
+          leaseDurationSeconds: 1,
+          renewTime: new V1MicroTime(),
+          acquireTime: lease.spec.acquireTime ? new V1MicroTime(String(lease.spec.acquireTime)) : undefined,
+        },
+      };
       await this.#host.coordination.replaceNamespacedLease({ name: this.#name, namespace: this.#namespace, body });
       this.#log.info('leader election: released the lease', { lease: `${this.#namespace}/${this.#name}` });
     } catch (err) {
-      this.#log.warn('leader election: cannot release the lease (a follower takes over when it expires)', { err: apiMessage(err) });
+      this.#log.warn('leader election: cannot release the lease (a follower takes over when it expires)', {
+        err: apiMessage(err),
+      });
     }
   }
 

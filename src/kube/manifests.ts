@@ -29,70 +29,79 @@ export function clusterCrd(): Obj {
       group: GROUP,
       names: { kind: 'Cluster', listKind: 'ClusterList', plural: PLURAL, singular: 'cluster' },
       scope: 'Cluster',
-      versions: [{
-        additionalPrinterColumns: [
-          { jsonPath: '.spec.provider', name: 'Provider', type: 'string' },
-          { jsonPath: '.status.kubernetesVersion', name: 'Version', type: 'string' },
-        ],
-        name: VERSION,
-        schema: {
-          openAPIV3Schema: {
-            description: 'Cluster is the schema for the clusters API',
-            type: 'object',
-            properties: {
-              apiVersion: str,
-              kind: str,
-              metadata: { type: 'object' },
-              spec: {
-                type: 'object',
-                properties: {
-                  config: bytes,
-                  connection: {
-                    type: 'object',
-                    properties: {
-                      externalKubernetesAPIEndpoint: str,
-                      kubeconfig: bytes,
-                      kubernetesAPIEndpoint: str,
-                      kubernetesAPIServerPort: int,
-                      kubesphereAPIEndpoint: str,
-                      kubesphereAPIServerPort: int,
-                      token: str,
-                      type: str,
-                    },
-                  },
-                  enable: bool,
-                  externalKubeAPIEnabled: bool,
-                  joinFederation: bool,
-                  provider: str,
-                },
-              },
-              status: {
-                type: 'object',
-                properties: {
-                  conditions: {
-                    type: 'array',
-                    items: {
+      versions: [
+        {
+          additionalPrinterColumns: [
+            { jsonPath: '.spec.provider', name: 'Provider', type: 'string' },
+            { jsonPath: '.status.kubernetesVersion', name: 'Version', type: 'string' },
+          ],
+          name: VERSION,
+          schema: {
+            openAPIV3Schema: {
+              description: 'Cluster is the schema for the clusters API',
+              type: 'object',
+              properties: {
+                apiVersion: str,
+                kind: str,
+                metadata: { type: 'object' },
+                spec: {
+                  type: 'object',
+                  properties: {
+                    config: bytes,
+                    connection: {
                       type: 'object',
-                      required: ['status', 'type'],
-                      properties: { lastTransitionTime: time, lastUpdateTime: time, message: str, reason: str, status: str, type: str },
+                      properties: {
+                        externalKubernetesAPIEndpoint: str,
+                        kubeconfig: bytes,
+                        kubernetesAPIEndpoint: str,
+                        kubernetesAPIServerPort: int,
+                        kubesphereAPIEndpoint: str,
+                        kubesphereAPIServerPort: int,
+                        token: str,
+                        type: str,
+                      },
                     },
+                    enable: bool,
+                    externalKubeAPIEnabled: bool,
+                    joinFederation: bool,
+                    provider: str,
                   },
-                  configz: { type: 'object', additionalProperties: bool },
-                  kubeSphereVersion: str,
-                  kubernetesVersion: str,
-                  nodeCount: int,
-                  region: str,
-                  uid: str,
-                  zones: { type: 'array', items: str },
+                },
+                status: {
+                  type: 'object',
+                  properties: {
+                    conditions: {
+                      type: 'array',
+                      items: {
+                        type: 'object',
+                        required: ['status', 'type'],
+                        properties: {
+                          lastTransitionTime: time,
+                          lastUpdateTime: time,
+                          message: str,
+                          reason: str,
+                          status: str,
+                          type: str,
+                        },
+                      },
+                    },
+                    configz: { type: 'object', additionalProperties: bool },
+                    kubeSphereVersion: str,
+                    kubernetesVersion: str,
+                    nodeCount: int,
+                    region: str,
+                    uid: str,
+                    zones: { type: 'array', items: str },
+                  },
                 },
               },
             },
           },
+          served: true,
+          storage: true,
+          subresources: {},
         },
-        served: true,
-        storage: true,
-        subresources: {},
-      }],
+      ],
     },
   };
 }
@@ -112,12 +121,23 @@ export interface ProxyInstall {
 export function proxyManifests(p: ProxyInstall): Obj[] {
   // unready for 5 s before it stops taking connections: the readiness probe (every 2 s) and the
   // Service's endpoints catch up meanwhile
-  const args = ['proxy', '--port=8080', '--gateway-port=6443', `--publish-service-address=${p.publishServiceAddress}`, `--shutdown-delay=${SHUTDOWN_DELAY_S}s`, `--shutdown-grace=${SHUTDOWN_GRACE_S}s`];
+  const args = [
+    'proxy',
+    '--port=8080',
+    '--gateway-port=6443',
+    `--publish-service-address=${p.publishServiceAddress}`,
+    `--shutdown-delay=${SHUTDOWN_DELAY_S}s`,
+    `--shutdown-grace=${SHUTDOWN_GRACE_S}s`,
+  ];
   if (p.replicas > 1) args.push('--leader-elect');
   return [
     clusterCrd(),
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
-    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS } },
+    {
+      apiVersion: 'v1',
+      kind: 'ServiceAccount',
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+    },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRole',
@@ -147,7 +167,11 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
         { apiGroups: [''], resources: ['configmaps'], resourceNames: ['tower-proxy'], verbs: ['get', 'update'] },
         // the writers' Lease tower, and one Lease tower-proxy-<pod> per replica (names unknown in advance)
-        { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'list', 'watch', 'create', 'update', 'delete'] },
+        {
+          apiGroups: ['coordination.k8s.io'],
+          resources: ['leases'],
+          verbs: ['get', 'list', 'watch', 'create', 'update', 'delete'],
+        },
       ],
     },
     {
@@ -171,25 +195,35 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
           spec: {
             serviceAccountName: 'tower',
             terminationGracePeriodSeconds: SHUTDOWN_DELAY_S + SHUTDOWN_GRACE_S + 5,
-            containers: [{
-              name: 'proxy',
-              image: p.image,
-              command: ['/tower'],
-              args,
-              // the replica's id (its Lease) and where the other replicas reach its gateway
-              env: [
-                { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-                { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
-              ],
-              ports: [{ name: 'agents', containerPort: 8080 }, { name: 'gateway', containerPort: 6443 }],
-              livenessProbe: { httpGet: { path: '/livez', port: 8080 }, periodSeconds: 10, failureThreshold: 6 },
-              // every replica is ready while it serves; a draining one fails at once
-              readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 2, failureThreshold: 1 },
-              resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
-              securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
-              // the one writable place: the native crypto binding is written here once and loaded
-              volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
-            }],
+            containers: [
+              {
+                name: 'proxy',
+                image: p.image,
+                command: ['/tower'],
+                args,
+                // the replica's id (its Lease) and where the other replicas reach its gateway
+                env: [
+                  { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                  { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+                ],
+                ports: [
+                  { name: 'agents', containerPort: 8080 },
+                  { name: 'gateway', containerPort: 6443 },
+                ],
+                livenessProbe: { httpGet: { path: '/livez', port: 8080 }, periodSeconds: 10, failureThreshold: 6 },
+                // every replica is ready while it serves; a draining one fails at once
+                readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 2, failureThreshold: 1 },
+                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
+                securityContext: {
+                  runAsNonRoot: true,
+                  runAsUser: 65534,
+                  allowPrivilegeEscalation: false,
+                  readOnlyRootFilesystem: true,
+                },
+                // the one writable place: the native crypto binding is written here once and loaded
+                volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
+              },
+            ],
             volumes: [{ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } }],
           },
         },
@@ -204,15 +238,22 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         selector: TOWER_LABELS,
         // agents must reach every replica: each new connection may go to any of them
         sessionAffinity: 'None',
-        ports: [{ name: 'agents', protocol: 'TCP', port: 8080, targetPort: 8080 }, { name: 'gateway', protocol: 'TCP', port: 6443, targetPort: 6443 }],
+        ports: [
+          { name: 'agents', protocol: 'TCP', port: 8080, targetPort: 8080 },
+          { name: 'gateway', protocol: 'TCP', port: 6443, targetPort: 6443 },
+        ],
       },
     },
-    ...(p.replicas > 1 ? [{
-      apiVersion: 'policy/v1',
-      kind: 'PodDisruptionBudget',
-      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
-      spec: { maxUnavailable: 1, selector: { matchLabels: TOWER_LABELS } },
-    }] : []),
+    ...(p.replicas > 1
+      ? [
+          {
+            apiVersion: 'policy/v1',
+            kind: 'PodDisruptionBudget',
+            metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+            spec: { maxUnavailable: 1, selector: { matchLabels: TOWER_LABELS } },
+          },
+        ]
+      : []),
   ];
 }
 
@@ -242,20 +283,31 @@ export const AGENT_IMPERSONATOR_RULES = [
  */
 export function agentManifests(a: AgentInstall): Obj[] {
   const labels = { 'app.kubernetes.io/name': 'tower-agent', app: 'tower-agent' };
-  const args = ['agent', `--name=${a.name}`, `--proxy-server=${a.proxyServer}`, '--keepalive=10s',
-    `--kubesphere-service=${a.kubesphereService}`, '--kubernetes-service=kubernetes.default.svc:443', `--health-port=${AGENT_HEALTH_PORT}`];
+  const args = [
+    'agent',
+    `--name=${a.name}`,
+    `--proxy-server=${a.proxyServer}`,
+    '--keepalive=10s',
+    `--kubesphere-service=${a.kubesphereService}`,
+    '--kubernetes-service=kubernetes.default.svc:443',
+    `--health-port=${AGENT_HEALTH_PORT}`,
+  ];
   if (a.proxyFingerprint) args.push(`--proxy-fingerprint=${a.proxyFingerprint}`);
   if (a.insecureSkipProxyVerification) args.push('--insecure-skip-proxy-verification');
   const role = a.clusterAdmin ? 'cluster-admin' : 'tower-agent';
   return [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels } },
-    ...(a.clusterAdmin ? [] : [{
-      apiVersion: 'rbac.authorization.k8s.io/v1',
-      kind: 'ClusterRole',
-      metadata: { name: 'tower-agent', labels },
-      rules: AGENT_IMPERSONATOR_RULES,
-    }]),
+    ...(a.clusterAdmin
+      ? []
+      : [
+          {
+            apiVersion: 'rbac.authorization.k8s.io/v1',
+            kind: 'ClusterRole',
+            metadata: { name: 'tower-agent', labels },
+            rules: AGENT_IMPERSONATOR_RULES,
+          },
+        ]),
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRoleBinding',
@@ -263,7 +315,13 @@ export function agentManifests(a: AgentInstall): Obj[] {
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role },
       subjects: [{ kind: 'ServiceAccount', name: 'tower-agent', namespace: NAMESPACE }],
     },
-    { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels }, type: 'Opaque', stringData: { token: a.token } },
+    {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: 'tower-agent', namespace: NAMESPACE, labels },
+      type: 'Opaque',
+      stringData: { token: a.token },
+    },
     {
       apiVersion: 'apps/v1',
       kind: 'Deployment',
@@ -275,22 +333,33 @@ export function agentManifests(a: AgentInstall): Obj[] {
           metadata: { labels, annotations: scrape(AGENT_HEALTH_PORT) },
           spec: {
             serviceAccountName: 'tower-agent',
-            containers: [{
-              name: 'agent',
-              image: a.image,
-              command: ['/tower'],
-              args,
-              // the token stays out of the pod spec and ps
-              env: [{ name: 'TOWER_TOKEN', valueFrom: { secretKeyRef: { name: 'tower-agent', key: 'token' } } }],
-              ports: [{ name: 'health', containerPort: AGENT_HEALTH_PORT }],
-              livenessProbe: { httpGet: { path: '/livez', port: AGENT_HEALTH_PORT }, periodSeconds: 10, failureThreshold: 6 },
-              // ready while connected to the proxy: `kubectl get pods` shows a disconnected agent
-              readinessProbe: { httpGet: { path: '/readyz', port: AGENT_HEALTH_PORT }, periodSeconds: 10 },
-              resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '512Mi' } },
-              securityContext: { runAsNonRoot: true, runAsUser: 65534, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true },
-              // the one writable place: the native crypto binding is written here once and loaded
-              volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
-            }],
+            containers: [
+              {
+                name: 'agent',
+                image: a.image,
+                command: ['/tower'],
+                args,
+                // the token stays out of the pod spec and ps
+                env: [{ name: 'TOWER_TOKEN', valueFrom: { secretKeyRef: { name: 'tower-agent', key: 'token' } } }],
+                ports: [{ name: 'health', containerPort: AGENT_HEALTH_PORT }],
+                livenessProbe: {
+                  httpGet: { path: '/livez', port: AGENT_HEALTH_PORT },
+                  periodSeconds: 10,
+                  failureThreshold: 6,
+                },
+                // ready while connected to the proxy: `kubectl get pods` shows a disconnected agent
+                readinessProbe: { httpGet: { path: '/readyz', port: AGENT_HEALTH_PORT }, periodSeconds: 10 },
+                resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '512Mi' } },
+                securityContext: {
+                  runAsNonRoot: true,
+                  runAsUser: 65534,
+                  allowPrivilegeEscalation: false,
+                  readOnlyRootFilesystem: true,
+                },
+                // the one writable place: the native crypto binding is written here once and loaded
+                volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
+              },
+            ],
             volumes: [{ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } }],
           },
         },

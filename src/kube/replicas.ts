@@ -55,25 +55,42 @@ export class LeaseReplicas implements Replicas {
     this.#live = [self];
   }
 
-  get #name(): string { return REPLICA_LEASE_PREFIX + this.self.id; }
+  get #name(): string {
+    return REPLICA_LEASE_PREFIX + this.self.id;
+  }
 
   async start(): Promise<void> {
     await this.#renew();
-    this.#watch = this.#host.watch<V1Lease>(`Leases in ${NAMESPACE}`, `/apis/coordination.k8s.io/v1/namespaces/${NAMESPACE}/leases`,
-      () => this.#host.coordination.listNamespacedLease({ namespace: NAMESPACE }), this.#log);
+    this.#watch = this.#host.watch<V1Lease>(
+      `Leases in ${NAMESPACE}`,
+      `/apis/coordination.k8s.io/v1/namespaces/${NAMESPACE}/leases`,
+      () => this.#host.coordination.listNamespacedLease({ namespace: NAMESPACE }),
+      this.#log,
+    );
     for (const ev of ['add', 'update', 'delete'] as const) this.#watch.informer.on(ev, () => this.#evaluate());
     await this.#watch.start();
     this.#evaluate();
-    this.#renewTimer = setInterval(() => { void this.#renew(); }, this.#times.renewMs);
+    this.#renewTimer = setInterval(() => {
+      void this.#renew();
+    }, this.#times.renewMs);
     this.#evaluateTimer = setInterval(() => this.#evaluate(), EVALUATE_MS);
     this.#renewTimer.unref();
     this.#evaluateTimer.unref();
-    this.#log.info('replica announced', { serverId: this.self.id, lease: `${NAMESPACE}/${this.#name}`, address: this.self.address, replicas: this.#live.map((r) => r.id).join(',') });
+    this.#log.info('replica announced', {
+      serverId: this.self.id,
+      lease: `${NAMESPACE}/${this.#name}`,
+      address: this.self.address,
+      replicas: this.#live.map((r) => r.id).join(','),
+    });
   }
 
-  live(): Replica[] { return this.#live; }
+  live(): Replica[] {
+    return this.#live;
+  }
 
-  onChange(listener: () => void): void { this.#listeners.push(listener); }
+  onChange(listener: () => void): void {
+    this.#listeners.push(listener);
+  }
 
   async drain(): Promise<void> {
     this.self.draining = true;
@@ -91,7 +108,11 @@ export class LeaseReplicas implements Replicas {
       await this.#host.coordination.deleteNamespacedLease({ name: this.#name, namespace: NAMESPACE });
       this.#log.info('replica withdrawn', { lease: `${NAMESPACE}/${this.#name}` });
     } catch (err) {
-      if (apiStatus(err) !== 404) this.#log.warn('cannot delete this replica\'s Lease (the others drop it when it expires)', { lease: `${NAMESPACE}/${this.#name}`, err: apiMessage(err) });
+      if (apiStatus(err) !== 404)
+        this.#log.warn("cannot delete this replica's Lease (the others drop it when it expires)", {
+          lease: `${NAMESPACE}/${this.#name}`,
+          err: apiMessage(err),
+        });
     }
   }
 
@@ -102,24 +123,42 @@ export class LeaseReplicas implements Replicas {
     const now = new V1MicroTime();
     const annotations: Record<string, string> = { [ADDRESS_ANNOTATION]: this.self.address };
     if (this.self.draining) annotations[DRAINING_ANNOTATION] = 'true';
-    const spec = { holderIdentity: this.self.id, leaseDurationSeconds: Math.max(1, Math.round(this.#times.leaseMs / 1000)), renewTime: now };
+    const spec = {
+      holderIdentity: this.self.id,
+      leaseDurationSeconds: Math.max(1, Math.round(this.#times.leaseMs / 1000)),
+      renewTime: now,
+    };
     try {
       const lease = await orUndefined(api.readNamespacedLease({ name: this.#name, namespace: NAMESPACE }));
       if (!lease) {
-        await api.createNamespacedLease({ namespace: NAMESPACE, body: { metadata: { name: this.#name, namespace: NAMESPACE, labels: LABELS, annotations }, spec: { ...spec, acquireTime: now } } });
+        await api.createNamespacedLease({
+          namespace: NAMESPACE,
+          body: {
+            metadata: { name: this.#name, namespace: NAMESPACE, labels: LABELS, annotations },
+            spec: { ...spec, acquireTime: now },
+          },
+        });
         this.#renewedAt = Date.now();
         return;
       }
       const body: V1Lease = {
         ...lease,
         metadata: { ...lease.metadata, labels: { ...lease.metadata?.labels, ...LABELS }, annotations },
-        spec: { ...lease.spec, ...spec, acquireTime: lease.spec?.acquireTime ? new V1MicroTime(String(lease.spec.acquireTime)) : now },
+        spec: {
+          ...lease.spec,
+          ...spec,
+          acquireTime: lease.spec?.acquireTime ? new V1MicroTime(String(lease.spec.acquireTime)) : now,
+        },
       };
       await api.replaceNamespacedLease({ name: this.#name, namespace: NAMESPACE, body });
       this.#renewedAt = Date.now();
     } catch (err) {
       // a conflict is settled at the next renewal; anything else is said
-      if (apiStatus(err) !== 409) this.#log.warn('cannot renew this replica\'s Lease', { lease: `${NAMESPACE}/${this.#name}`, err: apiMessage(err) });
+      if (apiStatus(err) !== 409)
+        this.#log.warn("cannot renew this replica's Lease", {
+          lease: `${NAMESPACE}/${this.#name}`,
+          err: apiMessage(err),
+        });
     }
   }
 
@@ -130,7 +169,11 @@ export class LeaseReplicas implements Replicas {
     // a host API this replica cannot reach stops every renewal it would see: the others are kept as
     // they were (else each replica, alone in its own view, would have the agents drop the others)
     if (now - this.#renewedAt > Math.min(1.5 * this.#times.renewMs, this.#times.leaseMs / 2)) {
-      if (!this.#apiLost) this.#log.warn('cannot renew this replica\'s Lease: the other replicas are kept as last seen until the host API answers', { lease: `${NAMESPACE}/${this.#name}` });
+      if (!this.#apiLost)
+        this.#log.warn(
+          "cannot renew this replica's Lease: the other replicas are kept as last seen until the host API answers",
+          { lease: `${NAMESPACE}/${this.#name}` },
+        );
       this.#apiLost = true;
       for (const seen of this.#seen.values()) seen.at = now;
       return;
@@ -157,8 +200,12 @@ export class LeaseReplicas implements Replicas {
       }
       const heldMs = (lease.spec?.leaseDurationSeconds ?? Math.round(this.#times.leaseMs / 1000)) * 1000;
       const age = now - seen.at;
-      if (age > 2 * heldMs) { void this.#collect(lease); continue; }
-      if (age > heldMs || serverIdProblem(id) || !validAddress(address) || `${REPLICA_LEASE_PREFIX}${id}` !== name) continue;
+      if (age > 2 * heldMs) {
+        void this.#collect(lease);
+        continue;
+      }
+      if (age > heldMs || serverIdProblem(id) || !validAddress(address) || `${REPLICA_LEASE_PREFIX}${id}` !== name)
+        continue;
       live.push({ id, address, draining: lease.metadata?.annotations?.[DRAINING_ANNOTATION] === 'true' });
     }
     for (const n of this.#seen.keys()) if (!names.has(n)) this.#seen.delete(n);
@@ -178,10 +225,15 @@ export class LeaseReplicas implements Replicas {
     if (this.#collecting.has(name)) return;
     this.#collecting.add(name);
     try {
-      await this.#host.coordination.deleteNamespacedLease({ name, namespace: NAMESPACE, body: { preconditions: { resourceVersion: lease.metadata?.resourceVersion } } });
+      await this.#host.coordination.deleteNamespacedLease({
+        name,
+        namespace: NAMESPACE,
+        body: { preconditions: { resourceVersion: lease.metadata?.resourceVersion } },
+      });
       this.#log.info('deleted the Lease of a replica that is gone', { lease: `${NAMESPACE}/${name}` });
     } catch (err) {
-      if (apiStatus(err) !== 404 && apiStatus(err) !== 409) this.#log.debug(1, 'cannot delete an expired replica Lease', { lease: name, err: apiMessage(err) });
+      if (apiStatus(err) !== 404 && apiStatus(err) !== 409)
+        this.#log.debug(1, 'cannot delete an expired replica Lease', { lease: name, err: apiMessage(err) });
     } finally {
       this.#collecting.delete(name);
     }

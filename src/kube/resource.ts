@@ -57,7 +57,8 @@ export function inCluster(): boolean {
 /** Why tower does not act on this Cluster, or undefined when it does. */
 export function notOurs(c: KubeCluster): string | undefined {
   if (c.metadata.deletionTimestamp) return 'it is being deleted';
-  if (c.spec?.connection?.type !== 'proxy') return `its spec.connection.type is ${JSON.stringify(c.spec?.connection?.type ?? '')}, not "proxy"`;
+  if (c.spec?.connection?.type !== 'proxy')
+    return `its spec.connection.type is ${JSON.stringify(c.spec?.connection?.type ?? '')}, not "proxy"`;
   if (c.spec?.joinFederation !== true) return 'its spec.joinFederation is not true';
   return undefined;
 }

@@ -24,7 +24,11 @@ export function serveHealth(req: IncomingMessage, res: ServerResponse, opts: Hea
   const [path = '', query = ''] = (req.url ?? '').split('?', 2);
   if (req.method !== 'GET' && req.method !== 'HEAD') return false;
   const text = (code: number, body: string) => {
-    res.writeHead(code, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+    res.writeHead(code, {
+      'content-type': 'text/plain; charset=utf-8',
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+    });
     res.end(body);
   };
   if (path === '/livez' || path === '/readyz') {
@@ -33,21 +37,32 @@ export function serveHealth(req: IncomingMessage, res: ServerResponse, opts: Hea
     const verbose = /(^|&)verbose(=|&|$)/.test(query);
     const results = checks.map((c) => ({ name: c.name, problem: c.check() }));
     const failed = results.filter((r) => r.problem !== undefined);
-    if (!verbose && failed.length === 0) { text(200, 'ok'); return true; }
-    const lines = results.map((r) => (r.problem === undefined ? `[+]${r.name} ok` : `[-]${r.name} failed: ${r.problem}`));
+    if (!verbose && failed.length === 0) {
+      text(200, 'ok');
+      return true;
+    }
+    const lines = results.map((r) =>
+      r.problem === undefined ? `[+]${r.name} ok` : `[-]${r.name} failed: ${r.problem}`,
+    );
     lines.push(failed.length === 0 ? `${kind} check passed` : `${kind} check failed`);
     text(failed.length === 0 ? 200 : 500, lines.join('\n') + '\n');
     return true;
   }
   if (path === '/metrics' && opts.metrics) {
-    opts.metrics().then(({ contentType, body }) => {
-      res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' });
-      res.end(body);
-    }, (err: Error) => text(500, `cannot collect metrics: ${err.message}\n`));
+    opts.metrics().then(
+      ({ contentType, body }) => {
+        res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' });
+        res.end(body);
+      },
+      (err: Error) => text(500, `cannot collect metrics: ${err.message}\n`),
+    );
     return true;
   }
   const extra = opts.extra?.[path];
-  if (extra) { text(200, extra()); return true; }
+  if (extra) {
+    text(200, extra());
+    return true;
+  }
   return false;
 }
 
@@ -59,7 +74,9 @@ export const METRICS_CACHE_MS = 1000;
  * with 1 000 clusters takes ~36 ms to render, so a client asking in a loop would otherwise cost a
  * core; now it costs one rendering a second, whatever it asks.
  */
-export function cachedMetrics(render: () => Promise<{ contentType: string; body: string }>): () => Promise<{ contentType: string; body: string }> {
+export function cachedMetrics(
+  render: () => Promise<{ contentType: string; body: string }>,
+): () => Promise<{ contentType: string; body: string }> {
   let last: { at: number; result: Promise<{ contentType: string; body: string }> } | undefined;
   return () => {
     const now = performance.now();
@@ -67,7 +84,9 @@ export function cachedMetrics(render: () => Promise<{ contentType: string; body:
       const result = render();
       last = { at: now, result };
       // a failed rendering is not kept
-      result.catch(() => { if (last?.result === result) last = undefined; });
+      result.catch(() => {
+        if (last?.result === result) last = undefined;
+      });
     }
     return last.result;
   };
@@ -85,5 +104,6 @@ export const EVENT_LOOP_SAMPLE_MS = 100;
  * which `promtool check metrics` rejects; the same counts stay as nodejs_active_handles{type}.
  */
 export function withoutTotalGauges(register: { removeSingleMetric(name: string): void }): void {
-  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) register.removeSingleMetric(name);
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'])
+    register.removeSingleMetric(name);
 }

@@ -3,7 +3,10 @@ export type LogFormat = 'text' | 'json';
 export type Fields = Record<string, unknown>;
 
 type Level = 'error' | 'warn' | 'info' | 'debug';
-interface Settings { verbosity: number; format: LogFormat }
+interface Settings {
+  verbosity: number;
+  format: LogFormat;
+}
 
 export class Logger {
   // shared with every child, so that configure() on the root reaches them all
@@ -28,9 +31,15 @@ export class Logger {
     return this.#settings.verbosity >= v;
   }
 
-  error(msg: string, fields?: Fields): void { this.#write('error', msg, fields); }
-  warn(msg: string, fields?: Fields): void { this.#write('warn', msg, fields); }
-  info(msg: string, fields?: Fields): void { this.#write('info', msg, fields); }
+  error(msg: string, fields?: Fields): void {
+    this.#write('error', msg, fields);
+  }
+  warn(msg: string, fields?: Fields): void {
+    this.#write('warn', msg, fields);
+  }
+  info(msg: string, fields?: Fields): void {
+    this.#write('info', msg, fields);
+  }
   /** Debug output at verbosity `v` (1 = lifecycle details, 2 = config sources, 4 = per request). */
   debug(v: number, msg: string, fields?: Fields): void {
     if (this.enabled(v)) this.#write('debug', msg, fields);
@@ -41,7 +50,8 @@ export class Logger {
     let line: string;
     if (this.#settings.format === 'json') {
       const clipped: Fields = {};
-      for (const [k, v] of Object.entries(all)) clipped[k] = typeof v === 'string' ? truncate(v) : v instanceof Error ? truncate(v.message) : v;
+      for (const [k, v] of Object.entries(all))
+        clipped[k] = typeof v === 'string' ? truncate(v) : v instanceof Error ? truncate(v.message) : v;
       line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...clipped });
     } else {
       const kv = Object.entries(all)
@@ -71,7 +81,10 @@ export class RepeatedEvents {
   /** `first` now, when no window of `key` is open; else counted, and `summary(count)` when its window ends */
   note(key: string, first: () => void, summary: (count: number, windowSeconds: number) => void): void {
     const open = this.#open.get(key);
-    if (open) { open.count++; return; }
+    if (open) {
+      open.count++;
+      return;
+    }
     first();
     this.#arm(key, summary);
   }
@@ -121,7 +134,9 @@ export function printable(s: string): string {
 
 /** Backslashes and control characters (terminal escapes among them) escaped, so a value stays on its line and inert. */
 function escapeControls(s: string): string {
-  return s.replace(/[\\\x00-\x1f\x7f-\x9f]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+  return s.replace(/[\\\x00-\x1f\x7f-\x9f]/g, (c) =>
+    c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
 }
 
 export const log = new Logger();

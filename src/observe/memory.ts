@@ -10,7 +10,11 @@ const mib = (b: number) => Number((b / 2 ** 20).toFixed(1));
 
 /** the process's RSS in bytes, or undefined where it cannot be read (no /proc, as in a bare root filesystem) */
 function rss(): number | undefined {
-  try { return process.memoryUsage.rss(); } catch { return undefined; }
+  try {
+    return process.memoryUsage.rss();
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -28,12 +32,21 @@ export function trimMemoryPeriodically(log: Logger): () => void {
   const timer = setInterval(() => {
     const before = rss();
     if (before === undefined) return;
-    if (before - floor < TRIM_GROWTH_BYTES) { floor = Math.min(floor, before); return; }
+    if (before - floor < TRIM_GROWTH_BYTES) {
+      floor = Math.min(floor, before);
+      return;
+    }
     const t = performance.now();
     const released = trim();
     const ms = performance.now() - t;
     floor = rss() ?? before;
-    if (log.enabled(3)) log.debug(3, 'malloc trimmed', { released, ms: Number(ms.toFixed(2)), rssBeforeMiB: mib(before), rssAfterMiB: mib(floor) });
+    if (log.enabled(3))
+      log.debug(3, 'malloc trimmed', {
+        released,
+        ms: Number(ms.toFixed(2)),
+        rssBeforeMiB: mib(before),
+        rssAfterMiB: mib(floor),
+      });
   }, TRIM_EVERY_MS);
   timer.unref();
   return () => clearInterval(timer);

@@ -18,9 +18,13 @@ const EC_SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
  * SHA-256 of the CA that the Go tower's repository publishes together with its private key, and
  * that KubeSphere's installer used: anyone can sign client certificates for it.
  */
-export const PUBLIC_KUBESPHERE_CA_SHA256 = 'B9:3C:AA:53:37:5A:81:92:94:69:5D:74:A4:B7:D7:B4:E5:1C:4A:63:D3:32:F9:77:D7:39:A0:82:13:82:19:97';
+export const PUBLIC_KUBESPHERE_CA_SHA256 =
+  'B9:3C:AA:53:37:5A:81:92:94:69:5D:74:A4:B7:D7:B4:E5:1C:4A:63:D3:32:F9:77:D7:39:A0:82:13:82:19:97';
 
-export interface KeyPairPem { cert: string; key: string }
+export interface KeyPairPem {
+  cert: string;
+  key: string;
+}
 
 /** tower's certificate authority: issues the gateway's serving certificate and kubeconfig client certificates. */
 export class CertificateAuthority {
@@ -31,7 +35,13 @@ export class CertificateAuthority {
   /** the key's PKCS#8 DER, from which secrets only the CA's holders share are derived */
   #der: Buffer;
 
-  private constructor(certPem: string, cert: x509.X509Certificate, key: CryptoKey, signAlg: Algorithm | EcdsaParams, der: Buffer) {
+  private constructor(
+    certPem: string,
+    cert: x509.X509Certificate,
+    key: CryptoKey,
+    signAlg: Algorithm | EcdsaParams,
+    der: Buffer,
+  ) {
     this.certPem = certPem;
     this.cert = cert;
     this.#key = key;
@@ -45,7 +55,7 @@ export class CertificateAuthority {
   }
 
   static async create(commonName = 'tower-ca'): Promise<KeyPairPem> {
-    const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']) as CryptoKeyPair;
+    const keys = (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as CryptoKeyPair;
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: serial(),
@@ -56,7 +66,10 @@ export class CertificateAuthority {
       signingAlgorithm: EC_SIGN,
       extensions: [
         new x509.BasicConstraintsExtension(true, undefined, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+        new x509.KeyUsagesExtension(
+          x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
+          true,
+        ),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey as never),
       ],
     });
@@ -69,19 +82,30 @@ export class CertificateAuthority {
     try {
       nodeCert = new NodeX509(pair.cert);
     } catch (err) {
-      throw new TowerError('ECA', `cannot parse the CA certificate from ${origin}: ${(err as Error).message} (want a PEM certificate)`);
+      throw new TowerError(
+        'ECA',
+        `cannot parse the CA certificate from ${origin}: ${(err as Error).message} (want a PEM certificate)`,
+      );
     }
     if (nodeCert.fingerprint256 === PUBLIC_KUBESPHERE_CA_SHA256) {
-      throw new TowerError('EPUBLICCA', `the CA from ${origin} is the public KubeSphere CA whose private key is published; anyone could sign client certificates for it. Drop --ca-cert/--ca-key to let tower create a CA of its own`);
+      throw new TowerError(
+        'EPUBLICCA',
+        `the CA from ${origin} is the public KubeSphere CA whose private key is published; anyone could sign client certificates for it. Drop --ca-cert/--ca-key to let tower create a CA of its own`,
+      );
     }
-    if (!nodeCert.ca) throw new TowerError('ECA', `the certificate from ${origin} is not a CA (basicConstraints CA:TRUE missing)`);
+    if (!nodeCert.ca)
+      throw new TowerError('ECA', `the certificate from ${origin} is not a CA (basicConstraints CA:TRUE missing)`);
     let keyObj;
     try {
       keyObj = createPrivateKey(pair.key);
     } catch (err) {
-      throw new TowerError('ECA', `cannot parse the CA key from ${origin}: ${(err as Error).message} (want a PEM private key)`);
+      throw new TowerError(
+        'ECA',
+        `cannot parse the CA key from ${origin}: ${(err as Error).message} (want a PEM private key)`,
+      );
     }
-    if (!nodeCert.checkPrivateKey(keyObj)) throw new TowerError('ECA', `the CA key from ${origin} does not belong to its certificate`);
+    if (!nodeCert.checkPrivateKey(keyObj))
+      throw new TowerError('ECA', `the CA key from ${origin} does not belong to its certificate`);
     const der = keyObj.export({ format: 'der', type: 'pkcs8' });
     let importAlg: webcrypto.RsaHashedImportParams | webcrypto.EcKeyImportParams;
     let signAlg: Algorithm | EcdsaParams;
@@ -90,12 +114,26 @@ export class CertificateAuthority {
       signAlg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' } as Algorithm;
     } else if (keyObj.asymmetricKeyType === 'ec') {
       const curve = keyObj.asymmetricKeyDetails?.namedCurve;
-      const namedCurve = curve === 'prime256v1' ? 'P-256' : curve === 'secp384r1' ? 'P-384' : curve === 'secp521r1' ? 'P-521' : undefined;
-      if (!namedCurve) throw new TowerError('ECA', `the CA key from ${origin} uses curve ${curve}, which tower cannot sign with (use P-256, P-384 or P-521)`);
+      const namedCurve =
+        curve === 'prime256v1'
+          ? 'P-256'
+          : curve === 'secp384r1'
+            ? 'P-384'
+            : curve === 'secp521r1'
+              ? 'P-521'
+              : undefined;
+      if (!namedCurve)
+        throw new TowerError(
+          'ECA',
+          `the CA key from ${origin} uses curve ${curve}, which tower cannot sign with (use P-256, P-384 or P-521)`,
+        );
       importAlg = { name: 'ECDSA', namedCurve };
       signAlg = { name: 'ECDSA', hash: namedCurve === 'P-256' ? 'SHA-256' : 'SHA-384' } as EcdsaParams;
     } else {
-      throw new TowerError('ECA', `the CA key from ${origin} is ${keyObj.asymmetricKeyType}; tower signs with RSA or ECDSA CA keys`);
+      throw new TowerError(
+        'ECA',
+        `the CA key from ${origin} is ${keyObj.asymmetricKeyType}; tower signs with RSA or ECDSA CA keys`,
+      );
     }
     const key = await webcrypto.subtle.importKey('pkcs8', der, importAlg, false, ['sign']);
     return new CertificateAuthority(pair.cert, new x509.X509Certificate(pair.cert), key, signAlg, der);
@@ -106,7 +144,9 @@ export class CertificateAuthority {
     const names = [...new Set(hosts.filter(Boolean))];
     return this.#issue(names[0] ?? 'tower', [], days, [
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
-      new x509.SubjectAlternativeNameExtension(names.map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h }))),
+      new x509.SubjectAlternativeNameExtension(
+        names.map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h })),
+      ),
     ]);
   }
 
@@ -117,12 +157,13 @@ export class CertificateAuthority {
   issueClient(user: string, groups: string[], days = 365, cluster?: string, uris: string[] = []): Promise<KeyPairPem> {
     const ext: x509.Extension[] = [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])];
     const names = [...(cluster ? [clusterUri(cluster)] : []), ...uris];
-    if (names.length) ext.push(new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'url' as const, value }))));
+    if (names.length)
+      ext.push(new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'url' as const, value }))));
     return this.#issue(user, groups, days, ext);
   }
 
   async #issue(cn: string, orgs: string[], days: number, extensions: x509.Extension[]): Promise<KeyPairPem> {
-    const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']) as CryptoKeyPair;
+    const keys = (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as CryptoKeyPair;
     const now = Date.now();
     // a leaf never outlives its CA
     const notAfter = new Date(Math.min(now + days * DAY_MS, this.cert.notAfter.getTime()));

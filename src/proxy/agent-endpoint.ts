@@ -72,7 +72,13 @@ export class AgentEndpoint {
       log: opts.log,
     });
     this.server = opts.tls
-      ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ALPNProtocols: ['http/1.1'], ...timeouts })
+      ? createHttpsServer({
+          cert: opts.tls.cert,
+          key: opts.tls.key,
+          handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+          ALPNProtocols: ['http/1.1'],
+          ...timeouts,
+        })
       : createServer(timeouts);
     this.#listener = this.#guard.listenerFor(this.server, HANDSHAKE_TIMEOUT_MS);
     this.#wss = new WebSocketServer({
@@ -89,14 +95,20 @@ export class AgentEndpoint {
     this.server.on('request', (req, res) => this.#onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-      this.#log.warn('dropped a connection that does not speak HTTP on the agent port', { remote: remoteOf(socket), err: err.code ?? err.message });
+      this.#log.warn('dropped a connection that does not speak HTTP on the agent port', {
+        remote: remoteOf(socket),
+        err: err.code ?? err.message,
+      });
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
       socket.destroy();
     });
     // a WebSocket ping per interval: a silent agent (dead link, frozen host) is dropped at the next one
     this.#pinger = setInterval(() => {
       for (const ws of this.#wss.clients) {
-        if (!this.#alive.has(ws)) { ws.terminate(); continue; }
+        if (!this.#alive.has(ws)) {
+          ws.terminate();
+          continue;
+        }
         this.#alive.delete(ws);
         ws.ping();
       }
@@ -135,36 +147,50 @@ export class AgentEndpoint {
    * closure lives as long as refusals go on, and must not hold the first refused socket and request.
    */
   #sayRefused(why: string, remote: string): void {
-    this.#refusals.note(why, () => this.#log.warn('refused an agent connection', { remote, why }),
-      (refused, seconds) => this.#log.warn('refused agent connections', { why, refused, inLast: `${seconds}s` }));
+    this.#refusals.note(
+      why,
+      () => this.#log.warn('refused an agent connection', { remote, why }),
+      (refused, seconds) => this.#log.warn('refused agent connections', { why, refused, inLast: `${seconds}s` }),
+    );
   }
 
   #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#guard.seen(socket);
     const remote = remoteOf(socket);
     socket.on('error', () => socket.destroy());
-    const refuse = (status: number, text: string, why: string, result: HandshakeResult = status === 400 ? 'failed' : 'limited') => {
+    const refuse = (
+      status: number,
+      text: string,
+      why: string,
+      result: HandshakeResult = status === 400 ? 'failed' : 'limited',
+    ) => {
       this.#opts.metrics?.handshakes.inc({ result });
       this.#sayRefused(why, remote);
       socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n${why}\n`);
       socket.destroy();
     };
     const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
-    if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
-    if (!protocols.includes(SUBPROTOCOL)) return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
+    if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket')
+      return refuse(400, 'Bad Request', 'only WebSocket upgrades are served on the agent port');
+    if (!protocols.includes(SUBPROTOCOL))
+      return refuse(400, 'Bad Request', `WebSocket subprotocol must be ${SUBPROTOCOL}`);
     const unavailable = this.#opts.refusing?.();
     if (unavailable) return refuse(503, 'Service Unavailable', unavailable, 'unavailable');
     // an agent of several replicas that reached one it holds: said at once, before any handshake slot or SSH
     const held = req.headers[HELD_HEADER];
     if (typeof held === 'string' && held.length <= 4096 && held.split(',').includes(this.#opts.serverId)) {
       this.#opts.metrics?.handshakes.inc({ result: 'held' });
-      socket.end(`HTTP/1.1 409 Conflict\r\n${SERVER_ID_HEADER}: ${this.#opts.serverId}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nthis agent holds a session to replica ${this.#opts.serverId} already\n`);
+      socket.end(
+        `HTTP/1.1 409 Conflict\r\n${SERVER_ID_HEADER}: ${this.#opts.serverId}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nthis agent holds a session to replica ${this.#opts.serverId} already\n`,
+      );
       return;
     }
     const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? 'unknown';
     const full = this.#pending.acquire(ip);
-    if (full === 'total') return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
-    if (full) return refuse(429, 'Too Many Requests', 'too many agent handshakes in progress from this address; retry later');
+    if (full === 'total')
+      return refuse(503, 'Service Unavailable', 'too many agent handshakes in progress; retry later');
+    if (full)
+      return refuse(429, 'Too Many Requests', 'too many agent handshakes in progress from this address; retry later');
     let counted = true;
     const done = () => {
       if (!counted) return;
@@ -191,24 +217,29 @@ export class AgentEndpoint {
       // the agent's own traffic shows it is alive, too
       ws.on('message', () => this.#alive.add(ws));
       const stream = new WebSocketStream(ws, remote);
-      this.#opts.tunnel.accept(stream, {
-        remote,
-        authorize,
-        handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
-        onChannel: this.#opts.metrics?.onChannel,
-        log: this.#log.child({ remote }),
-      }).then((session) => {
-        done();
-        this.#opts.metrics?.handshakes.inc({ result: 'accepted' });
-        // an admitted agent is no stranger: its connection leaves the pending caps
-        this.#guard.release(socket);
-        this.#opts.onSession(session);
-      }, (err: Error) => {
-        done();
-        this.#opts.metrics?.handshakes.inc({ result: denied ? 'unauthorized' : 'failed' });
-        if (!judged) this.#logins.failed(ip, '');
-        this.#log.warn('agent handshake failed', { remote, err: err.message });
-      });
+      this.#opts.tunnel
+        .accept(stream, {
+          remote,
+          authorize,
+          handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+          onChannel: this.#opts.metrics?.onChannel,
+          log: this.#log.child({ remote }),
+        })
+        .then(
+          (session) => {
+            done();
+            this.#opts.metrics?.handshakes.inc({ result: 'accepted' });
+            // an admitted agent is no stranger: its connection leaves the pending caps
+            this.#guard.release(socket);
+            this.#opts.onSession(session);
+          },
+          (err: Error) => {
+            done();
+            this.#opts.metrics?.handshakes.inc({ result: denied ? 'unauthorized' : 'failed' });
+            if (!judged) this.#logins.failed(ip, '');
+            this.#log.warn('agent handshake failed', { remote, err: err.message });
+          },
+        );
     });
   }
 }

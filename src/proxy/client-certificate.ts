@@ -42,13 +42,15 @@ export class ClientCertificateCheck {
     } catch {
       return 'an unreadable client certificate';
     }
-    if (!cert.checkIssued(this.#ca) || !cert.verify(this.#ca.publicKey)) return 'a certificate that tower\'s CA did not sign';
+    if (!cert.checkIssued(this.#ca) || !cert.verify(this.#ca.publicKey))
+      return "a certificate that tower's CA did not sign";
     if (now < Date.parse(cert.validFrom)) return `a certificate valid only from ${cert.validFrom}`;
     if (now > Date.parse(cert.validTo)) return `a certificate that expired ${cert.validTo}`;
     if (now > Date.parse(this.#ca.validTo)) return `tower's CA expired ${this.#ca.validTo}`;
     const usages = cert.keyUsage as string[] | undefined;
-    if (usages && usages.length > 0 && !usages.includes(CLIENT_AUTH)) return 'a certificate not meant for client authentication';
-    if (cert.ca) return 'a CA certificate (basicConstraints CA:TRUE) rather than a client\'s';
+    if (usages && usages.length > 0 && !usages.includes(CLIENT_AUTH))
+      return 'a certificate not meant for client authentication';
+    if (cert.ca) return "a CA certificate (basicConstraints CA:TRUE) rather than a client's";
     let parsed: x509.X509Certificate;
     try {
       parsed = new x509.X509Certificate(der);
@@ -56,10 +58,12 @@ export class ClientCertificateCheck {
       return 'an unreadable client certificate';
     }
     for (const ext of parsed.extensions) {
-      if (ext.critical && !UNDERSTOOD.has(ext.type)) return `a certificate with an unknown critical extension ${ext.type}`;
+      if (ext.critical && !UNDERSTOOD.has(ext.type))
+        return `a certificate with an unknown critical extension ${ext.type}`;
     }
     const ku = parsed.getExtension(x509.KeyUsagesExtension);
-    if (ku && !(ku.usages & (x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement))) return 'a certificate whose key usage does not allow signing (digitalSignature)';
+    if (ku && !(ku.usages & (x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement)))
+      return 'a certificate whose key usage does not allow signing (digitalSignature)';
     return undefined;
   }
 }

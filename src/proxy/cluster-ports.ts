@@ -16,7 +16,10 @@ export interface ClusterPortsOptions {
   registry: SessionRegistry;
   knows: (name: string) => boolean;
   /** identity, limits and access log, as the proxy's gateway has them */
-  gateway: Pick<GatewayOptions, 'identity' | 'limits' | 'accessLog' | 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'>;
+  gateway: Pick<
+    GatewayOptions,
+    'identity' | 'limits' | 'accessLog' | 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'
+  >;
   log: Logger;
 }
 
@@ -45,9 +48,11 @@ export class ClusterPorts {
   }
 
   apply(serve: ClusterServing): Promise<void> {
-    this.#busy = this.#busy.then(() => this.#apply(serve)).catch((err: unknown) => {
-      this.#opts.log.error('cannot serve cluster ports', { cluster: this.#opts.name, err: (err as Error).message });
-    });
+    this.#busy = this.#busy
+      .then(() => this.#apply(serve))
+      .catch((err: unknown) => {
+        this.#opts.log.error('cannot serve cluster ports', { cluster: this.#opts.name, err: (err as Error).message });
+      });
     return this.#busy;
   }
 
@@ -56,7 +61,13 @@ export class ClusterPorts {
     const before = this.#serve;
     this.#serve = serve;
     const names = () => [...serve.names, ...this.#opts.baseNames];
-    if (before && before.kubernetesPort === serve.kubernetesPort && before.kubespherePort === serve.kubespherePort && this.#kubernetes && this.#kubesphere) {
+    if (
+      before &&
+      before.kubernetesPort === serve.kubernetesPort &&
+      before.kubespherePort === serve.kubespherePort &&
+      this.#kubernetes &&
+      this.#kubesphere
+    ) {
       if (JSON.stringify(before.names) !== JSON.stringify(serve.names)) {
         const cert = await this.#opts.ca.issueServer(names(), CERT_DAYS);
         this.#kubernetes.setCertificate(cert.cert, cert.key);
@@ -67,8 +78,28 @@ export class ClusterPorts {
     await this.#stop();
     const { name, host, registry, knows, log, ca, gateway } = this.#opts;
     const cert = await ca.issueServer(names(), CERT_DAYS);
-    const kubernetes = new Gateway({ registry, knows, log, cluster: name, tls: { caPem: ca.certPem, cert: cert.cert, key: cert.key }, ...gateway });
-    const kubesphere = new Gateway({ registry, knows, log, cluster: name, target: 'kubesphere', limits: gateway.limits, accessLog: gateway.accessLog, inflight: gateway.inflight, stalled: gateway.stalled, metrics: gateway.metrics, draining: gateway.draining, peers: gateway.peers });
+    const kubernetes = new Gateway({
+      registry,
+      knows,
+      log,
+      cluster: name,
+      tls: { caPem: ca.certPem, cert: cert.cert, key: cert.key },
+      ...gateway,
+    });
+    const kubesphere = new Gateway({
+      registry,
+      knows,
+      log,
+      cluster: name,
+      target: 'kubesphere',
+      limits: gateway.limits,
+      accessLog: gateway.accessLog,
+      inflight: gateway.inflight,
+      stalled: gateway.stalled,
+      metrics: gateway.metrics,
+      draining: gateway.draining,
+      peers: gateway.peers,
+    });
     try {
       await kubernetes.listen(serve.kubernetesPort, host);
       this.#kubernetes = kubernetes;
@@ -78,15 +109,26 @@ export class ClusterPorts {
       await Promise.all([kubernetes.close(), kubesphere.close()]);
       this.#kubernetes = this.#kubesphere = undefined;
       const code = (err as NodeJS.ErrnoException).code;
-      log.error('cannot listen on the cluster\'s ports; retrying', {
-        cluster: name, ports: `${serve.kubernetesPort},${serve.kubespherePort}`, err: code ?? (err as Error).message,
-        fix: code === 'EADDRINUSE' ? 'another process holds the port: stop it, or give the Cluster other ports in spec.connection' : undefined,
+      log.error("cannot listen on the cluster's ports; retrying", {
+        cluster: name,
+        ports: `${serve.kubernetesPort},${serve.kubespherePort}`,
+        err: code ?? (err as Error).message,
+        fix:
+          code === 'EADDRINUSE'
+            ? 'another process holds the port: stop it, or give the Cluster other ports in spec.connection'
+            : undefined,
       });
-      this.#retry = setTimeout(() => { if (this.#serve === serve) void this.apply(serve); }, RETRY_LISTEN_MS);
+      this.#retry = setTimeout(() => {
+        if (this.#serve === serve) void this.apply(serve);
+      }, RETRY_LISTEN_MS);
       this.#retry.unref();
       return;
     }
-    log.info('serving cluster ports', { cluster: name, kubernetes: `${host}:${serve.kubernetesPort}`, kubesphere: `${host}:${serve.kubespherePort}` });
+    log.info('serving cluster ports', {
+      cluster: name,
+      kubernetes: `${host}:${serve.kubernetesPort}`,
+      kubesphere: `${host}:${serve.kubespherePort}`,
+    });
   }
 
   async #stop(): Promise<void> {

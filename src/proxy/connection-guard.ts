@@ -4,7 +4,6 @@ import { Server as TlsServer } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { RepeatedEvents, type Logger } from '../observe/log.ts';
 
-
 export interface ConnectionGuardOptions {
   /** connections counted at once, in total and per remote address */
   maxTotal: number;
@@ -28,7 +27,9 @@ export class AddressCounts {
     this.maxPerAddress = maxPerAddress;
   }
 
-  get total(): number { return this.#total; }
+  get total(): number {
+    return this.#total;
+  }
 
   /** Counts one more for `address`, or says which cap stands in the way. */
   acquire(address: string): 'total' | 'per-address' | undefined {
@@ -66,7 +67,9 @@ export class ConnectionGuard {
     this.#counts = new AddressCounts(opts.maxTotal, opts.maxPerAddress);
   }
 
-  get total(): number { return this.#counts.total; }
+  get total(): number {
+    return this.#counts.total;
+  }
 
   /** Counts every TCP connection of `server`; one over a cap is closed at once. */
   attach(server: Server): void {
@@ -83,7 +86,10 @@ export class ConnectionGuard {
   listenerFor(http: HttpServer, handshakeMs: number): Server {
     if (http instanceof TlsServer) {
       http.on('tlsClientError', (err, socket) => {
-        this.#opts.log.debug(1, `TLS handshake failed on the ${this.#opts.what}`, { remote: socket.remoteAddress, err: err.message });
+        this.#opts.log.debug(1, `TLS handshake failed on the ${this.#opts.what}`, {
+          remote: socket.remoteAddress,
+          err: err.message,
+        });
         socket.destroy();
       });
       http.on('secureConnection', (socket) => this.armFirstRequest(socket));
@@ -105,7 +111,10 @@ export class ConnectionGuard {
       waiting.add(socket);
       socket.on('error', () => socket.destroy());
       const timer = setTimeout(() => socket.destroy(), firstBytesMs);
-      socket.once('close', () => { clearTimeout(timer); waiting.delete(socket); });
+      socket.once('close', () => {
+        clearTimeout(timer);
+        waiting.delete(socket);
+      });
       socket.once('data', (first: Buffer) => {
         clearTimeout(timer);
         waiting.delete(socket);
@@ -116,7 +125,9 @@ export class ConnectionGuard {
       });
     });
     this.attach(listener);
-    listener.on('close', () => { for (const s of waiting) s.destroy(); });
+    listener.on('close', () => {
+      for (const s of waiting) s.destroy();
+    });
     return listener;
   }
 
@@ -165,9 +176,20 @@ export class ConnectionGuard {
   }
 
   #noteRefusal(which: string): void {
-    this.#refusals.note('cap', () => this.#opts.log.warn(`refused a connection on the ${this.#opts.what}: too many connections (${which} cap)`, {
-      total: this.#counts.total, maxTotal: this.#opts.maxTotal, maxPerAddress: this.#opts.maxPerAddress,
-    }), (refused, seconds) => this.#opts.log.warn(`refused connections on the ${this.#opts.what}: too many connections`, { refused, inLast: `${seconds}s` }));
+    this.#refusals.note(
+      'cap',
+      () =>
+        this.#opts.log.warn(`refused a connection on the ${this.#opts.what}: too many connections (${which} cap)`, {
+          total: this.#counts.total,
+          maxTotal: this.#opts.maxTotal,
+          maxPerAddress: this.#opts.maxPerAddress,
+        }),
+      (refused, seconds) =>
+        this.#opts.log.warn(`refused connections on the ${this.#opts.what}: too many connections`, {
+          refused,
+          inLast: `${seconds}s`,
+        }),
+    );
   }
 }
 
@@ -191,7 +213,9 @@ export function listenOn(server: Server, port: number, host: string): Promise<nu
 export function closeServers(listener: Server, http: Server & { closeAllConnections(): void }): Promise<void> {
   return new Promise((resolve) => {
     let pending = listener === http ? 1 : 2;
-    const done = () => { if (--pending === 0) resolve(); };
+    const done = () => {
+      if (--pending === 0) resolve();
+    };
     listener.close(done);
     if (listener !== http) http.close(done);
     http.closeAllConnections();

@@ -56,7 +56,9 @@ export class Conversation {
     else this.#whenAnswered.push(fn);
   }
 
-  get owed(): number { return this.#owed.size; }
+  get owed(): number {
+    return this.#owed.size;
+  }
 
   /**
    * Bytes that are not HTTP arrived: when they are in the body of the request being read, that
@@ -80,7 +82,9 @@ export class Conversation {
     this.#socket.pause();
   }
 
-  get ended(): boolean { return this.#ended; }
+  get ended(): boolean {
+    return this.#ended;
+  }
 }
 
 /** The conversation of each client connection, kept as long as its socket. */

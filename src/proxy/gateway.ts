@@ -1,4 +1,12 @@
-import { createServer as createHttpServer, request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer as createHttpServer,
+  request as httpRequest,
+  type ClientRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -10,9 +18,27 @@ import type { AgentSession } from '../tunnel/server.ts';
 import { ClientCertificateCheck } from './client-certificate.ts';
 import { closeServers, ConnectionGuard, listenOn } from './connection-guard.ts';
 import { Conversations } from './conversation.ts';
-import { certificateIdentity, ImpersonationCheck, impersonationHeaders, impersonationRequest, isIdentityHeader, type GatewayIdentity, type Identity, type ImpersonationRequest } from './identity.ts';
+import {
+  certificateIdentity,
+  ImpersonationCheck,
+  impersonationHeaders,
+  impersonationRequest,
+  isIdentityHeader,
+  type GatewayIdentity,
+  type Identity,
+  type ImpersonationRequest,
+} from './identity.ts';
 import type { ProxyMetrics } from './metrics.ts';
-import { decodeIdentity, encodeIdentity, PEER_API, PEER_HEADERS, peerOf, PeerUpstream, type Peers, type Target } from './peers.ts';
+import {
+  decodeIdentity,
+  encodeIdentity,
+  PEER_API,
+  PEER_HEADERS,
+  peerOf,
+  PeerUpstream,
+  type Peers,
+  type Target,
+} from './peers.ts';
 import type { SessionRegistry } from './registry.ts';
 import { rawStatus, sendStatus, type Refusal } from './status.ts';
 import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
@@ -29,7 +55,18 @@ export const DEFAULT_MAX_CONNECTIONS = 10_000;
 export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1_000;
 /** agents tried for one request without a body before the gateway answers 502 */
 const MAX_ATTEMPTS = 3;
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
 /**
  * never forwarded from a client: the body's framing is tower's to set (whatever the client's was),
  * and a 100-continue is the gateway's to answer
@@ -60,7 +97,8 @@ export const DEFAULT_MAX_REQUESTS_INFLIGHT = 1_000;
 /** What every gateway of a proxy shares: who requests act as, certificates, limits, logging. */
 export type GatewayPolicy = Pick<GatewayOptions, 'identity' | 'allowUnboundCertificates' | 'limits' | 'accessLog'>;
 /** ... and the state they share: verdicts, requests in flight per cluster, metrics */
-export type GatewayShared = GatewayPolicy & Pick<GatewayOptions, 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'>;
+export type GatewayShared = GatewayPolicy &
+  Pick<GatewayOptions, 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'>;
 
 /** Requests in flight per cluster, across the gateway and the cluster's own ports. */
 export class InflightRequests {
@@ -130,7 +168,12 @@ type Routed = Route & { member: Upstream };
 type Body = { kind: 'none' } | { kind: 'length'; bytes: number } | { kind: 'chunked' };
 
 /** what a TLS connection's certificate says, read once per connection */
-interface Peer { problem?: string; bound: string | undefined; identity: Identity | string | undefined; replica?: string }
+interface Peer {
+  problem?: string;
+  bound: string | undefined;
+  identity: Identity | string | undefined;
+  replica?: string;
+}
 
 /**
  * The cluster gateway: one HTTPS port, client certificates from tower's CA required, routing
@@ -212,8 +255,18 @@ export class Gateway {
       conversation.endHere();
       conversation.afterAnswers(() => {
         this.#log.debug(1, 'gateway refused a CONNECT', { url: req.url });
-        if (!socket.writable) { socket.destroy(); return; }
-        socket.end(rawStatus({ status: 405, message: 'tower gateway: CONNECT is not served here; the gateway serves Kubernetes API requests under /clusters/<name>/' }), () => socket.destroy());
+        if (!socket.writable) {
+          socket.destroy();
+          return;
+        }
+        socket.end(
+          rawStatus({
+            status: 405,
+            message:
+              'tower gateway: CONNECT is not served here; the gateway serves Kubernetes API requests under /clusters/<name>/',
+          }),
+          () => socket.destroy(),
+        );
       });
     });
     this.server.on('clientError', (err, socket) => {
@@ -225,14 +278,25 @@ export class Gateway {
       // in a request's body: that request's answer is the 400 (see #onRequest)
       if (conversation.bodyBroke(err)) return;
       conversation.afterAnswers(() => {
-        if (!socket.writable) { socket.destroy(); return; }
-        socket.end(rawStatus({ status: 400, message: `tower gateway: malformed HTTP request (${(err as NodeJS.ErrnoException).code ?? err.message})` }), () => socket.destroy());
+        if (!socket.writable) {
+          socket.destroy();
+          return;
+        }
+        socket.end(
+          rawStatus({
+            status: 400,
+            message: `tower gateway: malformed HTTP request (${(err as NodeJS.ErrnoException).code ?? err.message})`,
+          }),
+          () => socket.destroy(),
+        );
       });
     });
   }
 
   /** connections open now (for tests and metrics) */
-  get connections(): number { return this.#guard.total; }
+  get connections(): number {
+    return this.#guard.total;
+  }
 
   listen(port: number, host: string): Promise<number> {
     return listenOn(this.#listener, port, host);
@@ -251,7 +315,9 @@ export class Gateway {
   }
 
   /** requests in flight and upgraded connections (watches are handed back instead) */
-  get busy(): number { return this.#active + this.#upgraded.size; }
+  get busy(): number {
+    return this.#active + this.#upgraded.size;
+  }
 
   /** Drain: no new connections, idle ones close; what is in flight carries on. */
   stopAccepting(): void {
@@ -275,7 +341,10 @@ export class Gateway {
     const socket = req.socket as TLSSocket;
     const peer = this.#opts.tls ? this.#peer(socket) : undefined;
     if (peer?.problem) {
-      return { status: 401, message: `tower gateway: a client certificate signed by tower's CA is required (this connection has ${peer.problem}); get a kubeconfig with: tower kubeconfig <cluster>` };
+      return {
+        status: 401,
+        message: `tower gateway: a client certificate signed by tower's CA is required (this connection has ${peer.problem}); get a kubeconfig with: tower kubeconfig <cluster>`,
+      };
     }
     if (peer?.replica && !this.#opts.cluster) return this.#peerRoute(req, peer.replica);
     const bound = peer?.bound;
@@ -293,18 +362,32 @@ export class Gateway {
       name = bound;
       path = req.url ?? '/';
     } else {
-      return { status: 404, message: `tower gateway: no route for ${JSON.stringify(truncate(req.url ?? ''))}; paths look like /clusters/<name>/api/...` };
+      return {
+        status: 404,
+        message: `tower gateway: no route for ${JSON.stringify(truncate(req.url ?? ''))}; paths look like /clusters/<name>/api/...`,
+      };
     }
     const problem = clusterNameProblem(name);
-    if (problem) return { status: 400, message: `tower gateway: invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
+    if (problem)
+      return {
+        status: 400,
+        message: `tower gateway: invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}`,
+      };
     // before the store is asked: a bound certificate learns nothing of other clusters, existing or not
     if (bound && bound !== name) {
-      return { status: 403, message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})` };
+      return {
+        status: 403,
+        message: `tower gateway: this client certificate is for cluster "${bound}", not "${name}" (get one with: tower kubeconfig ${name})`,
+      };
     }
     if (this.#opts.tls && !bound && !this.#opts.cluster && !this.#opts.allowUnboundCertificates) {
-      return { status: 403, message: `tower gateway: this client certificate is not bound to a cluster (get one with: tower kubeconfig ${name}; or start the proxy with --allow-unbound-certificates)` };
+      return {
+        status: 403,
+        message: `tower gateway: this client certificate is not bound to a cluster (get one with: tower kubeconfig ${name}; or start the proxy with --allow-unbound-certificates)`,
+      };
     }
-    if (!this.#opts.knows(name)) return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    if (!this.#opts.knows(name))
+      return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
     const target = this.#opts.target ?? 'kubernetes';
     let identity: Identity | undefined;
     if (this.#actsAsCertificate(target)) {
@@ -318,22 +401,36 @@ export class Gateway {
   #peerRoute(req: IncomingMessage, replica: string): Route | Refusal {
     const name = String(req.headers[PEER_HEADERS.cluster] ?? '');
     const target = req.headers[PEER_HEADERS.target];
-    if (target !== 'kubernetes' && target !== 'kubesphere') return { status: 400, message: `tower gateway: replica ${replica} forwarded a request for no valid target` };
+    if (target !== 'kubernetes' && target !== 'kubesphere')
+      return { status: 400, message: `tower gateway: replica ${replica} forwarded a request for no valid target` };
     const identityHeader = req.headers[PEER_HEADERS.identity];
     const signed = this.#opts.peers!.signature.problem(req.headers[PEER_HEADERS.signature], {
-      method: req.method ?? '', path: req.url ?? '', cluster: name, target, identity: typeof identityHeader === 'string' ? identityHeader : '',
+      method: req.method ?? '',
+      path: req.url ?? '',
+      cluster: name,
+      target,
+      identity: typeof identityHeader === 'string' ? identityHeader : '',
     });
     if (signed) {
       this.#log.warn('refused a request on a replica connection that no replica signed', { replica, why: signed });
       return { status: 403, message: `tower gateway: a request from replica ${replica} with ${signed}` };
     }
     const problem = clusterNameProblem(name);
-    if (problem) return { status: 400, message: `tower gateway: replica ${replica} forwarded a request for an invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}` };
-    if (!this.#opts.knows(name)) return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
+    if (problem)
+      return {
+        status: 400,
+        message: `tower gateway: replica ${replica} forwarded a request for an invalid cluster name ${JSON.stringify(truncate(name))}: ${problem}`,
+      };
+    if (!this.#opts.knows(name))
+      return { status: 404, message: `cluster "${name}" not found in tower (register it with: tower token ${name})` };
     let identity: Identity | undefined;
     if (this.#actsAsCertificate(target)) {
       identity = decodeIdentity(typeof identityHeader === 'string' ? identityHeader : undefined);
-      if (!identity) return { status: 400, message: `tower gateway: replica ${replica} forwarded a request without a valid identity` };
+      if (!identity)
+        return {
+          status: 400,
+          message: `tower gateway: replica ${replica} forwarded a request without a valid identity`,
+        };
     }
     return this.#local({ member: undefined, path: req.url ?? '/', cluster: name, target, identity, fromPeer: replica });
   }
@@ -343,7 +440,11 @@ export class Gateway {
     const session = this.#opts.registry.pick(route.cluster);
     if (!session) return route;
     const member = this.#member(session, route.target);
-    if (!member.hostPort || member.hostPort.startsWith(':')) return { status: 502, message: `the agent of cluster "${route.cluster}" announced no ${route.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}` };
+    if (!member.hostPort || member.hostPort.startsWith(':'))
+      return {
+        status: 502,
+        message: `the agent of cluster "${route.cluster}" announced no ${route.target === 'kubesphere' ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)' : 'kube-apiserver'}`,
+      };
     return { ...route, member };
   }
 
@@ -352,12 +453,25 @@ export class Gateway {
    * holds one (one hop: a forwarded request is never forwarded again). A 503 when none has.
    */
   #withMember(route: Route, then: (r: Routed) => void, refuse: (r: Refusal) => void): void {
-    if (route.member) { then(route as Routed); return; }
-    const noAgent: Refusal = { status: 503, retryAfter: 1, message: `cluster "${route.cluster}" has no agent connected to tower (start one with the command that "tower token ${route.cluster}" prints)` };
+    if (route.member) {
+      then(route as Routed);
+      return;
+    }
+    const noAgent: Refusal = {
+      status: 503,
+      retryAfter: 1,
+      message: `cluster "${route.cluster}" has no agent connected to tower (start one with the command that "tower token ${route.cluster}" prints)`,
+    };
     const peers = this.#opts.peers;
-    if (!peers || route.fromPeer) { refuse(noAgent); return; }
+    if (!peers || route.fromPeer) {
+      refuse(noAgent);
+      return;
+    }
     void peers.find(route.cluster).then((replica) => {
-      if (!replica) { refuse(noAgent); return; }
+      if (!replica) {
+        refuse(noAgent);
+        return;
+      }
       this.#opts.metrics?.peerForwards.inc({ replica: replica.id });
       then({ ...route, member: peers.upstream(replica, route.target) });
     });
@@ -371,11 +485,13 @@ export class Gateway {
       p = problem
         ? { problem, bound: undefined, identity: undefined }
         : {
-          bound: boundCluster(cert.subjectaltname),
-          identity: this.#actsAsCertificate(this.#opts.target ?? 'kubernetes') ? certificateIdentity(cert) : undefined,
-          // a replica's certificate means something only where replicas exist, and only on the shared gateway
-          replica: this.#opts.peers && !this.#opts.cluster ? peerOf(cert.subjectaltname) : undefined,
-        };
+            bound: boundCluster(cert.subjectaltname),
+            identity: this.#actsAsCertificate(this.#opts.target ?? 'kubernetes')
+              ? certificateIdentity(cert)
+              : undefined,
+            // a replica's certificate means something only where replicas exist, and only on the shared gateway
+            replica: this.#opts.peers && !this.#opts.cluster ? peerOf(cert.subjectaltname) : undefined,
+          };
       this.#peers.set(socket, p);
     }
     return p;
@@ -386,7 +502,11 @@ export class Gateway {
    * Authorization, Impersonate-* and X-Remote-* go, and the certificate's identity (or an
    * impersonation the member allowed it) is sent. ks-apiserver gets the client's headers as they are.
    */
-  #upstreamHeaders(req: IncomingMessage, route: Routed, actAs: Identity | ImpersonationRequest | undefined): OutgoingHttpHeaders {
+  #upstreamHeaders(
+    req: IncomingMessage,
+    route: Routed,
+    actAs: Identity | ImpersonationRequest | undefined,
+  ): OutgoingHttpHeaders {
     const { member } = route;
     const certificate = route.identity !== undefined;
     const dropAuth = !member.keepsClientAuthorization;
@@ -411,13 +531,27 @@ export class Gateway {
     out[PEER_HEADERS.target] = route.target;
     const identity = route.identity ? encodeIdentity(route.identity) : '';
     if (identity) out[PEER_HEADERS.identity] = identity;
-    out[PEER_HEADERS.signature] = this.#opts.peers!.signature.sign({ method: req.method ?? '', path: route.path, cluster: route.cluster, target: route.target, identity });
+    out[PEER_HEADERS.signature] = this.#opts.peers!.signature.sign({
+      method: req.method ?? '',
+      path: route.path,
+      cluster: route.cluster,
+      target: route.target,
+      identity,
+    });
     return out;
   }
 
   /** The headers for `route`'s member: a replica's, or the member's once whom the request acts as is settled. */
-  #headersFor(req: IncomingMessage, route: Routed, then: (headers: OutgoingHttpHeaders) => void, refuse: (r: Refusal) => void): void {
-    if (route.member instanceof PeerUpstream) { then(this.#peerHeaders(req, route)); return; }
+  #headersFor(
+    req: IncomingMessage,
+    route: Routed,
+    then: (headers: OutgoingHttpHeaders) => void,
+    refuse: (r: Refusal) => void,
+  ): void {
+    if (route.member instanceof PeerUpstream) {
+      then(this.#peerHeaders(req, route));
+      return;
+    }
     this.#actAs(req, route, (actAs) => then(this.#upstreamHeaders(req, route, actAs)), refuse);
   }
 
@@ -425,18 +559,38 @@ export class Gateway {
    * Whom the request acts as: the certificate's identity, or the impersonation the client asked for
    * once the member allowed it. Calls back with a refusal otherwise.
    */
-  #actAs(req: IncomingMessage, route: Routed, then: (actAs: Identity | ImpersonationRequest | undefined) => void, refuse: (r: Refusal) => void): void {
+  #actAs(
+    req: IncomingMessage,
+    route: Routed,
+    then: (actAs: Identity | ImpersonationRequest | undefined) => void,
+    refuse: (r: Refusal) => void,
+  ): void {
     const identity = route.identity;
-    if (!identity) { then(undefined); return; }
+    if (!identity) {
+      then(undefined);
+      return;
+    }
     const wanted = impersonationRequest(req as IncomingMessage & { headersDistinct: Record<string, string[]> });
-    if (wanted === undefined) { then(identity); return; }
-    if (typeof wanted === 'string') { refuse({ status: 400, message: `tower gateway: ${wanted}` }); return; }
-    this.#impersonation.denied(route.member, route.cluster, identity, wanted).then((denied) => {
-      if (denied) refuse({ status: 403, message: `tower gateway: ${denied}` });
-      else then(wanted);
-    }, (err: Error) => {
-      refuse({ status: 502, message: `tower gateway: cannot ask cluster "${route.cluster}" whether user "${identity.user}" may impersonate: ${err.message}` });
-    });
+    if (wanted === undefined) {
+      then(identity);
+      return;
+    }
+    if (typeof wanted === 'string') {
+      refuse({ status: 400, message: `tower gateway: ${wanted}` });
+      return;
+    }
+    this.#impersonation.denied(route.member, route.cluster, identity, wanted).then(
+      (denied) => {
+        if (denied) refuse({ status: 403, message: `tower gateway: ${denied}` });
+        else then(wanted);
+      },
+      (err: Error) => {
+        refuse({
+          status: 502,
+          message: `tower gateway: cannot ask cluster "${route.cluster}" whether user "${identity.user}" may impersonate: ${err.message}`,
+        });
+      },
+    );
   }
 
   /**
@@ -444,9 +598,15 @@ export class Gateway {
    * cluster label is a routed cluster's only: never a name a client made up. `path` is as the
    * member sees it (the route's), or as the client sent it when there was no route.
    */
-  #finished(req: IncomingMessage, route: Route | Refusal, status: number, started: number, verb = verbOf(req, route)): void {
+  #finished(
+    req: IncomingMessage,
+    route: Route | Refusal,
+    status: number,
+    started: number,
+    verb = verbOf(req, route),
+  ): void {
     const cluster = 'cluster' in route ? route.cluster : undefined;
-    const path = 'path' in route ? route.path : req.url ?? '';
+    const path = 'path' in route ? route.path : (req.url ?? '');
     const seconds = (performance.now() - started) / 1000;
     const metrics = this.#opts.metrics;
     if (metrics) {
@@ -457,8 +617,15 @@ export class Gateway {
     const peer = this.#opts.tls ? this.#peers.get(req.socket as TLSSocket) : undefined;
     const who = peer && typeof peer.identity === 'object' ? peer.identity : undefined;
     this.#log.info('access', {
-      cluster, user: who?.user, groups: who?.groups.join(','), as: req.headers['impersonate-user'],
-      verb, path, status, duration: `${Math.round(seconds * 1000)}ms`, remote: req.socket.remoteAddress,
+      cluster,
+      user: who?.user,
+      groups: who?.groups.join(','),
+      as: req.headers['impersonate-user'],
+      verb,
+      path,
+      status,
+      duration: `${Math.round(seconds * 1000)}ms`,
+      remote: req.socket.remoteAddress,
     });
   }
 
@@ -474,7 +641,11 @@ export class Gateway {
     if (!inflight || verb === 'watch' || /[?&]follow=(true|1)(&|$)/.test(route.path)) return undefined;
     if (!inflight.acquire(route.cluster, max)) {
       this.#opts.metrics?.inflightRefusals.inc({ cluster: route.cluster });
-      return { status: 429, retryAfter: 1, message: `tower gateway: cluster "${route.cluster}" has ${max} requests in flight through tower, its limit (the proxy's --max-requests-inflight); retry shortly` };
+      return {
+        status: 429,
+        retryAfter: 1,
+        message: `tower gateway: cluster "${route.cluster}" has ${max} requests in flight through tower, its limit (the proxy's --max-requests-inflight); retry shortly`,
+      };
     }
     res.once('close', () => inflight.release(route.cluster));
     return undefined;
@@ -486,7 +657,11 @@ export class Gateway {
     if (!budget?.exhausted) return undefined;
     this.#opts.metrics?.stalledRefusals.inc({ cluster });
     const mib = (n: number) => (n / 2 ** 20).toFixed(1);
-    return { status: 429, retryAfter: 1, message: `tower gateway: answers whose clients stopped reading hold ${mib(budget.reservedBytes)} MiB in this proxy, its limit of ${mib(budget.maxBytes)} MiB (the proxy's --max-stalled-memory); retry shortly` };
+    return {
+      status: 429,
+      retryAfter: 1,
+      message: `tower gateway: answers whose clients stopped reading hold ${mib(budget.reservedBytes)} MiB in this proxy, its limit of ${mib(budget.maxBytes)} MiB (the proxy's --max-stalled-memory); retry shortly`,
+    };
   }
 
   /**
@@ -496,23 +671,36 @@ export class Gateway {
    */
   #stallable(from: IncomingMessage | Duplex, to: ServerResponse | Duplex): () => void {
     const stall = this.#opts.stalled?.stream();
-    to.on('drain', () => { stall?.release(); from.resume(); });
+    to.on('drain', () => {
+      stall?.release();
+      from.resume();
+    });
     to.once('close', () => stall?.end());
-    return () => { from.pause(); stall?.hold(); };
+    return () => {
+      from.pause();
+      stall?.hold();
+    };
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse, continueOutOfTurn = false): void {
     this.#guard.seen(req.socket);
     const conversation = this.#conversations.of(req.socket);
     // pipelined after a refusal that ends the connection: not this client's request, and never answered
-    if (conversation.ended) { req.resume(); return; }
+    if (conversation.ended) {
+      req.resume();
+      return;
+    }
     // a body that turns out not to be HTTP (a bad chunk): what was forwarded of it is cut off, and
     // its answer is a 400, the connection's last
     conversation.owe(req, res, (err: NodeJS.ErrnoException) => {
       this.#brokenBodies.add(req);
       this.#cutOff.get(req)?.();
       res.shouldKeepAlive = false;
-      if (!res.headersSent && !res.destroyed) sendStatus(res, { status: 400, message: `tower gateway: malformed request body (${err.code ?? err.message}); nothing more of it was forwarded` });
+      if (!res.headersSent && !res.destroyed)
+        sendStatus(res, {
+          status: 400,
+          message: `tower gateway: malformed request body (${err.code ?? err.message}); nothing more of it was forwarded`,
+        });
       else res.destroy();
     });
     // a draining replica's clients reconnect, through their load balancer, to another one
@@ -521,7 +709,10 @@ export class Gateway {
       conversation.endHere();
     }
     if (this.#opts.peers && this.#opts.tls && !this.#opts.cluster && !this.#oneAtATime(req, res)) return;
-    if (!this.#opts.cluster && req.url?.startsWith(PEER_API)) { this.#onPeerApi(req, res); return; }
+    if (!this.#opts.cluster && req.url?.startsWith(PEER_API)) {
+      this.#onPeerApi(req, res);
+      return;
+    }
     const started = performance.now();
     const refuse = (r: Refusal) => {
       this.#log.debug(1, 'gateway refused a request', { url: req.url, status: r.status, why: r.message });
@@ -535,10 +726,17 @@ export class Gateway {
     if (continueOutOfTurn) {
       res.shouldKeepAlive = false;
       conversation.refuse();
-      refuse({ status: 417, message: 'tower gateway: a request that expects 100-continue cannot be pipelined behind another; send it on a connection of its own, or without Expect' });
+      refuse({
+        status: 417,
+        message:
+          'tower gateway: a request that expects 100-continue cannot be pipelined behind another; send it on a connection of its own, or without Expect',
+      });
       return;
     }
-    if ('status' in route) { refuse(route); return; }
+    if ('status' in route) {
+      refuse(route);
+      return;
+    }
     const body = requestBody(req);
     if (typeof body === 'string') {
       // the bytes after an ambiguous head are not to be read as anything: the connection ends with this answer
@@ -548,16 +746,32 @@ export class Gateway {
       return;
     }
     const full = this.#admit(res, route, verb);
-    if (full) { refuse(full); return; }
-    res.on('close', () => { if (!res.writableFinished) req.destroy(); });
+    if (full) {
+      refuse(full);
+      return;
+    }
+    res.on('close', () => {
+      if (!res.writableFinished) req.destroy();
+    });
     if (verb !== 'watch') {
       this.#active++;
-      res.once('close', () => { this.#active--; });
+      res.once('close', () => {
+        this.#active--;
+      });
     }
-    this.#withMember(route, (routed) => {
-      if (res.destroyed) return;
-      this.#headersFor(req, routed, (headers) => this.#forward(req, res, routed, headers, body, new Set(), verb), refuse);
-    }, refuse);
+    this.#withMember(
+      route,
+      (routed) => {
+        if (res.destroyed) return;
+        this.#headersFor(
+          req,
+          routed,
+          (headers) => this.#forward(req, res, routed, headers, body, new Set(), verb),
+          refuse,
+        );
+      },
+      refuse,
+    );
   }
 
   /**
@@ -570,7 +784,10 @@ export class Gateway {
     const replica = this.#peer(socket as TLSSocket).replica;
     if (!replica) return true;
     if (this.#peerBusy.has(socket)) {
-      this.#log.warn('closed a replica connection that sent a request before the previous answer ended', { replica, url: truncate(req.url ?? '') });
+      this.#log.warn('closed a replica connection that sent a request before the previous answer ended', {
+        replica,
+        url: truncate(req.url ?? ''),
+      });
       socket.destroy();
       return false;
     }
@@ -595,7 +812,15 @@ export class Gateway {
    * (the agent died, the channel was refused) is retried through another agent of the cluster.
    * Whatever the member answers, this request alone fails: 502 for a broken answer, 504 for none.
    */
-  #forward(req: IncomingMessage, res: ServerResponse, route: Routed, headers: OutgoingHttpHeaders, body: Body, tried: Set<unknown>, verb: string): void {
+  #forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: Routed,
+    headers: OutgoingHttpHeaders,
+    body: Body,
+    tried: Set<unknown>,
+    verb: string,
+  ): void {
     // the client's body broke while a member was being chosen (it has had its answer), or the client
     // left meanwhile (an impersonation asked of the member takes a round trip): nothing goes on
     if (this.#brokenBodies.has(req) || res.destroyed) return;
@@ -613,14 +838,23 @@ export class Gateway {
       // the body piped in is exactly what its framing says: Node's parser delivered it so
       upstream = httpRequest({ agent: member.pool, method: req.method, path, headers });
     } catch (err) {
-      sendStatus(res, { status: 502, message: `tower gateway: cannot forward this request to cluster "${cluster}": ${(err as Error).message}` });
+      sendStatus(res, {
+        status: 502,
+        message: `tower gateway: cannot forward this request to cluster "${cluster}": ${(err as Error).message}`,
+      });
       req.resume();
       return;
     }
     let answered = false;
     let timedOut = false;
     const timeoutMs = this.#limits.requestTimeoutMs;
-    const timer = timeoutMs > 0 ? setTimeout(() => { timedOut = true; upstream.destroy(); }, timeoutMs) : undefined;
+    const timer =
+      timeoutMs > 0
+        ? setTimeout(() => {
+            timedOut = true;
+            upstream.destroy();
+          }, timeoutMs)
+        : undefined;
     upstream.on('response', (up) => {
       answered = true;
       clearTimeout(timer);
@@ -638,15 +872,31 @@ export class Gateway {
       clearTimeout(timer);
       // the client's body broke: it has had its answer (in #onRequest)
       if (this.#brokenBodies.has(req)) return;
-      if (answered || res.headersSent) { if (!res.writableEnded) res.destroy(); return; }
-      if (timedOut) {
-        sendStatus(res, { status: 504, message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)` });
+      if (answered || res.headersSent) {
+        if (!res.writableEnded) res.destroy();
         return;
       }
-      const failed = () => sendStatus(res, { status: 502, message: `tower gateway: cannot reach the ${this.#what(route.target)} of cluster "${cluster}" through ${member instanceof PeerUpstream ? member.via : 'its agent'}: ${err.message}` });
-      if (!bodyless || tried.size >= MAX_ATTEMPTS || res.destroyed) { failed(); return; }
+      if (timedOut) {
+        sendStatus(res, {
+          status: 504,
+          message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`,
+        });
+        return;
+      }
+      const failed = () =>
+        sendStatus(res, {
+          status: 502,
+          message: `tower gateway: cannot reach the ${this.#what(route.target)} of cluster "${cluster}" through ${member instanceof PeerUpstream ? member.via : 'its agent'}: ${err.message}`,
+        });
+      if (!bodyless || tried.size >= MAX_ATTEMPTS || res.destroyed) {
+        failed();
+        return;
+      }
       this.#next(route, tried).then((next) => {
-        if (!next) { failed(); return; }
+        if (!next) {
+          failed();
+          return;
+        }
         this.#log.debug(1, 'retrying a request', { cluster, via: member.via, next: next.via, err: err.message });
         headers.host = next.hostHeader;
         if (next.authorization) headers.authorization = next.authorization;
@@ -663,7 +913,10 @@ export class Gateway {
       upstream.end();
     } else {
       req.on('error', () => upstream.destroy());
-      this.#cutOff.set(req, () => { req.unpipe(upstream); upstream.destroy(); });
+      this.#cutOff.set(req, () => {
+        req.unpipe(upstream);
+        upstream.destroy();
+      });
       req.pipe(upstream);
     }
   }
@@ -700,7 +953,10 @@ export class Gateway {
     if (problem) {
       up.destroy();
       upstream.destroy();
-      sendStatus(res, { status: 502, message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" answered with ${problem}` });
+      sendStatus(res, {
+        status: 502,
+        message: `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" answered with ${problem}`,
+      });
       return;
     }
     // a streamed answer (a watch) must reach the client before its first event; one with a
@@ -711,10 +967,14 @@ export class Gateway {
     up.on('error', () => res.destroy());
     let handedBack = false;
     // an answer cut off mid-body is cut off for the client too, never ended as if whole
-    up.on('close', () => { if (!up.complete && !handedBack) res.destroy(); });
+    up.on('close', () => {
+      if (!up.complete && !handedBack) res.destroy();
+    });
     const stalled = this.#stallable(up, res);
     if (verb !== 'watch') {
-      up.on('data', (d: Buffer) => { if (!res.write(d)) stalled(); });
+      up.on('data', (d: Buffer) => {
+        if (!res.write(d)) stalled();
+      });
       up.on('end', () => res.end());
       return;
     }
@@ -728,16 +988,25 @@ export class Gateway {
       up.destroy();
       upstream.destroy();
     };
-    const handBack = () => { ending = true; if (frames.atBoundary) end(); };
+    const handBack = () => {
+      ending = true;
+      if (frames.atBoundary) end();
+    };
     this.#watches.add(handBack);
     res.once('close', () => this.#watches.delete(handBack));
     up.on('data', (d: Buffer) => {
       if (handedBack) return;
       const cut = frames.feed(d);
-      if (ending && cut >= 0) { res.write(d.subarray(0, cut)); end(); return; }
+      if (ending && cut >= 0) {
+        res.write(d.subarray(0, cut));
+        end();
+        return;
+      }
       if (!res.write(d)) stalled();
     });
-    up.on('end', () => { if (!handedBack) res.end(); });
+    up.on('end', () => {
+      if (!handedBack) res.end();
+    });
   }
 
   #what(target: Target = this.#opts.target ?? 'kubernetes'): string {
@@ -758,11 +1027,16 @@ export class Gateway {
     const conversation = this.#conversations.of(socket);
     conversation.closeWithSocket();
     // after a refusal that ends the connection: its answer goes, then the connection ends
-    if (conversation.ended) { conversation.afterAnswers(() => socket.destroy()); return; }
+    if (conversation.ended) {
+      conversation.afterAnswers(() => socket.destroy());
+      return;
+    }
     // an upgrade pipelined behind requests still being answered: its refusal or its 101 is written
     // straight to the socket, so it waits until their answers have gone
     if (conversation.owed > 0) {
-      conversation.afterAnswers(() => { if (!socket.destroyed) this.#onUpgradeInTurn(req, socket, head); });
+      conversation.afterAnswers(() => {
+        if (!socket.destroyed) this.#onUpgradeInTurn(req, socket, head);
+      });
       return;
     }
     this.#onUpgradeInTurn(req, socket, head);
@@ -777,84 +1051,152 @@ export class Gateway {
       this.#finished(req, route ?? r, r.status, started);
     };
     const found = this.#route(req);
-    if ('status' in found) { refuse(found); return; }
-    const full = this.#stalledRefusal(found.cluster);
-    if (full) { refuse(full, found); return; }
-    const body = requestBody(req);
-    if (typeof body === 'string' || body.kind !== 'none') {
-      refuse({ status: 400, message: `tower gateway: an upgrade request carries no body (this one has ${typeof body === 'string' ? body : `a ${body.kind === 'length' ? 'Content-Length' : 'chunked'} body`})` }, found);
+    if ('status' in found) {
+      refuse(found);
       return;
     }
-    this.#withMember(found, (route) => this.#headersFor(req, route, (headers) => {
-      if (socket.destroyed) return;
-      const { member, path, cluster } = route;
-      if (this.#log.enabled(4)) this.#log.debug(4, 'forward upgrade', { cluster, method: req.method, path, upgrade: req.headers.upgrade, via: member.via });
-      headers.connection = 'Upgrade';
-      headers.upgrade = req.headers.upgrade;
-      const timeoutMs = this.#limits.requestTimeoutMs;
-      let timer: NodeJS.Timeout | undefined;
-      // refuse() ends the socket after the Status: destroying it as well could cut that short
-      const fail = (status: number, message: string) => {
-        clearTimeout(timer);
-        refuse({ status, message }, route);
-        if (!socket.writable) socket.destroy();
-      };
-      // upgraded connections get a channel of their own, never a pooled one
-      member.connect().then((tls) => {
-        if (socket.destroyed) { tls.destroy(); return; }
-        let upReq: ClientRequest;
-        try {
-          upReq = httpRequest({ createConnection: () => tls, method: req.method, path, headers });
-        } catch (err) {
-          tls.destroy();
-          fail(502, `tower gateway: cannot forward this upgrade to cluster "${cluster}": ${(err as Error).message}`);
-          return;
-        }
-        timer = timeoutMs > 0 ? setTimeout(() => {
-          upReq.destroy();
-          fail(504, `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`);
-        }, timeoutMs) : undefined;
-        const invalid = `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" answered the upgrade with an invalid status line`;
-        // both run inside the tunnel's read of the channel: nothing may throw out of them
-        upReq.on('upgrade', (upRes, upSocket, upHead) => {
-          clearTimeout(timer);
-          if (!validStatusLine(upRes)) { upSocket.destroy(); fail(502, invalid); return; }
-          upSocket.on('error', () => socket.destroy());
-          // a drain waits for upgraded connections (exec, port-forward) until its grace period ends
-          this.#upgraded.add(socket);
-          socket.on('close', () => { this.#upgraded.delete(socket); upSocket.destroy(); });
-          upSocket.on('close', () => socket.destroy());
-          socket.write(rawHead(upRes));
-          if (upHead.length) socket.write(upHead);
-          if (head.length) upSocket.write(head);
-          // the member's side by hand, so that a client that stops reading counts as stalled
-          const stalled = this.#stallable(upSocket, socket);
-          upSocket.on('data', (d: Buffer) => { if (!socket.write(d)) stalled(); });
-          upSocket.on('end', () => socket.end());
-          upSocket.resume();
-          socket.pipe(upSocket);
-          this.#finished(req, route, upRes.statusCode ?? 101, started);
-        });
-        upReq.on('response', (upRes) => {
-          clearTimeout(timer);
-          if (!validStatusLine(upRes)) { upRes.destroy(); fail(502, invalid); return; }
-          // the upgrade was refused (403, 400, …): relay the answer as it is
-          upRes.on('error', () => socket.destroy());
-          socket.write(rawHead(upRes, true));
-          upRes.pipe(socket);
-          this.#finished(req, route, upRes.statusCode ?? 0, started);
-        });
-        upReq.on('error', (err) => {
-          clearTimeout(timer);
-          this.#log.warn('upgrade through the tunnel failed', { cluster, err: err.message });
-          if (!socket.destroyed) fail(502, `tower gateway: the upgrade through cluster "${cluster}"'s agent failed: ${err.message}`);
-        });
-        socket.on('close', () => { clearTimeout(timer); upReq.destroy(); });
-        req.pipe(upReq);
-      }, (err: Error) => {
-        fail(502, `tower gateway: cannot reach the ${this.#what(route.target)} of cluster "${cluster}" through ${member instanceof PeerUpstream ? member.via : 'its agent'}: ${err.message}`);
-      });
-    }, (r) => { refuse(r, route); }), (r) => { refuse(r, found); });
+    const full = this.#stalledRefusal(found.cluster);
+    if (full) {
+      refuse(full, found);
+      return;
+    }
+    const body = requestBody(req);
+    if (typeof body === 'string' || body.kind !== 'none') {
+      refuse(
+        {
+          status: 400,
+          message: `tower gateway: an upgrade request carries no body (this one has ${typeof body === 'string' ? body : `a ${body.kind === 'length' ? 'Content-Length' : 'chunked'} body`})`,
+        },
+        found,
+      );
+      return;
+    }
+    this.#withMember(
+      found,
+      (route) =>
+        this.#headersFor(
+          req,
+          route,
+          (headers) => {
+            if (socket.destroyed) return;
+            const { member, path, cluster } = route;
+            if (this.#log.enabled(4))
+              this.#log.debug(4, 'forward upgrade', {
+                cluster,
+                method: req.method,
+                path,
+                upgrade: req.headers.upgrade,
+                via: member.via,
+              });
+            headers.connection = 'Upgrade';
+            headers.upgrade = req.headers.upgrade;
+            const timeoutMs = this.#limits.requestTimeoutMs;
+            let timer: NodeJS.Timeout | undefined;
+            // refuse() ends the socket after the Status: destroying it as well could cut that short
+            const fail = (status: number, message: string) => {
+              clearTimeout(timer);
+              refuse({ status, message }, route);
+              if (!socket.writable) socket.destroy();
+            };
+            // upgraded connections get a channel of their own, never a pooled one
+            member.connect().then(
+              (tls) => {
+                if (socket.destroyed) {
+                  tls.destroy();
+                  return;
+                }
+                let upReq: ClientRequest;
+                try {
+                  upReq = httpRequest({ createConnection: () => tls, method: req.method, path, headers });
+                } catch (err) {
+                  tls.destroy();
+                  fail(
+                    502,
+                    `tower gateway: cannot forward this upgrade to cluster "${cluster}": ${(err as Error).message}`,
+                  );
+                  return;
+                }
+                timer =
+                  timeoutMs > 0
+                    ? setTimeout(() => {
+                        upReq.destroy();
+                        fail(
+                          504,
+                          `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" did not answer within ${timeoutMs / 1000}s (the proxy's --request-timeout)`,
+                        );
+                      }, timeoutMs)
+                    : undefined;
+                const invalid = `tower gateway: the ${this.#what(route.target)} of cluster "${cluster}" answered the upgrade with an invalid status line`;
+                // both run inside the tunnel's read of the channel: nothing may throw out of them
+                upReq.on('upgrade', (upRes, upSocket, upHead) => {
+                  clearTimeout(timer);
+                  if (!validStatusLine(upRes)) {
+                    upSocket.destroy();
+                    fail(502, invalid);
+                    return;
+                  }
+                  upSocket.on('error', () => socket.destroy());
+                  // a drain waits for upgraded connections (exec, port-forward) until its grace period ends
+                  this.#upgraded.add(socket);
+                  socket.on('close', () => {
+                    this.#upgraded.delete(socket);
+                    upSocket.destroy();
+                  });
+                  upSocket.on('close', () => socket.destroy());
+                  socket.write(rawHead(upRes));
+                  if (upHead.length) socket.write(upHead);
+                  if (head.length) upSocket.write(head);
+                  // the member's side by hand, so that a client that stops reading counts as stalled
+                  const stalled = this.#stallable(upSocket, socket);
+                  upSocket.on('data', (d: Buffer) => {
+                    if (!socket.write(d)) stalled();
+                  });
+                  upSocket.on('end', () => socket.end());
+                  upSocket.resume();
+                  socket.pipe(upSocket);
+                  this.#finished(req, route, upRes.statusCode ?? 101, started);
+                });
+                upReq.on('response', (upRes) => {
+                  clearTimeout(timer);
+                  if (!validStatusLine(upRes)) {
+                    upRes.destroy();
+                    fail(502, invalid);
+                    return;
+                  }
+                  // the upgrade was refused (403, 400, …): relay the answer as it is
+                  upRes.on('error', () => socket.destroy());
+                  socket.write(rawHead(upRes, true));
+                  upRes.pipe(socket);
+                  this.#finished(req, route, upRes.statusCode ?? 0, started);
+                });
+                upReq.on('error', (err) => {
+                  clearTimeout(timer);
+                  this.#log.warn('upgrade through the tunnel failed', { cluster, err: err.message });
+                  if (!socket.destroyed)
+                    fail(502, `tower gateway: the upgrade through cluster "${cluster}"'s agent failed: ${err.message}`);
+                });
+                socket.on('close', () => {
+                  clearTimeout(timer);
+                  upReq.destroy();
+                });
+                req.pipe(upReq);
+              },
+              (err: Error) => {
+                fail(
+                  502,
+                  `tower gateway: cannot reach the ${this.#what(route.target)} of cluster "${cluster}" through ${member instanceof PeerUpstream ? member.via : 'its agent'}: ${err.message}`,
+                );
+              },
+            );
+          },
+          (r) => {
+            refuse(r, route);
+          },
+        ),
+      (r) => {
+        refuse(r, found);
+      },
+    );
   }
 }
 
@@ -879,7 +1221,8 @@ function requestBody(req: IncomingMessage): Body | string {
   }
   if (te !== undefined) {
     if (cl !== undefined) return 'a request with both Content-Length and Transfer-Encoding';
-    if (te.trim().toLowerCase() !== 'chunked') return `a request with Transfer-Encoding ${JSON.stringify(truncate(te))}: only "chunked" is accepted`;
+    if (te.trim().toLowerCase() !== 'chunked')
+      return `a request with Transfer-Encoding ${JSON.stringify(truncate(te))}: only "chunked" is accepted`;
     return { kind: 'chunked' };
   }
   if (cl === undefined) return { kind: 'none' };
@@ -890,7 +1233,7 @@ function requestBody(req: IncomingMessage): Body | string {
 
 /** the verb of a request, by the path the member sees (the route's), or as the client sent it when there was no route */
 function verbOf(req: IncomingMessage, route: Route | Refusal): string {
-  return kubernetesVerb(req.method ?? '', 'path' in route ? route.path : req.url ?? '');
+  return kubernetesVerb(req.method ?? '', 'path' in route ? route.path : (req.url ?? ''));
 }
 
 /**
@@ -905,7 +1248,10 @@ function verbOf(req: IncomingMessage, route: Route | Refusal): string {
 function dropBearerProtocol(out: OutgoingHttpHeaders): void {
   const offered = out['sec-websocket-protocol'];
   if (offered === undefined) return;
-  const kept = String(offered).split(',').map((p) => p.trim()).filter((p) => p && !p.startsWith(BEARER_PROTOCOL));
+  const kept = String(offered)
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p && !p.startsWith(BEARER_PROTOCOL));
   if (kept.length > 0) out['sec-websocket-protocol'] = kept.join(', ');
   else delete out['sec-websocket-protocol'];
 }
@@ -914,7 +1260,16 @@ function forwardedHeaders(req: IncomingMessage, drop: (name: string) => boolean)
   const out: OutgoingHttpHeaders = {};
   const listed = new Set((req.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
   for (const [k, v] of Object.entries(req.headers)) {
-    if (HOP_BY_HOP.has(k) || CLIENT_FRAMING.has(k) || listed.has(k) || k === 'host' || v === undefined || k.startsWith('x-tower-') || drop(k)) continue;
+    if (
+      HOP_BY_HOP.has(k) ||
+      CLIENT_FRAMING.has(k) ||
+      listed.has(k) ||
+      k === 'host' ||
+      v === undefined ||
+      k.startsWith('x-tower-') ||
+      drop(k)
+    )
+      continue;
     out[k] = v;
   }
   return out;
@@ -933,11 +1288,16 @@ export function kubernetesVerb(method: string, url: string): string {
     case 'HEAD':
       if (/(^|&)watch=(true|1)(&|$)/.test(query)) return 'watch';
       return rest === undefined || named ? 'get' : 'list';
-    case 'POST': return 'create';
-    case 'PUT': return 'update';
-    case 'PATCH': return 'patch';
-    case 'DELETE': return rest === undefined || named ? 'delete' : 'deletecollection';
-    default: return method.toLowerCase();
+    case 'POST':
+      return 'create';
+    case 'PUT':
+      return 'update';
+    case 'PATCH':
+      return 'patch';
+    case 'DELETE':
+      return rest === undefined || named ? 'delete' : 'deletecollection';
+    default:
+      return method.toLowerCase();
   }
 }
 
@@ -948,7 +1308,11 @@ function validStatusLine(res: IncomingMessage): boolean {
 }
 
 function safeDecode(s: string): string {
-  try { return decodeURIComponent(s); } catch { return s; }
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }
 
 function downstreamHeaders(up: IncomingMessage): OutgoingHttpHeaders {

@@ -49,13 +49,16 @@ export function certificateIdentity(cert: PeerCertificate): Identity | string {
   if (cns.length !== 1 || !user) return 'the client certificate must have exactly one common name (CN), the user name';
   const groups = list(subject.O);
   for (const v of [user, ...groups]) {
-    if (UNSAFE.test(v)) return 'the client certificate\'s subject holds control characters';
+    if (UNSAFE.test(v)) return "the client certificate's subject holds control characters";
   }
   return { user, groups };
 }
 
 /** The Impersonate-* headers of a request; a string when they are malformed. */
-export function impersonationRequest(req: { headers: IncomingHttpHeaders; headersDistinct: Record<string, string[]> }): ImpersonationRequest | undefined | string {
+export function impersonationRequest(req: {
+  headers: IncomingHttpHeaders;
+  headersDistinct: Record<string, string[]>;
+}): ImpersonationRequest | undefined | string {
   let names: string[] | undefined;
   for (const k in req.headers) if (k.startsWith('impersonate-')) (names ??= []).push(k);
   if (!names) return undefined;
@@ -68,10 +71,13 @@ export function impersonationRequest(req: { headers: IncomingHttpHeaders; header
   if (uids.length > 1) return 'at most one Impersonate-Uid';
   const extra: [string, string][] = [];
   for (const k of names) {
-    if (k.startsWith('impersonate-extra-')) for (const v of distinct[k] ?? []) extra.push([decodeExtraKey(k.slice('impersonate-extra-'.length)), v]);
-    else if (!['impersonate-user', 'impersonate-group', 'impersonate-uid'].includes(k)) return `unknown impersonation header ${k}`;
+    if (k.startsWith('impersonate-extra-'))
+      for (const v of distinct[k] ?? []) extra.push([decodeExtraKey(k.slice('impersonate-extra-'.length)), v]);
+    else if (!['impersonate-user', 'impersonate-group', 'impersonate-uid'].includes(k))
+      return `unknown impersonation header ${k}`;
   }
-  if (groups.length + extra.length > MAX_IMPERSONATED_VALUES) return `at most ${MAX_IMPERSONATED_VALUES} impersonated groups and extras`;
+  if (groups.length + extra.length > MAX_IMPERSONATED_VALUES)
+    return `at most ${MAX_IMPERSONATED_VALUES} impersonated groups and extras`;
   return { user: users[0], groups, uid: uids[0], extra };
 }
 
@@ -90,7 +96,11 @@ export function extraKeyHeader(k: string): string {
 }
 
 function decodeExtraKey(k: string): string {
-  try { return decodeURIComponent(k); } catch { return k; }
+  try {
+    return decodeURIComponent(k);
+  } catch {
+    return k;
+  }
 }
 
 /** Impersonation headers for `who` (values as UTF-8 bytes, as kube-apiserver reads them). */
@@ -113,7 +123,10 @@ function wire(v: string): string {
 }
 const ASCII = /^[\x20-\x7e]*$/;
 
-interface Verdict { allowed: boolean; expires: number }
+interface Verdict {
+  allowed: boolean;
+  expires: number;
+}
 
 /**
  * Asks the member whether `who` may impersonate what a client requested: one SubjectAccessReview
@@ -123,15 +136,33 @@ export class ImpersonationCheck {
   #cache = new Map<string, Verdict>();
 
   /** undefined when allowed, else the reason for a 403; rejects when the member could not be asked */
-  async denied(member: Upstream, cluster: string, who: Identity, wanted: ImpersonationRequest): Promise<string | undefined> {
+  async denied(
+    member: Upstream,
+    cluster: string,
+    who: Identity,
+    wanted: ImpersonationRequest,
+  ): Promise<string | undefined> {
     const sa = SERVICE_ACCOUNT.exec(wanted.user);
     const checks: { what: string; attrs: Record<string, string> }[] = [
       sa
-        ? { what: `service account "${wanted.user}"`, attrs: { resource: 'serviceaccounts', namespace: sa[1]!, name: sa[2]! } }
+        ? {
+            what: `service account "${wanted.user}"`,
+            attrs: { resource: 'serviceaccounts', namespace: sa[1]!, name: sa[2]! },
+          }
         : { what: `user "${wanted.user}"`, attrs: { resource: 'users', name: wanted.user } },
       ...wanted.groups.map((g) => ({ what: `group "${g}"`, attrs: { resource: 'groups', name: g } })),
-      ...(wanted.uid ? [{ what: `uid "${wanted.uid}"`, attrs: { group: 'authentication.k8s.io', resource: 'uids', name: wanted.uid } }] : []),
-      ...wanted.extra.map(([k, v]) => ({ what: `extra "${k}=${v}"`, attrs: { group: 'authentication.k8s.io', resource: 'userextras', subresource: k, name: v } })),
+      ...(wanted.uid
+        ? [
+            {
+              what: `uid "${wanted.uid}"`,
+              attrs: { group: 'authentication.k8s.io', resource: 'uids', name: wanted.uid },
+            },
+          ]
+        : []),
+      ...wanted.extra.map(([k, v]) => ({
+        what: `extra "${k}=${v}"`,
+        attrs: { group: 'authentication.k8s.io', resource: 'userextras', subresource: k, name: v },
+      })),
     ];
     for (const c of checks) {
       if (!(await this.#allowed(member, cluster, who, c.attrs))) {
@@ -161,9 +192,18 @@ function subjectAccessReview(member: Upstream, who: Identity, attrs: Record<stri
     apiVersion: 'authorization.k8s.io/v1',
     kind: 'SubjectAccessReview',
     // kube-apiserver adds system:authenticated to every authenticated user
-    spec: { user: who.user, groups: [...new Set([...who.groups, 'system:authenticated'])], resourceAttributes: { verb: 'impersonate', group: '', ...attrs } },
+    spec: {
+      user: who.user,
+      groups: [...new Set([...who.groups, 'system:authenticated'])],
+      resourceAttributes: { verb: 'impersonate', group: '', ...attrs },
+    },
   });
-  const headers: OutgoingHttpHeaders = { host: member.hostHeader, 'content-type': 'application/json', accept: 'application/json', 'content-length': Buffer.byteLength(body) };
+  const headers: OutgoingHttpHeaders = {
+    host: member.hostHeader,
+    'content-type': 'application/json',
+    accept: 'application/json',
+    'content-length': Buffer.byteLength(body),
+  };
   if (member.authorization) headers.authorization = member.authorization;
   return new Promise((resolve, reject) => {
     const req = httpRequest({ agent: member.pool, method: 'POST', path: SAR_PATH, headers });
@@ -173,12 +213,22 @@ function subjectAccessReview(member: Upstream, who: Identity, attrs: Record<stri
       let size = 0;
       res.on('data', (d: Buffer) => {
         size += d.length;
-        if (size > SAR_MAX_ANSWER_BYTES) { req.destroy(new Error('answer too large')); return; }
+        if (size > SAR_MAX_ANSWER_BYTES) {
+          req.destroy(new Error('answer too large'));
+          return;
+        }
         chunks.push(d);
       });
       res.on('end', () => {
         clearTimeout(timer);
-        if (res.statusCode !== 201 && res.statusCode !== 200) { reject(new Error(`the member answered ${res.statusCode} to a SubjectAccessReview (the agent's credentials must allow creating subjectaccessreviews)`)); return; }
+        if (res.statusCode !== 201 && res.statusCode !== 200) {
+          reject(
+            new Error(
+              `the member answered ${res.statusCode} to a SubjectAccessReview (the agent's credentials must allow creating subjectaccessreviews)`,
+            ),
+          );
+          return;
+        }
         try {
           const doc = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { status?: { allowed?: unknown } };
           resolve(doc.status?.allowed === true);
@@ -186,9 +236,15 @@ function subjectAccessReview(member: Upstream, who: Identity, attrs: Record<stri
           reject(new Error('the member answered a SubjectAccessReview with malformed JSON'));
         }
       });
-      res.on('error', (err) => { clearTimeout(timer); reject(err); });
+      res.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
     });
-    req.on('error', (err) => { clearTimeout(timer); reject(err); });
+    req.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
     req.end(body);
   });
 }

@@ -13,7 +13,10 @@ const FIRST_DELAY_MS = 250;
 const FORGET_AFTER_MS = 10 * 60_000;
 const MAX_RECORDS = 10_000;
 
-interface Record { failures: number; last: number }
+interface Record {
+  failures: number;
+  last: number;
+}
 
 export class LoginLimiter {
   #byKey = new Map<string, Record>();
@@ -23,7 +26,10 @@ export class LoginLimiter {
     const now = Date.now();
     const perName = this.#failures(`${address}\0${name}`, now);
     const perAddress = this.#failures(address, now);
-    return Math.min(MAX_LOGIN_DELAY_MS, Math.max(step(perName, FREE_FAILURES_PER_NAME), step(perAddress, FREE_FAILURES_PER_ADDRESS)));
+    return Math.min(
+      MAX_LOGIN_DELAY_MS,
+      Math.max(step(perName, FREE_FAILURES_PER_NAME), step(perAddress, FREE_FAILURES_PER_ADDRESS)),
+    );
   }
 
   failed(address: string, name: string): void {
@@ -40,7 +46,10 @@ export class LoginLimiter {
   #failures(key: string, now: number): number {
     const r = this.#byKey.get(key);
     if (!r) return 0;
-    if (now - r.last > FORGET_AFTER_MS) { this.#byKey.delete(key); return 0; }
+    if (now - r.last > FORGET_AFTER_MS) {
+      this.#byKey.delete(key);
+      return 0;
+    }
     return r.failures;
   }
 

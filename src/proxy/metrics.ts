@@ -48,14 +48,19 @@ export class ProxyMetrics {
     withoutTotalGauges(this.register);
     const { registry } = source;
     new Gauge({
-      name: 'tower_proxy_agents_connected', help: 'Agent sessions connected, by cluster', labelNames: ['cluster'], registers,
+      name: 'tower_proxy_agents_connected',
+      help: 'Agent sessions connected, by cluster',
+      labelNames: ['cluster'],
+      registers,
       collect() {
         this.reset();
         for (const [cluster, n] of registry.counts()) this.set({ cluster }, n);
       },
     });
     new Gauge({
-      name: 'tower_proxy_channels_open', help: 'Tunnel channels open through all agents', registers,
+      name: 'tower_proxy_channels_open',
+      help: 'Tunnel channels open through all agents',
+      registers,
       collect() {
         let n = 0;
         for (const s of registry.sessions()) n += s.channels;
@@ -64,7 +69,10 @@ export class ProxyMetrics {
     });
     const closed = this.#closedBytes;
     new Counter({
-      name: 'tower_proxy_tunnel_bytes_total', help: 'Bytes through agent connections (WebSocket, TLS included), by cluster and direction', labelNames: ['cluster', 'direction'], registers,
+      name: 'tower_proxy_tunnel_bytes_total',
+      help: 'Bytes through agent connections (WebSocket, TLS included), by cluster and direction',
+      labelNames: ['cluster', 'direction'],
+      registers,
       collect() {
         const sums = new Map<string, { read: number; written: number }>();
         for (const [cluster, b] of closed) sums.set(cluster, { ...b });
@@ -83,32 +91,99 @@ export class ProxyMetrics {
       },
     });
     new Gauge({
-      name: 'tower_proxy_leader', help: '1 when this replica writes the Clusters (it holds Lease kubesphere-system/tower, or runs without leader election); every replica serves either way', registers,
-      collect() { this.set(source.leader()); },
+      name: 'tower_proxy_leader',
+      help: '1 when this replica writes the Clusters (it holds Lease kubesphere-system/tower, or runs without leader election); every replica serves either way',
+      registers,
+      collect() {
+        this.set(source.leader());
+      },
     });
     new Gauge({
-      name: 'tower_proxy_replicas', help: 'Live proxy replicas this one knows of, itself included (draining ones too)', registers,
-      collect() { this.set(source.replicas()); },
+      name: 'tower_proxy_replicas',
+      help: 'Live proxy replicas this one knows of, itself included (draining ones too)',
+      registers,
+      collect() {
+        this.set(source.replicas());
+      },
     });
     new Gauge({
-      name: 'tower_proxy_stalled_memory_bytes', help: 'Memory reserved by answers whose clients stopped reading: each holds up to its SSH window and buffers while stalled; at --max-stalled-memory new requests are answered 429', registers,
-      collect() { this.set(source.stalledBytes()); },
+      name: 'tower_proxy_stalled_memory_bytes',
+      help: 'Memory reserved by answers whose clients stopped reading: each holds up to its SSH window and buffers while stalled; at --max-stalled-memory new requests are answered 429',
+      registers,
+      collect() {
+        this.set(source.stalledBytes());
+      },
     });
     new Gauge({
-      name: 'tower_proxy_draining', help: '1 while this replica drains (SIGTERM): not ready, finishing what is in flight', registers,
-      collect() { this.set(source.draining() ? 1 : 0); },
+      name: 'tower_proxy_draining',
+      help: '1 while this replica drains (SIGTERM): not ready, finishing what is in flight',
+      registers,
+      collect() {
+        this.set(source.draining() ? 1 : 0);
+      },
     });
-    this.handshakes = new Counter({ name: 'tower_proxy_agent_handshakes_total', help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), unavailable (this replica starts or drains), held (the agent holds a session here already: answered 409 before any handshake)', labelNames: ['result'], registers });
-    this.loginFailures = new Counter({ name: 'tower_proxy_login_failures_total', help: 'Agents refused by reason', labelNames: ['reason'], registers });
-    this.requests = new Counter({ name: 'tower_proxy_gateway_requests_total', help: 'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), Kubernetes verb and status code', labelNames: ['cluster', 'verb', 'code'], registers });
+    this.handshakes = new Counter({
+      name: 'tower_proxy_agent_handshakes_total',
+      help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), unavailable (this replica starts or drains), held (the agent holds a session here already: answered 409 before any handshake)',
+      labelNames: ['result'],
+      registers,
+    });
+    this.loginFailures = new Counter({
+      name: 'tower_proxy_login_failures_total',
+      help: 'Agents refused by reason',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.requests = new Counter({
+      name: 'tower_proxy_gateway_requests_total',
+      help: 'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), Kubernetes verb and status code',
+      labelNames: ['cluster', 'verb', 'code'],
+      registers,
+    });
     // by cluster only, and without watches: a latency to alert on, and one series set per cluster
-    this.requestDuration = new Histogram({ name: 'tower_proxy_gateway_request_duration_seconds', help: 'Time until a gateway request is done (an upgrade: until answered); watches are not observed', labelNames: ['cluster'], buckets: REQUEST_BUCKETS, registers });
-    this.dialDuration = new Histogram({ name: 'tower_proxy_upstream_dial_duration_seconds', help: 'Time for an agent to open a channel, which it does once it has dialed the upstream', labelNames: ['cluster'], buckets: DIAL_BUCKETS, registers });
-    this.dialFailures = new Counter({ name: 'tower_proxy_upstream_dial_failures_total', help: 'Channels not opened, by cluster and reason (refused: the agent could not dial the upstream or would not)', labelNames: ['cluster', 'reason'], registers });
-    this.reconcileErrors = new Counter({ name: 'tower_proxy_reconcile_errors_total', help: 'Failed reconciles of Cluster resources (Kubernetes mode)', registers });
-    this.peerForwards = new Counter({ name: 'tower_proxy_peer_forwards_total', help: 'Requests this replica forwarded to another one, which holds an agent of the cluster when this one does not (they are counted in tower_proxy_gateway_requests_total on both)', labelNames: ['replica'], registers });
-    this.inflightRefusals = new Counter({ name: 'tower_proxy_inflight_refusals_total', help: 'Requests answered 429 because the cluster had --max-requests-inflight requests in flight', labelNames: ['cluster'], registers });
-    this.stalledRefusals = new Counter({ name: 'tower_proxy_stalled_refusals_total', help: 'Requests and upgrades answered 429 because answers whose clients stopped reading held --max-stalled-memory', labelNames: ['cluster'], registers });
+    this.requestDuration = new Histogram({
+      name: 'tower_proxy_gateway_request_duration_seconds',
+      help: 'Time until a gateway request is done (an upgrade: until answered); watches are not observed',
+      labelNames: ['cluster'],
+      buckets: REQUEST_BUCKETS,
+      registers,
+    });
+    this.dialDuration = new Histogram({
+      name: 'tower_proxy_upstream_dial_duration_seconds',
+      help: 'Time for an agent to open a channel, which it does once it has dialed the upstream',
+      labelNames: ['cluster'],
+      buckets: DIAL_BUCKETS,
+      registers,
+    });
+    this.dialFailures = new Counter({
+      name: 'tower_proxy_upstream_dial_failures_total',
+      help: 'Channels not opened, by cluster and reason (refused: the agent could not dial the upstream or would not)',
+      labelNames: ['cluster', 'reason'],
+      registers,
+    });
+    this.reconcileErrors = new Counter({
+      name: 'tower_proxy_reconcile_errors_total',
+      help: 'Failed reconciles of Cluster resources (Kubernetes mode)',
+      registers,
+    });
+    this.peerForwards = new Counter({
+      name: 'tower_proxy_peer_forwards_total',
+      help: 'Requests this replica forwarded to another one, which holds an agent of the cluster when this one does not (they are counted in tower_proxy_gateway_requests_total on both)',
+      labelNames: ['replica'],
+      registers,
+    });
+    this.inflightRefusals = new Counter({
+      name: 'tower_proxy_inflight_refusals_total',
+      help: 'Requests answered 429 because the cluster had --max-requests-inflight requests in flight',
+      labelNames: ['cluster'],
+      registers,
+    });
+    this.stalledRefusals = new Counter({
+      name: 'tower_proxy_stalled_refusals_total',
+      help: 'Requests and upgrades answered 429 because answers whose clients stopped reading held --max-stalled-memory',
+      labelNames: ['cluster'],
+      registers,
+    });
   }
 
   /** for the tunnel: every channel open, its time or its failure */
@@ -129,7 +204,14 @@ export class ProxyMetrics {
   /** a cluster removed from the store takes its series with it */
   async forget(cluster: string): Promise<void> {
     this.#closedBytes.delete(cluster);
-    for (const m of [this.requests, this.requestDuration, this.dialDuration, this.dialFailures, this.inflightRefusals, this.stalledRefusals] as MetricOf[]) {
+    for (const m of [
+      this.requests,
+      this.requestDuration,
+      this.dialDuration,
+      this.dialFailures,
+      this.inflightRefusals,
+      this.stalledRefusals,
+    ] as MetricOf[]) {
       // prom-client removes series by their exact labels: list the cluster's (a histogram's without le)
       const seen = new Set<string>();
       for (const { labels } of (await m.get()).values) {
@@ -143,8 +225,15 @@ export class ProxyMetrics {
     }
   }
 
-  metrics(): Promise<string> { return this.register.metrics(); }
-  get contentType(): string { return this.register.contentType; }
+  metrics(): Promise<string> {
+    return this.register.metrics();
+  }
+  get contentType(): string {
+    return this.register.contentType;
+  }
 }
 
-type MetricOf = { get(): Promise<{ values: { labels: Record<string, string | number> }[] }>; remove(labels: Record<string, string | number>): void };
+type MetricOf = {
+  get(): Promise<{ values: { labels: Record<string, string | number> }[] }>;
+  remove(labels: Record<string, string | number>): void;
+};

@@ -57,7 +57,13 @@ export function decodeIdentity(header: string | undefined): Identity | undefined
   if (!header) return undefined;
   try {
     const v = JSON.parse(Buffer.from(header, 'base64').toString('utf8')) as Partial<Identity>;
-    if (typeof v.user !== 'string' || !v.user || !Array.isArray(v.groups) || v.groups.some((g) => typeof g !== 'string')) return undefined;
+    if (
+      typeof v.user !== 'string' ||
+      !v.user ||
+      !Array.isArray(v.groups) ||
+      v.groups.some((g) => typeof g !== 'string')
+    )
+      return undefined;
     if ([v.user, ...v.groups].some((s) => /[\x00-\x1f\x7f]/.test(s))) return undefined;
     return { user: v.user, groups: v.groups as string[] };
   } catch {
@@ -101,7 +107,8 @@ export class PeerSignature {
     const m = /^(\d{1,15})\.([A-Za-z0-9_-]{43})$/.exec(header);
     if (!m) return 'a malformed signature';
     const at = Number(m[1]);
-    if (Math.abs(now - at) > SIGNATURE_SKEW_MS) return `a signature made ${Math.round((now - at) / 1000)}s from now (more than ${SIGNATURE_SKEW_MS / 1000}s apart)`;
+    if (Math.abs(now - at) > SIGNATURE_SKEW_MS)
+      return `a signature made ${Math.round((now - at) / 1000)}s from now (more than ${SIGNATURE_SKEW_MS / 1000}s apart)`;
     const want = Buffer.from(this.#mac(r, at), 'base64url');
     if (!timingSafeEqual(want, Buffer.from(m[2]!, 'base64url'))) return 'a signature that does not match the request';
     return undefined;
@@ -156,7 +163,8 @@ export class Peers {
   find(cluster: string, except: ReadonlySet<string> = new Set()): Promise<Replica | undefined> {
     const hit = this.#found.get(cluster);
     if (hit && hit.until <= Date.now()) this.#found.delete(cluster);
-    else if (hit && !except.has(hit.replica.id) && this.others().some((r) => r.id === hit.replica.id)) return Promise.resolve(hit.replica);
+    else if (hit && !except.has(hit.replica.id) && this.others().some((r) => r.id === hit.replica.id))
+      return Promise.resolve(hit.replica);
     const key = `${cluster}\0${[...except].sort().join(',')}`;
     let p = this.#lookups.get(key);
     if (!p) {
@@ -169,7 +177,12 @@ export class Peers {
   async #lookup(cluster: string, except: ReadonlySet<string>): Promise<Replica | undefined> {
     const candidates = this.others().filter((r) => !except.has(r.id));
     if (candidates.length === 0) return undefined;
-    const answers = candidates.map((r) => this.sessions(r, [cluster]).then((a) => ((a.sessions[cluster] ?? 0) > 0 ? { r, draining: a.draining } : undefined), () => undefined));
+    const answers = candidates.map((r) =>
+      this.sessions(r, [cluster]).then(
+        (a) => ((a.sessions[cluster] ?? 0) > 0 ? { r, draining: a.draining } : undefined),
+        () => undefined,
+      ),
+    );
     // the first ready replica that has one, without waiting for the slowest
     let drainingOne: Replica | undefined;
     const found = await new Promise<Replica | undefined>((resolve) => {
@@ -193,7 +206,14 @@ export class Peers {
 
   /** Agents of `cluster` on the other replicas, summed; a replica that does not answer counts none. */
   async sessionsElsewhere(cluster: string): Promise<number> {
-    const counts = await Promise.all(this.others().map((r) => this.sessions(r, [cluster]).then((a) => a.sessions[cluster] ?? 0, () => 0)));
+    const counts = await Promise.all(
+      this.others().map((r) =>
+        this.sessions(r, [cluster]).then(
+          (a) => a.sessions[cluster] ?? 0,
+          () => 0,
+        ),
+      ),
+    );
     return counts.reduce((a, b) => a + b, 0);
   }
 
@@ -203,7 +223,8 @@ export class Peers {
     return this.#call(replica, 'GET', `${PEER_API}sessions?${q}`).then((body) => {
       const a = JSON.parse(body) as Partial<PeerSessions> | null;
       if (a?.server !== replica.id) throw new Error(`${replica.address} is not replica ${replica.id}`);
-      if (typeof a.sessions !== 'object' || a.sessions === null || typeof a.draining !== 'boolean') throw new Error('malformed answer');
+      if (typeof a.sessions !== 'object' || a.sessions === null || typeof a.draining !== 'boolean')
+        throw new Error('malformed answer');
       // counts only: anything else a peer says of a cluster is none
       const sessions: Record<string, number> = {};
       for (const c of clusters) {
@@ -223,7 +244,9 @@ export class Peers {
       const body = JSON.stringify({ clusters: [...this.#nudges] });
       this.#nudges.clear();
       for (const r of this.others()) {
-        this.#call(r, 'POST', `${PEER_API}changed`, body).catch((err: Error) => this.#opts.log.debug(1, 'cannot tell a replica of agent changes', { replica: r.id, err: err.message }));
+        this.#call(r, 'POST', `${PEER_API}changed`, body).catch((err: Error) =>
+          this.#opts.log.debug(1, 'cannot tell a replica of agent changes', { replica: r.id, err: err.message }),
+        );
       }
     }, NUDGE_DELAY_MS);
   }
@@ -249,24 +272,45 @@ export class Peers {
   #forgetGone(): void {
     const live = new Set(this.others().map((r) => `${r.id}@${r.address}`));
     for (const [key, u] of this.#upstreams) {
-      if (!live.has(`${u.replica.id}@${u.replica.address}`)) { u.pool.destroy(); this.#upstreams.delete(key); }
+      if (!live.has(`${u.replica.id}@${u.replica.address}`)) {
+        u.pool.destroy();
+        this.#upstreams.delete(key);
+      }
     }
   }
 
   #call(replica: Replica, method: string, path: string, body?: string): Promise<string> {
     const u = this.upstream(replica, 'kubernetes');
     return new Promise((resolve, reject) => {
-      const req = httpRequest({ agent: u.pool, method, path, headers: { host: replica.address, ...(body ? { 'content-type': 'application/json' } : {}) } });
-      const timer = setTimeout(() => req.destroy(new Error(`no answer within ${LOOKUP_TIMEOUT_MS} ms`)), LOOKUP_TIMEOUT_MS);
-      req.on('error', (err) => { clearTimeout(timer); reject(err); });
+      const req = httpRequest({
+        agent: u.pool,
+        method,
+        path,
+        headers: { host: replica.address, ...(body ? { 'content-type': 'application/json' } : {}) },
+      });
+      const timer = setTimeout(
+        () => req.destroy(new Error(`no answer within ${LOOKUP_TIMEOUT_MS} ms`)),
+        LOOKUP_TIMEOUT_MS,
+      );
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
       req.on('response', (res: IncomingMessage) => {
         let text = '';
         res.setEncoding('utf8');
-        res.on('data', (d: string) => { text += d; if (text.length > MAX_ANSWER_BYTES) req.destroy(new Error('answer too large')); });
-        res.on('error', (err) => { clearTimeout(timer); reject(err); });
+        res.on('data', (d: string) => {
+          text += d;
+          if (text.length > MAX_ANSWER_BYTES) req.destroy(new Error('answer too large'));
+        });
+        res.on('error', (err) => {
+          clearTimeout(timer);
+          reject(err);
+        });
         res.on('end', () => {
           clearTimeout(timer);
-          if ((res.statusCode ?? 0) >= 300) reject(new Error(`${replica.id} answered ${res.statusCode}: ${text.slice(0, 200)}`));
+          if ((res.statusCode ?? 0) >= 300)
+            reject(new Error(`${replica.id} answered ${res.statusCode}: ${text.slice(0, 200)}`));
           else resolve(text);
         });
       });
@@ -292,21 +336,45 @@ export class PeerUpstream implements Upstream {
     this.hostPort = replica.address;
     this.hostHeader = replica.address;
     this.#context = context;
-    this.pool = new ChannelAgent(this, { keepAlive: true, maxSockets: 1024, maxFreeSockets: 64, timeout: IDLE_SOCKET_TIMEOUT_MS });
+    this.pool = new ChannelAgent(this, {
+      keepAlive: true,
+      maxSockets: 1024,
+      maxFreeSockets: 64,
+      timeout: IDLE_SOCKET_TIMEOUT_MS,
+    });
   }
 
-  get key(): unknown { return this.replica.id; }
-  get via(): string { return `replica ${this.replica.id}`; }
+  get key(): unknown {
+    return this.replica.id;
+  }
+  get via(): string {
+    return `replica ${this.replica.id}`;
+  }
 
   connect(): Promise<Duplex> {
     const m = /^\[?(.*?)\]?:(\d+)$/.exec(this.replica.address)!;
     const host = m[1]!;
     return new Promise((resolve, reject) => {
       const socket: TLSSocket = tlsConnect({
-        host, port: Number(m[2]), servername: isIP(host) ? undefined : host, secureContext: this.#context, ALPNProtocols: ['http/1.1'], timeout: CONNECT_TIMEOUT_MS,
+        host,
+        port: Number(m[2]),
+        servername: isIP(host) ? undefined : host,
+        secureContext: this.#context,
+        ALPNProtocols: ['http/1.1'],
+        timeout: CONNECT_TIMEOUT_MS,
       });
-      socket.once('timeout', () => socket.destroy(new Error(`no TLS connection to replica ${this.replica.id} at ${this.replica.address} within ${CONNECT_TIMEOUT_MS} ms`)));
-      socket.once('secureConnect', () => { socket.setTimeout(0); socket.setNoDelay(true); resolve(socket); });
+      socket.once('timeout', () =>
+        socket.destroy(
+          new Error(
+            `no TLS connection to replica ${this.replica.id} at ${this.replica.address} within ${CONNECT_TIMEOUT_MS} ms`,
+          ),
+        ),
+      );
+      socket.once('secureConnect', () => {
+        socket.setTimeout(0);
+        socket.setNoDelay(true);
+        resolve(socket);
+      });
       socket.once('error', reject);
     });
   }

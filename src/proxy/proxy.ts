@@ -76,7 +76,6 @@ export interface ProxyOptions {
   log: Logger;
 }
 
-
 /** The proxy: agent endpoint, session registry and cluster gateway over one store. */
 export class Proxy {
   readonly registry = new SessionRegistry();
@@ -113,7 +112,10 @@ export class Proxy {
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log;
-    const stalled = new StallBudget(opts.gateway?.limits?.maxStalledBytes ?? DEFAULT_MAX_STALLED_BYTES, STALLED_ANSWER_BYTES);
+    const stalled = new StallBudget(
+      opts.gateway?.limits?.maxStalledBytes ?? DEFAULT_MAX_STALLED_BYTES,
+      STALLED_ANSWER_BYTES,
+    );
     this.#stalled = stalled;
     this.metrics = new ProxyMetrics({
       registry: this.registry,
@@ -123,7 +125,11 @@ export class Proxy {
       stalledBytes: () => stalled.reservedBytes,
     });
     this.#gatewayPolicy = {
-      ...opts.gateway, impersonation: new ImpersonationCheck(), inflight: new InflightRequests(), stalled, metrics: this.metrics,
+      ...opts.gateway,
+      impersonation: new ImpersonationCheck(),
+      inflight: new InflightRequests(),
+      stalled,
+      metrics: this.metrics,
       draining: () => this.#phase === 'draining',
     };
   }
@@ -152,18 +158,28 @@ export class Proxy {
       tls: await this.#agentTls(ca),
       health: this.#health(),
       serverId: this.#opts.serverId,
-      refusing: () => (this.#phase === 'serving' ? undefined : this.#phase === 'draining'
-        ? 'this proxy replica is shutting down; retry (another replica serves)'
-        : 'the proxy is starting; retry'),
+      refusing: () =>
+        this.#phase === 'serving'
+          ? undefined
+          : this.#phase === 'draining'
+            ? 'this proxy replica is shutting down; retry (another replica serves)'
+            : 'the proxy is starting; retry',
       metrics: this.metrics,
       log: this.#log,
     });
-    this.agentPort = await listenOrExplain(this.#endpoint.listen(this.#opts.port, this.#opts.host), this.#opts.host, this.#opts.port, '--port');
+    this.agentPort = await listenOrExplain(
+      this.#endpoint.listen(this.#opts.port, this.#opts.host),
+      this.#opts.host,
+      this.#opts.port,
+      '--port',
+    );
 
     // the gateway's port is known before the replica announces where peers reach it
     const serving = await ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
     if (this.#gatewayPolicy.identity === 'agent') {
-      this.#log.warn('--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower\'s behaviour); certificates\' users and groups are ignored');
+      this.#log.warn(
+        "--gateway-identity agent: every gateway user acts in the members with the full rights of their agents (the Go tower's behaviour); certificates' users and groups are ignored",
+      );
     }
     const self = { id: this.#opts.serverId, address: '', draining: false };
     const shared = store.replicas?.(self, this.#opts.replicaTimes ?? DEFAULT_REPLICA_TIMES, this.#log);
@@ -171,9 +187,16 @@ export class Proxy {
     this.#replicas = replicas;
     // only a store that several replicas serve has peers to reach (the file store has one proxy)
     if (shared) {
-      const peerCert = await ca.issueClient(`tower-replica:${this.#opts.serverId}`, [], PEER_CERT_DAYS, undefined, [PEER_URI_PREFIX + this.#opts.serverId]);
+      const peerCert = await ca.issueClient(`tower-replica:${this.#opts.serverId}`, [], PEER_CERT_DAYS, undefined, [
+        PEER_URI_PREFIX + this.#opts.serverId,
+      ]);
       const signature = new PeerSignature(ca.secret('peer-request-signature'));
-      this.#peers = new Peers({ replicas, tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem }, signature, log: this.#log });
+      this.#peers = new Peers({
+        replicas,
+        tls: { cert: peerCert.cert, key: peerCert.key, caPem: ca.certPem },
+        signature,
+        log: this.#log,
+      });
       this.#gatewayPolicy.peers = this.#peers;
     }
     this.#gateway = new Gateway({
@@ -184,12 +207,21 @@ export class Proxy {
       peerApi: (req, res) => this.#onPeerApi(req, res),
       log: this.#log,
     });
-    this.gatewayPort = await listenOrExplain(this.#gateway.listen(this.#opts.gatewayPort, this.#opts.host), this.#opts.host, this.#opts.gatewayPort, '--gateway-port');
+    this.gatewayPort = await listenOrExplain(
+      this.#gateway.listen(this.#opts.gatewayPort, this.#opts.host),
+      this.#opts.host,
+      this.#opts.gatewayPort,
+      '--gateway-port',
+    );
     self.address = `${advertise.includes(':') ? `[${advertise}]` : advertise}:${this.gatewayPort}`;
     await replicas.start();
     replicas.onChange(() => this.#replicasChanged());
 
-    await store.reconcile?.({ ca, agents: (name) => this.#agentsAnywhere(name), onError: () => this.metrics.reconcileErrors.inc() });
+    await store.reconcile?.({
+      ca,
+      agents: (name) => this.#agentsAnywhere(name),
+      onError: () => this.metrics.reconcileErrors.inc(),
+    });
     await this.#watchClusters();
     this.registry.on('change', (name: string) => {
       // an agent came or went: either way it was seen now
@@ -218,10 +250,19 @@ export class Proxy {
     });
     if (this.#opts.leaderElection) {
       // every replica serves; the one holding the lease also writes the Clusters
-      void store.claim().then((claim) => {
-        if (this.#phase === 'draining' || this.#closed) { void claim.close(); return; }
-        this.#lease = claim;
-      }, (err: Error) => this.#log.error('leader election failed: this replica serves, and does not write the Clusters', { err: err.message }));
+      void store.claim().then(
+        (claim) => {
+          if (this.#phase === 'draining' || this.#closed) {
+            void claim.close();
+            return;
+          }
+          this.#lease = claim;
+        },
+        (err: Error) =>
+          this.#log.error('leader election failed: this replica serves, and does not write the Clusters', {
+            err: err.message,
+          }),
+      );
     }
   }
 
@@ -235,7 +276,11 @@ export class Proxy {
   /** What agents are told: this replica, the live ones (draining ones left out), and whether this one drains. */
   #view(): ReplicaView {
     const live = this.#replicas?.live() ?? [];
-    return { server: this.#opts.serverId, servers: live.filter((r) => !r.draining).map((r) => r.id), draining: this.#phase === 'draining' };
+    return {
+      server: this.#opts.serverId,
+      servers: live.filter((r) => !r.draining).map((r) => r.id),
+      draining: this.#phase === 'draining',
+    };
   }
 
   #replicasChanged(): void {
@@ -261,11 +306,21 @@ export class Proxy {
     if (req.method === 'POST' && url.pathname === `${PEER_API}changed`) {
       let body = '';
       req.setEncoding('utf8');
-      req.on('data', (d: string) => { body += d; if (body.length > MAX_PEER_BODY_BYTES) req.destroy(); });
+      req.on('data', (d: string) => {
+        body += d;
+        if (body.length > MAX_PEER_BODY_BYTES) req.destroy();
+      });
       req.on('end', () => {
         let names: unknown;
-        try { names = (JSON.parse(body) as { clusters?: unknown }).clusters; } catch { names = undefined; }
-        if (!Array.isArray(names)) { json(400, { error: 'want {"clusters": [names]}' }); return; }
+        try {
+          names = (JSON.parse(body) as { clusters?: unknown }).clusters;
+        } catch {
+          names = undefined;
+        }
+        if (!Array.isArray(names)) {
+          json(400, { error: 'want {"clusters": [names]}' });
+          return;
+        }
         for (const n of names) if (typeof n === 'string' && this.#clusters.has(n)) this.#scheduleStatus(n);
         res.writeHead(204).end();
       });
@@ -289,13 +344,19 @@ export class Proxy {
     for (const s of this.registry.sessions()) s.tell(view);
     await this.#replicas?.drain().catch(() => undefined);
     await sleep(opts.delayMs);
-    const gateways = [this.#gateway, ...[...this.#ports.values()].flatMap((p) => p.gateways)].filter((g) => g !== undefined);
+    const gateways = [this.#gateway, ...[...this.#ports.values()].flatMap((p) => p.gateways)].filter(
+      (g) => g !== undefined,
+    );
     this.#endpoint?.stopAccepting();
     for (const g of gateways) g.stopAccepting();
     const watches = gateways.reduce((n, g) => n + g.handBackWatches(), 0);
     const busy = () => gateways.reduce((n, g) => n + g.busy, 0);
     while (busy() > 0 && Date.now() - started < opts.delayMs + opts.graceMs) await sleep(DRAIN_POLL_MS);
-    this.#log.info('drained', { watchesHandedBack: watches, cutShort: busy(), after: `${((Date.now() - started) / 1000).toFixed(1)}s` });
+    this.#log.info('drained', {
+      watchesHandedBack: watches,
+      cutShort: busy(),
+      after: `${((Date.now() - started) / 1000).toFixed(1)}s`,
+    });
     // the next writer takes over before this replica's agents go
     await this.#lease?.close();
     this.#lease = undefined;
@@ -312,10 +373,19 @@ export class Proxy {
       ready: [
         { name: 'ping', check: () => undefined },
         { name: 'shutdown', check: () => (this.#phase === 'draining' ? 'this replica is shutting down' : undefined) },
-        { name: 'store', check: () => (this.#watch ? undefined : `the clusters of ${this.#opts.store.location} are not loaded yet`) },
-        { name: 'listeners', check: () => (this.#phase === 'starting' ? 'the gateway does not listen yet' : undefined) },
+        {
+          name: 'store',
+          check: () => (this.#watch ? undefined : `the clusters of ${this.#opts.store.location} are not loaded yet`),
+        },
+        {
+          name: 'listeners',
+          check: () => (this.#phase === 'starting' ? 'the gateway does not listen yet' : undefined),
+        },
       ],
-      metrics: cachedMetrics(async () => ({ contentType: this.metrics.contentType, body: await this.metrics.metrics() })),
+      metrics: cachedMetrics(async () => ({
+        contentType: this.metrics.contentType,
+        body: await this.metrics.metrics(),
+      })),
       extra: { '/health': () => 'OK\n', '/version': () => VERSION + '\n' },
     };
   }
@@ -324,11 +394,16 @@ export class Proxy {
     const t = this.#opts.agentTls;
     if (!t) return undefined;
     if (t === true) return ca.issueServer(this.#serverNames, GATEWAY_CERT_DAYS);
-    const pair = { cert: readFileOrExplain(t.certFile, '--agent-tls-cert').toString('utf8'), key: readFileOrExplain(t.keyFile, '--agent-tls-key').toString('utf8') };
+    const pair = {
+      cert: readFileOrExplain(t.certFile, '--agent-tls-cert').toString('utf8'),
+      key: readFileOrExplain(t.keyFile, '--agent-tls-key').toString('utf8'),
+    };
     try {
       createSecureContext(pair);
     } catch (err) {
-      throw new ConfigError(`--agent-tls-cert ${t.certFile} and --agent-tls-key ${t.keyFile} are not a PEM certificate and its key: ${(err as Error).message}`);
+      throw new ConfigError(
+        `--agent-tls-cert ${t.certFile} and --agent-tls-key ${t.keyFile} are not a PEM certificate and its key: ${(err as Error).message}`,
+      );
     }
     return pair;
   }
@@ -341,7 +416,11 @@ export class Proxy {
     this.#peers?.close();
     this.registry.closeAll();
     await this.#replicas?.close();
-    await Promise.all([this.#endpoint?.close(), this.#gateway?.close(), ...[...this.#ports.values()].map((p) => p.close())]);
+    await Promise.all([
+      this.#endpoint?.close(),
+      this.#gateway?.close(),
+      ...[...this.#ports.values()].map((p) => p.close()),
+    ]);
     for (const t of this.#statusTimers.values()) clearTimeout(t);
     // only the proxy that held the file store writes its final status (the Kubernetes store's writer reads agents live)
     if (this.#claim) await Promise.all([...this.#clusters.keys()].map((name) => this.#writeStatus(name)));
@@ -369,10 +448,14 @@ export class Proxy {
       this.#servePorts(ev.cluster.name, ev.cluster);
       if (ev.cluster.problem) {
         // fail closed: the token this proxy knew is no longer trusted
-        if (before?.problem !== ev.cluster.problem) this.#reportUnusable(ev.cluster, this.registry.close(ev.cluster.name));
+        if (before?.problem !== ev.cluster.problem)
+          this.#reportUnusable(ev.cluster, this.registry.close(ev.cluster.name));
         return;
       }
-      if (!before) { this.#log.info('cluster registered', { cluster: ev.cluster.name }); return; }
+      if (!before) {
+        this.#log.info('cluster registered', { cluster: ev.cluster.name });
+        return;
+      }
       if (before.problem) this.#log.info('cluster record usable again', { cluster: ev.cluster.name });
       if (before.token !== ev.cluster.token) {
         const n = this.registry.close(ev.cluster.name, (s) => !tokensEqual(s.config.token, ev.cluster.token));
@@ -383,7 +466,9 @@ export class Proxy {
 
   #reportUnusable(cluster: Cluster, sessionsClosed = 0): void {
     this.#log.error('cluster record unusable: its agents are refused', {
-      cluster: cluster.name, why: cluster.problem, sessionsClosed,
+      cluster: cluster.name,
+      why: cluster.problem,
+      sessionsClosed,
       fix: `restore the record, or write a new token with: tower token ${cluster.name} --rotate`,
     });
   }
@@ -399,7 +484,11 @@ export class Proxy {
     }
     if (!ports) {
       ports = new ClusterPorts({
-        name, host: this.#opts.host, ca: this.#ca!, registry: this.registry, log: this.#log,
+        name,
+        host: this.#opts.host,
+        ca: this.#ca!,
+        registry: this.registry,
+        log: this.#log,
         knows: (n) => this.#clusters.has(n),
         baseNames: this.#serverNames,
         gateway: this.#gatewayPolicy,
@@ -413,17 +502,29 @@ export class Proxy {
     const problem = clusterNameProblem(config.name);
     const cluster = problem ? undefined : this.#clusters.get(config.name);
     if (!cluster) {
-      this.#log.warn('agent refused: unknown cluster', { cluster: config.name, remote, fix: problem ?? `register it with: tower token ${config.name}` });
+      this.#log.warn('agent refused: unknown cluster', {
+        cluster: config.name,
+        remote,
+        fix: problem ?? `register it with: tower token ${config.name}`,
+      });
       this.metrics.loginFailures.inc({ reason: 'unknown_cluster' });
       return UNAUTHORIZED;
     }
     if (cluster.problem) {
-      this.#log.warn('agent refused: the cluster record is unusable', { cluster: config.name, remote, fix: `tower token ${config.name} --rotate` });
+      this.#log.warn('agent refused: the cluster record is unusable', {
+        cluster: config.name,
+        remote,
+        fix: `tower token ${config.name} --rotate`,
+      });
       this.metrics.loginFailures.inc({ reason: 'unusable_record' });
       return UNAUTHORIZED;
     }
     if (!tokensEqual(config.token, cluster.token)) {
-      this.#log.warn('agent refused: wrong token', { cluster: config.name, remote, fix: `print the current token with: tower token ${config.name}` });
+      this.#log.warn('agent refused: wrong token', {
+        cluster: config.name,
+        remote,
+        fix: `print the current token with: tower token ${config.name}`,
+      });
       this.metrics.loginFailures.inc({ reason: 'wrong_token' });
       return UNAUTHORIZED;
     }
@@ -433,38 +534,66 @@ export class Proxy {
   #admit(session: AgentSession): void {
     const cluster = this.#clusters.get(session.name);
     // the token may have rotated, or the cluster gone, while the handshake ran
-    if (!cluster || cluster.problem || !tokensEqual(session.config.token, cluster.token)) { session.close(); return; }
+    if (!cluster || cluster.problem || !tokensEqual(session.config.token, cluster.token)) {
+      session.close();
+      return;
+    }
     this.registry.add(session);
     session.setChannelWindow(() => (this.#stalled.pressed ? PRESSED_WINDOW_BYTES : CHANNEL_WINDOW_BYTES));
     session.tell(this.#view());
     const tlsAtAgent = session.config.features?.includes(FEATURE_TLS_AT_AGENT) ?? false;
     this.#log.info('agent connected', {
-      cluster: session.name, remote: session.remote, session: session.id, agents: this.registry.count(session.name),
-      version: session.config.version || undefined, upstream: session.config.kubernetesSvcHost,
-      auth: session.config.bearerToken?.length ? 'bearer token' : session.config.certData?.length ? 'client certificate' : tlsAtAgent ? 'kept by the agent' : 'none',
+      cluster: session.name,
+      remote: session.remote,
+      session: session.id,
+      agents: this.registry.count(session.name),
+      version: session.config.version || undefined,
+      upstream: session.config.kubernetesSvcHost,
+      auth: session.config.bearerToken?.length
+        ? 'bearer token'
+        : session.config.certData?.length
+          ? 'client certificate'
+          : tlsAtAgent
+            ? 'kept by the agent'
+            : 'none',
       upstreamTls: tlsAtAgent ? 'agent' : 'proxy',
     });
     session.once('close', () => this.metrics.sessionClosed(session));
-    session.once('close', () => this.#log.info('agent disconnected', { cluster: session.name, session: session.id, agents: this.registry.count(session.name) }));
+    session.once('close', () =>
+      this.#log.info('agent disconnected', {
+        cluster: session.name,
+        session: session.id,
+        agents: this.registry.count(session.name),
+      }),
+    );
   }
 
   #scheduleStatus(name: string): void {
     if (this.#statusTimers.has(name)) return;
-    this.#statusTimers.set(name, setTimeout(() => {
-      this.#statusTimers.delete(name);
-      void this.#writeStatus(name);
-    }, STATUS_WRITE_DELAY_MS));
+    this.#statusTimers.set(
+      name,
+      setTimeout(() => {
+        this.#statusTimers.delete(name);
+        void this.#writeStatus(name);
+      }, STATUS_WRITE_DELAY_MS),
+    );
   }
 
   async #writeStatus(name: string): Promise<void> {
     if (!this.#clusters.has(name)) return;
     const sessions = this.registry.of(name);
     const list = (f: (s: AgentSession) => string) => [...new Set(sessions.map(f))].join(',') || undefined;
-    const since = sessions.length ? new Date(Math.min(...sessions.map((s) => s.connectedAt.getTime()))).toISOString() : undefined;
+    const since = sessions.length
+      ? new Date(Math.min(...sessions.map((s) => s.connectedAt.getTime()))).toISOString()
+      : undefined;
     try {
       await this.#opts.store.writeStatus(name, {
-        connected: sessions.length > 0, agents: sessions.length, since, lastSeen: sessions.length ? new Date().toISOString() : this.#lastSeen.get(name),
-        agentVersions: list((s) => s.config.version || 'unknown'), agentAddresses: list((s) => s.remote),
+        connected: sessions.length > 0,
+        agents: sessions.length,
+        since,
+        lastSeen: sessions.length ? new Date().toISOString() : this.#lastSeen.get(name),
+        agentVersions: list((s) => s.config.version || 'unknown'),
+        agentAddresses: list((s) => s.remote),
       });
     } catch (err) {
       this.#log.warn('cannot write cluster status', { cluster: name, err: (err as Error).message });
@@ -476,7 +605,10 @@ export function tokensEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
   // compare equal lengths only, so that the time does not tell where they differ
-  if (x.length !== y.length) { timingSafeEqual(y, y); return false; }
+  if (x.length !== y.length) {
+    timingSafeEqual(y, y);
+    return false;
+  }
   return timingSafeEqual(x, y);
 }
 
@@ -485,8 +617,16 @@ async function listenOrExplain(p: Promise<number>, host: string, port: number, f
     return await p;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EADDRINUSE') throw new TowerError('EADDRINUSE', `${host}:${port} is already in use (another proxy running? choose another ${flag})`);
-    if (code === 'EACCES') throw new TowerError('EACCES', `no permission to listen on ${host}:${port} (choose a port above 1023 with ${flag})`);
+    if (code === 'EADDRINUSE')
+      throw new TowerError(
+        'EADDRINUSE',
+        `${host}:${port} is already in use (another proxy running? choose another ${flag})`,
+      );
+    if (code === 'EACCES')
+      throw new TowerError(
+        'EACCES',
+        `no permission to listen on ${host}:${port} (choose a port above 1023 with ${flag})`,
+      );
     throw err;
   }
 }

@@ -35,8 +35,12 @@ export class SoloReplica implements Replicas {
   }
 
   async start(): Promise<void> {}
-  live(): Replica[] { return [this.self]; }
-  onChange(listener: () => void): void { this.#listeners.push(listener); }
+  live(): Replica[] {
+    return [this.self];
+  }
+  onChange(listener: () => void): void {
+    this.#listeners.push(listener);
+  }
 
   async drain(): Promise<void> {
     this.self.draining = true;

@@ -13,8 +13,16 @@ export interface Refusal {
 
 /** metav1.StatusReason by code; 502 has none in Kubernetes, and says what it is */
 const REASONS: Record<number, string> = {
-  400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 405: 'MethodNotAllowed',
-  429: 'TooManyRequests', 500: 'InternalError', 502: 'BadGateway', 503: 'ServiceUnavailable', 504: 'Timeout',
+  400: 'BadRequest',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'NotFound',
+  405: 'MethodNotAllowed',
+  429: 'TooManyRequests',
+  500: 'InternalError',
+  502: 'BadGateway',
+  503: 'ServiceUnavailable',
+  504: 'Timeout',
 };
 
 export function statusReason(code: number): string {
@@ -23,7 +31,18 @@ export function statusReason(code: number): string {
 
 export function statusBody(r: Refusal): string {
   const details = r.retryAfter !== undefined ? { retryAfterSeconds: r.retryAfter } : undefined;
-  return JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: r.message, reason: statusReason(r.status), details, code: r.status }) + '\n';
+  return (
+    JSON.stringify({
+      kind: 'Status',
+      apiVersion: 'v1',
+      metadata: {},
+      status: 'Failure',
+      message: r.message,
+      reason: statusReason(r.status),
+      details,
+      code: r.status,
+    }) + '\n'
+  );
 }
 
 /** The Status as a whole HTTP response, for a socket that has no ServerResponse (upgrades, parse errors). */
@@ -35,9 +54,15 @@ export function rawStatus(r: Refusal): string {
 
 /** Never throws: a response that can no longer carry a Status (headers gone out, socket gone) is ended as it is. */
 export function sendStatus(res: ServerResponse, r: Refusal): void {
-  if (res.headersSent || res.destroyed) { res.destroy(); return; }
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
   const body = statusBody(r);
-  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+  };
   if (r.retryAfter !== undefined) headers['retry-after'] = r.retryAfter;
   // the reason phrase is set explicitly: a failed writeHead leaves the upstream's bad one behind
   res.writeHead(r.status, STATUS_CODES[r.status] ?? 'Error', headers);

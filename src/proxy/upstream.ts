@@ -66,9 +66,15 @@ export class MemberApiserver implements Upstream {
     session.once('close', () => this.pool.destroy());
   }
 
-  get authorization(): string | undefined { return this.#bearer; }
-  get key(): unknown { return this.session; }
-  get via(): string { return `session ${this.session.id}`; }
+  get authorization(): string | undefined {
+    return this.#bearer;
+  }
+  get key(): unknown {
+    return this.session;
+  }
+  get via(): string {
+    return `session ${this.session.id}`;
+  }
 
   /** parsed once per session: the agent's CA and client certificate */
   #secureContext(): SecureContext {
@@ -103,9 +109,21 @@ export class MemberApiserver implements Upstream {
     socket.once('close', () => channel.destroy());
     channel.once('close', () => socket.destroy());
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => socket.destroy(new Error(`TLS handshake with ${this.hostPort} timed out after ${TLS_HANDSHAKE_TIMEOUT_MS} ms`)), TLS_HANDSHAKE_TIMEOUT_MS);
-      socket.once('secureConnect', () => { clearTimeout(timer); resolve(); });
-      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
+      const timer = setTimeout(
+        () =>
+          socket.destroy(
+            new Error(`TLS handshake with ${this.hostPort} timed out after ${TLS_HANDSHAKE_TIMEOUT_MS} ms`),
+          ),
+        TLS_HANDSHAKE_TIMEOUT_MS,
+      );
+      socket.once('secureConnect', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
     });
     socket.setNoDelay(true);
     return socket;
@@ -128,12 +146,21 @@ export class MemberKubesphere implements Upstream {
     this.session = session;
     this.hostPort = normalizeHostPort(session.config.kubesphereSvcHost, 80);
     this.hostHeader = this.hostPort.replace(/:80$/, '');
-    this.pool = new ChannelAgent(this, { keepAlive: true, maxSockets: MAX_SOCKETS_PER_SESSION, maxFreeSockets: 32, timeout: IDLE_SOCKET_TIMEOUT_MS });
+    this.pool = new ChannelAgent(this, {
+      keepAlive: true,
+      maxSockets: MAX_SOCKETS_PER_SESSION,
+      maxFreeSockets: 32,
+      timeout: IDLE_SOCKET_TIMEOUT_MS,
+    });
     session.once('close', () => this.pool.destroy());
   }
 
-  get key(): unknown { return this.session; }
-  get via(): string { return `session ${this.session.id}`; }
+  get key(): unknown {
+    return this.session;
+  }
+  get via(): string {
+    return `session ${this.session.id}`;
+  }
 
   async connect(): Promise<Duplex> {
     return asSocket(await this.session.openChannel(this.hostPort));
@@ -154,7 +181,9 @@ function asSocket(channel: ServerChannel): Duplex {
     clearTimeout(idle);
     idle = idleMs > 0 ? setTimeout(() => channel.emit('timeout'), idleMs) : undefined;
   };
-  channel.on('data', () => { if (idleMs > 0) arm(); });
+  channel.on('data', () => {
+    if (idleMs > 0) arm();
+  });
   channel.once('close', () => clearTimeout(idle));
   // as net.Socket: a callback is a 'timeout' listener, and setTimeout(0, cb) removes it again.
   // Node's HTTP client does exactly that for each request on a reused connection
@@ -167,7 +196,9 @@ function asSocket(channel: ServerChannel): Duplex {
     arm();
     return c;
   };
-  c.destroySoon = () => { channel.end(); };
+  c.destroySoon = () => {
+    channel.end();
+  };
   return channel;
 }
 
@@ -180,7 +211,10 @@ export class ChannelAgent extends Agent {
   }
 
   override createConnection(_opts: ClientRequestArgs, cb?: (err: Error | null, stream: Duplex) => void): undefined {
-    this.#member.connect().then((s) => cb?.(null, s), (err: Error) => cb?.(err, undefined as never));
+    this.#member.connect().then(
+      (s) => cb?.(null, s),
+      (err: Error) => cb?.(err, undefined as never),
+    );
     return undefined;
   }
 }

@@ -19,7 +19,9 @@ export class WatchFrames {
   }
 
   /** whether everything fed so far ends with a whole event */
-  get atBoundary(): boolean { return this.#atBoundary; }
+  get atBoundary(): boolean {
+    return this.#atBoundary;
+  }
 
   /** Takes in the next chunk; returns the offset just past the first event that ends in it, or -1. */
   feed(chunk: Buffer): number {

@@ -1,4 +1,17 @@
-import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  watch,
+  writeSync,
+  type FSWatcher,
+} from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +20,16 @@ import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { StoreError } from '../errors.ts';
 import { log } from '../observe/log.ts';
 import { assertClusterName, clusterNameProblem } from './names.ts';
-import type { Cluster, ClusterEvent, ClusterStatus, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord } from './types.ts';
+import type {
+  Cluster,
+  ClusterEvent,
+  ClusterStatus,
+  ClusterStore,
+  Closer,
+  KeyMaterial,
+  KeyMaterialKind,
+  ProxyRecord,
+} from './types.ts';
 
 const LOCK_WAIT_MS = 10_000;
 const LOCK_STALE_MS = 30_000;
@@ -19,7 +41,12 @@ const KEY_FILES: Record<KeyMaterialKind, string[]> = { ca: ['ca.crt', 'ca.key'],
 const PUBLIC_FILES = new Set(['ca.crt']);
 
 /** clusters/<name>.yaml: the revision is a generation counter */
-interface ClusterFile { name: string; token: string; createdAt: string; generation: number }
+interface ClusterFile {
+  name: string;
+  token: string;
+  createdAt: string;
+  generation: number;
+}
 
 function fromFile(f: ClusterFile): Cluster {
   return { name: f.name, token: f.token, createdAt: f.createdAt, revision: String(f.generation) };
@@ -45,7 +72,10 @@ export class FileStore implements ClusterStore {
     try {
       for (const d of [dir, this.#clustersDir, this.#statusDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
     } catch (err) {
-      throw new StoreError('EDATADIR', `cannot create data dir ${dir}: ${(err as Error).message} (choose another with --data-dir or TOWER_HOME)`);
+      throw new StoreError(
+        'EDATADIR',
+        `cannot create data dir ${dir}: ${(err as Error).message} (choose another with --data-dir or TOWER_HOME)`,
+      );
     }
   }
 
@@ -68,7 +98,8 @@ export class FileStore implements ClusterStore {
   async create(name: string, token: string): Promise<Cluster> {
     assertClusterName(name);
     return this.#locked(async () => {
-      if (await this.#readCluster(name)) throw new StoreError('EEXIST', `cluster "${name}" already exists in ${this.location}`);
+      if (await this.#readCluster(name))
+        throw new StoreError('EEXIST', `cluster "${name}" already exists in ${this.location}`);
       const record: ClusterFile = { name, token, createdAt: new Date().toISOString(), generation: 1 };
       this.#writeFile(join(this.#clustersDir, `${name}.yaml`), toYaml(record), true);
       return fromFile(record);
@@ -80,12 +111,24 @@ export class FileStore implements ClusterStore {
     assertClusterName(cluster.name);
     return this.#locked(async () => {
       const current = await this.#readCluster(cluster.name);
-      if (!current) throw new StoreError('ENOTFOUND', `cluster "${cluster.name}" not found in ${this.location} (create it with: tower token ${cluster.name})`);
+      if (!current)
+        throw new StoreError(
+          'ENOTFOUND',
+          `cluster "${cluster.name}" not found in ${this.location} (create it with: tower token ${cluster.name})`,
+        );
       if (current.revision !== cluster.revision) {
-        throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated (revision ${current.revision}, not ${cluster.revision}); retry`);
+        throw new StoreError(
+          'ECONFLICT',
+          `cluster "${cluster.name}" changed while it was being updated (revision ${current.revision}, not ${cluster.revision}); retry`,
+        );
       }
       const createdAt = current.problem ? new Date().toISOString() : cluster.createdAt;
-      const next: ClusterFile = { name: cluster.name, token: cluster.token, createdAt, generation: Number(current.revision) + 1 };
+      const next: ClusterFile = {
+        name: cluster.name,
+        token: cluster.token,
+        createdAt,
+        generation: Number(current.revision) + 1,
+      };
       this.#writeFile(join(this.#clustersDir, `${cluster.name}.yaml`), toYaml(next), true);
       return fromFile(next);
     });
@@ -96,7 +139,14 @@ export class FileStore implements ClusterStore {
     assertClusterName(name);
     return this.#locked(async () => {
       const path = join(this.#clustersDir, `${name}.yaml`);
-      const existed = (() => { try { statSync(path); return true; } catch { return false; } })();
+      const existed = (() => {
+        try {
+          statSync(path);
+          return true;
+        } catch {
+          return false;
+        }
+      })();
       rmSync(path, { force: true });
       rmSync(join(this.#statusDir, `${name}.yaml`), { force: true });
       return existed;
@@ -110,11 +160,15 @@ export class FileStore implements ClusterStore {
     const d = r.doc as Record<string, unknown> | null | undefined;
     if (r.problem || typeof d !== 'object' || d === null || typeof d.connected !== 'boolean') return undefined;
     // a file like any other: each field is kept only when it is what the proxy writes
-    const text = (v: unknown, max: number) => (typeof v === 'string' && v.length <= max && /^[\x20-\x7e]*$/.test(v) ? v : undefined);
-    const time = (v: unknown) => { const t = text(v, 40); return t && !Number.isNaN(Date.parse(t)) ? t : undefined; };
+    const text = (v: unknown, max: number) =>
+      typeof v === 'string' && v.length <= max && /^[\x20-\x7e]*$/.test(v) ? v : undefined;
+    const time = (v: unknown) => {
+      const t = text(v, 40);
+      return t && !Number.isNaN(Date.parse(t)) ? t : undefined;
+    };
     return {
       connected: d.connected,
-      agents: Number.isSafeInteger(d.agents) && (d.agents as number) >= 0 ? d.agents as number : 0,
+      agents: Number.isSafeInteger(d.agents) && (d.agents as number) >= 0 ? (d.agents as number) : 0,
       since: time(d.since),
       lastSeen: time(d.lastSeen),
       agentVersions: text(d.agentVersions, 1024),
@@ -133,7 +187,12 @@ export class FileStore implements ClusterStore {
     const r = await this.#readYaml(path);
     if (r.missing || (!r.problem && r.doc === undefined)) return undefined;
     const d = r.doc as Partial<ProxyRecord> | null;
-    const wellFormed = typeof d === 'object' && d !== null && typeof d.agentUrl === 'string' && typeof d.gatewayUrl === 'string' && typeof d.hostKeyFingerprint === 'string';
+    const wellFormed =
+      typeof d === 'object' &&
+      d !== null &&
+      typeof d.agentUrl === 'string' &&
+      typeof d.gatewayUrl === 'string' &&
+      typeof d.hostKeyFingerprint === 'string';
     if (r.problem || !wellFormed) {
       // only addresses for printing: commands fall back to the defaults
       log.warn('ignoring an unusable file in the data dir', { path, why: r.problem ?? 'is malformed' });
@@ -152,7 +211,10 @@ export class FileStore implements ClusterStore {
       const present = files.filter((f) => exists(join(this.dir, f)));
       if (present.length === 0) return undefined;
       if (present.length !== files.length) {
-        throw new StoreError('EKEYMATERIAL', `${this.location} holds ${present.join(', ')} but not ${files.filter((f) => !present.includes(f)).join(', ')}; restore the missing file or remove the others to start afresh`);
+        throw new StoreError(
+          'EKEYMATERIAL',
+          `${this.location} holds ${present.join(', ')} but not ${files.filter((f) => !present.includes(f)).join(', ')}; restore the missing file or remove the others to start afresh`,
+        );
       }
       return Object.fromEntries(files.map((f) => [f, readFileSync(join(this.dir, f), 'utf8')]));
     };
@@ -183,7 +245,10 @@ export class FileStore implements ClusterStore {
         const holder = Number(readFileSync(path, 'utf8'));
         // a holder with our own pid is a previous life of this container (pid 1 again)
         if (holder !== process.pid && pidAlive(holder)) {
-          throw new StoreError('EBUSY', `another proxy (pid ${holder}) serves ${this.location}; stop it, or give this one its own --data-dir`);
+          throw new StoreError(
+            'EBUSY',
+            `another proxy (pid ${holder}) serves ${this.location}; stop it, or give this one its own --data-dir`,
+          );
         }
         rmSync(path, { force: true }); // left by a proxy that died
       }
@@ -206,7 +271,10 @@ export class FileStore implements ClusterStore {
     const look = async (name: string, st: { ino: number; mtimeMs: number; size: number } | undefined) => {
       const prev = seen.get(name);
       if (!st) {
-        if (prev) { seen.delete(name); onEvent({ type: 'deleted', name }); }
+        if (prev) {
+          seen.delete(name);
+          onEvent({ type: 'deleted', name });
+        }
         return;
       }
       const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
@@ -217,7 +285,12 @@ export class FileStore implements ClusterStore {
       seen.set(name, { stamp, cluster });
       // an unusable record is an event too: the proxy stops trusting the token it had
       if (!prev) onEvent({ type: 'added', cluster });
-      else if (prev.cluster.revision !== cluster.revision || prev.cluster.token !== cluster.token || prev.cluster.problem !== cluster.problem) onEvent({ type: 'modified', cluster });
+      else if (
+        prev.cluster.revision !== cluster.revision ||
+        prev.cluster.token !== cluster.token ||
+        prev.cluster.problem !== cluster.problem
+      )
+        onEvent({ type: 'modified', cluster });
     };
     const scanAll = async () => {
       const names = new Set<string>();
@@ -247,7 +320,10 @@ export class FileStore implements ClusterStore {
         working = false;
       }
     };
-    const enqueue = (name: string) => { queue.add(name); void work(); };
+    const enqueue = (name: string) => {
+      queue.add(name);
+      void work();
+    };
     let watcher: FSWatcher | undefined;
     try {
       watcher = watch(this.#clustersDir, { persistent: false }, (_event, file) => {
@@ -255,7 +331,10 @@ export class FileStore implements ClusterStore {
         // temporary files of an atomic write are not clusters; their rename names the cluster's file
         if (name !== undefined) enqueue(name);
       });
-      watcher.on('error', () => { watcher?.close(); watcher = undefined; });
+      watcher.on('error', () => {
+        watcher?.close();
+        watcher = undefined;
+      });
     } catch {
       watcher = undefined; // the polls below still pick changes up
     }
@@ -264,12 +343,17 @@ export class FileStore implements ClusterStore {
     const poll = setInterval(() => {
       // without inotify, a file edited in place shows only in a full scan: then one every poll
       const due = !watcher || Date.now() - lastFull >= FULL_SCAN_MS;
-      stat(this.#clustersDir).then((st) => `${st.ino}:${st.mtimeMs}`, () => '').then((stamp) => {
-        if (stamp === dirStamp && !due) return;
-        dirStamp = stamp;
-        lastFull = Date.now();
-        enqueue('');
-      });
+      stat(this.#clustersDir)
+        .then(
+          (st) => `${st.ino}:${st.mtimeMs}`,
+          () => '',
+        )
+        .then((stamp) => {
+          if (stamp === dirStamp && !due) return;
+          dirStamp = stamp;
+          lastFull = Date.now();
+          enqueue('');
+        });
     }, WATCH_POLL_MS);
     poll.unref();
     enqueue('');
@@ -293,7 +377,10 @@ export class FileStore implements ClusterStore {
   async #readCluster(name: string): Promise<Cluster | undefined> {
     const path = join(this.#clustersDir, `${name}.yaml`);
     const broken = (why: string): Cluster => ({
-      name, token: '', createdAt: '', revision: '0',
+      name,
+      token: '',
+      createdAt: '',
+      revision: '0',
       problem: `${this.location}/clusters/${name}.yaml ${why}`,
     });
     const { doc, problem, missing } = await this.#readYaml(path);
@@ -301,7 +388,14 @@ export class FileStore implements ClusterStore {
     if (problem) return broken(problem);
     if (doc === undefined) return broken('is empty');
     const c = doc as Partial<ClusterFile>;
-    if (typeof c !== 'object' || c === null || c.name !== name || typeof c.token !== 'string' || !/^[0-9a-f]{64}$/.test(c.token) || typeof c.generation !== 'number') {
+    if (
+      typeof c !== 'object' ||
+      c === null ||
+      c.name !== name ||
+      typeof c.token !== 'string' ||
+      !/^[0-9a-f]{64}$/.test(c.token) ||
+      typeof c.generation !== 'number'
+    ) {
       return broken('is malformed (want name, a token of 64 hex digits and generation)');
     }
     return fromFile({ name: c.name, token: c.token, createdAt: String(c.createdAt ?? ''), generation: c.generation });
@@ -336,7 +430,11 @@ export class FileStore implements ClusterStore {
     }
     renameSync(tmp, path);
     const dfd = openSync(join(path, '..'), 'r');
-    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
   }
 
   async #locked<T>(fn: () => Promise<T>): Promise<T> {
@@ -350,9 +448,15 @@ export class FileStore implements ClusterStore {
         break;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        if (lockIsStale(lock)) { rmSync(lock, { force: true }); continue; }
+        if (lockIsStale(lock)) {
+          rmSync(lock, { force: true });
+          continue;
+        }
         if (Date.now() > deadline) {
-          throw new StoreError('ELOCKED', `${this.location} is locked by another tower process (${lock}); if none runs, remove that file`);
+          throw new StoreError(
+            'ELOCKED',
+            `${this.location} is locked by another tower process (${lock}); if none runs, remove that file`,
+          );
         }
         await sleep(LOCK_RETRY_MS);
       }
@@ -372,7 +476,12 @@ function clusterFileName(file: string): string | undefined {
 }
 
 function exists(path: string): boolean {
-  try { statSync(path); return true; } catch { return false; }
+  try {
+    statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** whether `pid` (as a data-dir file says it) names a live process; nonsense values name none */
@@ -395,4 +504,3 @@ function lockIsStale(lock: string): boolean {
     return false;
   }
 }
-

@@ -6,7 +6,17 @@ import { ClusterController } from '../kube/controller.ts';
 import { LeaderElector, type LeaseTimes } from '../kube/leader.ts';
 import type { Logger } from '../observe/log.ts';
 import { assertClusterName } from './names.ts';
-import type { Cluster, ClusterEvent, ClusterStore, Closer, KeyMaterial, KeyMaterialKind, ProxyRecord, ReconcileContext, ReplicaTimes } from './types.ts';
+import type {
+  Cluster,
+  ClusterEvent,
+  ClusterStore,
+  Closer,
+  KeyMaterial,
+  KeyMaterialKind,
+  ProxyRecord,
+  ReconcileContext,
+  ReplicaTimes,
+} from './types.ts';
 import { LeaseReplicas } from '../kube/replicas.ts';
 import type { Replica, Replicas } from '../proxy/replicas.ts';
 
@@ -43,7 +53,9 @@ export class KubernetesStore implements ClusterStore {
     this.#leading = !opts.leaderElection;
   }
 
-  get leading(): boolean { return this.#leading; }
+  get leading(): boolean {
+    return this.#leading;
+  }
 
   replicas(self: Replica, times: ReplicaTimes, log: Logger): Replicas {
     return new LeaseReplicas(this.host, self, times, log);
@@ -86,14 +98,19 @@ export class KubernetesStore implements ClusterStore {
       const made = await this.host.createCluster(body);
       return fromResource(made) ?? { name, token, createdAt: '', revision: made.metadata.resourceVersion ?? '' };
     } catch (err) {
-      if (apiStatus(err) === 409) throw new StoreError('EEXIST', `cluster "${name}" already exists in ${this.location}`);
+      if (apiStatus(err) === 409)
+        throw new StoreError('EEXIST', `cluster "${name}" already exists in ${this.location}`);
       throw apiError(`creating Cluster "${name}"`, this.host.server, err);
     }
   }
 
   async update(cluster: Cluster): Promise<Cluster> {
     const c = await this.resource(cluster.name);
-    if (!c) throw new StoreError('ENOTFOUND', `cluster "${cluster.name}" not found in ${this.location} (create it with: tower token ${cluster.name} --kubeconfig …)`);
+    if (!c)
+      throw new StoreError(
+        'ENOTFOUND',
+        `cluster "${cluster.name}" not found in ${this.location} (create it with: tower token ${cluster.name} --kubeconfig …)`,
+      );
     if (c.metadata.resourceVersion !== cluster.revision) {
       throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated; retry`);
     }
@@ -102,7 +119,8 @@ export class KubernetesStore implements ClusterStore {
     try {
       return fromResource(await this.host.replaceCluster(c)) ?? cluster;
     } catch (err) {
-      if (apiStatus(err) === 409) throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated; retry`);
+      if (apiStatus(err) === 409)
+        throw new StoreError('ECONFLICT', `cluster "${cluster.name}" changed while it was being updated; retry`);
       throw apiError(`updating Cluster "${cluster.name}"`, this.host.server, err);
     }
   }
@@ -113,35 +131,67 @@ export class KubernetesStore implements ClusterStore {
   }
 
   watch(onEvent: (event: ClusterEvent) => void): Closer {
-    if (!this.#controller) throw new TowerError('EKUBE', 'the Kubernetes store is watched by the proxy after reconcile()');
+    if (!this.#controller)
+      throw new TowerError('EKUBE', 'the Kubernetes store is watched by the proxy after reconcile()');
     for (const cluster of this.#controller.served.values()) onEvent({ type: 'added', cluster });
     this.#listeners.add(onEvent);
     // the proxy stops watching when it stops serving: reconciling stops with it, and the conditions
     // stay as they are for the next leader (agents come back to it within seconds)
-    return { close: () => { this.#listeners.delete(onEvent); this.#controller?.stop(); } };
+    return {
+      close: () => {
+        this.#listeners.delete(onEvent);
+        this.#controller?.stop();
+      },
+    };
   }
 
   async reconcile(ctx: ReconcileContext): Promise<void> {
-    this.#controller = new ClusterController(this.host, { ...ctx, log: this.#opts.log }, (ev) => { for (const l of this.#listeners) l(ev); }, this.#leading);
+    this.#controller = new ClusterController(
+      this.host,
+      { ...ctx, log: this.#opts.log },
+      (ev) => {
+        for (const l of this.#listeners) l(ev);
+      },
+      this.#leading,
+    );
     await this.#controller.start();
   }
 
   async readProxyRecord(): Promise<ProxyRecord | undefined> {
-    const cm = await orUndefined(this.host.core.readNamespacedConfigMap({ name: PROXY_RECORD, namespace: NAMESPACE })).catch(() => undefined);
+    const cm = await orUndefined(
+      this.host.core.readNamespacedConfigMap({ name: PROXY_RECORD, namespace: NAMESPACE }),
+    ).catch(() => undefined);
     const d = cm?.data;
     if (!d?.agentUrl || !d.gatewayUrl) return undefined;
     return { agentUrl: d.agentUrl, gatewayUrl: d.gatewayUrl, hostKeyFingerprint: d.hostKeyFingerprint ?? '' };
   }
 
   async writeProxyRecord(record: ProxyRecord): Promise<void> {
-    const data = { agentUrl: record.agentUrl, gatewayUrl: record.gatewayUrl, hostKeyFingerprint: record.hostKeyFingerprint };
-    const body: V1ConfigMap = { metadata: { name: PROXY_RECORD, namespace: NAMESPACE, labels: { 'app.kubernetes.io/name': 'tower' } }, data };
+    const data = {
+      agentUrl: record.agentUrl,
+      gatewayUrl: record.gatewayUrl,
+      hostKeyFingerprint: record.hostKeyFingerprint,
+    };
+    const body: V1ConfigMap = {
+      metadata: { name: PROXY_RECORD, namespace: NAMESPACE, labels: { 'app.kubernetes.io/name': 'tower' } },
+      data,
+    };
     try {
-      const cm = await orUndefined(this.host.core.readNamespacedConfigMap({ name: PROXY_RECORD, namespace: NAMESPACE }));
+      const cm = await orUndefined(
+        this.host.core.readNamespacedConfigMap({ name: PROXY_RECORD, namespace: NAMESPACE }),
+      );
       if (!cm) await this.host.core.createNamespacedConfigMap({ namespace: NAMESPACE, body });
-      else await this.host.core.replaceNamespacedConfigMap({ name: PROXY_RECORD, namespace: NAMESPACE, body: { ...cm, data } });
+      else
+        await this.host.core.replaceNamespacedConfigMap({
+          name: PROXY_RECORD,
+          namespace: NAMESPACE,
+          body: { ...cm, data },
+        });
     } catch (err) {
-      this.#opts.log.warn('cannot record the proxy\'s addresses (tower token prints defaults)', { configMap: `${NAMESPACE}/${PROXY_RECORD}`, err: apiError('writing', this.host.server, err).message });
+      this.#opts.log.warn("cannot record the proxy's addresses (tower token prints defaults)", {
+        configMap: `${NAMESPACE}/${PROXY_RECORD}`,
+        err: apiError('writing', this.host.server, err).message,
+      });
     }
   }
 
@@ -178,7 +228,9 @@ export class KubernetesStore implements ClusterStore {
     const read = async () => {
       const s = await orUndefined(this.host.core.readNamespacedSecret({ name, namespace: NAMESPACE }));
       if (!s) return undefined;
-      return Object.fromEntries(Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]));
+      return Object.fromEntries(
+        Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]),
+      );
     };
     try {
       const existing = await read();
@@ -207,7 +259,11 @@ export class KubernetesStore implements ClusterStore {
     try {
       await this.host.core.readNamespace({ name: NAMESPACE });
     } catch (err) {
-      if (apiStatus(err) === 404) throw new TowerError('EKUBE', `namespace ${NAMESPACE} does not exist in the host cluster at ${this.host.server} (create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy\`)`);
+      if (apiStatus(err) === 404)
+        throw new TowerError(
+          'EKUBE',
+          `namespace ${NAMESPACE} does not exist in the host cluster at ${this.host.server} (create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy\`)`,
+        );
       if (apiStatus(err) === 403) return; // allowed to work in it without reading it
       throw apiError(`reading namespace ${NAMESPACE}`, this.host.server, err);
     }
@@ -222,6 +278,18 @@ export class KubernetesStore implements ClusterStore {
 /** The store's view of a Cluster: one tower acts on, with a token. */
 function fromResource(c: KubeCluster): Cluster | undefined {
   const conn = c.spec?.connection;
-  if (c.metadata.deletionTimestamp || conn?.type !== 'proxy' || c.spec?.joinFederation !== true || typeof conn.token !== 'string' || !conn.token) return undefined;
-  return { name: c.metadata.name, token: conn.token, createdAt: String(c.metadata.creationTimestamp ?? ''), revision: c.metadata.resourceVersion ?? '' };
+  if (
+    c.metadata.deletionTimestamp ||
+    conn?.type !== 'proxy' ||
+    c.spec?.joinFederation !== true ||
+    typeof conn.token !== 'string' ||
+    !conn.token
+  )
+    return undefined;
+  return {
+    name: c.metadata.name,
+    token: conn.token,
+    createdAt: String(c.metadata.creationTimestamp ?? ''),
+    revision: c.metadata.resourceVersion ?? '',
+  };
 }

@@ -57,14 +57,14 @@ export interface ProxyRecord {
   pid?: number;
 }
 
-export type ClusterEvent =
-  | { type: 'added' | 'modified'; cluster: Cluster }
-  | { type: 'deleted'; name: string };
+export type ClusterEvent = { type: 'added' | 'modified'; cluster: Cluster } | { type: 'deleted'; name: string };
 
 export type KeyMaterialKind = 'ca' | 'ssh-host-key';
 export type KeyMaterial = Record<string, string>;
 
-export interface Closer { close(): void | Promise<void> }
+export interface Closer {
+  close(): void | Promise<void>;
+}
 
 export interface ReplicaTimes {
   /** a replica not heard of for this long is gone */

@@ -5,7 +5,18 @@ import type { ClientChannel } from 'ssh2';
 import { TowerError } from '../errors.ts';
 import { printable } from '../observe/log.ts';
 import { ALGORITHMS, fingerprint, type TunnelClient } from './ssh.ts';
-import { CHANNEL_TYPE, CHANNEL_TYPE_CONTROL, CHANNEL_TYPE_TLS, CLIENT_IDENT, encodeConfig, FEATURE_REPLICAS, FEATURE_TLS_AT_AGENT, REQUEST_CONFIG, REQUEST_PING, type AgentConfig } from './protocol.ts';
+import {
+  CHANNEL_TYPE,
+  CHANNEL_TYPE_CONTROL,
+  CHANNEL_TYPE_TLS,
+  CLIENT_IDENT,
+  encodeConfig,
+  FEATURE_REPLICAS,
+  FEATURE_TLS_AT_AGENT,
+  REQUEST_CONFIG,
+  REQUEST_PING,
+  type AgentConfig,
+} from './protocol.ts';
 
 /** The proxy refused this agent's `config`; the text is the proxy's own words. */
 export class ConfigRejectedError extends TowerError {
@@ -51,9 +62,19 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
       client.end();
       stream.destroy();
     };
-    const timer = setTimeout(() => fail(new TowerError('ETIMEDOUT', `the proxy did not complete the handshake within ${opts.handshakeTimeoutMs} ms`)), opts.handshakeTimeoutMs);
-    client.on('error', (err: Error) => fail(hostKeyError ?? new TowerError('ESSH', `SSH handshake with the proxy failed: ${err.message}`)));
-    client.on('close', () => fail(hostKeyError ?? new TowerError('ECLOSED', 'the proxy closed the connection during the handshake')));
+    const timer = setTimeout(
+      () =>
+        fail(
+          new TowerError('ETIMEDOUT', `the proxy did not complete the handshake within ${opts.handshakeTimeoutMs} ms`),
+        ),
+      opts.handshakeTimeoutMs,
+    );
+    client.on('error', (err: Error) =>
+      fail(hostKeyError ?? new TowerError('ESSH', `SSH handshake with the proxy failed: ${err.message}`)),
+    );
+    client.on('close', () =>
+      fail(hostKeyError ?? new TowerError('ECLOSED', 'the proxy closed the connection during the handshake')),
+    );
     client.on('channel open', (info, accept, rejectChannel) => {
       if (info.type === CHANNEL_TYPE_CONTROL) {
         if (opts.onControl && opts.config.features?.includes(FEATURE_REPLICAS)) opts.onControl(accept());
@@ -61,7 +82,10 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
         return;
       }
       const tlsAllowed = info.type === CHANNEL_TYPE_TLS && opts.config.features?.includes(FEATURE_TLS_AT_AGENT);
-      if (info.type !== CHANNEL_TYPE && !tlsAllowed) { rejectChannel(); return; }
+      if (info.type !== CHANNEL_TYPE && !tlsAllowed) {
+        rejectChannel();
+        return;
+      }
       opts.onChannel((info.data.raw ?? Buffer.alloc(0)).toString('latin1'), info.type, accept, rejectChannel);
     });
     client.on('ready', () => {
@@ -90,7 +114,9 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
       hostVerifier: (key: Buffer) => {
         seenFingerprint = fingerprint(key);
         if (opts.expectFingerprint && opts.expectFingerprint !== seenFingerprint) {
-          hostKeyError = new HostKeyMismatchError(`the proxy's host key is ${seenFingerprint}, not ${opts.expectFingerprint} as --proxy-fingerprint demands; this may be another server posing as the proxy (if the proxy's data dir was reset, print the new join command with: tower token <name>)`);
+          hostKeyError = new HostKeyMismatchError(
+            `the proxy's host key is ${seenFingerprint}, not ${opts.expectFingerprint} as --proxy-fingerprint demands; this may be another server posing as the proxy (if the proxy's data dir was reset, print the new join command with: tower token <name>)`,
+          );
           return false;
         }
         return true;
@@ -116,14 +142,22 @@ export class TunnelClientSession extends EventEmitter {
     stream.once('close', () => this.#onClose());
   }
 
-  get closed(): boolean { return this.#closed; }
+  get closed(): boolean {
+    return this.#closed;
+  }
 
   /** Resolves when the proxy answered within `timeoutMs`, rejects otherwise. */
   ping(timeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new TowerError('ETIMEDOUT', `the proxy did not answer a ping within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new TowerError('ETIMEDOUT', `the proxy did not answer a ping within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       try {
-        this.#client.globalRequest(REQUEST_PING, null, () => { clearTimeout(timer); resolve(); });
+        this.#client.globalRequest(REQUEST_PING, null, () => {
+          clearTimeout(timer);
+          resolve();
+        });
       } catch (err) {
         clearTimeout(timer);
         reject(err as Error);

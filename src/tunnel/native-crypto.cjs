@@ -10,7 +10,16 @@
 // other user of a shared /tmp can plant a library for us to load.
 'use strict';
 const { createHash } = require('node:crypto');
-const { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } = require('node:fs');
+const {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} = require('node:fs');
 const { homedir, tmpdir } = require('node:os');
 const { join } = require('node:path');
 
@@ -24,7 +33,9 @@ const uid = process.getuid ? process.getuid() : -1;
 function privateDir(base) {
   const dir = join(base, `tower-${uid}`);
   // one level for a missing ~/.cache; whatever fails here shows in the mkdir below
-  try { mkdirSync(base, { mode: 0o700 }); } catch {}
+  try {
+    mkdirSync(base, { mode: 0o700 });
+  } catch {}
   try {
     mkdirSync(dir, { mode: 0o700 });
   } catch (err) {
@@ -41,7 +52,9 @@ function load(base) {
   const dir = privateDir(base);
   const file = join(dir, `sshcrypto-${hash}.node`);
   let present = false;
-  try { present = createHash('sha256').update(readFileSync(file)).digest('hex').slice(0, 16) === hash; } catch {}
+  try {
+    present = createHash('sha256').update(readFileSync(file)).digest('hex').slice(0, 16) === hash;
+  } catch {}
   if (!present) {
     const tmp = `${file}.${process.pid}.tmp`;
     try {
@@ -52,7 +65,9 @@ function load(base) {
       throw err;
     }
     // other builds' bindings: a process still running one keeps its mapping
-    for (const f of readdirSync(dir)) if (/^sshcrypto-[0-9a-f]{16}\.node$/.test(f) && f !== `sshcrypto-${hash}.node`) rmSync(join(dir, f), { force: true });
+    for (const f of readdirSync(dir))
+      if (/^sshcrypto-[0-9a-f]{16}\.node$/.test(f) && f !== `sshcrypto-${hash}.node`)
+        rmSync(join(dir, f), { force: true });
   }
   const m = { exports: {} };
   process.dlopen(m, file);

@@ -78,7 +78,9 @@ const SERVER_ID = /^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$/;
 
 /** Why `id` cannot name a proxy replica (it names a Lease and travels in a header), or undefined. */
 export function serverIdProblem(id: string): string | undefined {
-  return SERVER_ID.test(id) ? undefined : 'a server id is 1-63 lower-case letters, digits, "-" and ".", starting and ending with a letter or digit';
+  return SERVER_ID.test(id)
+    ? undefined
+    : 'a server id is 1-63 lower-case letters, digits, "-" and ".", starting and ending with a letter or digit';
 }
 
 export function encodeReplicaView(v: ReplicaView): Buffer {
@@ -94,12 +96,22 @@ export function decodeReplicaView(line: string): ReplicaView {
     throw new ProtocolError(`malformed control message: ${(err as Error).message}`);
   }
   const d = doc as Partial<ReplicaView> | null;
-  if (typeof d !== 'object' || d === null || typeof d.server !== 'string' || !Array.isArray(d.servers) || typeof d.draining !== 'boolean') {
-    throw new ProtocolError('malformed control message: want {"server": string, "servers": [string], "draining": boolean}');
+  if (
+    typeof d !== 'object' ||
+    d === null ||
+    typeof d.server !== 'string' ||
+    !Array.isArray(d.servers) ||
+    typeof d.draining !== 'boolean'
+  ) {
+    throw new ProtocolError(
+      'malformed control message: want {"server": string, "servers": [string], "draining": boolean}',
+    );
   }
-  if (d.servers.length > MAX_REPLICAS) throw new ProtocolError(`control message names ${d.servers.length} replicas, more than ${MAX_REPLICAS}`);
+  if (d.servers.length > MAX_REPLICAS)
+    throw new ProtocolError(`control message names ${d.servers.length} replicas, more than ${MAX_REPLICAS}`);
   for (const id of [d.server, ...d.servers]) {
-    if (typeof id !== 'string' || serverIdProblem(id)) throw new ProtocolError(`control message names an invalid server id ${JSON.stringify(String(id).slice(0, 64))}`);
+    if (typeof id !== 'string' || serverIdProblem(id))
+      throw new ProtocolError(`control message names an invalid server id ${JSON.stringify(String(id).slice(0, 64))}`);
   }
   return { server: d.server, servers: [...new Set(d.servers as string[])], draining: d.draining };
 }
@@ -129,7 +141,13 @@ export function encodeConfig(c: AgentConfig): Buffer {
   return Buffer.from(JSON.stringify(out));
 }
 
-const STRING_FIELDS = { version: 'version', name: 'name', token: 'token', kubernetessvchost: 'kubernetesSvcHost', kubespheresvchost: 'kubesphereSvcHost' } as const;
+const STRING_FIELDS = {
+  version: 'version',
+  name: 'name',
+  token: 'token',
+  kubernetessvchost: 'kubernetesSvcHost',
+  kubespheresvchost: 'kubesphereSvcHost',
+} as const;
 const BYTE_FIELDS = { cadata: 'caData', certdata: 'certData', keydata: 'keyData', bearertoken: 'bearerToken' } as const;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 /** printable ASCII: what may reach an HTTP header or a log line */
@@ -148,28 +166,43 @@ export const CONFIG_LIMITS = {
 
 /** Parses a `config` payload; keys match case-insensitively, as Go's decoder does. Every value is checked here. */
 export function decodeConfig(payload: Buffer): AgentConfig {
-  if (payload.length > MAX_CONFIG_BYTES) throw new ProtocolError(`config payload of ${payload.length} bytes exceeds ${MAX_CONFIG_BYTES}`);
+  if (payload.length > MAX_CONFIG_BYTES)
+    throw new ProtocolError(`config payload of ${payload.length} bytes exceeds ${MAX_CONFIG_BYTES}`);
   let doc: unknown;
   try {
     doc = JSON.parse(payload.toString('utf8'));
   } catch (err) {
     throw new ProtocolError(`malformed config payload: ${(err as Error).message}`);
   }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new ProtocolError('malformed config payload: want a JSON object');
-  const out: Record<string, unknown> = { version: '', name: '', token: '', kubernetesSvcHost: '', kubesphereSvcHost: '' };
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
+    throw new ProtocolError('malformed config payload: want a JSON object');
+  const out: Record<string, unknown> = {
+    version: '',
+    name: '',
+    token: '',
+    kubernetesSvcHost: '',
+    kubesphereSvcHost: '',
+  };
   for (const [k, v] of Object.entries(doc)) {
     const lk = k.toLowerCase();
     if (lk in STRING_FIELDS) {
       if (v === null) continue;
-      if (typeof v !== 'string') throw new ProtocolError(`malformed config payload: field ${fieldName(STRING_FIELDS[lk as keyof typeof STRING_FIELDS])} must be a string`);
+      if (typeof v !== 'string')
+        throw new ProtocolError(
+          `malformed config payload: field ${fieldName(STRING_FIELDS[lk as keyof typeof STRING_FIELDS])} must be a string`,
+        );
       out[STRING_FIELDS[lk as keyof typeof STRING_FIELDS]] = v;
     } else if (lk === 'towerfeatures') {
       if (v === null) continue;
-      if (!Array.isArray(v) || v.some((f) => typeof f !== 'string')) throw new ProtocolError('malformed config payload: field TowerFeatures must be a list of strings');
+      if (!Array.isArray(v) || v.some((f) => typeof f !== 'string'))
+        throw new ProtocolError('malformed config payload: field TowerFeatures must be a list of strings');
       out.features = v;
     } else if (lk in BYTE_FIELDS) {
       if (v === null || v === '') continue;
-      if (typeof v !== 'string' || !BASE64.test(v)) throw new ProtocolError(`malformed config payload: field ${fieldName(BYTE_FIELDS[lk as keyof typeof BYTE_FIELDS])} must be base64`);
+      if (typeof v !== 'string' || !BASE64.test(v))
+        throw new ProtocolError(
+          `malformed config payload: field ${fieldName(BYTE_FIELDS[lk as keyof typeof BYTE_FIELDS])} must be base64`,
+        );
       out[BYTE_FIELDS[lk as keyof typeof BYTE_FIELDS]] = Buffer.from(v, 'base64');
     }
     // unknown fields are ignored, as Go does
@@ -181,19 +214,32 @@ export function decodeConfig(payload: Buffer): AgentConfig {
 }
 
 const GO_NAMES: Record<string, string> = {
-  version: 'Version', name: 'Name', token: 'Token', kubernetesSvcHost: 'KubernetesSvcHost', kubesphereSvcHost: 'KubeSphereSvcHost',
-  caData: 'CAData', certData: 'CertData', keyData: 'KeyData', bearerToken: 'BearerToken', features: 'TowerFeatures',
+  version: 'Version',
+  name: 'Name',
+  token: 'Token',
+  kubernetesSvcHost: 'KubernetesSvcHost',
+  kubesphereSvcHost: 'KubeSphereSvcHost',
+  caData: 'CAData',
+  certData: 'CertData',
+  keyData: 'KeyData',
+  bearerToken: 'BearerToken',
+  features: 'TowerFeatures',
 };
-function fieldName(key: string): string { return GO_NAMES[key] ?? key; }
+function fieldName(key: string): string {
+  return GO_NAMES[key] ?? key;
+}
 
 /**
  * Why a decoded config cannot be used, or undefined. Values reach HTTP headers, TLS contexts and
  * logs, so each is checked for type, length and characters, and PEM must parse.
  */
 export function configProblem(c: AgentConfig): string | undefined {
-  if (!PRINTABLE.test(c.version) || c.version.length > CONFIG_LIMITS.versionChars) return `Version must be at most ${CONFIG_LIMITS.versionChars} printable ASCII characters`;
-  if (!c.name || !VISIBLE.test(c.name) || c.name.length > CONFIG_LIMITS.nameChars) return `Name must be 1-${CONFIG_LIMITS.nameChars} printable ASCII characters without spaces`;
-  if (!c.token || !VISIBLE.test(c.token) || c.token.length > CONFIG_LIMITS.tokenChars) return `Token must be 1-${CONFIG_LIMITS.tokenChars} printable ASCII characters without spaces`;
+  if (!PRINTABLE.test(c.version) || c.version.length > CONFIG_LIMITS.versionChars)
+    return `Version must be at most ${CONFIG_LIMITS.versionChars} printable ASCII characters`;
+  if (!c.name || !VISIBLE.test(c.name) || c.name.length > CONFIG_LIMITS.nameChars)
+    return `Name must be 1-${CONFIG_LIMITS.nameChars} printable ASCII characters without spaces`;
+  if (!c.token || !VISIBLE.test(c.token) || c.token.length > CONFIG_LIMITS.tokenChars)
+    return `Token must be 1-${CONFIG_LIMITS.tokenChars} printable ASCII characters without spaces`;
   if (!c.kubernetesSvcHost) return 'KubernetesSvcHost is missing: the agent must name its kube-apiserver as host:port';
   const k8s = upstreamProblem(c.kubernetesSvcHost, 443);
   if (k8s) return `KubernetesSvcHost ${k8s}`;
@@ -202,11 +248,13 @@ export function configProblem(c: AgentConfig): string | undefined {
     if (ks) return `KubeSphereSvcHost ${ks}`;
   }
   if (c.features) {
-    if (c.features.length > CONFIG_LIMITS.features || c.features.some((f) => !FEATURE.test(f))) return `TowerFeatures must be at most ${CONFIG_LIMITS.features} names of lower-case letters, digits, "@", "." and "-"`;
+    if (c.features.length > CONFIG_LIMITS.features || c.features.some((f) => !FEATURE.test(f)))
+      return `TowerFeatures must be at most ${CONFIG_LIMITS.features} names of lower-case letters, digits, "@", "." and "-"`;
   }
   if (c.bearerToken?.length) {
     const t = c.bearerToken.toString('latin1').trim();
-    if (!t || t.length > CONFIG_LIMITS.bearerTokenBytes || !VISIBLE.test(t)) return `BearerToken must be 1-${CONFIG_LIMITS.bearerTokenBytes} printable ASCII characters without spaces`;
+    if (!t || t.length > CONFIG_LIMITS.bearerTokenBytes || !VISIBLE.test(t))
+      return `BearerToken must be 1-${CONFIG_LIMITS.bearerTokenBytes} printable ASCII characters without spaces`;
   }
   for (const f of ['caData', 'certData', 'keyData'] as const) {
     if ((c[f]?.length ?? 0) > CONFIG_LIMITS.pemBytes) return `${fieldName(f)} exceeds ${CONFIG_LIMITS.pemBytes} bytes`;
@@ -215,7 +263,11 @@ export function configProblem(c: AgentConfig): string | undefined {
     const blocks = pemBlocks(c.caData, 'CERTIFICATE');
     if (blocks.length === 0) return 'CAData holds no PEM certificate';
     for (const b of blocks) {
-      try { new X509Certificate(b); } catch (err) { return `CAData holds a certificate that does not parse: ${(err as Error).message}`; }
+      try {
+        new X509Certificate(b);
+      } catch (err) {
+        return `CAData holds a certificate that does not parse: ${(err as Error).message}`;
+      }
     }
   }
   const hasCert = (c.certData?.length ?? 0) > 0;
@@ -223,9 +275,17 @@ export function configProblem(c: AgentConfig): string | undefined {
   if (hasCert !== hasKey) return 'CertData and KeyData come together: a client certificate needs its key';
   if (hasCert) {
     let cert: X509Certificate;
-    try { cert = new X509Certificate(c.certData!); } catch (err) { return `CertData is not a PEM certificate: ${(err as Error).message}`; }
+    try {
+      cert = new X509Certificate(c.certData!);
+    } catch (err) {
+      return `CertData is not a PEM certificate: ${(err as Error).message}`;
+    }
     let key: KeyObject;
-    try { key = createPrivateKey(c.keyData!); } catch (err) { return `KeyData is not a PEM private key: ${(err as Error).message}`; }
+    try {
+      key = createPrivateKey(c.keyData!);
+    } catch (err) {
+      return `KeyData is not a PEM private key: ${(err as Error).message}`;
+    }
     if (!cert.checkPrivateKey(key)) return 'KeyData does not belong to CertData';
   }
   return undefined;

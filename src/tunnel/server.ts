@@ -4,7 +4,19 @@ import ssh2 from 'ssh2';
 import type { ServerChannel } from 'ssh2';
 import type { Logger } from '../observe/log.ts';
 import { ALGORITHMS, type TunnelConnection } from './ssh.ts';
-import { CHANNEL_TYPE, CHANNEL_TYPE_CONTROL, decodeConfig, encodeReplicaView, FEATURE_REPLICAS, type ReplicaView, ProtocolError, REQUEST_CONFIG, REQUEST_PING, SERVER_IDENT, type AgentConfig } from './protocol.ts';
+import {
+  CHANNEL_TYPE,
+  CHANNEL_TYPE_CONTROL,
+  decodeConfig,
+  encodeReplicaView,
+  FEATURE_REPLICAS,
+  type ReplicaView,
+  ProtocolError,
+  REQUEST_CONFIG,
+  REQUEST_PING,
+  SERVER_IDENT,
+  type AgentConfig,
+} from './protocol.ts';
 
 export const CHANNEL_OPEN_TIMEOUT_MS = 15_000;
 export const MAX_CHANNELS_PER_SESSION = 4096;
@@ -15,7 +27,11 @@ const REJECT_LINGER_MS = 200;
 export type Authorizer = (config: AgentConfig, remote: string) => Promise<string | undefined>;
 
 /** How a channel open went, for metrics: its time, and why it failed when it did. */
-export type ChannelObserver = (session: AgentSession, ms: number, failure?: 'refused' | 'timeout' | 'limit' | 'closed') => void;
+export type ChannelObserver = (
+  session: AgentSession,
+  ms: number,
+  failure?: 'refused' | 'timeout' | 'limit' | 'closed',
+) => void;
 
 export interface AcceptOptions {
   remote: string;
@@ -34,12 +50,15 @@ export class TunnelServer {
   #pending = new WeakMap<object, (conn: TunnelConnection) => void>();
 
   constructor(hostKey: string) {
-    this.#ssh = new ssh2.Server({ hostKeys: [hostKey], ident: SERVER_IDENT, algorithms: ALGORITHMS as never }, (conn) => {
-      const c = conn as TunnelConnection;
-      const onConnection = this.#pending.get(c._sock as object);
-      if (onConnection) onConnection(c);
-      else c.end();
-    });
+    this.#ssh = new ssh2.Server(
+      { hostKeys: [hostKey], ident: SERVER_IDENT, algorithms: ALGORITHMS as never },
+      (conn) => {
+        const c = conn as TunnelConnection;
+        const onConnection = this.#pending.get(c._sock as object);
+        if (onConnection) onConnection(c);
+        else c.end();
+      },
+    );
   }
 
   /** SSH handshake and `config` exchange on `stream`; resolves with the admitted session. */
@@ -61,7 +80,10 @@ export class TunnelServer {
         refusal = err;
         setTimeout(() => fail(err), REJECT_LINGER_MS).unref();
       };
-      const timer = setTimeout(() => fail(new ProtocolError(`no valid config request within ${opts.handshakeTimeoutMs} ms`)), opts.handshakeTimeoutMs);
+      const timer = setTimeout(
+        () => fail(new ProtocolError(`no valid config request within ${opts.handshakeTimeoutMs} ms`)),
+        opts.handshakeTimeoutMs,
+      );
       stream.once('close', () => fail(refusal ?? new ProtocolError('connection closed during the handshake')));
       this.#pending.set(stream, (c) => {
         conn = c;
@@ -75,9 +97,18 @@ export class TunnelServer {
         // one verdict per connection: requests pipelined behind a refused one are not evaluated
         let attempted = false;
         c.on('global request', (name, data, _wantReply, reply) => {
-          if (name === REQUEST_PING) { reply(true); return; }
-          if (name !== REQUEST_CONFIG) { reply(false, Buffer.from(`unexpected request ${JSON.stringify(name.slice(0, 64))}`)); return; }
-          if (attempted) { reply(false, Buffer.from('one config request per connection')); return; }
+          if (name === REQUEST_PING) {
+            reply(true);
+            return;
+          }
+          if (name !== REQUEST_CONFIG) {
+            reply(false, Buffer.from(`unexpected request ${JSON.stringify(name.slice(0, 64))}`));
+            return;
+          }
+          if (attempted) {
+            reply(false, Buffer.from('one config request per connection'));
+            return;
+          }
           attempted = true;
           let config: AgentConfig;
           try {
@@ -87,21 +118,24 @@ export class TunnelServer {
             refuse(err as Error);
             return;
           }
-          opts.authorize(config, opts.remote).then((denied) => {
-            if (settled) return;
-            if (denied !== undefined) {
-              reply(false, Buffer.from(denied || 'rejected'));
-              refuse(new ProtocolError(denied || 'rejected'));
-              return;
-            }
-            settled = true;
-            clearTimeout(timer);
-            reply(true);
-            resolve(new AgentSession(c, stream, config, opts.remote, opts.onChannel));
-          }, (err: Error) => {
-            reply(false, Buffer.from(`proxy error: ${err.message}`));
-            fail(err);
-          });
+          opts.authorize(config, opts.remote).then(
+            (denied) => {
+              if (settled) return;
+              if (denied !== undefined) {
+                reply(false, Buffer.from(denied || 'rejected'));
+                refuse(new ProtocolError(denied || 'rejected'));
+                return;
+              }
+              settled = true;
+              clearTimeout(timer);
+              reply(true);
+              resolve(new AgentSession(c, stream, config, opts.remote, opts.onChannel));
+            },
+            (err: Error) => {
+              reply(false, Buffer.from(`proxy error: ${err.message}`));
+              fail(err);
+            },
+          );
         });
       });
       this.#ssh.injectSocket(stream as never);
@@ -139,21 +173,35 @@ export class AgentSession extends EventEmitter {
   #view: ReplicaView | undefined;
   #observe: ChannelObserver;
 
-  constructor(conn: TunnelConnection, stream: Duplex, config: AgentConfig, remote: string, observe: ChannelObserver = () => {}) {
+  constructor(
+    conn: TunnelConnection,
+    stream: Duplex,
+    config: AgentConfig,
+    remote: string,
+    observe: ChannelObserver = () => {},
+  ) {
     super();
     this.#observe = observe;
     this.#conn = conn;
     this.#stream = stream;
     this.config = config;
     this.remote = remote;
-    conn.on('global request', (name) => { if (name === REQUEST_PING) this.lastSeen = new Date(); });
+    conn.on('global request', (name) => {
+      if (name === REQUEST_PING) this.lastSeen = new Date();
+    });
     conn.on('close', () => this.#onClose());
     stream.once('close', () => this.#onClose());
   }
 
-  get name(): string { return this.config.name; }
-  get closed(): boolean { return this.#closed; }
-  get channels(): number { return this.#channels; }
+  get name(): string {
+    return this.config.name;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  get channels(): number {
+    return this.#channels;
+  }
   /** bytes to and from the agent so far, when the stream counts them (WebSocket) */
   get bytes(): { read: number; written: number } {
     return (this.#stream as Duplex & { bytes?: { read: number; written: number } }).bytes ?? { read: 0, written: 0 };
@@ -161,7 +209,10 @@ export class AgentSession extends EventEmitter {
 
   /** A channel to `hostPort` through the agent; the agent dials it (and, for CHANNEL_TYPE_TLS, wraps it in TLS). */
   openChannel(hostPort: string, type: string = CHANNEL_TYPE): Promise<ServerChannel> {
-    if (this.#closed) { this.#observe(this, 0, 'closed'); return Promise.reject(new Error('the agent session is closed')); }
+    if (this.#closed) {
+      this.#observe(this, 0, 'closed');
+      return Promise.reject(new Error('the agent session is closed'));
+    }
     if (this.#channels >= MAX_CHANNELS_PER_SESSION) {
       this.#observe(this, 0, 'limit');
       return Promise.reject(new Error(`the agent session has ${this.#channels} open channels, the limit`));
@@ -170,7 +221,9 @@ export class AgentSession extends EventEmitter {
     const started = performance.now();
     return new Promise((resolve, reject) => {
       let done = false;
-      const release = () => { this.#channels--; };
+      const release = () => {
+        this.#channels--;
+      };
       const timer = setTimeout(() => {
         if (done) return;
         done = true;
@@ -180,7 +233,10 @@ export class AgentSession extends EventEmitter {
       }, CHANNEL_OPEN_TIMEOUT_MS);
       this.#conn.openChannel(type, Buffer.from(hostPort), (err, channel) => {
         clearTimeout(timer);
-        if (done) { if (channel) channel.close(); return; }
+        if (done) {
+          if (channel) channel.close();
+          return;
+        }
         done = true;
         if (err) {
           release();
@@ -200,10 +256,14 @@ export class AgentSession extends EventEmitter {
    * at each channel open and window adjustment: less than ssh2's 2 MiB bounds what a stream whose
    * client stops reading comes to hold here.
    */
-  setChannelWindow(bytes: () => number): void { this.#conn.channelWindow = bytes; }
+  setChannelWindow(bytes: () => number): void {
+    this.#conn.channelWindow = bytes;
+  }
 
   /** whether the agent holds a session to every replica, and is told of them (FEATURE_REPLICAS) */
-  get followsReplicas(): boolean { return this.config.features?.includes(FEATURE_REPLICAS) ?? false; }
+  get followsReplicas(): boolean {
+    return this.config.features?.includes(FEATURE_REPLICAS) ?? false;
+  }
 
   /**
    * Tells the agent which replicas live, through the control channel (opened at the first view);
@@ -216,8 +276,14 @@ export class AgentSession extends EventEmitter {
       this.#control = null;
       // not one of the channels counted and limited for requests
       this.#conn.openChannel(CHANNEL_TYPE_CONTROL, Buffer.alloc(0), (err, ch) => {
-        if (err) { this.#control = undefined; return; }
-        if (this.#closed) { ch.close(); return; }
+        if (err) {
+          this.#control = undefined;
+          return;
+        }
+        if (this.#closed) {
+          ch.close();
+          return;
+        }
         this.#control = ch;
         ch.on('error', () => undefined);
         // nothing comes back on it; read so that ssh2 can close it

@@ -29,14 +29,20 @@ export interface IncomingChannelInfo {
 export interface TunnelClient extends Client {
   /** cb(failed, replyPayload) */
   globalRequest(name: string, data: Buffer | null, cb?: (failed: boolean, data: Buffer | null) => void): this;
-  on(event: 'channel open', listener: (info: IncomingChannelInfo, accept: () => ClientChannel, reject: () => void) => void): this;
+  on(
+    event: 'channel open',
+    listener: (info: IncomingChannelInfo, accept: () => ClientChannel, reject: () => void) => void,
+  ): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
 }
 
 /** One agent's connection on the proxy's SSH server, with the patched API. */
 export interface TunnelConnection extends Connection {
   openChannel(type: string, data: Buffer, cb: (err: Error | undefined, channel: ServerChannel) => void): this;
-  on(event: 'global request', listener: (name: string, data: Buffer, wantReply: boolean, reply: (ok: boolean, data?: Buffer) => void) => void): this;
+  on(
+    event: 'global request',
+    listener: (name: string, data: Buffer, wantReply: boolean, reply: (ok: boolean, data?: Buffer) => void) => void,
+  ): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
   _sock: unknown;
   /** the window its channels grant (the patch's hook; ssh2's 2 MiB when unset or more), asked at each open and adjustment */
@@ -58,11 +64,15 @@ export const CHANNEL_WINDOW_BYTES: number = (sshChannel as { MAX_WINDOW: number 
 export const CHANNEL_BUFFER_BYTES: number = (sshChannel as { CHANNEL_BUFFER: number }).CHANNEL_BUFFER;
 
 /** Which implementation runs the SSH ciphers: the native binding (fast) or ssh2's JS fallback. */
-export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable: boolean }).bindingAvailable ? 'native' : 'js';
+export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable: boolean }).bindingAvailable
+  ? 'native'
+  : 'js';
 /** why the binary runs on JS crypto although it carries the native binding (undefined otherwise) */
-export const CRYPTO_PROBLEM: string | undefined = (globalThis as { __towerNativeCryptoProblem?: string }).__towerNativeCryptoProblem;
+export const CRYPTO_PROBLEM: string | undefined = (globalThis as { __towerNativeCryptoProblem?: string })
+  .__towerNativeCryptoProblem;
 /** glibc's malloc_trim(0), from the same binding; absent on the JS crypto */
-export const TRIM_MALLOC: (() => boolean) | undefined = (globalThis as { __towerTrimMalloc?: () => boolean }).__towerTrimMalloc;
+export const TRIM_MALLOC: (() => boolean) | undefined = (globalThis as { __towerTrimMalloc?: () => boolean })
+  .__towerTrimMalloc;
 
 /** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
 export function fingerprint(publicKeyBlob: Buffer): string {

@@ -24,16 +24,22 @@ export class StallBudget {
   }
 
   /** bytes reserved by the streams stalled now */
-  get reservedBytes(): number { return this.#reserved; }
+  get reservedBytes(): number {
+    return this.#reserved;
+  }
 
   /** whether new streams are refused now */
-  get exhausted(): boolean { return this.#reserved >= this.maxBytes; }
+  get exhausted(): boolean {
+    return this.#reserved >= this.maxBytes;
+  }
 
   /**
    * whether half the cap is reserved: new streams should then be let hold less, so that a burst of
    * them, all admitted before the first stalls, cannot overshoot the cap by their full size
    */
-  get pressed(): boolean { return this.#reserved >= this.maxBytes / 2; }
+  get pressed(): boolean {
+    return this.#reserved >= this.maxBytes / 2;
+  }
 
   /** One stream's account: hold() when its reader stops taking, release() when it takes again, end() when it closes. */
   stream(): Stall {
@@ -60,7 +66,10 @@ export class StallBudget {
         releasing = setTimeout(releaseNow, RELEASE_AFTER_MS);
         releasing.unref();
       },
-      end: () => { ended = true; releaseNow(); },
+      end: () => {
+        ended = true;
+        releaseNow();
+      },
     };
   }
 }

@@ -82,7 +82,10 @@ export class WebSocketStream extends Duplex {
       const socket = this.#socket;
       this.#corked = true;
       socket.cork();
-      process.nextTick(() => { this.#corked = false; socket.uncork(); });
+      process.nextTick(() => {
+        this.#corked = false;
+        socket.uncork();
+      });
     }
     // don't wait for each frame to reach the kernel unless the queue is already long
     const waitForFlush = this.ws.bufferedAmount > WRITE_HIGH_WATER_BYTES;

@@ -28,7 +28,12 @@ function scratch(prefix: string): string {
 }
 
 /** umoci unpack of `tag` into a fresh directory: its runtime config.json and its rootfs */
-async function unpack(tag: string): Promise<{ config: { process: { user: { uid: number; gid: number }; args: string[]; env: string[] } }; rootfs: string }> {
+async function unpack(
+  tag: string,
+): Promise<{
+  config: { process: { user: { uid: number; gid: number }; args: string[]; env: string[] } };
+  rootfs: string;
+}> {
   const bundle = join(scratch('bundle'), 'b');
   const r = await run('umoci', ['unpack', '--image', `${LAYOUT}:${tag}`, bundle]);
   assert.equal(r.code, 0, r.stderr);
@@ -36,7 +41,10 @@ async function unpack(tag: string): Promise<{ config: { process: { user: { uid: 
 }
 
 function files(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => !e.isDirectory()).map((e) => '/' + relative(dir, join(e.parentPath, e.name))).sort();
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => !e.isDirectory())
+    .map((e) => '/' + relative(dir, join(e.parentPath, e.name)))
+    .sort();
 }
 
 function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): TowerProcess {
@@ -56,9 +64,24 @@ after(async () => {
 });
 
 /** proxy, token, agent and kubeconfig: `tower` is how each is run; returns kubectl's namespaces through it */
-async function carry(tower: (name: string, args: string[]) => TowerProcess, dataDir: string, memberKc: string, agentRunner: (args: string[]) => TowerProcess = (a) => tower('agent', a)): Promise<string> {
+async function carry(
+  tower: (name: string, args: string[]) => TowerProcess,
+  dataDir: string,
+  memberKc: string,
+  agentRunner: (args: string[]) => TowerProcess = (a) => tower('agent', a),
+): Promise<string> {
   const [port, gateway] = [await freePort(), await freePort()];
-  const proxy = tower('proxy', ['proxy', '--data-dir', dataDir, '--host', '127.0.0.1', '--port', String(port), '--gateway-port', String(gateway)]);
+  const proxy = tower('proxy', [
+    'proxy',
+    '--data-dir',
+    dataDir,
+    '--host',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--gateway-port',
+    String(gateway),
+  ]);
   await proxy.waitFor(/proxy serving .* crypto=native/, 30_000);
   const token = tower('token', ['token', 'alpha', '--data-dir', dataDir]);
   assert.equal(await token.exited, 0, token.output);
@@ -76,14 +99,23 @@ async function carry(tower: (name: string, args: string[]) => TowerProcess, data
 
 describe('the OCI image', () => {
   test(`${LAYOUT}:${VERSION} is an index of linux/amd64 and linux/arm64; the docker-archive loads as tower:${VERSION}`, async () => {
-    const index = JSON.parse((await run('skopeo', ['inspect', '--raw', `oci:${LAYOUT}:${VERSION}`])).stdout) as { mediaType: string; manifests: { platform: { os: string; architecture: string } }[] };
+    const index = JSON.parse((await run('skopeo', ['inspect', '--raw', `oci:${LAYOUT}:${VERSION}`])).stdout) as {
+      mediaType: string;
+      manifests: { platform: { os: string; architecture: string } }[];
+    };
     assert.equal(index.mediaType, 'application/vnd.oci.image.index.v1+json');
-    assert.deepEqual(index.manifests.map((m) => `${m.platform.os}/${m.platform.architecture}`).sort(), ['linux/amd64', 'linux/arm64']);
+    assert.deepEqual(index.manifests.map((m) => `${m.platform.os}/${m.platform.architecture}`).sort(), [
+      'linux/amd64',
+      'linux/arm64',
+    ]);
     for (const arch of ['amd64', 'arm64']) {
       const archive = join(ROOT, 'dist', `tower-${VERSION}-${arch}.tar`);
       const r = await run('skopeo', ['inspect', '--config', `docker-archive:${archive}`]);
       assert.equal(r.code, 0, r.stderr);
-      const c = JSON.parse(r.stdout) as { architecture: string; config: { User: string; Entrypoint: string[]; Labels: Record<string, string> } };
+      const c = JSON.parse(r.stdout) as {
+        architecture: string;
+        config: { User: string; Entrypoint: string[]; Labels: Record<string, string> };
+      };
       assert.equal(c.architecture, arch);
       assert.equal(c.config.User, USER);
       assert.deepEqual(c.config.Entrypoint, ['/tower']);
@@ -92,7 +124,9 @@ describe('the OCI image', () => {
       assert.match(c.config.Labels['org.opencontainers.image.source']!, /\S/);
       const tags = await run('tar', ['-xOf', archive, 'manifest.json']);
       // (docker load shows docker.io/library/tower as tower)
-      assert.deepEqual((JSON.parse(tags.stdout) as { RepoTags: string[] }[])[0]!.RepoTags, [`docker.io/library/tower:${VERSION}`]);
+      assert.deepEqual((JSON.parse(tags.stdout) as { RepoTags: string[] }[])[0]!.RepoTags, [
+        `docker.io/library/tower:${VERSION}`,
+      ]);
     }
   });
 
@@ -101,22 +135,37 @@ describe('the OCI image', () => {
     assert.deepEqual(config.process.user, { uid: 65532, gid: 65532 });
     assert.deepEqual(config.process.args, ['/tower']);
     assert.deepEqual(files(rootfs), [
-      '/etc/group', '/etc/nsswitch.conf', '/etc/passwd', '/etc/ssl/certs/ca-certificates.crt',
-      '/lib/x86_64-linux-gnu/libc.so.6', '/lib/x86_64-linux-gnu/libdl.so.2', '/lib/x86_64-linux-gnu/libgcc_s.so.1', '/lib/x86_64-linux-gnu/libm.so.6',
-      '/lib/x86_64-linux-gnu/libpthread.so.0', '/lib/x86_64-linux-gnu/libstdc++.so.6', '/lib64/ld-linux-x86-64.so.2', '/tower',
+      '/etc/group',
+      '/etc/nsswitch.conf',
+      '/etc/passwd',
+      '/etc/ssl/certs/ca-certificates.crt',
+      '/lib/x86_64-linux-gnu/libc.so.6',
+      '/lib/x86_64-linux-gnu/libdl.so.2',
+      '/lib/x86_64-linux-gnu/libgcc_s.so.1',
+      '/lib/x86_64-linux-gnu/libm.so.6',
+      '/lib/x86_64-linux-gnu/libpthread.so.0',
+      '/lib/x86_64-linux-gnu/libstdc++.so.6',
+      '/lib64/ld-linux-x86-64.so.2',
+      '/tower',
     ]);
     assert.equal(statSync(join(rootfs, 'home/nonroot')).uid, 65532);
   });
 
   test('amd64: its root filesystem runs tower --version, and a proxy and an agent that carry kubectl to a real kube-apiserver', async () => {
     const { rootfs } = await unpack(`${VERSION}-amd64`);
-    const version = await run('chroot', [`--userspec=${USER}`, rootfs, '/tower', '--version'], { env: { HOME: '/home/nonroot' } });
+    const version = await run('chroot', [`--userspec=${USER}`, rootfs, '/tower', '--version'], {
+      env: { HOME: '/home/nonroot' },
+    });
     assert.equal(version.code, 0, version.stderr);
     assert.equal(version.stdout, `${VERSION}\n`);
-    assert.equal(version.stderr, '', 'the native crypto loads from the image\'s /tmp');
+    assert.equal(version.stderr, '', "the native crypto loads from the image's /tmp");
     copyFileSync(member.kubeconfig, join(rootfs, 'home/nonroot/member.kubeconfig'));
     chownSync(join(rootfs, 'home/nonroot/member.kubeconfig'), 65532, 65532);
-    const inImage = (name: string, args: string[]) => start(`image ${name}`, 'chroot', [`--userspec=${USER}`, rootfs, '/tower', ...args], { HOME: '/home/nonroot', TMPDIR: '' });
+    const inImage = (name: string, args: string[]) =>
+      start(`image ${name}`, 'chroot', [`--userspec=${USER}`, rootfs, '/tower', ...args], {
+        HOME: '/home/nonroot',
+        TMPDIR: '',
+      });
     const namespaces = await carry(inImage, '/home/nonroot/data', '/home/nonroot/member.kubeconfig');
     assert.match(namespaces, /namespace\/kube-system/);
   });
@@ -125,7 +174,9 @@ describe('the OCI image', () => {
     const { config, rootfs } = await unpack(`${VERSION}-arm64`);
     assert.deepEqual(config.process.user, { uid: 65532, gid: 65532 });
     assert.ok(existsSync(join(rootfs, 'lib/ld-linux-aarch64.so.1')));
-    const r = await run('qemu-aarch64', ['-L', rootfs, join(rootfs, 'tower'), 'version'], { env: { HOME: join(rootfs, 'home/nonroot') } });
+    const r = await run('qemu-aarch64', ['-L', rootfs, join(rootfs, 'tower'), 'version'], {
+      env: { HOME: join(rootfs, 'home/nonroot') },
+    });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^tower \S+ \(commit \S+\), Node\.js 24\.\d+\.\d+, linux\/arm64, crypto: native\n$/);
   });
@@ -145,7 +196,9 @@ describe('linux-arm64', () => {
   test('as an agent under qemu-user it carries kubectl through an x64 proxy to a real kube-apiserver', async () => {
     const dataDir = scratch('arm64-data');
     const host = (name: string, args: string[]) => start(`x64 ${name}`, TOWER, args);
-    const namespaces = await carry(host, dataDir, member.kubeconfig, (args) => start('arm64 agent', 'qemu-aarch64', qemu(args)));
+    const namespaces = await carry(host, dataDir, member.kubeconfig, (args) =>
+      start('arm64 agent', 'qemu-aarch64', qemu(args)),
+    );
     assert.match(namespaces, /namespace\/kube-system/);
     const agent = processes.find((p) => p.name === 'arm64 agent')!;
     assert.match(agent.output, /agent starting .* crypto=native/);

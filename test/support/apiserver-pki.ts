@@ -10,7 +10,10 @@ export interface ApiserverPki {
 }
 
 /** A CA of its own per stand-in (named for it), so that one test's member never trusts another's agent. */
-export async function issueApiserverPki(name: string, client: { user: string; groups: string[] }): Promise<ApiserverPki> {
+export async function issueApiserverPki(
+  name: string,
+  client: { user: string; groups: string[] },
+): Promise<ApiserverPki> {
   const caPair = await CertificateAuthority.create(`${name}-ca`);
   const ca = await CertificateAuthority.load(caPair, name);
   return {
@@ -21,16 +24,35 @@ export async function issueApiserverPki(name: string, client: { user: string; gr
 }
 
 /** The agent's kubeconfig for a stand-in apiserver at `server`: a bearer token (as a ServiceAccount's) or the client certificate. */
-export function writeAgentKubeconfig(path: string, server: string, pki: ApiserverPki, user: { token: string } | 'cert'): string {
-  const credential = user === 'cert'
-    ? { 'client-certificate-data': Buffer.from(pki.client.cert).toString('base64'), 'client-key-data': Buffer.from(pki.client.key).toString('base64') }
-    : { token: user.token };
-  writeFileSync(path, stringify({
-    apiVersion: 'v1', kind: 'Config',
-    clusters: [{ name: 'member', cluster: { server, 'certificate-authority-data': Buffer.from(pki.caPem).toString('base64') } }],
-    users: [{ name: 'tower-agent', user: credential }],
-    contexts: [{ name: 'member', context: { cluster: 'member', user: 'tower-agent' } }],
-    'current-context': 'member',
-  }), { mode: 0o600 });
+export function writeAgentKubeconfig(
+  path: string,
+  server: string,
+  pki: ApiserverPki,
+  user: { token: string } | 'cert',
+): string {
+  const credential =
+    user === 'cert'
+      ? {
+          'client-certificate-data': Buffer.from(pki.client.cert).toString('base64'),
+          'client-key-data': Buffer.from(pki.client.key).toString('base64'),
+        }
+      : { token: user.token };
+  writeFileSync(
+    path,
+    stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [
+        {
+          name: 'member',
+          cluster: { server, 'certificate-authority-data': Buffer.from(pki.caPem).toString('base64') },
+        },
+      ],
+      users: [{ name: 'tower-agent', user: credential }],
+      contexts: [{ name: 'member', context: { cluster: 'member', user: 'tower-agent' } }],
+      'current-context': 'member',
+    }),
+    { mode: 0o600 },
+  );
   return path;
 }

@@ -28,7 +28,9 @@ export class FakeProxy {
       authorize: async () => undefined,
       onSession: (s) => {
         this.#sessions.set(s.name, s);
-        s.once('close', () => { if (this.#sessions.get(s.name) === s) this.#sessions.delete(s.name); });
+        s.once('close', () => {
+          if (this.#sessions.get(s.name) === s) this.#sessions.delete(s.name);
+        });
         for (const w of this.#waiters) w();
       },
       health: { live: [], ready: [] },
@@ -44,7 +46,9 @@ export class FakeProxy {
   }
 
   /** the --proxy-server an agent dials */
-  get url(): string { return `http://127.0.0.1:${this.port}`; }
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
 
   /** The admitted session of the agent named `name` (its --name), once it has connected. */
   session(name: string): Promise<AgentSession> {
@@ -56,8 +60,14 @@ export class FakeProxy {
         resolve(s);
         return true;
       };
-      const timer = setTimeout(() => { done(); reject(new Error(`agent "${name}" did not connect to the fake proxy within ${SESSION_WAIT_MS} ms`)); }, SESSION_WAIT_MS);
-      const done = () => { clearTimeout(timer); this.#waiters.delete(check); };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`agent "${name}" did not connect to the fake proxy within ${SESSION_WAIT_MS} ms`));
+      }, SESSION_WAIT_MS);
+      const done = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+      };
       if (!check()) this.#waiters.add(check);
     });
   }

@@ -7,7 +7,14 @@ import type { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import fc from 'fast-check';
 import { parse } from 'yaml';
-import { describeShape, encodeRequest, expectationOf, IMPERSONATED, roundArbitrary, type ConnectionScript } from './framing.ts';
+import {
+  describeShape,
+  encodeRequest,
+  expectationOf,
+  IMPERSONATED,
+  roundArbitrary,
+  type ConnectionScript,
+} from './framing.ts';
 import { ResponseReader, show, type Outcome } from './raw-http.ts';
 import { isTowerStatus, judge, who, type ExpectedIdentity, type Sent, type Violation } from './framing-oracle.ts';
 import type { RecorderEvent, RecordingUpstream } from './recording-upstream.ts';
@@ -70,9 +77,18 @@ export function credentialsIn(kubeconfig: string): { server: URL; ca: string; ce
  * A connector for TLS with a client certificate. `anyName`: the server's certificate must still be
  * from `ca`, whatever names it carries (a cluster port's names its Service, not the loopback address).
  */
-export function tlsConnector(host: string, port: number, creds: { ca: string; cert: string; key: string }, anyName = false): () => Promise<Duplex> {
+export function tlsConnector(
+  host: string,
+  port: number,
+  creds: { ca: string; cert: string; key: string },
+  anyName = false,
+): () => Promise<Duplex> {
   const names = anyName ? { checkServerIdentity: () => undefined } : {};
-  return () => opened(tlsConnect({ host, port, ca: creds.ca, cert: creds.cert, key: creds.key, ALPNProtocols: ['http/1.1'], ...names }), 'secureConnect');
+  return () =>
+    opened(
+      tlsConnect({ host, port, ca: creds.ca, cert: creds.cert, key: creds.key, ALPNProtocols: ['http/1.1'], ...names }),
+      'secureConnect',
+    );
 }
 
 /** A connector for plain TCP. */
@@ -82,9 +98,18 @@ export function plainConnector(host: string, port: number): () => Promise<Duplex
 
 function opened(socket: Duplex, event: string): Promise<Duplex> {
   return new Promise((resolve, reject) => {
-    const t = setTimeout(() => { socket.destroy(); reject(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`)); }, CONNECT_TIMEOUT_MS);
-    socket.once(event, () => { clearTimeout(t); resolve(socket); });
-    socket.once('error', (err) => { clearTimeout(t); reject(err); });
+    const t = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`));
+    }, CONNECT_TIMEOUT_MS);
+    socket.once(event, () => {
+      clearTimeout(t);
+      resolve(socket);
+    });
+    socket.once('error', (err) => {
+      clearTimeout(t);
+      reject(err);
+    });
   });
 }
 
@@ -103,7 +128,11 @@ const issued = new Set<string>();
 const desynced = new WeakSet<RecordingUpstream>();
 
 /** Plays one round: every connection at once, then judges what the member and the clients saw. */
-export async function playRound(entry: EntryPoint, recorder: RecordingUpstream, scripts: ConnectionScript[]): Promise<RoundResult> {
+export async function playRound(
+  entry: EntryPoint,
+  recorder: RecordingUpstream,
+  scripts: ConnectionScript[],
+): Promise<RoundResult> {
   // a round that broke a rule may have left a channel out of step: the next one starts on fresh ones
   if (desynced.delete(recorder)) {
     recorder.dropConnections();
@@ -115,21 +144,50 @@ export async function playRound(entry: EntryPoint, recorder: RecordingUpstream, 
     const sent = script.requests.map((shape): Sent => {
       const marker = `h-${++markers}`;
       issued.add(marker);
-      const encoded = encodeRequest(shape, { marker, prefix: entry.prefix, cluster: entry.cluster, host: entry.host, headers: client.headers, smuggledId: () => `smuggled-${++smuggled}` });
-      const identity = shape.impersonate && !entry.judgesImpersonation
-        ? { ...client.identity, impersonateUser: [IMPERSONATED.user], impersonateGroup: [IMPERSONATED.group] }
-        : client.identity;
+      const encoded = encodeRequest(shape, {
+        marker,
+        prefix: entry.prefix,
+        cluster: entry.cluster,
+        host: entry.host,
+        headers: client.headers,
+        smuggledId: () => `smuggled-${++smuggled}`,
+      });
+      const identity =
+        shape.impersonate && !entry.judgesImpersonation
+          ? { ...client.identity, impersonateUser: [IMPERSONATED.user], impersonateGroup: [IMPERSONATED.group] }
+          : client.identity;
       const expected = expectationOf(shape, encoded.body, entry);
-      return { client, identity, connection: i + 1, marker, shape, encoded, expected, outcome: { kind: 'unsent' }, endedBy: undefined, closeAhead: false };
+      return {
+        client,
+        identity,
+        connection: i + 1,
+        marker,
+        shape,
+        encoded,
+        expected,
+        outcome: { kind: 'unsent' },
+        endedBy: undefined,
+        closeAhead: false,
+      };
     });
-    if (script.pipelined) sent.forEach((s, j) => { s.closeAhead = sent.slice(j + 1).some((later) => later.expected.refusals.length > 0); });
+    if (script.pipelined)
+      sent.forEach((s, j) => {
+        s.closeAhead = sent.slice(j + 1).some((later) => later.expected.refusals.length > 0);
+      });
     return { script, client, sent };
   });
   const violations: Violation[] = [];
-  const played = await Promise.all(connections.map((c) => play(c.client, c.script.pipelined, c.sent).catch((err: Error) => {
-    violations.push({ rule: 'cannot connect', text: `${c.client.name} could not connect to ${entry.name}: ${err.message}` });
-    return undefined;
-  })));
+  const played = await Promise.all(
+    connections.map((c) =>
+      play(c.client, c.script.pipelined, c.sent).catch((err: Error) => {
+        violations.push({
+          rule: 'cannot connect',
+          text: `${c.client.name} could not connect to ${entry.name}: ${err.message}`,
+        });
+        return undefined;
+      }),
+    ),
+  );
   await quiet(recorder);
   const events = recorder.events.slice(from);
   const sent = connections.flatMap((c) => c.sent);
@@ -137,7 +195,10 @@ export async function playRound(entry: EntryPoint, recorder: RecordingUpstream, 
   played.forEach((p, i) => {
     // after an answer that closes the connection a client reads nothing more: what follows cannot reach it
     if (p && !p.done && p.reader.leftover.length > 0) {
-      violations.push({ rule: 'bytes after the last answer', text: `${connections[i]!.client.name}'s connection ${i + 1} got bytes after its last answer: ${show(p.reader.leftover)}` });
+      violations.push({
+        rule: 'bytes after the last answer',
+        text: `${connections[i]!.client.name}'s connection ${i + 1} got bytes after its last answer: ${show(p.reader.leftover)}`,
+      });
     }
     p?.socket.destroy();
   });
@@ -146,7 +207,11 @@ export async function playRound(entry: EntryPoint, recorder: RecordingUpstream, 
 }
 
 /** Sends a connection's requests (all in one write, or each after the previous answer) and reads their answers. */
-async function play(client: Client, pipelined: boolean, sent: Sent[]): Promise<{ socket: Duplex; reader: ResponseReader; done: boolean }> {
+async function play(
+  client: Client,
+  pipelined: boolean,
+  sent: Sent[],
+): Promise<{ socket: Duplex; reader: ResponseReader; done: boolean }> {
   const socket = await client.connect();
   socket.on('error', () => undefined);
   const reader = new ResponseReader(socket);
@@ -156,11 +221,21 @@ async function play(client: Client, pipelined: boolean, sent: Sent[]): Promise<{
   let stop: 'close' | 'failure' | undefined;
   for (const s of sent) {
     s.endedBy = endedBy;
-    if (stop === 'failure') { s.outcome = { kind: 'unsent' }; continue; }
-    if (stop === 'close' || (!pipelined && reader.ended)) { s.outcome = { kind: pipelined ? 'closed' : 'unsent' }; continue; }
+    if (stop === 'failure') {
+      s.outcome = { kind: 'unsent' };
+      continue;
+    }
+    if (stop === 'close' || (!pipelined && reader.ended)) {
+      s.outcome = { kind: pipelined ? 'closed' : 'unsent' };
+      continue;
+    }
     if (!pipelined) socket.write(s.encoded.bytes);
-    const o = s.outcome = await reader.next(s.shape.method, READ_TIMEOUT_MS);
-    if (o.kind === 'timeout' || o.kind === 'garbage') { endedBy = 'failure'; stop = 'failure'; continue; }
+    const o = (s.outcome = await reader.next(s.shape.method, READ_TIMEOUT_MS));
+    if (o.kind === 'timeout' || o.kind === 'garbage') {
+      endedBy = 'failure';
+      stop = 'failure';
+      continue;
+    }
     if (o.kind === 'closed') {
       // a silent close is CONNECT's refusal, or one of a request pipelined after this one; an unexplained one is reported once, not for every request after it
       const why = s.endedBy ?? (s.expected.silentClose || s.closeAhead ? 'refusal' : undefined);
@@ -172,7 +247,10 @@ async function play(client: Client, pipelined: boolean, sent: Sent[]): Promise<{
     if (isTowerStatus(o.answer, s.shape.method)) endedBy ??= 'refusal';
     if (s.expected.ends) endedBy ??= s.expected.ends;
     if (s.shape.http10) endedBy ??= 'http10';
-    if (/\bclose\b/i.test(o.answer.headers.connection ?? '')) { endedBy ??= 'close'; stop = 'close'; }
+    if (/\bclose\b/i.test(o.answer.headers.connection ?? '')) {
+      endedBy ??= 'close';
+      stop = 'close';
+    }
     // a client stops after an upgrade or an HTTP/1.0 answer without keep-alive: the server closes
     if (s.expected.ends && !pipelined) stop = 'close';
   }
@@ -184,7 +262,11 @@ function fate(s: Sent): RoundResult['fates'][number] {
   return s.outcome.answer.headers['x-recorder-url'] !== undefined ? 'forwarded' : 'refused';
 }
 
-function transcript(entry: EntryPoint, connections: { script: ConnectionScript; client: Client; sent: Sent[] }[], events: RecorderEvent[]): string {
+function transcript(
+  entry: EntryPoint,
+  connections: { script: ConnectionScript; client: Client; sent: Sent[] }[],
+  events: RecorderEvent[],
+): string {
   const lines = [`round through ${entry.name}:`];
   connections.forEach((c, i) => {
     lines.push(`  ${c.client.name}, connection ${i + 1}${c.script.pipelined ? ' (pipelined: all in one write)' : ''}:`);
@@ -195,7 +277,10 @@ function transcript(entry: EntryPoint, connections: { script: ConnectionScript; 
   });
   lines.push('  the member saw:');
   for (const e of events) {
-    if (e.kind === 'request') lines.push(`    [conn ${e.connection}] ${e.method} ${e.url} as ${who(e)}, ${e.framing}, body ${show(e.body, 80)}${e.complete ? '' : ' (cut off)'}${e.overlapped ? ' (pipelined)' : ''}`);
+    if (e.kind === 'request')
+      lines.push(
+        `    [conn ${e.connection}] ${e.method} ${e.url} as ${who(e)}, ${e.framing}, body ${show(e.body, 80)}${e.complete ? '' : ' (cut off)'}${e.overlapped ? ' (pipelined)' : ''}`,
+      );
     else if (e.kind === 'garbage') lines.push(`    [conn ${e.connection}] garbage ${e.code}: ${show(e.bytes, 80)}`);
     else lines.push(`    [conn ${e.connection}] SubjectAccessReview for ${e.user}`);
   }
@@ -205,7 +290,9 @@ function transcript(entry: EntryPoint, connections: { script: ConnectionScript; 
 function outcomeText(o: Outcome): string {
   if (o.kind !== 'answer') return o.kind;
   const url = o.answer.headers['x-recorder-url'];
-  return url !== undefined ? `${o.answer.status} from the member for ${url}` : `${o.answer.status} ${show(o.answer.body, 120)}`;
+  return url !== undefined
+    ? `${o.answer.status} from the member for ${url}`
+    : `${o.answer.status} ${show(o.answer.body, 120)}`;
 }
 
 async function quiet(recorder: RecordingUpstream): Promise<void> {
@@ -217,7 +304,11 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export interface FramingRun { seed: number; numRuns: number; timeLimitMs: number }
+export interface FramingRun {
+  seed: number;
+  numRuns: number;
+  timeLimitMs: number;
+}
 
 /**
  * The property: for any rounds of requests, framed any way, from two users at once, the member
@@ -225,19 +316,29 @@ export interface FramingRun { seed: number; numRuns: number; timeLimitMs: number
  * describes, and each client gets its own answers. Throws (fast-check's report: seed, path, the
  * shrunk round, then this round's violations and transcript) when one does not hold.
  */
-export async function checkFraming(entry: EntryPoint, recorder: RecordingUpstream, run: FramingRun): Promise<Record<RoundResult['fates'][number], number>> {
+export async function checkFraming(
+  entry: EntryPoint,
+  recorder: RecordingUpstream,
+  run: FramingRun,
+): Promise<Record<RoundResult['fates'][number], number>> {
   const tally = { forwarded: 0, refused: 0, unanswered: 0 };
   // fast-check's time limit stops waiting for the round in flight, not the round: it is awaited here,
   // so that nothing of it reaches the member during the next property's rounds
   let inFlight: Promise<unknown> = Promise.resolve();
   try {
-    await fc.assert(fc.asyncProperty(roundArbitrary, async (scripts) => {
-      const round = playRound(entry, recorder, scripts);
-      inFlight = round.catch(() => undefined);
-      const r = await round;
-      for (const f of r.fates) tally[f]++;
-      if (r.violations.length > 0) throw new Error(`${r.violations.length} violation(s):\n- ${r.violations.map((x) => x.text).join('\n- ')}\n\n${r.transcript}`);
-    }), { seed: run.seed, numRuns: run.numRuns, interruptAfterTimeLimit: run.timeLimitMs, markInterruptAsFailure: false });
+    await fc.assert(
+      fc.asyncProperty(roundArbitrary, async (scripts) => {
+        const round = playRound(entry, recorder, scripts);
+        inFlight = round.catch(() => undefined);
+        const r = await round;
+        for (const f of r.fates) tally[f]++;
+        if (r.violations.length > 0)
+          throw new Error(
+            `${r.violations.length} violation(s):\n- ${r.violations.map((x) => x.text).join('\n- ')}\n\n${r.transcript}`,
+          );
+      }),
+      { seed: run.seed, numRuns: run.numRuns, interruptAfterTimeLimit: run.timeLimitMs, markInterruptAsFailure: false },
+    );
   } finally {
     await inFlight;
   }

@@ -29,16 +29,31 @@ export class Haproxy {
     const statsPort = await freePort();
     const frontends = new Map<string, number>();
     const lines = [
-      'global', '  maxconn 4000',
-      'defaults', '  mode tcp', '  timeout connect 2s', '  timeout client 1h', '  timeout server 1h', '  timeout check 1s',
-      'listen stats', `  bind 127.0.0.1:${statsPort}`, '  mode http', '  stats enable', '  stats uri /stats',
+      'global',
+      '  maxconn 4000',
+      'defaults',
+      '  mode tcp',
+      '  timeout connect 2s',
+      '  timeout client 1h',
+      '  timeout server 1h',
+      '  timeout check 1s',
+      'listen stats',
+      `  bind 127.0.0.1:${statsPort}`,
+      '  mode http',
+      '  stats enable',
+      '  stats uri /stats',
     ];
     for (const b of backends) {
       const port = await freePort();
       frontends.set(b.name, port);
       lines.push(`frontend ${b.name}`, `  bind 127.0.0.1:${port}`, `  default_backend ${b.name}`);
-      lines.push(`backend ${b.name}`, '  balance roundrobin', '  option httpchk GET /readyz', '  http-check expect status 200',
-        `  default-server check port ${b.checkPort} inter 200ms fall 1 rise 1`);
+      lines.push(
+        `backend ${b.name}`,
+        '  balance roundrobin',
+        '  option httpchk GET /readyz',
+        '  http-check expect status 200',
+        `  default-server check port ${b.checkPort} inter 200ms fall 1 rise 1`,
+      );
       for (const s of servers) lines.push(`  server ${s.name} ${s.address}:${b.port}`);
     }
     const dir = tempDir('haproxy');
@@ -46,7 +61,12 @@ export class Haproxy {
     writeFileSync(config, lines.join('\n') + '\n');
     const p = new TowerProcess('haproxy', ['-f', config, '-db'], {}, 'haproxy');
     const h = new Haproxy(p, statsPort, frontends);
-    await waitUntil('haproxy to answer its stats', () => h.states().then(() => true, () => false));
+    await waitUntil('haproxy to answer its stats', () =>
+      h.states().then(
+        () => true,
+        () => false,
+      ),
+    );
     return h;
   }
 
@@ -65,11 +85,16 @@ export class Haproxy {
 
   /** Waits until `server` is `state` (UP or DOWN) in every backend; returns when that was seen. */
   async waitState(server: string, state: 'UP' | 'DOWN', timeoutMs = 20_000): Promise<number> {
-    await waitUntil(`haproxy to see ${server} ${state}`, async () => {
-      const states = await this.states();
-      const mine = [...states].filter(([k]) => k.endsWith(`/${server}`));
-      return mine.length > 0 && mine.every(([, v]) => v.startsWith(state));
-    }, timeoutMs, 50);
+    await waitUntil(
+      `haproxy to see ${server} ${state}`,
+      async () => {
+        const states = await this.states();
+        const mine = [...states].filter(([k]) => k.endsWith(`/${server}`));
+        return mine.length > 0 && mine.every(([, v]) => v.startsWith(state));
+      },
+      timeoutMs,
+      50,
+    );
     return Date.now();
   }
 

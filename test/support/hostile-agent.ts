@@ -21,7 +21,11 @@ export interface HostileAgent {
  * the proxy's channels itself, with what `script` says, standing in for a broken or hostile
  * kube-apiserver. With TowerFeatures tls-at-agent, the proxy writes plain HTTP into its channels.
  */
-export async function hostileAgent(proxyUrl: string, configs: unknown[], script: Script = () => ({})): Promise<HostileAgent> {
+export async function hostileAgent(
+  proxyUrl: string,
+  configs: unknown[],
+  script: Script = () => ({}),
+): Promise<HostileAgent> {
   const { stream } = await dialWebSocket(proxyUrl.replace(/^http/, 'ws'), { timeoutMs: 5000 });
   const client = new ssh2.Client() as TunnelClient;
   const heads: string[] = [];
@@ -32,14 +36,23 @@ export async function hostileAgent(proxyUrl: string, configs: unknown[], script:
     client.once('ready', resolve);
     client.once('close', () => reject(new Error('the proxy closed the connection before SSH was ready')));
   });
-  const ask = (c: unknown) => new Promise<{ failed: boolean; text: string }>((resolve) => {
-    const payload = typeof c === 'string' ? Buffer.from(c) : Buffer.from(JSON.stringify(c));
-    client.globalRequest('config', payload, (failed, data) => resolve({ failed, text: data?.toString() ?? '' }));
-    client.once('close', () => resolve({ failed: true, text: '(connection closed)' }));
-  });
+  const ask = (c: unknown) =>
+    new Promise<{ failed: boolean; text: string }>((resolve) => {
+      const payload = typeof c === 'string' ? Buffer.from(c) : Buffer.from(JSON.stringify(c));
+      client.globalRequest('config', payload, (failed, data) => resolve({ failed, text: data?.toString() ?? '' }));
+      client.once('close', () => resolve({ failed: true, text: '(connection closed)' }));
+    });
   // all sent at once: a proxy must not evaluate those pipelined behind the first
   const [reply, ...more] = await Promise.all(configs.map(ask));
-  return { reply: reply!, more, heads, close: () => { client.end(); stream.destroy(); } };
+  return {
+    reply: reply!,
+    more,
+    heads,
+    close: () => {
+      client.end();
+      stream.destroy();
+    },
+  };
 }
 
 /** Reads request heads from the channel and answers each with the script's bytes. */
@@ -57,7 +70,11 @@ function serveChannel(channel: Duplex, script: Script, heads: string[]): void {
       const path = (head.split(' ')[1] ?? '/').split('?')[0]!;
       const { answer, close } = script(path);
       if (answer !== undefined) channel.write(answer);
-      if (close) { channel.end(); channel.destroy(); return; }
+      if (close) {
+        channel.end();
+        channel.destroy();
+        return;
+      }
     }
   });
 }

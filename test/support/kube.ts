@@ -13,12 +13,19 @@ export interface ClusterResource {
     joinFederation?: boolean;
     externalKubeAPIEnabled?: boolean;
     connection?: {
-      type?: string; token?: string; kubeconfig?: string;
-      kubernetesAPIServerPort?: number; kubesphereAPIServerPort?: number;
-      kubernetesAPIEndpoint?: string; kubesphereAPIEndpoint?: string; externalKubernetesAPIEndpoint?: string;
+      type?: string;
+      token?: string;
+      kubeconfig?: string;
+      kubernetesAPIServerPort?: number;
+      kubesphereAPIServerPort?: number;
+      kubernetesAPIEndpoint?: string;
+      kubesphereAPIEndpoint?: string;
+      externalKubernetesAPIEndpoint?: string;
     };
   };
-  status?: { conditions?: { type: string; status: string; reason?: string; message?: string; lastTransitionTime?: string }[] };
+  status?: {
+    conditions?: { type: string; status: string; reason?: string; message?: string; lastTransitionTime?: string }[];
+  };
 }
 
 /**
@@ -42,7 +49,9 @@ export class KubeHost {
     return host;
   }
 
-  get kubeconfig(): string { return this.cluster.kubeconfig; }
+  get kubeconfig(): string {
+    return this.cluster.kubeconfig;
+  }
 
   kubectl(args: string[], input?: string): Promise<RunResult> {
     return kubectl(this.kubeconfig, args, input);
@@ -55,10 +64,28 @@ export class KubeHost {
   }
 
   /** Starts `tower proxy --kubeconfig <host>` on free loopback ports; waits for it to serve unless told not to. */
-  async startProxy(extra: string[] = [], opts: { agentPort?: number; wait?: boolean } = {}): Promise<TowerProcess & { agentPort: number }> {
-    const agentPort = opts.agentPort ?? await freePort();
+  async startProxy(
+    extra: string[] = [],
+    opts: { agentPort?: number; wait?: boolean } = {},
+  ): Promise<TowerProcess & { agentPort: number }> {
+    const agentPort = opts.agentPort ?? (await freePort());
     const gatewayPort = await freePort();
-    const p = new TowerProcess('proxy', ['proxy', '--kubeconfig', this.kubeconfig, '--host', '127.0.0.1', '--port', String(agentPort), '--gateway-port', String(gatewayPort), ...extra], { TOWER_HOME: this.dir });
+    const p = new TowerProcess(
+      'proxy',
+      [
+        'proxy',
+        '--kubeconfig',
+        this.kubeconfig,
+        '--host',
+        '127.0.0.1',
+        '--port',
+        String(agentPort),
+        '--gateway-port',
+        String(gatewayPort),
+        ...extra,
+      ],
+      { TOWER_HOME: this.dir },
+    );
     this.processes.push(p);
     if (opts.wait !== false) await p.waitFor(/proxy serving/, 60_000);
     return Object.assign(p, { agentPort });
@@ -66,14 +93,54 @@ export class KubeHost {
 
   /** the proxies' host key fingerprint, as they recorded it in the ConfigMap tower-proxy (the key persists in a Secret) */
   get fingerprint(): string {
-    const r = spawnSync('kubectl', ['--kubeconfig', this.kubeconfig, '-n', 'kubesphere-system', 'get', 'configmap', 'tower-proxy', '-o', 'jsonpath={.data.hostKeyFingerprint}'], { encoding: 'utf8', timeout: 30_000 });
-    if (r.status !== 0 || !r.stdout.startsWith('SHA256:')) throw new Error(`no fingerprint recorded in kubesphere-system/tower-proxy: ${r.stderr}`);
+    const r = spawnSync(
+      'kubectl',
+      [
+        '--kubeconfig',
+        this.kubeconfig,
+        '-n',
+        'kubesphere-system',
+        'get',
+        'configmap',
+        'tower-proxy',
+        '-o',
+        'jsonpath={.data.hostKeyFingerprint}',
+      ],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
+    if (r.status !== 0 || !r.stdout.startsWith('SHA256:'))
+      throw new Error(`no fingerprint recorded in kubesphere-system/tower-proxy: ${r.stderr}`);
     return r.stdout.trim();
   }
 
   /** An agent that verifies the proxy by its recorded fingerprint. */
-  startAgent(name: string, token: string, agentPort: number, member: MemberCluster, extra: string[] = []): TowerProcess {
-    const p = new TowerProcess(`agent ${name}`, ['agent', '--name', name, '--token', token, '--proxy-server', `http://127.0.0.1:${agentPort}`, '--kubeconfig', member.kubeconfig, '--max-retry-interval', '1s', '--proxy-fingerprint', this.fingerprint, ...extra], {});
+  startAgent(
+    name: string,
+    token: string,
+    agentPort: number,
+    member: MemberCluster,
+    extra: string[] = [],
+  ): TowerProcess {
+    const p = new TowerProcess(
+      `agent ${name}`,
+      [
+        'agent',
+        '--name',
+        name,
+        '--token',
+        token,
+        '--proxy-server',
+        `http://127.0.0.1:${agentPort}`,
+        '--kubeconfig',
+        member.kubeconfig,
+        '--max-retry-interval',
+        '1s',
+        '--proxy-fingerprint',
+        this.fingerprint,
+        ...extra,
+      ],
+      {},
+    );
     this.processes.push(p);
     return p;
   }
@@ -92,21 +159,49 @@ export class KubeHost {
   }
 
   /** Polls the Cluster until `check` holds. */
-  waitCluster(name: string, what: string, check: (c: ClusterResource) => boolean, timeoutMs = 30_000): Promise<ClusterResource> {
+  waitCluster(
+    name: string,
+    what: string,
+    check: (c: ClusterResource) => boolean,
+    timeoutMs = 30_000,
+  ): Promise<ClusterResource> {
     let last: ClusterResource | undefined;
-    return waitUntil(() => `Cluster ${name}: ${what}; last seen ${JSON.stringify(last?.spec?.connection ?? {}).slice(0, 400)} ${JSON.stringify(last?.status ?? {})}`, async () => {
-      last = await this.get(name);
-      return last && check(last) ? last : undefined;
-    }, timeoutMs, 200);
+    return waitUntil(
+      () =>
+        `Cluster ${name}: ${what}; last seen ${JSON.stringify(last?.spec?.connection ?? {}).slice(0, 400)} ${JSON.stringify(last?.status ?? {})}`,
+      async () => {
+        last = await this.get(name);
+        return last && check(last) ? last : undefined;
+      },
+      timeoutMs,
+      200,
+    );
   }
 
-  async getService(name: string): Promise<{ metadata: { labels?: Record<string, string>; annotations?: Record<string, string> }; spec: { type: string; clusterIP: string; selector: Record<string, string>; ports: { name: string; port: number; targetPort: number; protocol: string }[] } } | undefined> {
+  async getService(
+    name: string,
+  ): Promise<
+    | {
+        metadata: { labels?: Record<string, string>; annotations?: Record<string, string> };
+        spec: {
+          type: string;
+          clusterIP: string;
+          selector: Record<string, string>;
+          ports: { name: string; port: number; targetPort: number; protocol: string }[];
+        };
+      }
+    | undefined
+  > {
     const r = await this.kubectl(['-n', 'kubesphere-system', 'get', 'service', name, '-o', 'json']);
     return r.code === 0 ? JSON.parse(r.stdout) : undefined;
   }
 
   /** Applies a Cluster of type proxy that joins the federation, with extra spec fields. */
-  applyCluster(name: string, spec: Record<string, unknown> = {}, annotations?: Record<string, string>): Promise<string> {
+  applyCluster(
+    name: string,
+    spec: Record<string, unknown> = {},
+    annotations?: Record<string, string>,
+  ): Promise<string> {
     const { connection, ...rest } = spec as { connection?: Record<string, unknown> };
     const doc = {
       apiVersion: 'cluster.kubesphere.io/v1alpha1',
@@ -126,7 +221,10 @@ export class KubeHost {
   }
 }
 
-export function condition(c: ClusterResource | undefined, type: string): { status: string; reason?: string; message?: string; lastTransitionTime?: string } | undefined {
+export function condition(
+  c: ClusterResource | undefined,
+  type: string,
+): { status: string; reason?: string; message?: string; lastTransitionTime?: string } | undefined {
   return c?.status?.conditions?.find((x) => x.type === type);
 }
 

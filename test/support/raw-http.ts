@@ -4,7 +4,12 @@ import type { Duplex } from 'node:stream';
 
 const CRLF = '\r\n';
 
-export interface Answer { status: number; headers: Record<string, string>; body: Buffer; head: string }
+export interface Answer {
+  status: number;
+  headers: Record<string, string>;
+  body: Buffer;
+  head: string;
+}
 export type Outcome =
   | { kind: 'answer'; answer: Answer }
   /** the connection ended before an answer began */
@@ -54,16 +59,26 @@ export class ResponseReader {
   #wake: (() => void) | undefined;
 
   constructor(socket: Duplex) {
-    socket.on('data', (d: Buffer) => { this.#buf = Buffer.concat([this.#buf, d]); this.#wake?.(); });
-    const end = () => { this.#ended = true; this.#wake?.(); };
+    socket.on('data', (d: Buffer) => {
+      this.#buf = Buffer.concat([this.#buf, d]);
+      this.#wake?.();
+    });
+    const end = () => {
+      this.#ended = true;
+      this.#wake?.();
+    };
     socket.on('end', end);
     socket.on('close', end);
     socket.on('error', end);
   }
 
-  get ended(): boolean { return this.#ended; }
+  get ended(): boolean {
+    return this.#ended;
+  }
   /** bytes after the last answer read */
-  get leftover(): Buffer { return this.#buf; }
+  get leftover(): Buffer {
+    return this.#buf;
+  }
 
   /** The next final answer (1xx interim answers skipped), for a request with `method`. */
   async next(method: string, timeoutMs: number): Promise<Outcome> {
@@ -73,13 +88,18 @@ export class ResponseReader {
       if (parsed === 'interim') continue;
       if (parsed) return parsed;
       if (this.#ended) {
-        return this.#buf.length === 0 ? { kind: 'closed' } : { kind: 'garbage', bytes: `(cut off) ${this.#buf.toString('latin1')}` };
+        return this.#buf.length === 0
+          ? { kind: 'closed' }
+          : { kind: 'garbage', bytes: `(cut off) ${this.#buf.toString('latin1')}` };
       }
       const left = deadline - Date.now();
       if (left <= 0) return { kind: 'timeout' };
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
-        this.#wake = () => { clearTimeout(t); resolve(); };
+        this.#wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
       });
       this.#wake = undefined;
     }
@@ -106,14 +126,21 @@ export class ResponseReader {
       headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
     }
     const rest = this.#buf.subarray(end + HEAD_END.length);
-    if (status >= 100 && status < 200 && status !== 101) { this.#buf = rest; return 'interim'; }
+    if (status >= 100 && status < 200 && status !== 101) {
+      this.#buf = rest;
+      return 'interim';
+    }
     let body: Buffer;
     if (method === 'HEAD' || status === 204 || status === 304 || status === 101) {
       body = Buffer.alloc(0);
       this.#buf = rest;
     } else if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
       let d: ReturnType<typeof decodeChunked>;
-      try { d = decodeChunked(rest); } catch { return this.#garbage(); }
+      try {
+        d = decodeChunked(rest);
+      } catch {
+        return this.#garbage();
+      }
       if (!d) return undefined;
       body = d.body;
       this.#buf = d.rest;

@@ -100,7 +100,10 @@ const KEEP_ALIVE_MS = 600_000;
 const REVIEWS = '/apis/authorization.k8s.io/v1/subjectaccessreviews';
 
 /** a connection's number, and how many requests on it are still unanswered */
-interface ConnectionState { id: number; open: number }
+interface ConnectionState {
+  id: number;
+  open: number;
+}
 
 /**
  * A member cluster that records everything reaching it, on every connection: an HTTPS
@@ -143,25 +146,42 @@ export class RecordingUpstream {
     const pki = await issueApiserverPki('recording-upstream', { user: 'tower-agent', groups: [] });
     // lenient only where it would hide a smuggled request: no Host is still a request, and is recorded
     const http = { requireHostHeader: false, keepAliveTimeout: KEEP_ALIVE_MS, requestTimeout: 0 };
-    const kube = createHttpsServer({ ...http, ...pki.serving, ca: pki.caPem, requestCert: true, rejectUnauthorized: false });
+    const kube = createHttpsServer({
+      ...http,
+      ...pki.serving,
+      ca: pki.caPem,
+      requestCert: true,
+      rejectUnauthorized: false,
+    });
     const ks = createHttpServer(http);
     const r = new RecordingUpstream(kube, ks, pki, options);
     // tapped after the HTTP server took the socket: Node then feeds its parser from the same 'data' events
     kube.on('secureConnection', (socket: TLSSocket) => r.#state('kube-apiserver', socket));
     ks.on('connection', (socket: Duplex) => r.#state('ks-apiserver', socket));
-    for (const [server, s] of [['kube-apiserver', kube], ['ks-apiserver', ks]] as const) {
+    for (const [server, s] of [
+      ['kube-apiserver', kube],
+      ['ks-apiserver', ks],
+    ] as const) {
       s.on('request', (req, res) => r.#onRequest(server, req, res));
       s.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => r.#onUpgrade(server, req, socket, head));
-      s.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => r.#onClientError(server, err, socket));
+      s.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) =>
+        r.#onClientError(server, err, socket),
+      );
     }
     r.kubePort = await listen(kube);
     r.ksPort = await listen(ks);
     return r;
   }
 
-  get kubeHostPort(): string { return `127.0.0.1:${this.kubePort}`; }
-  get ksHostPort(): string { return `127.0.0.1:${this.ksPort}`; }
-  get caPem(): string { return this.#pki.caPem; }
+  get kubeHostPort(): string {
+    return `127.0.0.1:${this.kubePort}`;
+  }
+  get ksHostPort(): string {
+    return `127.0.0.1:${this.ksPort}`;
+  }
+  get caPem(): string {
+    return this.#pki.caPem;
+  }
 
   /** the requests recorded from event `from` on (a length of `events` taken earlier) */
   requests(from = 0): Received[] {
@@ -175,12 +195,22 @@ export class RecordingUpstream {
 
   /** the bytes `server` received from chunk `from` of `wire` on (a length taken earlier), as latin1 text */
   received(server: RecorderServer, from = 0): string {
-    return Buffer.concat(this.wire.slice(from).filter((c) => c.server === server).map((c) => c.bytes)).toString('latin1');
+    return Buffer.concat(
+      this.wire
+        .slice(from)
+        .filter((c) => c.server === server)
+        .map((c) => c.bytes),
+    ).toString('latin1');
   }
 
   /** The agent's kubeconfig for this kube-apiserver: a bearer token (as a ServiceAccount's) or a client certificate. */
   writeKubeconfig(path: string, how: 'token' | 'cert'): string {
-    return writeAgentKubeconfig(path, `https://${this.kubeHostPort}`, this.#pki, how === 'cert' ? 'cert' : { token: this.token });
+    return writeAgentKubeconfig(
+      path,
+      `https://${this.kubeHostPort}`,
+      this.#pki,
+      how === 'cert' ? 'cert' : { token: this.token },
+    );
   }
 
   /** Closes every connection to the member: tower's pooled channels start afresh, so that one round cannot leak into the next. */
@@ -215,8 +245,14 @@ export class RecordingUpstream {
 
   /** runs `fn` after `ms` (at once for 0), unless the recorder closes first */
   #after(ms: number, fn: () => void): void {
-    if (ms <= 0) { fn(); return; }
-    const t = setTimeout(() => { this.#timers.delete(t); fn(); }, ms);
+    if (ms <= 0) {
+      fn();
+      return;
+    }
+    const t = setTimeout(() => {
+      this.#timers.delete(t);
+      fn();
+    }, ms);
     this.#timers.add(t);
   }
 
@@ -228,13 +264,28 @@ export class RecordingUpstream {
   #received(server: RecorderServer, req: IncomingMessage, connection: ConnectionState): Received {
     const distinct = req.headersDistinct;
     return {
-      kind: 'request', server, connection: connection.id, method: req.method ?? '', url: req.url ?? '', probe: probeOf(req.url ?? ''), httpVersion: req.httpVersion,
-      auth: this.#auth(req), authorization: req.headers.authorization,
+      kind: 'request',
+      server,
+      connection: connection.id,
+      method: req.method ?? '',
+      url: req.url ?? '',
+      probe: probeOf(req.url ?? ''),
+      httpVersion: req.httpVersion,
+      auth: this.#auth(req),
+      authorization: req.headers.authorization,
       impersonateUser: distinct['impersonate-user'] ?? [],
       impersonateGroup: distinct['impersonate-group'] ?? [],
-      impersonateOther: Object.keys(distinct).filter((k) => k.startsWith('impersonate-') && k !== 'impersonate-user' && k !== 'impersonate-group'),
+      impersonateOther: Object.keys(distinct).filter(
+        (k) => k.startsWith('impersonate-') && k !== 'impersonate-user' && k !== 'impersonate-group',
+      ),
       towerHeaders: Object.keys(distinct).filter((k) => k.startsWith('x-tower-')),
-      trailers: [], body: Buffer.alloc(0), complete: false, framing: framingOf(req), overlapped: connection.open > 0, upgrade: false, trailing: Buffer.alloc(0),
+      trailers: [],
+      body: Buffer.alloc(0),
+      complete: false,
+      framing: framingOf(req),
+      overlapped: connection.open > 0,
+      upgrade: false,
+      trailing: Buffer.alloc(0),
     };
   }
 
@@ -243,23 +294,35 @@ export class RecordingUpstream {
     const connection = this.#state(server, req.socket);
     const seen = this.#received(server, req, connection);
     const unauthorized = this.#options.apiserver === true && server === 'kube-apiserver' && seen.auth === 'none';
-    const review = !unauthorized && server === 'kube-apiserver' && req.method === 'POST' && seen.url.split('?')[0] === REVIEWS;
+    const review =
+      !unauthorized && server === 'kube-apiserver' && req.method === 'POST' && seen.url.split('?')[0] === REVIEWS;
     // recorded as its head arrives: a request whose body never ends still reached the member
     if (!review) this.events.push(seen);
     connection.open++;
     // answered once its last byte is handed on ('finish'), or the connection is gone ('close'), whichever is first
     let answered = false;
-    const done = () => { if (!answered) { answered = true; connection.open--; } };
+    const done = () => {
+      if (!answered) {
+        answered = true;
+        connection.open--;
+      }
+    };
     res.once('finish', done);
     res.once('close', done);
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (d: Buffer) => {
       this.lastActivity = Date.now();
-      if (size < BODY_LIMIT_BYTES) { chunks.push(d); size += d.length; seen.body = Buffer.concat(chunks); }
+      if (size < BODY_LIMIT_BYTES) {
+        chunks.push(d);
+        size += d.length;
+        seen.body = Buffer.concat(chunks);
+      }
     });
     req.on('error', () => undefined);
-    req.once('close', () => { seen.over = true; });
+    req.once('close', () => {
+      seen.over = true;
+    });
     const early = !unauthorized && !review && /[?&]early=1(&|$)/.test(seen.url);
     if (early) this.#answer(res, seen);
     req.on('end', () => {
@@ -277,23 +340,41 @@ export class RecordingUpstream {
     const status = this.#options.apiserver && seen.method === 'POST' ? 201 : 200;
     this.#after(delayOf(seen.url, 'ms'), () => {
       if (res.destroyed) return;
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...recorderHeaders(seen) });
+      res.writeHead(status, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(body),
+        ...recorderHeaders(seen),
+      });
       const bodyDelay = delayOf(seen.url, 'body-ms');
       if (bodyDelay > 0) res.flushHeaders();
-      this.#after(bodyDelay, () => { if (!res.destroyed) res.end(body); });
+      this.#after(bodyDelay, () => {
+        if (!res.destroyed) res.end(body);
+      });
     });
   }
 
   /** tower asks before it honours a client's own impersonation: recorded, and always denied */
   #review(res: ServerResponse, seen: Received, connection: ConnectionState): void {
     let spec: { user?: unknown; groups?: unknown; resourceAttributes?: Record<string, string> } = {};
-    try { spec = (JSON.parse(seen.body.toString('utf8')) as { spec?: typeof spec }).spec ?? {}; } catch { /* an unreadable review asks about no one */ }
+    try {
+      spec = (JSON.parse(seen.body.toString('utf8')) as { spec?: typeof spec }).spec ?? {};
+    } catch {
+      /* an unreadable review asks about no one */
+    }
     this.events.push({
-      kind: 'review', connection: connection.id, auth: seen.auth, user: String(spec.user ?? ''),
-      groups: Array.isArray(spec.groups) ? spec.groups.map(String) : [], attributes: spec.resourceAttributes ?? {},
+      kind: 'review',
+      connection: connection.id,
+      auth: seen.auth,
+      user: String(spec.user ?? ''),
+      groups: Array.isArray(spec.groups) ? spec.groups.map(String) : [],
+      attributes: spec.resourceAttributes ?? {},
       impersonated: seen.impersonateUser.length + seen.impersonateGroup.length + seen.impersonateOther.length > 0,
     });
-    json(res, 201, { kind: 'SubjectAccessReview', apiVersion: 'authorization.k8s.io/v1', status: { allowed: false, reason: 'the recording upstream allows no impersonation' } });
+    json(res, 201, {
+      kind: 'SubjectAccessReview',
+      apiVersion: 'authorization.k8s.io/v1',
+      status: { allowed: false, reason: 'the recording upstream allows no impersonation' },
+    });
   }
 
   /**
@@ -315,29 +396,43 @@ export class RecordingUpstream {
     const framed = (): { body: Buffer; rest: Buffer } | undefined => {
       if (chunked) {
         // bytes that are not chunked encoding are all trailing: no body the head announced
-        try { return decodeChunked(bytes); } catch { return { body: Buffer.alloc(0), rest: bytes }; }
+        try {
+          return decodeChunked(bytes);
+        } catch {
+          return { body: Buffer.alloc(0), rest: bytes };
+        }
       }
       return bytes.length >= length ? { body: bytes.subarray(0, length), rest: bytes.subarray(length) } : undefined;
     };
-    const onData = (d: Buffer) => { bytes = Buffer.concat([bytes, d]); };
+    const onData = (d: Buffer) => {
+      bytes = Buffer.concat([bytes, d]);
+    };
     socket.on('data', onData);
     const answerAt = Date.now() + delayOf(seen.url, 'ms');
-    const settle = () => this.#after(Math.max(UPGRADE_SETTLE_MS, answerAt - Date.now()), () => {
-      socket.off('data', onData);
-      const f = framed();
-      seen.complete = f !== undefined;
-      seen.body = f?.body ?? bytes;
-      seen.trailing = f?.rest ?? Buffer.alloc(0);
-      if (socket.destroyed) return;
-      if (this.#options.switchUpgrades) {
-        socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${headerSafe(req.headers.upgrade ?? 'x')}\r\n\r\n`);
-        return;
-      }
-      const body = JSON.stringify(answerBody(seen));
-      socket.end(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n${recorderHeaderLines(seen)}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-    });
+    const settle = () =>
+      this.#after(Math.max(UPGRADE_SETTLE_MS, answerAt - Date.now()), () => {
+        socket.off('data', onData);
+        const f = framed();
+        seen.complete = f !== undefined;
+        seen.body = f?.body ?? bytes;
+        seen.trailing = f?.rest ?? Buffer.alloc(0);
+        if (socket.destroyed) return;
+        if (this.#options.switchUpgrades) {
+          socket.write(
+            `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${headerSafe(req.headers.upgrade ?? 'x')}\r\n\r\n`,
+          );
+          return;
+        }
+        const body = JSON.stringify(answerBody(seen));
+        socket.end(
+          `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n${recorderHeaderLines(seen)}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      });
     const waitedUntil = Date.now() + UPGRADE_BODY_WAIT_MS;
-    const poll = () => { if (framed() || Date.now() >= waitedUntil) settle(); else this.#after(10, poll); };
+    const poll = () => {
+      if (framed() || Date.now() >= waitedUntil) settle();
+      else this.#after(10, poll);
+    };
     poll();
   }
 
@@ -345,7 +440,13 @@ export class RecordingUpstream {
     const code = err.code ?? err.message;
     // a connection tower tore down mid-request is not garbage; bytes the parser refused are
     if (code.startsWith('HPE_')) {
-      this.events.push({ kind: 'garbage', server, connection: this.#state(server, socket).id, code, bytes: (err.rawPacket ?? Buffer.alloc(0)).toString('latin1').slice(0, SHOWN_BYTES) });
+      this.events.push({
+        kind: 'garbage',
+        server,
+        connection: this.#state(server, socket).id,
+        code,
+        bytes: (err.rawPacket ?? Buffer.alloc(0)).toString('latin1').slice(0, SHOWN_BYTES),
+      });
     }
     socket.destroy();
   }
@@ -353,21 +454,37 @@ export class RecordingUpstream {
 
 function framingOf(req: IncomingMessage): string {
   const h = req.headersDistinct;
-  const parts = [...(h['content-length'] ?? []).map((v) => `Content-Length: ${v}`), ...(h['transfer-encoding'] ?? []).map((v) => `Transfer-Encoding: ${v}`)];
+  const parts = [
+    ...(h['content-length'] ?? []).map((v) => `Content-Length: ${v}`),
+    ...(h['transfer-encoding'] ?? []).map((v) => `Transfer-Encoding: ${v}`),
+  ];
   return parts.length ? parts.join(', ') : 'unframed';
 }
 
 function answerBody(seen: Received) {
-  return { server: seen.server, method: seen.method, url: seen.url, impersonateUser: seen.impersonateUser, auth: seen.auth, bodyBytes: seen.body.length };
+  return {
+    server: seen.server,
+    method: seen.method,
+    url: seen.url,
+    impersonateUser: seen.impersonateUser,
+    auth: seen.auth,
+    bodyBytes: seen.body.length,
+  };
 }
 
 /** the answer names what it answers in headers too, so that a HEAD's answer can be matched */
 function recorderHeaders(seen: Received): Record<string, string> {
-  return { 'x-recorder-url': headerSafe(seen.url), 'x-recorder-user': headerSafe(seen.impersonateUser.join(',')), 'x-recorder-server': seen.server };
+  return {
+    'x-recorder-url': headerSafe(seen.url),
+    'x-recorder-user': headerSafe(seen.impersonateUser.join(',')),
+    'x-recorder-server': seen.server,
+  };
 }
 
 function recorderHeaderLines(seen: Received): string {
-  return Object.entries(recorderHeaders(seen)).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  return Object.entries(recorderHeaders(seen))
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {
@@ -377,7 +494,11 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 }
 
 function probeOf(url: string): string | undefined {
-  try { return new URL(url, 'http://member').searchParams.get('probe') ?? undefined; } catch { return undefined; }
+  try {
+    return new URL(url, 'http://member').searchParams.get('probe') ?? undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `?NAME=N` of a request target, bounded: a delay in ms */

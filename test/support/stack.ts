@@ -17,7 +17,9 @@ export class Stack {
     this.env = { TOWER_HOME: this.dataDir };
   }
 
-  get proxyUrl(): string { return `http://127.0.0.1:${this.agentPort}`; }
+  get proxyUrl(): string {
+    return `http://127.0.0.1:${this.agentPort}`;
+  }
 
   /** Starts (or restarts, on the same ports and data dir) the proxy. */
   async startProxy(extra: string[] = []): Promise<TowerProcess> {
@@ -27,7 +29,20 @@ export class Stack {
     for (let attempt = 1; ; attempt++) {
       if (!this.agentPort) this.agentPort = await freePort();
       if (!this.gatewayPort) this.gatewayPort = await freePort();
-      const p = new TowerProcess('proxy', ['proxy', '--host', '127.0.0.1', '--port', String(this.agentPort), '--gateway-port', String(this.gatewayPort), ...extra], this.env);
+      const p = new TowerProcess(
+        'proxy',
+        [
+          'proxy',
+          '--host',
+          '127.0.0.1',
+          '--port',
+          String(this.agentPort),
+          '--gateway-port',
+          String(this.gatewayPort),
+          ...extra,
+        ],
+        this.env,
+      );
       this.processes.push(p);
       try {
         await p.waitFor(/proxy serving/);
@@ -54,13 +69,34 @@ export class Stack {
 
   /** the proxy's host key fingerprint, as it recorded it in the data dir */
   get fingerprint(): string {
-    return (parse(readFileSync(join(this.dataDir, 'proxy.yaml'), 'utf8')) as { hostKeyFingerprint: string }).hostKeyFingerprint;
+    return (parse(readFileSync(join(this.dataDir, 'proxy.yaml'), 'utf8')) as { hostKeyFingerprint: string })
+      .hostKeyFingerprint;
   }
 
   /** An agent of this proxy, which it verifies by the recorded fingerprint unless `extra` says otherwise. */
   startAgent(name: string, token: string, memberKubeconfig: string, extra: string[] = []): TowerProcess {
-    const verify = extra.some((a) => a === '--proxy-fingerprint' || a === '--insecure-skip-proxy-verification') ? [] : ['--proxy-fingerprint', this.fingerprint];
-    const p = new TowerProcess(`agent ${name}`, ['agent', '--name', name, '--token', token, '--proxy-server', this.proxyUrl, '--kubeconfig', memberKubeconfig, '--max-retry-interval', '2s', ...verify, ...extra], {});
+    const verify = extra.some((a) => a === '--proxy-fingerprint' || a === '--insecure-skip-proxy-verification')
+      ? []
+      : ['--proxy-fingerprint', this.fingerprint];
+    const p = new TowerProcess(
+      `agent ${name}`,
+      [
+        'agent',
+        '--name',
+        name,
+        '--token',
+        token,
+        '--proxy-server',
+        this.proxyUrl,
+        '--kubeconfig',
+        memberKubeconfig,
+        '--max-retry-interval',
+        '2s',
+        ...verify,
+        ...extra,
+      ],
+      {},
+    );
     this.processes.push(p);
     return p;
   }
@@ -93,14 +129,20 @@ export function kubectl(kubeconfig: string, args: string[], input?: string): Pro
 
 /** A kubeconfig for `server` that authenticates with a bearer token (the apiserver's CA pinned). */
 export function writeTokenKubeconfig(path: string, server: string, caPem: string, token: string): string {
-  writeFileSync(path, stringify({
-    apiVersion: 'v1',
-    kind: 'Config',
-    clusters: [{ name: 'm', cluster: { server, 'certificate-authority-data': Buffer.from(caPem).toString('base64') } }],
-    users: [{ name: 'u', user: { token } }],
-    contexts: [{ name: 'c', context: { cluster: 'm', user: 'u' } }],
-    'current-context': 'c',
-  }), { mode: 0o600 });
+  writeFileSync(
+    path,
+    stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [
+        { name: 'm', cluster: { server, 'certificate-authority-data': Buffer.from(caPem).toString('base64') } },
+      ],
+      users: [{ name: 'u', user: { token } }],
+      contexts: [{ name: 'c', context: { cluster: 'm', user: 'u' } }],
+      'current-context': 'c',
+    }),
+    { mode: 0o600 },
+  );
   return path;
 }
 

@@ -31,20 +31,41 @@ export function freePort(): Promise<number> {
   });
 }
 
-export interface RunResult { code: number | null; stdout: string; stderr: string }
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs a command to completion (bounded in time). */
-export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     // no input: /dev/null, so that a command that never reads its stdin cannot fail our write (EPIPE)
-    const child = spawn(cmd, args, { env: { ...process.env, ...opts.env }, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, {
+      env: { ...process.env, ...opts.env },
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? COMMAND_TIMEOUT_MS);
-    child.on('error', (err) => { clearTimeout(timer); reject(err); });
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
     if (opts.input !== undefined) {
       // a command may exit without reading all of it; its exit code says what happened
       child.stdin!.on('error', () => {});
@@ -74,23 +95,50 @@ export class TowerProcess {
     };
     this.child.stdout!.setEncoding('utf8').on('data', onData);
     this.child.stderr!.setEncoding('utf8').on('data', onData);
-    this.exited = new Promise((resolve) => this.child.on('exit', (code) => { for (const w of this.#waiters) w(); resolve(code); }));
+    this.exited = new Promise((resolve) =>
+      this.child.on('exit', (code) => {
+        for (const w of this.#waiters) w();
+        resolve(code);
+      }),
+    );
   }
 
-  get pid(): number { return this.child.pid!; }
-  get running(): boolean { return this.child.exitCode === null && this.child.signalCode === null; }
+  get pid(): number {
+    return this.child.pid!;
+  }
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
 
   /** Waits until the output matches `re` (searching from `from`), or fails after `timeoutMs`. */
   waitFor(re: RegExp, timeoutMs = 20_000, from = 0): Promise<RegExpExecArray> {
     return new Promise((resolve, reject) => {
       const check = () => {
         const m = re.exec(this.output.slice(from));
-        if (m) { done(); resolve(m); return true; }
-        if (!this.running) { done(); reject(new Error(`${this.name} exited (${this.child.exitCode ?? this.child.signalCode}) before printing ${re}:\n${this.output}`)); return true; }
+        if (m) {
+          done();
+          resolve(m);
+          return true;
+        }
+        if (!this.running) {
+          done();
+          reject(
+            new Error(
+              `${this.name} exited (${this.child.exitCode ?? this.child.signalCode}) before printing ${re}:\n${this.output}`,
+            ),
+          );
+          return true;
+        }
         return false;
       };
-      const timer = setTimeout(() => { done(); reject(new Error(`${this.name} did not print ${re} within ${timeoutMs} ms:\n${this.output}`)); }, timeoutMs);
-      const done = () => { clearTimeout(timer); this.#waiters.delete(check); };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`${this.name} did not print ${re} within ${timeoutMs} ms:\n${this.output}`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+      };
       if (!check()) this.#waiters.add(check);
     });
   }
@@ -106,7 +154,12 @@ export class TowerProcess {
 }
 
 /** Polls `check` until it returns a truthy value (bounded in time). */
-export async function waitUntil<T>(what: string | (() => string), check: () => Promise<T> | T, timeoutMs = 20_000, everyMs = 100): Promise<NonNullable<T>> {
+export async function waitUntil<T>(
+  what: string | (() => string),
+  check: () => Promise<T> | T,
+  timeoutMs = 20_000,
+  everyMs = 100,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -116,7 +169,10 @@ export async function waitUntil<T>(what: string | (() => string), check: () => P
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}${last ? `: ${(last as Error).message}` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}${last ? `: ${(last as Error).message}` : ''}`,
+      );
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }

@@ -34,7 +34,11 @@ export class TestUpstream {
   readonly impersonation = new Set<string>();
   /** the SubjectAccessReviews asked, as "<user> <resource> <name>" */
   readonly reviews: string[] = [];
-  #wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, handleProtocols: (p) => (p.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false) });
+  #wss = new WebSocketServer({
+    noServer: true,
+    perMessageDeflate: false,
+    handleProtocols: (p) => (p.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false),
+  });
 
   private constructor(server: Server, pki: ApiserverPki) {
     this.server = server;
@@ -47,7 +51,10 @@ export class TestUpstream {
     const u = new TestUpstream(server, pki);
     server.on('request', (req, res) => u.#onRequest(req, res));
     server.on('upgrade', (req, socket, head) => {
-      if (!u.#authenticate(req)) { socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n'); return; }
+      if (!u.#authenticate(req)) {
+        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n');
+        return;
+      }
       u.#wss.handleUpgrade(req, socket, head, (ws) => u.#exec(req, ws));
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -55,17 +62,29 @@ export class TestUpstream {
     return u;
   }
 
-  get hostPort(): string { return `127.0.0.1:${this.port}`; }
-  get caPem(): string { return this.#pki.caPem; }
+  get hostPort(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+  get caPem(): string {
+    return this.#pki.caPem;
+  }
 
   /** A kubeconfig for the agent: client certificate or bearer token. */
   writeKubeconfig(path: string, how: 'cert' | 'token'): string {
-    return writeAgentKubeconfig(path, `https://${this.hostPort}`, this.#pki, how === 'cert' ? 'cert' : { token: this.token });
+    return writeAgentKubeconfig(
+      path,
+      `https://${this.hostPort}`,
+      this.#pki,
+      how === 'cert' ? 'cert' : { token: this.token },
+    );
   }
 
   close(): Promise<void> {
     for (const ws of this.#wss.clients) ws.terminate();
-    return new Promise((resolve) => { this.server.close(() => resolve()); this.server.closeAllConnections(); });
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
   }
 
   #authenticate(req: IncomingMessage): boolean {
@@ -76,7 +95,10 @@ export class TestUpstream {
       this.lastToken = bearer;
       return true;
     }
-    if (socket.authorized) { this.auth.push('cert'); return true; }
+    if (socket.authorized) {
+      this.auth.push('cert');
+      return true;
+    }
     this.auth.push('none');
     return false;
   }
@@ -89,9 +111,13 @@ export class TestUpstream {
     const p = url.pathname;
     if (p === '/apis/authorization.k8s.io/v1/subjectaccessreviews' && req.method === 'POST') {
       let body = '';
-      req.setEncoding('utf8').on('data', (d: string) => { body += d; });
+      req.setEncoding('utf8').on('data', (d: string) => {
+        body += d;
+      });
       req.on('end', () => {
-        const review = JSON.parse(body) as { spec: { user: string; resourceAttributes: { resource: string; name: string } } };
+        const review = JSON.parse(body) as {
+          spec: { user: string; resourceAttributes: { resource: string; name: string } };
+        };
         const key = `${review.spec.user} ${review.spec.resourceAttributes.resource} ${review.spec.resourceAttributes.name}`;
         this.reviews.push(key);
         json(res, 201, { ...review, status: { allowed: this.impersonation.has(key) } });
@@ -104,18 +130,36 @@ export class TestUpstream {
       res.on('close', () => clearTimeout(t));
       return;
     }
-    if (p === '/api') return json(res, 200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: this.hostPort }] });
+    if (p === '/api')
+      return json(res, 200, {
+        kind: 'APIVersions',
+        versions: ['v1'],
+        serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: this.hostPort }],
+      });
     if (p === '/api/v1') {
-      return json(res, 200, { kind: 'APIResourceList', groupVersion: 'v1', resources: [
-        { name: 'pods', singularName: 'pod', namespaced: true, kind: 'Pod', verbs: ['get', 'list'], shortNames: ['po'] },
-        { name: 'pods/exec', singularName: '', namespaced: true, kind: 'PodExecOptions', verbs: ['create', 'get'] },
-      ] });
+      return json(res, 200, {
+        kind: 'APIResourceList',
+        groupVersion: 'v1',
+        resources: [
+          {
+            name: 'pods',
+            singularName: 'pod',
+            namespaced: true,
+            kind: 'Pod',
+            verbs: ['get', 'list'],
+            shortNames: ['po'],
+          },
+          { name: 'pods/exec', singularName: '', namespaced: true, kind: 'PodExecOptions', verbs: ['create', 'get'] },
+        ],
+      });
     }
     if (p === '/apis') return json(res, 200, { kind: 'APIGroupList', apiVersion: 'v1', groups: [] });
     if (p === `/api/v1/namespaces/default/pods/${POD}`) return json(res, 200, pod());
     if (p === '/upload' && req.method === 'POST') {
       let bytes = 0;
-      req.on('data', (d: Buffer) => { bytes += d.length; });
+      req.on('data', (d: Buffer) => {
+        bytes += d.length;
+      });
       req.on('end', () => json(res, 200, { bytes }));
       return;
     }
@@ -128,7 +172,10 @@ export class TestUpstream {
         while (sent < total) {
           const n = Math.min(chunk.length, total - sent);
           sent += n;
-          if (!res.write(n === chunk.length ? chunk : chunk.subarray(0, n))) { res.once('drain', pump); return; }
+          if (!res.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+            res.once('drain', pump);
+            return;
+          }
         }
         res.end();
       };
@@ -141,13 +188,23 @@ export class TestUpstream {
   /** remotecommand over WebSocket, protocol v5: byte 0 of each message is the stream. */
   #exec(req: IncomingMessage, ws: WebSocket): void {
     const url = requestUrl(req);
-    if (!url) { ws.close(1002, 'malformed request path'); return; }
+    if (!url) {
+      ws.close(1002, 'malformed request path');
+      return;
+    }
     const command = url.searchParams.getAll('command');
     const exitCode = command[0] === 'exit' ? Number(command[1] ?? 0) : 0;
     const finish = () => {
-      const st = exitCode === 0
-        ? { metadata: {}, status: 'Success' }
-        : { metadata: {}, status: 'Failure', message: `command terminated with non-zero exit code: ${exitCode}`, reason: 'NonZeroExitCode', details: { causes: [{ reason: 'ExitCode', message: String(exitCode) }] } };
+      const st =
+        exitCode === 0
+          ? { metadata: {}, status: 'Success' }
+          : {
+              metadata: {},
+              status: 'Failure',
+              message: `command terminated with non-zero exit code: ${exitCode}`,
+              reason: 'NonZeroExitCode',
+              details: { causes: [{ reason: 'ExitCode', message: String(exitCode) }] },
+            };
       ws.send(Buffer.concat([Buffer.from([ERROR]), Buffer.from(JSON.stringify(st))]));
       ws.close(1000);
     };
@@ -162,10 +219,16 @@ export class TestUpstream {
 
 function pod() {
   return {
-    kind: 'Pod', apiVersion: 'v1',
+    kind: 'Pod',
+    apiVersion: 'v1',
     metadata: { name: POD, namespace: 'default', uid: '00000000-0000-0000-0000-000000000001', resourceVersion: '1' },
     spec: { containers: [{ name: 'main', image: 'echo' }] },
-    status: { phase: 'Running', containerStatuses: [{ name: 'main', ready: true, restartCount: 0, image: 'echo', imageID: '', state: { running: {} } }] },
+    status: {
+      phase: 'Running',
+      containerStatuses: [
+        { name: 'main', ready: true, restartCount: 0, image: 'echo', imageID: '', state: { running: {} } },
+      ],
+    },
   };
 }
 
