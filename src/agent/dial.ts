@@ -112,8 +112,9 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
     ws.on('error', (err: NodeJS.ErrnoException) =>
       fail(
         new TowerError(
-          err.code ?? 'EDIAL',
+          'EDIAL',
           `cannot reach the proxy at ${url}${proxy ? ` through ${proxy.host}` : ''}: ${err.message}`,
+          { cause: err },
         ),
       ),
     );
