@@ -20,7 +20,7 @@ import {
   UNAUTHORIZED,
   type ReplicaView,
 } from '../tunnel/protocol.ts';
-import { rawStatus } from '../proxy/status.ts';
+import { rawStatus } from '../http/status.ts';
 import { CHANNEL_BUFFER_BYTES } from '../tunnel/ssh.ts';
 import { StallBudget, type Stall } from '../tunnel/stall-budget.ts';
 import { VERSION } from '../version.ts';

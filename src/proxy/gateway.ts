@@ -40,7 +40,7 @@ import {
   type Target,
 } from './peers.ts';
 import type { SessionRegistry } from './registry.ts';
-import { rawStatus, sendStatus, type Refusal } from './status.ts';
+import { rawStatus, sendStatus, type Refusal } from '../http/status.ts';
 import { MemberApiserver, MemberKubesphere, type Upstream } from './upstream.ts';
 import { WatchFrames } from './watch-frames.ts';
 import type { StallBudget } from '../tunnel/stall-budget.ts';
