@@ -1,3 +1,8 @@
+/**
+ * Replica counting, neutral between the modes that announce replicas and the proxy that serves with
+ * them (as Konnectivity's servercounter): who the replicas are, not how they are found.
+ */
+
 /** One proxy replica as the others see it. */
 export interface Replica {
   id: string;
@@ -7,8 +12,16 @@ export interface Replica {
   draining: boolean;
 }
 
+/** How replicas announce themselves to each other. */
+export interface ReplicaTimes {
+  /** a replica not heard of for this long is gone */
+  leaseMs: number;
+  /** between renewals of this replica's own announcement */
+  renewMs: number;
+}
+
 /**
- * The proxy replicas that serve one store, this one included. Each replica announces itself
+ * The proxy replicas that serve one mode, this one included. Each replica announces itself
  * (Kubernetes mode: a Lease of its own) and learns of the others; a change is reported through
  * onChange. Nothing here knows which clusters a replica serves: peers are asked when it matters.
  */
@@ -25,7 +38,7 @@ export interface Replicas {
   close(): Promise<void>;
 }
 
-/** One replica alone (the file store serves one proxy per data dir). */
+/** One replica alone (the file mode serves one proxy per data dir). */
 export class SoloReplica implements Replicas {
   readonly self: Replica;
   #listeners: (() => void)[] = [];

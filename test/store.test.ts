@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { FileStore } from '../src/store/file.ts';
-import type { ClusterEvent } from '../src/store/types.ts';
+import { FileClusters as FileStore } from '../src/mode/file/clusters.ts';
+import type { ClusterEvent } from '../src/mode/mode.ts';
 import { removeDir, tempDir, tower, waitUntil } from './support/tower.ts';
 
 const dirs: string[] = [];

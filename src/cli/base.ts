@@ -1,20 +1,10 @@
-import { homedir } from 'node:os';
-import { resolve } from 'node:path';
 import { Command, Option } from 'clipanion';
 import { ConfigError, TowerError } from '../errors.ts';
-import { inCluster } from '../kube/resource.ts';
-import { assertClusterName } from '../store/names.ts';
+import { assertClusterName } from '../config/names.ts';
 import { describeSources, flagName, loadConfig, type Loaded, type RawFlags, type Specs } from '../config/loader.ts';
 import { log } from '../observe/log.ts';
-import { FileStore } from '../store/file.ts';
-import type { KubernetesStore, KubernetesStoreOptions } from '../store/kubernetes.ts';
-import type { ClusterStore } from '../store/types.ts';
-
-export interface StoreChoice {
-  store?: string;
-  kubeconfig?: string;
-  dataDir?: string;
-}
+import type { Mode } from '../mode/mode.ts';
+import { openMode, type ModeChoice } from '../mode/open.ts';
 
 /** What `--help` and the README show of a command besides its flags. */
 export interface CommandDoc {
@@ -90,40 +80,13 @@ export abstract class TowerCommand extends Command {
     return loaded.values;
   }
 
-  /** Runs `fn` on the store that `o` selects, closing it after. */
-  async withStore<T>(o: StoreChoice, fn: (store: ClusterStore) => Promise<T>): Promise<T> {
-    const store = await this.openStore(o);
+  /** Runs `fn` in the mode that `o` picks, closing it after. */
+  async withMode<T>(o: ModeChoice, fn: (mode: Mode) => Promise<T>): Promise<T> {
+    const mode = await openMode(o, { log });
     try {
-      return await fn(store);
+      return await fn(mode);
     } finally {
-      store.close();
+      mode.close();
     }
   }
-
-  /**
-   * The file store, or the Kubernetes one: chosen by --store, else Kubernetes when a host
-   * kubeconfig is given or the process runs in a pod with a service account.
-   */
-  async openStore(o: StoreChoice, k8s: Omit<KubernetesStoreOptions, 'kubeconfig' | 'log'> = {}): Promise<ClusterStore> {
-    const kind = o.store ?? (o.kubeconfig || inCluster() ? 'kubernetes' : 'file');
-    if (kind === 'kubernetes') {
-      if (!o.kubeconfig && !inCluster())
-        throw new ConfigError(
-          '--store kubernetes needs the host cluster: give --kubeconfig <path>, or run in a pod with a service account',
-        );
-      // loaded on demand: the Kubernetes client is most of the bundle, and the file mode and the agent never need it
-      const { KubernetesStore } = await import('../store/kubernetes.ts');
-      return new KubernetesStore({ kubeconfig: o.kubeconfig, log, ...k8s });
-    }
-    if (o.kubeconfig)
-      throw new ConfigError(
-        '--kubeconfig names a host cluster, which the file store does not use: drop --store file, or drop --kubeconfig',
-      );
-    const dir = o.dataDir ? resolve(o.dataDir.replace(/^~(?=$|\/)/, homedir())) : resolve(homedir(), '.tower');
-    return new FileStore(dir);
-  }
-}
-
-export function isKubernetesStore(store: ClusterStore): store is KubernetesStore {
-  return store.kind === 'kubernetes';
 }

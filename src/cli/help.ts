@@ -63,7 +63,9 @@ export function commandHelp(entry: CommandEntry): string {
   parts.push(`Flags of every command:\n${flagLines(COMMON)}`);
   parts.push(
     wrap(
-      'Every flag can also be given as an environment variable, TOWER_ and the flag name in upper case with underscores (TOWER_GATEWAY_PORT), or as a key of the --config file. Precedence: flag, environment, file, default. A boolean flag is a switch: --name sets it, --no-name clears it.',
+      'Every flag can also be given as an environment variable, TOWER_ and the flag name in upper case with ' +
+        'underscores (TOWER_GATEWAY_PORT), or as a key of the --config file. Precedence: flag, environment, file, ' +
+        'default. A boolean flag is a switch: --name sets it, --no-name clears it.',
       '',
     ),
   );
@@ -81,7 +83,12 @@ export function overview(entries: CommandEntry[]): string {
       'tower: reach the kube-apiservers of member clusters through agents that dial out',
       `Usage:\n  tower COMMAND [flags]\n\nCommands:\n${lines.join('\n')}`,
       "Run `tower help COMMAND` or `tower COMMAND --help` for a command's flags.",
-      `Quick start:\n  tower proxy\n  tower token alpha              # prints the agent's join command\n  tower agent --name alpha --token ... --proxy-server ... --proxy-fingerprint ... --kubeconfig member.kubeconfig\n  tower kubeconfig alpha > alpha.kubeconfig`,
+      'Quick start:\n' +
+        '  tower proxy\n' +
+        "  tower token alpha              # prints the agent's join command\n" +
+        '  tower agent --name alpha --token ... --proxy-server ... --proxy-fingerprint ... ' +
+        '--kubeconfig member.kubeconfig\n' +
+        '  tower kubeconfig alpha > alpha.kubeconfig',
     ].join('\n\n') + '\n'
   );
 }

@@ -1,9 +1,9 @@
 import { stringify as toYaml } from 'yaml';
 import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
-import { agentManifests, proxyManifests } from '../kube/manifests.ts';
+import { agentManifests, proxyManifests } from '../mode/kubernetes/manifests.ts';
 import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
-import { clusterNameProblem } from '../store/names.ts';
+import { clusterNameProblem } from '../config/names.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
 function printAll(objects: Record<string, unknown>[]): void {
@@ -16,11 +16,16 @@ export class InstallProxyCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'install proxy',
     summary: 'Print the manifests that run the proxy in a host cluster',
-    details: `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes mode; liveness and readiness probes on /livez and /readyz, metrics on the agent port) and a Service for the agents. Pipe it to \`kubectl apply -f -\`.`,
+    details:
+      `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ` +
+      `ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes ` +
+      `mode; liveness and readiness probes on /livez and /readyz, metrics on the agent port) and a Service for the ` +
+      `agents. Pipe it to \`kubectl apply -f -\`.`,
     examples: [
       [
         'Install into the current cluster',
-        'tower install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | kubectl apply -f -',
+        'tower install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | ' +
+          'kubectl apply -f -',
       ],
     ],
   };
@@ -46,11 +51,16 @@ export class InstallAgentCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'install agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
     summary: 'Print the manifests that run an agent in a member cluster',
-    details: `A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a tower proxy acts as each gateway user's certificate; --cluster-admin binds cluster-admin instead, for a Go tower proxy or --gateway-identity agent), the token in a Secret, and the agent's Deployment (liveness and readiness probes, metrics on port 8081). Pipe it to \`kubectl apply -f -\` against the member cluster.`,
+    details:
+      `A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a tower proxy acts ` +
+      `as each gateway user's certificate; --cluster-admin binds cluster-admin instead, for a Go tower proxy or ` +
+      `--gateway-identity agent), the token in a Secret, and the agent's Deployment (liveness and readiness ` +
+      `probes, metrics on port 8081). Pipe it to \`kubectl apply -f -\` against the member cluster.`,
     examples: [
       [
         'With what `tower token` printed',
-        'tower install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 --proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -',
+        'tower install agent --name alpha --token <token> --proxy-server http://tower.example.com:8080 ' +
+          '--proxy-fingerprint SHA256:<fingerprint> | kubectl apply -f -',
       ],
     ],
   };
@@ -69,7 +79,9 @@ export class InstallAgentCommand extends TowerCommand {
       !o.insecureSkipProxyVerification
     ) {
       throw new ConfigError(
-        `--proxy-fingerprint is required with a plain http:// --proxy-server, so that the agent can verify the proxy (the join command that \`tower token ${o.name}\` prints has it); or --insecure-skip-proxy-verification`,
+        `--proxy-fingerprint is required with a plain http:// --proxy-server, so that the agent can verify the ` +
+          `proxy (the join command that \`tower token ${o.name}\` prints has it); or ` +
+          `--insecure-skip-proxy-verification`,
       );
     }
     printAll(

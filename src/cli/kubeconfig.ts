@@ -1,10 +1,10 @@
 import { Option } from 'clipanion';
 import { KUBECONFIG_OPTIONS } from '../config/options.ts';
-import { StoreError } from '../errors.ts';
-import type { KubernetesStore } from '../store/kubernetes.ts';
+import { NotFoundError, StoreError } from '../errors.ts';
+import type { IssuedByProxy } from '../mode/mode.ts';
 import { loadCertificateAuthority } from '../pki/keys.ts';
 import { renderKubeconfig } from '../pki/kubeconfig.ts';
-import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
+import { TowerCommand, type CommandDoc } from './base.ts';
 import { waitWithProgress } from './progress.ts';
 
 export class KubeconfigCommand extends TowerCommand {
@@ -13,9 +13,15 @@ export class KubeconfigCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'kubeconfig NAME',
     summary: 'Print a kubeconfig that reaches a member cluster through the gateway',
-    details: `The client certificate is signed by tower's CA (CN from --user, O from --group) and bound to the cluster: the gateway serves it that cluster only, and its requests act in the member as that user and those groups (Kubernetes impersonation), so the member's RBAC decides. The server is the gateway address the proxy recorded, with /clusters/NAME.
-
-Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote into the Cluster (spec.connection.kubeconfig) once its agent is connected; --gateway issues one for the gateway instead, as in file mode.`,
+    details:
+      `The client certificate is signed by tower's CA (CN from --user, O from --group) and bound to the ` +
+      `cluster: the gateway serves it that cluster only, and its requests act in the member as that user and ` +
+      `those groups (Kubernetes impersonation), so the member's RBAC decides. The server is the gateway ` +
+      `address the proxy recorded, with /clusters/NAME.\n` +
+      `\n` +
+      `Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote into the Cluster ` +
+      `(spec.connection.kubeconfig) once its agent is connected; --gateway issues one for the gateway instead, ` +
+      `as in file mode.`,
     examples: [
       ['Admin access to alpha', 'tower kubeconfig alpha > alpha.kubeconfig'],
       [
@@ -32,24 +38,23 @@ Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote int
   async run(): Promise<number> {
     const o = this.load(KUBECONFIG_OPTIONS);
     const name = this.clusterName(this.name);
-    return this.withStore(o, async (store) => {
-      if (isKubernetesStore(store) && !o.gateway) {
-        process.stdout.write(await clusterKubeconfig(store, name, o.timeout));
+    return this.withMode(o, async (mode) => {
+      if (mode.issuedByProxy && !o.gateway) {
+        process.stdout.write(await issuedKubeconfig(mode.issuedByProxy, mode.clusters.location, name, o.timeout));
         return 0;
       }
-      const cluster = await store.get(name);
+      const cluster = await mode.clusters.get(name);
       if (!cluster)
-        throw new StoreError(
-          'ENOTFOUND',
-          `cluster "${name}" not found in ${store.location} (create it with: tower token ${name})`,
+        throw new NotFoundError(
+          `cluster "${name}" not found in ${mode.clusters.location} (create it with: tower token ${name})`,
         );
       if (cluster.problem)
         throw new StoreError(
           'EUNUSABLE',
           `cluster "${name}" is registered, but ${cluster.problem} (restore it, or: tower token ${name} --rotate)`,
         );
-      const ca = await loadCertificateAuthority(store, o.caCert, o.caKey);
-      const record = await store.readProxyRecord();
+      const ca = await loadCertificateAuthority(mode.keys, o.caCert, o.caKey);
+      const record = await mode.proxyRecord.read();
       const server = o.server ?? `${record?.gatewayUrl ?? 'https://127.0.0.1:6443'}/clusters/${name}`;
       const groups = o.group
         .split(',')
@@ -71,24 +76,23 @@ Kubernetes mode (--kubeconfig <host>): prints the kubeconfig the proxy wrote int
   }
 }
 
-/** spec.connection.kubeconfig, once the proxy has written it for a connected agent. */
-async function clusterKubeconfig(store: KubernetesStore, name: string, timeoutMs: number): Promise<string> {
-  if (!(await store.resource(name))) {
-    throw new StoreError(
-      'ENOTFOUND',
-      `Cluster "${name}" not found in ${store.location} (create it with: tower token ${name} --kubeconfig <host>)`,
+/** The kubeconfig the proxy issued the cluster, once an agent of it has connected. */
+async function issuedKubeconfig(
+  issuer: IssuedByProxy,
+  location: string,
+  name: string,
+  timeoutMs: number,
+): Promise<string> {
+  if (!(await issuer.requested(name))) {
+    throw new NotFoundError(
+      `Cluster "${name}" not found in ${location} (create it with: tower token ${name} --kubeconfig <host>)`,
     );
   }
   return waitWithProgress(
     `waiting for an agent of Cluster "${name}" to connect`,
-    async () => {
-      const c = await store.resource(name);
-      if (!c) throw new StoreError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
-      const agent = c.status?.conditions?.find((x) => x.type === 'AgentAvailable')?.status === 'True';
-      const b64 = c.spec?.connection?.kubeconfig;
-      return agent && b64 ? Buffer.from(b64, 'base64').toString('utf8') : undefined;
-    },
+    () => issuer.kubeconfig(name),
     timeoutMs,
-    `no agent of Cluster "${name}" has connected to the proxy yet (start one with the command that "tower token ${name} --kubeconfig <host>" prints)`,
+    `no agent of Cluster "${name}" has connected to the proxy yet ` +
+      `(start one with the command that "tower token ${name} --kubeconfig <host>" prints)`,
   );
 }

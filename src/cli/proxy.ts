@@ -1,11 +1,12 @@
 import { hostname } from 'node:os';
 import { ConfigError } from '../errors.ts';
-import { serverIdProblem } from '../tunnel/protocol.ts';
+import { serverIdProblem } from '../config/names.ts';
 import { PROXY_OPTIONS } from '../config/options.ts';
+import { openMode } from '../mode/open.ts';
 import { log } from '../observe/log.ts';
 import { trimMemoryPeriodically } from '../observe/memory.ts';
 import type { GatewayIdentity } from '../proxy/identity.ts';
-import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
+import { TowerCommand, type CommandDoc } from './base.ts';
 
 export class ProxyCommand extends TowerCommand {
   static override paths = [['proxy']];
@@ -13,9 +14,17 @@ export class ProxyCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'proxy',
     summary: 'Serve agents and the cluster gateway',
-    details: `Agents dial the agent port (HTTP upgraded to WebSocket, SSH inside); users and controllers reach each member's kube-apiserver at https://<publish-service-address>:<gateway-port>/clusters/<name> with a kubeconfig from \`tower kubeconfig\`. State lives in the data dir (default ~/.tower).
-
-Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resources are the registry; tower fills in each proxy Cluster's token, ports, endpoints, kubeconfig and conditions, keeps its mc-<name> Service in kubesphere-system, and serves it on its two ports as well. Every replica serves: each holds a Lease tower-proxy-<server-id>, tower agents hold a session to each, and a replica without an agent of a cluster forwards to one that has one. On SIGTERM a replica drains: unready, agents told, requests finished, watches handed back.`,
+    details:
+      `Agents dial the agent port (HTTP upgraded to WebSocket, SSH inside); users and controllers reach each ` +
+      `member's kube-apiserver at https://<publish-service-address>:<gateway-port>/clusters/<name> with a ` +
+      `kubeconfig from \`tower kubeconfig\`. State lives in the data dir (default ~/.tower).\n` +
+      `\n` +
+      `Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resources are the registry; ` +
+      `tower fills in each proxy Cluster's token, ports, endpoints, kubeconfig and conditions, keeps its ` +
+      `mc-<name> Service in kubesphere-system, and serves it on its two ports as well. Every replica serves: ` +
+      `each holds a Lease tower-proxy-<server-id>, tower agents hold a session to each, and a replica without ` +
+      `an agent of a cluster forwards to one that has one. On SIGTERM a replica drains: unready, agents told, ` +
+      `requests finished, watches handed back.`,
     examples: [
       ['Serve on the default ports', 'tower proxy'],
       ['Publish a public address', 'tower proxy --publish-service-address proxy.example.com'],
@@ -31,7 +40,8 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
     const o = this.load(PROXY_OPTIONS);
     if (!o.agentTlsCert !== !o.agentTlsKey)
       throw new ConfigError(
-        "give both --agent-tls-cert and --agent-tls-key, or neither (--agent-tls alone uses a certificate from tower's CA)",
+        'give both --agent-tls-cert and --agent-tls-key, or neither (--agent-tls alone uses a certificate from ' +
+          "tower's CA)",
       );
     if (o.leaderElectRenewDeadline >= o.leaderElectLeaseDuration)
       throw new ConfigError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration');
@@ -40,28 +50,18 @@ Kubernetes mode (--kubeconfig <host>, or in a pod): KubeSphere's Cluster resourc
     if (o.serverLeaseRenewPeriod >= o.serverLeaseDuration)
       throw new ConfigError('--server-lease-renew-period must be shorter than --server-lease-duration');
     const serverId = o.serverId ?? defaultServerId();
-    const store = await this.openStore(
-      o,
-      o.leaderElect
-        ? {
-            leaderElection: {
-              times: {
-                leaseMs: o.leaderElectLeaseDuration,
-                renewDeadlineMs: o.leaderElectRenewDeadline,
-                retryMs: o.leaderElectRetryPeriod,
-              },
-            },
-          }
-        : {},
-    );
-    if (o.leaderElect && !isKubernetesStore(store))
-      throw new ConfigError(
-        '--leader-elect needs Kubernetes mode (--kubeconfig <host>): the file store allows one proxy per data dir',
-      );
+    const leaderElection = {
+      times: {
+        leaseMs: o.leaderElectLeaseDuration,
+        renewDeadlineMs: o.leaderElectRenewDeadline,
+        retryMs: o.leaderElectRetryPeriod,
+      },
+    };
+    const mode = await openMode(o, { log, leaderElection: o.leaderElect ? leaderElection : undefined });
     // loaded here, not at start: agents and other commands never evaluate the proxy and its PKI
     const { Proxy } = await import('../proxy/proxy.ts');
     const proxy = new Proxy({
-      store,
+      mode,
       host: o.host,
       port: o.port,
       gatewayPort: o.gatewayPort,

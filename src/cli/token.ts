@@ -1,14 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { Option } from 'clipanion';
 import { TOKEN_OPTIONS } from '../config/options.ts';
-import { StoreError, TowerError } from '../errors.ts';
-import { notOurs } from '../kube/resource.ts';
+import { ConflictError, StoreError } from '../errors.ts';
 import { loadHostKey } from '../pki/keys.ts';
 import { normalizeProxyServer } from '../agent/agent.ts';
-import type { KubernetesStore } from '../store/kubernetes.ts';
-import type { Cluster, ClusterStore } from '../store/types.ts';
+import type { Cluster, ClusterRecords, IssuedByProxy } from '../mode/mode.ts';
 import { hostKeyFingerprint } from '../tunnel/ssh.ts';
-import { isKubernetesStore, TowerCommand, type CommandDoc } from './base.ts';
+import { TowerCommand, type CommandDoc } from './base.ts';
 import { waitWithProgress } from './progress.ts';
 
 const CONFLICT_RETRIES = 5;
@@ -19,9 +17,14 @@ export class TokenCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'token NAME',
     summary: 'Register a cluster (if new) and print its token and join command',
-    details: `Creates the cluster in the store when it is missing and prints its token and the \`tower agent\` command to run on the member side, with the proxy's address and host key fingerprint as the proxy recorded them. An existing cluster's token is printed as it is; --rotate issues a new one, and a running proxy drops the sessions that used the old one within a second.
-
-Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy, joining the federation) and waits until the proxy has filled in its token.`,
+    details:
+      `Creates the cluster in the store when it is missing and prints its token and the \`tower agent\` ` +
+      `command to run on the member side, with the proxy's address and host key fingerprint as the proxy ` +
+      `recorded them. An existing cluster's token is printed as it is; --rotate issues a new one, and a ` +
+      `running proxy drops the sessions that used the old one within a second.\n` +
+      `\n` +
+      `Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy, joining the ` +
+      `federation) and waits until the proxy has filled in its token.`,
     examples: [
       ['Register alpha', 'tower token alpha'],
       ['Rotate its token', 'tower token alpha --rotate'],
@@ -35,121 +38,106 @@ Kubernetes mode (--kubeconfig <host>): creates the Cluster resource (type proxy,
   async run(): Promise<number> {
     const o = this.load(TOKEN_OPTIONS);
     const name = this.clusterName(this.name);
-    return this.withStore(o, async (store) => {
-      const { cluster, note } = isKubernetesStore(store)
-        ? await this.#kubernetes(store, name, o.rotate, o.timeout)
-        : await this.#file(store, name, o.rotate);
-      const record = await store.readProxyRecord();
+    return this.withMode(o, async (mode) => {
+      const { cluster, note } = mode.issuedByProxy
+        ? await this.#issued(mode.issuedByProxy, mode.clusters, name, o.rotate, o.timeout)
+        : await this.#registered(mode.clusters, name, o.rotate);
+      const record = await mode.proxyRecord.read();
       const server = normalizeProxyServer(o.proxyServer ?? record?.agentUrl ?? 'http://127.0.0.1:8080').replace(
         /^ws/,
         'http',
       );
-      const fingerprint = hostKeyFingerprint(await loadHostKey(store));
+      const fingerprint = hostKeyFingerprint(await loadHostKey(mode.keys));
       process.stderr.write(`${note}\n`);
       process.stdout.write(`token: ${cluster.token}\n`);
       const bin = invokedAs();
-      const args = `--name ${name} --token ${cluster.token} --proxy-server ${server} --proxy-fingerprint ${fingerprint}`;
+      const args = [
+        `--name ${name}`,
+        `--token ${cluster.token}`,
+        `--proxy-server ${server}`,
+        `--proxy-fingerprint ${fingerprint}`,
+      ].join(' ');
       process.stdout.write(
-        `join with (on a machine that reaches the proxy, with the member's kubeconfig):\n  ${bin} agent ${args} \\\n    --kubeconfig <member kubeconfig>\n`,
+        `join with (on a machine that reaches the proxy, with the member's kubeconfig):\n  ${bin} agent ${args} ` +
+          `\\\n    --kubeconfig <member kubeconfig>\n`,
       );
       process.stdout.write(
-        `or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member kubeconfig> apply -f -\n`,
+        `or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member ` +
+          `kubeconfig> apply -f -\n`,
       );
       return 0;
     });
   }
 
-  async #file(store: ClusterStore, name: string, rotate: boolean): Promise<{ cluster: Cluster; note: string }> {
-    const existing = await store.get(name);
+  /** The cluster's record: created when missing, with a token made here. */
+  async #registered(
+    clusters: ClusterRecords,
+    name: string,
+    rotate: boolean,
+  ): Promise<{ cluster: Cluster; note: string }> {
+    const existing = await clusters.get(name);
     if (!existing) {
       try {
         return {
-          cluster: await store.create(name, newToken()),
-          note: `registered cluster "${name}" in ${store.location}`,
+          cluster: await clusters.create(name, newToken()),
+          note: `registered cluster "${name}" in ${clusters.location}`,
         };
       } catch (err) {
         // another `tower token` created it meanwhile: print that one
         if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
         return {
-          cluster: (await store.get(name))!,
-          note: `cluster "${name}" is already registered in ${store.location}`,
+          cluster: (await clusters.get(name))!,
+          note: `cluster "${name}" is already registered in ${clusters.location}`,
         };
       }
     }
     if (existing.problem && !rotate) {
       throw new StoreError(
         'EUNUSABLE',
-        `cluster "${name}" is registered, but ${existing.problem}; its agents are refused. Restore the file, or write a new token with: tower token ${name} --rotate`,
+        `cluster "${name}" is registered, but ${existing.problem}; its agents are refused. ` +
+          `Restore the file, or write a new token with: tower token ${name} --rotate`,
       );
     }
-    if (!rotate) return { cluster: existing, note: `cluster "${name}" is already registered in ${store.location}` };
+    if (!rotate) return { cluster: existing, note: `cluster "${name}" is already registered in ${clusters.location}` };
     return {
-      cluster: await rotateToken(store, name),
+      cluster: await rotateToken(clusters, name),
       note: `rotated the token of cluster "${name}"; agents with the old one are disconnected`,
     };
   }
 
-  /** The Cluster resource: created when missing (the proxy fills in token, ports and Service), then awaited. */
-  async #kubernetes(
-    store: KubernetesStore,
+  /** The cluster's request: made when missing, then awaited until the proxy has issued its token. */
+  async #issued(
+    issuer: IssuedByProxy,
+    clusters: ClusterRecords,
     name: string,
     rotate: boolean,
     timeoutMs: number,
   ): Promise<{ cluster: Cluster; note: string }> {
-    let note: string;
-    let resource = await store.resource(name);
-    if (!resource) {
-      try {
-        await store.create(name, '');
-        note = `created Cluster "${name}" (type proxy) in ${store.location}`;
-      } catch (err) {
-        if (!(err instanceof StoreError && err.code === 'EEXIST')) throw err;
-        note = `Cluster "${name}" already exists in ${store.location}`;
-      }
-    } else {
-      const why = notOurs(resource);
-      if (why)
-        throw new TowerError(
-          'ENOTPROXY',
-          `Cluster "${name}" exists, but ${why}; tower serves only proxy clusters (fix: kubectl patch cluster ${name} --type merge -p '{"spec":{"joinFederation":true,"connection":{"type":"proxy"}}}')`,
-        );
-      note = `Cluster "${name}" already exists in ${store.location}`;
-    }
-    if (rotate && resource?.spec?.connection?.token) {
-      await rotateToken(store, name);
+    const requested = await issuer.request(name);
+    let note = requested.note;
+    if (rotate && requested.cluster) {
+      await rotateToken(clusters, name);
       note = `rotated the token of Cluster "${name}"; agents with the old one are disconnected`;
     }
     const cluster = await waitWithProgress(
       `waiting for the proxy to fill in the token of Cluster "${name}"`,
-      async () => {
-        resource = await store.resource(name);
-        if (!resource) throw new TowerError('ENOTFOUND', `Cluster "${name}" was deleted while waiting`);
-        const token = resource.spec?.connection?.token;
-        const ready = resource.status?.conditions?.some((c) => c.type === 'Initialized' && c.status === 'True');
-        return token && ready
-          ? {
-              name,
-              token,
-              createdAt: String(resource.metadata.creationTimestamp ?? ''),
-              revision: resource.metadata.resourceVersion ?? '',
-            }
-          : undefined;
-      },
+      () => issuer.issued(name),
       timeoutMs,
-      `the proxy has not initialized Cluster "${name}": is a tower proxy running against ${store.host.server}? (tower proxy --kubeconfig <host>)`,
+      `the proxy has not initialized Cluster "${name}": is a tower proxy running against ${issuer.server}? ` +
+        '(tower proxy --kubeconfig <host>)',
     );
     return { cluster, note };
   }
 }
 
 /** A new token, written with optimistic concurrency (retried when someone else wrote meanwhile). */
-async function rotateToken(store: ClusterStore, name: string): Promise<Cluster> {
+async function rotateToken(clusters: ClusterRecords, name: string): Promise<Cluster> {
   for (let attempt = 0; ; attempt++) {
-    const current = (await store.get(name))!;
+    const current = (await clusters.get(name))!;
     try {
-      return await store.update({ ...current, token: newToken() });
+      return await clusters.update({ ...current, token: newToken() });
     } catch (err) {
-      if (!(err instanceof StoreError && err.code === 'ECONFLICT') || attempt >= CONFLICT_RETRIES) throw err;
+      if (!(err instanceof ConflictError) || attempt >= CONFLICT_RETRIES) throw err;
     }
   }
 }

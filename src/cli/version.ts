@@ -10,7 +10,8 @@ export class VersionCommand extends TowerCommand {
     usage: 'version',
     summary: 'Print the version, commit, Node.js version and crypto backend',
     details:
-      'The crypto backend is native (the embedded OpenSSL binding for the SSH ciphers) or js (the portable fallback, several times slower per byte). `tower --version` prints the version alone.',
+      'The crypto backend is native (the embedded OpenSSL binding for the SSH ciphers) or js (the portable ' +
+      'fallback, several times slower per byte). `tower --version` prints the version alone.',
     examples: [['As JSON', 'tower version -o json']],
   };
   readonly command = 'version';
@@ -28,7 +29,8 @@ export class VersionCommand extends TowerCommand {
     if (o.output === 'json') process.stdout.write(JSON.stringify(info, null, 2) + '\n');
     else
       process.stdout.write(
-        `tower ${info.version} (commit ${info.commit}), Node.js ${info.node}, ${info.platform}, crypto: ${info.crypto}\n`,
+        `tower ${info.version} (commit ${info.commit}), Node.js ${info.node}, ${info.platform}, crypto: ` +
+          `${info.crypto}\n`,
       );
     return 0;
   }

@@ -173,7 +173,8 @@ function readConfigFile(path: string, command: string, specs: Specs): Record<str
       if (key) out[key] = value;
       else if (section !== '' || !ALL_OPTION_NAMES.has(name)) {
         throw new ConfigError(
-          `unknown option "${name}"${section ? ` in section "${section}"` : ''} of config file ${path} (see: tower ${command} --help)`,
+          `unknown option "${name}"${section ? ` in section "${section}"` : ''} of config file ${path} (see: tower ` +
+            `${command} --help)`,
         );
       }
     }

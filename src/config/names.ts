@@ -1,20 +1,36 @@
+/**
+ * The names tower accepts, checked wherever they arrive (flags, the agent's `config`, the stores, the
+ * Leases of replicas): each validator returns why a name is refused, or undefined.
+ */
 import { StoreError } from '../errors.ts';
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const MAX_NAME_LENGTH = 63;
+const SERVER_ID = /^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$/;
 
 /** Why `name` is not a valid cluster name (a DNS-1123 label), or undefined when it is. */
 export function clusterNameProblem(name: string): string | undefined {
   if (name.length === 0) return 'a cluster name must not be empty';
   if (name.length > MAX_NAME_LENGTH) return `a cluster name has at most ${MAX_NAME_LENGTH} characters`;
   if (!DNS1123_LABEL.test(name)) {
-    return 'a cluster name must be a DNS-1123 label: lower-case letters, digits and "-", starting and ending with a letter or digit (e.g. "alpha")';
+    return (
+      'a cluster name must be a DNS-1123 label: lower-case letters, digits and "-", ' +
+      'starting and ending with a letter or digit (e.g. "alpha")'
+    );
   }
   return undefined;
 }
 
+/** `name`, when it is a valid cluster name; else a StoreError EINVALIDNAME that says why. */
 export function assertClusterName(name: string): string {
   const problem = clusterNameProblem(name);
   if (problem) throw new StoreError('EINVALIDNAME', `invalid cluster name ${JSON.stringify(name)}: ${problem}`);
   return name;
+}
+
+/** Why `id` cannot name a proxy replica (it names a Lease and travels in a header), or undefined. */
+export function serverIdProblem(id: string): string | undefined {
+  return SERVER_ID.test(id)
+    ? undefined
+    : 'a server id is 1-63 lower-case letters, digits, "-" and ".", starting and ending with a letter or digit';
 }

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { opt, registerOptionNames, type Specs } from './loader.ts';
 import { VERSION } from '../version.ts';
-import { serverIdProblem } from '../tunnel/protocol.ts';
+import { serverIdProblem } from './names.ts';
 
 /**
  * The option tables of every subcommand: the one place that says what each accepts, its default
@@ -61,7 +61,9 @@ const STORE = {
 };
 const CA = {
   caCert: opt.string({
-    help: 'CA certificate (PEM, RSA or ECDSA) for issuing and verifying certificates; the public KubeSphere CA, whose key is published, is refused',
+    help:
+      'CA certificate (PEM, RSA or ECDSA) for issuing and verifying certificates; the public KubeSphere CA, ' +
+      'whose key is published, is refused',
     value: 'FILE',
     defaultText: "tower's own CA in the store",
   }),
@@ -79,7 +81,9 @@ export const PROXY_OPTIONS = {
     check: address,
   }),
   port: opt.int({
-    help: 'Agent port: HTTP upgraded to WebSocket (kubesphere-v1), and /livez, /readyz, /metrics, /health, /version; 0 picks a free one',
+    help:
+      'Agent port: HTTP upgraded to WebSocket (kubesphere-v1), and /livez, /readyz, /metrics, /health, ' +
+      '/version; 0 picks a free one',
     value: 'PORT',
     default: 8080,
     check: port,
@@ -91,13 +95,17 @@ export const PROXY_OPTIONS = {
     check: port,
   }),
   publishServiceAddress: opt.string({
-    help: 'Host name or IP that agents and users reach the proxy at; put in certificates, kubeconfigs and join commands',
+    help:
+      'Host name or IP that agents and users reach the proxy at; put in certificates, kubeconfigs and join ' +
+      'commands',
     value: 'ADDRESS',
     default: '127.0.0.1',
     check: address,
   }),
   gatewayIdentity: opt.string({
-    help: "Who gateway requests act as in the member: certificate (its CN as user and each O as group, by impersonation) or agent (the agent's own rights, as the Go tower; a warning at start)",
+    help:
+      'Who gateway requests act as in the member: certificate (its CN as user and each O as group, by ' +
+      "impersonation) or agent (the agent's own rights, as the Go tower; a warning at start)",
     value: 'WHO',
     default: 'certificate',
     check: oneOf('certificate', 'agent'),
@@ -107,7 +115,9 @@ export const PROXY_OPTIONS = {
     default: false,
   }),
   requestTimeout: opt.duration({
-    help: "How long a request waits for the member's response headers before a 504; watches and streams run on once they start; 0: no limit",
+    help:
+      "How long a request waits for the member's response headers before a 504; watches and streams run on once " +
+      'they start; 0: no limit',
     default: 60_000,
     check: nonNegative,
   }),
@@ -117,7 +127,10 @@ export const PROXY_OPTIONS = {
     check: positive,
   }),
   maxStalledMemory: opt.size({
-    help: 'Memory that answers whose clients stopped reading may hold in the proxy, in all (each at most its SSH window, 2 MiB, and 192 KiB of buffers; channels opened once half of it is held get 256 KiB windows); once they hold this much, new requests and upgrades are answered 429 with Retry-After. A size such as 64Mi or 200M',
+    help:
+      'Memory that answers whose clients stopped reading may hold in the proxy, in all (each at most its SSH ' +
+      'window, 2 MiB, and 192 KiB of buffers; channels opened once half of it is held get 256 KiB windows); once ' +
+      'they hold this much, new requests and upgrades are answered 429 with Retry-After. A size such as 64Mi or 200M',
     default: 64 * 2 ** 20,
     check: positive,
   }),
@@ -138,7 +151,9 @@ export const PROXY_OPTIONS = {
   agentTlsCert: opt.string({ help: 'Serve TLS on the agent port with this certificate (PEM) instead', value: 'FILE' }),
   agentTlsKey: opt.string({ help: 'Private key (PEM) of --agent-tls-cert', value: 'FILE' }),
   leaderElect: opt.bool({
-    help: 'Kubernetes mode: only the holder of Lease kubesphere-system/tower writes the Clusters (ports, Services, kubeconfigs, conditions); every replica serves agents, the gateway and the cluster ports either way',
+    help:
+      'Kubernetes mode: only the holder of Lease kubesphere-system/tower writes the Clusters (ports, Services, ' +
+      'kubeconfigs, conditions); every replica serves agents, the gateway and the cluster ports either way',
     default: false,
   }),
   // the Go tower's (client-go's) times
@@ -170,7 +185,9 @@ export const PROXY_OPTIONS = {
     check: address,
   }),
   serverLeaseDuration: opt.duration({
-    help: 'Kubernetes mode: a replica whose Lease was not renewed for this long is gone (agents drop it, peers stop forwarding to it)',
+    help:
+      'Kubernetes mode: a replica whose Lease was not renewed for this long is gone (agents drop it, peers stop ' +
+      'forwarding to it)',
     default: 30_000,
     check: positive,
   }),
@@ -180,19 +197,25 @@ export const PROXY_OPTIONS = {
     check: positive,
   }),
   shutdownDelay: opt.duration({
-    help: 'On SIGTERM, how long the replica keeps serving while unready, so that load balancers stop sending to it first (tower install sets 5s)',
+    help:
+      'On SIGTERM, how long the replica keeps serving while unready, so that load balancers stop sending to it ' +
+      'first (tower install sets 5s)',
     default: 0,
     check: nonNegative,
   }),
   shutdownGrace: opt.duration({
-    help: 'Then how long requests in flight, exec and port-forward sessions get to finish; watches are handed back at once',
+    help:
+      'Then how long requests in flight, exec and port-forward sessions get to finish; watches are handed back ' +
+      'at once',
     default: 25_000,
     check: nonNegative,
   }),
 } satisfies Specs;
 
 const PROXY_FINGERPRINT = opt.string({
-  help: "SHA256 fingerprint of the proxy's SSH host key, as the join command carries it; any other key is refused. Required unless the proxy is https://",
+  help:
+    "SHA256 fingerprint of the proxy's SSH host key, as the join command carries it; any other key is refused. " +
+    'Required unless the proxy is https://',
   value: 'SHA256:...',
   check: (v) =>
     /^SHA256:[A-Za-z0-9+/]{43}$/.test(v)
@@ -210,7 +233,9 @@ const KUBESPHERE_SERVICE = opt.string({
   default: 'ks-apiserver.kubesphere-system.svc:80',
 });
 const INSECURE = opt.bool({
-  help: "Connect to a proxy that nothing verifies (http://, no fingerprint): whoever answers gets this cluster's requests; a warning at start and at every connection",
+  help:
+    "Connect to a proxy that nothing verifies (http://, no fingerprint): whoever answers gets this cluster's " +
+    'requests; a warning at start and at every connection',
   default: false,
 });
 
@@ -225,7 +250,9 @@ export const AGENT_OPTIONS = {
   }),
   proxyFingerprint: PROXY_FINGERPRINT,
   proxyCa: opt.string({
-    help: "CA bundle (PEM) that verifies an https:// (wss://) proxy's certificate, e.g. the proxy's ca.crt with --agent-tls",
+    help:
+      "CA bundle (PEM) that verifies an https:// (wss://) proxy's certificate, e.g. the proxy's ca.crt with " +
+      '--agent-tls',
     value: 'FILE',
     defaultText: "the system's roots",
   }),
@@ -252,12 +279,16 @@ export const AGENT_OPTIONS = {
     check: nonNegative,
   }),
   maxRetryInterval: opt.duration({
-    help: 'Longest wait between attempts (jittered exponential backoff from 1s), so that agents are back soon after any outage',
+    help:
+      'Longest wait between attempts (jittered exponential backoff from 1s), so that agents are back soon after ' +
+      'any outage',
     default: 30_000,
     check: nonNegative,
   }),
   tlsAtAgent: opt.bool({
-    help: 'When the proxy offers it, make the TLS to the kube-apiserver here: the client key never leaves the member; --no-tls-at-agent behaves as Go agents do',
+    help:
+      'When the proxy offers it, make the TLS to the kube-apiserver here: the client key never leaves the ' +
+      'member; --no-tls-at-agent behaves as Go agents do',
     default: true,
   }),
   maxChannels: opt.int({
@@ -266,7 +297,10 @@ export const AGENT_OPTIONS = {
     check: positive,
   }),
   maxStalledMemory: opt.size({
-    help: 'Memory that answers the tunnel cannot take (their clients stopped reading) may hold in the agent, in all (192 KiB each); once they hold this much, the agent answers requests 429 itself instead of forwarding them. A size such as 24Mi or 25M',
+    help:
+      'Memory that answers the tunnel cannot take (their clients stopped reading) may hold in the agent, in all ' +
+      '(192 KiB each); once they hold this much, the agent answers requests 429 itself instead of forwarding them. ' +
+      'A size such as 24Mi or 25M',
     default: 24 * 2 ** 20,
     check: positive,
   }),
@@ -373,7 +407,9 @@ export const INSTALL_PROXY_OPTIONS = {
   ...COMMON,
   ...IMAGE,
   replicas: opt.int({
-    help: 'Proxy replicas, every one serving; more than 1 adds --leader-elect (one writes the Clusters) and a PodDisruptionBudget',
+    help:
+      'Proxy replicas, every one serving; more than 1 adds --leader-elect (one writes the Clusters) and a ' +
+      'PodDisruptionBudget',
     default: 1,
     check: (v) => (v >= 1 && v <= 10 ? undefined : '1-10 replicas'),
   }),
@@ -401,7 +437,9 @@ export const INSTALL_AGENT_OPTIONS = {
   kubesphereService: KUBESPHERE_SERVICE,
   insecureSkipProxyVerification: INSECURE,
   clusterAdmin: opt.bool({
-    help: 'Bind cluster-admin instead of the impersonation-only ClusterRole (for a Go tower proxy or --gateway-identity agent)',
+    help:
+      'Bind cluster-admin instead of the impersonation-only ClusterRole (for a Go tower proxy or ' +
+      '--gateway-identity agent)',
     default: false,
   }),
 } satisfies Specs;

@@ -1,7 +1,10 @@
 const UNIT_BYTES: Record<string, number> = { '': 1, k: 1e3, M: 1e6, G: 1e9, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30 };
 const SIZE = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?$/;
 
-/** Parses a size in bytes as Kubernetes writes quantities ("64Mi", "200M", "512Ki", "1048576"), or undefined when malformed. */
+/**
+ * Parses a size in bytes as Kubernetes writes quantities ("64Mi", "200M", "512Ki", "1048576"), or undefined when
+ * malformed.
+ */
 export function parseSize(text: string): number | undefined {
   const m = SIZE.exec(text.trim());
   if (!m) return undefined;

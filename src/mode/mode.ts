@@ -1,8 +1,16 @@
-import type { CertificateAuthority } from '../pki/ca.ts';
-import type { Replica, Replicas } from '../proxy/replicas.ts';
+/**
+ * The deployment mode: where tower keeps its clusters, keys and records, and what that place can do.
+ * One Mode is picked from the flags (`openMode` in open.ts): the file mode (a data dir, one proxy) or
+ * the Kubernetes mode (KubeSphere's Cluster resources, several replicas). It is made of narrow parts,
+ * and its optional capabilities say what only one mode does: commands and the proxy ask for a part
+ * or a capability, never which mode it is.
+ */
 import type { Logger } from '../observe/log.ts';
+import type { CertificateAuthority } from '../pki/ca.ts';
+import type { KeyStore } from '../pki/keys.ts';
+import type { Replica, ReplicaTimes, Replicas } from '../replicas.ts';
 
-/** The registry of member clusters, behind which the proxy and the commands never see files or APIs. */
+/** A member cluster as tower knows it: its name and the token its agents present. */
 export interface Cluster {
   name: string;
   /** hex of 32 random bytes; agents present it in their `config` request */
@@ -10,7 +18,10 @@ export interface Cluster {
   createdAt: string;
   /** opaque, changes on every write; update() refuses a stale one (optimistic concurrency) */
   revision: string;
-  /** ports the proxy serves this cluster on besides the gateway (Kubernetes mode: the mc-<name> Service's targets) */
+  /**
+   * ports the proxy serves this cluster on besides the gateway (Kubernetes mode: the mc-<name>
+   * Service's targets)
+   */
   serve?: ClusterServing;
   /**
    * Set when the stored record exists but cannot be used (unreadable, empty, malformed): the
@@ -28,15 +39,32 @@ export interface ClusterServing {
   names: string[];
 }
 
-/** What a store that reconciles (Kubernetes mode) needs from the proxy. */
-export interface ReconcileContext {
-  ca: CertificateAuthority;
-  /** live agent sessions of a cluster: this replica's, or else the other replicas' */
-  agents(name: string): number | Promise<number>;
-  /** a reconcile failed (counted in the proxy's metrics) */
-  onError?: () => void;
+export type ClusterEvent = { type: 'added' | 'modified'; cluster: Cluster } | { type: 'deleted'; name: string };
+
+export interface Closer {
+  close(): void | Promise<void>;
 }
 
+/** The registry of member clusters, behind which the proxy and the commands never see files or APIs. */
+export interface ClusterRecords {
+  /** where the records live, for messages ("~/.tower", "clusters.cluster.kubesphere.io at …") */
+  readonly location: string;
+  get(name: string): Promise<Cluster | undefined>;
+  list(): Promise<Cluster[]>;
+  /** fails with StoreError EEXIST when the cluster exists */
+  create(name: string, token: string): Promise<Cluster>;
+  /** fails with NotFoundError when it does not, with ConflictError when `cluster.revision` is not the stored one */
+  update(cluster: Cluster): Promise<Cluster>;
+  /**
+   * Unregisters `name`: its token stops working. Fails with NotFoundError when there is no such
+   * cluster, and in a mode where clusters belong to someone else (KubeSphere's), with what to do instead.
+   */
+  delete(name: string): Promise<void>;
+  /** calls back for every change after the current state has been delivered as 'added' events */
+  watch(onEvent: (event: ClusterEvent) => void): Closer;
+}
+
+/** What the proxy writes about a cluster's agents. */
 export interface ClusterStatus {
   connected: boolean;
   agents: number;
@@ -57,52 +85,88 @@ export interface ProxyRecord {
   pid?: number;
 }
 
-export type ClusterEvent = { type: 'added' | 'modified'; cluster: Cluster } | { type: 'deleted'; name: string };
-
-export type KeyMaterialKind = 'ca' | 'ssh-host-key';
-export type KeyMaterial = Record<string, string>;
-
-export interface Closer {
-  close(): void | Promise<void>;
+/** One row of `tower clusters`. */
+export interface ClusterRow {
+  name: string;
+  /** agent sessions; undefined when nobody knows (no proxy running) */
+  agents: number | undefined;
+  connectedSince?: string;
+  lastSeen?: string;
+  agentVersion?: string;
+  agentAddress?: string;
+  /** why the row is not what it seems: an unusable record, no proxy */
+  note?: string;
 }
 
-export interface ReplicaTimes {
-  /** a replica not heard of for this long is gone */
-  leaseMs: number;
-  renewMs: number;
+/** What `tower clusters` shows. */
+export interface ClusterReport {
+  rows: ClusterRow[];
+  /** said beside a table when the rows are not the whole truth (no proxy running) */
+  note?: string;
+  /** said instead of an empty table, when the mode has something better to say */
+  whenEmpty?: string;
 }
 
-export interface ClusterStore {
-  readonly kind: 'file' | 'kubernetes';
-  /** where the store keeps its data, for messages ("~/.tower", "cluster.kubesphere.io") */
-  readonly location: string;
-  get(name: string): Promise<Cluster | undefined>;
-  list(): Promise<Cluster[]>;
-  /** fails with StoreError EEXIST when the cluster exists */
-  create(name: string, token: string): Promise<Cluster>;
-  /** fails with StoreError ECONFLICT when `cluster.revision` is not the stored one */
-  update(cluster: Cluster): Promise<Cluster>;
+/** What the running proxy records for the commands: where it serves, and each cluster's agents. */
+export interface ProxyRecords {
+  read(): Promise<ProxyRecord | undefined>;
+  write(record: ProxyRecord): Promise<void>;
+  /** the proxy's word on a cluster's agents, after every change of them */
   writeStatus(name: string, status: ClusterStatus): Promise<void>;
-  /** calls back for every change after the current state has been delivered as 'added' events */
-  watch(onEvent: (event: ClusterEvent) => void): Closer;
-  readProxyRecord(): Promise<ProxyRecord | undefined>;
-  writeProxyRecord(record: ProxyRecord): Promise<void>;
+  /** every cluster with its agents, as the proxy last recorded them */
+  report(): Promise<ClusterReport>;
+}
+
+/** What a mode that reconciles (Kubernetes mode) needs from the proxy. */
+export interface ReconcileContext {
+  ca: CertificateAuthority;
+  /** live agent sessions of a cluster: this replica's, or else the other replicas' */
+  agents(name: string): number | Promise<number>;
+  /** a reconcile failed (counted in the proxy's metrics) */
+  onError?: () => void;
+}
+
+/**
+ * Kubernetes mode: the proxy, not the command, issues a cluster's token and kubeconfig. A command
+ * makes the request (KubeSphere's Cluster resource) and waits for the proxy to fill it in.
+ */
+export interface IssuedByProxy {
+  /** where the proxy that issues them works, for messages (the host cluster's API server) */
+  readonly server: string;
   /**
-   * File store: makes this process the one proxy serving the store; fails while another one does.
+   * Makes the request for `name` unless it exists; says what it did, and gives the cluster when it
+   * has a token already. Fails with ENOTPROXY when a record of that name is not one tower serves.
+   */
+  request(name: string): Promise<{ note: string; cluster?: Cluster }>;
+  /** whether a request for `name` exists */
+  requested(name: string): Promise<boolean>;
+  /** the cluster, once the proxy has issued its token; NotFoundError when its request went meanwhile */
+  issued(name: string): Promise<Cluster | undefined>;
+  /** the cluster's kubeconfig, once an agent has connected; NotFoundError when its request went meanwhile */
+  kubeconfig(name: string): Promise<string | undefined>;
+}
+
+export interface Mode {
+  readonly clusters: ClusterRecords;
+  /** tower's CA and the proxy's SSH host key */
+  readonly keys: KeyStore;
+  readonly proxyRecord: ProxyRecords;
+  /**
+   * File mode: makes this process the one proxy serving the data dir; fails while another one does.
    * Kubernetes mode with leader election: resolves once this replica writes the Clusters (every
    * replica serves meanwhile).
    */
   claim(): Promise<Closer>;
+  /** several replicas serve this mode: the set of them, this one announced among them */
+  replicas?(self: Replica, times: ReplicaTimes, log: Logger): Replicas;
   /** false while this replica serves but another one writes the Clusters (leader election) */
   readonly leading?: boolean;
-  /** the proxy replicas serving this store, this one announced among them (one alone without) */
-  replicas?(self: Replica, times: ReplicaTimes, log: Logger): Replicas;
-  /** returns the stored material of `kind`, creating it with `create` once, race-free across processes */
-  loadOrCreateKeyMaterial(kind: KeyMaterialKind, create: () => Promise<KeyMaterial>): Promise<KeyMaterial>;
   /**
-   * Called once by the proxy that holds the store, before it lists and watches: a store with its own
+   * Called once by the proxy that holds the mode, before it lists and watches: a mode with its own
    * controller (Kubernetes mode: ports, Services, conditions, kubeconfigs) starts it here.
    */
   reconcile?(ctx: ReconcileContext): Promise<void>;
+  /** the commands that register clusters or print kubeconfigs ask the proxy for them */
+  readonly issuedByProxy?: IssuedByProxy;
   close(): void;
 }

@@ -3,6 +3,9 @@ import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
 import { TowerError } from '../errors.ts';
 
+// @peculiar/x509 directly, not selfsigned (which wraps it): selfsigned writes the issuer from the CA's subject
+// as a string (Go then cannot chain a leaf of a UTF8String CA), signs with the leaf's key type (no EC leaf
+// under an RSA CA), and has no key identifier extensions
 x509.cryptoProvider.set(webcrypto as never);
 
 type CryptoKey = webcrypto.CryptoKey;
@@ -14,6 +17,12 @@ const CA_VALIDITY_DAYS = 3650;
 const DAY_MS = 86_400_000;
 const EC_KEY = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 const EC_SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
+/** the EC curves a loaded CA key may use, by Node's name: WebCrypto's name and the hash tower signs with */
+const CA_CURVES = new Map([
+  ['prime256v1', { namedCurve: 'P-256', hash: 'SHA-256' }],
+  ['secp384r1', { namedCurve: 'P-384', hash: 'SHA-384' }],
+  ['secp521r1', { namedCurve: 'P-521', hash: 'SHA-384' }],
+]);
 /**
  * SHA-256 of the CA that the Go tower's repository publishes together with its private key, and
  * that KubeSphere's installer used: anyone can sign client certificates for it.
@@ -90,7 +99,8 @@ export class CertificateAuthority {
     if (nodeCert.fingerprint256 === PUBLIC_KUBESPHERE_CA_SHA256) {
       throw new TowerError(
         'EPUBLICCA',
-        `the CA from ${origin} is the public KubeSphere CA whose private key is published; anyone could sign client certificates for it. Drop --ca-cert/--ca-key to let tower create a CA of its own`,
+        `the CA from ${origin} is the public KubeSphere CA whose private key is published; ` +
+          'anyone could sign client certificates for it. Drop --ca-cert/--ca-key to let tower create a CA of its own',
       );
     }
     if (!nodeCert.ca)
@@ -114,21 +124,14 @@ export class CertificateAuthority {
       signAlg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' } as Algorithm;
     } else if (keyObj.asymmetricKeyType === 'ec') {
       const curve = keyObj.asymmetricKeyDetails?.namedCurve;
-      const namedCurve =
-        curve === 'prime256v1'
-          ? 'P-256'
-          : curve === 'secp384r1'
-            ? 'P-384'
-            : curve === 'secp521r1'
-              ? 'P-521'
-              : undefined;
-      if (!namedCurve)
+      const known = CA_CURVES.get(curve ?? '');
+      if (!known)
         throw new TowerError(
           'ECA',
           `the CA key from ${origin} uses curve ${curve}, which tower cannot sign with (use P-256, P-384 or P-521)`,
         );
-      importAlg = { name: 'ECDSA', namedCurve };
-      signAlg = { name: 'ECDSA', hash: namedCurve === 'P-256' ? 'SHA-256' : 'SHA-384' } as EcdsaParams;
+      importAlg = { name: 'ECDSA', namedCurve: known.namedCurve };
+      signAlg = { name: 'ECDSA', hash: known.hash } as EcdsaParams;
     } else {
       throw new TowerError(
         'ECA',
@@ -212,5 +215,6 @@ function serial(): string {
 
 async function exportKeyPem(key: CryptoKey): Promise<string> {
   const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', key));
-  return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').replace(/.{1,64}/g, '$&\n')}-----END PRIVATE KEY-----\n`;
+  const body = der.toString('base64').replace(/.{1,64}/g, '$&\n');
+  return `-----BEGIN PRIVATE KEY-----\n${body}-----END PRIVATE KEY-----\n`;
 }

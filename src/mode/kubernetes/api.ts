@@ -17,9 +17,9 @@ import {
 } from '@kubernetes/client-node';
 import { Agent as UndiciAgent, type Dispatcher } from 'undici';
 import type { AgentOptions } from 'node:https';
-import { ConfigError, TowerError } from '../errors.ts';
-import { GROUP, PLURAL, VERSION, type KubeCluster } from './resource.ts';
-import type { Logger } from '../observe/log.ts';
+import { ConfigError, TowerError } from '../../errors.ts';
+import { GROUP, NAMESPACE, PLURAL, VERSION, type KubeCluster } from './resource.ts';
+import type { Logger } from '../../observe/log.ts';
 
 /** The clients tower needs, from a kubeconfig file or the pod's service account. */
 export class HostCluster {
@@ -33,7 +33,8 @@ export class HostCluster {
     if (kubeconfig) {
       if (!existsSync(kubeconfig))
         throw new ConfigError(
-          `host kubeconfig ${kubeconfig} does not exist (give --kubeconfig the path of a kubeconfig for the host cluster)`,
+          `host kubeconfig ${kubeconfig} does not exist (give --kubeconfig the path of a kubeconfig for the host ` +
+            `cluster)`,
         );
       try {
         this.kc.loadFromFile(kubeconfig);
@@ -98,6 +99,22 @@ export class HostCluster {
       name: body.metadata.name,
       body,
     }) as Promise<KubeCluster>;
+  }
+
+  /** Fails, saying how to create it, when the namespace tower works in does not exist. */
+  async requireNamespace(): Promise<void> {
+    try {
+      await this.core.readNamespace({ name: NAMESPACE });
+    } catch (err) {
+      if (apiStatus(err) === 404)
+        throw new TowerError(
+          'EKUBE',
+          `namespace ${NAMESPACE} does not exist in the host cluster at ${this.server} ` +
+            `(create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy\`)`,
+        );
+      if (apiStatus(err) === 403) return; // allowed to work in it without reading it
+      throw apiError(`reading namespace ${NAMESPACE}`, this.server, err);
+    }
   }
 
   /** An informer that restarts itself (client-node's stops on any error but 410). */

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
-import type { Logger } from '../observe/log.ts';
+import type { Logger } from '../../observe/log.ts';
 import { apiMessage, apiStatus, orUndefined, type HostCluster } from './api.ts';
 
 export interface LeaseTimes {

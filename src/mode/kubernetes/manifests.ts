@@ -266,11 +266,17 @@ export interface AgentInstall {
   /** connect to a proxy nothing verifies */
   insecureSkipProxyVerification?: boolean;
   kubesphereService: string;
-  /** bind cluster-admin (a Go proxy, or --gateway-identity agent, acts with the agent's own rights) instead of impersonation only */
+  /**
+   * bind cluster-admin (a Go proxy, or --gateway-identity agent, acts with the agent's own rights)
+   * instead of impersonation only
+   */
   clusterAdmin?: boolean;
 }
 
-/** What a tower proxy needs of the agent's ServiceAccount: act as the gateway's users, and ask whether they may impersonate. */
+/**
+ * What a tower proxy needs of the agent's ServiceAccount: act as the gateway's users, and ask whether
+ * they may impersonate.
+ */
 export const AGENT_IMPERSONATOR_RULES = [
   { apiGroups: [''], resources: ['users', 'groups', 'serviceaccounts'], verbs: ['impersonate'] },
   { apiGroups: ['authentication.k8s.io'], resources: ['userextras', 'uids'], verbs: ['impersonate'] },

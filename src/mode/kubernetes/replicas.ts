@@ -1,7 +1,7 @@
 import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
-import type { Logger } from '../observe/log.ts';
-import type { Replica, Replicas } from '../proxy/replicas.ts';
-import { serverIdProblem } from '../tunnel/protocol.ts';
+import { serverIdProblem } from '../../config/names.ts';
+import type { Logger } from '../../observe/log.ts';
+import type { Replica, ReplicaTimes, Replicas } from '../../replicas.ts';
 import { apiMessage, apiStatus, orUndefined, type HostCluster, type Watcher } from './api.ts';
 import { NAMESPACE } from './resource.ts';
 
@@ -14,13 +14,6 @@ export const DRAINING_ANNOTATION = 'tower.kubesphere.io/draining';
 /** how often the live set is worked out from what was last seen (local, no API call) */
 const EVALUATE_MS = 1_000;
 
-export interface LeaseTimesOfReplica {
-  /** a replica whose Lease was not renewed for this long is gone */
-  leaseMs: number;
-  /** between renewals of this replica's own Lease */
-  renewMs: number;
-}
-
 /**
  * Replicas from Leases `tower-proxy-<id>` in kubesphere-system, one per replica, labelled as
  * tower's: each renews its own, deletes it when it stops, and any replica deletes the ones that
@@ -30,7 +23,7 @@ export interface LeaseTimesOfReplica {
 export class LeaseReplicas implements Replicas {
   readonly self: Replica;
   #host: HostCluster;
-  #times: LeaseTimesOfReplica;
+  #times: ReplicaTimes;
   #log: Logger;
   #watch: Watcher<V1Lease> | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
@@ -47,7 +40,7 @@ export class LeaseReplicas implements Replicas {
   #renewedAt = Date.now();
   #apiLost = false;
 
-  constructor(host: HostCluster, self: Replica, times: LeaseTimesOfReplica, log: Logger) {
+  constructor(host: HostCluster, self: Replica, times: ReplicaTimes, log: Logger) {
     this.#host = host;
     this.self = self;
     this.#times = times;
