@@ -9,11 +9,14 @@ import fc from 'fast-check';
 import WebSocket from 'ws';
 import { parse } from 'yaml';
 import { ExchangeViolation, HttpExchange } from '../src/agent/exchange.ts';
-import { decodeConfig, ProtocolError } from '../src/tunnel/protocol.ts';
+import { ProtocolError } from '../src/errors.ts';
+import { decodeConfig } from '../src/tunnel/protocol.ts';
 import { kubectl, Stack } from './support/stack.ts';
 import { TestUpstream } from './support/upstream.ts';
 
-/** One seed per run, printed, so that a failure can be replayed: TOWER_FUZZ_SEED=<seed> npm test -- test/fuzz.test.ts */
+/**
+ * One seed per run, printed, so that a failure can be replayed: TOWER_FUZZ_SEED=<seed> npm test -- test/fuzz.test.ts
+ */
 const seed = Number(process.env.TOWER_FUZZ_SEED ?? Date.now() % 2 ** 31);
 console.log(`fuzz seed ${seed}`);
 const settings = (numRuns: number, ms: number) => ({
@@ -99,106 +102,115 @@ describe("the agent's HTTP exchange: requests, fuzzed", () => {
     chunked: fc.boolean(),
     chunks: fc.array(fc.integer({ min: 1, max: 64 }), { maxLength: 5 }),
   });
-  test("each request gains exactly one Authorization, the agent's, and bodies pass through unchanged, however the bytes are cut", () => {
-    fc.assert(
-      fc.property(
-        token,
-        fc.array(message, { minLength: 1, maxLength: 6 }),
-        fc.array(fc.integer({ min: 1, max: 97 }), { minLength: 1, maxLength: 20 }),
-        (tok, messages, cuts) => {
-          const wire: Buffer[] = [];
-          const expected: Buffer[] = [];
-          for (const m of messages) {
-            const headers = [`${m.method} ${m.path} HTTP/1.1`, 'Host: kubernetes'];
-            if (m.auth !== undefined) headers.push(`authorization: ${m.auth}`);
-            let framed: Buffer;
-            if (m.chunked) {
-              headers.push('Transfer-Encoding: chunked');
-              const parts: Buffer[] = [];
-              let at = 0;
-              for (const n of m.chunks) {
-                const piece = m.body.subarray(at, at + n);
-                if (piece.length === 0) break;
-                parts.push(Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n'));
-                at += piece.length;
+  test(
+    "each request gains exactly one Authorization, the agent's, " +
+      'and bodies pass through unchanged, however the bytes are cut',
+    () => {
+      fc.assert(
+        fc.property(
+          token,
+          fc.array(message, { minLength: 1, maxLength: 6 }),
+          fc.array(fc.integer({ min: 1, max: 97 }), { minLength: 1, maxLength: 20 }),
+          (tok, messages, cuts) => {
+            const wire: Buffer[] = [];
+            const expected: Buffer[] = [];
+            for (const m of messages) {
+              const headers = [`${m.method} ${m.path} HTTP/1.1`, 'Host: kubernetes'];
+              if (m.auth !== undefined) headers.push(`authorization: ${m.auth}`);
+              let framed: Buffer;
+              if (m.chunked) {
+                headers.push('Transfer-Encoding: chunked');
+                const parts: Buffer[] = [];
+                let at = 0;
+                for (const n of m.chunks) {
+                  const piece = m.body.subarray(at, at + n);
+                  if (piece.length === 0) break;
+                  parts.push(Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from('\r\n'));
+                  at += piece.length;
+                }
+                if (at < m.body.length)
+                  parts.push(
+                    Buffer.from(`${(m.body.length - at).toString(16)};ext=1\r\n`),
+                    m.body.subarray(at),
+                    Buffer.from('\r\n'),
+                  );
+                parts.push(Buffer.from('0\r\nX-Trailer: t\r\n\r\n'));
+                framed = Buffer.concat(parts);
+              } else {
+                headers.push(`Content-Length: ${m.body.length}`);
+                framed = m.body;
               }
-              if (at < m.body.length)
-                parts.push(
-                  Buffer.from(`${(m.body.length - at).toString(16)};ext=1\r\n`),
-                  m.body.subarray(at),
-                  Buffer.from('\r\n'),
-                );
-              parts.push(Buffer.from('0\r\nX-Trailer: t\r\n\r\n'));
-              framed = Buffer.concat(parts);
-            } else {
-              headers.push(`Content-Length: ${m.body.length}`);
-              framed = m.body;
+              const kept = headers.filter((h) => !/^authorization:/i.test(h));
+              wire.push(Buffer.concat([Buffer.from(headers.join('\r\n') + '\r\n\r\n'), framed]));
+              expected.push(Buffer.from(kept.join('\r\n') + `\r\nAuthorization: Bearer ${tok}\r\n\r\n`), framed);
             }
-            const kept = headers.filter((h) => !/^authorization:/i.test(h));
-            wire.push(Buffer.concat([Buffer.from(headers.join('\r\n') + '\r\n\r\n'), framed]));
-            expected.push(Buffer.from(kept.join('\r\n') + `\r\nAuthorization: Bearer ${tok}\r\n\r\n`), framed);
-          }
-          const out: Buffer[] = [];
-          const answers: Buffer[] = [];
-          // copies: a pushed slice of the input must stay what it was when pushed
-          const exchange = new HttpExchange({
-            authorization: `Bearer ${tok}`,
-            toMember: (b) => out.push(Buffer.from(b)),
-            toProxy: (b) => answers.push(Buffer.from(b)),
-          });
-          // one request at a time: each is answered before the next is sent, as the proxy's HTTP client does
-          let c = 0;
-          for (const request of wire) {
-            for (let at = 0; at < request.length; c++) {
-              const n = cuts[c % cuts.length]!;
-              exchange.fromProxy(request.subarray(at, at + n));
-              at += n;
+            const out: Buffer[] = [];
+            const answers: Buffer[] = [];
+            // copies: a pushed slice of the input must stay what it was when pushed
+            const exchange = new HttpExchange({
+              authorization: `Bearer ${tok}`,
+              toMember: (b) => out.push(Buffer.from(b)),
+              toProxy: (b) => answers.push(Buffer.from(b)),
+            });
+            // one request at a time: each is answered before the next is sent, as the proxy's HTTP client does
+            let c = 0;
+            for (const request of wire) {
+              for (let at = 0; at < request.length; c++) {
+                const n = cuts[c % cuts.length]!;
+                exchange.fromProxy(request.subarray(at, at + n));
+                at += n;
+              }
+              exchange.fromMember(ANSWER);
             }
-            exchange.fromMember(ANSWER);
-          }
-          assert.deepEqual(Buffer.concat(out), Buffer.concat(expected));
-          assert.deepEqual(Buffer.concat(answers), Buffer.concat(wire.map(() => ANSWER)));
-        },
-      ),
-      settings(500, 20_000),
-    );
-  });
+            assert.deepEqual(Buffer.concat(out), Buffer.concat(expected));
+            assert.deepEqual(Buffer.concat(answers), Buffer.concat(wire.map(() => ANSWER)));
+          },
+        ),
+        settings(500, 20_000),
+      );
+    },
+  );
 
-  test('a byte of a next request before the previous answer has ended is a violation, and nothing of it is forwarded', () => {
-    fc.assert(
-      fc.property(
-        fc.array(message, { minLength: 2, maxLength: 4 }),
-        fc.integer({ min: 1, max: 97 }),
-        fc.nat({ max: ANSWER.length - 1 }),
-        (messages, cut, answered) => {
-          const bytes = messages.map((m) =>
-            Buffer.concat([
-              Buffer.from(`${m.method} ${m.path} HTTP/1.1\r\nHost: member\r\nContent-Length: ${m.body.length}\r\n\r\n`),
-              m.body,
-            ]),
-          );
-          const toMember: Buffer[] = [];
-          const exchange = new HttpExchange({
-            toMember: (b) => toMember.push(Buffer.from(b)),
-            toProxy: () => undefined,
-          });
-          const feed = (b: Buffer) => {
-            for (let at = 0; at < b.length; at += cut) exchange.fromProxy(b.subarray(at, at + cut));
-          };
-          feed(bytes[0]!);
-          // the first answer has begun, or not, but has not ended
-          if (answered > 0) exchange.fromMember(ANSWER.subarray(0, answered));
-          assert.throws(() => feed(Buffer.concat(bytes.slice(1))), ExchangeViolation);
-          assert.deepEqual(
-            Buffer.concat(toMember),
-            bytes[0],
-            'the first request reached the member, and not one byte more',
-          );
-        },
-      ),
-      settings(500, 20_000),
-    );
-  });
+  test(
+    'a byte of a next request before the previous answer ' + 'has ended is a violation, and nothing of it is forwarded',
+    () => {
+      fc.assert(
+        fc.property(
+          fc.array(message, { minLength: 2, maxLength: 4 }),
+          fc.integer({ min: 1, max: 97 }),
+          fc.nat({ max: ANSWER.length - 1 }),
+          (messages, cut, answered) => {
+            const bytes = messages.map((m) =>
+              Buffer.concat([
+                Buffer.from(
+                  `${m.method} ${m.path} HTTP/1.1\r\nHost: member\r\nContent-Length: ${m.body.length}\r\n\r\n`,
+                ),
+                m.body,
+              ]),
+            );
+            const toMember: Buffer[] = [];
+            const exchange = new HttpExchange({
+              toMember: (b) => toMember.push(Buffer.from(b)),
+              toProxy: () => undefined,
+            });
+            const feed = (b: Buffer) => {
+              for (let at = 0; at < b.length; at += cut) exchange.fromProxy(b.subarray(at, at + cut));
+            };
+            feed(bytes[0]!);
+            // the first answer has begun, or not, but has not ended
+            if (answered > 0) exchange.fromMember(ANSWER.subarray(0, answered));
+            assert.throws(() => feed(Buffer.concat(bytes.slice(1))), ExchangeViolation);
+            assert.deepEqual(
+              Buffer.concat(toMember),
+              bytes[0],
+              'the first request reached the member, and not one byte more',
+            );
+          },
+        ),
+        settings(500, 20_000),
+      );
+    },
+  );
 });
 
 describe("the agent's HTTP exchange: answers, fuzzed", () => {
@@ -244,40 +256,51 @@ describe("the agent's HTTP exchange: answers, fuzzed", () => {
     return Buffer.concat(parts);
   };
 
-  test('answers of every framing pass through unchanged however cut, and each ends where the member framed it: the next request is then taken', () => {
-    fc.assert(
-      fc.property(fc.array(answer, { minLength: 1, maxLength: 5 }), fc.integer({ min: 1, max: 97 }), (answers, cut) => {
-        const toProxy: Buffer[] = [];
-        const toMember: Buffer[] = [];
-        const exchange = new HttpExchange({
-          toMember: (b) => toMember.push(Buffer.from(b)),
-          toProxy: (b) => toProxy.push(Buffer.from(b)),
-        });
-        const sent: Buffer[] = [];
-        for (const [i, a] of answers.entries()) {
-          const request = Buffer.from(`${a.head ? 'HEAD' : 'GET'} /r${i} HTTP/1.1\r\nHost: m\r\n\r\n`);
-          exchange.fromProxy(request);
-          const bytes = frame(a);
-          for (let at = 0; at < bytes.length; at += cut) exchange.fromMember(bytes.subarray(at, at + cut));
-          sent.push(bytes);
-        }
-        assert.deepEqual(Buffer.concat(toProxy), Buffer.concat(sent));
-        assert.equal(exchange.requests, answers.length);
-      }),
-      settings(500, 20_000),
-    );
-  });
+  test(
+    'answers of every framing pass through unchanged however cut, ' +
+      'and each ends where the member framed it: the next request is then taken',
+    () => {
+      fc.assert(
+        fc.property(
+          fc.array(answer, { minLength: 1, maxLength: 5 }),
+          fc.integer({ min: 1, max: 97 }),
+          (answers, cut) => {
+            const toProxy: Buffer[] = [];
+            const toMember: Buffer[] = [];
+            const exchange = new HttpExchange({
+              toMember: (b) => toMember.push(Buffer.from(b)),
+              toProxy: (b) => toProxy.push(Buffer.from(b)),
+            });
+            const sent: Buffer[] = [];
+            for (const [i, a] of answers.entries()) {
+              const request = Buffer.from(`${a.head ? 'HEAD' : 'GET'} /r${i} HTTP/1.1\r\nHost: m\r\n\r\n`);
+              exchange.fromProxy(request);
+              const bytes = frame(a);
+              for (let at = 0; at < bytes.length; at += cut) exchange.fromMember(bytes.subarray(at, at + cut));
+              sent.push(bytes);
+            }
+            assert.deepEqual(Buffer.concat(toProxy), Buffer.concat(sent));
+            assert.equal(exchange.requests, answers.length);
+          },
+        ),
+        settings(500, 20_000),
+      );
+    },
+  );
 
-  test("a byte past an answer's end, before a request, is a violation: the member answers no one else's request", () => {
-    fc.assert(
-      fc.property(answer, fc.uint8Array({ minLength: 1, maxLength: 40 }), (a, extra) => {
-        const exchange = new HttpExchange({ toMember: () => undefined, toProxy: () => undefined });
-        exchange.fromProxy(Buffer.from(`${a.head ? 'HEAD' : 'GET'} / HTTP/1.1\r\nHost: m\r\n\r\n`));
-        assert.throws(() => exchange.fromMember(Buffer.concat([frame(a), Buffer.from(extra)])), ExchangeViolation);
-      }),
-      settings(300, 10_000),
-    );
-  });
+  test(
+    "a byte past an answer's end, before a request, is a violation: " + "the member answers no one else's request",
+    () => {
+      fc.assert(
+        fc.property(answer, fc.uint8Array({ minLength: 1, maxLength: 40 }), (a, extra) => {
+          const exchange = new HttpExchange({ toMember: () => undefined, toProxy: () => undefined });
+          exchange.fromProxy(Buffer.from(`${a.head ? 'HEAD' : 'GET'} / HTTP/1.1\r\nHost: m\r\n\r\n`));
+          assert.throws(() => exchange.fromMember(Buffer.concat([frame(a), Buffer.from(extra)])), ExchangeViolation);
+        }),
+        settings(300, 10_000),
+      );
+    },
+  );
 
   test('framing two readers could read two ways is a violation, both ways', () => {
     const request = (headers: string) => () =>
@@ -461,7 +484,8 @@ describe('a running proxy, fuzzed at both ports', () => {
     });
     await fc.assert(
       fc.asyncProperty(head, async (h) => {
-        const text = `${h.method} ${h.path} ${h.version}\r\n${h.headers.map(([k, v]) => `${k}: ${v}`).join('\r\n')}\r\n\r\n`;
+        const text =
+          `${h.method} ${h.path} ${h.version}\r\n` + `${h.headers.map(([k, v]) => `${k}: ${v}`).join('\r\n')}\r\n\r\n`;
         const answer = await exchange(
           () => tlsConnect({ port: stack.gatewayPort, host: '127.0.0.1', servername: 'localhost', ...tls }),
           Buffer.from(text, 'latin1'),

@@ -5,7 +5,8 @@ import { after, describe, test } from 'node:test';
 import ssh2 from 'ssh2';
 import { Logger } from '../src/observe/log.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
-import { dialTunnel, ConfigRejectedError } from '../src/tunnel/client.ts';
+import { ConfigRejectedError } from '../src/errors.ts';
+import { dialTunnel } from '../src/tunnel/client.ts';
 import {
   CHANNEL_TYPE,
   CLIENT_IDENT,
@@ -17,7 +18,7 @@ import {
   UNAUTHORIZED,
   type AgentConfig,
 } from '../src/tunnel/protocol.ts';
-import { WatchFrames } from '../src/proxy/watch-frames.ts';
+import { WatchFrames } from '../src/proxy/gateway/watch-frames.ts';
 import { TunnelServer, type AgentSession } from '../src/tunnel/server.ts';
 import { generateHostKey, hostKeyFingerprint, type TunnelClient } from '../src/tunnel/ssh.ts';
 

@@ -1,52 +1,19 @@
-import { readFileSync } from 'node:fs';
-import { connect as netConnect, isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
-import type { ClientChannel } from 'ssh2';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { TowerError } from '../errors.ts';
+import { ConfigRejectedError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
-import { ConfigRejectedError, dialTunnel, HostKeyMismatchError, type TunnelClientSession } from '../tunnel/client.ts';
-import {
-  CHANNEL_TYPE_TLS,
-  decodeReplicaView,
-  FEATURE_AUTH_AT_AGENT,
-  FEATURE_REPLICAS,
-  FEATURE_TLS_AT_AGENT,
-  hostOf,
-  MAX_CONTROL_LINE_BYTES,
-  MAX_REPLICAS,
-  normalizeHostPort,
-  splitHostPort,
-  UNAUTHORIZED,
-  type ReplicaView,
-} from '../tunnel/protocol.ts';
-import { rawStatus } from '../http/status.ts';
-import { CHANNEL_BUFFER_BYTES } from '../tunnel/ssh.ts';
-import { StallBudget, type Stall } from '../tunnel/stall-budget.ts';
-import { VERSION } from '../version.ts';
-import { ExchangeViolation, HttpExchange } from './exchange.ts';
+import { MAX_REPLICAS, type ReplicaView } from '../tunnel/protocol.ts';
+import { ChannelCarrier } from './carrier.ts';
 import type { Credentials } from './credentials.ts';
-import { dialWebSocket, HeldReplicaError, type ProxyConnection } from './dial.ts';
+import { ProxySession } from './session.ts';
 
-export const HANDSHAKE_TIMEOUT_MS = 30_000;
-export const UPSTREAM_DIAL_TIMEOUT_MS = 10_000;
-export const TOKEN_FILE_CHECK_MS = 10_000;
 const BACKOFF_BASE_MS = 1000;
 /** a lost session is retried after a random delay below this, so that agents don't return in lockstep */
 const RECONNECT_SPREAD_MS = 1000;
-const MIN_PING_TIMEOUT_MS = 10_000;
 /** after a new session, the next one (for another replica) is dialed within this, at random */
 const NEXT_SESSION_SPREAD_MS = 3_000;
 /** dialing the Service again after reaching a replica already held */
 const DUPLICATE_STEP_MS = 1_000;
 const DUPLICATES_AT_STEADY_PACE = 30;
-/** --max-stalled-memory: beside an idle agent's ~80 MiB, within a 200 MB memory limit */
-export const DEFAULT_MAX_STALLED_BYTES = 24 * 2 ** 20;
-/**
- * what an answer the tunnel cannot take holds here at most: the channel's buffer, and the member
- * connection's (TLS and socket) before it pauses
- */
-const STALLED_ANSWER_BYTES = 3 * CHANNEL_BUFFER_BYTES;
 
 export interface AgentOptions {
   name: string;
@@ -99,50 +66,42 @@ export interface AgentStats {
   bytesWritten: number;
 }
 
-/** One session to one proxy replica (`server` is undefined with a proxy that names none, e.g. a Go one). */
-interface Held {
-  server: string | undefined;
-  session: TunnelClientSession;
-  bytes: () => { read: number; written: number };
-  /** the replica said it drains: it does not count as held, and is not dialed again */
-  draining: boolean;
-}
-
 /**
- * The agent: holds a tunnel to every proxy replica (one with a proxy that names no replicas) and
- * pipes the channels it is given to its upstreams. It dials its one --proxy-server address (a
- * Service in front of the replicas) until it holds a session to each replica the proxy says lives.
+ * The agent's loop: holds a session (ProxySession) to every proxy replica (one with a proxy that
+ * names no replicas), dialing its one --proxy-server address (a Service in front of the replicas)
+ * until it holds one to each replica the proxy says lives; retries with a jittered backoff, and
+ * gives up after --max-retry. The channels of every session are carried by one ChannelCarrier.
  */
 export class TowerAgent {
   #opts: AgentOptions;
   #log: Logger;
   #stopped = false;
-  #held = new Set<Held>();
+  #held = new Set<ProxySession>();
   /** the live replicas as the proxy last said (undefined: it never said, i.e. one session will do) */
   #replicas: string[] | undefined;
   /** ends the idle wait when something changes */
   #wake: (() => void) | undefined;
   #stopping = new AbortController();
-  #channels = 0;
-  #stalled: StallBudget;
-  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0, violations: 0, stalledRefusals: 0 };
+  #carrier: ChannelCarrier;
+  #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
 
   constructor(opts: AgentOptions) {
     // the command checks this with a friendlier message; here it holds for every caller
     if (!proxyVerification(opts.proxyUrl, opts.proxyFingerprint, opts.proxyCa) && !opts.insecureSkipProxyVerification) {
       throw new TowerError(
         'EUNVERIFIED',
-        `refusing to connect to ${opts.proxyUrl}: nothing verifies that it is the proxy (give a fingerprint, or a wss:// address)`,
+        `refusing to connect to ${opts.proxyUrl}: nothing verifies that it is the proxy ` +
+          `(give a fingerprint, or a wss:// address)`,
       );
     }
     this.#opts = opts;
     this.#log = opts.log;
-    this.#stalled = new StallBudget(opts.maxStalledBytes ?? DEFAULT_MAX_STALLED_BYTES, STALLED_ANSWER_BYTES);
+    this.#carrier = new ChannelCarrier(opts);
   }
 
   /** channels open now */
   get channels(): number {
-    return this.#channels;
+    return this.#carrier.channels;
   }
 
   /** counters so far, the live connections' bytes included */
@@ -150,24 +109,27 @@ export class TowerAgent {
     let read = this.#stats.bytesRead;
     let written = this.#stats.bytesWritten;
     for (const h of this.#held) {
-      const b = h.bytes();
+      const b = h.bytes;
       read += b.read;
       written += b.written;
     }
     return {
-      ...this.#stats,
+      reconnects: this.#stats.reconnects,
+      failures: this.#stats.failures,
+      bytesRead: read,
+      bytesWritten: written,
+      violations: this.#carrier.violations,
+      stalledRefusals: this.#carrier.stalledRefusals,
       connected: this.#held.size > 0,
       sessions: this.#held.size,
       replicas: this.#replicas?.length ?? 1,
-      bytesRead: read,
-      bytesWritten: written,
-      stalledBytes: this.#stalled.reservedBytes,
+      stalledBytes: this.#carrier.stalledBytes,
     };
   }
 
   stop(): void {
     this.#stopped = true;
-    for (const h of this.#held) h.session.close();
+    for (const h of this.#held) h.close();
     this.#stopping.abort();
   }
 
@@ -219,17 +181,23 @@ export class TowerAgent {
       }
       connectedJustNow = false;
       let creds: Credentials;
-      let held: Held | 'duplicate';
+      let session: ProxySession | 'duplicate';
       try {
         creds = this.#opts.credentials();
-        held = await this.#connect(creds);
+        session = await ProxySession.open(this.#opts, {
+          creds,
+          held: () => [...this.#held].map((h) => h.server).filter((id): id is string => id !== undefined),
+          carrier: this.#carrier,
+          onView: (from, view) => this.#onView(from, view),
+        });
       } catch (err) {
         // refused while another replica holds this agent's session: replicas that disagree for a moment
         // (a token rotating, a Cluster not yet seen), not a wrong token; retried with backoff
-        if (err instanceof ConfigRejectedError && err.message.includes(UNAUTHORIZED) && this.#held.size === 0) {
+        if (err instanceof ConfigRejectedError && err.unauthorized && this.#held.size === 0) {
           throw new TowerError(
             'EUNAUTHORIZED',
-            `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; the proxy's host prints them with: tower token ${this.#opts.name})`,
+            `the proxy refused agent "${this.#opts.name}": ${err.message} (check --name and --token; ` +
+              `the proxy's host prints them with: tower token ${this.#opts.name})`,
           );
         }
         failures++;
@@ -238,505 +206,74 @@ export class TowerAgent {
         continue;
       }
       failures = 0;
-      if (held === 'duplicate') {
+      if (session === 'duplicate') {
         duplicates++;
         continue;
       }
       duplicates = 0;
       connectedJustNow = true;
-      // loudly, at every connection: each one hands this cluster's requests to whoever answered
-      if (!proxyVerification(this.#opts.proxyUrl, this.#opts.proxyFingerprint, this.#opts.proxyCa)) {
-        this.#log.warn(
-          "INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its address gets this cluster's requests; pin its host key with --proxy-fingerprint",
-          { fingerprint: held.session.hostKeyFingerprint },
-        );
-      }
-      this.#log.info('connected to proxy', {
-        proxy: this.#opts.proxyUrl,
-        cluster: this.#opts.name,
-        server: held.server,
-        sessions: this.#held.size,
-        upstream: this.#upstreams(creds)[0],
-        credentials: creds.origin,
-      });
-      void this.#hold(held, creds).then((why) => {
-        this.#held.delete(held);
-        this.#retire(held);
-        if (this.#stopped) return;
-        this.#stats.reconnects++;
-        const expected =
-          held.draining ||
-          (held.server !== undefined && this.#replicas !== undefined && !this.#replicas.includes(held.server));
-        // a replica that drained or left ends its sessions on purpose: said, not warned
-        if (expected)
-          this.#log.info('disconnected from proxy; reconnecting', {
-            why: `${why} (the replica ${held.draining ? 'drained' : 'left'})`,
-            server: held.server,
-          });
-        else this.#log.warn('disconnected from proxy; reconnecting', { why, server: held.server });
-        // a lost session is redialed after a random delay, so that agents don't return in lockstep
-        setTimeout(() => this.#wake?.(), Math.random() * RECONNECT_SPREAD_MS);
-      });
+      this.#held.add(session);
+      this.#connected(session, creds);
     }
   }
 
-  #retire(h: Held): void {
-    const b = h.bytes();
-    this.#stats.bytesRead += b.read;
-    this.#stats.bytesWritten += b.written;
-    h.bytes = () => ({ read: 0, written: 0 });
+  /** Says so, and follows the new session until it ends: then it is dialed again. */
+  #connected(session: ProxySession, creds: Credentials): void {
+    // loudly, at every connection: each one hands this cluster's requests to whoever answered
+    if (!proxyVerification(this.#opts.proxyUrl, this.#opts.proxyFingerprint, this.#opts.proxyCa)) {
+      this.#log.warn(
+        'INSECURE: the proxy is not verified (--insecure-skip-proxy-verification): whoever answers at its ' +
+          "address gets this cluster's requests; pin its host key with --proxy-fingerprint",
+        { fingerprint: session.tunnel.hostKeyFingerprint },
+      );
+    }
+    this.#log.info('connected to proxy', {
+      proxy: this.#opts.proxyUrl,
+      cluster: this.#opts.name,
+      server: session.server,
+      sessions: this.#held.size,
+      upstream: session.upstreams[0],
+      credentials: creds.origin,
+    });
+    void session.ended.then((why) => {
+      this.#held.delete(session);
+      const b = session.bytes;
+      this.#stats.bytesRead += b.read;
+      this.#stats.bytesWritten += b.written;
+      if (this.#stopped) return;
+      this.#stats.reconnects++;
+      const expected =
+        session.draining ||
+        (session.server !== undefined && this.#replicas !== undefined && !this.#replicas.includes(session.server));
+      // a replica that drained or left ends its sessions on purpose: said, not warned
+      if (expected)
+        this.#log.info('disconnected from proxy; reconnecting', {
+          why: `${why} (the replica ${session.draining ? 'drained' : 'left'})`,
+          server: session.server,
+        });
+      else this.#log.warn('disconnected from proxy; reconnecting', { why, server: session.server });
+      // a lost session is redialed after a random delay, so that agents don't return in lockstep
+      setTimeout(() => this.#wake?.(), Math.random() * RECONNECT_SPREAD_MS);
+    });
   }
 
-  /** What a replica says on its control channel: the live set, and whether it drains. */
-  #onView(held: Held, view: ReplicaView): void {
-    if (held.server !== undefined && view.server !== held.server) {
-      this.#log.warn('a proxy replica names itself differently on its control channel; ignored', {
-        server: held.server,
-        says: view.server,
-      });
-      return;
-    }
-    if (view.draining && !held.draining)
-      this.#log.info('proxy replica drains; its session ends once its requests are done', { server: view.server });
-    held.draining = view.draining;
+  /** What a replica says on its control channel: the live set (which replicas to hold). */
+  #onView(from: ProxySession, view: ReplicaView): void {
     const before = this.#replicas?.join(',');
     this.#replicas = view.servers.slice(0, MAX_REPLICAS);
     if (before !== this.#replicas.join(','))
       this.#log.info('proxy replicas', { replicas: this.#replicas.join(','), from: view.server });
     // a replica that left (its Lease gone) is not held on to
     for (const h of this.#held) {
-      if (h !== held && h.server !== undefined && !view.servers.includes(h.server) && !h.draining) {
+      if (h !== from && h.server !== undefined && !view.servers.includes(h.server) && !h.draining) {
         this.#log.info('closing the session to a replica that is no longer live', {
           server: h.server,
           from: view.server,
         });
-        h.session.close();
+        h.close();
       }
     }
     this.#wake?.();
-  }
-
-  #upstreams(creds: Credentials): string[] {
-    return [
-      normalizeHostPort(this.#opts.kubernetesService ?? creds.hostPort, 443),
-      normalizeHostPort(this.#opts.kubesphereService, 80),
-    ];
-  }
-
-  /** One session to whichever replica the address leads to; 'duplicate' (hung up before SSH) when it is one already held. */
-  async #connect(creds: Credentials): Promise<Held | 'duplicate'> {
-    const [kubernetes, kubesphere] = this.#upstreams(creds) as [string, string];
-    const allowed = new Set([kubernetes, kubesphere]);
-    const held = [...this.#held].map((h) => h.server).filter((id): id is string => id !== undefined);
-    let connection: ProxyConnection;
-    try {
-      connection = await dialWebSocket(this.#opts.proxyUrl, {
-        timeoutMs: HANDSHAKE_TIMEOUT_MS,
-        ca: this.#opts.proxyCa,
-        held,
-      });
-    } catch (err) {
-      if (err instanceof HeldReplicaError) return 'duplicate';
-      throw err;
-    }
-    const { stream, features, serverId } = connection;
-    const replicas = features.includes(FEATURE_REPLICAS) && serverId !== undefined;
-    if (replicas && [...this.#held].some((h) => h.server === serverId)) {
-      stream.destroy();
-      return 'duplicate';
-    }
-    const fresh: Held = {
-      server: replicas ? serverId : undefined,
-      session: undefined as never,
-      bytes: () => stream.bytes,
-      draining: false,
-    };
-    const tlsHere = this.#opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
-    // with both, no member credential is sent to the proxy at all
-    const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
-    const authorization =
-      authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
-    fresh.session = await dialTunnel(stream, {
-      config: {
-        version: VERSION,
-        name: this.#opts.name,
-        token: this.#opts.token,
-        kubernetesSvcHost: kubernetes,
-        kubesphereSvcHost: kubesphere,
-        // with TLS made here, the client certificate and key never leave the member cluster
-        caData: tlsHere ? undefined : creds.caData,
-        certData: tlsHere ? undefined : creds.certData,
-        keyData: tlsHere ? undefined : creds.keyData,
-        bearerToken: authHere ? undefined : creds.bearerToken,
-        features: [
-          ...(tlsHere ? [FEATURE_TLS_AT_AGENT] : []),
-          ...(authHere ? [FEATURE_AUTH_AT_AGENT] : []),
-          ...(replicas ? [FEATURE_REPLICAS] : []),
-        ],
-      },
-      onControl: (channel) => this.#readControl(fresh, channel),
-      expectFingerprint: this.#opts.proxyFingerprint,
-      handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
-      onChannel: (hostPort, type, accept, reject) => {
-        const tls = type === CHANNEL_TYPE_TLS;
-        if (!allowed.has(hostPort) || (tls && hostPort !== kubernetes)) {
-          this.#log.warn('refused a channel to an upstream this agent did not announce', { target: hostPort, type });
-          reject();
-          return;
-        }
-        if (this.#channels >= this.#opts.maxChannels) {
-          this.#log.warn('refused a channel: the proxy holds as many open as --max-channels allows', {
-            open: this.#channels,
-          });
-          reject();
-          return;
-        }
-        // the agent reads the HTTP of every channel it can see into: TLS made here, or plain to ks-apiserver
-        const http = tls || (hostPort === kubesphere && hostPort !== kubernetes);
-        if (this.#stalled.exhausted) {
-          // the member is not dialed: an HTTP channel gets its 429 here, one the agent cannot read into is refused
-          if (http) {
-            this.#answerStalled(accept);
-            return;
-          }
-          this.#stats.stalledRefusals++;
-          this.#log.debug(1, 'refused a channel: answers the tunnel cannot take hold --max-stalled-memory', {
-            stalled: this.#stalled.reservedBytes,
-          });
-          reject();
-          return;
-        }
-        this.#pipe(
-          hostPort,
-          tls ? creds : undefined,
-          http ? { authorization: tls ? authorization : undefined } : undefined,
-          accept,
-          reject,
-        );
-      },
-    }).catch((err: Error) => {
-      if (err instanceof HostKeyMismatchError) this.#log.error(err.message);
-      throw err;
-    });
-    this.#held.add(fresh);
-    return fresh;
-  }
-
-  /**
-   * JSON lines of ReplicaView; a line that is not one ends the control channel (the session stays),
-   * and once it is closed nothing more it sent is acted on, not even lines that had arrived with it.
-   */
-  #readControl(held: Held, channel: ClientChannel): void {
-    let buffered = '';
-    let closed = false;
-    const close = (why: string, fields: Record<string, unknown>) => {
-      closed = true;
-      buffered = '';
-      this.#log.warn(why, { server: held.server, ...fields });
-      channel.destroy();
-    };
-    channel.setEncoding('utf8');
-    channel.on('error', () => undefined);
-    channel.on('data', (d: string) => {
-      if (closed) return;
-      buffered += d;
-      let nl: number;
-      while (!closed && (nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        if (line.length > MAX_CONTROL_LINE_BYTES) {
-          close('the proxy sent a control line over the limit; control channel closed', {
-            limit: MAX_CONTROL_LINE_BYTES,
-          });
-          return;
-        }
-        let view: ReplicaView;
-        try {
-          view = decodeReplicaView(line);
-        } catch (err) {
-          close('the proxy sent a control message that is not one; control channel closed', {
-            err: (err as Error).message,
-          });
-          return;
-        }
-        this.#onView(held, view);
-      }
-      if (buffered.length > MAX_CONTROL_LINE_BYTES)
-        close('the proxy sent a control line over the limit; control channel closed', {
-          limit: MAX_CONTROL_LINE_BYTES,
-        });
-    });
-  }
-
-  /**
-   * Dials the upstream first (with TLS when `tls` holds its credentials), so that a dead upstream
-   * refuses the channel instead of half-opening it.
-   */
-  #pipe(
-    hostPort: string,
-    tls: Credentials | undefined,
-    http: { authorization: string | undefined } | undefined,
-    accept: () => ClientChannel,
-    reject: () => void,
-  ): void {
-    const hp = splitHostPort(hostPort);
-    if (!hp) {
-      reject();
-      return;
-    }
-    this.#channels++;
-    let released = false;
-    const release = () => {
-      if (!released) {
-        released = true;
-        this.#channels--;
-      }
-    };
-    const host = hostOf(hostPort);
-    const upstream: Socket = tls
-      ? tlsConnect({
-          host,
-          port: hp.port,
-          servername: isIP(host) ? undefined : host,
-          timeout: UPSTREAM_DIAL_TIMEOUT_MS,
-          secureContext: secureContextOf(tls),
-          ALPNProtocols: ['http/1.1'],
-        })
-      : netConnect({ host, port: hp.port, timeout: UPSTREAM_DIAL_TIMEOUT_MS });
-    upstream.setNoDelay(true);
-    const onDial = this.#opts.onDial;
-    const started = onDial ? performance.now() : 0;
-    const onDialError = (err: Error) => {
-      release();
-      onDial?.((performance.now() - started) / 1000, true);
-      this.#log.warn('cannot reach upstream', { target: hostPort, err: err.message });
-      reject();
-    };
-    upstream.once('error', onDialError);
-    upstream.once('timeout', () => upstream.destroy(new Error(`no connection within ${UPSTREAM_DIAL_TIMEOUT_MS} ms`)));
-    upstream.once(tls ? 'secureConnect' : 'connect', () => {
-      upstream.off('error', onDialError);
-      onDial?.((performance.now() - started) / 1000, false);
-      upstream.setTimeout(0);
-      const ch = accept();
-      upstream.on('error', () => ch.destroy());
-      ch.on('error', () => upstream.destroy());
-      const stall = this.#stalled.stream();
-      if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort, stall);
-      else {
-        // the member's side by hand, so that an answer the tunnel cannot take counts as stalled
-        upstream.on('data', (d: Buffer) => {
-          if (!ch.write(d)) {
-            upstream.pause();
-            stall.hold();
-          }
-        });
-        ch.on('drain', () => {
-          stall.release();
-          upstream.resume();
-        });
-        upstream.once('end', () => ch.end());
-        ch.pipe(upstream);
-      }
-      // an ssh2 channel that nobody reads never closes: end both together
-      ch.once('close', () => {
-        release();
-        stall.end();
-        upstream.destroy();
-      });
-      upstream.once('close', () => {
-        release();
-        stall.end();
-        // what the member sent last may still wait for the tunnel (its window, a full transport): the
-        // channel closes once that has left, or the proxy would get its close first
-        if (ch.writableEnded && !ch.writableFinished) ch.once('finish', () => ch.destroy());
-        else ch.destroy();
-      });
-    });
-  }
-
-  /**
-   * Both ways as pipe() does (backpressure, end), through an HttpExchange: one request at a time,
-   * each answered in full before the next; the member's credentials join each request head here,
-   * never earlier. A head and the bytes after it leave in one write. A violation ends the channel.
-   * While the member's side waits for the tunnel, the answer counts as stalled; while stalled
-   * answers hold --max-stalled-memory, each request is answered 429 here and the channel ends.
-   */
-  #pipeExchange(
-    ch: ClientChannel,
-    upstream: Socket,
-    authorization: string | undefined,
-    hostPort: string,
-    stall: Stall,
-  ): void {
-    const exchange = new HttpExchange({
-      authorization,
-      toMember: (b) => {
-        upstream.write(b);
-      },
-      toProxy: (b) => {
-        ch.write(b);
-      },
-      onDone: () => {
-        ch.end();
-        upstream.end();
-      },
-      refuse: () => (this.#stalled.exhausted ? this.#stalledAnswer() : undefined),
-    });
-    const violated = (err: unknown) => {
-      this.#closeBroken(err, hostPort);
-      ch.destroy();
-      upstream.destroy();
-    };
-    ch.on('data', (d: Buffer) => {
-      if (upstream.destroyed) return;
-      upstream.cork();
-      try {
-        exchange.fromProxy(d);
-      } catch (err) {
-        violated(err);
-        return;
-      } finally {
-        upstream.uncork();
-      }
-      if (upstream.writableNeedDrain) ch.pause();
-    });
-    upstream.on('drain', () => ch.resume());
-    ch.once('end', () => upstream.end());
-    upstream.on('data', (d: Buffer) => {
-      if (ch.destroyed) return;
-      try {
-        exchange.fromMember(d);
-      } catch (err) {
-        violated(err);
-        return;
-      }
-      if (ch.writableNeedDrain) {
-        upstream.pause();
-        stall.hold();
-      }
-    });
-    ch.on('drain', () => {
-      stall.release();
-      upstream.resume();
-    });
-    upstream.once('end', () => {
-      try {
-        exchange.memberEnded();
-      } catch (err) {
-        violated(err);
-        return;
-      }
-      ch.end();
-    });
-  }
-
-  /**
-   * A channel opened while stalled answers hold --max-stalled-memory: the member is not dialed; the
-   * channel's request is answered 429 here, and the channel ends.
-   */
-  #answerStalled(accept: () => ClientChannel): void {
-    this.#channels++;
-    const ch = accept();
-    ch.once('close', () => {
-      this.#channels--;
-    });
-    ch.on('error', () => undefined);
-    const exchange = new HttpExchange({
-      toMember: () => undefined,
-      toProxy: (b) => {
-        ch.write(b);
-      },
-      onDone: () => {
-        ch.end();
-      },
-      refuse: () => this.#stalledAnswer(),
-    });
-    ch.on('data', (d: Buffer) => {
-      try {
-        exchange.fromProxy(d);
-      } catch (err) {
-        this.#closeBroken(err);
-        ch.destroy();
-      }
-    });
-  }
-
-  /**
-   * Logs why a channel is being closed: it broke HTTP/1.1 (counted as a violation), or reading it
-   * failed in the agent itself, which ends that channel and never the process.
-   */
-  #closeBroken(err: unknown, target?: string): void {
-    if (err instanceof ExchangeViolation) {
-      this.#stats.violations++;
-      this.#log.warn('closed a channel that broke HTTP/1.1; nothing more of it was forwarded', {
-        target,
-        err: err.message,
-      });
-      return;
-    }
-    this.#log.error('closed a channel after an error in the agent; nothing more of it was forwarded', {
-      target,
-      err: (err as Error)?.stack ?? String(err),
-    });
-  }
-
-  /** The 429 (a Kubernetes Status) that the agent answers itself while stalled answers hold --max-stalled-memory. */
-  #stalledAnswer(): Buffer {
-    this.#stats.stalledRefusals++;
-    const mib = (n: number) => (n / 2 ** 20).toFixed(1);
-    const { reservedBytes, maxBytes } = this.#stalled;
-    this.#log.debug(1, 'answered a request 429: answers the tunnel cannot take hold --max-stalled-memory', {
-      stalled: reservedBytes,
-    });
-    return Buffer.from(
-      rawStatus({
-        status: 429,
-        retryAfter: 1,
-        message: `tower agent of cluster "${this.#opts.name}": answers the tunnel cannot take (their clients stopped reading) hold ${mib(reservedBytes)} MiB there, the agent's limit of ${mib(maxBytes)} MiB (its --max-stalled-memory); retry shortly`,
-      }),
-    );
-  }
-
-  /** Keeps the session until it ends; returns why it ended. */
-  #hold(held: Held, creds: Credentials): Promise<string> {
-    const { session } = held;
-    return new Promise((resolve) => {
-      const timers: NodeJS.Timeout[] = [];
-      let ended = false;
-      const end = (why: string) => {
-        if (ended) return;
-        ended = true;
-        for (const t of timers) clearInterval(t);
-        session.close();
-        resolve(why);
-      };
-      session.once('close', () => end('the connection closed'));
-      const { keepaliveMs } = this.#opts;
-      if (keepaliveMs > 0) {
-        timers.push(
-          setInterval(() => {
-            session.ping(Math.max(keepaliveMs, MIN_PING_TIMEOUT_MS)).catch((err: Error) => end(err.message));
-          }, keepaliveMs),
-        );
-      }
-      if (creds.tokenFile) {
-        const file = creds.tokenFile;
-        const announced = creds.bearerToken;
-        timers.push(
-          setInterval(() => {
-            let now: Buffer;
-            try {
-              now = readFileSync(file);
-            } catch {
-              return;
-            }
-            // a rotated token is announced by reconnecting, which every v1 proxy understands
-            if (announced && !now.equals(announced)) end(`the token in ${file} rotated`);
-          }, TOKEN_FILE_CHECK_MS),
-        );
-      }
-    });
   }
 
   /** Waits `ms`, or less when stopped. */
@@ -759,17 +296,6 @@ export class TowerAgent {
       this.#stopping.signal.addEventListener('abort', done);
     });
   }
-}
-
-const contexts = new WeakMap<Credentials, SecureContext>();
-/** the member's CA and client certificate, parsed once per set of credentials */
-function secureContextOf(c: Credentials): SecureContext {
-  let ctx = contexts.get(c);
-  if (!ctx) {
-    ctx = createSecureContext({ ca: c.caData, cert: c.certData, key: c.keyData });
-    contexts.set(c, ctx);
-  }
-  return ctx;
 }
 
 /**

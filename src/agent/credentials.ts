@@ -48,7 +48,9 @@ export function credentialsFromKubeconfig(path: string): Credentials {
   const user = ctx.user === undefined ? {} : named(doc.users, ctx.user, 'user');
   if (user.exec || user['auth-provider']) {
     throw bad(
-      `user ${JSON.stringify(ctx.user)} authenticates with ${user.exec ? 'an exec plugin' : 'an auth provider'}, which the proxy cannot use; give the agent a kubeconfig with a client certificate or a token (e.g. of a ServiceAccount)`,
+      `user ${JSON.stringify(ctx.user)} authenticates with ${user.exec ? 'an exec plugin' : 'an auth provider'}, ` +
+        'which the proxy cannot use; give the agent a kubeconfig with a client certificate or a token ' +
+        '(e.g. of a ServiceAccount)',
     );
   }
   const base = dirname(path);
@@ -90,7 +92,8 @@ export function credentialsInCluster(env: NodeJS.ProcessEnv = process.env, dir =
   const port = env.KUBERNETES_SERVICE_PORT;
   if (!host || !port) {
     throw new ConfigError(
-      "not running in a cluster (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are unset); give the member cluster's kubeconfig with --kubeconfig",
+      'not running in a cluster (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are unset); ' +
+        "give the member cluster's kubeconfig with --kubeconfig",
     );
   }
   const tokenFile = join(dir, 'token');
@@ -103,7 +106,10 @@ export function credentialsInCluster(env: NodeJS.ProcessEnv = process.env, dir =
   };
 }
 
-/** A bearer token goes into a header this agent writes: printable ASCII only (surrounding whitespace is dropped when used). */
+/**
+ * A bearer token goes into a header this agent writes: printable ASCII only (surrounding whitespace
+ * is dropped when used).
+ */
 function checkedToken(token: Buffer, where: string): Buffer {
   if (!/^[\x21-\x7e]+$/.test(token.toString('latin1').trim())) {
     throw new ConfigError(`${where} is not a bearer token: it must be printable ASCII without spaces`);

@@ -3,9 +3,10 @@ import type { Duplex } from 'node:stream';
 import { isIP } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
-import { TowerError } from '../errors.ts';
+import { ProtocolError, TowerError } from '../errors.ts';
 import { printable } from '../observe/log.ts';
-import { FEATURES_HEADER, HELD_HEADER, SERVER_ID_HEADER, serverIdProblem, SUBPROTOCOL } from '../tunnel/protocol.ts';
+import { serverIdProblem } from '../config/names.ts';
+import { FEATURES_HEADER, HELD_HEADER, SERVER_ID_HEADER, SUBPROTOCOL } from '../tunnel/protocol.ts';
 import { WebSocketStream } from '../tunnel/ws-stream.ts';
 
 const MAX_MESSAGE_BYTES = 256 * 1024;
@@ -24,6 +25,7 @@ export class HeldReplicaError extends TowerError {
   readonly serverId: string;
   constructor(serverId: string) {
     super('EHELD', `reached replica ${serverId} again`);
+    this.name = 'HeldReplicaError';
     this.serverId = serverId;
   }
 }
@@ -72,8 +74,7 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
       const p = res.headers['sec-websocket-protocol'];
       if (p !== undefined && p !== SUBPROTOCOL)
         fail(
-          new TowerError(
-            'EPROTOCOL',
+          new ProtocolError(
             `${url} answered with WebSocket subprotocol ${p}, not ${SUBPROTOCOL}: is this a tower proxy?`,
           ),
         );
@@ -103,7 +104,9 @@ export function dialWebSocket(url: string, opts: DialWebSocketOptions): Promise<
         fail(
           new TowerError(
             'EHTTP',
-            `${url} answered ${res.statusCode} ${printable(res.statusMessage ?? '')}${body.trim() ? `: ${printable(body.trim().slice(0, 200))}` : ''} (is --proxy-server the proxy's agent port?)`,
+            `${url} answered ${res.statusCode} ${printable(res.statusMessage ?? '')}` +
+              `${body.trim() ? `: ${printable(body.trim().slice(0, 200))}` : ''} ` +
+              "(is --proxy-server the proxy's agent port?)",
           ),
         ),
       );
@@ -148,7 +151,8 @@ export function proxyFor(target: URL, env: NodeJS.ProcessEnv): URL | undefined {
   } catch {
     throw new TowerError(
       'ECONFIG',
-      `invalid ${secure ? 'HTTPS_PROXY' : 'HTTP_PROXY'} ${JSON.stringify(raw)}: want a URL such as http://proxy.example:3128`,
+      `invalid ${secure ? 'HTTPS_PROXY' : 'HTTP_PROXY'} ${JSON.stringify(raw)}: ` +
+        'want a URL such as http://proxy.example:3128',
     );
   }
 }

@@ -71,7 +71,9 @@ export class AgentHealth {
     });
     new Counter({
       name: 'tower_agent_channel_violations_total',
-      help: 'Channels closed because the proxy or the member broke HTTP/1.1 on them (a request before the previous answer ended, ambiguous framing)',
+      help:
+        'Channels closed because the proxy or the member broke HTTP/1.1 on them ' +
+        '(a request before the previous answer ended, ambiguous framing)',
       registers,
       collect() {
         this.reset();
@@ -81,7 +83,9 @@ export class AgentHealth {
     const agent = () => this.#agent;
     new Gauge({
       name: 'tower_agent_stalled_memory_bytes',
-      help: 'Memory reserved by answers the tunnel cannot take (their clients stopped reading; the member connection paused); at --max-stalled-memory requests are answered 429 here',
+      help:
+        'Memory reserved by answers the tunnel cannot take (their clients stopped reading; the member ' +
+        'connection paused); at --max-stalled-memory requests are answered 429 here',
       registers,
       collect() {
         this.set(stats()?.stalledBytes ?? 0);
@@ -89,7 +93,9 @@ export class AgentHealth {
     });
     new Counter({
       name: 'tower_agent_stalled_refusals_total',
-      help: 'Requests answered 429 here (or channels refused) because answers the tunnel cannot take held --max-stalled-memory',
+      help:
+        'Requests answered 429 here (or channels refused) because answers the tunnel cannot take ' +
+        'held --max-stalled-memory',
       registers,
       collect() {
         this.reset();

@@ -6,7 +6,7 @@ import { log } from '../observe/log.ts';
 import { trimMemoryPeriodically } from '../observe/memory.ts';
 import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
-import { clusterNameProblem } from '../store/names.ts';
+import { clusterNameProblem } from '../config/names.ts';
 import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
@@ -16,11 +16,16 @@ export class AgentCommand extends TowerCommand {
   static override doc: CommandDoc = {
     usage: 'agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
     summary: 'Connect a member cluster to the proxy',
-    details: `Dials the proxy, verifies it (its host key, or its TLS certificate), announces this cluster's kube-apiserver, and carries the proxy's requests to it with this cluster's credentials, which a tower proxy never receives. Without --kubeconfig it uses the pod's service account. It redials with a jittered backoff of at most --max-retry-interval.`,
+    details:
+      "Dials the proxy, verifies it (its host key, or its TLS certificate), announces this cluster's " +
+      "kube-apiserver, and carries the proxy's requests to it with this cluster's credentials, which a tower " +
+      "proxy never receives. Without --kubeconfig it uses the pod's service account. It redials with a " +
+      'jittered backoff of at most --max-retry-interval.',
     examples: [
       [
         'Join with the command that `tower token` printed',
-        'tower agent --name alpha --token <token> --proxy-server http://proxy.example:8080 --proxy-fingerprint SHA256:<fingerprint> --kubeconfig member.kubeconfig',
+        'tower agent --name alpha --token <token> --proxy-server http://proxy.example:8080 ' +
+          '--proxy-fingerprint SHA256:<fingerprint> --kubeconfig member.kubeconfig',
       ],
     ],
   };
@@ -42,7 +47,10 @@ export class AgentCommand extends TowerCommand {
     // nothing is sent to a proxy that nothing verifies: not the token, not a credential
     if (!verifiedBy && !o.insecureSkipProxyVerification) {
       throw new ConfigError(
-        `refusing to connect to ${o.proxyServer}: nothing verifies that it is the proxy. Give --proxy-fingerprint (the join command that \`tower token ${o.name}\` prints has it), or an https:// --proxy-server whose certificate verifies (--proxy-ca), or --insecure-skip-proxy-verification to connect anyway`,
+        `refusing to connect to ${o.proxyServer}: nothing verifies that it is the proxy. Give ` +
+          `--proxy-fingerprint (the join command that \`tower token ${o.name}\` prints has it), or an https:// ` +
+          '--proxy-server whose certificate verifies (--proxy-ca), or --insecure-skip-proxy-verification to ' +
+          'connect anyway',
       );
     }
     const proxyCa = o.proxyCa ? readProxyCa(o.proxyCa) : undefined;
@@ -74,14 +82,16 @@ export class AgentCommand extends TowerCommand {
     if (health && o.healthPort !== undefined) {
       const port = await health.listen(agent, o.healthHost, o.healthPort).catch((err: NodeJS.ErrnoException) => {
         throw new ConfigError(
-          `cannot serve --health-port on ${o.healthHost}:${o.healthPort}: ${err.code === 'EADDRINUSE' ? 'the port is in use; choose another' : err.message}`,
+          `cannot serve --health-port on ${o.healthHost}:${o.healthPort}: ` +
+            (err.code === 'EADDRINUSE' ? 'the port is in use; choose another' : err.message),
         );
       });
       log.info('health and metrics serving', { address: `${o.healthHost}:${port}`, paths: '/livez /readyz /metrics' });
     }
     if (!verifiedBy)
       log.warn(
-        "INSECURE: --insecure-skip-proxy-verification: the proxy is not verified; whoever answers at its address gets this cluster's requests",
+        'INSECURE: --insecure-skip-proxy-verification: the proxy is not verified; whoever answers at its ' +
+          "address gets this cluster's requests",
       );
     log.info('agent starting', {
       cluster: o.name,

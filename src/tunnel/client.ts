@@ -1,8 +1,7 @@
-import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
-import { TowerError } from '../errors.ts';
+import { ConfigRejectedError, HostKeyMismatchError, TimeoutError, TowerError } from '../errors.ts';
 import { printable } from '../observe/log.ts';
 import { ALGORITHMS, fingerprint, type TunnelClient } from './ssh.ts';
 import {
@@ -15,23 +14,10 @@ import {
   FEATURE_TLS_AT_AGENT,
   REQUEST_CONFIG,
   REQUEST_PING,
+  UNAUTHORIZED,
   type AgentConfig,
 } from './protocol.ts';
-
-/** The proxy refused this agent's `config`; the text is the proxy's own words. */
-export class ConfigRejectedError extends TowerError {
-  constructor(message: string) {
-    super('EREJECTED', message);
-    this.name = 'ConfigRejectedError';
-  }
-}
-
-export class HostKeyMismatchError extends TowerError {
-  constructor(message: string) {
-    super('EHOSTKEY', message);
-    this.name = 'HostKeyMismatchError';
-  }
-}
+import { TunnelSession } from './session.ts';
 
 export interface DialOptions {
   config: AgentConfig;
@@ -63,10 +49,7 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
       stream.destroy();
     };
     const timer = setTimeout(
-      () =>
-        fail(
-          new TowerError('ETIMEDOUT', `the proxy did not complete the handshake within ${opts.handshakeTimeoutMs} ms`),
-        ),
+      () => fail(new TimeoutError(`the proxy did not complete the handshake within ${opts.handshakeTimeoutMs} ms`)),
       opts.handshakeTimeoutMs,
     );
     client.on('error', (err: Error) =>
@@ -93,8 +76,7 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
         // Go peers put the reason in the payload, and Go agents read only the payload
         const text = data && data.length > 0 ? data.toString('utf8') : '';
         if (failed || text) {
-          // the proxy's words end up on a terminal: escaped and cut
-          fail(new ConfigRejectedError(text ? printable(text) : 'the proxy rejected the config without a reason'));
+          fail(configRejected(text));
           return;
         }
         if (settled) return;
@@ -115,7 +97,9 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
         seenFingerprint = fingerprint(key);
         if (opts.expectFingerprint && opts.expectFingerprint !== seenFingerprint) {
           hostKeyError = new HostKeyMismatchError(
-            `the proxy's host key is ${seenFingerprint}, not ${opts.expectFingerprint} as --proxy-fingerprint demands; this may be another server posing as the proxy (if the proxy's data dir was reset, print the new join command with: tower token <name>)`,
+            `the proxy's host key is ${seenFingerprint}, not ${opts.expectFingerprint} as --proxy-fingerprint ` +
+              "demands; this may be another server posing as the proxy (if the proxy's data dir was reset, " +
+              'print the new join command with: tower token <name>)',
           );
           return false;
         }
@@ -125,32 +109,32 @@ export function dialTunnel(stream: Duplex, opts: DialOptions): Promise<TunnelCli
   });
 }
 
-/** An admitted tunnel: keepalive pings and its end. */
-export class TunnelClientSession extends EventEmitter {
+/**
+ * The proxy's failure payload for `config`, as an error: its words end up on a terminal, escaped
+ * and cut; UNAUTHORIZED (the Go proxy's text for a bad name or token) is classified here, once.
+ */
+function configRejected(text: string): ConfigRejectedError {
+  if (!text) return new ConfigRejectedError('the proxy rejected the config without a reason', false);
+  return new ConfigRejectedError(printable(text), text.includes(UNAUTHORIZED));
+}
+
+/** An admitted tunnel, the agent's end: pings the proxy, whose answers show it lives. */
+export class TunnelClientSession extends TunnelSession {
   readonly hostKeyFingerprint: string;
   #client: TunnelClient;
-  #stream: Duplex;
-  #closed = false;
 
   constructor(client: TunnelClient, stream: Duplex, hostKeyFingerprint: string) {
-    super();
+    super(client, stream);
     this.#client = client;
-    this.#stream = stream;
     this.hostKeyFingerprint = hostKeyFingerprint;
-    client.on('close', () => this.#onClose());
     client.on('error', (err: Error) => this.emit('warning', err));
-    stream.once('close', () => this.#onClose());
-  }
-
-  get closed(): boolean {
-    return this.#closed;
   }
 
   /** Resolves when the proxy answered within `timeoutMs`, rejects otherwise. */
   ping(timeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new TowerError('ETIMEDOUT', `the proxy did not answer a ping within ${timeoutMs} ms`)),
+        () => reject(new TimeoutError(`the proxy did not answer a ping within ${timeoutMs} ms`)),
         timeoutMs,
       );
       try {
@@ -163,18 +147,5 @@ export class TunnelClientSession extends EventEmitter {
         reject(err as Error);
       }
     });
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#client.end();
-    this.#stream.destroy();
-    this.#onClose();
-  }
-
-  #onClose(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.emit('close');
   }
 }

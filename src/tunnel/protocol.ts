@@ -5,7 +5,8 @@
  */
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
-import { TowerError } from '../errors.ts';
+import { serverIdProblem } from '../config/names.ts';
+import { ProtocolError } from '../errors.ts';
 
 export const SUBPROTOCOL = 'kubesphere-v1';
 export const CLIENT_IDENT = 'SSH-kubesphere-v1-client';
@@ -74,15 +75,6 @@ export interface ReplicaView {
   draining: boolean;
 }
 
-const SERVER_ID = /^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$/;
-
-/** Why `id` cannot name a proxy replica (it names a Lease and travels in a header), or undefined. */
-export function serverIdProblem(id: string): string | undefined {
-  return SERVER_ID.test(id)
-    ? undefined
-    : 'a server id is 1-63 lower-case letters, digits, "-" and ".", starting and ending with a letter or digit';
-}
-
 export function encodeReplicaView(v: ReplicaView): Buffer {
   return Buffer.from(JSON.stringify(v) + '\n');
 }
@@ -114,13 +106,6 @@ export function decodeReplicaView(line: string): ReplicaView {
       throw new ProtocolError(`control message names an invalid server id ${JSON.stringify(String(id).slice(0, 64))}`);
   }
   return { server: d.server, servers: [...new Set(d.servers as string[])], draining: d.draining };
-}
-
-export class ProtocolError extends TowerError {
-  constructor(message: string) {
-    super('EPROTOCOL', message);
-    this.name = 'ProtocolError';
-  }
 }
 
 /** JSON as Go's encoding/json writes the Go tower's Config struct: []byte fields as base64. */
@@ -187,10 +172,10 @@ export function decodeConfig(payload: Buffer): AgentConfig {
     const lk = k.toLowerCase();
     if (lk in STRING_FIELDS) {
       if (v === null) continue;
-      if (typeof v !== 'string')
-        throw new ProtocolError(
-          `malformed config payload: field ${fieldName(STRING_FIELDS[lk as keyof typeof STRING_FIELDS])} must be a string`,
-        );
+      if (typeof v !== 'string') {
+        const field = fieldName(STRING_FIELDS[lk as keyof typeof STRING_FIELDS]);
+        throw new ProtocolError(`malformed config payload: field ${field} must be a string`);
+      }
       out[STRING_FIELDS[lk as keyof typeof STRING_FIELDS]] = v;
     } else if (lk === 'towerfeatures') {
       if (v === null) continue;
@@ -249,7 +234,10 @@ export function configProblem(c: AgentConfig): string | undefined {
   }
   if (c.features) {
     if (c.features.length > CONFIG_LIMITS.features || c.features.some((f) => !FEATURE.test(f)))
-      return `TowerFeatures must be at most ${CONFIG_LIMITS.features} names of lower-case letters, digits, "@", "." and "-"`;
+      return (
+        `TowerFeatures must be at most ${CONFIG_LIMITS.features} names of lower-case letters, digits, ` +
+        '"@", "." and "-"'
+      );
   }
   if (c.bearerToken?.length) {
     const t = c.bearerToken.toString('latin1').trim();
@@ -291,7 +279,10 @@ export function configProblem(c: AgentConfig): string | undefined {
   return undefined;
 }
 
-/** "host:port" with a host name or IP and a port 1-65535 (a scheme is dropped, as the Go tower's agent sends either). */
+/**
+ * "host:port" with a host name or IP and a port 1-65535 (a scheme is dropped, as the Go tower's
+ * agent sends either).
+ */
 function upstreamProblem(value: string, defaultPort: number): string | undefined {
   if (value.length > 300 || !VISIBLE.test(value)) return 'must be host:port in printable ASCII';
   const hp = splitHostPort(normalizeHostPort(value, defaultPort));
@@ -307,7 +298,7 @@ function pemBlocks(data: Buffer, label: string): string[] {
 
 /** Splits "host:port" (IPv6 in brackets), or undefined when it is not one. */
 export function splitHostPort(hostPort: string): { host: string; port: number } | undefined {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]\s]+)):(\d{1,5})$/.exec(hostPort);
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(hostPort);
   if (!m) return undefined;
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return undefined;

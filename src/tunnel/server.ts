@@ -1,7 +1,7 @@
-import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { ServerChannel } from 'ssh2';
+import { ProtocolError, TimeoutError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { ALGORITHMS, type TunnelConnection } from './ssh.ts';
 import {
@@ -11,12 +11,12 @@ import {
   encodeReplicaView,
   FEATURE_REPLICAS,
   type ReplicaView,
-  ProtocolError,
   REQUEST_CONFIG,
   REQUEST_PING,
   SERVER_IDENT,
   type AgentConfig,
 } from './protocol.ts';
+import { TunnelSession } from './session.ts';
 
 export const CHANNEL_OPEN_TIMEOUT_MS = 15_000;
 export const MAX_CHANNELS_PER_SESSION = 4096;
@@ -157,17 +157,16 @@ function refuseAgentChannels(conn: TunnelConnection, log: Logger): void {
 
 let nextSessionId = 1;
 
-/** One admitted agent: opens `kubesphere` channels to the upstreams it announced. */
-export class AgentSession extends EventEmitter {
+/** One admitted agent, the proxy's end: opens `kubesphere` channels to the upstreams it announced. */
+export class AgentSession extends TunnelSession {
   readonly id = nextSessionId++;
   readonly config: AgentConfig;
   readonly remote: string;
   readonly connectedAt = new Date();
+  /** when the agent last pinged (its keepalive), or connected */
   lastSeen = new Date();
   #conn: TunnelConnection;
-  #stream: Duplex;
   #channels = 0;
-  #closed = false;
   /** the control channel: undefined before it is asked for, null while it opens */
   #control: ServerChannel | null | undefined;
   #view: ReplicaView | undefined;
@@ -180,38 +179,28 @@ export class AgentSession extends EventEmitter {
     remote: string,
     observe: ChannelObserver = () => {},
   ) {
-    super();
+    super(conn, stream);
     this.#observe = observe;
     this.#conn = conn;
-    this.#stream = stream;
     this.config = config;
     this.remote = remote;
     conn.on('global request', (name) => {
       if (name === REQUEST_PING) this.lastSeen = new Date();
     });
-    conn.on('close', () => this.#onClose());
-    stream.once('close', () => this.#onClose());
   }
 
   get name(): string {
     return this.config.name;
   }
-  get closed(): boolean {
-    return this.#closed;
-  }
   get channels(): number {
     return this.#channels;
-  }
-  /** bytes to and from the agent so far, when the stream counts them (WebSocket) */
-  get bytes(): { read: number; written: number } {
-    return (this.#stream as Duplex & { bytes?: { read: number; written: number } }).bytes ?? { read: 0, written: 0 };
   }
 
   /** A channel to `hostPort` through the agent; the agent dials it (and, for CHANNEL_TYPE_TLS, wraps it in TLS). */
   openChannel(hostPort: string, type: string = CHANNEL_TYPE): Promise<ServerChannel> {
-    if (this.#closed) {
+    if (this.closed) {
       this.#observe(this, 0, 'closed');
-      return Promise.reject(new Error('the agent session is closed'));
+      return Promise.reject(new TowerError('ECLOSED', 'the agent session is closed'));
     }
     if (this.#channels >= MAX_CHANNELS_PER_SESSION) {
       this.#observe(this, 0, 'limit');
@@ -229,7 +218,9 @@ export class AgentSession extends EventEmitter {
         done = true;
         release();
         this.#observe(this, performance.now() - started, 'timeout');
-        reject(new Error(`the agent did not open a channel to ${hostPort} within ${CHANNEL_OPEN_TIMEOUT_MS} ms`));
+        reject(
+          new TimeoutError(`the agent did not open a channel to ${hostPort} within ${CHANNEL_OPEN_TIMEOUT_MS} ms`),
+        );
       }, CHANNEL_OPEN_TIMEOUT_MS);
       this.#conn.openChannel(type, Buffer.from(hostPort), (err, channel) => {
         clearTimeout(timer);
@@ -270,7 +261,7 @@ export class AgentSession extends EventEmitter {
    * a view sent while the channel opens replaces the one waiting.
    */
   tell(view: ReplicaView): void {
-    if (!this.followsReplicas || this.#closed) return;
+    if (!this.followsReplicas || this.closed) return;
     this.#view = view;
     if (this.#control === undefined) {
       this.#control = null;
@@ -280,7 +271,7 @@ export class AgentSession extends EventEmitter {
           this.#control = undefined;
           return;
         }
-        if (this.#closed) {
+        if (this.closed) {
           ch.close();
           return;
         }
@@ -293,18 +284,5 @@ export class AgentSession extends EventEmitter {
       return;
     }
     this.#control?.write(encodeReplicaView(view));
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#conn.end();
-    this.#stream.destroy();
-    this.#onClose();
-  }
-
-  #onClose(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.emit('close');
   }
 }

@@ -1,11 +1,12 @@
 /**
  * Types and settings for the ssh2 extensions that wire protocol v1 needs. The extensions
- * themselves are a committed patch to ssh2 (patches/ssh2+1.17.0.patch, applied at install):
- * Go-style identification strings, raw global requests with failure payloads, and channels of
- * custom types with raw extra data; and bounded memory per channel: 64 KiB buffered each way
- * (not the 2 MiB window), channel data that waits while the transport is full, and a destroyed
- * channel that drops what it had not read, so that it closes. Nothing else in tower touches ssh2
- * internals.
+ * themselves are committed patches to ssh2, applied at install in order, each with its reason in
+ * its header: patches/ssh2+1.17.0+001+wire-v1.patch (Go-style identification strings, raw global
+ * requests with failure payloads, and channels of custom types with raw extra data) and
+ * patches/ssh2+1.17.0+002+bounded-memory.patch (64 KiB buffered each way in a channel, not the
+ * 2 MiB window; channel data that waits while the transport is full; a destroyed channel that drops
+ * what it had not read, so that it closes; the channelWindow hook); 003 and 004 make its crypto
+ * cheaper. Nothing else in tower touches ssh2 internals.
  */
 import { createHash } from 'node:crypto';
 import type { Client, Connection, ClientChannel, ServerChannel } from 'ssh2';
@@ -33,6 +34,7 @@ export interface TunnelClient extends Client {
     event: 'channel open',
     listener: (info: IncomingChannelInfo, accept: () => ClientChannel, reject: () => void) => void,
   ): this;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- ssh2's own listener signature, which this overloads
   on(event: string | symbol, listener: (...args: any[]) => void): this;
 }
 
@@ -43,9 +45,13 @@ export interface TunnelConnection extends Connection {
     event: 'global request',
     listener: (name: string, data: Buffer, wantReply: boolean, reply: (ok: boolean, data?: Buffer) => void) => void,
   ): this;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- ssh2's own listener signature, which this overloads
   on(event: string | symbol, listener: (...args: any[]) => void): this;
   _sock: unknown;
-  /** the window its channels grant (the patch's hook; ssh2's 2 MiB when unset or more), asked at each open and adjustment */
+  /**
+   * the window its channels grant (the patch's hook; ssh2's 2 MiB when unset or more), asked at each open and
+   * adjustment
+   */
   channelWindow?: () => number;
 }
 
@@ -70,9 +76,6 @@ export const CRYPTO_BACKEND: 'native' | 'js' = (sshCrypto as { bindingAvailable:
 /** why the binary runs on JS crypto although it carries the native binding (undefined otherwise) */
 export const CRYPTO_PROBLEM: string | undefined = (globalThis as { __towerNativeCryptoProblem?: string })
   .__towerNativeCryptoProblem;
-/** glibc's malloc_trim(0), from the same binding; absent on the JS crypto */
-export const TRIM_MALLOC: (() => boolean) | undefined = (globalThis as { __towerTrimMalloc?: () => boolean })
-  .__towerTrimMalloc;
 
 /** "SHA256:<base64>" of an SSH public key blob, as `ssh-keygen -l` prints it. */
 export function fingerprint(publicKeyBlob: Buffer): string {
