@@ -5,7 +5,7 @@
  *   never its message text.
  * - A message names the thing and the fix: `cluster "alpha" not found in ./tower-data (see: tower clusters)`.
  * - Requests the gateway refuses are not errors: they are `Refusal`s, built by the named constructors in
- *   `proxy/refusals.ts`, and answered as a Kubernetes Status in one place.
+ *   `proxy/gateway/refusals.ts`, and answered as a Kubernetes Status in one place.
  * - Validators return a problem text (`clusterNameProblem(name)`) that the caller wraps in the error or
  *   refusal its context needs.
  */

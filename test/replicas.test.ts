@@ -14,7 +14,7 @@ import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { Haproxy } from './support/haproxy.ts';
 import { condition, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
-import { PEER_URI_PREFIX, PeerSignature } from '../src/proxy/peers.ts';
+import { PEER_URI_PREFIX, PeerSignature } from '../src/proxy/peer-protocol.ts';
 import { kubectl } from './support/stack.ts';
 import { freePort, TowerProcess, waitUntil } from './support/tower.ts';
 
@@ -320,7 +320,9 @@ class Reflector {
 
   #watchOnce(): Promise<string> {
     return new Promise((resolve) => {
-      const path = `/api/v1/namespaces/${WATCHED}/configmaps?watch=1&allowWatchBookmarks=true&resourceVersion=${this.#rv}&timeoutSeconds=600`;
+      const path =
+        `/api/v1/namespaces/${WATCHED}/configmaps?watch=1&allowWatchBookmarks=true&resourceVersion=` +
+        `${this.#rv}&timeoutSeconds=600`;
       const req = httpsRequest({ host: '127.0.0.1', port: this.#port, path, agent: this.#agent }, (res) => {
         this.#current = res;
         if (res.statusCode !== 200) {
@@ -393,57 +395,60 @@ class Writer {
   }
 }
 
-test('two tower agents each hold a session to all three replicas within 15 s; kubectl works through every replica', async () => {
-  const t0 = Date.now();
-  for (const name of CLUSTERS) startAgent(name);
-  await everyReplicaHeld(['r1', 'r2', 'r3']);
-  console.log(`# every agent held three sessions ${Date.now() - t0} ms after starting`);
-  const up = await host.waitCluster(
-    'ha1',
-    'AgentAvailable',
-    (c) => condition(c, 'AgentAvailable')?.status === 'True' && Boolean(c.spec?.connection?.kubeconfig),
-  );
-  resources.set('ha1', up);
-  const port = up.spec!.connection!.kubernetesAPIServerPort!;
-  for (const id of ['r1', 'r2', 'r3']) {
-    const r = await clusterKubectl(up, `https://${ADDRESS[id]}:${port}`, ['get', 'namespaces', '-o', 'name']);
-    assert.equal(r.code, 0, `through ${id}: ${r.stderr}`);
-    assert.match(r.stdout, /namespace\/kube-system/);
-  }
-  // no duplicates kept: exactly one session per replica and agent (checked above), and the agents said so
-  for (const p of host.processes.filter((x) => x.name.startsWith('agent ')))
-    assert.match(p.output, /proxy replicas replicas=r1,r2,r3/);
-  // an agent names the replicas it holds when it dials: one of them answers 409 at once, no WebSocket, no SSH
-  const held = await new Promise<IncomingMessage>((resolve, reject) => {
-    httpRequest({
-      host: ADDRESS.r2,
-      port: agentPort,
-      headers: {
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-version': '13',
-        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-        'sec-websocket-protocol': 'kubesphere-v1',
-        'x-tower-held': 'r1,r2',
-      },
-    })
-      .on('response', resolve)
-      .on('upgrade', () => reject(new Error('upgraded')))
-      .on('error', reject)
-      .end();
-  });
-  held.resume();
-  assert.equal(held.statusCode, 409);
-  assert.equal(held.headers['x-tower-server-id'], 'r2');
+test(
+  'two tower agents each hold a session to all three replicas within 15 s; ' + 'kubectl works through every replica',
+  async () => {
+    const t0 = Date.now();
+    for (const name of CLUSTERS) startAgent(name);
+    await everyReplicaHeld(['r1', 'r2', 'r3']);
+    console.log(`# every agent held three sessions ${Date.now() - t0} ms after starting`);
+    const up = await host.waitCluster(
+      'ha1',
+      'AgentAvailable',
+      (c) => condition(c, 'AgentAvailable')?.status === 'True' && Boolean(c.spec?.connection?.kubeconfig),
+    );
+    resources.set('ha1', up);
+    const port = up.spec!.connection!.kubernetesAPIServerPort!;
+    for (const id of ['r1', 'r2', 'r3']) {
+      const r = await clusterKubectl(up, `https://${ADDRESS[id]}:${port}`, ['get', 'namespaces', '-o', 'name']);
+      assert.equal(r.code, 0, `through ${id}: ${r.stderr}`);
+      assert.match(r.stdout, /namespace\/kube-system/);
+    }
+    // no duplicates kept: exactly one session per replica and agent (checked above), and the agents said so
+    for (const p of host.processes.filter((x) => x.name.startsWith('agent ')))
+      assert.match(p.output, /proxy replicas replicas=r1,r2,r3/);
+    // an agent names the replicas it holds when it dials: one of them answers 409 at once, no WebSocket, no SSH
+    const held = await new Promise<IncomingMessage>((resolve, reject) => {
+      httpRequest({
+        host: ADDRESS.r2,
+        port: agentPort,
+        headers: {
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-version': '13',
+          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+          'sec-websocket-protocol': 'kubesphere-v1',
+          'x-tower-held': 'r1,r2',
+        },
+      })
+        .on('response', resolve)
+        .on('upgrade', () => reject(new Error('upgraded')))
+        .on('error', reject)
+        .end();
+    });
+    held.resume();
+    assert.equal(held.statusCode, 409);
+    assert.equal(held.headers['x-tower-server-id'], 'r2');
 
-  const tls = clientOf(up);
-  const front = haproxy.frontends.get('ha1')!;
-  load = new Load(front, tls);
-  reflector = new Reflector(front, tls);
-  await reflector.start();
-  writer = new Writer();
-  await waitUntil('the load to run', () => load.outcomes.filter((o) => o.ok).length > 20);
-});
+    const tls = clientOf(up);
+    const front = haproxy.frontends.get('ha1')!;
+    load = new Load(front, tls);
+    reflector = new Reflector(front, tls);
+    await reflector.start();
+    writer = new Writer();
+    await waitUntil('the load to run', () => load.outcomes.filter((o) => o.ok).length > 20);
+  },
+);
 
 test('(a) a replica killed with SIGKILL: every request started after haproxy marks it down succeeds', async () => {
   const killed = Date.now();
@@ -453,7 +458,9 @@ test('(a) a replica killed with SIGKILL: every request started after haproxy mar
   const after = load.between(down);
   const failed = after.filter((o) => !o.ok);
   console.log(
-    `# (a) down ${down - killed} ms after the kill; ${after.length} requests after, ${failed.length} failed, ${after.filter((o) => o.retried).length} resent on a new connection; ${load.between(killed, down).filter((o) => !o.ok).length} failed before`,
+    `# (a) down ${down - killed} ms after the kill; ${after.length} requests after, ` +
+      `${failed.length} failed, ${after.filter((o) => o.retried).length} resent on a new connection; ` +
+      `${load.between(killed, down).filter((o) => !o.ok).length} failed before`,
   );
   assert.ok(after.length > 50, `only ${after.length} requests after the markdown`);
   assert.deepEqual(failed, [], 'requests started after haproxy marked r2 down');
@@ -463,53 +470,59 @@ test('(a) a replica killed with SIGKILL: every request started after haproxy mar
   await everyReplicaHeld(['r1', 'r2', 'r3'], CLUSTERS, 30_000);
 });
 
-test('(b) all three restarted one by one with SIGTERM (a rolling update): zero failed requests, the watch resumes without losing an event, AgentAvailable stays True', async () => {
-  const from = Date.now();
-  const cutsBefore = reflector.cuts.length;
-  const endsBefore = reflector.cleanEnds;
-  const flips: string[] = [];
-  let watching = true;
-  const conditions = (async () => {
-    while (watching) {
-      const c = await host.get('ha1');
-      const s = condition(c, 'AgentAvailable')?.status;
-      if (s !== 'True') flips.push(`${new Date().toISOString()} ${s}`);
-      await new Promise((r) => setTimeout(r, 250));
+test(
+  '(b) all three restarted one by one with SIGTERM (a rolling update): ' +
+    'zero failed requests, the watch resumes without losing an event, AgentAvailable stays True',
+  async () => {
+    const from = Date.now();
+    const cutsBefore = reflector.cuts.length;
+    const endsBefore = reflector.cleanEnds;
+    const flips: string[] = [];
+    let watching = true;
+    const conditions = (async () => {
+      while (watching) {
+        const c = await host.get('ha1');
+        const s = condition(c, 'AgentAvailable')?.status;
+        if (s !== 'True') flips.push(`${new Date().toISOString()} ${s}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    })();
+    const transition = condition(await host.get('ha1'), 'AgentAvailable')?.lastTransitionTime;
+    for (const id of ['r1', 'r2', 'r3']) {
+      const p = replicas.get(id)!;
+      const mark = p.output.length;
+      assert.equal(await p.stop('SIGTERM'), 0, p.output.slice(mark));
+      assert.match(p.output.slice(mark), /drained /);
+      await startReplica(id);
+      await haproxy.waitState(id, 'UP');
+      await everyReplicaHeld(['r1', 'r2', 'r3'], CLUSTERS, 30_000);
     }
-  })();
-  const transition = condition(await host.get('ha1'), 'AgentAvailable')?.lastTransitionTime;
-  for (const id of ['r1', 'r2', 'r3']) {
-    const p = replicas.get(id)!;
-    const mark = p.output.length;
-    assert.equal(await p.stop('SIGTERM'), 0, p.output.slice(mark));
-    assert.match(p.output.slice(mark), /drained /);
-    await startReplica(id);
-    await haproxy.waitState(id, 'UP');
-    await everyReplicaHeld(['r1', 'r2', 'r3'], CLUSTERS, 30_000);
-  }
-  // the events created during the roll reach the watch, which goes on
-  const last = writer.created.at(-1)!;
-  await waitUntil(`the watch to see ${last}`, () => reflector.seen.has(last), 20_000);
-  watching = false;
-  await conditions;
-  const during = load.between(from);
-  const failed = during.filter((o) => !o.ok);
-  console.log(
-    `# (b) ${during.length} requests during the roll, ${failed.length} failed, ${during.filter((o) => o.retried).length} resent on a new connection; watch handed back ${reflector.cleanEnds - endsBefore} times`,
-  );
-  assert.deepEqual(failed, [], 'requests during the rolling update');
-  assert.deepEqual(reflector.cuts.slice(cutsBefore), [], 'the watch ended only between events');
-  assert.ok(reflector.cleanEnds > endsBefore, 'the watch was handed back at least once');
-  assert.deepEqual(reflector.errors, []);
-  const missing = writer.created.filter((n) => !reflector.seen.has(n));
-  assert.deepEqual(missing, [], 'ConfigMaps the watch never saw');
-  assert.deepEqual(flips, [], 'AgentAvailable left True');
-  assert.equal(
-    condition(await host.get('ha1'), 'AgentAvailable')?.lastTransitionTime,
-    transition,
-    'AgentAvailable did not transition',
-  );
-});
+    // the events created during the roll reach the watch, which goes on
+    const last = writer.created.at(-1)!;
+    await waitUntil(`the watch to see ${last}`, () => reflector.seen.has(last), 20_000);
+    watching = false;
+    await conditions;
+    const during = load.between(from);
+    const failed = during.filter((o) => !o.ok);
+    console.log(
+      `# (b) ${during.length} requests during the roll, ${failed.length} failed, ` +
+        `${during.filter((o) => o.retried).length} resent on a new connection; ` +
+        `watch handed back ${reflector.cleanEnds - endsBefore} times`,
+    );
+    assert.deepEqual(failed, [], 'requests during the rolling update');
+    assert.deepEqual(reflector.cuts.slice(cutsBefore), [], 'the watch ended only between events');
+    assert.ok(reflector.cleanEnds > endsBefore, 'the watch was handed back at least once');
+    assert.deepEqual(reflector.errors, []);
+    const missing = writer.created.filter((n) => !reflector.seen.has(n));
+    assert.deepEqual(missing, [], 'ConfigMaps the watch never saw');
+    assert.deepEqual(flips, [], 'AgentAvailable left True');
+    assert.equal(
+      condition(await host.get('ha1'), 'AgentAvailable')?.lastTransitionTime,
+      transition,
+      'AgentAvailable did not transition',
+    );
+  },
+);
 
 test('(c) a fourth replica is added: the agents hold four sessions within 15 s', async () => {
   await startReplica('r4');
@@ -522,31 +535,34 @@ test('(c) a fourth replica is added: the agents hold four sessions within 15 s',
   );
 });
 
-test('a host API outage longer than a Lease lasts: no replica counts the others gone, the agents keep every session', async () => {
-  const agents = host.processes.filter((x) => x.name.startsWith('agent ') && x.running);
-  const marks = agents.map((a) => a.output.length);
-  await host.cluster.killApiserver();
-  await new Promise((r) => setTimeout(r, 9000));
-  for (const id of ['r1', 'r2', 'r3', 'r4'])
-    assert.match(await metrics(id), /^tower_proxy_replicas 4$/m, `${id} still counts four replicas`);
-  const during = load.between(Date.now() - 5000);
-  assert.ok(during.length > 20);
-  assert.deepEqual(
-    during.filter((o) => !o.ok),
-    [],
-    'requests during the outage',
-  );
-  await host.cluster.startApiserver();
-  await replicas.get('r1')!.waitFor(/the host API answers again/, 30_000);
-  await new Promise((r) => setTimeout(r, 3000));
-  await everyReplicaHeld(['r1', 'r2', 'r3', 'r4'], CLUSTERS, 1000);
-  agents.forEach((a, i) =>
-    assert.doesNotMatch(
-      a.output.slice(marks[i]),
-      /closing the session to a replica that is no longer live|disconnected from proxy/,
-    ),
-  );
-});
+test(
+  'a host API outage longer than a Lease lasts: ' + 'no replica counts the others gone, the agents keep every session',
+  async () => {
+    const agents = host.processes.filter((x) => x.name.startsWith('agent ') && x.running);
+    const marks = agents.map((a) => a.output.length);
+    await host.cluster.killApiserver();
+    await new Promise((r) => setTimeout(r, 9000));
+    for (const id of ['r1', 'r2', 'r3', 'r4'])
+      assert.match(await metrics(id), /^tower_proxy_replicas 4$/m, `${id} still counts four replicas`);
+    const during = load.between(Date.now() - 5000);
+    assert.ok(during.length > 20);
+    assert.deepEqual(
+      during.filter((o) => !o.ok),
+      [],
+      'requests during the outage',
+    );
+    await host.cluster.startApiserver();
+    await replicas.get('r1')!.waitFor(/the host API answers again/, 30_000);
+    await new Promise((r) => setTimeout(r, 3000));
+    await everyReplicaHeld(['r1', 'r2', 'r3', 'r4'], CLUSTERS, 1000);
+    agents.forEach((a, i) =>
+      assert.doesNotMatch(
+        a.output.slice(marks[i]),
+        /closing the session to a replica that is no longer live|disconnected from proxy/,
+      ),
+    );
+  },
+);
 
 test('a Go v1 agent connected to one replica: requests through the others are forwarded to it', async () => {
   const c = resources.get('hago')!;
@@ -703,111 +719,121 @@ test("a stranger with a certificate that is not a replica's cannot use the peer 
   for (const p of replicas.values()) assert.ok(p.running);
 });
 
-test("identity between replicas is bound to each request: a replica's certificate alone, a forged or replayed signature, or a second request before the first answer is refused", async () => {
-  // a connection that is a replica's as far as TLS goes (what a request smuggled onto one rides on), without the signing key
-  const secret = JSON.parse(
-    await host.must(['-n', 'kubesphere-system', 'get', 'secret', 'tower-ca', '-o', 'json']),
-  ) as { data: Record<string, string> };
-  const pem = (k: string) => Buffer.from(secret.data[k]!, 'base64').toString('utf8');
-  const ca = await CertificateAuthority.load({ cert: pem('ca.crt'), key: pem('ca.key') }, 'test');
-  const peerCert = await ca.issueClient('tower-replica:intruder', [], 1, undefined, [`${PEER_URI_PREFIX}intruder`]);
-  const tls = { ca: ca.certPem, ...peerCert };
-  const path = '/api/v1/namespaces';
-  const masters = Buffer.from('{"user":"admin","groups":["system:masters"]}').toString('base64');
-  const posing = (extra: Record<string, string>) => ({
-    'x-tower-peer-cluster': 'ha1',
-    'x-tower-peer-target': 'kubernetes',
-    'x-tower-peer-identity': masters,
-    ...extra,
-  });
-  const post = (headers: Record<string, string>, body: string) =>
-    new Promise<{ status: number; body: string }>((resolve, reject) => {
-      httpsRequest(
-        {
-          host: ADDRESS.r1,
-          port: gatewayPort,
-          path,
-          method: 'POST',
-          headers: { 'content-type': 'application/json', ...headers },
-          ...tls,
-          agent: false,
-        },
-        (res) => {
-          let text = '';
-          res
-            .setEncoding('utf8')
-            .on('data', (d: string) => {
-              text += d;
-            })
-            .on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-        },
-      )
-        .on('error', reject)
-        .end(body);
+test(
+  "identity between replicas is bound to each request: a replica's certificate alone, " +
+    'a forged or replayed signature, or a second request before the first answer is refused',
+  async () => {
+    // a connection that is a replica's as far as TLS goes (what a request smuggled onto one rides on), without the
+    // signing key
+    const secret = JSON.parse(
+      await host.must(['-n', 'kubesphere-system', 'get', 'secret', 'tower-ca', '-o', 'json']),
+    ) as { data: Record<string, string> };
+    const pem = (k: string) => Buffer.from(secret.data[k]!, 'base64').toString('utf8');
+    const ca = await CertificateAuthority.load({ cert: pem('ca.crt'), key: pem('ca.key') }, 'test');
+    const peerCert = await ca.issueClient('tower-replica:intruder', [], 1, undefined, [`${PEER_URI_PREFIX}intruder`]);
+    const tls = { ca: ca.certPem, ...peerCert };
+    const path = '/api/v1/namespaces';
+    const masters = Buffer.from('{"user":"admin","groups":["system:masters"]}').toString('base64');
+    const posing = (extra: Record<string, string>) => ({
+      'x-tower-peer-cluster': 'ha1',
+      'x-tower-peer-target': 'kubernetes',
+      'x-tower-peer-identity': masters,
+      ...extra,
     });
-  const namespace = (name: string) => JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
-  const signer = new PeerSignature(ca.secret('peer-request-signature'));
-  const otherKey = new PeerSignature(Buffer.alloc(32, 7));
-  const signed = (s: PeerSignature, p: string, at?: number) =>
-    s.sign({ method: 'POST', path: p, cluster: 'ha1', target: 'kubernetes', identity: masters }, at);
-  const attempts: [string, Record<string, string>][] = [
-    ['no signature', {}],
-    ['a signature made with another key', { 'x-tower-peer-signature': signed(otherKey, path) }],
-    [
-      'a signature of another request (replayed onto this one)',
-      { 'x-tower-peer-signature': signed(signer, '/api/v1/namespaces/default/pods') },
-    ],
-    [
-      'a signature of another identity',
-      {
-        'x-tower-peer-signature': signed(signer, path),
-        'x-tower-peer-identity': Buffer.from('{"user":"admin2","groups":["system:masters"]}').toString('base64'),
-      },
-    ],
-    ['a signature ten minutes old', { 'x-tower-peer-signature': signed(signer, path, Date.now() - 600_000) }],
-  ];
-  for (const [what, headers] of attempts) {
-    const name = `peer-forged-${attempts.findIndex((a) => a[0] === what)}`;
-    const r = await post(posing(headers), namespace(name));
-    assert.equal(r.status, 403, `${what}: ${r.body}`);
-    assert.equal(
-      (await kubectl(member.kubeconfig, ['get', 'namespace', name])).code,
-      1,
-      `${what}: the namespace was not created in the member`,
-    );
-  }
-  // the control: the same request signed with the replicas' key is a replica's word, and the member acts on it
-  const honest = await post(posing({ 'x-tower-peer-signature': signed(signer, path) }), namespace('peer-signed'));
-  assert.equal(honest.status, 201, honest.body);
-  await kubectl(member.kubeconfig, ['delete', 'namespace', 'peer-signed', '--wait=false']);
+    const post = (headers: Record<string, string>, body: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        httpsRequest(
+          {
+            host: ADDRESS.r1,
+            port: gatewayPort,
+            path,
+            method: 'POST',
+            headers: { 'content-type': 'application/json', ...headers },
+            ...tls,
+            agent: false,
+          },
+          (res) => {
+            let text = '';
+            res
+              .setEncoding('utf8')
+              .on('data', (d: string) => {
+                text += d;
+              })
+              .on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+          },
+        )
+          .on('error', reject)
+          .end(body);
+      });
+    const namespace = (name: string) => JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+    const signer = new PeerSignature(ca.secret('peer-request-signature'));
+    const otherKey = new PeerSignature(Buffer.alloc(32, 7));
+    const signed = (s: PeerSignature, p: string, at?: number) =>
+      s.sign({ method: 'POST', path: p, cluster: 'ha1', target: 'kubernetes', identity: masters }, at);
+    const attempts: [string, Record<string, string>][] = [
+      ['no signature', {}],
+      ['a signature made with another key', { 'x-tower-peer-signature': signed(otherKey, path) }],
+      [
+        'a signature of another request (replayed onto this one)',
+        { 'x-tower-peer-signature': signed(signer, '/api/v1/namespaces/default/pods') },
+      ],
+      [
+        'a signature of another identity',
+        {
+          'x-tower-peer-signature': signed(signer, path),
+          'x-tower-peer-identity': Buffer.from('{"user":"admin2","groups":["system:masters"]}').toString('base64'),
+        },
+      ],
+      ['a signature ten minutes old', { 'x-tower-peer-signature': signed(signer, path, Date.now() - 600_000) }],
+    ];
+    for (const [what, headers] of attempts) {
+      const name = `peer-forged-${attempts.findIndex((a) => a[0] === what)}`;
+      const r = await post(posing(headers), namespace(name));
+      assert.equal(r.status, 403, `${what}: ${r.body}`);
+      assert.equal(
+        (await kubectl(member.kubeconfig, ['get', 'namespace', name])).code,
+        1,
+        `${what}: the namespace was not created in the member`,
+      );
+    }
+    // the control: the same request signed with the replicas' key is a replica's word, and the member acts on it
+    const honest = await post(posing({ 'x-tower-peer-signature': signed(signer, path) }), namespace('peer-signed'));
+    assert.equal(honest.status, 201, honest.body);
+    await kubectl(member.kubeconfig, ['delete', 'namespace', 'peer-signed', '--wait=false']);
 
-  // two signed requests in one write: the second arrives before the first answer, and is not forwarded
-  const head = (name: string, sig: string) => {
-    const body = namespace(name);
-    return `POST ${path} HTTP/1.1\r\nHost: ${ADDRESS.r1}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nx-tower-peer-cluster: ha1\r\nx-tower-peer-target: kubernetes\r\nx-tower-peer-identity: ${masters}\r\nx-tower-peer-signature: ${sig}\r\n\r\n${body}`;
-  };
-  const socket = tlsConnect({ host: ADDRESS.r1, port: gatewayPort, ...tls, servername: undefined });
-  await once(socket, 'secureConnect');
-  let answer = '';
-  socket.setEncoding('utf8').on('data', (d: string) => {
-    answer += d;
-  });
-  socket.write(head('peer-piped-1', signed(signer, path)) + head('peer-piped-2', signed(signer, path)));
-  await Promise.race([once(socket, 'close'), new Promise((r) => setTimeout(r, 15_000))]);
-  assert.ok(socket.destroyed, 'the replica connection was closed');
-  assert.equal(
-    (await kubectl(member.kubeconfig, ['get', 'namespace', 'peer-piped-2'])).code,
-    1,
-    'the second request never reached the member',
-  );
-  assert.doesNotMatch(answer, /peer-piped-2/);
-  await kubectl(member.kubeconfig, ['delete', 'namespace', 'peer-piped-1', '--wait=false']);
-  assert.match(
-    replicas.get('r1')!.output,
-    /closed a replica connection that sent a request before the previous answer ended/,
-  );
-  for (const p of replicas.values()) assert.ok(p.running);
-});
+    // two signed requests in one write: the second arrives before the first answer, and is not forwarded
+    const head = (name: string, sig: string) => {
+      const body = namespace(name);
+      return (
+        `POST ${path} HTTP/1.1\r\nHost: ${ADDRESS.r1}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nx-tower-peer-cluster: ha1\r\n` +
+        `x-tower-peer-target: kubernetes\r\nx-tower-peer-identity: ${masters}\r\n` +
+        `x-tower-peer-signature: ${sig}\r\n\r\n${body}`
+      );
+    };
+    const socket = tlsConnect({ host: ADDRESS.r1, port: gatewayPort, ...tls, servername: undefined });
+    await once(socket, 'secureConnect');
+    let answer = '';
+    socket.setEncoding('utf8').on('data', (d: string) => {
+      answer += d;
+    });
+    socket.write(head('peer-piped-1', signed(signer, path)) + head('peer-piped-2', signed(signer, path)));
+    await Promise.race([once(socket, 'close'), new Promise((r) => setTimeout(r, 15_000))]);
+    assert.ok(socket.destroyed, 'the replica connection was closed');
+    assert.equal(
+      (await kubectl(member.kubeconfig, ['get', 'namespace', 'peer-piped-2'])).code,
+      1,
+      'the second request never reached the member',
+    );
+    assert.doesNotMatch(answer, /peer-piped-2/);
+    await kubectl(member.kubeconfig, ['delete', 'namespace', 'peer-piped-1', '--wait=false']);
+    assert.match(
+      replicas.get('r1')!.output,
+      /closed a replica connection that sent a request before the previous answer ended/,
+    );
+    for (const p of replicas.values()) assert.ok(p.running);
+  },
+);
 
 test('the replicas stop cleanly: each withdraws its Lease', async () => {
   load.stop();

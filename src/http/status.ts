@@ -49,7 +49,10 @@ export function statusBody(r: Refusal): string {
 export function rawStatus(r: Refusal): string {
   const body = statusBody(r);
   const retry = r.retryAfter !== undefined ? `Retry-After: ${r.retryAfter}\r\n` : '';
-  return `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nContent-Type: application/json\r\n${retry}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+  return (
+    `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nContent-Type: ` +
+    `application/json\r\n${retry}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+  );
 }
 
 /** Never throws: a response that can no longer carry a Status (headers gone out, socket gone) is ended as it is. */

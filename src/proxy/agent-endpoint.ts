@@ -181,7 +181,9 @@ export class AgentEndpoint {
     if (typeof held === 'string' && held.length <= 4096 && held.split(',').includes(this.#opts.serverId)) {
       this.#opts.metrics?.handshakes.inc({ result: 'held' });
       socket.end(
-        `HTTP/1.1 409 Conflict\r\n${SERVER_ID_HEADER}: ${this.#opts.serverId}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nthis agent holds a session to replica ${this.#opts.serverId} already\n`,
+        `HTTP/1.1 409 Conflict\r\n${SERVER_ID_HEADER}: ${this.#opts.serverId}\r\nContent-Type: ` +
+          `text/plain\r\nConnection: close\r\n\r\nthis agent holds a session to replica ${this.#opts.serverId} ` +
+          `already\n`,
       );
       return;
     }

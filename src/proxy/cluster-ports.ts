@@ -1,7 +1,7 @@
 import type { Logger } from '../observe/log.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
-import type { ClusterServing } from '../store/types.ts';
-import { Gateway, type GatewayOptions } from './gateway.ts';
+import type { Cluster, ClusterServing } from '../mode/mode.ts';
+import { Gateway, type GatewayOptions } from './gateway/gateway.ts';
 import type { SessionRegistry } from './registry.ts';
 
 const CERT_DAYS = 365;
@@ -142,5 +142,41 @@ export class ClusterPorts {
     this.#closed = true;
     await this.#busy;
     await this.#stop();
+  }
+}
+
+/** Every cluster served on ports of its own (Kubernetes mode), following the clusters' records. */
+export class ServedPorts {
+  #base: Omit<ClusterPortsOptions, 'name'>;
+  #ports = new Map<string, ClusterPorts>();
+
+  constructor(base: Omit<ClusterPortsOptions, 'name'>) {
+    this.#base = base;
+  }
+
+  /** the gateways of every cluster's ports */
+  get gateways(): Gateway[] {
+    return [...this.#ports.values()].flatMap((p) => p.gateways);
+  }
+
+  /** Serves `name` as its record says, or (undefined, or no ports in it) stops serving it. */
+  apply(name: string, cluster: Cluster | undefined): void {
+    let ports = this.#ports.get(name);
+    if (!cluster?.serve) {
+      if (ports) {
+        this.#ports.delete(name);
+        void ports.close();
+      }
+      return;
+    }
+    if (!ports) {
+      ports = new ClusterPorts({ ...this.#base, name });
+      this.#ports.set(name, ports);
+    }
+    void ports.apply(cluster.serve);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#ports.values()].map((p) => p.close()));
   }
 }

@@ -7,7 +7,7 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import type { PeerCertificate } from 'node:tls';
-import type { Upstream } from './upstream.ts';
+import type { Agent } from 'node:http';
 
 /** how the gateway acts in the member: as the client certificate (default) or, as the Go tower, as the agent */
 export type GatewayIdentity = 'certificate' | 'agent';
@@ -123,6 +123,13 @@ function wire(v: string): string {
 }
 const ASCII = /^[\x20-\x7e]*$/;
 
+/** A member's kube-apiserver as the agent's own credentials reach it, for a request of the gateway's own. */
+export interface Reviewer {
+  readonly pool: Agent;
+  /** Host and the agent's Authorization */
+  ownHeaders(): OutgoingHttpHeaders;
+}
+
 interface Verdict {
   allowed: boolean;
   expires: number;
@@ -137,7 +144,7 @@ export class ImpersonationCheck {
 
   /** undefined when allowed, else the reason for a 403; rejects when the member could not be asked */
   async denied(
-    member: Upstream,
+    member: Reviewer,
     cluster: string,
     who: Identity,
     wanted: ImpersonationRequest,
@@ -166,13 +173,16 @@ export class ImpersonationCheck {
     ];
     for (const c of checks) {
       if (!(await this.#allowed(member, cluster, who, c.attrs))) {
-        return `user "${who.user}" may not impersonate ${c.what} in cluster "${cluster}" (the member's RBAC must grant the verb "impersonate" on ${c.attrs.resource})`;
+        return (
+          `user "${who.user}" may not impersonate ${c.what} in cluster "${cluster}" (the member's RBAC must ` +
+          `grant the verb "impersonate" on ${c.attrs.resource})`
+        );
       }
     }
     return undefined;
   }
 
-  async #allowed(member: Upstream, cluster: string, who: Identity, attrs: Record<string, string>): Promise<boolean> {
+  async #allowed(member: Reviewer, cluster: string, who: Identity, attrs: Record<string, string>): Promise<boolean> {
     const key = JSON.stringify([cluster, who.user, who.groups, attrs]);
     const now = Date.now();
     const hit = this.#cache.get(key);
@@ -187,7 +197,7 @@ export class ImpersonationCheck {
 }
 
 /** POST a SubjectAccessReview to the member through `member` (with the agent's credentials); true when allowed. */
-function subjectAccessReview(member: Upstream, who: Identity, attrs: Record<string, string>): Promise<boolean> {
+function subjectAccessReview(member: Reviewer, who: Identity, attrs: Record<string, string>): Promise<boolean> {
   const body = JSON.stringify({
     apiVersion: 'authorization.k8s.io/v1',
     kind: 'SubjectAccessReview',
@@ -199,12 +209,11 @@ function subjectAccessReview(member: Upstream, who: Identity, attrs: Record<stri
     },
   });
   const headers: OutgoingHttpHeaders = {
-    host: member.hostHeader,
+    ...member.ownHeaders(),
     'content-type': 'application/json',
     accept: 'application/json',
     'content-length': Buffer.byteLength(body),
   };
-  if (member.authorization) headers.authorization = member.authorization;
   return new Promise((resolve, reject) => {
     const req = httpRequest({ agent: member.pool, method: 'POST', path: SAR_PATH, headers });
     const timer = setTimeout(() => req.destroy(new Error(`no answer within ${SAR_TIMEOUT_MS} ms`)), SAR_TIMEOUT_MS);
@@ -224,7 +233,8 @@ function subjectAccessReview(member: Upstream, who: Identity, attrs: Record<stri
         if (res.statusCode !== 201 && res.statusCode !== 200) {
           reject(
             new Error(
-              `the member answered ${res.statusCode} to a SubjectAccessReview (the agent's credentials must allow creating subjectaccessreviews)`,
+              `the member answered ${res.statusCode} to a SubjectAccessReview (the agent's credentials must allow ` +
+                `creating subjectaccessreviews)`,
             ),
           );
           return;

@@ -92,7 +92,9 @@ export class ProxyMetrics {
     });
     new Gauge({
       name: 'tower_proxy_leader',
-      help: '1 when this replica writes the Clusters (it holds Lease kubesphere-system/tower, or runs without leader election); every replica serves either way',
+      help:
+        '1 when this replica writes the Clusters (it holds Lease kubesphere-system/tower, or runs without ' +
+        'leader election); every replica serves either way',
       registers,
       collect() {
         this.set(source.leader());
@@ -108,7 +110,9 @@ export class ProxyMetrics {
     });
     new Gauge({
       name: 'tower_proxy_stalled_memory_bytes',
-      help: 'Memory reserved by answers whose clients stopped reading: each holds up to its SSH window and buffers while stalled; at --max-stalled-memory new requests are answered 429',
+      help:
+        'Memory reserved by answers whose clients stopped reading: each holds up to its SSH window and buffers ' +
+        'while stalled; at --max-stalled-memory new requests are answered 429',
       registers,
       collect() {
         this.set(source.stalledBytes());
@@ -124,7 +128,10 @@ export class ProxyMetrics {
     });
     this.handshakes = new Counter({
       name: 'tower_proxy_agent_handshakes_total',
-      help: 'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, config, timeout), limited (too many at once), unavailable (this replica starts or drains), held (the agent holds a session here already: answered 409 before any handshake)',
+      help:
+        'Agent connections by outcome: accepted, unauthorized (token or cluster refused), failed (protocol, ' +
+        'config, timeout), limited (too many at once), unavailable (this replica starts or drains), held (the agent ' +
+        'holds a session here already: answered 409 before any handshake)',
       labelNames: ['result'],
       registers,
     });
@@ -136,7 +143,9 @@ export class ProxyMetrics {
     });
     this.requests = new Counter({
       name: 'tower_proxy_gateway_requests_total',
-      help: 'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), Kubernetes verb and status code',
+      help:
+        'Requests through the gateway and the cluster ports, by cluster (empty when none was routed), ' +
+        'Kubernetes verb and status code',
       labelNames: ['cluster', 'verb', 'code'],
       registers,
     });
@@ -168,7 +177,9 @@ export class ProxyMetrics {
     });
     this.peerForwards = new Counter({
       name: 'tower_proxy_peer_forwards_total',
-      help: 'Requests this replica forwarded to another one, which holds an agent of the cluster when this one does not (they are counted in tower_proxy_gateway_requests_total on both)',
+      help:
+        'Requests this replica forwarded to another one, which holds an agent of the cluster when this one does ' +
+        'not (they are counted in tower_proxy_gateway_requests_total on both)',
       labelNames: ['replica'],
       registers,
     });
@@ -180,7 +191,9 @@ export class ProxyMetrics {
     });
     this.stalledRefusals = new Counter({
       name: 'tower_proxy_stalled_refusals_total',
-      help: 'Requests and upgrades answered 429 because answers whose clients stopped reading held --max-stalled-memory',
+      help:
+        'Requests and upgrades answered 429 because answers whose clients stopped reading held ' +
+        '--max-stalled-memory',
       labelNames: ['cluster'],
       registers,
     });

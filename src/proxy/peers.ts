@@ -3,123 +3,23 @@
  * one holds one, and forwards the request there (one hop, mutual TLS from tower's CA). Peers
  * are found through Replicas; nothing keeps a shared map of clusters.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
-import { request as httpRequest, type Agent, type IncomingMessage } from 'node:http';
+import { request as httpRequest, type Agent, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import type { Logger } from '../observe/log.ts';
-import type { Identity } from './identity.ts';
-import type { Replica, Replicas } from './replicas.ts';
+import { forwardedHeaders } from './gateway/headers.ts';
+import type { Route, Target } from './gateway/route.ts';
+import { encodeIdentity, PEER_API, PEER_HEADERS, type PeerSessions, type PeerSignature } from './peer-protocol.ts';
+import type { Replica, Replicas } from '../replicas.ts';
 import { ChannelAgent, type Upstream } from './upstream.ts';
 
-export const PEER_URI_PREFIX = 'urn:tower:peer:';
-/** set by the forwarding replica only; a client's own are dropped everywhere */
-export const PEER_HEADERS = {
-  cluster: 'x-tower-peer-cluster',
-  target: 'x-tower-peer-target',
-  /** base64 of the JSON Identity the forwarding replica verified */
-  identity: 'x-tower-peer-identity',
-  /** "<ms>.<HMAC>" over what decides the request (PeerSignature), made with a key only replicas hold */
-  signature: 'x-tower-peer-signature',
-} as const;
-export const PEER_API = '/peer/v1/';
 const LOOKUP_TIMEOUT_MS = 2_000;
 const FOUND_TTL_MS = 1_000;
 const NUDGE_DELAY_MS = 200;
 const MAX_ANSWER_BYTES = 1024 * 1024;
 const CONNECT_TIMEOUT_MS = 5_000;
 const IDLE_SOCKET_TIMEOUT_MS = 60_000;
-
-export type Target = 'kubernetes' | 'kubesphere';
-
-/** What a replica answers to GET /peer/v1/sessions: its id, whether it drains, sessions per cluster asked for. */
-export interface PeerSessions {
-  server: string;
-  draining: boolean;
-  sessions: Record<string, number>;
-}
-
-/** The replica id a peer certificate names, from Node's `subjectaltname`; undefined for any other certificate. */
-export function peerOf(subjectAltName: string | undefined): string | undefined {
-  for (const part of (subjectAltName ?? '').split(', ')) {
-    if (part.startsWith('URI:' + PEER_URI_PREFIX)) return part.slice(4 + PEER_URI_PREFIX.length);
-  }
-  return undefined;
-}
-
-export function encodeIdentity(who: Identity): string {
-  return Buffer.from(JSON.stringify(who)).toString('base64');
-}
-
-/** The identity a peer forwarded, or undefined when the header is not one. */
-export function decodeIdentity(header: string | undefined): Identity | undefined {
-  if (!header) return undefined;
-  try {
-    const v = JSON.parse(Buffer.from(header, 'base64').toString('utf8')) as Partial<Identity>;
-    if (
-      typeof v.user !== 'string' ||
-      !v.user ||
-      !Array.isArray(v.groups) ||
-      v.groups.some((g) => typeof g !== 'string')
-    )
-      return undefined;
-    if ([v.user, ...v.groups].some((s) => /[\x00-\x1f\x7f]/.test(s))) return undefined;
-    return { user: v.user, groups: v.groups as string[] };
-  } catch {
-    return undefined;
-  }
-}
-
-/** how far a signature's time may be from the receiving replica's clock */
-const SIGNATURE_SKEW_MS = 5 * 60_000;
-const SIGNATURE_VERSION = 'tower-peer-request-v1';
-
-/** What a forwarded request's signature covers: everything that decides whom it acts as, where. */
-export interface SignedRequest {
-  method: string;
-  path: string;
-  cluster: string;
-  target: string;
-  /** the identity header as sent ('' when there is none) */
-  identity: string;
-}
-
-/**
- * Binds a forwarded request's cluster, target and identity to that request, not to the connection
- * it rides on: an HMAC-SHA256 with a key derived from tower's CA key, which only replicas hold
- * (each loads the CA to issue certificates). A request that got onto a replica-to-replica
- * connection any other way carries no valid signature, whatever its headers say.
- */
-export class PeerSignature {
-  #key: Buffer;
-  constructor(key: Buffer) {
-    this.#key = key;
-  }
-
-  sign(r: SignedRequest, now = Date.now()): string {
-    return `${now}.${this.#mac(r, now)}`;
-  }
-
-  /** undefined when `header` signs `r`; else what is wrong with it */
-  problem(header: string | string[] | undefined, r: SignedRequest, now = Date.now()): string | undefined {
-    if (typeof header !== 'string') return 'no signature';
-    const m = /^(\d{1,15})\.([A-Za-z0-9_-]{43})$/.exec(header);
-    if (!m) return 'a malformed signature';
-    const at = Number(m[1]);
-    if (Math.abs(now - at) > SIGNATURE_SKEW_MS)
-      return `a signature made ${Math.round((now - at) / 1000)}s from now (more than ${SIGNATURE_SKEW_MS / 1000}s apart)`;
-    const want = Buffer.from(this.#mac(r, at), 'base64url');
-    if (!timingSafeEqual(want, Buffer.from(m[2]!, 'base64url'))) return 'a signature that does not match the request';
-    return undefined;
-  }
-
-  #mac(r: SignedRequest, at: number): string {
-    return createHmac('sha256', this.#key)
-      .update([SIGNATURE_VERSION, String(at), r.method, r.path, r.cluster, r.target, r.identity].join('\n'))
-      .digest('base64url');
-  }
-}
 
 export interface PeersOptions {
   replicas: Replicas;
@@ -235,7 +135,10 @@ export class Peers {
     });
   }
 
-  /** Tells the others (batched) that this replica's agents of `cluster` came or went: the one that writes conditions looks again. */
+  /**
+   * Tells the others (batched) that this replica's agents of `cluster` came or went: the one that writes conditions
+   * looks again.
+   */
   nudge(cluster: string): void {
     if (this.#closed) return;
     this.#nudges.add(cluster);
@@ -256,7 +159,7 @@ export class Peers {
     const key = `${replica.id}@${replica.address}/${target}`;
     let u = this.#upstreams.get(key);
     if (!u) {
-      u = new PeerUpstream(replica, target, this.#context);
+      u = new PeerUpstream(replica, target, this.#context, this.signature);
       this.#upstreams.set(key, u);
     }
     return u;
@@ -323,19 +226,17 @@ export class Peers {
 export class PeerUpstream implements Upstream {
   readonly replica: Replica;
   readonly target: Target;
-  readonly hostPort: string;
-  readonly hostHeader: string;
   readonly pool: Agent;
-  readonly authorization = undefined;
-  readonly keepsClientAuthorization = true;
+  /** the replica settles whom the request acts as, as this one would: it gets the client's impersonation */
+  readonly reviewer = undefined;
   #context: SecureContext;
+  #signature: PeerSignature;
 
-  constructor(replica: Replica, target: Target, context: SecureContext) {
+  constructor(replica: Replica, target: Target, context: SecureContext, signature: PeerSignature) {
     this.replica = replica;
     this.target = target;
-    this.hostPort = replica.address;
-    this.hostHeader = replica.address;
     this.#context = context;
+    this.#signature = signature;
     this.pool = new ChannelAgent(this, {
       keepAlive: true,
       maxSockets: 1024,
@@ -349,6 +250,32 @@ export class PeerUpstream implements Upstream {
   }
   get via(): string {
     return `replica ${this.replica.id}`;
+  }
+  get through(): string {
+    return this.via;
+  }
+
+  /**
+   * The client's headers, less what says who it is (a client's own impersonation stays, for that
+   * replica to judge as this one would), plus the cluster, the target and the identity this replica
+   * verified, signed together with the request's method and path.
+   */
+  headers(req: IncomingMessage, route: Route): OutgoingHttpHeaders {
+    const keepAuth = route.target === 'kubesphere';
+    const out = forwardedHeaders(req, (k) => !keepAuth && (k === 'authorization' || k.startsWith('x-remote-')));
+    out.host = this.replica.address;
+    out[PEER_HEADERS.cluster] = route.cluster;
+    out[PEER_HEADERS.target] = route.target;
+    const identity = route.identity ? encodeIdentity(route.identity) : '';
+    if (identity) out[PEER_HEADERS.identity] = identity;
+    out[PEER_HEADERS.signature] = this.#signature.sign({
+      method: req.method ?? '',
+      path: route.path,
+      cluster: route.cluster,
+      target: route.target,
+      identity,
+    });
+    return out;
   }
 
   connect(): Promise<Duplex> {
@@ -366,7 +293,8 @@ export class PeerUpstream implements Upstream {
       socket.once('timeout', () =>
         socket.destroy(
           new Error(
-            `no TLS connection to replica ${this.replica.id} at ${this.replica.address} within ${CONNECT_TIMEOUT_MS} ms`,
+            `no TLS connection to replica ${this.replica.id} at ${this.replica.address} within ` +
+              `${CONNECT_TIMEOUT_MS} ms`,
           ),
         ),
       );

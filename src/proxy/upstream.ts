@@ -1,10 +1,25 @@
-import { Agent, type AgentOptions, type ClientRequestArgs } from 'node:http';
+import {
+  Agent,
+  type AgentOptions,
+  type ClientRequestArgs,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+} from 'node:http';
 import type { Duplex } from 'node:stream';
 import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
 import type { ServerChannel } from 'ssh2';
 import { CHANNEL_TYPE_TLS, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort } from '../tunnel/protocol.ts';
 import { MAX_CHANNELS_PER_SESSION, type AgentSession } from '../tunnel/server.ts';
+import { dropBearerProtocol, forwardedHeaders } from './gateway/headers.ts';
+import type { Route } from './gateway/route.ts';
+import {
+  impersonationHeaders,
+  isIdentityHeader,
+  type Identity,
+  type ImpersonationRequest,
+  type Reviewer,
+} from './identity.ts';
 
 const TLS_HANDSHAKE_TIMEOUT_MS = 15_000;
 const IDLE_SOCKET_TIMEOUT_MS = 90_000;
@@ -13,67 +28,113 @@ const MAX_SOCKETS_PER_SESSION = MAX_CHANNELS_PER_SESSION;
 /** idle connections kept per session: below the client's concurrency, every burst would pay new handshakes */
 const MAX_FREE_SOCKETS_PER_SESSION = 256;
 
-/** An HTTP server in a member cluster, reached through one agent session, or through another replica. */
+/** Whom a request acts as in the member: the certificate's identity, or an impersonation the member allowed it. */
+export type ActAs = Identity | ImpersonationRequest | undefined;
+
+/**
+ * Where the gateway sends a request: a member's kube-apiserver or ks-apiserver through one agent
+ * session, or another replica that holds one. Each builds the headers it must receive itself, so
+ * that nothing built for one reaches another (a retry goes to the next upstream with its own).
+ */
 export interface Upstream {
-  /** the agent session, when this replica holds it */
-  readonly session?: AgentSession;
   /** what a retry must not pick again: the agent session, or the replica's id */
   readonly key: unknown;
   /** for logs: "session 12", "replica r2" */
   readonly via: string;
-  /** "host:port" the agent dials */
-  readonly hostPort: string;
-  /** the Host header to send */
-  readonly hostHeader: string;
-  /** keep-alive pool of connections through this session */
+  /** for messages: "its agent", "replica r2" */
+  readonly through: string;
+  /** keep-alive pool of connections to it */
   readonly pool: Agent;
-  /** the Authorization to send instead of the client's; undefined with keepsClientAuthorization */
-  readonly authorization: string | undefined;
-  /** whether the client's own Authorization header goes through (ks-apiserver authenticates its users) */
-  readonly keepsClientAuthorization: boolean;
+  /**
+   * asks the member whether an impersonation is allowed, before the request goes; undefined where
+   * the upstream settles that itself (a replica judges as this one would)
+   */
+  readonly reviewer: Reviewer | undefined;
+  /** The request's headers as this upstream must receive them. */
+  headers(req: IncomingMessage, route: Route, actAs: ActAs): OutgoingHttpHeaders;
   /** a fresh connection through a new channel (for upgrades, which leave the pool) */
   connect(): Promise<Duplex>;
+}
+
+/**
+ * An HTTP server in a member cluster through one agent session: its channels are the pool's
+ * connections, and the pool goes with the session.
+ */
+abstract class SessionUpstream implements Upstream {
+  readonly session: AgentSession;
+  /** "host:port" the agent dials */
+  readonly hostPort: string;
+  readonly hostHeader: string;
+  readonly pool: Agent;
+  readonly through = 'its agent';
+  abstract readonly reviewer: Reviewer | undefined;
+  /** the Authorization to send instead of the client's, if any */
+  protected abstract readonly authorization: string | undefined;
+  /** whether the client's own Authorization goes through (ks-apiserver authenticates its users) */
+  protected abstract readonly keepsClientAuthorization: boolean;
+
+  constructor(session: AgentSession, hostPort: string, defaultPort: number, maxFreeSockets: number) {
+    this.session = session;
+    this.hostPort = hostPort;
+    this.hostHeader = hostPort.replace(new RegExp(`:${defaultPort}$`), '');
+    this.pool = new ChannelAgent(this, {
+      keepAlive: true,
+      maxSockets: MAX_SOCKETS_PER_SESSION,
+      maxFreeSockets,
+      timeout: IDLE_SOCKET_TIMEOUT_MS,
+    });
+    session.once('close', () => this.pool.destroy());
+  }
+
+  get key(): unknown {
+    return this.session;
+  }
+  get via(): string {
+    return `session ${this.session.id}`;
+  }
+
+  /**
+   * Who the request acts as is never the client's word: on a certificate's route its Authorization,
+   * Impersonate-*, X-Remote-* and bearer subprotocol go, and the certificate's identity (or an
+   * impersonation the member allowed it) is sent. Otherwise only the client's Authorization is
+   * dropped, unless the member authenticates clients itself (ks-apiserver).
+   */
+  headers(req: IncomingMessage, route: Route, actAs: ActAs): OutgoingHttpHeaders {
+    const certificate = route.identity !== undefined;
+    const dropAuth = !this.keepsClientAuthorization;
+    const out = forwardedHeaders(req, (k) => (certificate ? isIdentityHeader(k) : dropAuth && k === 'authorization'));
+    if (certificate) dropBearerProtocol(out);
+    out.host = this.hostHeader;
+    if (this.authorization) out.authorization = this.authorization;
+    if (actAs) impersonationHeaders(out, actAs);
+    return out;
+  }
+
+  abstract connect(): Promise<Duplex>;
 }
 
 /**
  * How the proxy reaches a member's kube-apiserver: TLS made by the proxy inside a tunnel channel,
  * with the credentials that this very session's agent announced.
  */
-export class MemberApiserver implements Upstream {
-  readonly session: AgentSession;
-  readonly hostPort: string;
+export class MemberApiserver extends SessionUpstream implements Reviewer {
   readonly host: string;
-  readonly hostHeader: string;
-  readonly keepsClientAuthorization = false;
-  /** keep-alive pool of TLS connections through this session */
-  readonly pool: Agent;
-  #bearer: string | undefined;
+  readonly reviewer: Reviewer = this;
+  protected readonly authorization: string | undefined;
+  protected readonly keepsClientAuthorization = false;
   #context: SecureContext | undefined;
 
   constructor(session: AgentSession) {
-    this.session = session;
-    this.hostPort = normalizeHostPort(session.config.kubernetesSvcHost, 443);
+    super(session, normalizeHostPort(session.config.kubernetesSvcHost, 443), 443, MAX_FREE_SOCKETS_PER_SESSION);
     this.host = hostOf(this.hostPort);
-    this.hostHeader = this.hostPort.replace(/:443$/, '');
     const token = session.config.bearerToken?.toString('utf8').trim();
-    this.#bearer = token ? `Bearer ${token}` : undefined;
-    this.pool = new ChannelAgent(this, {
-      keepAlive: true,
-      maxSockets: MAX_SOCKETS_PER_SESSION,
-      maxFreeSockets: MAX_FREE_SOCKETS_PER_SESSION,
-      timeout: IDLE_SOCKET_TIMEOUT_MS,
-    });
-    session.once('close', () => this.pool.destroy());
+    this.authorization = token ? `Bearer ${token}` : undefined;
   }
 
-  get authorization(): string | undefined {
-    return this.#bearer;
-  }
-  get key(): unknown {
-    return this.session;
-  }
-  get via(): string {
-    return `session ${this.session.id}`;
+  ownHeaders(): OutgoingHttpHeaders {
+    const own: OutgoingHttpHeaders = { host: this.hostHeader };
+    if (this.authorization) own.authorization = this.authorization;
+    return own;
   }
 
   /** parsed once per session: the agent's CA and client certificate */
@@ -134,32 +195,14 @@ export class MemberApiserver implements Upstream {
  * A member's ks-apiserver (the agent's KubeSphereSvcHost): plain HTTP through `kubesphere`
  * channels; the client's Authorization goes through, as ks-apiserver authenticates its users.
  */
-export class MemberKubesphere implements Upstream {
-  readonly session: AgentSession;
-  readonly hostPort: string;
-  readonly hostHeader: string;
-  readonly pool: Agent;
-  readonly authorization = undefined;
-  readonly keepsClientAuthorization = true;
+export class MemberKubesphere extends SessionUpstream {
+  /** ks-apiserver authenticates its users itself: requests there act as no certificate */
+  readonly reviewer = undefined;
+  protected readonly authorization = undefined;
+  protected readonly keepsClientAuthorization = true;
 
   constructor(session: AgentSession) {
-    this.session = session;
-    this.hostPort = normalizeHostPort(session.config.kubesphereSvcHost, 80);
-    this.hostHeader = this.hostPort.replace(/:80$/, '');
-    this.pool = new ChannelAgent(this, {
-      keepAlive: true,
-      maxSockets: MAX_SOCKETS_PER_SESSION,
-      maxFreeSockets: 32,
-      timeout: IDLE_SOCKET_TIMEOUT_MS,
-    });
-    session.once('close', () => this.pool.destroy());
-  }
-
-  get key(): unknown {
-    return this.session;
-  }
-  get via(): string {
-    return `session ${this.session.id}`;
+    super(session, normalizeHostPort(session.config.kubesphereSvcHost, 80), 80, 32);
   }
 
   async connect(): Promise<Duplex> {
@@ -204,8 +247,8 @@ function asSocket(channel: ServerChannel): Duplex {
 
 /** A keep-alive pool whose connections are the upstream's own (a channel, or a TLS connection to a replica). */
 export class ChannelAgent extends Agent {
-  #member: Upstream;
-  constructor(member: Upstream, opts: AgentOptions) {
+  #member: { connect(): Promise<Duplex> };
+  constructor(member: { connect(): Promise<Duplex> }, opts: AgentOptions) {
     super(opts);
     this.#member = member;
   }
