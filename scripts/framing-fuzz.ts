@@ -49,7 +49,8 @@ try {
       try {
         const tally = await checkFraming(entry, s.recorder, { seed, numRuns: runs, timeLimitMs });
         console.log(
-          `${entry.name}: passed; ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`,
+          `${entry.name}: passed; ${tally.forwarded} requests forwarded, ` +
+            `${tally.refused} refused, ${tally.unanswered} unanswered`,
         );
       } catch (err) {
         failed = true;

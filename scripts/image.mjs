@@ -187,7 +187,8 @@ if (process.argv[1] === new URL(import.meta.url).pathname) {
     index(built);
     for (const b of built) console.error(`image: ${layout}:${b.tag} and ${b.archive} (tower:${pkg.version})`);
     console.error(
-      `image: ${layout}:${pkg.version} is the index of ${built.map((b) => ARCHES[b.arch].oci).join(' and ')} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+      `image: ${layout}:${pkg.version} is the index of ${built.map((b) => ARCHES[b.arch].oci).join(' and ')} ` +
+        `(${((Date.now() - t0) / 1000).toFixed(1)} s)`,
     );
   } catch (err) {
     console.error(`image: ${err.message}`);

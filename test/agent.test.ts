@@ -168,20 +168,23 @@ test("tower kubeconfig --user and --group become the certificate's CN and O", as
   assert.ok(new Date(cert.validTo) <= new Date(ca.validTo), 'never outlives the CA');
 });
 
-test('--no-tls-at-agent: the proxy makes the TLS with the announced client certificate, as with Go agents', async () => {
-  const { token } = await stack.token('classic');
-  const agent = stack.startAgent(
-    'classic',
-    token,
-    upstream.writeKubeconfig(join(stack.dataDir, 'c.kubeconfig'), 'cert'),
-    ['--no-tls-at-agent'],
-  );
-  await agent.waitFor(/connected to proxy/);
-  await stack.proxy!.waitFor(/agent connected cluster=classic .*auth="client certificate" upstreamTls=proxy/);
-  const kc = await stack.kubeconfig('classic');
-  const r = await kubectl(kc, ['get', '--raw', '/api']);
-  assert.equal(r.code, 0, r.stderr);
-  const exec = await kubectl(kc, ['exec', '-i', 'echo', '--', 'cat'], "upgrade through the proxy's TLS\n");
-  assert.equal(exec.code, 0, exec.stderr);
-  assert.equal(exec.stdout, "upgrade through the proxy's TLS\n");
-});
+test(
+  '--no-tls-at-agent: the proxy makes the TLS with ' + 'the announced client certificate, as with Go agents',
+  async () => {
+    const { token } = await stack.token('classic');
+    const agent = stack.startAgent(
+      'classic',
+      token,
+      upstream.writeKubeconfig(join(stack.dataDir, 'c.kubeconfig'), 'cert'),
+      ['--no-tls-at-agent'],
+    );
+    await agent.waitFor(/connected to proxy/);
+    await stack.proxy!.waitFor(/agent connected cluster=classic .*auth="client certificate" upstreamTls=proxy/);
+    const kc = await stack.kubeconfig('classic');
+    const r = await kubectl(kc, ['get', '--raw', '/api']);
+    assert.equal(r.code, 0, r.stderr);
+    const exec = await kubectl(kc, ['exec', '-i', 'echo', '--', 'cat'], "upgrade through the proxy's TLS\n");
+    assert.equal(exec.code, 0, exec.stderr);
+    assert.equal(exec.stdout, "upgrade through the proxy's TLS\n");
+  },
+);

@@ -12,27 +12,31 @@ const seg = (at: number, from: number, to: number, bytes: number) =>
   `${(at / 1e6).toFixed(6)} IP 127.0.0.1.${from} > 127.0.0.1.${to}: tcp ${bytes}`;
 
 describe('the bench reads one request hop by hop off the wire', () => {
-  test('tower: client → gateway → agent (over the agent port) → upstream and back, acks and window adjustments skipped', () => {
-    const lines = [
-      seg(1_000, 51000, 8443, 300), // the client's request at the gateway
-      seg(1_001, 8443, 51000, 0), // an ack: no bytes
-      seg(1_150, 8080, 40000, 180), // the proxy's WebSocket frame to the agent
-      seg(1_240, 41000, 6443, 350), // the agent's request to the upstream
-      seg(1_300, 6443, 41000, 250), // the upstream answers
-      seg(1_310, 8080, 40000, 40), // the proxy sends something else meanwhile (a window adjustment)
-      seg(1_390, 40000, 8080, 320), // the agent's frame back
-      seg(1_500, 8443, 51000, 260), // the answer at the client
-      'tcpdump: a line of something else',
-    ].join('\n');
-    const legs = parseLegs(lines, TOWER);
-    assert.deepEqual(
-      legs.map((s) => s.leg),
-      [0, 1, 2, 3, 1, 4, 5],
-    );
-    const { hops, requests } = hopTimes(legs);
-    assert.equal(requests, 1);
-    assert.deepEqual(Object.values(hops), [150, 90, 60, 90, 110]);
-  });
+  test(
+    'tower: client → gateway → agent (over the agent port) ' +
+      '→ upstream and back, acks and window adjustments skipped',
+    () => {
+      const lines = [
+        seg(1_000, 51000, 8443, 300), // the client's request at the gateway
+        seg(1_001, 8443, 51000, 0), // an ack: no bytes
+        seg(1_150, 8080, 40000, 180), // the proxy's WebSocket frame to the agent
+        seg(1_240, 41000, 6443, 350), // the agent's request to the upstream
+        seg(1_300, 6443, 41000, 250), // the upstream answers
+        seg(1_310, 8080, 40000, 40), // the proxy sends something else meanwhile (a window adjustment)
+        seg(1_390, 40000, 8080, 320), // the agent's frame back
+        seg(1_500, 8443, 51000, 260), // the answer at the client
+        'tcpdump: a line of something else',
+      ].join('\n');
+      const legs = parseLegs(lines, TOWER);
+      assert.deepEqual(
+        legs.map((s) => s.leg),
+        [0, 1, 2, 3, 1, 4, 5],
+      );
+      const { hops, requests } = hopTimes(legs);
+      assert.equal(requests, 1);
+      assert.deepEqual(Object.values(hops), [150, 90, 60, 90, 110]);
+    },
+  );
 
   test('OpenSSH: ssh dials sshd, so the middle port is the destination on the way in', () => {
     const lines = [

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { pattern } from './support/pattern.ts';
 import { kubectl, Stack } from './support/stack.ts';
 import { tower } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
@@ -58,7 +59,10 @@ test('tower token on an unusable record exits 1 with the fix; it never rewrites 
   assert.equal(r.code, 1);
   assert.match(
     r.stderr,
-    /^tower token: cluster "alpha" is registered, but .*alpha\.yaml is not YAML .*; its agents are refused\. Restore the file, or write a new token with: tower token alpha --rotate\n$/,
+    pattern(
+      /^tower token: cluster "alpha" is registered, but .*alpha\.yaml is not YAML .*; /,
+      /its agents are refused\. Restore the file, or write a new token with: tower token alpha --rotate\n$/,
+    ),
   );
   const kc = await tower(['kubeconfig', 'alpha'], stack.env);
   assert.equal(kc.code, 1);
@@ -86,29 +90,35 @@ test('--rotate writes a new token; agents with it connect; tower token then prin
   assert.equal(r.code, 0, r.stderr);
 });
 
-test('other files of the data dir are strangers too: a broken record of addresses or host key gets a clear error', async () => {
-  const record = join(stack.dataDir, 'proxy.yaml');
-  const hostKey = join(stack.dataDir, 'ssh_host_key');
-  const goodRecord = readFileSync(record, 'utf8');
-  const goodKey = readFileSync(hostKey, 'utf8');
-  try {
-    writeFileSync(record, 'agentUrl: 5\ngatewayUrl: [x]\n');
-    const r = await tower(['token', 'alpha'], stack.env);
-    assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, /ignoring an unusable file in the data dir .*proxy\.yaml why="is malformed"/);
-    assert.match(r.stdout, /--proxy-server http:\/\/127\.0\.0\.1:8080/, 'the default address is printed instead');
-    writeFileSync(hostKey, '-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n', {
-      mode: 0o600,
-    });
-    const k = await tower(['token', 'alpha'], stack.env);
-    assert.equal(k.code, 1);
-    assert.match(
-      k.stderr,
-      /^tower token: the proxy's SSH host key in .* is not a usable private key \(.*\); restore it, or remove it to make a new one/m,
-    );
-    assert.doesNotMatch(k.stderr, /unexpected error|\n\s+at /);
-  } finally {
-    writeFileSync(record, goodRecord);
-    writeFileSync(hostKey, goodKey, { mode: 0o600 });
-  }
-});
+test(
+  'other files of the data dir are strangers too: ' + 'a broken record of addresses or host key gets a clear error',
+  async () => {
+    const record = join(stack.dataDir, 'proxy.yaml');
+    const hostKey = join(stack.dataDir, 'ssh_host_key');
+    const goodRecord = readFileSync(record, 'utf8');
+    const goodKey = readFileSync(hostKey, 'utf8');
+    try {
+      writeFileSync(record, 'agentUrl: 5\ngatewayUrl: [x]\n');
+      const r = await tower(['token', 'alpha'], stack.env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /ignoring an unusable file in the data dir .*proxy\.yaml why="is malformed"/);
+      assert.match(r.stdout, /--proxy-server http:\/\/127\.0\.0\.1:8080/, 'the default address is printed instead');
+      writeFileSync(hostKey, '-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n-----END OPENSSH PRIVATE KEY-----\n', {
+        mode: 0o600,
+      });
+      const k = await tower(['token', 'alpha'], stack.env);
+      assert.equal(k.code, 1);
+      assert.match(
+        k.stderr,
+        pattern(
+          /^tower token: the proxy's SSH host key in .* is not a usable /m,
+          /private key \(.*\); restore it, or remove it to make a new one/m,
+        ),
+      );
+      assert.doesNotMatch(k.stderr, /unexpected error|\n\s+at /);
+    } finally {
+      writeFileSync(record, goodRecord);
+      writeFileSync(hostKey, goodKey, { mode: 0o600 });
+    }
+  },
+);

@@ -35,18 +35,23 @@ after(async () => {
 
 describe('no request smuggling into a cluster of two replicas (Kubernetes mode)', () => {
   ENTRIES.forEach((name, i) => {
-    test(`jane and bob at once through ${name}: the member sees exactly their heads, as each of them, and each gets their own answers`, async () => {
-      const entry = s.entries.find((e) => e.name === name);
-      assert.ok(entry, `an entry point named ${name}`);
-      const tally = await checkFraming(entry, s.recorder, {
-        seed: seed + i,
-        numRuns: RUNS_PER_ENTRY,
-        timeLimitMs: TIME_LIMIT_PER_ENTRY_MS,
-      });
-      console.log(
-        `${entry.name} (seed ${seed + i}): ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`,
-      );
-      assert.ok(tally.forwarded > 0, 'some requests reached the member');
-    });
+    test(
+      `jane and bob at once through ${name}: the member sees exactly ` +
+        `their heads, as each of them, and each gets their own answers`,
+      async () => {
+        const entry = s.entries.find((e) => e.name === name);
+        assert.ok(entry, `an entry point named ${name}`);
+        const tally = await checkFraming(entry, s.recorder, {
+          seed: seed + i,
+          numRuns: RUNS_PER_ENTRY,
+          timeLimitMs: TIME_LIMIT_PER_ENTRY_MS,
+        });
+        console.log(
+          `${entry.name} (seed ${seed + i}): ${tally.forwarded} requests forwarded, ` +
+            `${tally.refused} refused, ${tally.unanswered} unanswered`,
+        );
+        assert.ok(tally.forwarded > 0, 'some requests reached the member');
+      },
+    );
   });
 });

@@ -21,7 +21,9 @@ import { startFileModeStack, type FramingStack } from './support/framing-stack.t
  */
 const seed = Number(process.env.TOWER_FRAMING_SEED ?? Date.now() % 2 ** 31);
 console.log(`framing seed ${seed}`);
-/** a round takes about half a second; a hung answer costs its 10 s read timeout, and shrinking stops at the time limit */
+/**
+ * a round takes about half a second; a hung answer costs its 10 s read timeout, and shrinking stops at the time limit
+ */
 const RUNS_PER_ENTRY = 40;
 const TIME_LIMIT_PER_ENTRY_MS = 35_000;
 /** a member whose agent shows a bearer token, and one whose agent shows a client certificate */
@@ -40,19 +42,24 @@ after(async () => {
 
 describe('no request smuggling through the shared gateway (file mode)', () => {
   CLUSTERS.forEach((cluster, i) => {
-    test(`jane and bob at once on cluster ${cluster}: the member sees exactly their heads, as each of them, and each gets their own answers`, async () => {
-      const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
-      const tally = await checkFraming(entry, s.recorder, {
-        seed: seed + i,
-        numRuns: RUNS_PER_ENTRY,
-        timeLimitMs: TIME_LIMIT_PER_ENTRY_MS,
-      });
-      console.log(
-        `${entry.name} (seed ${seed + i}): ${tally.forwarded} requests forwarded, ${tally.refused} refused, ${tally.unanswered} unanswered`,
-      );
-      // a tower that refused everything would keep every rule above: it must have served, too
-      assert.ok(tally.forwarded > 0, 'some requests reached the member');
-    });
+    test(
+      `jane and bob at once on cluster ${cluster}: the member sees exactly ` +
+        `their heads, as each of them, and each gets their own answers`,
+      async () => {
+        const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
+        const tally = await checkFraming(entry, s.recorder, {
+          seed: seed + i,
+          numRuns: RUNS_PER_ENTRY,
+          timeLimitMs: TIME_LIMIT_PER_ENTRY_MS,
+        });
+        console.log(
+          `${entry.name} (seed ${seed + i}): ${tally.forwarded} requests forwarded, ` +
+            `${tally.refused} refused, ${tally.unanswered} unanswered`,
+        );
+        // a tower that refused everything would keep every rule above: it must have served, too
+        assert.ok(tally.forwarded > 0, 'some requests reached the member');
+      },
+    );
   });
 });
 
@@ -129,7 +136,8 @@ const KNOWN_ROUNDS: [string, ConnectionScript[]][] = [
     ],
   ],
   [
-    'a request, then CONNECT (which the gateway does not serve): the request is answered, then the CONNECT is refused, and nothing behind it is read',
+    'a request, then CONNECT (which the gateway does not serve): ' +
+      'the request is answered, then the CONNECT is refused, and nothing behind it is read',
     [
       {
         client: 1,
@@ -222,49 +230,55 @@ test('an answer that begins before its request is all sent and ends after it: th
  * once with a 400 naming the problem (not the member's timeout, holding a channel meanwhile), what
  * was forwarded of it is cut off at the member, and the connection ends there.
  */
-test('a chunked body that turns out malformed after its head was forwarded: a 400 at once, and the member sees it cut off', async () => {
-  for (const cluster of CLUSTERS) {
-    const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
-    const socket = await entry.clients[1]!.connect();
-    const answers = new ResponseReader(socket);
-    const marker = `badchunk-${cluster}`;
-    socket.write(
-      `POST ${entry.prefix}/api/v1/namespaces/${marker} HTTP/1.1\r\nHost: ${entry.host}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n`,
-    );
-    await waitUntil(
-      `the member to get ${marker}`,
-      () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(marker)),
-      10_000,
-    );
-    // a chunk longer than its size says, and a request behind it
-    socket.write(
-      `3\r\nabcdef\r\n0\r\n\r\nGET ${entry.prefix}/api/v1/namespaces/${marker}-behind HTTP/1.1\r\nHost: ${entry.host}\r\n\r\n`,
-    );
-    const got = await answers.next('POST', READ_TIMEOUT_MS);
-    assert.ok(got.kind === 'answer' && got.answer.status === 400, `a 400 at once: ${JSON.stringify(got)}`);
-    assert.match(got.answer.body.toString(), /malformed request body \(HPE_/);
-    assert.equal((await answers.next('GET', READ_TIMEOUT_MS)).kind, 'closed', 'the connection ends with the 400');
-    const seen = await waitUntil(
-      `the member's side of ${marker} to end`,
-      () => {
-        const e = s.recorder.events.find((x) => x.kind === 'request' && x.url.includes(marker));
-        return e?.kind === 'request' && e.over ? e : undefined;
-      },
-      10_000,
-    );
-    assert.equal(seen.complete, false, 'the member saw the body cut off, never completed');
-    // the second chunk's three bytes are its size's worth (they may or may not have gone on before
-    // the cut); what follows them is where HTTP stops, and never reaches the member
-    assert.ok(
-      ['abc', 'abcabc'].includes(seen.body.toString()),
-      `the member got ${JSON.stringify(seen.body.toString())}, only what the valid chunks carry`,
-    );
-    assert.ok(
-      !s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`${marker}-behind`)),
-      'nothing behind it was forwarded',
-    );
-  }
-});
+test(
+  'a chunked body that turns out malformed after its head was forwarded: ' +
+    'a 400 at once, and the member sees it cut off',
+  async () => {
+    for (const cluster of CLUSTERS) {
+      const entry = s.entries.find((e) => e.prefix === `/clusters/${cluster}`)!;
+      const socket = await entry.clients[1]!.connect();
+      const answers = new ResponseReader(socket);
+      const marker = `badchunk-${cluster}`;
+      socket.write(
+        `POST ${entry.prefix}/api/v1/namespaces/${marker} HTTP/1.1\r\n` +
+          `Host: ${entry.host}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n`,
+      );
+      await waitUntil(
+        `the member to get ${marker}`,
+        () => s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(marker)),
+        10_000,
+      );
+      // a chunk longer than its size says, and a request behind it
+      socket.write(
+        `3\r\nabcdef\r\n0\r\n\r\nGET ${entry.prefix}/api/v1/namespaces/${marker}-behind HTTP/1.1\r\n` +
+          `Host: ${entry.host}\r\n\r\n`,
+      );
+      const got = await answers.next('POST', READ_TIMEOUT_MS);
+      assert.ok(got.kind === 'answer' && got.answer.status === 400, `a 400 at once: ${JSON.stringify(got)}`);
+      assert.match(got.answer.body.toString(), /malformed request body \(HPE_/);
+      assert.equal((await answers.next('GET', READ_TIMEOUT_MS)).kind, 'closed', 'the connection ends with the 400');
+      const seen = await waitUntil(
+        `the member's side of ${marker} to end`,
+        () => {
+          const e = s.recorder.events.find((x) => x.kind === 'request' && x.url.includes(marker));
+          return e?.kind === 'request' && e.over ? e : undefined;
+        },
+        10_000,
+      );
+      assert.equal(seen.complete, false, 'the member saw the body cut off, never completed');
+      // the second chunk's three bytes are its size's worth (they may or may not have gone on before
+      // the cut); what follows them is where HTTP stops, and never reaches the member
+      assert.ok(
+        ['abc', 'abcabc'].includes(seen.body.toString()),
+        `the member got ${JSON.stringify(seen.body.toString())}, only what the valid chunks carry`,
+      );
+      assert.ok(
+        !s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`${marker}-behind`)),
+        'nothing behind it was forwarded',
+      );
+    }
+  },
+);
 
 /**
  * kube-apiserver also reads a bearer token from a WebSocket subprotocol: on a certificate's route,
@@ -277,7 +291,8 @@ test('a bearer token offered as a WebSocket subprotocol does not reach the membe
   const marker = 'bearer-protocol';
   const from = s.recorder.wire.length;
   socket.write(
-    `GET ${entry.prefix}/api/v1/namespaces/default/pods/p/exec?command=sh&${marker}=1 HTTP/1.1\r\nHost: ${entry.host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+    `GET ${entry.prefix}/api/v1/namespaces/default/pods/p/exec?command=sh&${marker}=1 HTTP/1.1\r\n` +
+      `Host: ${entry.host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
       'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
       'Sec-WebSocket-Protocol: v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.c3RvbGVuLXRva2Vu\r\n\r\n',
   );
@@ -297,50 +312,54 @@ test('a bearer token offered as a WebSocket subprotocol does not reach the membe
  * connection closed. Requests pipelined before an upgrade on a connection its client then closes
  * must still give back their places in the cluster's in-flight limit (and in a drain).
  */
-test('requests pipelined before an upgrade whose client leaves: their places in the in-flight limit come back', async () => {
-  const busy = new Stack();
-  try {
-    await busy.startProxy(['--max-requests-inflight', '3']);
-    const { token } = await busy.token('busy');
-    const member = s.recorder.writeKubeconfig(join(busy.dataDir, 'busy-member.kubeconfig'), 'token');
-    await busy.startAgent('busy', token, member).waitFor(/connected to proxy/);
-    const creds = credentialsOf(await busy.kubeconfig('busy', ['--user', 'jane', '--group', 'viewers']));
-    const connect = tlsConnector(creds.server.hostname, Number(creds.server.port), creds);
-    const host = `127.0.0.1:${busy.gatewayPort}`;
-    const get = (name: string) =>
-      `GET /clusters/busy/api/v1/namespaces/${name}?ms=400 HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
-    // three slow requests take all three places, an upgrade waits behind them, and the client goes
-    const socket = await connect();
-    socket.write(
-      get('queued-a') +
-        get('queued-b') +
-        get('queued-c') +
-        `GET /clusters/busy/api/v1/namespaces/default/pods/p/exec HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
-    );
-    await waitUntil(
-      'the member to get the queued requests',
-      () =>
-        ['a', 'b', 'c'].every((x) =>
-          s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`queued-${x}`)),
-        ),
-      10_000,
-    );
-    socket.destroy();
-    await new Promise((r) => setTimeout(r, 1_000));
-    // three at once again: each has a place
-    const answers = await Promise.all(
-      ['again-a', 'again-b', 'again-c'].map(async (name) => {
-        const c = await connect();
-        const reader = new ResponseReader(c);
-        c.write(get(name));
-        const got = await reader.next('GET', READ_TIMEOUT_MS);
-        c.destroy();
-        return got.kind === 'answer' ? got.answer.status : got.kind;
-      }),
-    );
-    assert.deepEqual(answers, [200, 200, 200], 'no place in the in-flight limit was lost');
-  } finally {
-    await busy.close();
-  }
-});
+test(
+  'requests pipelined before an upgrade whose client leaves: ' + 'their places in the in-flight limit come back',
+  async () => {
+    const busy = new Stack();
+    try {
+      await busy.startProxy(['--max-requests-inflight', '3']);
+      const { token } = await busy.token('busy');
+      const member = s.recorder.writeKubeconfig(join(busy.dataDir, 'busy-member.kubeconfig'), 'token');
+      await busy.startAgent('busy', token, member).waitFor(/connected to proxy/);
+      const creds = credentialsOf(await busy.kubeconfig('busy', ['--user', 'jane', '--group', 'viewers']));
+      const connect = tlsConnector(creds.server.hostname, Number(creds.server.port), creds);
+      const host = `127.0.0.1:${busy.gatewayPort}`;
+      const get = (name: string) =>
+        `GET /clusters/busy/api/v1/namespaces/${name}?ms=400 HTTP/1.1\r\nHost: ${host}\r\n\r\n`;
+      // three slow requests take all three places, an upgrade waits behind them, and the client goes
+      const socket = await connect();
+      socket.write(
+        get('queued-a') +
+          get('queued-b') +
+          get('queued-c') +
+          `GET /clusters/busy/api/v1/namespaces/default/pods/p/exec HTTP/1.1\r\n` +
+          `Host: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      await waitUntil(
+        'the member to get the queued requests',
+        () =>
+          ['a', 'b', 'c'].every((x) =>
+            s.recorder.events.some((e) => e.kind === 'request' && e.url.includes(`queued-${x}`)),
+          ),
+        10_000,
+      );
+      socket.destroy();
+      await new Promise((r) => setTimeout(r, 1_000));
+      // three at once again: each has a place
+      const answers = await Promise.all(
+        ['again-a', 'again-b', 'again-c'].map(async (name) => {
+          const c = await connect();
+          const reader = new ResponseReader(c);
+          c.write(get(name));
+          const got = await reader.next('GET', READ_TIMEOUT_MS);
+          c.destroy();
+          return got.kind === 'answer' ? got.answer.status : got.kind;
+        }),
+      );
+      assert.deepEqual(answers, [200, 200, 200], 'no place in the in-flight limit was lost');
+    } finally {
+      await busy.close();
+    }
+  },
+);

@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { parse } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { hostileAgent, jsonAnswer, type HostileAgent } from './support/hostile-agent.ts';
+import { pattern } from './support/pattern.ts';
 import { kubectl, Stack } from './support/stack.ts';
 
 let member: MemberCluster;
@@ -17,7 +18,9 @@ const agents: HostileAgent[] = [];
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-/** The healthy cluster is still served through the same proxy, and the proxy still runs: the point of every test here. */
+/**
+ * The healthy cluster is still served through the same proxy, and the proxy still runs: the point of every test here.
+ */
 async function othersUnharmed() {
   assert.ok(stack.proxy!.running, 'the proxy process exited');
   const r = await kubectl(healthyKc, ['get', 'namespaces', '-o', 'name']);
@@ -55,91 +58,95 @@ after(async () => {
   await member?.stop();
 });
 
-describe("a hostile agent's config values (bad, huge, of the wrong type, missing): that agent is refused with the reason, nothing else changes", () => {
-  const cases: [string, Record<string, unknown>, RegExp][] = [
-    [
-      'a CR/LF in the bearer token (header injection)',
-      { BearerToken: b64('token\r\nImpersonate-User: admin') },
-      /invalid config: BearerToken must be/,
-    ],
-    [
-      'a CR/LF in KubernetesSvcHost (the Host header)',
-      { KubernetesSvcHost: 'evil\r\nX: y:443' },
-      /invalid config: KubernetesSvcHost must be host:port in printable ASCII/,
-    ],
-    [
-      'a port out of range',
-      { KubernetesSvcHost: '10.0.0.1:70000' },
-      /invalid config: KubernetesSvcHost "10\.0\.0\.1:70000" is not host:port/,
-    ],
-    ['a CA that is not PEM', { CAData: b64('garbage') }, /invalid config: CAData holds no PEM certificate/],
-    [
-      'a key without its certificate',
-      { KeyData: b64('-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n') },
-      /invalid config: CertData and KeyData come together/,
-    ],
-    ['a token of the wrong type', { Token: 12345 }, /malformed config payload: field Token must be a string/],
-    [
-      'a feature list of the wrong type',
-      { TowerFeatures: 'tls-at-agent' },
-      /malformed config payload: field TowerFeatures must be a list of strings/,
-    ],
-    ['no token at all', { Token: null }, /invalid config: Token must be 1-512 printable ASCII characters/],
-    ['no kube-apiserver at all', { KubernetesSvcHost: undefined }, /invalid config: KubernetesSvcHost is missing/],
-  ];
-  for (const [what, patch, reason] of cases) {
-    test(what, async () => {
+describe(
+  "a hostile agent's config values (bad, huge, of the wrong type, missing): " +
+    'that agent is refused with the reason, nothing else changes',
+  () => {
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+      [
+        'a CR/LF in the bearer token (header injection)',
+        { BearerToken: b64('token\r\nImpersonate-User: admin') },
+        /invalid config: BearerToken must be/,
+      ],
+      [
+        'a CR/LF in KubernetesSvcHost (the Host header)',
+        { KubernetesSvcHost: 'evil\r\nX: y:443' },
+        /invalid config: KubernetesSvcHost must be host:port in printable ASCII/,
+      ],
+      [
+        'a port out of range',
+        { KubernetesSvcHost: '10.0.0.1:70000' },
+        /invalid config: KubernetesSvcHost "10\.0\.0\.1:70000" is not host:port/,
+      ],
+      ['a CA that is not PEM', { CAData: b64('garbage') }, /invalid config: CAData holds no PEM certificate/],
+      [
+        'a key without its certificate',
+        { KeyData: b64('-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n') },
+        /invalid config: CertData and KeyData come together/,
+      ],
+      ['a token of the wrong type', { Token: 12345 }, /malformed config payload: field Token must be a string/],
+      [
+        'a feature list of the wrong type',
+        { TowerFeatures: 'tls-at-agent' },
+        /malformed config payload: field TowerFeatures must be a list of strings/,
+      ],
+      ['no token at all', { Token: null }, /invalid config: Token must be 1-512 printable ASCII characters/],
+      ['no kube-apiserver at all', { KubernetesSvcHost: undefined }, /invalid config: KubernetesSvcHost is missing/],
+    ];
+    for (const [what, patch, reason] of cases) {
+      test(what, async () => {
+        const from = stack.proxy!.output.length;
+        const a = await hostileAgent(stack.proxyUrl, [validConfig(patch)]);
+        agents.push(a);
+        assert.equal(a.reply.failed, true);
+        assert.match(a.reply.text, reason);
+        await stack.proxy!.waitFor(/agent handshake failed/, 5000, from);
+        const lines = stack
+          .proxy!.output.slice(from)
+          .split('\n')
+          .filter((l) => /hostile|handshake/.test(l));
+        assert.equal(lines.length, 1, `one log line for the refusal:\n${lines.join('\n')}`);
+        assert.doesNotMatch(stack.proxy!.output.slice(from), /agent connected cluster=hostile/);
+        await othersUnharmed();
+      });
+    }
+
+    test('a 30 000-character name with terminal escapes is logged escaped and cut short', async () => {
       const from = stack.proxy!.output.length;
-      const a = await hostileAgent(stack.proxyUrl, [validConfig(patch)]);
+      const name = '\x1b[31mred\x1b]0;title\x07' + 'n'.repeat(30_000);
+      const a = await hostileAgent(stack.proxyUrl, [validConfig({ Name: name })]);
       agents.push(a);
       assert.equal(a.reply.failed, true);
-      assert.match(a.reply.text, reason);
       await stack.proxy!.waitFor(/agent handshake failed/, 5000, from);
-      const lines = stack
-        .proxy!.output.slice(from)
-        .split('\n')
-        .filter((l) => /hostile|handshake/.test(l));
-      assert.equal(lines.length, 1, `one log line for the refusal:\n${lines.join('\n')}`);
-      assert.doesNotMatch(stack.proxy!.output.slice(from), /agent connected cluster=hostile/);
+      const logged = stack.proxy!.output.slice(from);
+      assert.doesNotMatch(logged, /\x1b|\x07/, 'no raw escape reaches the log');
+      assert.ok(logged.length < 4000, `the log holds ${logged.length} characters for one refusal`);
       await othersUnharmed();
     });
-  }
 
-  test('a 30 000-character name with terminal escapes is logged escaped and cut short', async () => {
-    const from = stack.proxy!.output.length;
-    const name = '\x1b[31mred\x1b]0;title\x07' + 'n'.repeat(30_000);
-    const a = await hostileAgent(stack.proxyUrl, [validConfig({ Name: name })]);
-    agents.push(a);
-    assert.equal(a.reply.failed, true);
-    await stack.proxy!.waitFor(/agent handshake failed/, 5000, from);
-    const logged = stack.proxy!.output.slice(from);
-    assert.doesNotMatch(logged, /\x1b|\x07/, 'no raw escape reaches the log');
-    assert.ok(logged.length < 4000, `the log holds ${logged.length} characters for one refusal`);
-    await othersUnharmed();
-  });
-
-  test('config requests pipelined behind the first are not evaluated', async () => {
-    const from = stack.proxy!.output.length;
-    const a = await hostileAgent(stack.proxyUrl, [
-      validConfig({ Token: 'f'.repeat(64) }),
-      validConfig(),
-      validConfig(),
-    ]);
-    agents.push(a);
-    assert.equal(a.reply.text, 'Unauthorized agent');
-    for (const m of a.more) {
-      assert.equal(m.failed, true);
-      assert.match(m.text, /one config request per connection|connection closed/);
-    }
-    await new Promise((r) => setTimeout(r, 500));
-    assert.doesNotMatch(
-      stack.proxy!.output.slice(from),
-      /agent connected cluster=hostile/,
-      'the valid config behind the refused one was admitted',
-    );
-    await othersUnharmed();
-  });
-});
+    test('config requests pipelined behind the first are not evaluated', async () => {
+      const from = stack.proxy!.output.length;
+      const a = await hostileAgent(stack.proxyUrl, [
+        validConfig({ Token: 'f'.repeat(64) }),
+        validConfig(),
+        validConfig(),
+      ]);
+      agents.push(a);
+      assert.equal(a.reply.text, 'Unauthorized agent');
+      for (const m of a.more) {
+        assert.equal(m.failed, true);
+        assert.match(m.text, /one config request per connection|connection closed/);
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      assert.doesNotMatch(
+        stack.proxy!.output.slice(from),
+        /agent connected cluster=hostile/,
+        'the valid config behind the refused one was admitted',
+      );
+      await othersUnharmed();
+    });
+  },
+);
 
 describe("broken answers from a hostile agent's upstream fail that request alone (502/504)", () => {
   let hostile: HostileAgent;
@@ -178,11 +185,17 @@ describe("broken answers from a hostile agent's upstream fail that request alone
   const cases: [string, RegExp][] = [
     [
       '/status-099',
-      /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster "hostile" answered with|Error from server \(BadGateway\): tower gateway: cannot reach/,
+      pattern(
+        /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster /,
+        /"hostile" answered with|Error from server \(BadGateway\): tower gateway: cannot reach/,
+      ),
     ],
     [
       '/status-600',
-      /Error from server \(BadGateway\): tower gateway: the kube-apiserver of cluster "hostile" answered with an invalid status code 600/,
+      pattern(
+        /Error from server \(BadGateway\): tower gateway: /,
+        /the kube-apiserver of cluster "hostile" answered with an invalid status code 600/,
+      ),
     ],
     [
       '/silent',
@@ -190,7 +203,10 @@ describe("broken answers from a hostile agent's upstream fail that request alone
     ],
     [
       '/huge-headers',
-      /Error from server \(BadGateway\): tower gateway: cannot reach the kube-apiserver of cluster "hostile" through its agent: .*[Hh]eader/,
+      pattern(
+        /Error from server \(BadGateway\): tower gateway: cannot reach the /,
+        /kube-apiserver of cluster "hostile" through its agent: .*[Hh]eader/,
+      ),
     ],
     ['/no-colon', /Error from server \(BadGateway\)/],
     ['/bad-reason', /Error from server \(BadGateway\)/],

@@ -64,7 +64,8 @@ function startAgent(name: string, kubeconfig: string): TowerProcess {
 
 before(async () => {
   dir = tempDir('hostile-proxy');
-  // as a kube-apiserver (401 without the agent's credential), and an upgrade is switched, its connection kept: only the agent closes a channel here
+  // as a kube-apiserver (401 without the agent's credential), and an upgrade is switched, its connection kept: only the
+  // agent closes a channel here
   member = await RecordingUpstream.start({ apiserver: true, switchUpgrades: true });
   proxy = await FakeProxy.start();
   // one agent that adds its bearer token to each request, one whose TLS carries its client certificate
@@ -250,20 +251,27 @@ async function attempt(
   }
 }
 
-test('both agents took the TLS and the authorization offered to them: the fake proxy holds no member credential, only channels', () => {
-  for (const name of ['token-agent', 'cert-agent']) {
-    const { config } = sessions[name]!;
-    assert.deepEqual(
-      config.features?.filter((f) => f === FEATURE_TLS_AT_AGENT || f === FEATURE_AUTH_AT_AGENT).sort(),
-      [FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT],
-      name,
-    );
-    assert.equal(config.bearerToken, undefined, name);
-    assert.equal(config.keyData, undefined, name);
-  }
-});
+test(
+  'both agents took the TLS and the authorization offered to them: ' +
+    'the fake proxy holds no member credential, only channels',
+  () => {
+    for (const name of ['token-agent', 'cert-agent']) {
+      const { config } = sessions[name]!;
+      assert.deepEqual(
+        config.features?.filter((f) => f === FEATURE_TLS_AT_AGENT || f === FEATURE_AUTH_AT_AGENT).sort(),
+        [FEATURE_AUTH_AT_AGENT, FEATURE_TLS_AT_AGENT],
+        name,
+      );
+      assert.equal(config.bearerToken, undefined, name);
+      assert.equal(config.keyData, undefined, name);
+    }
+  },
+);
 
-/** Two requests, each written after the previous answer: both reach the member, with the agent's credential, on a channel that stays open. */
+/**
+ * Two requests, each written after the previous answer: both reach the member, with the agent's credential, on a
+ * channel that stays open.
+ */
 async function twoInTurn(route: Route): Promise<void> {
   const n = ++probes;
   const ch = await Opened.open(route);
@@ -288,9 +296,13 @@ const HOLD_LINE = `the agent forwards nothing of the second request, closes the 
 
 for (const [routeName, route] of Object.entries(ROUTES)) {
   describe(`a hostile proxy on a channel to the ${routeName}`, () => {
-    test("well-behaved: two requests in turn, each after the previous answer, both reach the member with the agent's credential", async () => {
-      await twoInTurn(route);
-    });
+    test(
+      'well-behaved: two requests in turn, each after the previous answer, ' +
+        "both reach the member with the agent's credential",
+      async () => {
+        await twoInTurn(route);
+      },
+    );
 
     for (const writes of ['one write', 'two writes'] as const) {
       test(`a second request before the first answer (${writes}): ${HOLD_LINE}`, async () => {
@@ -316,21 +328,27 @@ for (const [routeName, route] of Object.entries(ROUTES)) {
       });
     }
 
-    test(`a second request after the first answer's head, before its body (while the answer streams): ${HOLD_LINE}`, async () => {
-      const n = ++probes;
-      const verdict = await attempt(
-        route,
-        get(`/streaming?body-ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`),
-        smuggled(`second-${n}`),
-        'while the answer streams',
-        `second-${n}`,
-      );
-      assert.deepEqual(verdict, { secondReachedMember: [], channelClosed: true, agentLogged: true });
-    });
+    test(
+      `a second request after the first answer's head, ` + `before its body (while the answer streams): ${HOLD_LINE}`,
+      async () => {
+        const n = ++probes;
+        const verdict = await attempt(
+          route,
+          get(`/streaming?body-ms=${FIRST_ANSWER_DELAY_MS}`, `first-${n}`),
+          smuggled(`second-${n}`),
+          'while the answer streams',
+          `second-${n}`,
+        );
+        assert.deepEqual(verdict, { secondReachedMember: [], channelClosed: true, agentLogged: true });
+      },
+    );
 
-    test('afterwards the agent still serves the proxy: only the offending channels were closed, not the session', async () => {
-      assert.equal(sessions[route.agent]!.closed, false);
-      await twoInTurn(route);
-    });
+    test(
+      'afterwards the agent still serves the proxy: ' + 'only the offending channels were closed, not the session',
+      async () => {
+        assert.equal(sessions[route.agent]!.closed, false);
+        await twoInTurn(route);
+      },
+    );
   });
 }

@@ -10,6 +10,7 @@ import { after, afterEach, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { condition, CRD_FIXTURE, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
+import { pattern } from './support/pattern.ts';
 import { joinCommand, kubectl } from './support/stack.ts';
 import { freePort, run, tower, TOWER, TowerProcess, waitUntil } from './support/tower.ts';
 
@@ -48,7 +49,10 @@ const initialized = (c: ClusterResource) =>
 const agentAvailable = (c: ClusterResource) =>
   condition(c, 'AgentAvailable')?.status === 'True' && Boolean(c.spec?.connection?.kubeconfig);
 
-/** kubectl with the Cluster's own kubeconfig, its server replaced by the proxy's loopback port (ClusterIPs do not route here). */
+/**
+ * kubectl with the Cluster's own kubeconfig, its server replaced by the proxy's loopback port (ClusterIPs do not route
+ * here).
+ */
 function memberKubectl(
   c: ClusterResource,
   args: string[],
@@ -108,182 +112,209 @@ function listening(port: number): Promise<boolean> {
   );
 }
 
-test("KubeSphere's flow: a Cluster applied with kubectl is initialized, its agent connects, its kubeconfig reaches the member", async () => {
-  const proxy = await host.startProxy();
-  await host.applyCluster('alpha');
-  const c = await host.waitCluster('alpha', 'initialized', initialized);
-  const conn = c.spec!.connection!;
-  assert.match(conn.token!, /^[0-9a-f]{64}$/);
-  assert.ok(
-    conn.kubernetesAPIServerPort! >= 6000 && conn.kubernetesAPIServerPort! <= 7000,
-    `port ${conn.kubernetesAPIServerPort}`,
-  );
-  assert.equal(conn.kubesphereAPIServerPort, conn.kubernetesAPIServerPort! + 10000);
-  assert.deepEqual(condition(c, 'Initialized'), {
-    ...condition(c, 'Initialized'),
-    status: 'True',
-    reason: 'Initialized',
-    message: 'Cluster has been initialized',
-  });
+test(
+  "KubeSphere's flow: a Cluster applied with kubectl is initialized, " +
+    'its agent connects, its kubeconfig reaches the member',
+  async () => {
+    const proxy = await host.startProxy();
+    await host.applyCluster('alpha');
+    const c = await host.waitCluster('alpha', 'initialized', initialized);
+    const conn = c.spec!.connection!;
+    assert.match(conn.token!, /^[0-9a-f]{64}$/);
+    assert.ok(
+      conn.kubernetesAPIServerPort! >= 6000 && conn.kubernetesAPIServerPort! <= 7000,
+      `port ${conn.kubernetesAPIServerPort}`,
+    );
+    assert.equal(conn.kubesphereAPIServerPort, conn.kubernetesAPIServerPort! + 10000);
+    assert.deepEqual(condition(c, 'Initialized'), {
+      ...condition(c, 'Initialized'),
+      status: 'True',
+      reason: 'Initialized',
+      message: 'Cluster has been initialized',
+    });
 
-  const svc = (await host.getService('mc-alpha'))!;
-  assert.ok(svc, 'Service mc-alpha exists');
-  assert.deepEqual(svc.metadata.labels, { 'app.kubernetes.io/name': 'mc-alpha', app: 'mc-alpha' });
-  assert.deepEqual(svc.spec.selector, { 'app.kubernetes.io/name': 'tower', app: 'tower' });
-  assert.deepEqual(
-    svc.spec.ports.map((p) => [p.name, p.port, p.targetPort, p.protocol]),
-    [
-      ['kubernetes', 6443, conn.kubernetesAPIServerPort, 'TCP'],
-      ['kubesphere', 80, conn.kubesphereAPIServerPort, 'TCP'],
-    ],
-  );
-  assert.equal(conn.kubernetesAPIEndpoint, `https://${svc.spec.clusterIP}:6443`);
-  assert.equal(conn.kubesphereAPIEndpoint, `http://${svc.spec.clusterIP}:80`);
-  assert.equal(condition(c, 'AgentAvailable'), undefined, 'no agent yet');
+    const svc = (await host.getService('mc-alpha'))!;
+    assert.ok(svc, 'Service mc-alpha exists');
+    assert.deepEqual(svc.metadata.labels, { 'app.kubernetes.io/name': 'mc-alpha', app: 'mc-alpha' });
+    assert.deepEqual(svc.spec.selector, { 'app.kubernetes.io/name': 'tower', app: 'tower' });
+    assert.deepEqual(
+      svc.spec.ports.map((p) => [p.name, p.port, p.targetPort, p.protocol]),
+      [
+        ['kubernetes', 6443, conn.kubernetesAPIServerPort, 'TCP'],
+        ['kubesphere', 80, conn.kubesphereAPIServerPort, 'TCP'],
+      ],
+    );
+    assert.equal(conn.kubernetesAPIEndpoint, `https://${svc.spec.clusterIP}:6443`);
+    assert.equal(conn.kubesphereAPIEndpoint, `http://${svc.spec.clusterIP}:80`);
+    assert.equal(condition(c, 'AgentAvailable'), undefined, 'no agent yet');
 
-  const agent = host.startAgent('alpha', conn.token!, proxy.agentPort, member, ['--kubesphere-service', ksAddress]);
-  const up = await host.waitCluster('alpha', 'AgentAvailable', agentAvailable);
-  assert.equal(condition(up, 'AgentAvailable')!.message, 'Agent has connected to proxy successfully.');
-  assert.equal(
-    condition(up, 'Initialized')!.lastTransitionTime,
-    condition(c, 'Initialized')!.lastTransitionTime,
-    'other conditions untouched',
-  );
-  const kc = parseYaml(kubeconfigOf(up)) as {
-    clusters: { cluster: { server: string } }[];
-    users: { user: { 'client-certificate-data': string } }[];
-  };
-  assert.equal(kc.clusters[0]!.cluster.server, conn.kubernetesAPIEndpoint);
-  const cert = new X509Certificate(Buffer.from(kc.users[0]!.user['client-certificate-data'], 'base64'));
-  assert.match(cert.subject, /CN=kubernetes-admin/);
-  assert.match(cert.subject, /O=system:masters/);
+    const agent = host.startAgent('alpha', conn.token!, proxy.agentPort, member, ['--kubesphere-service', ksAddress]);
+    const up = await host.waitCluster('alpha', 'AgentAvailable', agentAvailable);
+    assert.equal(condition(up, 'AgentAvailable')!.message, 'Agent has connected to proxy successfully.');
+    assert.equal(
+      condition(up, 'Initialized')!.lastTransitionTime,
+      condition(c, 'Initialized')!.lastTransitionTime,
+      'other conditions untouched',
+    );
+    const kc = parseYaml(kubeconfigOf(up)) as {
+      clusters: { cluster: { server: string } }[];
+      users: { user: { 'client-certificate-data': string } }[];
+    };
+    assert.equal(kc.clusters[0]!.cluster.server, conn.kubernetesAPIEndpoint);
+    const cert = new X509Certificate(Buffer.from(kc.users[0]!.user['client-certificate-data'], 'base64'));
+    assert.match(cert.subject, /CN=kubernetes-admin/);
+    assert.match(cert.subject, /O=system:masters/);
 
-  const ns = await memberKubectl(up, ['get', 'namespaces', '-o', 'name']);
-  assert.equal(ns.code, 0, ns.stderr);
-  assert.match(ns.stdout, /namespace\/kube-system/);
-  // the serving certificate names the Service, so that the kubeconfig works inside the host cluster
-  const sans = await servedNames(conn.kubernetesAPIServerPort!);
-  for (const n of [`IP Address:${svc.spec.clusterIP}`, 'DNS:mc-alpha.kubesphere-system.svc'])
-    assert.ok(sans.includes(n), `${n} in ${sans}`);
-  // the kubesphere port reaches the agent's ks-apiserver in plain HTTP, the user's Authorization intact
-  const ksAnswer = await httpGet(conn.kubesphereAPIServerPort!, '/kapis/resources.kubesphere.io/v1alpha3/namespaces', {
-    authorization: 'Bearer user-jwt',
-  });
-  assert.equal(ksAnswer.status, 200, ksAnswer.body);
-  assert.deepEqual(JSON.parse(ksAnswer.body), {
-    path: '/kapis/resources.kubesphere.io/v1alpha3/namespaces',
-    authorization: 'Bearer user-jwt',
-    host: ksAddress,
-  });
-  // a client without tower's certificate gets nothing on the kubernetes port
-  const anonymous = await run('curl', [
-    '-sk',
-    '-o',
-    '/dev/null',
-    '-w',
-    '%{http_code}',
-    `https://127.0.0.1:${conn.kubernetesAPIServerPort}/api`,
-  ]);
-  assert.equal(anonymous.stdout, '401');
+    const ns = await memberKubectl(up, ['get', 'namespaces', '-o', 'name']);
+    assert.equal(ns.code, 0, ns.stderr);
+    assert.match(ns.stdout, /namespace\/kube-system/);
+    // the serving certificate names the Service, so that the kubeconfig works inside the host cluster
+    const sans = await servedNames(conn.kubernetesAPIServerPort!);
+    for (const n of [`IP Address:${svc.spec.clusterIP}`, 'DNS:mc-alpha.kubesphere-system.svc'])
+      assert.ok(sans.includes(n), `${n} in ${sans}`);
+    // the kubesphere port reaches the agent's ks-apiserver in plain HTTP, the user's Authorization intact
+    const ksAnswer = await httpGet(
+      conn.kubesphereAPIServerPort!,
+      '/kapis/resources.kubesphere.io/v1alpha3/namespaces',
+      {
+        authorization: 'Bearer user-jwt',
+      },
+    );
+    assert.equal(ksAnswer.status, 200, ksAnswer.body);
+    assert.deepEqual(JSON.parse(ksAnswer.body), {
+      path: '/kapis/resources.kubesphere.io/v1alpha3/namespaces',
+      authorization: 'Bearer user-jwt',
+      host: ksAddress,
+    });
+    // a client without tower's certificate gets nothing on the kubernetes port
+    const anonymous = await run('curl', [
+      '-sk',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      `https://127.0.0.1:${conn.kubernetesAPIServerPort}/api`,
+    ]);
+    assert.equal(anonymous.stdout, '401');
 
-  // tower kubeconfig prints the same kubeconfig
-  const printed = await host.tower(['kubeconfig', 'alpha']);
-  assert.equal(printed.code, 0, printed.stderr);
-  assert.equal(printed.stdout, kubeconfigOf(up));
+    // tower kubeconfig prints the same kubeconfig
+    const printed = await host.tower(['kubeconfig', 'alpha']);
+    assert.equal(printed.code, 0, printed.stderr);
+    assert.equal(printed.stdout, kubeconfigOf(up));
 
-  await agent.stop('SIGKILL');
-  const down = await host.waitCluster(
-    'alpha',
-    'AgentAvailable False',
-    (x) => condition(x, 'AgentAvailable')?.status === 'False',
-  );
-  assert.equal(condition(down, 'AgentAvailable')!.message, 'Agent has not connected to proxy.');
-  assert.equal(down.spec!.connection!.kubeconfig, up.spec!.connection!.kubeconfig, 'the kubeconfig stays');
-});
+    await agent.stop('SIGKILL');
+    const down = await host.waitCluster(
+      'alpha',
+      'AgentAvailable False',
+      (x) => condition(x, 'AgentAvailable')?.status === 'False',
+    );
+    assert.equal(condition(down, 'AgentAvailable')!.message, 'Agent has not connected to proxy.');
+    assert.equal(down.spec!.connection!.kubeconfig, up.spec!.connection!.kubeconfig, 'the kubeconfig stays');
+  },
+);
 
-test('tower token and tower kubeconfig in Kubernetes mode: create the Cluster, wait for the proxy, print what it filled in', async () => {
-  const noProxy = await host.tower(['token', 'gamma', '--timeout', '2s']);
-  assert.equal(noProxy.code, 1);
-  assert.match(
-    noProxy.stderr,
-    /tower token: the proxy has not initialized Cluster "gamma": is a tower proxy running against https:\/\/127\.0\.0\.1:\d+\? .*\(waited 2s; more with --timeout\)/,
-  );
-  const proxy = await host.startProxy();
-  const r = await host.tower(['token', 'gamma']);
-  assert.equal(r.code, 0, r.stderr);
-  const c = (await host.get('gamma'))!;
-  assert.equal(c.spec!.connection!.type, 'proxy');
-  assert.equal(c.spec!.joinFederation, true);
-  assert.match(r.stdout, new RegExp(`^token: ${c.spec!.connection!.token}$`, 'm'));
-  assert.match(
-    r.stdout,
-    new RegExp(
-      `tower agent --name gamma --token ${c.spec!.connection!.token} --proxy-server http://127\\.0\\.0\\.1:${proxy.agentPort} --proxy-fingerprint SHA256:`,
-    ),
-  );
+test(
+  'tower token and tower kubeconfig in Kubernetes mode: ' +
+    'create the Cluster, wait for the proxy, print what it filled in',
+  async () => {
+    const noProxy = await host.tower(['token', 'gamma', '--timeout', '2s']);
+    assert.equal(noProxy.code, 1);
+    assert.match(
+      noProxy.stderr,
+      pattern(
+        /tower token: the proxy has not initialized Cluster "gamma": is a tower proxy /,
+        /running against https:\/\/127\.0\.0\.1:\d+\? .*\(waited 2s; more with --timeout\)/,
+      ),
+    );
+    const proxy = await host.startProxy();
+    const r = await host.tower(['token', 'gamma']);
+    assert.equal(r.code, 0, r.stderr);
+    const c = (await host.get('gamma'))!;
+    assert.equal(c.spec!.connection!.type, 'proxy');
+    assert.equal(c.spec!.joinFederation, true);
+    assert.match(r.stdout, new RegExp(`^token: ${c.spec!.connection!.token}$`, 'm'));
+    assert.match(
+      r.stdout,
+      new RegExp(
+        `tower agent --name gamma --token ${c.spec!.connection!.token} --proxy-server ` +
+          `http://127\\.0\\.0\\.1:${proxy.agentPort} --proxy-fingerprint SHA256:`,
+      ),
+    );
 
-  const noAgent = await host.tower(['kubeconfig', 'gamma', '--timeout', '1s']);
-  assert.equal(noAgent.code, 1);
-  assert.match(noAgent.stderr, /no agent of Cluster "gamma" has connected to the proxy yet/);
-  const unknown = await host.tower(['kubeconfig', 'nope']);
-  assert.equal(unknown.code, 1);
-  assert.match(unknown.stderr, /Cluster "nope" not found .*tower token nope --kubeconfig/);
+    const noAgent = await host.tower(['kubeconfig', 'gamma', '--timeout', '1s']);
+    assert.equal(noAgent.code, 1);
+    assert.match(noAgent.stderr, /no agent of Cluster "gamma" has connected to the proxy yet/);
+    const unknown = await host.tower(['kubeconfig', 'nope']);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /Cluster "nope" not found .*tower token nope --kubeconfig/);
 
-  // the join command works as printed; --rotate drops the agent that used the old token
-  const join = joinCommand(r.stdout)!.replace('<member kubeconfig>', member.kubeconfig).split(' ');
-  assert.equal(join[0], TOWER, 'the join command names the binary as it was invoked');
-  const joined = new TowerProcess('agent gamma', join.slice(1), {});
-  host.processes.push(joined);
-  await host.waitCluster('gamma', 'AgentAvailable', agentAvailable);
-  const gw = await host.tower(['kubeconfig', 'gamma', '--gateway']);
-  assert.equal(gw.code, 0, gw.stderr);
-  assert.match(gw.stdout, new RegExp(`server: https://127\\.0\\.0\\.1:\\d+/clusters/gamma`));
-  const rotated = await host.tower(['token', 'gamma', '--rotate']);
-  assert.equal(rotated.code, 0, rotated.stderr);
-  assert.notEqual(/^token: (\w+)$/m.exec(rotated.stdout)![1], c.spec!.connection!.token);
-  await joined.waitFor(/Unauthorized agent|refused/i, 30_000);
+    // the join command works as printed; --rotate drops the agent that used the old token
+    const join = joinCommand(r.stdout)!.replace('<member kubeconfig>', member.kubeconfig).split(' ');
+    assert.equal(join[0], TOWER, 'the join command names the binary as it was invoked');
+    const joined = new TowerProcess('agent gamma', join.slice(1), {});
+    host.processes.push(joined);
+    await host.waitCluster('gamma', 'AgentAvailable', agentAvailable);
+    const gw = await host.tower(['kubeconfig', 'gamma', '--gateway']);
+    assert.equal(gw.code, 0, gw.stderr);
+    assert.match(gw.stdout, new RegExp(`server: https://127\\.0\\.0\\.1:\\d+/clusters/gamma`));
+    const rotated = await host.tower(['token', 'gamma', '--rotate']);
+    assert.equal(rotated.code, 0, rotated.stderr);
+    assert.notEqual(/^token: (\w+)$/m.exec(rotated.stdout)![1], c.spec!.connection!.token);
+    await joined.waitFor(/Unauthorized agent|refused/i, 30_000);
 
-  const wrongType = await host.kubectl(
-    ['apply', '-f', '-'],
-    JSON.stringify({
-      apiVersion: 'cluster.kubesphere.io/v1alpha1',
-      kind: 'Cluster',
-      metadata: { name: 'direct' },
-      spec: { joinFederation: true, connection: { type: 'direct' } },
-    }),
-  );
-  assert.equal(wrongType.code, 0, wrongType.stderr);
-  const refused = await host.tower(['token', 'direct']);
-  assert.equal(refused.code, 1);
-  assert.match(
-    refused.stderr,
-    /Cluster "direct" exists, but its spec\.connection\.type is "direct", not "proxy"; .*kubectl patch cluster direct/,
-  );
-});
+    const wrongType = await host.kubectl(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'cluster.kubesphere.io/v1alpha1',
+        kind: 'Cluster',
+        metadata: { name: 'direct' },
+        spec: { joinFederation: true, connection: { type: 'direct' } },
+      }),
+    );
+    assert.equal(wrongType.code, 0, wrongType.stderr);
+    const refused = await host.tower(['token', 'direct']);
+    assert.equal(refused.code, 1);
+    assert.match(
+      refused.stderr,
+      pattern(
+        /Cluster "direct" exists, but its spec\.connection\.type /,
+        /is "direct", not "proxy"; .*kubectl patch cluster direct/,
+      ),
+    );
+  },
+);
 
-test('tower clusters lists the proxy Clusters with their AgentAvailable condition; tower delete says what to delete instead', async () => {
-  await host.startProxy();
-  await host.applyCluster('omega');
-  await host.waitCluster('omega', 'initialized', initialized);
-  const r = await host.tower(['clusters', '-o', 'wide']);
-  assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^NAME\s+AGENTS\s+CONNECTED\s+LAST SEEN\s+VERSION\s+ADDRESS\s+NOTE$/m);
-  assert.match(r.stdout, /^omega\s+0\s+-\s+(never|\d+[smhd] ago)\s+-\s+-\s+\S/m);
-  const json = JSON.parse((await host.tower(['clusters', '-o', 'json'])).stdout) as {
-    clusters: { name: string; agents: number }[];
-  };
-  assert.deepEqual(
-    json.clusters.map((c) => [c.name, c.agents]),
-    [['omega', 0]],
-  );
-  const del = await host.tower(['delete', 'omega']);
-  assert.equal(del.code, 1);
-  assert.match(
-    del.stderr,
-    /^tower delete: in Kubernetes mode cluster "omega" is KubeSphere's Cluster resource, which tower does not delete: kubectl --kubeconfig <host> delete cluster\.cluster\.kubesphere\.io omega/m,
-  );
-  assert.ok(await host.get('omega'), 'the Cluster is still there');
-});
+test(
+  'tower clusters lists the proxy Clusters with their AgentAvailable condition; ' +
+    'tower delete says what to delete instead',
+  async () => {
+    await host.startProxy();
+    await host.applyCluster('omega');
+    await host.waitCluster('omega', 'initialized', initialized);
+    const r = await host.tower(['clusters', '-o', 'wide']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^NAME\s+AGENTS\s+CONNECTED\s+LAST SEEN\s+VERSION\s+ADDRESS\s+NOTE$/m);
+    assert.match(r.stdout, /^omega\s+0\s+-\s+(never|\d+[smhd] ago)\s+-\s+-\s+\S/m);
+    const json = JSON.parse((await host.tower(['clusters', '-o', 'json'])).stdout) as {
+      clusters: { name: string; agents: number }[];
+    };
+    assert.deepEqual(
+      json.clusters.map((c) => [c.name, c.agents]),
+      [['omega', 0]],
+    );
+    const del = await host.tower(['delete', 'omega']);
+    assert.equal(del.code, 1);
+    assert.match(
+      del.stderr,
+      pattern(
+        /^tower delete: in Kubernetes mode cluster "omega" is KubeSphere's Cluster resource, /m,
+        /which tower does not delete: kubectl --kubeconfig /m,
+        /<host> delete cluster\.cluster\.kubesphere\.io omega/m,
+      ),
+    );
+    assert.ok(await host.get('omega'), 'the Cluster is still there');
+  },
+);
 
 test('a restarted proxy re-allocates nothing, rewrites no kubeconfig, and its agents come back', async () => {
   let proxy = await host.startProxy();
@@ -353,124 +384,133 @@ test('a Cluster that arrives with ports, token and Service set (as KubeSphere 3.
   assert.doesNotMatch(proxy.output, /allocated ports cluster=epsilon/);
 });
 
-test('externalKubeAPIEnabled: a LoadBalancer Service with the annotated annotations, then the external endpoint once it has an address', async () => {
-  const proxy = await host.startProxy();
-  await host.applyCluster(
-    'zeta',
-    { externalKubeAPIEnabled: true },
-    {
-      'tower.kubesphere.io/external-lb-service-annoations': JSON.stringify({
-        'lb.example.com/type': 'internal',
-        'lb.example.com/size': 'small',
-      }),
-    },
-  );
-  const c = await host.waitCluster('zeta', 'initialized', initialized);
-  const svc = await waitUntil('a LoadBalancer Service', async () => {
-    const s = await host.getService('mc-zeta');
-    return s?.spec.type === 'LoadBalancer' ? s : undefined;
-  });
-  assert.equal(svc.metadata.annotations?.['lb.example.com/type'], 'internal');
-  assert.equal(svc.metadata.annotations?.['lb.example.com/size'], 'small');
-  assert.equal(condition(c, 'ExternalAccessReady'), undefined, 'not ready without an address');
+test(
+  'externalKubeAPIEnabled: a LoadBalancer Service with the annotated ' +
+    'annotations, then the external endpoint once it has an address',
+  async () => {
+    const proxy = await host.startProxy();
+    await host.applyCluster(
+      'zeta',
+      { externalKubeAPIEnabled: true },
+      {
+        'tower.kubesphere.io/external-lb-service-annoations': JSON.stringify({
+          'lb.example.com/type': 'internal',
+          'lb.example.com/size': 'small',
+        }),
+      },
+    );
+    const c = await host.waitCluster('zeta', 'initialized', initialized);
+    const svc = await waitUntil('a LoadBalancer Service', async () => {
+      const s = await host.getService('mc-zeta');
+      return s?.spec.type === 'LoadBalancer' ? s : undefined;
+    });
+    assert.equal(svc.metadata.annotations?.['lb.example.com/type'], 'internal');
+    assert.equal(svc.metadata.annotations?.['lb.example.com/size'], 'small');
+    assert.equal(condition(c, 'ExternalAccessReady'), undefined, 'not ready without an address');
 
-  // as a cloud controller would
-  await host.must([
-    '-n',
-    'kubesphere-system',
-    'patch',
-    'service',
-    'mc-zeta',
-    '--subresource=status',
-    '--type=merge',
-    '-p',
-    '{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}',
-  ]);
-  const ready = await host.waitCluster(
-    'zeta',
-    'ExternalAccessReady',
-    (x) => condition(x, 'ExternalAccessReady')?.status === 'True',
-  );
-  assert.equal(ready.spec!.connection!.externalKubernetesAPIEndpoint, 'https://192.0.2.10:6443');
-  await waitUntil('the LB address in the serving certificate', async () =>
-    (await servedNames(c.spec!.connection!.kubernetesAPIServerPort!)).includes('IP Address:192.0.2.10'),
-  );
+    // as a cloud controller would
+    await host.must([
+      '-n',
+      'kubesphere-system',
+      'patch',
+      'service',
+      'mc-zeta',
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      '{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}',
+    ]);
+    const ready = await host.waitCluster(
+      'zeta',
+      'ExternalAccessReady',
+      (x) => condition(x, 'ExternalAccessReady')?.status === 'True',
+    );
+    assert.equal(ready.spec!.connection!.externalKubernetesAPIEndpoint, 'https://192.0.2.10:6443');
+    await waitUntil('the LB address in the serving certificate', async () =>
+      (await servedNames(c.spec!.connection!.kubernetesAPIServerPort!)).includes('IP Address:192.0.2.10'),
+    );
 
-  // a hostname goes in as a DNS name, not among the IPs
-  await host.must([
-    '-n',
-    'kubesphere-system',
-    'patch',
-    'service',
-    'mc-zeta',
-    '--subresource=status',
-    '--type=merge',
-    '-p',
-    '{"status":{"loadBalancer":{"ingress":[{"hostname":"lb.example.com"}]}}}',
-  ]);
-  await host.waitCluster(
-    'zeta',
-    'the hostname endpoint',
-    (x) => x.spec?.connection?.externalKubernetesAPIEndpoint === 'https://lb.example.com:6443',
-  );
-  await waitUntil('the LB hostname in the serving certificate', async () =>
-    (await servedNames(c.spec!.connection!.kubernetesAPIServerPort!)).includes('DNS:lb.example.com'),
-  );
+    // a hostname goes in as a DNS name, not among the IPs
+    await host.must([
+      '-n',
+      'kubesphere-system',
+      'patch',
+      'service',
+      'mc-zeta',
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      '{"status":{"loadBalancer":{"ingress":[{"hostname":"lb.example.com"}]}}}',
+    ]);
+    await host.waitCluster(
+      'zeta',
+      'the hostname endpoint',
+      (x) => x.spec?.connection?.externalKubernetesAPIEndpoint === 'https://lb.example.com:6443',
+    );
+    await waitUntil('the LB hostname in the serving certificate', async () =>
+      (await servedNames(c.spec!.connection!.kubernetesAPIServerPort!)).includes('DNS:lb.example.com'),
+    );
 
-  // an unusable annotation is reported with the cluster's name; the Service stays as it is
-  await host.must([
-    'annotate',
-    '--overwrite',
-    'cluster',
-    'zeta',
-    'tower.kubesphere.io/external-lb-service-annoations={not json',
-  ]);
-  await proxy.waitFor(/cluster "zeta": annotation tower\.kubesphere\.io\/external-lb-service-annoations is not usable/);
-  assert.equal((await host.getService('mc-zeta'))!.spec.type, 'LoadBalancer');
+    // an unusable annotation is reported with the cluster's name; the Service stays as it is
+    await host.must([
+      'annotate',
+      '--overwrite',
+      'cluster',
+      'zeta',
+      'tower.kubesphere.io/external-lb-service-annoations={not json',
+    ]);
+    await proxy.waitFor(
+      /cluster "zeta": annotation tower\.kubesphere\.io\/external-lb-service-annoations is not usable/,
+    );
+    assert.equal((await host.getService('mc-zeta'))!.spec.type, 'LoadBalancer');
 
-  // switched off: a ClusterIP Service again (the node ports the load balancer had go with it)
-  await host.must(['patch', 'cluster', 'zeta', '--type=merge', '-p', '{"spec":{"externalKubeAPIEnabled":false}}']);
-  await waitUntil('a ClusterIP Service', async () => (await host.getService('mc-zeta'))?.spec.type === 'ClusterIP');
-  const off = await host.waitCluster(
-    'zeta',
-    'ExternalAccessReady False',
-    (x) => condition(x, 'ExternalAccessReady')?.status === 'False',
-  );
-  assert.equal(condition(off, 'Initialized')?.status, 'True');
-});
+    // switched off: a ClusterIP Service again (the node ports the load balancer had go with it)
+    await host.must(['patch', 'cluster', 'zeta', '--type=merge', '-p', '{"spec":{"externalKubeAPIEnabled":false}}']);
+    await waitUntil('a ClusterIP Service', async () => (await host.getService('mc-zeta'))?.spec.type === 'ClusterIP');
+    const off = await host.waitCluster(
+      'zeta',
+      'ExternalAccessReady False',
+      (x) => condition(x, 'ExternalAccessReady')?.status === 'False',
+    );
+    assert.equal(condition(off, 'Initialized')?.status, 'True');
+  },
+);
 
-test('a deleted mc-<name> Service is recreated; a deleted Cluster takes its Service, sessions and ports with it', async () => {
-  const proxy = await host.startProxy();
-  await host.applyCluster('eta');
-  const c = await host.waitCluster('eta', 'initialized', initialized);
-  const agent = host.startAgent('eta', c.spec!.connection!.token!, proxy.agentPort, member);
-  await host.waitCluster('eta', 'AgentAvailable', agentAvailable);
+test(
+  'a deleted mc-<name> Service is recreated; ' + 'a deleted Cluster takes its Service, sessions and ports with it',
+  async () => {
+    const proxy = await host.startProxy();
+    await host.applyCluster('eta');
+    const c = await host.waitCluster('eta', 'initialized', initialized);
+    const agent = host.startAgent('eta', c.spec!.connection!.token!, proxy.agentPort, member);
+    await host.waitCluster('eta', 'AgentAvailable', agentAvailable);
 
-  await host.must(['-n', 'kubesphere-system', 'delete', 'service', 'mc-eta']);
-  const again = await waitUntil('mc-eta to be recreated', () => host.getService('mc-eta'));
-  const fresh = await host.waitCluster(
-    'eta',
-    'the endpoint of the new Service',
-    (x) => x.spec?.connection?.kubernetesAPIEndpoint === `https://${again.spec.clusterIP}:6443`,
-  );
-  // the kubeconfig follows the endpoint
-  await host.waitCluster('eta', 'a kubeconfig for the new endpoint', (x) =>
-    kubeconfigOf(x).includes(fresh.spec!.connection!.kubernetesAPIEndpoint!),
-  );
+    await host.must(['-n', 'kubesphere-system', 'delete', 'service', 'mc-eta']);
+    const again = await waitUntil('mc-eta to be recreated', () => host.getService('mc-eta'));
+    const fresh = await host.waitCluster(
+      'eta',
+      'the endpoint of the new Service',
+      (x) => x.spec?.connection?.kubernetesAPIEndpoint === `https://${again.spec.clusterIP}:6443`,
+    );
+    // the kubeconfig follows the endpoint
+    await host.waitCluster('eta', 'a kubeconfig for the new endpoint', (x) =>
+      kubeconfigOf(x).includes(fresh.spec!.connection!.kubernetesAPIEndpoint!),
+    );
 
-  const port = c.spec!.connection!.kubernetesAPIServerPort!;
-  assert.ok(await listening(port));
-  await host.must(['delete', 'cluster', 'eta']);
-  await waitUntil('mc-eta to be deleted', async () => !(await host.getService('mc-eta')));
-  await proxy.waitFor(/cluster removed from the store cluster=eta sessionsClosed=1/);
-  await waitUntil('the port to close', async () => !(await listening(port)));
-  await agent.waitFor(/Unauthorized agent|refused|disconnected/i, 30_000);
+    const port = c.spec!.connection!.kubernetesAPIServerPort!;
+    assert.ok(await listening(port));
+    await host.must(['delete', 'cluster', 'eta']);
+    await waitUntil('mc-eta to be deleted', async () => !(await host.getService('mc-eta')));
+    await proxy.waitFor(/cluster removed from the store cluster=eta sessionsClosed=1/);
+    await waitUntil('the port to close', async () => !(await listening(port)));
+    await agent.waitFor(/Unauthorized agent|refused|disconnected/i, 30_000);
 
-  // the ports are free for another Cluster
-  await host.applyCluster('theta', { connection: { kubernetesAPIServerPort: port } });
-  await host.waitCluster('theta', 'initialized', initialized);
-  await proxy.waitFor(new RegExp(`serving cluster ports cluster=theta kubernetes=127\\.0\\.0\\.1:${port}`));
-});
+    // the ports are free for another Cluster
+    await host.applyCluster('theta', { connection: { kubernetesAPIServerPort: port } });
+    await host.waitCluster('theta', 'initialized', initialized);
+    await proxy.waitFor(new RegExp(`serving cluster ports cluster=theta kubernetes=127\\.0\\.0\\.1:${port}`));
+  },
+);
 
 test('bad Clusters are reported with their names and leave the others served', async () => {
   const proxy = await host.startProxy();
@@ -560,175 +600,185 @@ test('bad Clusters are reported with their names and leave the others served', a
   await host.must(['apply', '-f', CRD_FIXTURE]);
 });
 
-test('a host API outage cuts nobody off from the members, and the proxy resumes reconciling when the API is back', async () => {
-  const proxy = await host.startProxy();
-  await host.applyCluster('pi');
-  const c = await host.waitCluster('pi', 'initialized', initialized);
-  const agent = host.startAgent('pi', c.spec!.connection!.token!, proxy.agentPort, member);
-  const up = await host.waitCluster('pi', 'AgentAvailable', agentAvailable);
+test(
+  'a host API outage cuts nobody off from the members, ' + 'and the proxy resumes reconciling when the API is back',
+  async () => {
+    const proxy = await host.startProxy();
+    await host.applyCluster('pi');
+    const c = await host.waitCluster('pi', 'initialized', initialized);
+    const agent = host.startAgent('pi', c.spec!.connection!.token!, proxy.agentPort, member);
+    const up = await host.waitCluster('pi', 'AgentAvailable', agentAvailable);
 
-  await host.cluster.killApiserver();
-  const during = await memberKubectl(up, ['get', 'namespaces', '-o', 'name']);
-  assert.equal(during.code, 0, during.stderr);
-  await proxy.waitFor(/watch of (Clusters|Services in kubesphere-system) failed; restarting/, 30_000);
-  // a change the proxy cannot write now is written once the API is back
-  await agent.stop('SIGKILL');
-  await proxy.waitFor(/cannot reconcile cluster; retrying cluster=pi/, 30_000);
-  await host.cluster.startApiserver();
-  await host.waitCluster(
-    'pi',
-    'AgentAvailable False',
-    (x) => condition(x, 'AgentAvailable')?.status === 'False',
-    60_000,
-  );
-
-  // the informers are back: a deleted Service is recreated, a new Cluster initialized
-  await host.must(['-n', 'kubesphere-system', 'delete', 'service', 'mc-pi']);
-  await waitUntil('mc-pi to be recreated', () => host.getService('mc-pi'), 60_000);
-  await host.applyCluster('rho');
-  await host.waitCluster('rho', 'initialized', initialized, 60_000);
-  assert.ok(proxy.running);
-  // the watch lagged behind the proxy's own writes meanwhile: still one allocation per Cluster
-  for (const name of ['pi', 'rho'])
-    assert.equal(proxy.output.match(new RegExp(`allocated ports cluster=${name} `, 'g'))?.length, 1, proxy.output);
-});
-
-test("two controllers racing on the same Clusters (as KubeSphere's own one does) settle on one set of values, and nothing flaps", async () => {
-  // without --leader-elect both reconcile; each serves the cluster ports on its own loopback address
-  const a = await host.startProxy(['--host', '127.0.0.2']);
-  const b = await host.startProxy(['--host', '127.0.0.3']);
-  const names = Array.from({ length: 8 }, (_, i) => `race${i}`);
-  const items = names.map((name) => ({
-    apiVersion: 'cluster.kubesphere.io/v1alpha1',
-    kind: 'Cluster',
-    metadata: { name },
-    spec: { joinFederation: true, connection: { type: 'proxy' } },
-  }));
-  await host.must(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items }));
-  const settled = await Promise.all(names.map((n) => host.waitCluster(n, 'initialized', initialized)));
-  await new Promise((r) => setTimeout(r, 3000));
-  const ports = new Set<number>();
-  for (const c of settled) {
-    const now = (await host.get(c.metadata.name))!;
-    assert.deepEqual(now.spec, c.spec, `${c.metadata.name} changed after it settled`);
-    const conn = now.spec!.connection!;
-    assert.ok(!ports.has(conn.kubernetesAPIServerPort!), `port ${conn.kubernetesAPIServerPort} given twice`);
-    ports.add(conn.kubernetesAPIServerPort!);
-    const svc = (await host.getService(`mc-${c.metadata.name}`))!;
-    assert.deepEqual(
-      svc.spec.ports.map((p) => p.targetPort),
-      [conn.kubernetesAPIServerPort, conn.kubesphereAPIServerPort],
+    await host.cluster.killApiserver();
+    const during = await memberKubectl(up, ['get', 'namespaces', '-o', 'name']);
+    assert.equal(during.code, 0, during.stderr);
+    await proxy.waitFor(/watch of (Clusters|Services in kubesphere-system) failed; restarting/, 30_000);
+    // a change the proxy cannot write now is written once the API is back
+    await agent.stop('SIGKILL');
+    await proxy.waitFor(/cannot reconcile cluster; retrying cluster=pi/, 30_000);
+    await host.cluster.startApiserver();
+    await host.waitCluster(
+      'pi',
+      'AgentAvailable False',
+      (x) => condition(x, 'AgentAvailable')?.status === 'False',
+      60_000,
     );
-    assert.equal(conn.kubernetesAPIEndpoint, `https://${svc.spec.clusterIP}:6443`);
-  }
-  for (const p of [a, b]) {
-    assert.ok(p.running);
-    // the loser of a race learns of it from the conflict, before it has touched the Service
-    assert.doesNotMatch(p.output, /updated Service cluster=race/);
-  }
-});
 
-test('--leader-elect: every replica serves and one writes; when it dies another takes the lease and keeps everything', async () => {
-  const times = [
-    '--leader-elect',
-    '--leader-elect-lease-duration',
-    '4s',
-    '--leader-elect-renew-deadline',
-    '3s',
-    '--leader-elect-retry-period',
-    '500ms',
-    '--server-lease-duration',
-    '4s',
-    '--server-lease-renew-period',
-    '1s',
-  ];
-  const agentPort = await freePort();
-  const first = await host.startProxy([...times, '--host', '127.0.0.2', '--server-id', 'first'], { agentPort });
-  await first.waitFor(/leader election: leading/);
-  // the second serves at once (each replica on an address of its own, as pods are), and does not write
-  const second = await host.startProxy([...times, '--host', '127.0.0.3', '--server-id', 'second'], { agentPort });
-  await second.waitFor(/leader election: waiting for the lease/);
-  const get = async (address: string, path: string) => {
-    const r = await fetch(`http://${address}:${agentPort}${path}`);
-    return [r.status, await r.text()] as const;
-  };
-  const [status, verbose] = await get('127.0.0.3', '/readyz?verbose');
-  assert.equal(status, 200, verbose);
-  assert.match(verbose, /^\[\+\]shutdown ok$/m);
-  await waitUntil(
-    'the leader metric on both',
-    async () =>
-      /^tower_proxy_leader 0$/m.test((await get('127.0.0.3', '/metrics'))[1]) &&
-      /^tower_proxy_leader 1$/m.test((await get('127.0.0.2', '/metrics'))[1]),
-    5000,
-  );
+    // the informers are back: a deleted Service is recreated, a new Cluster initialized
+    await host.must(['-n', 'kubesphere-system', 'delete', 'service', 'mc-pi']);
+    await waitUntil('mc-pi to be recreated', () => host.getService('mc-pi'), 60_000);
+    await host.applyCluster('rho');
+    await host.waitCluster('rho', 'initialized', initialized, 60_000);
+    assert.ok(proxy.running);
+    // the watch lagged behind the proxy's own writes meanwhile: still one allocation per Cluster
+    for (const name of ['pi', 'rho'])
+      assert.equal(proxy.output.match(new RegExp(`allocated ports cluster=${name} `, 'g'))?.length, 1, proxy.output);
+  },
+);
 
-  await host.applyCluster('xi');
-  const c = await host.waitCluster('xi', 'initialized', initialized);
-  assert.doesNotMatch(second.output, /allocated ports/, 'only the leader writes');
-  // the agent reaches the follower only; the leader learns of it from its peer
-  const agent = new TowerProcess(
-    'agent xi',
-    [
-      'agent',
-      '--name',
-      'xi',
-      '--token',
-      c.spec!.connection!.token!,
-      '--proxy-server',
-      `http://127.0.0.3:${agentPort}`,
-      '--kubeconfig',
-      member.kubeconfig,
-      '--max-retry-interval',
+test(
+  'two controllers racing on the same Clusters ' +
+    "(as KubeSphere's own one does) settle on one set of values, and nothing flaps",
+  async () => {
+    // without --leader-elect both reconcile; each serves the cluster ports on its own loopback address
+    const a = await host.startProxy(['--host', '127.0.0.2']);
+    const b = await host.startProxy(['--host', '127.0.0.3']);
+    const names = Array.from({ length: 8 }, (_, i) => `race${i}`);
+    const items = names.map((name) => ({
+      apiVersion: 'cluster.kubesphere.io/v1alpha1',
+      kind: 'Cluster',
+      metadata: { name },
+      spec: { joinFederation: true, connection: { type: 'proxy' } },
+    }));
+    await host.must(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items }));
+    const settled = await Promise.all(names.map((n) => host.waitCluster(n, 'initialized', initialized)));
+    await new Promise((r) => setTimeout(r, 3000));
+    const ports = new Set<number>();
+    for (const c of settled) {
+      const now = (await host.get(c.metadata.name))!;
+      assert.deepEqual(now.spec, c.spec, `${c.metadata.name} changed after it settled`);
+      const conn = now.spec!.connection!;
+      assert.ok(!ports.has(conn.kubernetesAPIServerPort!), `port ${conn.kubernetesAPIServerPort} given twice`);
+      ports.add(conn.kubernetesAPIServerPort!);
+      const svc = (await host.getService(`mc-${c.metadata.name}`))!;
+      assert.deepEqual(
+        svc.spec.ports.map((p) => p.targetPort),
+        [conn.kubernetesAPIServerPort, conn.kubesphereAPIServerPort],
+      );
+      assert.equal(conn.kubernetesAPIEndpoint, `https://${svc.spec.clusterIP}:6443`);
+    }
+    for (const p of [a, b]) {
+      assert.ok(p.running);
+      // the loser of a race learns of it from the conflict, before it has touched the Service
+      assert.doesNotMatch(p.output, /updated Service cluster=race/);
+    }
+  },
+);
+
+test(
+  '--leader-elect: every replica serves and one writes; ' + 'when it dies another takes the lease and keeps everything',
+  async () => {
+    const times = [
+      '--leader-elect',
+      '--leader-elect-lease-duration',
+      '4s',
+      '--leader-elect-renew-deadline',
+      '3s',
+      '--leader-elect-retry-period',
+      '500ms',
+      '--server-lease-duration',
+      '4s',
+      '--server-lease-renew-period',
       '1s',
-      '--proxy-fingerprint',
-      host.fingerprint,
-    ],
-    {},
-  );
-  host.processes.push(agent);
-  const up = await host.waitCluster('xi', 'AgentAvailable', agentAvailable);
-  assert.match(second.output, /agent connected.*cluster=xi/);
-  // through the leader's port of the cluster: forwarded to the replica that holds the agent
-  const port = up.spec!.connection!.kubernetesAPIServerPort!;
-  const viaFirst = await memberKubectl(up, ['get', 'namespaces', '-o', 'name'], `https://127.0.0.2:${port}`);
-  assert.equal(viaFirst.code, 0, viaFirst.stderr);
+    ];
+    const agentPort = await freePort();
+    const first = await host.startProxy([...times, '--host', '127.0.0.2', '--server-id', 'first'], { agentPort });
+    await first.waitFor(/leader election: leading/);
+    // the second serves at once (each replica on an address of its own, as pods are), and does not write
+    const second = await host.startProxy([...times, '--host', '127.0.0.3', '--server-id', 'second'], { agentPort });
+    await second.waitFor(/leader election: waiting for the lease/);
+    const get = async (address: string, path: string) => {
+      const r = await fetch(`http://${address}:${agentPort}${path}`);
+      return [r.status, await r.text()] as const;
+    };
+    const [status, verbose] = await get('127.0.0.3', '/readyz?verbose');
+    assert.equal(status, 200, verbose);
+    assert.match(verbose, /^\[\+\]shutdown ok$/m);
+    await waitUntil(
+      'the leader metric on both',
+      async () =>
+        /^tower_proxy_leader 0$/m.test((await get('127.0.0.3', '/metrics'))[1]) &&
+        /^tower_proxy_leader 1$/m.test((await get('127.0.0.2', '/metrics'))[1]),
+      5000,
+    );
 
-  await first.stop('SIGKILL');
-  await second.waitFor(/leader election: leading/, 20_000);
-  const ns = await memberKubectl(up, ['get', 'namespaces', '-o', 'name'], `https://127.0.0.3:${port}`);
-  assert.equal(ns.code, 0, ns.stderr);
-  await new Promise((r) => setTimeout(r, 1500));
-  const now = (await host.get('xi'))!;
-  assert.deepEqual(now.spec, up.spec, 'the new leader keeps everything');
-  assert.equal(
-    condition(now, 'AgentAvailable')?.lastTransitionTime,
-    condition(up, 'AgentAvailable')?.lastTransitionTime,
-    'AgentAvailable did not flip',
-  );
+    await host.applyCluster('xi');
+    const c = await host.waitCluster('xi', 'initialized', initialized);
+    assert.doesNotMatch(second.output, /allocated ports/, 'only the leader writes');
+    // the agent reaches the follower only; the leader learns of it from its peer
+    const agent = new TowerProcess(
+      'agent xi',
+      [
+        'agent',
+        '--name',
+        'xi',
+        '--token',
+        c.spec!.connection!.token!,
+        '--proxy-server',
+        `http://127.0.0.3:${agentPort}`,
+        '--kubeconfig',
+        member.kubeconfig,
+        '--max-retry-interval',
+        '1s',
+        '--proxy-fingerprint',
+        host.fingerprint,
+      ],
+      {},
+    );
+    host.processes.push(agent);
+    const up = await host.waitCluster('xi', 'AgentAvailable', agentAvailable);
+    assert.match(second.output, /agent connected.*cluster=xi/);
+    // through the leader's port of the cluster: forwarded to the replica that holds the agent
+    const port = up.spec!.connection!.kubernetesAPIServerPort!;
+    const viaFirst = await memberKubectl(up, ['get', 'namespaces', '-o', 'name'], `https://127.0.0.2:${port}`);
+    assert.equal(viaFirst.code, 0, viaFirst.stderr);
 
-  // a leader that is told to stop hands the lease over at once
-  const third = await host.startProxy([...times, '--host', '127.0.0.4', '--server-id', 'third'], { agentPort });
-  await third.waitFor(/leader election: waiting for the lease/);
-  await second.stop('SIGTERM');
-  assert.match(second.output, /released the lease/);
-  await third.waitFor(/leader election: leading/, 20_000);
+    await first.stop('SIGKILL');
+    await second.waitFor(/leader election: leading/, 20_000);
+    const ns = await memberKubectl(up, ['get', 'namespaces', '-o', 'name'], `https://127.0.0.3:${port}`);
+    assert.equal(ns.code, 0, ns.stderr);
+    await new Promise((r) => setTimeout(r, 1500));
+    const now = (await host.get('xi'))!;
+    assert.deepEqual(now.spec, up.spec, 'the new leader keeps everything');
+    assert.equal(
+      condition(now, 'AgentAvailable')?.lastTransitionTime,
+      condition(up, 'AgentAvailable')?.lastTransitionTime,
+      'AgentAvailable did not flip',
+    );
 
-  // a leader that finds the lease taken steps down and serves on, campaigning again
-  await waitUntil('the lease to be taken over by hand', async () => {
-    // the leader renews every 500 ms: a replace may meet a newer resourceVersion, and is tried again
-    const lease = JSON.parse(await host.must(['-n', 'kubesphere-system', 'get', 'lease', 'tower', '-o', 'json']));
-    lease.spec.holderIdentity = 'intruder';
-    return (await host.kubectl(['replace', '-f', '-'], JSON.stringify(lease))).code === 0;
-  });
-  await third.waitFor(
-    /leader election lost; this replica serves on and campaigns again .*why="the lease is now held by intruder"/,
-  );
-  assert.ok(third.running);
-  assert.equal((await get('127.0.0.4', '/readyz'))[0], 200);
-  // the intruder does not renew: the lease comes back to the replica
-  await third.waitFor(/leader election: leading/, 20_000, third.output.indexOf('leader election lost'));
-});
+    // a leader that is told to stop hands the lease over at once
+    const third = await host.startProxy([...times, '--host', '127.0.0.4', '--server-id', 'third'], { agentPort });
+    await third.waitFor(/leader election: waiting for the lease/);
+    await second.stop('SIGTERM');
+    assert.match(second.output, /released the lease/);
+    await third.waitFor(/leader election: leading/, 20_000);
+
+    // a leader that finds the lease taken steps down and serves on, campaigning again
+    await waitUntil('the lease to be taken over by hand', async () => {
+      // the leader renews every 500 ms: a replace may meet a newer resourceVersion, and is tried again
+      const lease = JSON.parse(await host.must(['-n', 'kubesphere-system', 'get', 'lease', 'tower', '-o', 'json']));
+      lease.spec.holderIdentity = 'intruder';
+      return (await host.kubectl(['replace', '-f', '-'], JSON.stringify(lease))).code === 0;
+    });
+    await third.waitFor(
+      /leader election lost; this replica serves on and campaigns again .*why="the lease is now held by intruder"/,
+    );
+    assert.ok(third.running);
+    assert.equal((await get('127.0.0.4', '/readyz'))[0], 200);
+    // the intruder does not renew: the lease comes back to the replica
+    await third.waitFor(/leader election: leading/, 20_000, third.output.indexOf('leader election lost'));
+  },
+);
 
 test("tower install prints manifests that apply to real apiservers, with KubeSphere's Cluster CRD", async () => {
   const proxyYaml = await tower(['install', 'proxy', '--image', 'registry.example/tower:1.0', '--replicas', '2']);

@@ -33,165 +33,182 @@ const FRESH_MEASURED = 10_000;
 /** Before the gateway checked client certificates itself, each verified one kept about 4 KiB: 42 MiB here. */
 const FRESH_GROWTH_LIMIT_MIB = 16;
 
-test(`${FRESH_MEASURED} fresh mutually authenticated connections leave no native memory behind (RSS after ${FRESH_WARMUP} of warm-up grows < ${FRESH_GROWTH_LIMIT_MIB} MiB)`, async () => {
-  const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
-  const user = kc.users[0].user;
-  const tls = {
-    ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
-    cert: Buffer.from(user['client-certificate-data'], 'base64'),
-    key: Buffer.from(user['client-key-data'], 'base64'),
-  };
-  // a new connection, TLS handshake and client certificate for every request, as kubectl invocations make
-  const get = () =>
-    new Promise<number>((resolve, reject) => {
-      const req = request(
-        { host: '127.0.0.1', port: stack.gatewayPort, path: '/clusters/busy/api', agent: false, ...tls },
-        (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode!));
-        },
-      );
-      req.on('error', reject);
-      req.end();
-    });
-  const run = async (n: number) => {
-    let done = 0;
-    await Promise.all(
-      Array.from({ length: CONCURRENCY }, async () => {
-        while (done < n) {
-          done++;
-          assert.equal(await get(), 200);
-        }
-      }),
-    );
-  };
-  const rssMiB = () =>
-    Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${stack.proxy!.pid}/status`, 'utf8'))![1]) / 1024;
-  await run(FRESH_WARMUP);
-  const before = rssMiB();
-  await run(FRESH_MEASURED);
-  const grown = rssMiB() - before;
-  assert.ok(
-    grown < FRESH_GROWTH_LIMIT_MIB,
-    `the proxy's RSS grew ${grown.toFixed(1)} MiB over ${FRESH_MEASURED} fresh connections (${((grown * 1024) / FRESH_MEASURED).toFixed(2)} KiB each)`,
-  );
-});
-
-test(`${REQUESTS} requests over reused channels leave no listener behind, and SIGTERM then ends the proxy at once`, async () => {
-  const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
-  const user = kc.users[0].user;
-  const agent = new Agent({
-    keepAlive: true,
-    maxSockets: CONCURRENCY,
-    ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
-    cert: Buffer.from(user['client-certificate-data'], 'base64'),
-    key: Buffer.from(user['client-key-data'], 'base64'),
-  });
-  const get = () =>
-    new Promise<number>((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port: stack.gatewayPort, path: '/clusters/busy/api', agent }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode!));
-      });
-      req.on('error', reject);
-      req.end();
-    });
-  let done = 0;
-  const worker = async () => {
-    while (done < REQUESTS) {
-      done++;
-      assert.equal(await get(), 200);
-    }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  agent.destroy();
-  // a listener added per request on a reused channel shows as Node's warning once 10 pile up on one
-  assert.doesNotMatch(stack.proxy!.output, /MaxListenersExceededWarning|memory leak/);
-  const stopped = Date.now();
-  assert.equal(await stack.proxy!.stop('SIGTERM'), 0);
-  const took = Date.now() - stopped;
-  assert.ok(took < 5000, `SIGTERM took ${took} ms to end the proxy`);
-});
-
-test('what a burst of connections freed goes back to the system: the proxy trims malloc within 30 s, and RSS falls; so does the agent after 64 requests at once', async () => {
-  const own = new Stack();
-  try {
-    const proxy = await own.startProxy(['-v', '3']);
-    const { token } = await own.token('trim');
-    const agent = own.startAgent('trim', token, upstream.writeKubeconfig(join(own.dataDir, 't.kubeconfig'), 'token'), [
-      '-v',
-      '3',
-    ]);
-    await agent.waitFor(/connected to proxy/);
-    // 64 requests at once through the agent: 64 channels, each an upstream TLS connection there
-    const kc = parse(readFileSync(await own.kubeconfig('trim'), 'utf8'));
+test(
+  `${FRESH_MEASURED} fresh mutually authenticated connections leave no native memory behind ` +
+    `(RSS after ${FRESH_WARMUP} of warm-up grows < ${FRESH_GROWTH_LIMIT_MIB} MiB)`,
+  async () => {
+    const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
     const user = kc.users[0].user;
     const tls = {
       ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
       cert: Buffer.from(user['client-certificate-data'], 'base64'),
       key: Buffer.from(user['client-key-data'], 'base64'),
     };
-    const answered = await Promise.all(
-      Array.from(
-        { length: 64 },
-        () =>
-          new Promise<number>((resolve, reject) => {
-            const req = request(
-              { host: '127.0.0.1', port: own.gatewayPort, path: '/clusters/trim/api', agent: false, ...tls },
-              (res) => {
-                res.resume();
-                res.on('end', () => resolve(res.statusCode!));
-              },
-            );
-            req.on('error', reject);
-            req.end();
-          }),
-      ),
-    );
-    assert.ok(
-      answered.every((c) => c === 200),
-      `answers: ${[...new Set(answered)].join(', ')}`,
-    );
-    // 2 000 TLS connections without a client certificate, 8 at a time: each is refused, and freed
-    const refused = () =>
-      new Promise<void>((resolve) => {
+    // a new connection, TLS handshake and client certificate for every request, as kubectl invocations make
+    const get = () =>
+      new Promise<number>((resolve, reject) => {
         const req = request(
-          {
-            host: '127.0.0.1',
-            port: own.gatewayPort,
-            path: '/clusters/trim/api',
-            agent: false,
-            rejectUnauthorized: false,
-          },
+          { host: '127.0.0.1', port: stack.gatewayPort, path: '/clusters/busy/api', agent: false, ...tls },
           (res) => {
             res.resume();
-            res.on('end', resolve);
+            res.on('end', () => resolve(res.statusCode!));
           },
         );
-        req.on('error', () => resolve());
+        req.on('error', reject);
         req.end();
       });
-    let left = 2000;
-    await Promise.all(
-      Array.from({ length: CONCURRENCY }, async () => {
-        while (left-- > 0) await refused();
-      }),
+    const run = async (n: number) => {
+      let done = 0;
+      await Promise.all(
+        Array.from({ length: CONCURRENCY }, async () => {
+          while (done < n) {
+            done++;
+            assert.equal(await get(), 200);
+          }
+        }),
+      );
+    };
+    const rssMiB = () =>
+      Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${stack.proxy!.pid}/status`, 'utf8'))![1]) / 1024;
+    await run(FRESH_WARMUP);
+    const before = rssMiB();
+    await run(FRESH_MEASURED);
+    const grown = rssMiB() - before;
+    assert.ok(
+      grown < FRESH_GROWTH_LIMIT_MIB,
+      `the proxy's RSS grew ${grown.toFixed(1)} MiB over ${FRESH_MEASURED} fresh ` +
+        `connections (${((grown * 1024) / FRESH_MEASURED).toFixed(2)} KiB each)`,
     );
-    const from = proxy.output.length;
-    const m = await proxy.waitFor(
-      /malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/,
-      40_000,
-      from,
-    );
-    assert.equal(m[1], 'true', 'the first trim after the burst handed pages back');
-    assert.ok(Number(m[3]) < Number(m[2]), `RSS fell: ${m[2]} → ${m[3]} MiB`);
-    // the agent's check: those connections grew it by more than 2 MiB, so it trims too
-    const a = await agent.waitFor(
-      /malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/,
-      40_000,
-    );
-    assert.ok(Number(a[3]) <= Number(a[2]), `agent RSS did not grow in its trim: ${a[2]} → ${a[3]} MiB`);
-  } finally {
-    await own.close();
-  }
-});
+  },
+);
+
+test(
+  `${REQUESTS} requests over reused channels leave no listener behind, ` + `and SIGTERM then ends the proxy at once`,
+  async () => {
+    const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
+    const user = kc.users[0].user;
+    const agent = new Agent({
+      keepAlive: true,
+      maxSockets: CONCURRENCY,
+      ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+      cert: Buffer.from(user['client-certificate-data'], 'base64'),
+      key: Buffer.from(user['client-key-data'], 'base64'),
+    });
+    const get = () =>
+      new Promise<number>((resolve, reject) => {
+        const req = request(
+          { host: '127.0.0.1', port: stack.gatewayPort, path: '/clusters/busy/api', agent },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode!));
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    let done = 0;
+    const worker = async () => {
+      while (done < REQUESTS) {
+        done++;
+        assert.equal(await get(), 200);
+      }
+    };
+    await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    agent.destroy();
+    // a listener added per request on a reused channel shows as Node's warning once 10 pile up on one
+    assert.doesNotMatch(stack.proxy!.output, /MaxListenersExceededWarning|memory leak/);
+    const stopped = Date.now();
+    assert.equal(await stack.proxy!.stop('SIGTERM'), 0);
+    const took = Date.now() - stopped;
+    assert.ok(took < 5000, `SIGTERM took ${took} ms to end the proxy`);
+  },
+);
+
+test(
+  'what a burst of connections freed goes back to the system: the proxy trims ' +
+    'malloc within 30 s, and RSS falls; so does the agent after 64 requests at once',
+  async () => {
+    const own = new Stack();
+    try {
+      const proxy = await own.startProxy(['-v', '3']);
+      const { token } = await own.token('trim');
+      const agent = own.startAgent(
+        'trim',
+        token,
+        upstream.writeKubeconfig(join(own.dataDir, 't.kubeconfig'), 'token'),
+        ['-v', '3'],
+      );
+      await agent.waitFor(/connected to proxy/);
+      // 64 requests at once through the agent: 64 channels, each an upstream TLS connection there
+      const kc = parse(readFileSync(await own.kubeconfig('trim'), 'utf8'));
+      const user = kc.users[0].user;
+      const tls = {
+        ca: Buffer.from(kc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+        cert: Buffer.from(user['client-certificate-data'], 'base64'),
+        key: Buffer.from(user['client-key-data'], 'base64'),
+      };
+      const answered = await Promise.all(
+        Array.from(
+          { length: 64 },
+          () =>
+            new Promise<number>((resolve, reject) => {
+              const req = request(
+                { host: '127.0.0.1', port: own.gatewayPort, path: '/clusters/trim/api', agent: false, ...tls },
+                (res) => {
+                  res.resume();
+                  res.on('end', () => resolve(res.statusCode!));
+                },
+              );
+              req.on('error', reject);
+              req.end();
+            }),
+        ),
+      );
+      assert.ok(
+        answered.every((c) => c === 200),
+        `answers: ${[...new Set(answered)].join(', ')}`,
+      );
+      // 2 000 TLS connections without a client certificate, 8 at a time: each is refused, and freed
+      const refused = () =>
+        new Promise<void>((resolve) => {
+          const req = request(
+            {
+              host: '127.0.0.1',
+              port: own.gatewayPort,
+              path: '/clusters/trim/api',
+              agent: false,
+              rejectUnauthorized: false,
+            },
+            (res) => {
+              res.resume();
+              res.on('end', resolve);
+            },
+          );
+          req.on('error', () => resolve());
+          req.end();
+        });
+      let left = 2000;
+      await Promise.all(
+        Array.from({ length: CONCURRENCY }, async () => {
+          while (left-- > 0) await refused();
+        }),
+      );
+      const from = proxy.output.length;
+      const m = await proxy.waitFor(
+        /malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/,
+        40_000,
+        from,
+      );
+      assert.equal(m[1], 'true', 'the first trim after the burst handed pages back');
+      assert.ok(Number(m[3]) < Number(m[2]), `RSS fell: ${m[2]} → ${m[3]} MiB`);
+      // the agent's check: those connections grew it by more than 2 MiB, so it trims too
+      const a = await agent.waitFor(
+        /malloc trimmed released=(true|false) ms=[\d.]+ rssBeforeMiB=([\d.]+) rssAfterMiB=([\d.]+)/,
+        40_000,
+      );
+      assert.ok(Number(a[3]) <= Number(a[2]), `agent RSS did not grow in its trim: ${a[2]} → ${a[3]} MiB`);
+    } finally {
+      await own.close();
+    }
+  },
+);

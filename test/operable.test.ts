@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { parse, stringify } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { hostileAgent, type HostileAgent } from './support/hostile-agent.ts';
+import { pattern } from './support/pattern.ts';
 import { kubectl, Stack } from './support/stack.ts';
 import { freePort, run, tempDir, tower, TowerProcess, waitUntil } from './support/tower.ts';
 
@@ -73,7 +74,10 @@ describe("kubectl prints the answers tower makes itself, as the server's", () =>
     assert.equal(r.code, 1);
     assert.match(
       r.stderr,
-      /^Error from server \(ServiceUnavailable\): cluster "delta" has no agent connected to tower \(start one with the command that "tower token delta" prints\)$/m,
+      pattern(
+        /^Error from server \(ServiceUnavailable\): cluster "delta" has no agent /m,
+        /connected to tower \(start one with the command that "tower token delta" prints\)$/m,
+      ),
     );
   });
 
@@ -83,7 +87,10 @@ describe("kubectl prints the answers tower makes itself, as the server's", () =>
     assert.equal(r.code, 1);
     assert.match(
       r.stderr,
-      /^Error from server \(Timeout\): tower gateway: the kube-apiserver of cluster "silent" did not answer within 2s \(the proxy's --request-timeout\)$/m,
+      pattern(
+        /^Error from server \(Timeout\): tower gateway: the kube-apiserver of /m,
+        /cluster "silent" did not answer within 2s \(the proxy's --request-timeout\)$/m,
+      ),
     );
   });
 
@@ -120,7 +127,10 @@ describe("kubectl prints the answers tower makes itself, as the server's", () =>
     assert.equal(r.code, 1);
     assert.match(
       r.stderr,
-      /^Error from server \(Forbidden\): tower gateway: this client certificate is for cluster "alpha", not "delta" \(get one with: tower kubeconfig delta\)$/m,
+      pattern(
+        /^Error from server \(Forbidden\): tower gateway: this client certificate is /m,
+        /for cluster "alpha", not "delta" \(get one with: tower kubeconfig delta\)$/m,
+      ),
     );
   });
 
@@ -133,7 +143,10 @@ describe("kubectl prints the answers tower makes itself, as the server's", () =>
     assert.equal(r.code, 1);
     assert.match(
       r.stderr,
-      /^error: You must be logged in to the server \(tower gateway: a client certificate signed by tower's CA is required \(.*\); get a kubeconfig with: tower kubeconfig <cluster>\)$/m,
+      pattern(
+        /^error: You must be logged in to the server \(tower gateway: a client certificate signed /m,
+        /by tower's CA is required \(.*\); get a kubeconfig with: tower kubeconfig <cluster>\)$/m,
+      ),
     );
   });
 
@@ -143,39 +156,46 @@ describe("kubectl prints the answers tower makes itself, as the server's", () =>
     assert.match(r.stderr, /^Error from server \(BadRequest\): tower gateway: invalid cluster name "Bad_Name": /m);
   });
 
-  test('429: the cluster has --max-requests-inflight requests in flight (kubectl retries as Retry-After says, then prints it)', async () => {
-    const busy = new Stack();
-    try {
-      await busy.startProxy(['--max-requests-inflight', '1', '--request-timeout', '60s']);
-      const kc = await silentCluster(busy, 'busy');
-      // one request held in flight by the silent kube-apiserver
-      const doc = parse(readFileSync(kc, 'utf8'));
-      const b64 = (k: string) => Buffer.from(doc.users[0].user[k], 'base64');
-      const held = request({
-        host: '127.0.0.1',
-        port: busy.gatewayPort,
-        path: '/clusters/busy/api/v1/pods',
-        method: 'GET',
-        ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'),
-        cert: b64('client-certificate-data'),
-        key: b64('client-key-data'),
-      });
-      held.on('error', () => {});
-      held.end();
-      await waitUntil('the held request to reach the agent', () => hostile.at(-1)!.heads.length >= 1);
-      const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
-      held.destroy();
-      assert.equal(r.code, 1);
-      assert.match(
-        r.stderr,
-        /^Error from server \(TooManyRequests\): tower gateway: cluster "busy" has 1 requests in flight through tower, its limit \(the proxy's --max-requests-inflight\); retry shortly$/m,
-      );
-      const metrics = await (await fetch(`${busy.proxyUrl}/metrics`)).text();
-      assert.match(metrics, /^tower_proxy_inflight_refusals_total\{cluster="busy"\} [1-9]\d*$/m);
-    } finally {
-      await busy.close();
-    }
-  });
+  test(
+    '429: the cluster has --max-requests-inflight requests in flight ' +
+      '(kubectl retries as Retry-After says, then prints it)',
+    async () => {
+      const busy = new Stack();
+      try {
+        await busy.startProxy(['--max-requests-inflight', '1', '--request-timeout', '60s']);
+        const kc = await silentCluster(busy, 'busy');
+        // one request held in flight by the silent kube-apiserver
+        const doc = parse(readFileSync(kc, 'utf8'));
+        const b64 = (k: string) => Buffer.from(doc.users[0].user[k], 'base64');
+        const held = request({
+          host: '127.0.0.1',
+          port: busy.gatewayPort,
+          path: '/clusters/busy/api/v1/pods',
+          method: 'GET',
+          ca: Buffer.from(doc.clusters[0].cluster['certificate-authority-data'], 'base64'),
+          cert: b64('client-certificate-data'),
+          key: b64('client-key-data'),
+        });
+        held.on('error', () => {});
+        held.end();
+        await waitUntil('the held request to reach the agent', () => hostile.at(-1)!.heads.length >= 1);
+        const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
+        held.destroy();
+        assert.equal(r.code, 1);
+        assert.match(
+          r.stderr,
+          pattern(
+            /^Error from server \(TooManyRequests\): tower gateway: cluster "busy" has 1 requests in /m,
+            /flight through tower, its limit \(the proxy's --max-requests-inflight\); retry shortly$/m,
+          ),
+        );
+        const metrics = await (await fetch(`${busy.proxyUrl}/metrics`)).text();
+        assert.match(metrics, /^tower_proxy_inflight_refusals_total\{cluster="busy"\} [1-9]\d*$/m);
+      } finally {
+        await busy.close();
+      }
+    },
+  );
 });
 
 describe('tower clusters', () => {
@@ -211,41 +231,44 @@ describe('tower clusters', () => {
     assert.match(r.stdout, /^lonely\s+-\s+-\s+never$/m);
   });
 
-  test('status and proxy files written by someone else (wrong types, terminal escapes, pid -1) are shown safely', async () => {
-    const dir = tempDir('hostile-status');
-    const env = { TOWER_HOME: dir };
-    assert.equal((await tower(['token', 'odd'], env)).code, 0);
-    writeFileSync(
-      join(dir, 'status', 'odd.yaml'),
-      stringify({
-        connected: true,
-        agents: 'many',
-        since: { not: 'a time' },
-        lastSeen: '2026-01-01T00:00:00Z',
-        agentVersions: '\x1b]0;pwned\x07\x1b[31mred',
-        agentAddresses: '10.0.0.1:5000',
-      }),
-    );
-    // kill(-1, 0) reaches every process: a pid of -1 must not pass for a running proxy
-    writeFileSync(
-      join(dir, 'proxy.yaml'),
-      stringify({
-        agentUrl: 'http://127.0.0.1:1',
-        gatewayUrl: 'https://127.0.0.1:2',
-        hostKeyFingerprint: `SHA256:${'A'.repeat(43)}`,
-        pid: -1,
-      }),
-    );
-    for (const output of ['wide', 'json', 'yaml']) {
-      const r = await tower(['clusters', '-o', output], env);
-      assert.equal(r.code, 0, `${output}: ${r.stderr}`);
-      assert.doesNotMatch(r.stdout + r.stderr, /\x1b|\x07/, output);
-      assert.match(r.stdout, /odd/);
-    }
-    const wide = await tower(['clusters', '-o', 'wide'], env);
-    assert.match(wide.stderr, /no proxy is serving .* \(the last one was pid -1\): AGENTS unknown/);
-    assert.match(wide.stdout, /^odd\s+-\s+-\s+\d+d ago\s+-\s+10\.0\.0\.1:5000$/m);
-  });
+  test(
+    'status and proxy files written by someone else ' + '(wrong types, terminal escapes, pid -1) are shown safely',
+    async () => {
+      const dir = tempDir('hostile-status');
+      const env = { TOWER_HOME: dir };
+      assert.equal((await tower(['token', 'odd'], env)).code, 0);
+      writeFileSync(
+        join(dir, 'status', 'odd.yaml'),
+        stringify({
+          connected: true,
+          agents: 'many',
+          since: { not: 'a time' },
+          lastSeen: '2026-01-01T00:00:00Z',
+          agentVersions: '\x1b]0;pwned\x07\x1b[31mred',
+          agentAddresses: '10.0.0.1:5000',
+        }),
+      );
+      // kill(-1, 0) reaches every process: a pid of -1 must not pass for a running proxy
+      writeFileSync(
+        join(dir, 'proxy.yaml'),
+        stringify({
+          agentUrl: 'http://127.0.0.1:1',
+          gatewayUrl: 'https://127.0.0.1:2',
+          hostKeyFingerprint: `SHA256:${'A'.repeat(43)}`,
+          pid: -1,
+        }),
+      );
+      for (const output of ['wide', 'json', 'yaml']) {
+        const r = await tower(['clusters', '-o', output], env);
+        assert.equal(r.code, 0, `${output}: ${r.stderr}`);
+        assert.doesNotMatch(r.stdout + r.stderr, /\x1b|\x07/, output);
+        assert.match(r.stdout, /odd/);
+      }
+      const wide = await tower(['clusters', '-o', 'wide'], env);
+      assert.match(wide.stderr, /no proxy is serving .* \(the last one was pid -1\): AGENTS unknown/);
+      assert.match(wide.stdout, /^odd\s+-\s+-\s+\d+d ago\s+-\s+10\.0\.0\.1:5000$/m);
+    },
+  );
 });
 
 describe('health and metrics', () => {
@@ -300,18 +323,21 @@ describe('health and metrics', () => {
     assert.match(agentText, /^tower_agent_upstream_dial_duration_seconds_count\{result="ok"\} [1-9]\d*$/m);
   });
 
-  test('a stranger asking for /metrics in a loop costs one rendering a second; everyone else is still served', async () => {
-    const started = Date.now();
-    const bodies = new Set<string>();
-    for (let i = 0; i < 300; i++) bodies.add(await (await fetch(`${stack.proxyUrl}/metrics`)).text());
-    const seconds = (Date.now() - started) / 1000;
-    assert.ok(
-      bodies.size <= Math.ceil(seconds) + 1,
-      `${bodies.size} renderings for 300 scrapes in ${seconds.toFixed(1)} s`,
-    );
-    const r = await kubectl(alphaKc, ['get', 'namespaces', '-o', 'name']);
-    assert.equal(r.code, 0, r.stderr);
-  });
+  test(
+    'a stranger asking for /metrics in a loop costs one rendering a second; ' + 'everyone else is still served',
+    async () => {
+      const started = Date.now();
+      const bodies = new Set<string>();
+      for (let i = 0; i < 300; i++) bodies.add(await (await fetch(`${stack.proxyUrl}/metrics`)).text());
+      const seconds = (Date.now() - started) / 1000;
+      assert.ok(
+        bodies.size <= Math.ceil(seconds) + 1,
+        `${bodies.size} renderings for 300 scrapes in ${seconds.toFixed(1)} s`,
+      );
+      const r = await kubectl(alphaKc, ['get', 'namespaces', '-o', 'name']);
+      assert.equal(r.code, 0, r.stderr);
+    },
+  );
 
   test('a real Prometheus scraping the proxy and the agent answers how many agents are connected', async () => {
     const healthPort = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);

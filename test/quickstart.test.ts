@@ -25,7 +25,8 @@ async function quickStart(name: string, memberKubeconfig: string) {
   const { token, join: joinCommand } = await stack.token(name);
   assert.equal(
     joinCommand,
-    `${TOWER} agent --name ${name} --token ${token} --proxy-server http://127.0.0.1:${stack.agentPort} --proxy-fingerprint ${stack.fingerprint} --kubeconfig <member kubeconfig>`,
+    `${TOWER} agent --name ${name} --token ${token} --proxy-server http://127.0.0.1:${stack.agentPort} ` +
+      `--proxy-fingerprint ${stack.fingerprint} --kubeconfig <member kubeconfig>`,
   );
   // run exactly the printed command, the member's kubeconfig in its placeholder
   const args = joinCommand.replace('<member kubeconfig>', memberKubeconfig).split(' ');
@@ -70,7 +71,9 @@ for (const auth of ['client certificate', 'bearer token'] as const) {
     });
 
     test('kubectl apply of a ConfigMap lands in the member cluster', async () => {
-      const cm = `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: via-${name}\n  namespace: default\ndata:\n  hello: ${name}\n`;
+      const cm =
+        `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: via-${name}\n` +
+        `  namespace: default\ndata:\n  hello: ${name}\n`;
       const r = await kubectl(kc, ['apply', '-f', '-'], cm);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, new RegExp(`configmap/via-${name} created`));

@@ -313,7 +313,8 @@ function judge(s: Sent): string[] {
     if (a.towerHeaders.length)
       out.push(`${s.label}: tower's own headers reached the member (${a.towerHeaders.join(', ')})`);
   if (s.surface === 'ks port') {
-    // unauthenticated by KubeSphere's design: ks-apiserver authenticates the caller, so it must be the only server it reaches
+    // unauthenticated by KubeSphere's design: ks-apiserver authenticates the caller, so it must be the only server it
+    // reaches
     for (const a of kube)
       out.push(`${s.label}: reached kube-apiserver without any certificate: ${arrivalText(a, s)}; ${answered(s)}`);
     if (ks.length !== 1 && !(ks.length === 0 && kube.length > 0))
@@ -335,7 +336,8 @@ function judge(s: Sent): string[] {
     // the member allows no impersonation (its SubjectAccessReviews say no): nothing may reach it as anyone
     for (const a of kube)
       out.push(
-        `${s.label}: jane's own impersonation went through although the member denies it: ${arrivalText(a, s)}; ${answered(s)}`,
+        `${s.label}: jane's own impersonation went through although ` +
+          `the member denies it: ${arrivalText(a, s)}; ${answered(s)}`,
       );
     if (s.status !== 403) out.push(`${s.label}: ${answered(s)}, not 403`);
     return out;
@@ -376,7 +378,10 @@ function unexplained(mark: number, sent: Sent[]): string[] {
       // reviews are asked of kube-apiserver only; 'token': with the agent's token
       if (e.user === 'jane' && named.has(e.attributes.name ?? '') && e.auth === 'token' && !e.impersonated) continue;
       out.push(
-        `unexplained: kube-apiserver got a SubjectAccessReview with ${e.auth === 'token' ? "the agent's token" : `auth ${e.auth}`}${e.impersonated ? ', impersonating' : ''} for ${JSON.stringify({ user: e.user, groups: e.groups, attributes: e.attributes })}`,
+        `unexplained: kube-apiserver got a SubjectAccessReview with ` +
+          `${e.auth === 'token' ? "the agent's token" : `auth ${e.auth}`}` +
+          `${e.impersonated ? ', impersonating' : ''} for ` +
+          `${JSON.stringify({ user: e.user, groups: e.groups, attributes: e.attributes })}`,
       );
       continue;
     }
@@ -417,7 +422,9 @@ async function story(steps: Step[]): Promise<{ sent: Sent[]; violations: string[
 
 for (const first of ENTRIES) {
   test(
-    `the first request on a fresh agent session is a get on the ${describeEntry(first)}; then every port of both replicas still reaches its own server of the member, as the certificate or as the unauthenticated caller`,
+    `the first request on a fresh agent session is a get on the ${describeEntry(first)}; ` +
+      `then every port of both replicas still reaches its own server of ` +
+      `the member, as the certificate or as the unauthenticated caller`,
     { timeout: STORY_TIMEOUT_MS },
     async () => {
       const { sent, violations } = await story([{ ...first, ask: 'get' }, ...laterSteps()]);
@@ -428,7 +435,8 @@ for (const first of ENTRIES) {
 }
 
 test(
-  'issue 20: after kubectl used the gateway, the ks-apiserver port of the other replica POSTs a namespace as system:masters with no certificate: it reaches ks-apiserver only',
+  'issue 20: after kubectl used the gateway, the ks-apiserver port of the other replica ' +
+    'POSTs a namespace as system:masters with no certificate: it reaches ks-apiserver only',
   { timeout: STORY_TIMEOUT_MS },
   async () => {
     const { sent, violations } = await story([
@@ -449,7 +457,8 @@ test(
 );
 
 test(
-  'issue 20, the other order: one unauthenticated ks-apiserver port request through the other replica first; kubectl through the gateway and the cluster port still reaches kube-apiserver',
+  'issue 20, the other order: one unauthenticated ks-apiserver port request through the other replica first; ' +
+    'kubectl through the gateway and the cluster port still reaches kube-apiserver',
   { timeout: STORY_TIMEOUT_MS },
   async () => {
     const { sent, violations } = await story([
@@ -459,7 +468,8 @@ test(
       { surface: 'cluster port', via: 'r2', ask: 'get' },
       { surface: 'cluster port', via: HOLDER, ask: 'get' },
     ]);
-    // the issue saw 502 for everyone here (its ks-apiserver could not answer kube-apiserver paths); this one answers, and says who it is
+    // the issue saw 502 for everyone here (its ks-apiserver could not answer kube-apiserver paths); this one answers,
+    // and says who it is
     for (const s of sent.slice(1))
       assert.ok(s.status === 200 && /"server":"kube-apiserver"/.test(s.body), `${s.label}: ${answered(s)}`);
     assert.deepEqual(violations, []);
@@ -467,7 +477,8 @@ test(
 );
 
 test(
-  'interleaved: all six ways in at once on a fresh agent session, twice over in a shuffled order, each reaches its own server as its own caller',
+  'interleaved: all six ways in at once on a fresh agent session, ' +
+    'twice over in a shuffled order, each reaches its own server as its own caller',
   { timeout: STORY_TIMEOUT_MS },
   async () => {
     const seed = Number(process.env.TOWER_TEST_SEED ?? Date.now() % 1_000_000);
@@ -496,7 +507,8 @@ test(
 );
 
 test(
-  'without a certificate nothing but the ks-apiserver port reaches the member: the cluster port refuses plain HTTP and certificate-less HTTPS, the gateway too, on both replicas',
+  'without a certificate nothing but the ks-apiserver port reaches the member: ' +
+    'the cluster port refuses plain HTTP and certificate-less HTTPS, the gateway too, on both replicas',
   { timeout: STORY_TIMEOUT_MS },
   async () => {
     const mark = recorder.events.length;
@@ -535,7 +547,8 @@ test(
         });
         if (noCert.status !== 401)
           problems.push(
-            `HTTPS without a certificate to the ${name} of ${via}: ${noCert.status || noCert.error} ${noCert.body.slice(0, 160)}`,
+            `HTTPS without a certificate to the ${name} of ${via}: ` +
+              `${noCert.status || noCert.error} ${noCert.body.slice(0, 160)}`,
           );
       }
     }

@@ -39,26 +39,29 @@ async function version(): Promise<string> {
   return JSON.parse(r.stdout).gitVersion;
 }
 
-test('two agents with the same name share the load; one is killed with SIGKILL and requests keep succeeding', async () => {
-  const { token } = await stack.token('delta');
-  const a1 = stack.startAgent('delta', token, member.kubeconfig);
-  const a2 = stack.startAgent('delta', token, member.kubeconfig);
-  await Promise.all([a1.waitFor(/connected to proxy/), a2.waitFor(/connected to proxy/)]);
-  await stack.proxy!.waitFor(/agent connected cluster=delta .* agents=2/);
-  await waitUntil('status to count two agents', () => status('delta')?.agents === 2);
-  kc = await stack.kubeconfig('delta');
+test(
+  'two agents with the same name share the load; ' + 'one is killed with SIGKILL and requests keep succeeding',
+  async () => {
+    const { token } = await stack.token('delta');
+    const a1 = stack.startAgent('delta', token, member.kubeconfig);
+    const a2 = stack.startAgent('delta', token, member.kubeconfig);
+    await Promise.all([a1.waitFor(/connected to proxy/), a2.waitFor(/connected to proxy/)]);
+    await stack.proxy!.waitFor(/agent connected cluster=delta .* agents=2/);
+    await waitUntil('status to count two agents', () => status('delta')?.agents === 2);
+    kc = await stack.kubeconfig('delta');
 
-  for (let i = 0; i < 4; i++) assert.equal(await version(), 'v1.20.2');
-  await a1.stop('SIGKILL');
-  // the proxy notices the dead link when the WebSocket closes; meanwhile requests must still succeed
-  for (let i = 0; i < 10; i++) assert.equal(await version(), 'v1.20.2');
-  await stack.proxy!.waitFor(/agent disconnected cluster=delta .* agents=1/);
-  await waitUntil(
-    'status to count one agent',
-    () => status('delta')?.agents === 1 && status('delta')?.connected === true,
-  );
-  assert.ok(a2.running);
-});
+    for (let i = 0; i < 4; i++) assert.equal(await version(), 'v1.20.2');
+    await a1.stop('SIGKILL');
+    // the proxy notices the dead link when the WebSocket closes; meanwhile requests must still succeed
+    for (let i = 0; i < 10; i++) assert.equal(await version(), 'v1.20.2');
+    await stack.proxy!.waitFor(/agent disconnected cluster=delta .* agents=1/);
+    await waitUntil(
+      'status to count one agent',
+      () => status('delta')?.agents === 1 && status('delta')?.connected === true,
+    );
+    assert.ok(a2.running);
+  },
+);
 
 test('the proxy restarts on the same data dir; the running agent reconnects and kubectl works again', async () => {
   const agentsBefore = stack.processes.filter((p) => p.name === 'agent delta' && p.running);

@@ -73,7 +73,10 @@ const must = async (kc: string, args: string[], input?: string) => {
   return r.stdout;
 };
 
-/** A client certificate from the member's own CA for `user`, as a kubeconfig: how an agent without a token authenticates. */
+/**
+ * A client certificate from the member's own CA for `user`, as a kubeconfig: how an agent without a token
+ * authenticates.
+ */
 async function writeCertificateKubeconfig(path: string, user: string): Promise<string> {
   const pki = join(member.dir, 'pki');
   const openssl = async (args: string[]) => {
@@ -164,7 +167,8 @@ before(async () => {
     `--clusterrole=${role.metadata.name}`,
     `--user=${CERT_AGENT_USER}`,
   ]);
-  // what the built-in "view" role holds for these resources (kube-controller-manager, which fills it, does not run here)
+  // what the built-in "view" role holds for these resources (kube-controller-manager, which fills it, does not run
+  // here)
   await must(member.kubeconfig, [
     'create',
     'clusterrole',
@@ -351,7 +355,9 @@ const ATTEMPTS: Record<string, Attempt> = {
 
 // ---- what the users get back ----
 
-/** Writes `bytes` to the gateway as jane, in one write; what came back, once her connection has been quiet for a while. */
+/**
+ * Writes `bytes` to the gateway as jane, in one write; what came back, once her connection has been quiet for a while.
+ */
 function janeWrites(cluster: Cluster, bytes: string): Promise<string> {
   const { ca, cert, key } = clientOf(cluster.jane);
   return new Promise((resolve) => {
@@ -377,7 +383,10 @@ function janeWrites(cluster: Cluster, bytes: string): Promise<string> {
   });
 }
 
-/** bob's ordinary request (on `connections`, kept alive, or a connection of its own); his answer, described when it is not his own 403 */
+/**
+ * bob's ordinary request (on `connections`, kept alive, or a connection of its own); his answer, described when it is
+ * not his own 403
+ */
 function bobAsks(cluster: Cluster, connections: Agent | false = false): Promise<string | undefined> {
   const { ca, cert, key } = clientOf(cluster.bob);
   return new Promise((resolve) => {
@@ -407,7 +416,10 @@ function bobAsks(cluster: Cluster, connections: Agent | false = false): Promise<
   });
 }
 
-/** undefined for bob's own answer: the member's 403 that names him (he may not read namespaces); else what he got instead */
+/**
+ * undefined for bob's own answer: the member's 403 that names him (he may not read namespaces); else what he got
+ * instead
+ */
 function foreignAnswer(status: number, body: string): string | undefined {
   let doc: { kind?: string; message?: string; metadata?: { name?: string } } = {};
   try {
@@ -462,39 +474,44 @@ for (const [kind, label] of [
     });
 
     for (const [how, attempt] of Object.entries(ATTEMPTS)) {
-      test(`${how}: no ClusterRoleBinding or namespace appears, jane is still no admin, bob gets only his own answers`, async () => {
-        const victims = Array.from(
-          { length: attempt.victims },
-          (_, i) => `smuggled-${cluster.name}-${attempt.slug}${attempt.victims > 1 ? `-${i + 1}` : ''}`,
-        );
-        const bobsConnections = new Agent({ keepAlive: true });
-        const bob: (string | undefined)[] = [];
-        let janesAnswers = '';
-        try {
-          // bob's connection is up before jane writes: his requests follow hers within a few milliseconds
-          bob.push(await bobAsks(cluster, bobsConnections));
-          const jane = janeWrites(cluster, attempt.bytes(cluster.name, victims));
-          const until = Date.now() + BOB_IN_TURN_MS;
-          while (Date.now() < until && bob.length < BOB_IN_TURN_MAX) bob.push(await bobAsks(cluster, bobsConnections));
-          bob.push(
-            ...(await Promise.all(Array.from({ length: BOB_AT_ONCE }, () => bobAsks(cluster, bobsConnections)))),
+      test(
+        `${how}: no ClusterRoleBinding or namespace appears, ` +
+          `jane is still no admin, bob gets only his own answers`,
+        async () => {
+          const victims = Array.from(
+            { length: attempt.victims },
+            (_, i) => `smuggled-${cluster.name}-${attempt.slug}${attempt.victims > 1 ? `-${i + 1}` : ''}`,
           );
-          janesAnswers = await jane;
-        } finally {
-          bobsConnections.destroy();
-        }
-        await sleep(SETTLE_MS);
-        const canI = await kubectl(cluster.jane, ['auth', 'can-i', 'create', 'namespaces']);
-        const outcome = {
-          bindingsOnTheMember: await memberNames('clusterrolebindings', victims),
-          namespacesOnTheMember: await memberNames('namespaces', victims),
-          janeCanCreateNamespaces: { code: canI.code, says: canI.stdout.trim() },
-          smuggledAnswersJaneGot: victims.filter((v) => janesAnswers.includes(v)),
-          answersBobGotThatAreNotHis: bob.filter((a) => a !== undefined),
-        };
-        await removeVictims(victims);
-        assert.deepEqual(outcome, UNHARMED);
-      });
+          const bobsConnections = new Agent({ keepAlive: true });
+          const bob: (string | undefined)[] = [];
+          let janesAnswers = '';
+          try {
+            // bob's connection is up before jane writes: his requests follow hers within a few milliseconds
+            bob.push(await bobAsks(cluster, bobsConnections));
+            const jane = janeWrites(cluster, attempt.bytes(cluster.name, victims));
+            const until = Date.now() + BOB_IN_TURN_MS;
+            while (Date.now() < until && bob.length < BOB_IN_TURN_MAX)
+              bob.push(await bobAsks(cluster, bobsConnections));
+            bob.push(
+              ...(await Promise.all(Array.from({ length: BOB_AT_ONCE }, () => bobAsks(cluster, bobsConnections)))),
+            );
+            janesAnswers = await jane;
+          } finally {
+            bobsConnections.destroy();
+          }
+          await sleep(SETTLE_MS);
+          const canI = await kubectl(cluster.jane, ['auth', 'can-i', 'create', 'namespaces']);
+          const outcome = {
+            bindingsOnTheMember: await memberNames('clusterrolebindings', victims),
+            namespacesOnTheMember: await memberNames('namespaces', victims),
+            janeCanCreateNamespaces: { code: canI.code, says: canI.stdout.trim() },
+            smuggledAnswersJaneGot: victims.filter((v) => janesAnswers.includes(v)),
+            answersBobGotThatAreNotHis: bob.filter((a) => a !== undefined),
+          };
+          await removeVictims(victims);
+          assert.deepEqual(outcome, UNHARMED);
+        },
+      );
     }
   });
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { parse } from 'yaml';
+import { pattern } from './support/pattern.ts';
 import { Stack } from './support/stack.ts';
 import { waitUntil, type TowerProcess } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
@@ -38,7 +39,10 @@ interface Cluster {
   name: string;
 }
 
-/** A proxy (with `proxyArgs`) and one agent serving /metrics (with `agentArgs`) for cluster `name`, and a gateway client certificate. */
+/**
+ * A proxy (with `proxyArgs`) and one agent serving /metrics (with `agentArgs`) for cluster `name`, and a gateway client
+ * certificate.
+ */
 async function cluster(name: string, proxyArgs: string[] = [], agentArgs: string[] = []): Promise<Cluster> {
   const stack = new Stack();
   await stack.startProxy(proxyArgs);
@@ -145,49 +149,53 @@ describe('a download whose client stops reading', () => {
     await c?.stack.close();
   });
 
-  test('holds its channel only while its client is there: once the clients leave, proxy and agent hold the channels they held before', async () => {
-    // a request first: the pools hold what they keep between requests
-    assert.equal((await get(c, '/api')).status, 200);
-    const proxyBefore = await proxyMetric(c, 'tower_proxy_channels_open');
-    const agentBefore = await agentMetric(c, 'tower_agent_channels_open');
-    const stalled = await Promise.all([stalledDownload(c), stalledDownload(c), stalledDownload(c)]);
-    assert.deepEqual(
-      stalled.map((s) => s.statusLine),
-      Array(3).fill('HTTP/1.1 200 OK'),
-    );
-    // each holds what it is allowed to, and is counted as stalled on both sides
-    await waitUntil(
-      'the proxy to count the three answers as stalled',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) >= 3 * 2 ** 21,
-    );
-    await waitUntil(
-      'the agent to count the three answers as stalled',
-      async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) >= 3 * 3 * 2 ** 16,
-    );
-    // (one of them may have taken the channel the first request left in the pool)
-    await waitUntil(
-      'the proxy to hold their channels',
-      async () => (await proxyMetric(c, 'tower_proxy_channels_open')) >= 3,
-    );
-    for (const s of stalled) s.socket.destroy();
-    await waitUntil(
-      `the proxy to release the stalled channels (it held ${proxyBefore} before)`,
-      async () => (await proxyMetric(c, 'tower_proxy_channels_open')) <= proxyBefore,
-    );
-    await waitUntil(
-      'the agent to release them',
-      async () => (await agentMetric(c, 'tower_agent_channels_open')) <= agentBefore,
-    );
-    await waitUntil(
-      'the proxy to release their reservations',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) === 0,
-    );
-    await waitUntil(
-      'the agent to release theirs',
-      async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) === 0,
-    );
-    assert.equal((await get(c, '/api')).status, 200);
-  });
+  test(
+    'holds its channel only while its client is there: ' +
+      'once the clients leave, proxy and agent hold the channels they held before',
+    async () => {
+      // a request first: the pools hold what they keep between requests
+      assert.equal((await get(c, '/api')).status, 200);
+      const proxyBefore = await proxyMetric(c, 'tower_proxy_channels_open');
+      const agentBefore = await agentMetric(c, 'tower_agent_channels_open');
+      const stalled = await Promise.all([stalledDownload(c), stalledDownload(c), stalledDownload(c)]);
+      assert.deepEqual(
+        stalled.map((s) => s.statusLine),
+        Array(3).fill('HTTP/1.1 200 OK'),
+      );
+      // each holds what it is allowed to, and is counted as stalled on both sides
+      await waitUntil(
+        'the proxy to count the three answers as stalled',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) >= 3 * 2 ** 21,
+      );
+      await waitUntil(
+        'the agent to count the three answers as stalled',
+        async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) >= 3 * 3 * 2 ** 16,
+      );
+      // (one of them may have taken the channel the first request left in the pool)
+      await waitUntil(
+        'the proxy to hold their channels',
+        async () => (await proxyMetric(c, 'tower_proxy_channels_open')) >= 3,
+      );
+      for (const s of stalled) s.socket.destroy();
+      await waitUntil(
+        `the proxy to release the stalled channels (it held ${proxyBefore} before)`,
+        async () => (await proxyMetric(c, 'tower_proxy_channels_open')) <= proxyBefore,
+      );
+      await waitUntil(
+        'the agent to release them',
+        async () => (await agentMetric(c, 'tower_agent_channels_open')) <= agentBefore,
+      );
+      await waitUntil(
+        'the proxy to release their reservations',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) === 0,
+      );
+      await waitUntil(
+        'the agent to release theirs',
+        async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) === 0,
+      );
+      assert.equal((await get(c, '/api')).status, 200);
+    },
+  );
 
   test('costs its client nothing but time: once it reads again, the whole download arrives', async () => {
     const s = await stalledDownload(c, WHOLE_BYTES);
@@ -213,75 +221,84 @@ describe("the proxy's --max-stalled-memory", () => {
     await c?.stack.close();
   });
 
-  test('past it, new requests and upgrades get a 429 Status with Retry-After naming the flag; the stalled download carries on when read, and once stalled clients read or leave, requests succeed again', async () => {
-    assert.equal((await get(c, '/api')).status, 200);
-    const stalled = await stalledDownload(c, WHOLE_BYTES);
-    assert.equal(stalled.statusLine, 'HTTP/1.1 200 OK');
-    await waitUntil(
-      'the proxy to count the answer as stalled',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) > 0,
-    );
+  test(
+    'past it, new requests and upgrades get a 429 Status with Retry-After naming the flag; ' +
+      'the stalled download carries on when read, and once stalled clients read or leave, requests succeed again',
+    async () => {
+      assert.equal((await get(c, '/api')).status, 200);
+      const stalled = await stalledDownload(c, WHOLE_BYTES);
+      assert.equal(stalled.statusLine, 'HTTP/1.1 200 OK');
+      await waitUntil(
+        'the proxy to count the answer as stalled',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) > 0,
+      );
 
-    const refused = await get(c, '/api');
-    assert.equal(refused.status, 429);
-    assert.equal(refused.headers['retry-after'], '1');
-    const status = JSON.parse(refused.body.toString('utf8'));
-    assert.equal(status.kind, 'Status');
-    assert.equal(status.reason, 'TooManyRequests');
-    assert.equal(status.details.retryAfterSeconds, 1);
-    assert.match(
-      status.message,
-      /^tower gateway: answers whose clients stopped reading hold [\d.]+ MiB in this proxy, its limit of 0\.0 MiB \(the proxy's --max-stalled-memory\); retry shortly$/,
-    );
-    assert.equal(
-      (await stalledDownload(c)).statusLine,
-      'HTTP/1.1 429 Too Many Requests',
-      'another download is refused as well',
-    );
+      const refused = await get(c, '/api');
+      assert.equal(refused.status, 429);
+      assert.equal(refused.headers['retry-after'], '1');
+      const status = JSON.parse(refused.body.toString('utf8'));
+      assert.equal(status.kind, 'Status');
+      assert.equal(status.reason, 'TooManyRequests');
+      assert.equal(status.details.retryAfterSeconds, 1);
+      assert.match(
+        status.message,
+        pattern(
+          /^tower gateway: answers whose clients stopped reading hold [\d.]+ MiB in this proxy, /,
+          /its limit of 0\.0 MiB \(the proxy's --max-stalled-memory\); retry shortly$/,
+        ),
+      );
+      assert.equal(
+        (await stalledDownload(c)).statusLine,
+        'HTTP/1.1 429 Too Many Requests',
+        'another download is refused as well',
+      );
 
-    // an upgrade (kubectl exec) is refused alike, before anything reaches the member
-    const upgrade = connect({ host: '127.0.0.1', port: c.stack.gatewayPort, ...c.tls });
-    upgrade.on('error', () => {});
-    upgrade.write(
-      `GET /clusters/${c.name}/api/v1/namespaces/default/pods/echo/exec?command=true HTTP/1.1\r\nHost: tower\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n`,
-    );
-    const answer = await new Promise<string>((resolve) => {
-      let text = '';
-      upgrade.setEncoding('latin1').on('data', (d: string) => {
-        text += d;
+      // an upgrade (kubectl exec) is refused alike, before anything reaches the member
+      const upgrade = connect({ host: '127.0.0.1', port: c.stack.gatewayPort, ...c.tls });
+      upgrade.on('error', () => {});
+      upgrade.write(
+        `GET /clusters/${c.name}/api/v1/namespaces/default/pods/echo/exec?command=true HTTP/1.1\r\n` +
+          `Host: tower\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n` +
+          `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n`,
+      );
+      const answer = await new Promise<string>((resolve) => {
+        let text = '';
+        upgrade.setEncoding('latin1').on('data', (d: string) => {
+          text += d;
+        });
+        upgrade.on('close', () => resolve(text));
       });
-      upgrade.on('close', () => resolve(text));
-    });
-    assert.match(answer, /^HTTP\/1\.1 429 Too Many Requests\r\n/);
-    assert.match(answer, /\r\nRetry-After: 1\r\n/);
-    assert.match(answer, /--max-stalled-memory/);
-    await waitUntil(
-      'the refusals to be counted',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_refusals_total')) === 3,
-    );
+      assert.match(answer, /^HTTP\/1\.1 429 Too Many Requests\r\n/);
+      assert.match(answer, /\r\nRetry-After: 1\r\n/);
+      assert.match(answer, /--max-stalled-memory/);
+      await waitUntil(
+        'the refusals to be counted',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_refusals_total')) === 3,
+      );
 
-    // admitted before the limit was reached: once its client reads again, the download arrives whole
-    assert.equal(await readRest(stalled, WHOLE_BYTES), WHOLE_BYTES);
-    await waitUntil(
-      'the reservation to be released',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) === 0,
-    );
-    assert.equal((await get(c, '/api')).status, 200);
+      // admitted before the limit was reached: once its client reads again, the download arrives whole
+      assert.equal(await readRest(stalled, WHOLE_BYTES), WHOLE_BYTES);
+      await waitUntil(
+        'the reservation to be released',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) === 0,
+      );
+      assert.equal((await get(c, '/api')).status, 200);
 
-    // and a stalled client that leaves frees the way too
-    const leaver = await stalledDownload(c);
-    await waitUntil(
-      'the proxy to count the answer as stalled',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) > 0,
-    );
-    assert.equal((await get(c, '/api')).status, 429);
-    leaver.socket.destroy();
-    await waitUntil(
-      'the reservation to be released',
-      async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) === 0,
-    );
-    assert.equal((await get(c, '/api')).status, 200);
-  });
+      // and a stalled client that leaves frees the way too
+      const leaver = await stalledDownload(c);
+      await waitUntil(
+        'the proxy to count the answer as stalled',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) > 0,
+      );
+      assert.equal((await get(c, '/api')).status, 429);
+      leaver.socket.destroy();
+      await waitUntil(
+        'the reservation to be released',
+        async () => (await proxyMetric(c, 'tower_proxy_stalled_memory_bytes')) === 0,
+      );
+      assert.equal((await get(c, '/api')).status, 200);
+    },
+  );
 });
 
 describe("the agent's --max-stalled-memory", () => {
@@ -293,37 +310,45 @@ describe("the agent's --max-stalled-memory", () => {
     await c?.stack.close();
   });
 
-  test('past it, the agent answers requests 429 itself, on channels it had and on new ones, naming its flag; once the stalled client leaves requests succeed again', async () => {
-    // leaves an idle channel in the proxy's pool
-    assert.equal((await get(c, '/api')).status, 200);
-    const stalled = await stalledDownload(c);
-    await waitUntil(
-      'the agent to count the answer as stalled',
-      async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) > 0,
-    );
-    const before = upstream.requests.length;
-    // the first goes on the idle channel, the second on a new one (the refusal ended the first)
-    for (let i = 0; i < 2; i++) {
-      const refused = await get(c, '/api');
-      assert.equal(refused.status, 429);
-      assert.equal(refused.headers['retry-after'], '1');
-      const status = JSON.parse(refused.body.toString('utf8'));
-      assert.equal(status.reason, 'TooManyRequests');
-      assert.match(
-        status.message,
-        /^tower agent of cluster "agentcap": answers the tunnel cannot take \(their clients stopped reading\) hold [\d.]+ MiB there, the agent's limit of 0\.0 MiB \(its --max-stalled-memory\); retry shortly$/,
+  test(
+    'past it, the agent answers requests 429 itself, on channels it had and on new ones, ' +
+      'naming its flag; once the stalled client leaves requests succeed again',
+    async () => {
+      // leaves an idle channel in the proxy's pool
+      assert.equal((await get(c, '/api')).status, 200);
+      const stalled = await stalledDownload(c);
+      await waitUntil(
+        'the agent to count the answer as stalled',
+        async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) > 0,
       );
-    }
-    assert.equal(upstream.requests.length, before, 'nothing reached the member');
-    await waitUntil(
-      'the refusals to be counted',
-      async () => (await agentMetric(c, 'tower_agent_stalled_refusals_total')) === 2,
-    );
-    stalled.socket.destroy();
-    await waitUntil(
-      'the agent to release the stalled answer',
-      async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) === 0,
-    );
-    assert.equal((await get(c, '/api')).status, 200);
-  });
+      const before = upstream.requests.length;
+      // the first goes on the idle channel, the second on a new one (the refusal ended the first)
+      for (let i = 0; i < 2; i++) {
+        const refused = await get(c, '/api');
+        assert.equal(refused.status, 429);
+        assert.equal(refused.headers['retry-after'], '1');
+        const status = JSON.parse(refused.body.toString('utf8'));
+        assert.equal(status.reason, 'TooManyRequests');
+        assert.match(
+          status.message,
+          pattern(
+            /^tower agent of cluster "agentcap": answers the tunnel cannot take /,
+            /\(their clients stopped reading\) hold [\d.]+ MiB there, /,
+            /the agent's limit of 0\.0 MiB \(its --max-stalled-memory\); retry shortly$/,
+          ),
+        );
+      }
+      assert.equal(upstream.requests.length, before, 'nothing reached the member');
+      await waitUntil(
+        'the refusals to be counted',
+        async () => (await agentMetric(c, 'tower_agent_stalled_refusals_total')) === 2,
+      );
+      stalled.socket.destroy();
+      await waitUntil(
+        'the agent to release the stalled answer',
+        async () => (await agentMetric(c, 'tower_agent_stalled_memory_bytes')) === 0,
+      );
+      assert.equal((await get(c, '/api')).status, 200);
+    },
+  );
 });

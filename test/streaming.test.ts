@@ -87,25 +87,28 @@ function gatewayRequest(method: string, path: string, body?: () => AsyncGenerato
   });
 }
 
-test('a 256 MiB upload and a 256 MiB download stream through while proxy and agent stay under 200 MiB RSS', async () => {
-  const chunk = Buffer.alloc(MIB, 1);
-  async function* body() {
-    for (let i = 0; i < BODY_BYTES / MIB; i++) yield chunk;
-  }
-  const up = await gatewayRequest('POST', '/upload', body);
-  assert.equal(up.status, 200, up.text);
-  assert.equal(JSON.parse(up.text).bytes, BODY_BYTES);
+test(
+  'a 256 MiB upload and a 256 MiB download stream ' + 'through while proxy and agent stay under 200 MiB RSS',
+  async () => {
+    const chunk = Buffer.alloc(MIB, 1);
+    async function* body() {
+      for (let i = 0; i < BODY_BYTES / MIB; i++) yield chunk;
+    }
+    const up = await gatewayRequest('POST', '/upload', body);
+    assert.equal(up.status, 200, up.text);
+    assert.equal(JSON.parse(up.text).bytes, BODY_BYTES);
 
-  const down = await gatewayRequest('GET', `/download?bytes=${BODY_BYTES}`);
-  assert.equal(down.status, 200);
-  assert.equal(down.bytes, BODY_BYTES);
+    const down = await gatewayRequest('GET', `/download?bytes=${BODY_BYTES}`);
+    assert.equal(down.status, 200);
+    assert.equal(down.bytes, BODY_BYTES);
 
-  const proxyPeak = peakRssBytes(stack.proxy!.pid);
-  const agentPeak = peakRssBytes(agentPid);
-  assert.ok(proxyPeak < RSS_LIMIT_BYTES, `proxy peak RSS ${(proxyPeak / MIB).toFixed(0)} MiB`);
-  assert.ok(agentPeak < RSS_LIMIT_BYTES, `agent peak RSS ${(agentPeak / MIB).toFixed(0)} MiB`);
-  console.log(`# peak RSS: proxy ${(proxyPeak / MIB).toFixed(0)} MiB, agent ${(agentPeak / MIB).toFixed(0)} MiB`);
-});
+    const proxyPeak = peakRssBytes(stack.proxy!.pid);
+    const agentPeak = peakRssBytes(agentPid);
+    assert.ok(proxyPeak < RSS_LIMIT_BYTES, `proxy peak RSS ${(proxyPeak / MIB).toFixed(0)} MiB`);
+    assert.ok(agentPeak < RSS_LIMIT_BYTES, `agent peak RSS ${(agentPeak / MIB).toFixed(0)} MiB`);
+    console.log(`# peak RSS: proxy ${(proxyPeak / MIB).toFixed(0)} MiB, agent ${(agentPeak / MIB).toFixed(0)} MiB`);
+  },
+);
 
 test("over a slow link the agent's queued SSH packets still leave in frames the proxy accepts", async () => {
   // a relay that lets ~16 MB/s through from agent to proxy; eight downloads at once keep 16 MiB of

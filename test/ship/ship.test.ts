@@ -28,9 +28,7 @@ function scratch(prefix: string): string {
 }
 
 /** umoci unpack of `tag` into a fresh directory: its runtime config.json and its rootfs */
-async function unpack(
-  tag: string,
-): Promise<{
+async function unpack(tag: string): Promise<{
   config: { process: { user: { uid: number; gid: number }; args: string[]; env: string[] } };
   rootfs: string;
 }> {
@@ -98,37 +96,41 @@ async function carry(
 }
 
 describe('the OCI image', () => {
-  test(`${LAYOUT}:${VERSION} is an index of linux/amd64 and linux/arm64; the docker-archive loads as tower:${VERSION}`, async () => {
-    const index = JSON.parse((await run('skopeo', ['inspect', '--raw', `oci:${LAYOUT}:${VERSION}`])).stdout) as {
-      mediaType: string;
-      manifests: { platform: { os: string; architecture: string } }[];
-    };
-    assert.equal(index.mediaType, 'application/vnd.oci.image.index.v1+json');
-    assert.deepEqual(index.manifests.map((m) => `${m.platform.os}/${m.platform.architecture}`).sort(), [
-      'linux/amd64',
-      'linux/arm64',
-    ]);
-    for (const arch of ['amd64', 'arm64']) {
-      const archive = join(ROOT, 'dist', `tower-${VERSION}-${arch}.tar`);
-      const r = await run('skopeo', ['inspect', '--config', `docker-archive:${archive}`]);
-      assert.equal(r.code, 0, r.stderr);
-      const c = JSON.parse(r.stdout) as {
-        architecture: string;
-        config: { User: string; Entrypoint: string[]; Labels: Record<string, string> };
+  test(
+    `${LAYOUT}:${VERSION} is an index of linux/amd64 and linux/arm64; ` +
+      `the docker-archive loads as tower:${VERSION}`,
+    async () => {
+      const index = JSON.parse((await run('skopeo', ['inspect', '--raw', `oci:${LAYOUT}:${VERSION}`])).stdout) as {
+        mediaType: string;
+        manifests: { platform: { os: string; architecture: string } }[];
       };
-      assert.equal(c.architecture, arch);
-      assert.equal(c.config.User, USER);
-      assert.deepEqual(c.config.Entrypoint, ['/tower']);
-      assert.equal(c.config.Labels['org.opencontainers.image.version'], VERSION);
-      assert.equal(c.config.Labels['org.opencontainers.image.licenses'], 'Apache-2.0');
-      assert.match(c.config.Labels['org.opencontainers.image.source']!, /\S/);
-      const tags = await run('tar', ['-xOf', archive, 'manifest.json']);
-      // (docker load shows docker.io/library/tower as tower)
-      assert.deepEqual((JSON.parse(tags.stdout) as { RepoTags: string[] }[])[0]!.RepoTags, [
-        `docker.io/library/tower:${VERSION}`,
+      assert.equal(index.mediaType, 'application/vnd.oci.image.index.v1+json');
+      assert.deepEqual(index.manifests.map((m) => `${m.platform.os}/${m.platform.architecture}`).sort(), [
+        'linux/amd64',
+        'linux/arm64',
       ]);
-    }
-  });
+      for (const arch of ['amd64', 'arm64']) {
+        const archive = join(ROOT, 'dist', `tower-${VERSION}-${arch}.tar`);
+        const r = await run('skopeo', ['inspect', '--config', `docker-archive:${archive}`]);
+        assert.equal(r.code, 0, r.stderr);
+        const c = JSON.parse(r.stdout) as {
+          architecture: string;
+          config: { User: string; Entrypoint: string[]; Labels: Record<string, string> };
+        };
+        assert.equal(c.architecture, arch);
+        assert.equal(c.config.User, USER);
+        assert.deepEqual(c.config.Entrypoint, ['/tower']);
+        assert.equal(c.config.Labels['org.opencontainers.image.version'], VERSION);
+        assert.equal(c.config.Labels['org.opencontainers.image.licenses'], 'Apache-2.0');
+        assert.match(c.config.Labels['org.opencontainers.image.source']!, /\S/);
+        const tags = await run('tar', ['-xOf', archive, 'manifest.json']);
+        // (docker load shows docker.io/library/tower as tower)
+        assert.deepEqual((JSON.parse(tags.stdout) as { RepoTags: string[] }[])[0]!.RepoTags, [
+          `docker.io/library/tower:${VERSION}`,
+        ]);
+      }
+    },
+  );
 
   test('amd64: no shell, only the binary, its libraries, CA certificates and the user 65532', async () => {
     const { config, rootfs } = await unpack(`${VERSION}-amd64`);
@@ -151,35 +153,43 @@ describe('the OCI image', () => {
     assert.equal(statSync(join(rootfs, 'home/nonroot')).uid, 65532);
   });
 
-  test('amd64: its root filesystem runs tower --version, and a proxy and an agent that carry kubectl to a real kube-apiserver', async () => {
-    const { rootfs } = await unpack(`${VERSION}-amd64`);
-    const version = await run('chroot', [`--userspec=${USER}`, rootfs, '/tower', '--version'], {
-      env: { HOME: '/home/nonroot' },
-    });
-    assert.equal(version.code, 0, version.stderr);
-    assert.equal(version.stdout, `${VERSION}\n`);
-    assert.equal(version.stderr, '', "the native crypto loads from the image's /tmp");
-    copyFileSync(member.kubeconfig, join(rootfs, 'home/nonroot/member.kubeconfig'));
-    chownSync(join(rootfs, 'home/nonroot/member.kubeconfig'), 65532, 65532);
-    const inImage = (name: string, args: string[]) =>
-      start(`image ${name}`, 'chroot', [`--userspec=${USER}`, rootfs, '/tower', ...args], {
-        HOME: '/home/nonroot',
-        TMPDIR: '',
+  test(
+    'amd64: its root filesystem runs tower --version, ' +
+      'and a proxy and an agent that carry kubectl to a real kube-apiserver',
+    async () => {
+      const { rootfs } = await unpack(`${VERSION}-amd64`);
+      const version = await run('chroot', [`--userspec=${USER}`, rootfs, '/tower', '--version'], {
+        env: { HOME: '/home/nonroot' },
       });
-    const namespaces = await carry(inImage, '/home/nonroot/data', '/home/nonroot/member.kubeconfig');
-    assert.match(namespaces, /namespace\/kube-system/);
-  });
+      assert.equal(version.code, 0, version.stderr);
+      assert.equal(version.stdout, `${VERSION}\n`);
+      assert.equal(version.stderr, '', "the native crypto loads from the image's /tmp");
+      copyFileSync(member.kubeconfig, join(rootfs, 'home/nonroot/member.kubeconfig'));
+      chownSync(join(rootfs, 'home/nonroot/member.kubeconfig'), 65532, 65532);
+      const inImage = (name: string, args: string[]) =>
+        start(`image ${name}`, 'chroot', [`--userspec=${USER}`, rootfs, '/tower', ...args], {
+          HOME: '/home/nonroot',
+          TMPDIR: '',
+        });
+      const namespaces = await carry(inImage, '/home/nonroot/data', '/home/nonroot/member.kubeconfig');
+      assert.match(namespaces, /namespace\/kube-system/);
+    },
+  );
 
-  test('arm64: its root filesystem has the arm64 loader and libraries, and runs tower under qemu-user with them alone', async () => {
-    const { config, rootfs } = await unpack(`${VERSION}-arm64`);
-    assert.deepEqual(config.process.user, { uid: 65532, gid: 65532 });
-    assert.ok(existsSync(join(rootfs, 'lib/ld-linux-aarch64.so.1')));
-    const r = await run('qemu-aarch64', ['-L', rootfs, join(rootfs, 'tower'), 'version'], {
-      env: { HOME: join(rootfs, 'home/nonroot') },
-    });
-    assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^tower \S+ \(commit \S+\), Node\.js 24\.\d+\.\d+, linux\/arm64, crypto: native\n$/);
-  });
+  test(
+    'arm64: its root filesystem has the arm64 loader and libraries, ' +
+      'and runs tower under qemu-user with them alone',
+    async () => {
+      const { config, rootfs } = await unpack(`${VERSION}-arm64`);
+      assert.deepEqual(config.process.user, { uid: 65532, gid: 65532 });
+      assert.ok(existsSync(join(rootfs, 'lib/ld-linux-aarch64.so.1')));
+      const r = await run('qemu-aarch64', ['-L', rootfs, join(rootfs, 'tower'), 'version'], {
+        env: { HOME: join(rootfs, 'home/nonroot') },
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^tower \S+ \(commit \S+\), Node\.js 24\.\d+\.\d+, linux\/arm64, crypto: native\n$/);
+    },
+  );
 });
 
 describe('linux-arm64', () => {

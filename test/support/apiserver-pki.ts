@@ -2,7 +2,9 @@ import { writeFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { CertificateAuthority, type KeyPairPem } from '../../src/pki/ca.ts';
 
-/** A stand-in apiserver's own CA, its serving certificate for 127.0.0.1, and the client certificate its agent presents. */
+/**
+ * A stand-in apiserver's own CA, its serving certificate for 127.0.0.1, and the client certificate its agent presents.
+ */
 export interface ApiserverPki {
   caPem: string;
   serving: KeyPairPem;
@@ -23,7 +25,10 @@ export async function issueApiserverPki(
   };
 }
 
-/** The agent's kubeconfig for a stand-in apiserver at `server`: a bearer token (as a ServiceAccount's) or the client certificate. */
+/**
+ * The agent's kubeconfig for a stand-in apiserver at `server`: a bearer token (as a ServiceAccount's) or the client
+ * certificate.
+ */
 export function writeAgentKubeconfig(
   path: string,
   server: string,

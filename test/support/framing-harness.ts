@@ -49,7 +49,10 @@ export interface EntryPoint {
   cluster: string;
   /** two users */
   clients: Client[];
-  /** tower decides a client's own Impersonate-* (certificate ports); false: they pass on to the member (ks-apiserver port) */
+  /**
+   * tower decides a client's own Impersonate-* (certificate ports); false: they pass on to the member (ks-apiserver
+   * port)
+   */
   judgesImpersonation: boolean;
 }
 
@@ -122,7 +125,9 @@ export interface RoundResult {
 
 let markers = 0;
 let smuggled = 0;
-/** every marker sent so far: one that reaches the member after its round was judged is told apart from one never sent */
+/**
+ * every marker sent so far: one that reaches the member after its round was judged is told apart from one never sent
+ */
 const issued = new Set<string>();
 /** recorders whose last round broke a rule */
 const desynced = new WeakSet<RecordingUpstream>();
@@ -197,7 +202,9 @@ export async function playRound(
     if (p && !p.done && p.reader.leftover.length > 0) {
       violations.push({
         rule: 'bytes after the last answer',
-        text: `${connections[i]!.client.name}'s connection ${i + 1} got bytes after its last answer: ${show(p.reader.leftover)}`,
+        text:
+          `${connections[i]!.client.name}'s connection ${i + 1} got ` +
+          `bytes after its last answer: ${show(p.reader.leftover)}`,
       });
     }
     p?.socket.destroy();
@@ -217,7 +224,10 @@ async function play(
   const reader = new ResponseReader(socket);
   if (pipelined) socket.write(Buffer.concat(sent.map((s) => s.encoded.bytes)));
   let endedBy: Sent['endedBy'];
-  /** `close`: the server said it closes (nothing after is an answer); `failure`: already reported, nothing more is judged */
+  /**
+   * `close`: the server said it closes (nothing after is an answer); `failure`: already reported, nothing more is
+   * judged
+   */
   let stop: 'close' | 'failure' | undefined;
   for (const s of sent) {
     s.endedBy = endedBy;
@@ -237,7 +247,8 @@ async function play(
       continue;
     }
     if (o.kind === 'closed') {
-      // a silent close is CONNECT's refusal, or one of a request pipelined after this one; an unexplained one is reported once, not for every request after it
+      // a silent close is CONNECT's refusal, or one of a request pipelined after this one; an unexplained one is
+      // reported once, not for every request after it
       const why = s.endedBy ?? (s.expected.silentClose || s.closeAhead ? 'refusal' : undefined);
       endedBy ??= why ?? 'failure';
       stop = why ? 'close' : 'failure';
@@ -279,7 +290,8 @@ function transcript(
   for (const e of events) {
     if (e.kind === 'request')
       lines.push(
-        `    [conn ${e.connection}] ${e.method} ${e.url} as ${who(e)}, ${e.framing}, body ${show(e.body, 80)}${e.complete ? '' : ' (cut off)'}${e.overlapped ? ' (pipelined)' : ''}`,
+        `    [conn ${e.connection}] ${e.method} ${e.url} as ${who(e)}, ${e.framing}, ` +
+          `body ${show(e.body, 80)}${e.complete ? '' : ' (cut off)'}${e.overlapped ? ' (pipelined)' : ''}`,
       );
     else if (e.kind === 'garbage') lines.push(`    [conn ${e.connection}] garbage ${e.code}: ${show(e.bytes, 80)}`);
     else lines.push(`    [conn ${e.connection}] SubjectAccessReview for ${e.user}`);
@@ -334,7 +346,8 @@ export async function checkFraming(
         for (const f of r.fates) tally[f]++;
         if (r.violations.length > 0)
           throw new Error(
-            `${r.violations.length} violation(s):\n- ${r.violations.map((x) => x.text).join('\n- ')}\n\n${r.transcript}`,
+            `${r.violations.length} violation(s):\n` +
+              `- ${r.violations.map((x) => x.text).join('\n- ')}\n\n${r.transcript}`,
           );
       }),
       { seed: run.seed, numRuns: run.numRuns, interruptAfterTimeLimit: run.timeLimitMs, markInterruptAsFailure: false },

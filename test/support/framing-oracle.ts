@@ -11,7 +11,10 @@ export const MARKER = /\bh-\d+\b/;
 export interface ExpectedIdentity {
   server: RecorderServer;
   auth: MemberAuth;
-  /** the exact Authorization the member must get (the agent's token, or the client's own on the ks-apiserver port); undefined: none at all */
+  /**
+   * the exact Authorization the member must get (the agent's token, or the client's own on the ks-apiserver port);
+   * undefined: none at all
+   */
   authorization: string | undefined;
   impersonateUser: string[];
   impersonateGroup: string[];
@@ -28,7 +31,10 @@ export interface Sent {
   encoded: Encoded;
   expected: Expectation;
   outcome: Outcome;
-  /** why its connection may have ended before its answer: an earlier refusal, upgrade, HTTP/1.0 request or close, or a failure already reported */
+  /**
+   * why its connection may have ended before its answer: an earlier refusal, upgrade, HTTP/1.0 request or close, or a
+   * failure already reported
+   */
   endedBy: 'refusal' | 'upgrade' | 'http10' | 'close' | 'failure' | undefined;
   /** a request pipelined after it may be refused: tower may close the connection there, before this one is answered */
   closeAhead: boolean;
@@ -56,12 +62,16 @@ export function judge(sent: Sent[], events: RecorderEvent[], issuedEarlier: Read
       if (e.code !== 'HPE_INVALID_EOF_STATE')
         v.push({
           rule: 'bytes at the member that are not HTTP',
-          text: `the member's ${e.server} got bytes that are not HTTP (${e.code}) on its connection ${e.connection}: ${show(e.bytes)}`,
+          text:
+            `the member's ${e.server} got bytes that are not HTTP ` +
+            `(${e.code}) on its connection ${e.connection}: ${show(e.bytes)}`,
         });
       else if (!cutRequest)
         v.push({
           rule: 'a head cut off at the member',
-          text: `a connection to the member's ${e.server} (its connection ${e.connection}) ended in the middle of a request head`,
+          text:
+            `a connection to the member's ${e.server} ` +
+            `(its connection ${e.connection}) ended in the middle of a request head`,
         });
       continue;
     }
@@ -69,7 +79,10 @@ export function judge(sent: Sent[], events: RecorderEvent[], issuedEarlier: Read
       if (!askers.has(e.user) || e.impersonated || e.auth === 'none')
         v.push({
           rule: 'a review no request called for',
-          text: `tower asked the member a SubjectAccessReview for ${JSON.stringify(e.user)} (auth ${e.auth}${e.impersonated ? ', impersonating' : ''}) that no request of this round called for`,
+          text:
+            `tower asked the member a SubjectAccessReview for ${JSON.stringify(e.user)} ` +
+            `(auth ${e.auth}${e.impersonated ? ', impersonating' : ''}) ` +
+            `that no request of this round called for`,
         });
       continue;
     }
@@ -82,7 +95,9 @@ export function judge(sent: Sent[], events: RecorderEvent[], issuedEarlier: Read
     if (marker && !byMarker.has(marker) && issuedEarlier.has(marker)) {
       v.push({
         rule: 'arrived after its round',
-        text: `the member received ${what} only after the round that sent it was over (its client had stopped waiting or gone)`,
+        text:
+          `the member received ${what} only after the round that ` +
+          `sent it was over (its client had stopped waiting or gone)`,
       });
       continue;
     }
@@ -130,7 +145,8 @@ function arrivalRules(s: Sent, a: Received, add: Add): void {
   if (a.overlapped)
     add(
       'pipelined into a channel',
-      ' reached the member before the answer to the previous request on that connection had gone: something was pipelined into a channel',
+      ' reached the member before the answer to the previous request on ' +
+        'that connection had gone: something was pipelined into a channel',
     );
   // tower may drop a connection when a request after this one is malformed: what it had begun to forward is then cut
   const dropped = s.outcome.kind === 'closed' && s.closeAhead;
@@ -142,7 +158,8 @@ function arrivalRules(s: Sent, a: Received, add: Add): void {
   else if (a.complete && !a.body.equals(s.expected.body))
     add(
       'a body its framing does not describe',
-      `: the member got a body of ${a.body.length} bytes ${show(a.body)}, but the client's framing describes ${s.expected.body.length} bytes ${show(s.expected.body)}`,
+      `: the member got a body of ${a.body.length} bytes ${show(a.body)}, ` +
+        `but the client's framing describes ${s.expected.body.length} bytes ${show(s.expected.body)}`,
     );
   if (a.trailing.length > 0)
     add(
@@ -165,7 +182,8 @@ function outcomeRules(s: Sent, a: Received | undefined, add: Add): void {
         if (theirs !== s.marker)
           add(
             'ANSWERS CROSSED',
-            ` got the member's answer to ${answered} (made as user ${JSON.stringify(ans.headers['x-recorder-user'] ?? '')}), not its own`,
+            ` got the member's answer to ${answered} ` +
+              `(made as user ${JSON.stringify(ans.headers['x-recorder-user'] ?? '')}), not its own`,
           );
         else if (!a)
           add('an answer the member never gave', ' got an answer naming it, yet the member recorded no such request');
@@ -179,27 +197,32 @@ function outcomeRules(s: Sent, a: Received | undefined, add: Add): void {
           );
       } else if (isTowerStatus(ans, s.shape.method)) {
         const message = statusMessage(ans.body);
-        // a request pipelined after this one may be refused: a refusal this one may not get is most likely that one's, written in its place
+        // a request pipelined after this one may be refused: a refusal this one may not get is most likely that one's,
+        // written in its place
         // ... and a parse error of the bytes after a request that closes its connection is never that request's own
         const misplaced =
           (!s.expected.refusals.includes(ans.status) && s.closeAhead) || /HPE_CLOSED_CONNECTION/.test(message);
         if (misplaced) {
           add(
             "another request's refusal in its place",
-            ` got a ${ans.status} that is not its own (${message}): it refuses bytes pipelined after this request, and took this one's answer's place${a ? ', though this one did reach the member' : ''}`,
+            ` got a ${ans.status} that is not its own (${message}): it refuses bytes pipelined after this ` +
+              `request, and took this one's answer's place${a ? ', though this one did reach the member' : ''}`,
           );
         } else {
           if (!s.expected.refusals.includes(ans.status))
             add(
               `refused with ${ans.status}`,
-              ` ${s.expected.refusals.length ? `may be refused only with ${s.expected.refusals.join('/')}` : 'must reach the member'}, but tower answered ${ans.status}: ${message}`,
+              (s.expected.refusals.length
+                ? ` may be refused only with ${s.expected.refusals.join('/')}`
+                : ' must reach the member') + `, but tower answered ${ans.status}: ${message}`,
             );
           if (a) add('refused, yet it arrived', ` was refused (${ans.status}), yet reached the member`);
         }
       } else {
         add(
           'an answer from no one',
-          ` got an answer that is neither the member's nor a tower Status: ${show(`${ans.head}\r\n\r\n${ans.body.toString('latin1')}`)}`,
+          ` got an answer that is neither the member's nor a tower Status: ` +
+            `${show(`${ans.head}\r\n\r\n${ans.body.toString('latin1')}`)}`,
         );
       }
       break;
@@ -207,11 +230,13 @@ function outcomeRules(s: Sent, a: Received | undefined, add: Add): void {
     case 'closed':
       if (!s.endedBy && !s.expected.silentClose && !s.closeAhead)
         add('closed without an answer', `: tower closed connection ${s.connection} without answering it`);
-      // a head the client sent before the close may have been served (it is the client's own); one after a refusal may not
+      // a head the client sent before the close may have been served (it is the client's own); one after a refusal may
+      // not
       if (a && !s.closeAhead && s.endedBy !== 'http10' && s.endedBy !== 'failure')
         add(
           'arrived, never answered',
-          ` reached the member, but its client never got an answer (its connection had ${s.endedBy ? `ended: ${s.endedBy}` : 'closed'})`,
+          ` reached the member, but its client never got an answer ` +
+            `(its connection had ${s.endedBy ? `ended: ${s.endedBy}` : 'closed'})`,
         );
       break;
     case 'timeout':
@@ -257,11 +282,20 @@ function statusMessage(body: Buffer): string {
 }
 
 export function who(a: Received): string {
-  return `user ${JSON.stringify(a.impersonateUser)} groups ${JSON.stringify(a.impersonateGroup)}${a.impersonateOther.length ? ` (+${a.impersonateOther.join(',')})` : ''}, auth ${a.auth}${a.authorization && a.auth !== 'token' ? ` with Authorization ${JSON.stringify(a.authorization)}` : ''}`;
+  return (
+    `user ${JSON.stringify(a.impersonateUser)} groups ` +
+    `${JSON.stringify(a.impersonateGroup)}` +
+    `${a.impersonateOther.length ? ` (+${a.impersonateOther.join(',')})` : ''}, auth ${a.auth}` +
+    `${a.authorization && a.auth !== 'token' ? ` with Authorization ${JSON.stringify(a.authorization)}` : ''}`
+  );
 }
 
 function whoExpected(id: ExpectedIdentity): string {
-  return `user ${JSON.stringify(id.impersonateUser)} groups ${JSON.stringify(id.impersonateGroup)}, auth ${id.auth}${id.authorization && id.auth !== 'token' ? ` with Authorization ${JSON.stringify(id.authorization)}` : ''}`;
+  return (
+    `user ${JSON.stringify(id.impersonateUser)} groups ${JSON.stringify(id.impersonateGroup)}, ` +
+    `auth ${id.auth}` +
+    `${id.authorization && id.auth !== 'token' ? ` with Authorization ${JSON.stringify(id.authorization)}` : ''}`
+  );
 }
 
 function same(a: string[], b: string[]): boolean {

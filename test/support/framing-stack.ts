@@ -88,7 +88,9 @@ export async function startFileModeStack(): Promise<FramingStack> {
   }
 }
 
-/** loopback addresses of their own, so that the cluster ports (the same number on both replicas) meet no other test's */
+/**
+ * loopback addresses of their own, so that the cluster ports (the same number on both replicas) meet no other test's
+ */
 const REPLICAS = { r1: '127.0.30.1', r2: '127.0.30.2' } as const;
 type ReplicaId = keyof typeof REPLICAS;
 const KUBE_CLUSTER = 'delta';
@@ -237,7 +239,8 @@ export async function startKubernetesModeStack(): Promise<Omit<FramingStack, 'st
           impersonateGroup: [user.group],
         },
       }));
-    // no certificate on the ks-apiserver port: each caller's own bearer token, which ks-apiserver judges, must arrive as it is
+    // no certificate on the ks-apiserver port: each caller's own bearer token, which ks-apiserver judges, must arrive
+    // as it is
     const ksClients = (address: string): Client[] =>
       USERS.map((u) => ({
         name: u.name,

@@ -101,6 +101,10 @@ export function requestPath(prefix: string, marker: string): string {
 }
 
 export const IMPERSONATED = { user: 'admin', group: 'system:masters' } as const;
+/** IMPERSONATED as a replica forwards an identity (X-Tower-Peer-Identity) */
+const IMPERSONATED_PEER_IDENTITY = Buffer.from(
+  JSON.stringify({ user: IMPERSONATED.user, groups: [IMPERSONATED.group] }),
+).toString('base64');
 
 /** The bytes a client sends for `shape`. */
 export function encodeRequest(shape: RequestShape, ctx: RequestContext): Encoded {
@@ -187,7 +191,7 @@ function payloadBytes(p: Payload, ctx: RequestContext): Buffer {
             ? [
                 `X-Tower-Peer-Cluster: ${ctx.cluster}`,
                 'X-Tower-Peer-Target: kubernetes',
-                `X-Tower-Peer-Identity: ${Buffer.from(JSON.stringify({ user: IMPERSONATED.user, groups: [IMPERSONATED.group] })).toString('base64')}`,
+                `X-Tower-Peer-Identity: ${IMPERSONATED_PEER_IDENTITY}`,
               ]
             : [];
         const head = [
@@ -297,7 +301,8 @@ export function expectationOf(shape: RequestShape, body: Buffer, entry: { judges
   if (shape.expectContinue) may([417], 'Expect: 100-continue');
   if (shape.upgrade === 'bare') may([400], 'Upgrade without Connection: upgrade');
   if (shape.upgrade === 'full' && shape.framing !== 'none') may([400], 'a body on an upgrade request');
-  // where tower acts as a certificate it asks the member first; the ks-apiserver port passes a client's headers on for ks-apiserver to judge
+  // where tower acts as a certificate it asks the member first; the ks-apiserver port passes a client's headers on for
+  // ks-apiserver to judge
   if (shape.impersonate && entry.judgesImpersonation) must([403], 'the member lets no one impersonate system:masters');
   if ((ODD_METHODS as readonly string[]).includes(shape.method)) may([405], `method ${shape.method}`);
   if (shape.method === 'BREW') must([400, 405, 501], 'a method HTTP does not know');

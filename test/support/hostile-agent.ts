@@ -82,5 +82,8 @@ function serveChannel(channel: Duplex, script: Script, heads: string[]): void {
 /** An HTTP/1.1 answer with a JSON body. */
 export function jsonAnswer(code: number, body: unknown, reason = 'OK'): string {
   const s = JSON.stringify(body);
-  return `HTTP/1.1 ${code} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(s)}\r\n\r\n${s}`;
+  return (
+    `HTTP/1.1 ${code} ${reason}\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(s)}\r\n\r\n${s}`
+  );
 }

@@ -91,7 +91,9 @@ export class KubeHost {
     return Object.assign(p, { agentPort });
   }
 
-  /** the proxies' host key fingerprint, as they recorded it in the ConfigMap tower-proxy (the key persists in a Secret) */
+  /**
+   * the proxies' host key fingerprint, as they recorded it in the ConfigMap tower-proxy (the key persists in a Secret)
+   */
   get fingerprint(): string {
     const r = spawnSync(
       'kubectl',
@@ -168,7 +170,9 @@ export class KubeHost {
     let last: ClusterResource | undefined;
     return waitUntil(
       () =>
-        `Cluster ${name}: ${what}; last seen ${JSON.stringify(last?.spec?.connection ?? {}).slice(0, 400)} ${JSON.stringify(last?.status ?? {})}`,
+        `Cluster ${name}: ${what}; ` +
+        `last seen ${JSON.stringify(last?.spec?.connection ?? {}).slice(0, 400)} ` +
+        `${JSON.stringify(last?.status ?? {})}`,
       async () => {
         last = await this.get(name);
         return last && check(last) ? last : undefined;
@@ -178,9 +182,7 @@ export class KubeHost {
     );
   }
 
-  async getService(
-    name: string,
-  ): Promise<
+  async getService(name: string): Promise<
     | {
         metadata: { labels?: Record<string, string>; annotations?: Record<string, string> };
         spec: {

@@ -7,7 +7,9 @@ import { decodeChunked } from './raw-http.ts';
 
 /** which of the member's two servers a request reached */
 export type RecorderServer = 'kube-apiserver' | 'ks-apiserver';
-/** how a request proved itself to the member: the agent's bearer token, the agent's client certificate, or not at all */
+/**
+ * how a request proved itself to the member: the agent's bearer token, the agent's client certificate, or not at all
+ */
 export type MemberAuth = 'token' | 'cert' | 'none';
 
 /** One request as it arrived at the member's side of the wire. */
@@ -38,10 +40,14 @@ export interface Received {
   over?: boolean;
   /** how tower framed the body: its Content-Length and Transfer-Encoding headers as they arrived */
   framing: string;
-  /** it arrived while the previous request on its connection was still unanswered: something pipelined into the member */
+  /**
+   * it arrived while the previous request on its connection was still unanswered: something pipelined into the member
+   */
   overlapped: boolean;
   upgrade: boolean;
-  /** an upgrade's bytes after its head and announced body, before the answer: nothing should follow a refused upgrade */
+  /**
+   * an upgrade's bytes after its head and announced body, before the answer: nothing should follow a refused upgrade
+   */
   trailing: Buffer;
 }
 
@@ -79,9 +85,15 @@ export interface WireChunk {
 }
 
 export interface RecordingUpstreamOptions {
-  /** as a kube-apiserver would: 401 to a request with neither the agent's token nor its certificate, 201 to a POST; otherwise nothing is refused and every answer is 200 */
+  /**
+   * as a kube-apiserver would: 401 to a request with neither the agent's token nor its certificate, 201 to a POST;
+   * otherwise nothing is refused and every answer is 200
+   */
   apiserver?: boolean;
-  /** an upgrade is switched (101) and its connection kept open; otherwise it is answered 200 and closed, so that nothing switches protocols */
+  /**
+   * an upgrade is switched (101) and its connection kept open; otherwise it is answered 200 and closed, so that nothing
+   * switches protocols
+   */
   switchUpgrades?: boolean;
 }
 
@@ -95,7 +107,10 @@ const SHOWN_BYTES = 300;
 const UPGRADE_BODY_WAIT_MS = 500;
 /** and then for anything that follows, which must be nothing */
 const UPGRADE_SETTLE_MS = 50;
-/** idle connections stay, so that tower's pool never races a keep-alive close; dropConnections() starts afresh when a test asks */
+/**
+ * idle connections stay, so that tower's pool never races a keep-alive close; dropConnections() starts afresh when a
+ * test asks
+ */
 const KEEP_ALIVE_MS = 600_000;
 const REVIEWS = '/apis/authorization.k8s.io/v1/subjectaccessreviews';
 
@@ -213,7 +228,10 @@ export class RecordingUpstream {
     );
   }
 
-  /** Closes every connection to the member: tower's pooled channels start afresh, so that one round cannot leak into the next. */
+  /**
+   * Closes every connection to the member: tower's pooled channels start afresh, so that one round cannot leak into the
+   * next.
+   */
   dropConnections(): void {
     for (const s of [this.#kube, this.#ks]) s.closeAllConnections();
     for (const socket of this.#upgraded) socket.destroy();
@@ -334,7 +352,9 @@ export class RecordingUpstream {
     });
   }
 
-  /** 200 (201 to an apiserver's POST) naming what it answers, after the target's `?ms=N`, its body after `?body-ms=N` */
+  /**
+   * 200 (201 to an apiserver's POST) naming what it answers, after the target's `?ms=N`, its body after `?body-ms=N`
+   */
   #answer(res: ServerResponse, seen: Received): void {
     const body = JSON.stringify(answerBody(seen));
     const status = this.#options.apiserver && seen.method === 'POST' ? 201 : 200;
@@ -419,13 +439,16 @@ export class RecordingUpstream {
         if (socket.destroyed) return;
         if (this.#options.switchUpgrades) {
           socket.write(
-            `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${headerSafe(req.headers.upgrade ?? 'x')}\r\n\r\n`,
+            `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n` +
+              `Upgrade: ${headerSafe(req.headers.upgrade ?? 'x')}\r\n\r\n`,
           );
           return;
         }
         const body = JSON.stringify(answerBody(seen));
         socket.end(
-          `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n${recorderHeaderLines(seen)}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+          `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n` +
+            `${recorderHeaderLines(seen)}Content-Length: ${Buffer.byteLength(body)}\r\n` +
+            `Connection: close\r\n\r\n${body}`,
         );
       });
     const waitedUntil = Date.now() + UPGRADE_BODY_WAIT_MS;

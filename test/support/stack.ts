@@ -117,7 +117,10 @@ export class Stack {
   }
 }
 
-/** The join command `tower token` printed, its continuation line joined: "<binary> agent … --kubeconfig <member kubeconfig>". */
+/**
+ * The join command `tower token` printed, its continuation line joined: "<binary> agent … --kubeconfig <member
+ * kubeconfig>".
+ */
 export function joinCommand(stdout: string): string | undefined {
   const m = /^ {2}(\S+ agent .*) \\\n {4}(--kubeconfig <member kubeconfig>)$/m.exec(stdout);
   return m ? `${m[1]} ${m[2]}` : undefined;

@@ -6,7 +6,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-/** the binary under test: dist/tower, or another build (TOWER_BINARY), e.g. to show that a test fails on the code before a fix */
+/**
+ * the binary under test: dist/tower, or another build (TOWER_BINARY), e.g. to show that a test fails on the code before
+ * a fix
+ */
 export const TOWER = process.env.TOWER_BINARY ?? join(ROOT, 'dist', 'tower');
 const COMMAND_TIMEOUT_MS = 60_000;
 
@@ -124,7 +127,8 @@ export class TowerProcess {
           done();
           reject(
             new Error(
-              `${this.name} exited (${this.child.exitCode ?? this.child.signalCode}) before printing ${re}:\n${this.output}`,
+              `${this.name} exited (${this.child.exitCode ?? this.child.signalCode}) ` +
+                `before printing ${re}:\n${this.output}`,
             ),
           );
           return true;
@@ -171,7 +175,8 @@ export async function waitUntil<T>(
     }
     if (Date.now() > deadline)
       throw new Error(
-        `timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}${last ? `: ${(last as Error).message}` : ''}`,
+        `timed out after ${timeoutMs} ms waiting for ` +
+          `${typeof what === 'string' ? what : what()}${last ? `: ${(last as Error).message}` : ''}`,
       );
     await new Promise((r) => setTimeout(r, everyMs));
   }

@@ -118,7 +118,8 @@ export class TestUpstream {
         const review = JSON.parse(body) as {
           spec: { user: string; resourceAttributes: { resource: string; name: string } };
         };
-        const key = `${review.spec.user} ${review.spec.resourceAttributes.resource} ${review.spec.resourceAttributes.name}`;
+        const key =
+          `${review.spec.user} ${review.spec.resourceAttributes.resource} ` + `${review.spec.resourceAttributes.name}`;
         this.reviews.push(key);
         json(res, 201, { ...review, status: { allowed: this.impersonation.has(key) } });
       });
