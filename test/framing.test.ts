@@ -308,6 +308,38 @@ test('a bearer token offered as a WebSocket subprotocol does not reach the membe
 });
 
 /**
+ * kube-apiserver trims the subprotocols it is offered as Go's strings.TrimSpace does, Unicode spaces
+ * included (U+3000, U+2003, U+0085); JavaScript's trim() sees their UTF-8 bytes as latin1 letters. A
+ * token behind one of them must not reach the member either (found by a red team).
+ */
+test('a bearer subprotocol behind a Unicode space does not reach the member', async () => {
+  const entry = s.entries.find((e) => e.prefix === `/clusters/${CLUSTERS[0]}`)!;
+  for (const space of ['\u3000', '\u2003', '\u0085', '\u00a0']) {
+    const socket = await entry.clients[0]!.connect();
+    const answers = new ResponseReader(socket);
+    const marker = `bearer-space-${space.codePointAt(0)!.toString(16)}`;
+    const from = s.recorder.wire.length;
+    socket.write(
+      `GET ${entry.prefix}/api/v1/namespaces/default/pods/p/exec?command=sh&${marker}=1 HTTP/1.1\r\n` +
+        `Host: ${entry.host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+        `Sec-WebSocket-Protocol: v4.channel.k8s.io,${space}` +
+        'base64url.bearer.authorization.k8s.io.c3RvbGVuLXRva2Vu\r\n\r\n',
+      'utf8',
+    );
+    await answers.next('GET', READ_TIMEOUT_MS);
+    socket.destroy();
+    const wire = Buffer.concat(s.recorder.wire.slice(from).map((c) => c.bytes)).toString('latin1');
+    assert.match(
+      wire,
+      new RegExp(`${marker}=1[^]*sec-websocket-protocol: v4\\.channel\\.k8s\\.io\\r\\n`, 'i'),
+      `the member got the request with its stream protocol:\n${wire}`,
+    );
+    assert.doesNotMatch(wire, /base64url\.bearer|c3RvbGVuLXRva2Vu/, `${marker}: the token did not reach the member`);
+  }
+});
+
+/**
  * After an upgrade, Node no longer tells answers queued behind the one being written that their
  * connection closed. Requests pipelined before an upgrade on a connection its client then closes
  * must still give back their places in the cluster's in-flight limit (and in a drain).

@@ -51,6 +51,8 @@ interface Entry {
 type Ask = 'get' | 'create namespace' | 'impersonate system:masters';
 interface Step extends Entry {
   ask: Ask;
+  /** the path the member is asked for, instead of the ask's own */
+  path?: (probe: string) => string;
 }
 
 const ENTRIES: Entry[] = (['gateway', 'cluster port', 'ks port'] as Surface[]).flatMap((surface) =>
@@ -233,6 +235,7 @@ function send(step: Step, order: string): Promise<Sent> {
     ? `/kapis/resources.kubesphere.io/v1alpha3/namespaces?probe=${probe}`
     : `/api/v1/namespaces/default/configmaps?probe=${probe}`;
   let body: string | undefined;
+  if (step.path) path = step.path(probe);
   if (step.ask === 'create namespace') {
     method = 'POST';
     path = `/api/v1/namespaces?probe=${probe}`;
@@ -587,3 +590,25 @@ function bare(
     req.end();
   });
 }
+
+test(
+  "a member's path under /peer/v1/ forwarded by the other replica reaches the member, " +
+    "never that replica's own API (which would tell of other clusters' agents)",
+  { timeout: STORY_TIMEOUT_MS },
+  async () => {
+    await freshSession();
+    const sent: Sent[] = [];
+    for (const surface of ['gateway', 'cluster port', 'ks port'] as Surface[]) {
+      const path = (probe: string) => `/peer/v1/sessions?cluster=${CLUSTER}&cluster=no-such&probe=${probe}`;
+      sent.push(await send({ surface, via: 'r2', ask: 'get', path }, 'a replica API path'));
+    }
+    for (const s of sent) {
+      assert.doesNotMatch(s.body, /"sessions"|"server":"r1"/, `${s.label}: ${answered(s)}`);
+      const arrived = recorder.of(s.probe);
+      assert.equal(arrived.length, 1, `${s.label}: the member got it once; ${answered(s)}`);
+      const want = s.surface === 'ks port' ? 'ks-apiserver' : 'kube-apiserver';
+      assert.equal(arrived[0]!.server, want, `${s.label}: ${arrivalText(arrived[0]!, s)}`);
+      assert.match(arrived[0]!.url, /^\/peer\/v1\/sessions\?/, `${s.label}: ${arrivalText(arrived[0]!, s)}`);
+    }
+  },
+);

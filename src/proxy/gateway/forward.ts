@@ -1,7 +1,8 @@
 /**
  * The last stage for a request: it goes to its upstream, and the answer comes back. A request
- * without a body that fails before any answer (the agent died, the channel was refused) is retried
- * through the next upstream of its way, with that upstream's own headers. Whatever the member
+ * without a body that fails before any answer is retried through the next upstream of its way, with
+ * that upstream's own headers: a safe one (GET, HEAD, OPTIONS) whenever, another only when it never
+ * left for the member (its channel was refused), as Go's http.Transport does. Whatever the member
  * answers, this request alone fails: 502 for a broken answer, 504 for none.
  */
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -18,6 +19,8 @@ import { WatchFrames } from './watch-frames.ts';
 
 /** upstreams tried for one request without a body before the gateway answers 502 */
 const MAX_ATTEMPTS = 3;
+/** requests that may reach the member twice (RFC 9110 §9.2.1): the others are retried only if none was sent */
+const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 export interface ForwarderOptions {
   admission: Admission;
@@ -80,6 +83,11 @@ export class Forwarder {
     }
     let answered = false;
     let timedOut = false;
+    // handed to a channel: the member may have it, and only a safe request may then go again
+    let written = false;
+    upstream.once('finish', () => {
+      written = true;
+    });
     const timeoutMs = this.#opts.requestTimeoutMs;
     const timer =
       timeoutMs > 0
@@ -114,7 +122,7 @@ export class Forwarder {
         return;
       }
       const failed = () => sendStatus(res, refusals.unreachable(route.target, cluster, member.through, err));
-      if (!bodyless || way.tried >= MAX_ATTEMPTS || res.destroyed) {
+      if (!bodyless || (written && !SAFE.has(req.method ?? '')) || way.tried >= MAX_ATTEMPTS || res.destroyed) {
         failed();
         return;
       }

@@ -23,7 +23,7 @@ import type { StallBudget } from '../../tunnel/stall-budget.ts';
 import { closeServers, ConnectionGuard, listenOn } from '../connection-guard.ts';
 import { certificateIdentity, ImpersonationCheck, type GatewayIdentity } from '../identity.ts';
 import type { ProxyMetrics } from '../metrics.ts';
-import { PEER_API, peerOf } from '../peer-protocol.ts';
+import { PEER_API, PEER_HEADERS, peerOf } from '../peer-protocol.ts';
 import type { Peers } from '../peers.ts';
 import type { SessionRegistry } from '../registry.ts';
 import type { ActAs } from '../upstream.ts';
@@ -300,7 +300,8 @@ export class Gateway {
       conversation.endHere();
     }
     if (this.#opts.peers && this.#opts.tls && !this.#opts.cluster && !this.#oneAtATime(req, res)) return;
-    if (!this.#opts.cluster && req.url?.startsWith(PEER_API)) {
+    // the replicas' own API; a request another replica forwarded (it is signed) is a member's, whatever its path
+    if (!this.#opts.cluster && req.url?.startsWith(PEER_API) && req.headers[PEER_HEADERS.signature] === undefined) {
       this.#onPeerApi(req, res);
       return;
     }

@@ -47,18 +47,23 @@ export function forwardedHeaders(req: IncomingMessage, drop: (name: string) => b
   return out;
 }
 
+/** a subprotocol as RFC 6455 allows it: an HTTP token */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 /**
  * kube-apiserver also takes a bearer token from a WebSocket subprotocol (`base64url.bearer.
  * authorization.k8s.io.<token>`): on a certificate's route that is the client's word about who it
- * is, and it goes with the rest of them. The subprotocols that name a stream protocol stay.
+ * is, and it goes with the rest of them. The subprotocols that name a stream protocol stay; one that
+ * is not a token goes too (kube-apiserver trims Unicode spaces that JavaScript's trim() keeps, so
+ * `\u3000base64url.bearer…` would otherwise pass here and count there).
  */
 export function dropBearerProtocol(out: OutgoingHttpHeaders): void {
   const offered = out['sec-websocket-protocol'];
   if (offered === undefined) return;
-  const kept = String(offered)
+  const kept = (Array.isArray(offered) ? offered.join(',') : String(offered))
     .split(',')
     .map((p) => p.trim())
-    .filter((p) => p && !p.startsWith(BEARER_PROTOCOL));
+    .filter((p) => TOKEN.test(p) && !p.toLowerCase().includes(BEARER_PROTOCOL));
   if (kept.length > 0) out['sec-websocket-protocol'] = kept.join(', ');
   else delete out['sec-websocket-protocol'];
 }
