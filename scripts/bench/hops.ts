@@ -71,14 +71,18 @@ export async function captureLegs(ports: HopPorts): Promise<{ stop: () => Promis
   };
 }
 
-/** "1733094000.123456 IP 127.0.0.1.5555 > 127.0.0.1.40000: tcp 200" → the leg it is, or none (no bytes, or not one of the six) */
+/**
+ * "1733094000.123456 IP 127.0.0.1.5555 > 127.0.0.1.40000: tcp 200" → the leg it is, or none (no bytes, or
+ * not one of the six)
+ */
 export function parseLegs(text: string, ports: HopPorts): Segment[] {
   const segments: Segment[] = [];
   for (const line of text.split('\n')) {
     const m = /^(\d+\.\d+) IP [\d.]+\.(\d+) > [\d.]+\.(\d+): tcp (\d+)/.exec(line);
     if (!m || m[4] === '0') continue;
     const [src, dst] = [Number(m[2]), Number(m[3])];
-    // the first relay's end of the middle connection: the listening port (tower) or the dialed one (sshd's, seen from ssh)
+    // the first relay's end of the middle connection: the listening port (tower) or the dialed one (sshd's,
+    // seen from ssh)
     const towardSecond = ports.middleListensAtEntry ? src === ports.middle : dst === ports.middle;
     const towardFirst = ports.middleListensAtEntry ? dst === ports.middle : src === ports.middle;
     const leg =

@@ -1,6 +1,7 @@
-// Many agents in one process (tower's own agent code, not the binary): for the scale workload.
-// Usage: node swarm.ts PROXY_URL NAME TOKEN N [MAX_RETRY_INTERVAL_MS] → prints {"connected": k, "sessions": s} lines as
-// the counts change: agents holding a session, and sessions in all (one per agent and proxy replica).
+// Many agents in one process (tower's own agent code, not the binary): for the scale, outage and replicas
+// workloads (scripts/bench/swarm-handle.ts reads what it prints).
+// Usage: node swarm.ts PROXY_URL NAME TOKEN N [MAX_RETRY_INTERVAL_MS] → prints {"connected": k, "sessions": s}
+// lines as the counts change: agents holding a session, and sessions in all (one per agent and proxy replica).
 import { Logger } from '../../src/observe/log.ts';
 import { TowerAgent } from '../../src/agent/agent.ts';
 
