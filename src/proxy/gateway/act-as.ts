@@ -10,24 +10,25 @@ import type { ActAs, Upstream } from '../upstream.ts';
 import { refusals } from './refusals.ts';
 import type { Route } from './route.ts';
 
-/** Whom `req` acts as through `upstream`; a refusal when it may not act as what it asked. */
-export async function actAs(
+/**
+ * Whom `req` acts as through `upstream`; a refusal when it may not act as what it asked. Settled at
+ * once unless the member must be asked (a client's own impersonation): the common request pays no
+ * promise.
+ */
+export function actAs(
   req: IncomingMessage,
   route: Route,
   upstream: Upstream,
   check: ImpersonationCheck,
-): Promise<{ actAs: ActAs } | Refusal> {
+): { actAs: ActAs } | Refusal | Promise<{ actAs: ActAs } | Refusal> {
   const identity = route.identity;
   const reviewer = upstream.reviewer;
   if (!identity || !reviewer) return { actAs: undefined };
   const wanted = impersonationRequest(req as IncomingMessage & { headersDistinct: Record<string, string[]> });
   if (wanted === undefined) return { actAs: identity };
   if (typeof wanted === 'string') return refusals.badImpersonation(wanted);
-  let denied: string | undefined;
-  try {
-    denied = await check.denied(reviewer, route.cluster, identity, wanted);
-  } catch (err) {
-    return refusals.impersonationUnknown(route.cluster, identity.user, err as Error);
-  }
-  return denied ? refusals.impersonationDenied(denied) : { actAs: wanted };
+  return check.denied(reviewer, route.cluster, identity, wanted).then(
+    (denied) => (denied ? refusals.impersonationDenied(denied) : { actAs: wanted }),
+    (err: Error) => refusals.impersonationUnknown(route.cluster, identity.user, err),
+  );
 }

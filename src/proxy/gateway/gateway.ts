@@ -103,6 +103,12 @@ export interface GatewayOptions {
   log: Logger;
 }
 
+/** Where a request goes once the member and identity stages are done. */
+interface Ready {
+  way: Way;
+  actAs: ActAs;
+}
+
 /** A routed request: where it goes, and this replica's way to the member when it holds an agent. */
 interface Found {
   route: Route;
@@ -269,13 +275,21 @@ export class Gateway {
     return { route, local };
   }
 
-  /** The member and identity stages: the way to the member, and whom the request acts as there. */
-  async #toMember(req: IncomingMessage, found: Found): Promise<{ way: Way; actAs: ActAs } | Refusal> {
-    const way = found.local ?? (await this.#members.elsewhere(found.route));
-    if (isRefusal(way)) return way;
-    const who = await actAs(req, found.route, way.current, this.#impersonation);
-    if (isRefusal(who)) return who;
-    return { way, actAs: who.actAs };
+  /**
+   * The member and identity stages: the way to the member, and whom the request acts as there. A
+   * value at once when this replica holds an agent and the member need not be asked anything.
+   */
+  #toMember(req: IncomingMessage, found: Found): Ready | Refusal | Promise<Ready | Refusal> {
+    if (found.local) return this.#actingAs(req, found.route, found.local);
+    return this.#members
+      .elsewhere(found.route)
+      .then((way) => (isRefusal(way) ? way : this.#actingAs(req, found.route, way)));
+  }
+
+  #actingAs(req: IncomingMessage, route: Route, way: Way): Ready | Refusal | Promise<Ready | Refusal> {
+    const who = actAs(req, route, way.current, this.#impersonation);
+    const ready = (w: { actAs: ActAs } | Refusal) => (isRefusal(w) ? w : { way, actAs: w.actAs });
+    return who instanceof Promise ? who.then(ready) : ready(who);
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse, continueOutOfTurn = false): void {
@@ -348,10 +362,14 @@ export class Gateway {
         this.#active--;
       });
     }
-    void this.#toMember(req, found).then((ready) => {
+    const go = (ready: Ready | Refusal) => {
       if (isRefusal(ready)) refuse(ready);
       else this.#forwarder.forward(req, res, found.route, ready.way, ready.actAs, body, verb);
-    });
+    };
+    const ready = this.#toMember(req, found);
+    // a lookup that fails is an agent not found: nothing may reject unhandled here
+    if (ready instanceof Promise) void ready.then(go, () => go(refusals.noAgent(found.route.cluster)));
+    else go(ready);
   }
 
   /**
@@ -491,7 +509,7 @@ export class Gateway {
       refuse(refusals.upgradeWithBody(what), route);
       return;
     }
-    void this.#toMember(req, found).then((ready) => {
+    const go = (ready: Ready | Refusal) => {
       if (isRefusal(ready)) {
         refuse(ready, route);
         return;
@@ -500,7 +518,11 @@ export class Gateway {
         refuse: (r) => refuse(r, route),
         answered: (status) => this.#finished(req, route, status, started),
       });
-    });
+    };
+    const ready = this.#toMember(req, found);
+    // a lookup that fails is an agent not found: nothing may reject unhandled here
+    if (ready instanceof Promise) void ready.then(go, () => go(refusals.noAgent(route.cluster)));
+    else go(ready);
   }
 }
 
