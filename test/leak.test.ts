@@ -30,15 +30,16 @@ after(async () => {
 });
 
 const FRESH_WARMUP = 6000;
+/** measured in two halves: what a leak costs grows with every connection, what the allocator keeps does not */
 const FRESH_MEASURED = 10_000;
-/** Before the gateway checked client certificates itself, each verified one kept about 4 KiB: 42 MiB here. */
-const FRESH_GROWTH_LIMIT_MIB = 16;
+/** Before the gateway checked client certificates itself, each verified one kept about 4 KiB: 20 MiB a half. */
+const FRESH_GROWTH_LIMIT_MIB = 8;
 /** the proxy checks every 30 s whether to trim malloc: by then one check has passed */
 const TRIM_CHECK_MS = 35_000;
 
 test(
   `${FRESH_MEASURED} fresh mutually authenticated connections leave no native memory behind ` +
-    `(RSS after ${FRESH_WARMUP} of warm-up grows < ${FRESH_GROWTH_LIMIT_MIB} MiB)`,
+    `(RSS grows < ${FRESH_GROWTH_LIMIT_MIB} MiB over the last ${FRESH_MEASURED / 2}, after ${FRESH_WARMUP} of warm-up)`,
   async () => {
     const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
     const user = kc.users[0].user;
@@ -73,10 +74,11 @@ test(
     };
     const rssMiB = () =>
       Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${stack.proxy!.pid}/status`, 'utf8'))![1]) / 1024;
-    // what stays, not what a burst left for malloc to hand back: both readings are taken once the proxy's
+    // What stays, not what a burst left for malloc to hand back: each reading is taken once the proxy's
     // next trim check has passed (it trims when RSS grew 2 MiB since the last). Read at any moment, a
-    // trim between the two readings, or just before the first, moved the difference by up to 30 MiB
-    // either way (seen with builds before and after the gateway became a pipeline).
+    // trim between two readings moved their difference by up to 30 MiB either way. And on a busy
+    // machine glibc's arenas keep more after the warm-up (up to 27 MiB over the first 10 000, with the
+    // V8 heap unchanged), once: a leak grows in both halves alike, so the second half is what is judged.
     const settledRssMiB = async () => {
       const mark = stack.proxy!.output.length;
       await stack.proxy!.waitFor(/malloc trimmed/, TRIM_CHECK_MS, mark).catch(() => undefined);
@@ -84,12 +86,15 @@ test(
     };
     await run(FRESH_WARMUP);
     const before = await settledRssMiB();
-    await run(FRESH_MEASURED);
-    const grown = (await settledRssMiB()) - before;
+    await run(FRESH_MEASURED / 2);
+    const middle = await settledRssMiB();
+    await run(FRESH_MEASURED / 2);
+    const grown = (await settledRssMiB()) - middle;
     assert.ok(
       grown < FRESH_GROWTH_LIMIT_MIB,
-      `the proxy's RSS grew ${grown.toFixed(1)} MiB over ${FRESH_MEASURED} fresh ` +
-        `connections (${((grown * 1024) / FRESH_MEASURED).toFixed(2)} KiB each)`,
+      `the proxy's RSS grew ${grown.toFixed(1)} MiB over the last ${FRESH_MEASURED / 2} fresh connections ` +
+        `(${((grown * 1024) / (FRESH_MEASURED / 2)).toFixed(2)} KiB each; ${(middle - before).toFixed(1)} MiB ` +
+        `over the first ${FRESH_MEASURED / 2})`,
     );
   },
 );
