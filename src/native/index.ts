@@ -9,6 +9,8 @@ import { loadEmbeddedAddon } from './embedded.ts';
 export interface TowerNative {
   /** glibc's malloc_trim(0): hands the pages freed in the middle of malloc's heap back; whether any were */
   trimMalloc(): boolean;
+  /** glibc's mallinfo2: the bytes malloc has handed out and not had back; -1 where glibc is older than 2.33 */
+  mallocInUse(): number;
 }
 
 let loaded: { native: TowerNative } | { problem: string } | undefined;
@@ -23,7 +25,8 @@ function load(): { native: TowerNative } | { problem: string } {
   const addon = loadEmbeddedAddon('tower.node');
   if ('missing' in addon) return { problem: addon.missing };
   if ('problem' in addon) return { problem: `tower.node could not be written and loaded (${addon.problem})` };
-  const { trimMalloc } = addon.exports;
-  if (typeof trimMalloc !== 'function') return { problem: 'tower.node has no trimMalloc' };
-  return { native: { trimMalloc: trimMalloc as () => boolean } };
+  const { trimMalloc, mallocInUse } = addon.exports;
+  if (typeof trimMalloc !== 'function' || typeof mallocInUse !== 'function')
+    return { problem: 'tower.node lacks trimMalloc or mallocInUse' };
+  return { native: { trimMalloc: trimMalloc as () => boolean, mallocInUse: mallocInUse as () => number } };
 }
