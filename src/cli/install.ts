@@ -1,7 +1,8 @@
 import { stringify as toYaml } from 'yaml';
-import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS } from '../config/options.ts';
+import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
-import { agentManifests, proxyManifests } from '../mode/kubernetes/manifests.ts';
+import { HostCluster } from '../mode/kubernetes/api.ts';
+import { agentManifests, pdbApiVersionFor, proxyManifests, type PdbApiVersion } from '../mode/kubernetes/manifests.ts';
 import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
 import { clusterNameProblem } from '../config/names.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
@@ -20,12 +21,18 @@ export class InstallProxyCommand extends TowerCommand {
       `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ` +
       `ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes ` +
       `mode; liveness and readiness probes on /livez and /readyz, metrics on the agent port) and a Service for the ` +
-      `agents. Pipe it to \`kubectl apply -f -\`.`,
+      `agents; with --replicas over 1, a PodDisruptionBudget of the version the cluster serves (asked with ` +
+      `--kubeconfig, or told with --kube-version; policy/v1 otherwise). Pipe it to \`kubectl apply -f -\`.`,
     examples: [
       [
         'Install into the current cluster',
         'tower install proxy --image registry.example/tower:1.0 --publish-service-address tower.example.com | ' +
           'kubectl apply -f -',
+      ],
+      [
+        'Two replicas on Kubernetes 1.20',
+        'tower install proxy --replicas 2 --kubeconfig host.kubeconfig | ' +
+          'kubectl --kubeconfig host.kubeconfig apply -f -',
       ],
     ],
   };
@@ -39,10 +46,22 @@ export class InstallProxyCommand extends TowerCommand {
         replicas: o.replicas,
         publishServiceAddress: o.publishServiceAddress,
         serviceType: o.serviceType,
+        pdbApiVersion: o.replicas > 1 ? await pdbApiVersion(o.kubeconfig, o.kubeVersion) : 'policy/v1',
       }),
     );
     return 0;
   }
+}
+
+/** What the target serves: asked when there is a kubeconfig, else from --kube-version, else the current one. */
+async function pdbApiVersion(kubeconfig: string | undefined, kubeVersion: string | undefined): Promise<PdbApiVersion> {
+  if (kubeconfig) return (await new HostCluster(kubeconfig).servesPolicyV1()) ? 'policy/v1' : 'policy/v1beta1';
+  if (kubeVersion) return pdbApiVersionFor(kubeMinor(kubeVersion)!);
+  process.stderr.write(
+    'the PodDisruptionBudget is policy/v1 (Kubernetes 1.21 and later); for an older cluster give ' +
+      '--kubeconfig <cluster> or --kube-version <version>\n',
+  );
+  return 'policy/v1';
 }
 
 export class InstallAgentCommand extends TowerCommand {

@@ -425,7 +425,25 @@ export const INSTALL_PROXY_OPTIONS = {
     default: 'NodePort',
     check: oneOf('ClusterIP', 'NodePort', 'LoadBalancer'),
   }),
+  kubeconfig: opt.string({
+    help:
+      'The target cluster, asked which API versions it serves (the PodDisruptionBudget is policy/v1beta1 ' +
+      'before 1.21)',
+    value: 'FILE',
+  }),
+  kubeVersion: opt.string({
+    help: "The target cluster's Kubernetes version, when tower cannot ask it (--kubeconfig)",
+    value: 'MAJOR.MINOR',
+    defaultText: '1.21 or later',
+    check: (v) => (kubeMinor(v) === undefined ? 'want a Kubernetes version such as 1.20 or v1.20.2' : undefined),
+  }),
 } satisfies Specs;
+
+/** the minor version of a Kubernetes 1.x version such as 1.20, v1.20.2 or v1.20.2-eks */
+export function kubeMinor(version: string): number | undefined {
+  const m = /^v?1\.(\d{1,3})(\.\d+)?(-\S*)?$/.exec(version.trim());
+  return m ? Number(m[1]) : undefined;
+}
 
 export const INSTALL_AGENT_OPTIONS = {
   ...COMMON,

@@ -9,6 +9,7 @@ import {
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
+  PolicyApi,
   makeInformer,
   type Cluster,
   type Informer,
@@ -114,6 +115,16 @@ export class HostCluster {
         );
       if (apiStatus(err) === 403) return; // allowed to work in it without reading it
       throw apiError(`reading namespace ${NAMESPACE}`, this.server, err);
+    }
+  }
+
+  /** Whether the cluster serves policy/v1 (Kubernetes 1.21 and later), from its discovery. */
+  async servesPolicyV1(): Promise<boolean> {
+    try {
+      const group = await this.kc.makeApiClient(PolicyApi).getAPIGroup();
+      return group.versions.some((v) => v.version === 'v1');
+    } catch (err) {
+      throw apiError('asking which versions of policy it serves', this.server, err);
     }
   }
 

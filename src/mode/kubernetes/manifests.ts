@@ -106,6 +106,13 @@ export function clusterCrd(): Obj {
   };
 }
 
+/**
+ * What the pods may use: KubeSphere runs its Go tower under 256 MiB (proxy) and 200 MB (agent). Measured on a
+ * real node by test/cluster (npm run test:cluster), which fails when either peaks over its limit.
+ */
+const PROXY_MEMORY_LIMIT = '256Mi';
+const AGENT_MEMORY_LIMIT = '192Mi';
+
 const TOWER_LABELS = { 'app.kubernetes.io/name': 'tower', app: 'tower' };
 const SHUTDOWN_DELAY_S = 5;
 const SHUTDOWN_GRACE_S = 25;
@@ -115,6 +122,15 @@ export interface ProxyInstall {
   replicas: number;
   publishServiceAddress: string;
   serviceType: string;
+  /** policy/v1, or policy/v1beta1 for Kubernetes before 1.21 */
+  pdbApiVersion: PdbApiVersion;
+}
+
+export type PdbApiVersion = 'policy/v1' | 'policy/v1beta1';
+
+/** the PodDisruptionBudget's group version on Kubernetes 1.<minor> (policy/v1 is served from 1.21) */
+export function pdbApiVersionFor(minor: number): PdbApiVersion {
+  return minor >= 21 ? 'policy/v1' : 'policy/v1beta1';
 }
 
 /** Host side: the CRD, RBAC limited to what the proxy touches, the Deployment and the agents' Service. */
@@ -213,7 +229,7 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
                 livenessProbe: { httpGet: { path: '/livez', port: 8080 }, periodSeconds: 10, failureThreshold: 6 },
                 // every replica is ready while it serves; a draining one fails at once
                 readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 2, failureThreshold: 1 },
-                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '1Gi' } },
+                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: PROXY_MEMORY_LIMIT } },
                 securityContext: {
                   runAsNonRoot: true,
                   runAsUser: 65534,
@@ -247,7 +263,7 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
     ...(p.replicas > 1
       ? [
           {
-            apiVersion: 'policy/v1',
+            apiVersion: p.pdbApiVersion,
             kind: 'PodDisruptionBudget',
             metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
             spec: { maxUnavailable: 1, selector: { matchLabels: TOWER_LABELS } },
@@ -355,7 +371,7 @@ export function agentManifests(a: AgentInstall): Obj[] {
                 },
                 // ready while connected to the proxy: `kubectl get pods` shows a disconnected agent
                 readinessProbe: { httpGet: { path: '/readyz', port: AGENT_HEALTH_PORT }, periodSeconds: 10 },
-                resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '512Mi' } },
+                resources: { requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: AGENT_MEMORY_LIMIT } },
                 securityContext: {
                   runAsNonRoot: true,
                   runAsUser: 65534,
