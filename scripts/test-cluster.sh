@@ -9,6 +9,9 @@
 #   scripts/test-cluster.sh stop STATE_DIR   stops what start started (by PID)
 #   scripts/test-cluster.sh kill-apiserver STATE_DIR / start-apiserver STATE_DIR
 #                                            an API outage: kill -9 the apiserver, then start it again as it was
+#   scripts/test-cluster.sh node build | up STATE_DIR | down STATE_DIR
+#                                            a real single-node cluster (kubelet, containerd, kube-proxy, DNS):
+#                                            see scripts/test-node.sh
 set -euo pipefail
 CACHE=${TOWER_K8S_CACHE:-$HOME/.cache/tower-k8s-v1.20.2}
 BIN=$CACHE/kube-apiserver
@@ -22,14 +25,10 @@ need_tools() {
   fi
 }
 
-build() {
-  if [ -x "$BIN" ]; then echo "$BIN"; return; fi
-  need_tools
-  mkdir -p "$CACHE"
-  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/tower-k8s-build.XXXXXX")
-  trap 'rm -rf "$work"' RETURN
-  # fetch the source package through a private deb-src list; the system's apt setup stays as it is
-  local uri codename
+# the source package, prepared once per build in $1: fetched through a private deb-src list (the system's
+# apt setup stays as it is), reflect2 swapped for Debian's, the version set, openapi generated
+prepare_source() {
+  local work=$1 uri codename
   uri=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
         | awk '($1=="URIs:" || $1=="deb") && $2 !~ /security/ {print $2; exit}' || true)
   [ -n "$uri" ] || { echo "test-cluster: no Debian archive in the apt configuration" >&2; exit 1; }
@@ -58,9 +57,35 @@ build() {
       | xargs -n1 dirname | LC_ALL=C sort -u | sed 's#^#k8s.io/kubernetes/#' | paste -sd,)
     "$work/openapi-gen" --logtostderr -i "$dirs" -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
       -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$work/openapi-report.txt" >&2
-    go build -trimpath -ldflags '-s -w' -o "$BIN.tmp" ./cmd/kube-apiserver >&2
   )
-  mv "$BIN.tmp" "$BIN"
+}
+
+# build COMPONENT...: each cmd/COMPONENT of the source package into the cache, unless it is there
+build_components() {
+  local missing=() c
+  for c in "$@"; do [ -x "$CACHE/$c" ] || missing+=("$c"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  need_tools
+  mkdir -p "$CACHE"
+  local work; work=$(mktemp -d "${TMPDIR:-/tmp}/tower-k8s-build.XXXXXX")
+  trap 'rm -rf "$work"; trap - RETURN' RETURN
+  prepare_source "$work"
+  (
+    cd "$work/gopath/src/k8s.io/kubernetes"
+    export GO111MODULE=off GOPATH=$work/gopath GOFLAGS= GOCACHE=${GOCACHE:-$HOME/.cache/go-build}
+    for c in "${missing[@]}"; do
+      t=$(date +%s)
+      # kubectl runs in pods of busybox: static
+      cgo=1; [ "$c" = kubectl ] && cgo=0
+      CGO_ENABLED=$cgo go build -trimpath -ldflags '-s -w' -o "$CACHE/$c.tmp" "./cmd/$c" >&2
+      mv "$CACHE/$c.tmp" "$CACHE/$c"
+      echo "test-cluster: built $c in $(( $(date +%s) - t )) s" >&2
+    done
+  )
+}
+
+build() {
+  build_components kube-apiserver
   echo "$BIN"
 }
 
@@ -96,7 +121,7 @@ start() {
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --token-auth-file="$p/tokens.csv" \
     --authorization-mode=RBAC --service-cluster-ip-range=10.96.0.0/12 --endpoint-reconciler-type=none \
-    --enable-admission-plugins=NamespaceLifecycle,ServiceAccount >"$d/apiserver.log" 2>&1 &
+    --enable-admission-plugins=NamespaceLifecycle,ServiceAccount ${NODE_APISERVER_ARGS:-} >"$d/apiserver.log" 2>&1 &
   echo $! > "$d/apiserver.pid"
   cat > "$d/admin.kubeconfig" <<KC
 apiVersion: v1
@@ -163,5 +188,7 @@ case "${1:-}" in
   stop) stop "${2:-}" ;;
   kill-apiserver) kill_apiserver "${2:-}" ;;
   start-apiserver) start_apiserver "${2:-}" ;;
-  *) echo "usage: $0 build | start STATE_DIR | stop STATE_DIR | kill-apiserver STATE_DIR | start-apiserver STATE_DIR" >&2; exit 2 ;;
+  node) source "$(dirname "$0")/test-node.sh"; node_main "${2:-}" "${3:-}" ;;
+  *) echo "usage: $0 build | start STATE_DIR | stop STATE_DIR | kill-apiserver STATE_DIR | start-apiserver STATE_DIR" \
+       "| node build | node up STATE_DIR | node down STATE_DIR" >&2; exit 2 ;;
 esac
