@@ -4,6 +4,7 @@ import { AGENT_OPTIONS } from '../config/options.ts';
 import { formatDuration } from '../config/duration.ts';
 import { log } from '../observe/log.ts';
 import { trimMemoryPeriodically } from '../observe/memory.ts';
+import { nameProcess } from '../native/index.ts';
 import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
 import { clusterNameProblem } from '../config/names.ts';
@@ -103,6 +104,7 @@ export class AgentCommand extends TowerCommand {
     const stop = () => agent.stop();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    nameProcess();
     const stopTrimming = trimMemoryPeriodically(log);
     try {
       await agent.run();

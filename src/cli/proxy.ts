@@ -5,6 +5,7 @@ import { PROXY_OPTIONS } from '../config/options.ts';
 import { openMode } from '../mode/open.ts';
 import { log } from '../observe/log.ts';
 import { trimMemoryPeriodically } from '../observe/memory.ts';
+import { nameProcess } from '../native/index.ts';
 import type { GatewayIdentity } from '../proxy/identity.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
@@ -95,6 +96,7 @@ export class ProxyCommand extends TowerCommand {
       await proxy.close();
       throw err;
     });
+    nameProcess();
     const stopTrimming = trimMemoryPeriodically(log);
     const signal = early ?? (await stopped);
     stopTrimming();

@@ -11,6 +11,8 @@ export interface TowerNative {
   trimMalloc(): boolean;
   /** glibc's mallinfo2: the bytes malloc has handed out and not had back; -1 where glibc is older than 2.33 */
   mallocInUse(): number;
+  /** names the calling thread (prctl PR_SET_NAME; at most 15 bytes): the main thread's is the process's name */
+  nameThread(name: string): boolean;
 }
 
 let loaded: { native: TowerNative } | { problem: string } | undefined;
@@ -25,8 +27,24 @@ function load(): { native: TowerNative } | { problem: string } {
   const addon = loadEmbeddedAddon('tower.node');
   if ('missing' in addon) return { problem: addon.missing };
   if ('problem' in addon) return { problem: `tower.node could not be written and loaded (${addon.problem})` };
-  const { trimMalloc, mallocInUse } = addon.exports;
-  if (typeof trimMalloc !== 'function' || typeof mallocInUse !== 'function')
-    return { problem: 'tower.node lacks trimMalloc or mallocInUse' };
-  return { native: { trimMalloc: trimMalloc as () => boolean, mallocInUse: mallocInUse as () => number } };
+  const { trimMalloc, mallocInUse, nameThread } = addon.exports;
+  if (typeof trimMalloc !== 'function' || typeof mallocInUse !== 'function' || typeof nameThread !== 'function')
+    return { problem: 'tower.node lacks trimMalloc, mallocInUse or nameThread' };
+  return {
+    native: {
+      trimMalloc: trimMalloc as () => boolean,
+      mallocInUse: mallocInUse as () => number,
+      nameThread: nameThread as (name: string) => boolean,
+    },
+  };
+}
+
+/**
+ * Gives the process the name "tower" in ps, top and pidof, which otherwise show Node's name for its main
+ * thread, "MainThread". The command line (/proc/PID/cmdline) is left as it was. Nothing where tower's
+ * native part did not load.
+ */
+export function nameProcess(): void {
+  const loaded = towerNative();
+  if ('native' in loaded) loaded.native.nameThread('tower');
 }

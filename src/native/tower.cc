@@ -6,6 +6,9 @@
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 namespace {
 
@@ -36,6 +39,26 @@ napi_value MallocInUse(napi_env env, napi_callback_info) {
   return result;
 }
 
+// Names the calling thread, which for the main thread is the process's name in ps, top and pidof (Node
+// names its main thread "MainThread"). At most 15 bytes are kept. Returns whether the name was set.
+napi_value NameThread(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char name[16];
+  size_t length = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1 ||
+      napi_get_value_string_utf8(env, argv[0], name, sizeof name, &length) != napi_ok)
+    return nullptr;
+#if defined(__linux__)
+  const bool named = prctl(PR_SET_NAME, name, 0, 0, 0) == 0;
+#else
+  const bool named = false;
+#endif
+  napi_value result;
+  if (napi_get_boolean(env, named, &result) != napi_ok) return nullptr;
+  return result;
+}
+
 bool Export(napi_env env, napi_value exports, const char* name, napi_callback fn) {
   napi_value f;
   return napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, nullptr, &f) == napi_ok &&
@@ -43,7 +66,8 @@ bool Export(napi_env env, napi_value exports, const char* name, napi_callback fn
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  if (!Export(env, exports, "trimMalloc", TrimMalloc) || !Export(env, exports, "mallocInUse", MallocInUse))
+  if (!Export(env, exports, "trimMalloc", TrimMalloc) || !Export(env, exports, "mallocInUse", MallocInUse) ||
+      !Export(env, exports, "nameThread", NameThread))
     return nullptr;
   return exports;
 }

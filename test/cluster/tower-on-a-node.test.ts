@@ -99,6 +99,8 @@ test('tower install proxy | kubectl apply: Ready by its own probes, not root, ro
   const [proc] = await containersOf('proxy');
   assert.ok(proc, 'no tower proxy process in a pod on this machine');
   assert.notEqual(proc.uid, 0, 'the proxy runs as root');
+  // what ps, top and pidof call it (Node names its main thread MainThread)
+  assert.equal(readFileSync(`/proc/${proc.pid}/comm`, 'utf8'), 'tower\n');
   assert.ok(proc.rootOptions.includes('ro'), `the proxy's root filesystem is mounted ${proc.rootOptions.join(',')}`);
   assert.equal(memoryValue(proc.memoryCgroup, 'memory.limit_in_bytes'), PROXY_LIMIT);
 });
