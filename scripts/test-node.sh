@@ -19,6 +19,9 @@ SERVICE_NET=10.96.0.0/12
 IMG=$CACHE/img
 NODE_COMPONENTS=(kubelet kube-controller-manager kube-scheduler kube-proxy)   # and kubectl, for pods
 # what the kubelet, kube-proxy and the bridge plugin set on the host; up records them, down puts them back
+# what the kubelet, containerd and the CNI plugins create at fixed places whatever they are told; up notes which
+# were there before, down removes the others
+HOST_PATHS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/containers)
 HOST_SYSCTLS=(net.ipv4.ip_forward net.ipv4.conf.all.route_localnet vm.overcommit_memory vm.panic_on_oom kernel.panic
   kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
@@ -92,6 +95,7 @@ node_up() {
   mkdir -p "$ctd" "$run" "$s/cni/net.d" "$s/dns"
   local k
   for k in "${HOST_SYSCTLS[@]}"; do echo "$k=$(sysctl -n "$k")"; done > "$s/host.orig"
+  for k in "${HOST_PATHS[@]}"; do [ -e "$k" ] || echo "$k"; done > "$s/host.new-paths"
   # the node's address, on an interface of its own
   # (a bridge with no ports: every kernel has bridges, since the pods need one; not every kernel has dummy)
   ip link add "$NODE_IF" type bridge
@@ -271,7 +275,11 @@ node_down() {
   for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
     [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} + 2>/dev/null
   done
-  rm -rf /var/log/pods /var/log/containers /run/containerd/io.containerd.runtime.v2.task/k8s.io
+  if [ -f "$s/host.new-paths" ]; then
+    local path
+    while read -r path; do rm -rf "$path"; done < "$s/host.new-paths"
+    rm -f "$s/host.new-paths"
+  fi
   echo "node down" >&2
 }
 
