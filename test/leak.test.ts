@@ -29,15 +29,18 @@ after(async () => {
 });
 
 const FRESH_WARMUP = 6000;
-/** measured in two halves: what a leak costs grows with every connection, what is kept once does not */
 const FRESH_MEASURED = 10_000;
-/** Before the gateway checked client certificates itself, each verified one kept about 4 KiB: 20 MiB a half. */
-const FRESH_GROWTH_LIMIT_MIB = 2;
+/**
+ * Before the gateway checked client certificates itself, each verified one kept about 4 KiB: 40 MiB over
+ * these. A reading also counts what the last connections left for the next garbage collection (about
+ * 60 KiB a TLS connection until V8 collects its socket), up to about 2 MiB either way, so the limit is
+ * judged over all of them.
+ */
+const FRESH_GROWTH_LIMIT_MIB = 6;
 
 test(
   `${FRESH_MEASURED} fresh mutually authenticated connections leave no native memory behind ` +
-    `(what malloc has handed out grows < ${FRESH_GROWTH_LIMIT_MIB} MiB over each ${FRESH_MEASURED / 2}, ` +
-    `after ${FRESH_WARMUP} of warm-up)`,
+    `(what malloc has handed out grows < ${FRESH_GROWTH_LIMIT_MIB} MiB over them, after ${FRESH_WARMUP} of warm-up)`,
   async () => {
     const kc = parse(readFileSync(await stack.kubeconfig('busy'), 'utf8'));
     const user = kc.users[0].user;
@@ -89,13 +92,13 @@ test(
     const middle = await reading();
     await run(FRESH_MEASURED / 2);
     const end = await reading();
-    const halves = [middle.inUse - before.inUse, end.inUse - middle.inUse];
+    const grown = end.inUse - before.inUse;
     const said =
-      `malloc in use grew ${halves.map((h) => h.toFixed(2)).join(' and ')} MiB over two halves of ` +
-      `${FRESH_MEASURED / 2} fresh connections (${((halves[1] * 1024) / (FRESH_MEASURED / 2)).toFixed(3)} KiB each ` +
-      `in the second); RSS went ${before.rss.toFixed(1)} → ${middle.rss.toFixed(1)} → ${end.rss.toFixed(1)} MiB`;
+      `malloc in use grew ${grown.toFixed(2)} MiB over ${FRESH_MEASURED} fresh connections ` +
+      `(${((grown * 1024) / FRESH_MEASURED).toFixed(3)} KiB each; ${(middle.inUse - before.inUse).toFixed(2)} MiB ` +
+      `by half-way); RSS went ${before.rss.toFixed(1)} → ${middle.rss.toFixed(1)} → ${end.rss.toFixed(1)} MiB`;
     console.log(`# ${said}`);
-    for (const h of halves) assert.ok(h < FRESH_GROWTH_LIMIT_MIB, said);
+    assert.ok(grown < FRESH_GROWTH_LIMIT_MIB, said);
   },
 );
 
