@@ -154,9 +154,10 @@ export interface Mode {
   /**
    * File mode: makes this process the one proxy serving the data dir; fails while another one does.
    * Kubernetes mode with leader election: resolves once this replica writes the Clusters (every
-   * replica serves meanwhile).
+   * replica serves meanwhile), or at once, never having written, when `stop` aborts first (a replica
+   * told to drain while another holds the Lease).
    */
-  claim(): Promise<Closer>;
+  claim(stop?: AbortSignal): Promise<Closer>;
   /** several replicas serve this mode: the set of them, this one announced among them */
   replicas?(self: Replica, times: ReplicaTimes, log: Logger): Replicas;
   /** false while this replica serves but another one writes the Clusters (leader election) */

@@ -115,6 +115,8 @@ export class Proxy {
   #claim: Closer | undefined;
   /** leader election: held while this replica writes the Clusters */
   #lease: Closer | undefined;
+  /** ends a campaign for the writers' Lease that is still waiting when this replica drains or closes */
+  #campaign = new AbortController();
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
@@ -295,7 +297,7 @@ export class Proxy {
 
   /** Every replica serves; the one holding the lease also writes the Clusters. */
   #electLeader(): void {
-    void this.#opts.mode.claim().then(
+    void this.#opts.mode.claim(this.#campaign.signal).then(
       (claim) => {
         if (this.#phase === 'draining' || this.#closed) {
           void claim.close();
@@ -342,6 +344,8 @@ export class Proxy {
   async drain(opts: DrainOptions): Promise<void> {
     if (this.#phase !== 'serving') return;
     this.#phase = 'draining';
+    // a draining replica no longer campaigns to write (it would only hand the Lease back)
+    this.#campaign.abort();
     const started = Date.now();
     this.#log.info('draining', { delay: `${opts.delayMs / 1000}s`, grace: `${opts.graceMs / 1000}s` });
     // its own agents first: told by another replica that this one left, they would close its sessions now
@@ -396,6 +400,7 @@ export class Proxy {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#campaign.abort();
     await this.#lease?.close();
     this.#lease = undefined;
     this.#clusters.close();

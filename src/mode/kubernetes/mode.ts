@@ -66,11 +66,15 @@ export class KubernetesMode implements Mode {
     await this.#controller.start();
   }
 
-  async claim(): Promise<Closer> {
+  async claim(stop?: AbortSignal): Promise<Closer> {
     await this.host.requireNamespace();
     const le = this.#opts.leaderElection;
-    if (!le) return { close: () => undefined };
+    if (!le || stop?.aborted) return { close: () => undefined };
     const elector = new LeaderElector(this.host, LEASE, NAMESPACE, le.times, this.#opts.log);
+    // waiting for a Lease whose holder died takes its whole duration: a replica told to stop meanwhile
+    // stops waiting, or its campaign would hold the process after its drain
+    const giveUp = () => void elector.release();
+    stop?.addEventListener('abort', giveUp, { once: true });
     // a replica that loses the lease keeps serving and campaigns again; its controller only reads meanwhile
     const campaign = async (): Promise<void> => {
       await elector.acquire((why) => {
@@ -86,6 +90,7 @@ export class KubernetesMode implements Mode {
     await campaign();
     return {
       close: async () => {
+        stop?.removeEventListener('abort', giveUp);
         this.#leading = false;
         this.#controller?.follow();
         await elector.release();
