@@ -769,6 +769,56 @@ test(
   },
 );
 
+test(
+  '--leader-elect: a replica waiting for a Lease whose holder died exits after its drain on SIGTERM, ' +
+    'without waiting for the Lease to lapse',
+  async () => {
+    // the writers' Lease, renewed just now by a replica that is gone: it holds for 10 minutes
+    await host.must(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'coordination.k8s.io/v1',
+        kind: 'Lease',
+        metadata: { name: 'tower', namespace: 'kubesphere-system' },
+        spec: {
+          holderIdentity: 'dead-replica',
+          leaseDurationSeconds: 600,
+          acquireTime: new Date().toISOString().replace('Z', '000Z'),
+          renewTime: new Date().toISOString().replace('Z', '000Z'),
+        },
+      }),
+    );
+    const waiting = await host.startProxy([
+      '--leader-elect',
+      '--leader-elect-retry-period',
+      '500ms',
+      '--host',
+      '127.0.0.4',
+      '--server-id',
+      'waiting',
+    ]);
+    await waiting.waitFor(/leader election: waiting for the lease .*holder=dead-replica/);
+    waiting.child.kill('SIGTERM');
+    // bounded far below the Lease's 10 minutes: ended by SIGKILL, it would exit with no code
+    const killer = setTimeout(() => waiting.child.kill('SIGKILL'), 60_000);
+    const code = await waiting.exited;
+    clearTimeout(killer);
+    assert.equal(code, 0, waiting.output);
+    assert.match(waiting.output, /drained/);
+    const holder = await host.must([
+      'get',
+      'lease',
+      '-n',
+      'kubesphere-system',
+      'tower',
+      '-o',
+      'jsonpath={.spec.holderIdentity}',
+    ]);
+    assert.equal(holder, 'dead-replica', 'the replica took the Lease on its way out');
+    await host.must(['delete', 'lease', '-n', 'kubesphere-system', 'tower']);
+  },
+);
+
 test("tower install prints manifests that apply to real apiservers, with KubeSphere's Cluster CRD", async () => {
   // asked, the test apiserver (1.20) says it serves no policy/v1: the budget is policy/v1beta1
   const proxyYaml = await tower([

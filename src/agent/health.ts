@@ -8,7 +8,7 @@ import {
   type HealthOptions,
 } from '../observe/health.ts';
 import type { TowerAgent } from './agent.ts';
-import { registerMallocInUse } from '../observe/memory.ts';
+import { registerMallocInUse } from '../observe/malloc-metric.ts';
 
 const DIAL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 10];
 

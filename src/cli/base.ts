@@ -5,6 +5,7 @@ import { describeSources, flagName, loadConfig, type Loaded, type RawFlags, type
 import { log } from '../observe/log.ts';
 import type { Mode } from '../mode/mode.ts';
 import { openMode, type ModeChoice } from '../mode/open.ts';
+import { apiMessage, apiStatus, CRD_MISSING_HINT, notServed } from '../mode/kubernetes/api-errors.ts';
 
 /** What `--help` and the README show of a command besides its flags. */
 export interface CommandDoc {
@@ -50,8 +51,15 @@ export abstract class TowerCommand extends Command {
     } catch (err) {
       if (err instanceof TowerError) {
         process.stderr.write(`tower ${this.command}: ${err.message}\n`);
+      } else if (apiStatus(err) !== undefined) {
+        // a host API call no caller described: still one line, with the API's own words
+        const hint = notServed(err) ? ` (it does not serve that kind: ${CRD_MISSING_HINT})` : '';
+        process.stderr.write(`tower ${this.command}: the host cluster's API answered ${apiMessage(err)}${hint}\n`);
       } else {
-        process.stderr.write(`tower ${this.command}: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+        // one line; where it happened only when asked for (-v 1): it is for a bug report, not for the user
+        const e = err as Error;
+        const where = log.enabled(1) && e?.stack ? `\n${e.stack}` : ' (-v 1 shows where it happened)';
+        process.stderr.write(`tower ${this.command}: unexpected error: ${e?.message ?? String(err)}${where}\n`);
       }
       return 1;
     }

@@ -1,7 +1,6 @@
 import { stringify as toYaml } from 'yaml';
 import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
-import { HostCluster } from '../mode/kubernetes/api.ts';
 import { agentManifests, pdbApiVersionFor, proxyManifests, type PdbApiVersion } from '../mode/kubernetes/manifests.ts';
 import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
 import { clusterNameProblem } from '../config/names.ts';
@@ -55,7 +54,11 @@ export class InstallProxyCommand extends TowerCommand {
 
 /** What the target serves: asked when there is a kubeconfig, else from --kube-version, else the current one. */
 async function pdbApiVersion(kubeconfig: string | undefined, kubeVersion: string | undefined): Promise<PdbApiVersion> {
-  if (kubeconfig) return (await new HostCluster(kubeconfig).servesPolicyV1()) ? 'policy/v1' : 'policy/v1beta1';
+  if (kubeconfig) {
+    // loaded only here: the Kubernetes client is large, and no other install path needs it
+    const { HostCluster } = await import('../mode/kubernetes/api.ts');
+    return (await new HostCluster(kubeconfig).servesPolicyV1()) ? 'policy/v1' : 'policy/v1beta1';
+  }
   if (kubeVersion) return pdbApiVersionFor(kubeMinor(kubeVersion)!);
   process.stderr.write(
     'the PodDisruptionBudget is policy/v1 (Kubernetes 1.21 and later); for an older cluster give ' +

@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { EVENT_LOOP_SAMPLE_MS, withoutTotalGauges } from '../observe/health.ts';
 import type { AgentSession, ChannelObserver } from '../tunnel/server.ts';
 import type { SessionRegistry } from './registry.ts';
-import { registerMallocInUse } from '../observe/memory.ts';
+import { registerMallocInUse } from '../observe/malloc-metric.ts';
 
 /** seconds: from a quick apiserver answer through the tunnel up to the default --request-timeout */
 const REQUEST_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30];

@@ -19,6 +19,7 @@ import {
 import { Agent as UndiciAgent, type Dispatcher } from 'undici';
 import type { AgentOptions } from 'node:https';
 import { ConfigError, TowerError } from '../../errors.ts';
+import { apiError, apiMessage, apiStatus, notServed, orUndefined } from './api-errors.ts';
 import { GROUP, NAMESPACE, PLURAL, VERSION, type KubeCluster } from './resource.ts';
 import type { Logger } from '../../observe/log.ts';
 
@@ -134,8 +135,9 @@ export class HostCluster {
     path: string,
     list: () => Promise<{ items: T[] }>,
     log: Logger,
+    missingHint?: string,
   ): Watcher<T> {
-    return new Watcher<T>(this.kc, what, path, list, log);
+    return new Watcher<T>(this.kc, what, path, list, log, missingHint);
   }
 }
 
@@ -185,11 +187,20 @@ export class Watcher<T extends KubernetesObject> {
   #log: Logger;
   #stopped = false;
   #delay = RESTART_MIN_MS;
+  /** what the last failure said, until a list succeeds */
+  #failure: string | undefined;
   #restartTimer: NodeJS.Timeout | undefined;
   /** resolves once a list has filled the cache */
   readonly synced: Promise<void>;
 
-  constructor(kc: KubeConfig, what: string, path: string, list: () => Promise<{ items: T[] }>, log: Logger) {
+  constructor(
+    kc: KubeConfig,
+    what: string,
+    path: string,
+    list: () => Promise<{ items: T[] }>,
+    log: Logger,
+    missingHint?: string,
+  ) {
     this.#what = what;
     this.#log = log;
     let onSynced!: () => void;
@@ -198,17 +209,24 @@ export class Watcher<T extends KubernetesObject> {
     });
     const listed = async () => {
       const r = await list();
+      // listed: the API serves them again; back to the shortest wait, and a new failure is said again
+      this.#delay = RESTART_MIN_MS;
+      if (this.#failure !== undefined) this.#log.info(`watch of ${this.#what} resumed`);
+      this.#failure = undefined;
       // the informer stores the items right after this returns, in the same turn
       setImmediate(onSynced);
       return r;
     };
     this.informer = makeInformer<T>(kc, path, listed as never);
-    this.informer.on('connect', () => {
-      this.#delay = RESTART_MIN_MS;
-    });
     this.informer.on('error', (err: unknown) => {
       if (this.#stopped) return;
-      this.#log.warn(`watch of ${this.#what} failed; restarting`, { err: apiMessage(err), inMs: this.#delay });
+      // said once while it fails the same way (the waits double to 30 s meanwhile), at -v 1 every time
+      const failure = notServed(err)
+        ? `the host's API does not serve ${this.#what} (404 page not found)${missingHint ? `: ${missingHint}` : ''}`
+        : apiMessage(err);
+      if (failure !== this.#failure) this.#log.warn(`watch of ${this.#what} failed; retrying`, { err: failure });
+      else this.#log.debug(1, `watch of ${this.#what} failed again; retrying`, { err: failure, inMs: this.#delay });
+      this.#failure = failure;
       clearTimeout(this.#restartTimer);
       this.#restartTimer = setTimeout(() => {
         void this.#start();
@@ -240,60 +258,4 @@ export class Watcher<T extends KubernetesObject> {
   }
 }
 
-/** The HTTP status of a failed API call (client-node's ApiException, or a watch error). */
-export function apiStatus(err: unknown): number | undefined {
-  const e = err as { code?: unknown; statusCode?: unknown };
-  if (typeof e?.code === 'number') return e.code;
-  if (typeof e?.statusCode === 'number') return e.statusCode;
-  return undefined;
-}
-
-/** One line for logs and errors: the API's own message when there is one. */
-export function apiMessage(err: unknown): string {
-  const e = err as { code?: unknown; body?: unknown; message?: string; cause?: { message?: string } };
-  const status = apiStatus(err);
-  if (status !== undefined) {
-    let body = e.body as { message?: string } | string | undefined;
-    if (typeof body === 'string') {
-      try {
-        body = JSON.parse(body) as { message?: string };
-      } catch {
-        /* not JSON */
-      }
-    }
-    const msg =
-      typeof body === 'object' && body?.message
-        ? body.message
-        : typeof body === 'string' && body
-          ? body.slice(0, 200)
-          : (e.message?.split('\n')[0] ?? '');
-    return `${status}: ${msg}`;
-  }
-  const cause = e?.cause?.message;
-  return cause ? `${e.message}: ${cause}` : String(e?.message ?? err);
-}
-
-export async function orUndefined<T>(p: Promise<T>): Promise<T | undefined> {
-  try {
-    return await p;
-  } catch (err) {
-    if (apiStatus(err) === 404) return undefined;
-    throw err;
-  }
-}
-
-/** A failed API call as an error for people: what was attempted, where, and why. */
-export function apiError(what: string, server: string, err: unknown): TowerError {
-  const status = apiStatus(err);
-  const hint =
-    status === 401
-      ? " (the host kubeconfig's credentials are not accepted)"
-      : status === 403
-        ? ' (grant the RBAC that `tower install proxy` prints)'
-        : status === 404 && /Cluster/.test(what)
-          ? ' (is the Cluster CRD installed? `tower install proxy | kubectl apply -f -`)'
-          : status === undefined
-            ? ' (is the host cluster reachable?)'
-            : '';
-  return new TowerError('EKUBE', `${what} at ${server} failed: ${apiMessage(err)}${hint}`);
-}
+export { apiError, apiMessage, apiStatus, CRD_MISSING_HINT, notServed, orUndefined } from './api-errors.ts';

@@ -11,7 +11,7 @@ import type { Logger } from '../../observe/log.ts';
 import type { CertificateAuthority } from '../../pki/ca.ts';
 import { renderKubeconfig } from '../../pki/kubeconfig.ts';
 import type { Cluster, ClusterEvent, ReconcileContext } from '../mode.ts';
-import { apiMessage, apiStatus, orUndefined, type HostCluster, type Watcher } from './api.ts';
+import { apiMessage, apiStatus, CRD_MISSING_HINT, orUndefined, type HostCluster, type Watcher } from './api.ts';
 import {
   AGENT_GRACE_MS,
   allocatePort,
@@ -84,7 +84,13 @@ export class ClusterController {
     this.#ctx = ctx;
     this.#log = ctx.log;
     this.#emit = emit;
-    this.#clusters = host.watch<KubeCluster>('Clusters', CLUSTERS_PATH, () => host.listClusters(), this.#log);
+    this.#clusters = host.watch<KubeCluster>(
+      'Clusters',
+      CLUSTERS_PATH,
+      () => host.listClusters(),
+      this.#log,
+      CRD_MISSING_HINT,
+    );
     this.#services = host.watch<V1Service>(
       `Services in ${NAMESPACE}`,
       `/api/v1/namespaces/${NAMESPACE}/services`,

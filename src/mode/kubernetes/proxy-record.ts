@@ -61,7 +61,9 @@ export class KubernetesProxyRecord implements ProxyRecords {
 
   /** The Cluster resources of type proxy and their AgentAvailable condition. */
   async report(): Promise<ClusterReport> {
-    const { items } = await this.#host.listClusters();
+    const { items } = await this.#host.listClusters().catch((err: unknown) => {
+      throw apiError('listing Clusters', this.#host.server, err);
+    });
     const rows = items
       .filter((c) => c.spec?.connection?.type === 'proxy')
       .map((c): ClusterRow => {
