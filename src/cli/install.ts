@@ -3,7 +3,7 @@ import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor } from '../conf
 import { ConfigError } from '../errors.ts';
 import { agentManifests, pdbApiVersionFor, proxyManifests, type PdbApiVersion } from '../mode/kubernetes/manifests.ts';
 import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
-import { clusterNameProblem } from '../config/names.ts';
+import { clusterNameProblem, reachOf } from '../config/names.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
 function printAll(objects: Record<string, unknown>[]): void {
@@ -39,6 +39,12 @@ export class InstallProxyCommand extends TowerCommand {
 
   async run(): Promise<number> {
     const o = this.load(INSTALL_PROXY_OPTIONS);
+    if (reachOf(o.publishServiceAddress) !== 'anywhere')
+      process.stderr.write(
+        `warning: --publish-service-address ${o.publishServiceAddress} is what the proxy tells agents and puts in ` +
+          `join commands, and only pods of this cluster reach it: for members elsewhere, give the address they ` +
+          `reach and expose the Service (README: Expose the proxy)\n`,
+      );
     printAll(
       proxyManifests({
         image: o.image,
@@ -96,6 +102,17 @@ export class InstallAgentCommand extends TowerCommand {
     if (!o.token) throw new ConfigError('--token is required: print it with `tower token <name>`');
     if (!o.proxyServer)
       throw new ConfigError("--proxy-server is required: the proxy's agent endpoint, as `tower token` prints it");
+    const proxyHost = new URL(normalizeProxyServer(o.proxyServer)).hostname;
+    if (reachOf(proxyHost) === 'loopback')
+      throw new ConfigError(
+        `--proxy-server ${o.proxyServer} is a loopback address: in the agent's pod it is the pod itself. Give the ` +
+          `address the member reaches the proxy at (README: Expose the proxy)`,
+      );
+    if (reachOf(proxyHost) === 'cluster')
+      process.stderr.write(
+        `warning: --proxy-server ${o.proxyServer} is a Service name: only pods of the cluster that runs the proxy ` +
+          `resolve it, so this works only when the member is that cluster (README: Expose the proxy)\n`,
+      );
     if (
       !proxyVerification(normalizeProxyServer(o.proxyServer), o.proxyFingerprint, undefined) &&
       !o.insecureSkipProxyVerification

@@ -6,6 +6,7 @@ import { loadHostKey } from '../pki/keys.ts';
 import { normalizeProxyServer } from '../agent/agent.ts';
 import type { Cluster, ClusterRecords, IssuedByProxy } from '../mode/mode.ts';
 import { hostKeyFingerprint } from '../tunnel/ssh.ts';
+import { reachOf } from '../config/names.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 import { waitWithProgress } from './progress.ts';
 
@@ -49,6 +50,19 @@ export class TokenCommand extends TowerCommand {
       );
       const fingerprint = hostKeyFingerprint(await loadHostKey(mode.keys));
       process.stderr.write(`${note}\n`);
+      const reach = reachOf(new URL(server).hostname);
+      if (reach === 'loopback')
+        process.stderr.write(
+          `warning: the join command names the proxy at ${server}, a loopback address: an agent on another ` +
+            `machine, or in a pod, cannot reach it. Give --proxy-server the address members reach, or start the ` +
+            `proxy with --publish-service-address (README: Expose the proxy)\n`,
+        );
+      else if (reach === 'cluster')
+        process.stderr.write(
+          `warning: the join command names the proxy at ${server}, a Service name that only pods of the host ` +
+            `cluster resolve: an agent elsewhere cannot reach it. Give --proxy-server the address members reach ` +
+            `(README: Expose the proxy)\n`,
+        );
       process.stdout.write(`token: ${cluster.token}\n`);
       const bin = invokedAs();
       const args = [

@@ -34,3 +34,19 @@ export function serverIdProblem(id: string): string | undefined {
     ? undefined
     : 'a server id is 1-63 lower-case letters, digits, "-" and ".", starting and ending with a letter or digit';
 }
+
+/**
+ * Who can reach a host that tower hands to members (the proxy's address in a join command, or the address
+ * it publishes): `loopback` (only this machine, or inside a pod the pod itself), `cluster` (a Service's name,
+ * which only pods of that cluster resolve), or `anywhere` (as far as a name can tell).
+ */
+export function reachOf(host: string): 'loopback' | 'cluster' | 'anywhere' {
+  const h = host
+    .toLowerCase()
+    .replace(/^\[|\]$/g, '')
+    .replace(/\.$/, '');
+  if (h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h) || h === '0.0.0.0')
+    return 'loopback';
+  if (/\.svc$/.test(h) || /\.svc\.cluster\.local$/.test(h) || h.endsWith('.cluster.local')) return 'cluster';
+  return 'anywhere';
+}
