@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 import { request } from 'node:https';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,7 +9,7 @@ import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { hostileAgent, type HostileAgent } from './support/hostile-agent.ts';
 import { pattern } from './support/pattern.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import { freePort, run, tempDir, tower, TowerProcess, waitUntil } from './support/tower.ts';
+import { freePort, ROOT, run, tempDir, tower, TowerProcess, waitUntil } from './support/tower.ts';
 
 /**
  * What an operator sees: kubectl printing tower's own answers, `tower clusters` and `tower delete`,
@@ -295,6 +296,8 @@ describe('health and metrics', () => {
 
   test('/metrics of the proxy and of the agent pass promtool check metrics and count what happened', async () => {
     const port = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
+    // the proxy renders its metrics at most once a second: one from before the last requests may be served still
+    await new Promise((r) => setTimeout(r, 1100));
     const proxyText = await (await fetch(`${stack.proxyUrl}/metrics`)).text();
     const agentText = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     for (const [what, text] of [
@@ -305,6 +308,9 @@ describe('health and metrics', () => {
       assert.equal(r.code, 0, `promtool on the ${what}'s metrics:\n${r.stdout}${r.stderr}`);
     }
     assert.match(proxyText, /^tower_proxy_agents_connected\{cluster="alpha"\} 1$/m);
+    // a registered cluster without an agent has its series, at 0, and every one its info series
+    assert.match(proxyText, /^tower_proxy_agents_connected\{cluster="delta"\} 0$/m);
+    assert.match(proxyText, /^tower_proxy_cluster_info\{cluster="delta"\} 1$/m);
     assert.match(proxyText, /^tower_proxy_agent_handshakes_total\{result="accepted"\} [1-9]\d*$/m);
     // the deleted cluster's agent, refused when it came back
     assert.match(proxyText, /^tower_proxy_agent_handshakes_total\{result="unauthorized"\} [1-9]\d*$/m);
@@ -339,51 +345,97 @@ describe('health and metrics', () => {
     },
   );
 
-  test('a real Prometheus scraping the proxy and the agent answers how many agents are connected', async () => {
-    const healthPort = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
-    const dir = tempDir('prometheus');
-    const web = await freePort();
-    writeFileSync(
-      join(dir, 'prometheus.yml'),
-      stringify({
-        global: { scrape_interval: '1s', evaluation_interval: '1s' },
-        scrape_configs: [
-          { job_name: 'tower-proxy', static_configs: [{ targets: [`127.0.0.1:${stack.agentPort}`] }] },
-          { job_name: 'tower-agent', static_configs: [{ targets: [`127.0.0.1:${healthPort}`] }] },
+  test(
+    'a real Prometheus scraping the proxy and the agent answers how many agents are connected, and fires the ' +
+      "shipped alerts: a registered cluster's agent missing, fewer replicas than desired",
+    async () => {
+      const healthPort = Number(/health and metrics serving address=127\.0\.0\.1:(\d+)/.exec(alpha.output)![1]);
+      const dir = tempDir('prometheus');
+      const web = await freePort();
+      // the shipped rules, as they are but for their waits (for: 5m and 10m would outlast the test)
+      const shipped = join(ROOT, 'docs', 'prometheus-rules.yaml');
+      const checked = await run('promtool', ['check', 'rules', shipped]);
+      assert.equal(checked.code, 0, checked.stdout + checked.stderr);
+      writeFileSync(join(dir, 'rules.yaml'), readFileSync(shipped, 'utf8').replace(/^( +for:) \S+$/gm, '$1 0s'));
+      // kube-state-metrics' word for the replicas the Deployment asks for
+      const ksm = createServer((_req, res) =>
+        res.end('kube_deployment_spec_replicas{namespace="kubesphere-system",deployment="tower"} 2\n'),
+      );
+      await new Promise<void>((resolve) => ksm.listen(0, '127.0.0.1', resolve));
+      const ksmPort = (ksm.address() as { port: number }).port;
+      writeFileSync(
+        join(dir, 'prometheus.yml'),
+        stringify({
+          global: { scrape_interval: '1s', evaluation_interval: '1s' },
+          rule_files: [join(dir, 'rules.yaml')],
+          scrape_configs: [
+            { job_name: 'tower-proxy', static_configs: [{ targets: [`127.0.0.1:${stack.agentPort}`] }] },
+            { job_name: 'tower-agent', static_configs: [{ targets: [`127.0.0.1:${healthPort}`] }] },
+            { job_name: 'kube-state-metrics', static_configs: [{ targets: [`127.0.0.1:${ksmPort}`] }] },
+          ],
+        }),
+      );
+      const prom = new TowerProcess(
+        'prometheus',
+        [
+          `--config.file=${join(dir, 'prometheus.yml')}`,
+          `--storage.tsdb.path=${join(dir, 'data')}`,
+          `--web.listen-address=127.0.0.1:${web}`,
         ],
-      }),
-    );
-    const prom = new TowerProcess(
-      'prometheus',
-      [
-        `--config.file=${join(dir, 'prometheus.yml')}`,
-        `--storage.tsdb.path=${join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${web}`,
-      ],
-      {},
-      'prometheus',
-    );
-    try {
-      const query = async (q: string) => {
-        const r = await fetch(`http://127.0.0.1:${web}/api/v1/query?query=${encodeURIComponent(q)}`);
-        const body = (await r.json()) as { data?: { result: { value: [number, string] }[] } };
-        return body.data?.result[0]?.value[1];
-      };
-      // alpha's agent and the hostile one of "silent" are connected; delta's and gone's are not
-      const connected = await waitUntil(
-        'Prometheus to answer the connected agent count',
-        async () => (await query('sum(tower_proxy_agents_connected)')) === '2' && '2',
-        60_000,
-        500,
+        {},
+        'prometheus',
       );
-      assert.equal(connected, '2');
-      assert.equal(
-        await waitUntil("the agent's own metric", () => query('tower_agent_connected{job="tower-agent"}'), 20_000, 500),
-        '1',
-      );
-      assert.equal(await query('up{job="tower-proxy"}'), '1');
-    } finally {
-      await prom.stop();
-    }
-  });
+      try {
+        const query = async (q: string) => {
+          const r = await fetch(`http://127.0.0.1:${web}/api/v1/query?query=${encodeURIComponent(q)}`);
+          const body = (await r.json()) as { data?: { result: { value: [number, string] }[] } };
+          return body.data?.result[0]?.value[1];
+        };
+        // alpha's agent and the hostile one of "silent" are connected; delta's and gone's are not
+        const connected = await waitUntil(
+          'Prometheus to answer the connected agent count',
+          async () => (await query('sum(tower_proxy_agents_connected)')) === '2' && '2',
+          60_000,
+          500,
+        );
+        assert.equal(connected, '2');
+        assert.equal(
+          await waitUntil(
+            "the agent's own metric",
+            () => query('tower_agent_connected{job="tower-agent"}'),
+            20_000,
+            500,
+          ),
+          '1',
+        );
+        assert.equal(await query('up{job="tower-proxy"}'), '1');
+        // delta is registered and has never had an agent: its series is there, at 0, and the alert fires
+        assert.equal(await query('tower_proxy_agents_connected{cluster="delta"}'), '0');
+        assert.equal(await query('tower_proxy_cluster_info{cluster="delta"}'), '1');
+        const firing = async () => {
+          const r = await fetch(`http://127.0.0.1:${web}/api/v1/alerts`);
+          const body = (await r.json()) as { data: { alerts: { labels: Record<string, string>; state: string }[] } };
+          return body.data.alerts
+            .filter((a) => a.state === 'firing')
+            .map((a) => `${a.labels.alertname}${a.labels.cluster ? ` ${a.labels.cluster}` : ''}`)
+            .sort();
+        };
+        const alerts = await waitUntil(
+          'the alerts to fire',
+          async () => {
+            const now = await firing();
+            return now.includes('TowerAgentMissing delta') && now.includes('TowerProxyReplicasMissing')
+              ? now
+              : undefined;
+          },
+          60_000,
+          500,
+        );
+        assert.ok(!alerts.includes('TowerAgentMissing alpha'), `alpha's agent is connected: ${alerts.join(', ')}`);
+      } finally {
+        await prom.stop();
+        ksm.close();
+      }
+    },
+  );
 });

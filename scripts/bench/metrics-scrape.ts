@@ -10,6 +10,7 @@ const [clusters = '1000', scrapes = '20'] = process.argv.slice(2);
 const registry = new SessionRegistry();
 const metrics = new ProxyMetrics({
   registry,
+  clusters: () => Array.from({ length: Number(clusters) }, (_, i) => `cluster-${i}`),
   leader: () => 1,
   replicas: () => 1,
   draining: () => false,

@@ -15,6 +15,8 @@ export type LoginFailure = 'unknown_cluster' | 'wrong_token' | 'unusable_record'
 /** What the proxy's metrics read at scrape time, rather than count on every request. */
 export interface ProxyMetricsSource {
   registry: SessionRegistry;
+  /** the clusters this proxy serves, connected or not */
+  clusters: () => Iterable<string>;
   /** 1 when this replica writes the Clusters (or there is no election), else 0 */
   leader: () => number;
   replicas: () => number;
@@ -49,14 +51,26 @@ export class ProxyMetrics {
     registerMallocInUse(this.register);
     withoutTotalGauges(this.register);
     const { registry } = source;
+    // every served cluster has both series, 0 agents too: an alert on "== 0" needs the series to exist
     new Gauge({
       name: 'tower_proxy_agents_connected',
-      help: 'Agent sessions connected, by cluster',
+      help: 'Agent sessions connected, by cluster (0 for a served cluster without one)',
       labelNames: ['cluster'],
       registers,
       collect() {
         this.reset();
+        for (const cluster of source.clusters()) this.set({ cluster }, 0);
         for (const [cluster, n] of registry.counts()) this.set({ cluster }, n);
+      },
+    });
+    new Gauge({
+      name: 'tower_proxy_cluster_info',
+      help: 'A served cluster (1), to join other series on by cluster',
+      labelNames: ['cluster'],
+      registers,
+      collect() {
+        this.reset();
+        for (const cluster of source.clusters()) this.set({ cluster }, 1);
       },
     });
     new Gauge({

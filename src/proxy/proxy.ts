@@ -127,6 +127,7 @@ export class Proxy {
     );
     this.metrics = new ProxyMetrics({
       registry: this.registry,
+      clusters: () => this.#clusters.names(),
       leader: () => (opts.mode.leading === false ? 0 : 1),
       replicas: () => this.#replicas?.live().length ?? 1,
       draining: () => this.#phase === 'draining',
