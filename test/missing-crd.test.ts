@@ -57,13 +57,13 @@ test('the proxy without the Cluster CRD says so once while retrying, and serves 
     { TOWER_HOME: home },
   );
   try {
-    await proxy.waitFor(/watch of Clusters failed; retrying .*does not serve Clusters .*404 page not found/, 30_000);
+    await proxy.waitFor(/watch of Clusters failed; restarting .*does not serve Clusters .*404 page not found/, 30_000);
     // -v 1 shows every retry; the warning is not repeated meanwhile
     await proxy.waitFor(/failed again[\s\S]*failed again/, 60_000);
     const warnings = proxy.output.match(/WARN .*watch of Clusters failed/g) ?? [];
     assert.equal(warnings.length, 1, proxy.output);
     assert.match(proxy.output, FIX);
-    const waits = [...proxy.output.matchAll(/failed again; retrying .*inMs=(\d+)/g)].map((m) => Number(m[1]));
+    const waits = [...proxy.output.matchAll(/failed again; restarting .*inMs=(\d+)/g)].map((m) => Number(m[1]));
     assert.ok(waits.length >= 2 && waits[1]! > waits[0]!, `the waits do not grow: ${waits.join(', ')}`);
 
     const crd = await kubectl(host.kubeconfig, ['apply', '-f', CRD_FIXTURE]);

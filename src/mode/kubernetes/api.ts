@@ -224,8 +224,8 @@ export class Watcher<T extends KubernetesObject> {
       const failure = notServed(err)
         ? `the host's API does not serve ${this.#what} (404 page not found)${missingHint ? `: ${missingHint}` : ''}`
         : apiMessage(err);
-      if (failure !== this.#failure) this.#log.warn(`watch of ${this.#what} failed; retrying`, { err: failure });
-      else this.#log.debug(1, `watch of ${this.#what} failed again; retrying`, { err: failure, inMs: this.#delay });
+      if (failure !== this.#failure) this.#log.warn(`watch of ${this.#what} failed; restarting`, { err: failure });
+      else this.#log.debug(1, `watch of ${this.#what} failed again; restarting`, { err: failure, inMs: this.#delay });
       this.#failure = failure;
       clearTimeout(this.#restartTimer);
       this.#restartTimer = setTimeout(() => {
