@@ -167,6 +167,12 @@ export interface Mode {
    * controller (Kubernetes mode: ports, Services, conditions, kubeconfigs) starts it here.
    */
   reconcile?(ctx: ReconcileContext): Promise<void>;
+  /**
+   * The last replica is stopping and no other serves: where the mode keeps the agents' status in the
+   * clusters' records (Kubernetes mode: AgentAvailable), it says now that none is available, rather than
+   * leaving "available" until a proxy starts again.
+   */
+  withdraw?(): Promise<void>;
   /** the commands that register clusters or print kubeconfigs ask the proxy for them */
   readonly issuedByProxy?: IssuedByProxy;
   close(): void;

@@ -365,6 +365,9 @@ export class Proxy {
       cutShort: busy(),
       after: `${((Date.now() - started) / 1000).toFixed(1)}s`,
     });
+    // the last replica says, on its way out, that no proxy serves its clusters any more
+    const others = this.#replicas?.live().filter((r) => r.id !== this.#replicas?.self.id && !r.draining) ?? [];
+    if (others.length === 0) await this.#opts.mode.withdraw?.();
     // the next writer takes over before this replica's agents go
     await this.#lease?.close();
     this.#lease = undefined;

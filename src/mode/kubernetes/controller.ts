@@ -15,6 +15,7 @@ import { apiMessage, apiStatus, CRD_MISSING_HINT, orUndefined, type HostCluster,
 import {
   AGENT_GRACE_MS,
   allocatePort,
+  COND_AGENT,
   desiredCluster,
   initialization,
   initializedByWriter,
@@ -151,6 +152,41 @@ export class ClusterController {
     }, AGENT_GRACE_MS);
     this.#graceTimer.unref();
     for (const c of this.#clusters.informer.list()) this.enqueue(c.metadata.name);
+  }
+
+  /**
+   * This replica is the last one and stops: every Cluster it served with AgentAvailable True gets False,
+   * naming why, since no proxy will carry its agent's requests (the next proxy to start writes it again).
+   * Only the writer does; a failure is logged and the rest still written.
+   */
+  async withdraw(): Promise<void> {
+    if (!this.#writer) return;
+    // the last thing it writes: agents still connected meanwhile must not set it True again
+    this.#writer = false;
+    const now = new Date().toISOString();
+    for (const name of [...this.#served.keys()]) {
+      const current = this.#latest(name);
+      const conditions = current?.status?.conditions ?? [];
+      if (!current || !conditions.some((c) => c.type === COND_AGENT && c.status === 'True')) continue;
+      const desired = structuredClone(current);
+      desired.status!.conditions = conditions.map((c) =>
+        c.type === COND_AGENT
+          ? {
+              ...c,
+              status: 'False',
+              reason: 'ProxyStopped',
+              message: 'No tower proxy serves this cluster: the last replica stopped.',
+              lastTransitionTime: now,
+              lastUpdateTime: now,
+            }
+          : c,
+      );
+      try {
+        await this.#persist(current, desired);
+      } catch (err) {
+        this.#log.warn('cannot mark the Cluster unavailable on the way out', { cluster: name, err: apiMessage(err) });
+      }
+    }
   }
 
   /** Another replica writes: this one serves what it reads. */

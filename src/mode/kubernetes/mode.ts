@@ -98,6 +98,10 @@ export class KubernetesMode implements Mode {
     };
   }
 
+  async withdraw(): Promise<void> {
+    await this.#controller?.withdraw();
+  }
+
   close(): void {
     this.#controller?.stop();
     this.clusters.close();

@@ -3,6 +3,7 @@ import type { Logger } from '../../observe/log.ts';
 import type { ClusterReport, ClusterRow, ProxyRecord, ProxyRecords } from '../mode.ts';
 import { apiError, orUndefined, type HostCluster } from './api.ts';
 import type { ClusterController } from './controller.ts';
+import { replicaLeases } from './replicas.ts';
 import { NAMESPACE } from './resource.ts';
 
 const PROXY_RECORD = 'tower-proxy';
@@ -64,11 +65,25 @@ export class KubernetesProxyRecord implements ProxyRecords {
     const { items } = await this.#host.listClusters().catch((err: unknown) => {
       throw apiError('listing Clusters', this.#host.server, err);
     });
+    // a replica killed outright writes nothing on its way out: its Lease, lapsed, tells that none serves now
+    // (no Lease at all: the last one withdrew it and wrote the conditions, or the proxy is not tower)
+    const leases = await replicaLeases(this.#host);
+    const noneServes = leases !== undefined && leases.total > 0 && leases.live === 0;
     const rows = items
       .filter((c) => c.spec?.connection?.type === 'proxy')
       .map((c): ClusterRow => {
         const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
         const initialized = c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True');
+        if (noneServes && available?.status === 'True') {
+          return {
+            name: c.metadata.name,
+            agents: 0,
+            lastSeen: available.lastUpdateTime ?? available.lastTransitionTime,
+            note:
+              "no tower proxy serves it: every replica's Lease has lapsed (the last one died); its Cluster " +
+              'still says AgentAvailable, as it was last written',
+          };
+        }
         const up = available?.status === 'True';
         return {
           name: c.metadata.name,

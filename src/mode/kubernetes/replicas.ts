@@ -236,3 +236,27 @@ export class LeaseReplicas implements Replicas {
 function validAddress(a: string): boolean {
   return a.length <= 300 && /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(a);
 }
+
+/**
+ * What the replicas' Leases say now, read once (for `tower clusters`): how many tower replicas there are
+ * Leases of, and how many of them are live (renewed within their duration, by the API server's times, and
+ * not draining). undefined when the Leases cannot be read.
+ */
+export async function replicaLeases(host: HostCluster): Promise<{ total: number; live: number } | undefined> {
+  try {
+    const { items } = await host.coordination.listNamespacedLease({
+      namespace: NAMESPACE,
+      labelSelector: `${COMPONENT_LABEL}=${COMPONENT}`,
+    });
+    const now = Date.now();
+    const ours = items.filter((l) => (l.metadata?.name ?? '').startsWith(REPLICA_LEASE_PREFIX));
+    const live = ours.filter((l) => {
+      const renewed = Date.parse(String(l.spec?.renewTime ?? ''));
+      const heldMs = (l.spec?.leaseDurationSeconds ?? 0) * 1000;
+      return renewed + heldMs >= now && l.metadata?.annotations?.[DRAINING_ANNOTATION] !== 'true';
+    });
+    return { total: ours.length, live: live.length };
+  } catch {
+    return undefined;
+  }
+}
