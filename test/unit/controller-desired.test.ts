@@ -471,6 +471,36 @@ describe("the Cluster's endpoints and conditions", () => {
     assert.equal(d.cluster.status!.conditions![0]!.type, 'AgentAvailable');
   });
 
+  test('after a stopped proxy said Unknown: its agent back is True since the time it became True; gone, False', () => {
+    const was = structuredClone(initialized());
+    was.status = {
+      conditions: [
+        {
+          type: 'AgentAvailable',
+          status: 'Unknown',
+          lastUpdateTime: EARLIER,
+          lastTransitionTime: EARLIER,
+          reason: 'ProxyStopped',
+          message: 'No tower proxy serves this cluster: the last replica stopped.',
+        },
+      ],
+    };
+    const back = desiredCluster(observed({ cluster: was, agents: 1 }));
+    assert.deepEqual(
+      back.cluster.status!.conditions!.find((c) => c.type === 'AgentAvailable'),
+      {
+        type: 'AgentAvailable',
+        status: 'True',
+        lastUpdateTime: STAMP,
+        lastTransitionTime: EARLIER,
+        message: 'Agent has connected to proxy successfully.',
+      },
+    );
+    const gone = desiredCluster(observed({ cluster: was, writingSince: NOW - AGENT_GRACE_MS }));
+    const cond = gone.cluster.status!.conditions!.find((c) => c.type === 'AgentAvailable')!;
+    assert.deepEqual([cond.status, cond.lastTransitionTime], ['False', STAMP]);
+  });
+
   test('no agent: AgentAvailable False once the grace period is over, and only over one already there', () => {
     const was = structuredClone(initialized());
     was.status = {

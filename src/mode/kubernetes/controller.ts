@@ -25,6 +25,7 @@ import {
   ownsService,
   PORT_MAX,
   PORT_MIN,
+  REASON_PROXY_STOPPED,
   sameJson,
   served,
   servedChange,
@@ -155,9 +156,11 @@ export class ClusterController {
   }
 
   /**
-   * This replica is the last one and stops: every Cluster it served with AgentAvailable True gets False,
-   * naming why, since no proxy will carry its agent's requests (the next proxy to start writes it again).
-   * Only the writer does; a failure is logged and the rest still written.
+   * This replica is the last one and stops: every Cluster it served with AgentAvailable True gets Unknown,
+   * reason ProxyStopped, since no proxy will carry its agent's requests and none can tell whether the agent
+   * runs. lastTransitionTime is left at when it became True: a proxy that starts and finds the agent back
+   * returns it to True without a transition (a restart is not a flap); one that does not sets False after
+   * the agents' grace period. Only the writer does this; a failure is logged and the rest still written.
    */
   async withdraw(): Promise<void> {
     if (!this.#writer) return;
@@ -173,10 +176,9 @@ export class ClusterController {
         c.type === COND_AGENT
           ? {
               ...c,
-              status: 'False',
-              reason: 'ProxyStopped',
+              status: 'Unknown',
+              reason: REASON_PROXY_STOPPED,
               message: 'No tower proxy serves this cluster: the last replica stopped.',
-              lastTransitionTime: now,
               lastUpdateTime: now,
             }
           : c,

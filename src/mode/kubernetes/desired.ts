@@ -352,7 +352,15 @@ interface Condition {
   message: string;
 }
 
-/** Adds or updates a condition; lastTransitionTime moves only when the status does. An empty reason is left out. */
+/** why AgentAvailable is Unknown after the last replica stopped (see ClusterController.withdraw) */
+export const REASON_PROXY_STOPPED = 'ProxyStopped';
+
+/**
+ * Adds or updates a condition; lastTransitionTime moves only when the status does. An empty reason is left
+ * out. The one exception: AgentAvailable back to True after a stopped proxy's Unknown (a restart, its agent
+ * back) keeps the time it last became True, since the agent's availability never changed, only whether a
+ * proxy could tell.
+ */
 function setCondition(conditions: ClusterCondition[], c: Condition, nowMs: number): void {
   const now = new Date(nowMs).toISOString().replace(/\.\d+Z$/, 'Z');
   const had = conditions.find((x) => x.type === c.type);
@@ -368,7 +376,8 @@ function setCondition(conditions: ClusterCondition[], c: Condition, nowMs: numbe
     return;
   }
   if (had.status === c.status && had.message === c.message && (had.reason ?? '') === (c.reason ?? '')) return;
-  if (had.status !== c.status) had.lastTransitionTime = now;
+  const resumed = had.status === 'Unknown' && had.reason === REASON_PROXY_STOPPED && c.status === 'True';
+  if (had.status !== c.status && !resumed) had.lastTransitionTime = now;
   had.status = c.status;
   if (c.reason) had.reason = c.reason;
   else delete had.reason;
