@@ -11,6 +11,7 @@ export const COMMANDS = [
   'agent',
   'token',
   'kubeconfig',
+  'revoke',
   'clusters',
   'delete',
   'version',

@@ -6,6 +6,7 @@ import { commandHelp, nearest, normalizeSwitches, overview, scanArgs, type Comma
 import { InstallAgentCommand, InstallProxyCommand } from './cli/install.ts';
 import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
+import { RevokeCommand } from './cli/revoke.ts';
 import { TokenCommand } from './cli/token.ts';
 import { VersionCommand } from './cli/version.ts';
 import { CRYPTO_PROBLEM } from './tunnel/ssh.ts';
@@ -16,6 +17,7 @@ const COMMANDS = [
   AgentCommand,
   TokenCommand,
   KubeconfigCommand,
+  RevokeCommand,
   ClustersCommand,
   DeleteCommand,
   VersionCommand,

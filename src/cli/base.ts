@@ -1,7 +1,15 @@
 import { Command, Option } from 'clipanion';
 import { ConfigError, TowerError } from '../errors.ts';
 import { assertClusterName } from '../config/names.ts';
-import { describeSources, flagName, loadConfig, type Loaded, type RawFlags, type Specs } from '../config/loader.ts';
+import {
+  describeSources,
+  flagName,
+  loadConfig,
+  type Loaded,
+  type RawFlags,
+  type Source,
+  type Specs,
+} from '../config/loader.ts';
 import { log } from '../observe/log.ts';
 import type { Mode } from '../mode/mode.ts';
 import { openMode, type ModeChoice } from '../mode/open.ts';
@@ -74,6 +82,14 @@ export abstract class TowerCommand extends Command {
     return assertClusterName(name);
   }
 
+  /** where each option of the last load() came from */
+  sources: Record<string, Source> = {};
+
+  /** whether the user gave an option (a flag, the environment, the config file), not its default */
+  given(key: string): boolean {
+    return (this.sources[key] ?? 'default') !== 'default';
+  }
+
   /** Merges flags, TOWER_* environment, the config file and defaults; configures logging. */
   load<S extends Specs>(specs: S, secrets: (keyof S)[] = []): Loaded<S>['values'] {
     const flags = this.flags;
@@ -82,6 +98,7 @@ export abstract class TowerCommand extends Command {
       flags,
       configFile: (flags.config as string | undefined) ?? (process.env.TOWER_CONFIG || undefined),
     });
+    this.sources = loaded.sources as Record<string, Source>;
     const values = loaded.values as Record<string, unknown>;
     log.configure(values.v as number, values.logFormat as 'text' | 'json');
     if (log.enabled(2)) for (const line of describeSources(specs, loaded, secrets)) log.debug(2, `option ${line}`);

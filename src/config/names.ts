@@ -50,3 +50,17 @@ export function reachOf(host: string): 'loopback' | 'cluster' | 'anywhere' {
   if (/\.svc$/.test(h) || /\.svc\.cluster\.local$/.test(h) || h.endsWith('.cluster.local')) return 'cluster';
   return 'anywhere';
 }
+
+/** upper-case hex without separators or leading zeros: how certificate serials are printed and compared */
+export function normalizeSerial(s: string): string {
+  return s
+    .replace(/[:\s]/g, '')
+    .toUpperCase()
+    .replace(/^0+(?=.)/, '');
+}
+
+export function serialProblem(s: string): string | undefined {
+  return /^[0-9A-F]{1,40}$/.test(normalizeSerial(s))
+    ? undefined
+    : 'want the hexadecimal serial number (up to 40 digits)';
+}

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { opt, registerOptionNames, type Specs } from './loader.ts';
 import { VERSION } from '../version.ts';
-import { serverIdProblem } from './names.ts';
+import { serialProblem, serverIdProblem } from './names.ts';
 
 /**
  * The option tables of every subcommand: the one place that says what each accepts, its default
@@ -356,10 +356,10 @@ export const KUBECONFIG_OPTIONS = {
     value: 'GROUPS',
     default: 'system:masters',
   }),
-  days: opt.int({
-    help: "Certificate lifetime in days, never beyond the CA's",
-    default: 365,
-    check: (v) => (v >= 1 && v <= 3650 ? undefined : 'a certificate lives 1-3650 days'),
+  ttl: opt.duration({
+    help: "How long the client certificate lives (never beyond the CA's); the kubeconfig says when it expires",
+    default: 24 * 3_600_000,
+    check: (v) => (v >= 60_000 && v <= 87_600 * 3_600_000 ? undefined : 'between 1m and 87600h (ten years)'),
   }),
   server: opt.string({
     help: 'Gateway URL to put in the kubeconfig',
@@ -368,13 +368,43 @@ export const KUBECONFIG_OPTIONS = {
     check: (v) => (/^https:\/\/[^/]/.test(v) ? undefined : 'want an https:// URL'),
   }),
   gateway: opt.bool({
-    help: "Kubernetes mode: issue a kubeconfig for the gateway instead of printing the Cluster's",
+    help:
+      "Kubernetes mode: issue a kubeconfig for the gateway instead of printing the Cluster's (implied by --user, " +
+      '--group and --ttl)',
     default: false,
   }),
   timeout: opt.duration({
     help: "Kubernetes mode: how long to wait for an agent and the Cluster's kubeconfig",
     default: 60_000,
     check: positive,
+  }),
+} satisfies Specs;
+
+export const REVOKE_OPTIONS = {
+  ...COMMON,
+  ...STORE,
+  user: opt.string({
+    help: 'Revoke every certificate of this user (its CN) issued until now; later ones are good',
+    value: 'NAME',
+    check: (v) => (v.trim() && !/[\x00-\x1f\x7f]/.test(v) ? undefined : 'want a user name'),
+  }),
+  serial: opt.string({
+    help: 'Revoke the certificate with this serial number (hex, as tower kubeconfig and openssl print it)',
+    value: 'HEX',
+    check: serialProblem,
+  }),
+  issuedBefore: opt.string({
+    help: 'Revoke every certificate issued before this time (RFC 3339, e.g. 2026-01-31T12:00:00Z)',
+    value: 'TIME',
+    check: (v) => (Number.isNaN(Date.parse(v)) ? 'want a time such as 2026-01-31T12:00:00Z' : undefined),
+  }),
+  all: opt.bool({
+    help: 'Revoke every certificate issued until now (the same as --issued-before now)',
+    default: false,
+  }),
+  list: opt.bool({
+    help: 'Print what is revoked, and change nothing',
+    default: false,
   }),
 } satisfies Specs;
 

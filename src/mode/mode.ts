@@ -8,6 +8,7 @@
 import type { Logger } from '../observe/log.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
 import type { KeyStore } from '../pki/keys.ts';
+import type { CertificateFacts, Revocation, RevocationList } from '../pki/revocations.ts';
 import type { Replica, ReplicaTimes, Replicas } from '../replicas.ts';
 
 /** A member cluster as tower knows it: its name and the token its agents present. */
@@ -122,6 +123,8 @@ export interface ReconcileContext {
   ca: CertificateAuthority;
   /** live agent sessions of a cluster: this replica's, or else the other replicas' */
   agents(name: string): number | Promise<number>;
+  /** whether `tower revoke` revoked a certificate: a kubeconfig the mode wrote with it is issued anew */
+  revoked?: (facts: CertificateFacts) => boolean;
   /** a reconcile failed (counted in the proxy's metrics) */
   onError?: () => void;
 }
@@ -146,8 +149,19 @@ export interface IssuedByProxy {
   kubeconfig(name: string): Promise<string | undefined>;
 }
 
+/** Revoked client certificates: `tower revoke` adds to the list, every proxy replica reads it. */
+export interface RevocationRecords {
+  /** where the list lives, for messages */
+  readonly location: string;
+  /** the list (empty when none was written), or why the stored one is unusable; rejects when it cannot be read now */
+  read(): Promise<RevocationList | string>;
+  /** adds `r` and gives the whole list; fails with StoreError when the stored one is unusable */
+  add(r: Revocation): Promise<RevocationList>;
+}
+
 export interface Mode {
   readonly clusters: ClusterRecords;
+  readonly revocations: RevocationRecords;
   /** tower's CA and the proxy's SSH host key */
   readonly keys: KeyStore;
   readonly proxyRecord: ProxyRecords;

@@ -1,6 +1,7 @@
 import { createPrivateKey, hkdfSync, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
+import { normalizeSerial } from '../config/names.ts';
 import { TowerError } from '../errors.ts';
 
 // @peculiar/x509 directly, not selfsigned (which wraps it): selfsigned writes the issuer from the CA's subject
@@ -14,7 +15,7 @@ type Algorithm = webcrypto.Algorithm;
 type EcdsaParams = webcrypto.EcdsaParams;
 
 const CA_VALIDITY_DAYS = 3650;
-const DAY_MS = 86_400_000;
+export const DAY_MS = 86_400_000;
 const EC_KEY = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 const EC_SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
 /** the EC curves a loaded CA key may use, by Node's name: WebCrypto's name and the hash tower signs with */
@@ -29,6 +30,13 @@ const CA_CURVES = new Map([
  */
 export const PUBLIC_KUBESPHERE_CA_SHA256 =
   'B9:3C:AA:53:37:5A:81:92:94:69:5D:74:A4:B7:D7:B4:E5:1C:4A:63:D3:32:F9:77:D7:39:A0:82:13:82:19:97';
+
+/** A leaf and what `tower revoke` and its holder need to know of it. */
+export interface IssuedCertificate extends KeyPairPem {
+  /** as `tower revoke --serial` takes it: upper-case hex */
+  serial: string;
+  notAfter: Date;
+}
 
 export interface KeyPairPem {
   cert: string;
@@ -69,7 +77,7 @@ export class CertificateAuthority {
     const cert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: serial(),
       name: `CN=${commonName}`,
-      notBefore: new Date(now - 5 * 60_000),
+      notBefore: new Date(now - ISSUE_BACKDATE_MS),
       notAfter: new Date(now + CA_VALIDITY_DAYS * DAY_MS),
       keys: keys as never,
       signingAlgorithm: EC_SIGN,
@@ -145,7 +153,7 @@ export class CertificateAuthority {
   /** A TLS server certificate for the given host names and addresses. */
   issueServer(hosts: string[], days = 365): Promise<KeyPairPem> {
     const names = [...new Set(hosts.filter(Boolean))];
-    return this.#issue(names[0] ?? 'tower', [], days, [
+    return this.#issue(names[0] ?? 'tower', [], days * DAY_MS, [
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
       new x509.SubjectAlternativeNameExtension(
         names.map((h) => (isIP(h) ? { type: 'ip', value: h } : { type: 'dns', value: h })),
@@ -155,28 +163,40 @@ export class CertificateAuthority {
 
   /**
    * A TLS client certificate: Kubernetes reads CN as the user and O as the groups. With `cluster`,
-   * the certificate is bound to that cluster (a URI SAN the gateway reads).
+   * the certificate is bound to that cluster (a URI SAN the gateway reads). It lives `days` (a fraction
+   * for hours: `tower kubeconfig --ttl`), or as long as the CA when that is sooner.
    */
-  issueClient(user: string, groups: string[], days = 365, cluster?: string, uris: string[] = []): Promise<KeyPairPem> {
+  issueClient(
+    user: string,
+    groups: string[],
+    days = 365,
+    cluster?: string,
+    uris: string[] = [],
+  ): Promise<IssuedCertificate> {
     const ext: x509.Extension[] = [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])];
     const names = [...(cluster ? [clusterUri(cluster)] : []), ...uris];
     if (names.length)
       ext.push(new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'url' as const, value }))));
-    return this.#issue(user, groups, days, ext);
+    return this.#issue(user, groups, days * DAY_MS, ext);
   }
 
-  async #issue(cn: string, orgs: string[], days: number, extensions: x509.Extension[]): Promise<KeyPairPem> {
+  async #issue(
+    cn: string,
+    orgs: string[],
+    lifetimeMs: number,
+    extensions: x509.Extension[],
+  ): Promise<IssuedCertificate> {
     const keys = (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as CryptoKeyPair;
     const now = Date.now();
     // a leaf never outlives its CA
-    const notAfter = new Date(Math.min(now + days * DAY_MS, this.cert.notAfter.getTime()));
+    const notAfter = new Date(Math.min(now + Math.round(lifetimeMs), this.cert.notAfter.getTime()));
     const subject = [...orgs.map((o) => ({ O: [o] })), { CN: [cn] }];
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: serial(),
       subject,
       // the CA's own Name object keeps its subject bytes as the issuer, which Go's chain building compares
       issuer: this.cert.subjectName,
-      notBefore: new Date(now - 5 * 60_000),
+      notBefore: new Date(now - ISSUE_BACKDATE_MS),
       notAfter,
       publicKey: keys.publicKey as never,
       signingKey: this.#key as never,
@@ -188,9 +208,17 @@ export class CertificateAuthority {
         ...extensions,
       ],
     });
-    return { cert: cert.toString('pem') + '\n', key: await exportKeyPem(keys.privateKey) };
+    return {
+      cert: cert.toString('pem') + '\n',
+      key: await exportKeyPem(keys.privateKey),
+      serial: normalizeSerial(cert.serialNumber),
+      notAfter: cert.notAfter,
+    };
   }
 }
+
+/** every leaf's notBefore is this far before its issue, for clocks a little behind */
+export const ISSUE_BACKDATE_MS = 5 * 60_000;
 
 const CLUSTER_URI_PREFIX = 'urn:tower:cluster:';
 

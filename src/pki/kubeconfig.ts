@@ -7,27 +7,33 @@ export interface KubeconfigParams {
   user: string;
   certPem: string;
   keyPem: string;
+  /** lines said at the top, as YAML comments (who it acts as, when it expires) */
+  comment?: string[];
 }
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
 /** A kubeconfig with inline data, one cluster, one user, one context named after the cluster. */
 export function renderKubeconfig(p: KubeconfigParams): string {
-  return toYaml(
-    {
-      apiVersion: 'v1',
-      kind: 'Config',
-      clusters: [{ name: p.cluster, cluster: { server: p.server, 'certificate-authority-data': b64(p.caPem) } }],
-      users: [
-        {
-          name: `${p.user}@${p.cluster}`,
-          user: { 'client-certificate-data': b64(p.certPem), 'client-key-data': b64(p.keyPem) },
-        },
-      ],
-      contexts: [{ name: p.cluster, context: { cluster: p.cluster, user: `${p.user}@${p.cluster}` } }],
-      'current-context': p.cluster,
-      preferences: {},
-    },
-    { lineWidth: 0 },
+  const head = (p.comment ?? []).map((line) => `# ${line}\n`).join('');
+  return (
+    head +
+    toYaml(
+      {
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [{ name: p.cluster, cluster: { server: p.server, 'certificate-authority-data': b64(p.caPem) } }],
+        users: [
+          {
+            name: `${p.user}@${p.cluster}`,
+            user: { 'client-certificate-data': b64(p.certPem), 'client-key-data': b64(p.keyPem) },
+          },
+        ],
+        contexts: [{ name: p.cluster, context: { cluster: p.cluster, user: `${p.user}@${p.cluster}` } }],
+        'current-context': p.cluster,
+        preferences: {},
+      },
+      { lineWidth: 0 },
+    )
   );
 }

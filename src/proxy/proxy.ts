@@ -36,6 +36,7 @@ import { ProxyMetrics } from './metrics.ts';
 import { peerApi } from './peer-api.ts';
 import { PEER_URI_PREFIX, PeerSignature } from './peer-protocol.ts';
 import { Peers } from './peers.ts';
+import { RevocationWatch } from './revocation-watch.ts';
 import { SessionRegistry } from './registry.ts';
 import { StatusWriter } from './status-writer.ts';
 
@@ -117,6 +118,7 @@ export class Proxy {
   #lease: Closer | undefined;
   /** ends a campaign for the writers' Lease that is still waiting when this replica drains or closes */
   #campaign = new AbortController();
+  #revocations: RevocationWatch;
 
   constructor(opts: ProxyOptions) {
     this.#opts = opts;
@@ -154,8 +156,10 @@ export class Proxy {
       view: () => this.#view(),
       log: this.#log,
     });
+    this.#revocations = new RevocationWatch(opts.mode.revocations, this.#log);
     this.#gatewayPolicy = {
       ...opts.gateway,
+      revocations: this.#revocations,
       impersonation: new ImpersonationCheck(),
       inflight: new InflightRequests(),
       stalled,
@@ -218,6 +222,8 @@ export class Proxy {
     // only a mode that several replicas serve has peers to reach (the file mode has one proxy)
     if (shared) this.#peers = await this.#connectPeers(ca, replicas);
     this.#gatewayPolicy.peers = this.#peers;
+    // before any certificate is served: a revoked one never gets a first request through
+    await this.#revocations.start();
     this.#gateway = new Gateway({
       registry: this.registry,
       knows: (name) => this.#clusters.has(name),
@@ -255,6 +261,7 @@ export class Proxy {
     await mode.reconcile?.({
       ca,
       agents: (name) => this.#agentsAnywhere(name),
+      revoked: (facts) => this.#revocations.revokes(facts),
       onError: () => this.metrics.reconcileErrors.inc(),
     });
     await this.#clusters.start();
@@ -408,6 +415,7 @@ export class Proxy {
     await this.#lease?.close();
     this.#lease = undefined;
     this.#clusters.close();
+    this.#revocations.close();
     this.#peers?.close();
     this.registry.closeAll();
     await this.#replicas?.close();

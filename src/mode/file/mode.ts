@@ -6,6 +6,7 @@ import { FileClusters } from './clusters.ts';
 import { DataDir, pidAlive } from './data-dir.ts';
 import { FileKeys } from './keys.ts';
 import { FileProxyRecord } from './proxy-record.ts';
+import { FileRevocations } from './revocations.ts';
 
 /**
  * The file mode, the embedded default: plain files under the data dir, served by one proxy
@@ -15,6 +16,7 @@ export class FileMode implements Mode {
   readonly clusters: FileClusters;
   readonly keys: FileKeys;
   readonly proxyRecord: FileProxyRecord;
+  readonly revocations: FileRevocations;
   #data: DataDir;
 
   constructor(dir: string) {
@@ -22,6 +24,7 @@ export class FileMode implements Mode {
     this.clusters = new FileClusters(this.#data);
     this.keys = new FileKeys(this.#data);
     this.proxyRecord = new FileProxyRecord(this.#data, this.clusters);
+    this.revocations = new FileRevocations(this.#data);
   }
 
   async claim(): Promise<Closer> {

@@ -348,6 +348,7 @@ export class ClusterController {
       writingSince: this.#startedAt,
       now: Date.now(),
       caPem: this.#ctx.ca.certPem,
+      revoked: this.#ctx.revoked,
     });
     if (desired.kubeconfig) {
       const { why, server } = desired.kubeconfig;

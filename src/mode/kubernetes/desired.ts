@@ -11,6 +11,7 @@ import { parse as parseYaml } from 'yaml';
 import { clusterNameProblem } from '../../config/names.ts';
 import type { Cluster } from '../mode.ts';
 import { NAMESPACE, notOurs, type ClusterCondition, type KubeCluster } from './resource.ts';
+import { x509Facts, type CertificateFacts } from '../../pki/revocations.ts';
 
 export const PORT_MIN = 6000;
 export const PORT_MAX = 7000;
@@ -271,6 +272,8 @@ export interface Observed {
   now: number;
   /** tower's CA, which the kubeconfig must trust and be issued by */
   caPem: string;
+  /** whether `tower revoke` revoked a certificate (then its kubeconfig is issued anew) */
+  revoked?: (facts: CertificateFacts) => boolean;
 }
 
 export interface Desired {
@@ -336,7 +339,7 @@ export function desiredCluster(o: Observed): Desired {
 
   let kubeconfig: Desired['kubeconfig'];
   if (o.agents > 0) {
-    const why = kubeconfigOutdated(conn.kubeconfig, conn.kubernetesAPIEndpoint, o.caPem, o.now);
+    const why = kubeconfigOutdated(conn.kubeconfig, conn.kubernetesAPIEndpoint, o.caPem, o.now, o.revoked);
     if (why && conn.kubernetesAPIEndpoint) kubeconfig = { why, server: conn.kubernetesAPIEndpoint };
     set({ type: COND_AGENT, status: 'True', message: 'Agent has connected to proxy successfully.' });
   } else if (o.now - o.writingSince >= AGENT_GRACE_MS && conditions.some((c) => c.type === COND_AGENT)) {
@@ -401,6 +404,7 @@ export function kubeconfigOutdated(
   server: string | undefined,
   caPem: string,
   now: number,
+  revoked?: (facts: CertificateFacts) => boolean,
 ): string | undefined {
   if (!b64) return 'missing';
   try {
@@ -420,6 +424,7 @@ export function kubeconfigOutdated(
     const cert = new X509Certificate(certPem);
     if (Date.parse(cert.validTo) - now < KUBECONFIG_RENEW_BEFORE_MS) return 'its certificate nears expiry';
     if (!cert.checkIssued(new X509Certificate(caPem))) return "its certificate is not from tower's CA";
+    if (revoked?.(x509Facts(cert))) return 'its certificate was revoked';
     return undefined;
   } catch {
     return 'it is unreadable';

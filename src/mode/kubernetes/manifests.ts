@@ -182,6 +182,8 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         { apiGroups: [''], resources: ['secrets'], resourceNames: ['tower-ca', 'tower-ssh-host-key'], verbs: ['get'] },
         { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
         { apiGroups: [''], resources: ['configmaps'], resourceNames: ['tower-proxy'], verbs: ['get', 'update'] },
+        // tower revoke writes the list with the user's own rights; the proxy only reads it
+        { apiGroups: [''], resources: ['configmaps'], resourceNames: ['tower-revocations'], verbs: ['get'] },
         // the writers' Lease tower, and one Lease tower-proxy-<pod> per replica (names unknown in advance)
         {
           apiGroups: ['coordination.k8s.io'],

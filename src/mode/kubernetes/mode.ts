@@ -9,6 +9,7 @@ import { SecretKeys } from './keys.ts';
 import { LeaderElector, type LeaseTimes } from './leader.ts';
 import { KubernetesProxyRecord } from './proxy-record.ts';
 import { LeaseReplicas } from './replicas.ts';
+import { KubernetesRevocations } from './revocations.ts';
 import { NAMESPACE } from './resource.ts';
 
 const LEASE = 'tower';
@@ -33,6 +34,7 @@ export class KubernetesMode implements Mode {
   readonly keys: SecretKeys;
   readonly proxyRecord: KubernetesProxyRecord;
   readonly issuedByProxy: ClusterRequests;
+  readonly revocations: KubernetesRevocations;
   #opts: KubernetesModeOptions;
   #controller: ClusterController | undefined;
   #leading: boolean;
@@ -45,6 +47,7 @@ export class KubernetesMode implements Mode {
     this.keys = new SecretKeys(this.host, this.clusters.location);
     this.proxyRecord = new KubernetesProxyRecord(this.host, opts.log, controller);
     this.issuedByProxy = new ClusterRequests(this.clusters, this.host.server);
+    this.revocations = new KubernetesRevocations(this.host);
     this.#leading = !opts.leaderElection;
   }
 

@@ -19,12 +19,14 @@ import type { TLSSocket } from 'node:tls';
 import { rawStatus, sendStatus, type Refusal } from '../../http/status.ts';
 import { truncate, type Logger } from '../../observe/log.ts';
 import { boundCluster } from '../../pki/ca.ts';
+import { certificateFacts } from '../../pki/revocations.ts';
 import type { StallBudget } from '../../tunnel/stall-budget.ts';
 import { closeServers, ConnectionGuard, listenOn } from '../connection-guard.ts';
 import { certificateIdentity, ImpersonationCheck, type GatewayIdentity } from '../identity.ts';
 import type { ProxyMetrics } from '../metrics.ts';
 import { PEER_API, PEER_HEADERS, peerOf } from '../peer-protocol.ts';
 import type { Peers } from '../peers.ts';
+import type { RevocationWatch } from '../revocation-watch.ts';
 import type { SessionRegistry } from '../registry.ts';
 import type { ActAs } from '../upstream.ts';
 import { actAs } from './act-as.ts';
@@ -68,7 +70,7 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = {
 export type GatewayPolicy = Pick<GatewayOptions, 'identity' | 'allowUnboundCertificates' | 'limits' | 'accessLog'>;
 /** ... and the state they share: verdicts, requests in flight per cluster, metrics */
 export type GatewayShared = GatewayPolicy &
-  Pick<GatewayOptions, 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers'>;
+  Pick<GatewayOptions, 'impersonation' | 'inflight' | 'stalled' | 'metrics' | 'draining' | 'peers' | 'revocations'>;
 
 export interface GatewayOptions {
   registry: SessionRegistry;
@@ -98,6 +100,8 @@ export interface GatewayOptions {
   peers?: Peers;
   /** answers /peer/v1/… asked by other replicas (the shared gateway only) */
   peerApi?: (req: IncomingMessage, res: ServerResponse) => void;
+  /** revoked client certificates: refused at every request, their open connections closed */
+  revocations?: RevocationWatch;
   /** this replica drains: every answer closes its connection */
   draining?: () => boolean;
   log: Logger;
@@ -132,6 +136,9 @@ export class Gateway {
   /** what each client connection is still owed, so that tower's own writes keep the answers' order */
   #conversations = new Conversations();
   #certificates = new WeakMap<TLSSocket, ClientCertificate>();
+  /** connections with a user's certificate, for closing those a revocation cuts off */
+  #withCertificate = new Set<TLSSocket>();
+  #unwatchRevocations: (() => void) | undefined;
   #certificateCheck: ClientCertificateCheck | undefined;
   /** requests in flight (watches not counted): with the upgraded connections, what a drain waits for */
   #active = 0;
@@ -150,8 +157,10 @@ export class Gateway {
       actsAsCertificate: (target) => this.#actsAsCertificate(target),
       knows: opts.knows,
       signature: opts.peers?.signature,
+      revoked: opts.revocations ? (facts) => opts.revocations!.refusal(facts) : undefined,
       log: opts.log,
     };
+    this.#unwatchRevocations = opts.revocations?.onChange(() => this.#closeRevoked());
     this.#members = new Members({ registry: opts.registry, peers: opts.peers, metrics: opts.metrics });
     this.#admission = new Admission({
       inflight: opts.inflight,
@@ -218,6 +227,7 @@ export class Gateway {
   }
 
   close(): Promise<void> {
+    this.#unwatchRevocations?.();
     this.#guard.close();
     return closeServers(this.#listener, this.server);
   }
@@ -251,6 +261,7 @@ export class Gateway {
     if (!c) {
       const cert = socket.getPeerCertificate(true);
       const problem = this.#certificateCheck!.problem(cert.raw);
+      const ofReplica = !problem && peerOf(cert.subjectaltname) !== undefined;
       c = problem
         ? { problem, bound: undefined, identity: undefined }
         : {
@@ -258,10 +269,30 @@ export class Gateway {
             identity: this.#actsAsCertificate(this.#rules.target) ? certificateIdentity(cert) : undefined,
             // a replica's certificate means something only where replicas exist, and only on the shared gateway
             replica: this.#opts.peers && !this.#opts.cluster ? peerOf(cert.subjectaltname) : undefined,
+            facts: ofReplica ? undefined : certificateFacts(cert),
           };
       this.#certificates.set(socket, c);
+      if (c.facts) {
+        this.#withCertificate.add(socket);
+        socket.once('close', () => this.#withCertificate.delete(socket));
+      }
     }
     return c;
+  }
+
+  /** A revocation also ends what is open: watches, exec and port-forward sessions, kept-alive connections. */
+  #closeRevoked(): void {
+    const revocations = this.#opts.revocations!;
+    for (const socket of this.#withCertificate) {
+      const facts = this.#certificates.get(socket)?.facts;
+      if (!facts || !revocations.refusal(facts)) continue;
+      this.#log.info('closed a connection whose client certificate was revoked', {
+        user: facts.user,
+        serial: facts.serial,
+        remote: socket.remoteAddress,
+      });
+      socket.destroy();
+    }
   }
 
   /** The route stage, and this replica's own agent for it when it holds one. */

@@ -21,6 +21,10 @@ export const refusals = {
       `tower gateway: a client certificate signed by tower's CA is required (this connection has ${problem}); ` +
       'get a kubeconfig with: tower kubeconfig <cluster>',
   }),
+  certificateRevoked: (why: string): Refusal => ({
+    status: 401,
+    message: `tower gateway: ${why}; ask for a new kubeconfig (tower kubeconfig <cluster>)`,
+  }),
   noRoute: (url: string): Refusal => ({
     status: 404,
     message:

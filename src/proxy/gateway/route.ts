@@ -6,6 +6,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Refusal } from '../../http/status.ts';
 import type { Logger } from '../../observe/log.ts';
 import { clusterNameProblem } from '../../config/names.ts';
+import type { CertificateFacts } from '../../pki/revocations.ts';
 import type { Identity } from '../identity.ts';
 import { decodeIdentity, PEER_HEADERS, type PeerSignature } from '../peer-protocol.ts';
 import { refusals } from './refusals.ts';
@@ -37,6 +38,8 @@ export interface ClientCertificate {
   identity: Identity | string | undefined;
   /** the replica it names (a replica's own certificate) */
   replica?: string;
+  /** what a revocation goes by; undefined for a replica's own certificate, which only replicas hold */
+  facts?: CertificateFacts;
 }
 
 /** How one gateway routes: fixed when it is made. */
@@ -52,6 +55,8 @@ export interface RouteRules {
   actsAsCertificate: (target: Target) => boolean;
   /** whether the store knows the cluster */
   knows: (name: string) => boolean;
+  /** why a certificate is revoked now, or undefined (asked on every request: revocation takes effect at once) */
+  revoked?: (facts: CertificateFacts) => string | undefined;
   /** checks what another replica forwarded (where replicas exist) */
   signature?: PeerSignature;
   log: Logger;
@@ -66,6 +71,8 @@ export interface RequestHead {
 /** Checks the client certificate and the route. */
 export function route(head: RequestHead, cert: ClientCertificate | undefined, rules: RouteRules): Route | Refusal {
   if (cert?.problem) return refusals.certificateRequired(cert.problem);
+  const revoked = cert?.facts && rules.revoked?.(cert.facts);
+  if (revoked) return refusals.certificateRevoked(revoked);
   if (cert?.replica && !rules.cluster && rules.signature) return peerRoute(head, cert.replica, rules);
   const bound = cert?.bound;
   let name: string;
