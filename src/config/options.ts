@@ -94,6 +94,14 @@ export const PROXY_OPTIONS = {
     default: 6443,
     check: port,
   }),
+  metricsPort: opt.int({
+    help:
+      'Serve /livez, /readyz and /metrics on this port too, and /metrics no longer on the agent port (so that a ' +
+      'NetworkPolicy can fence it); 0 picks a free one',
+    value: 'PORT',
+    defaultText: 'off',
+    check: port,
+  }),
   publishServiceAddress: opt.string({
     help:
       'Host name or IP that agents and users reach the proxy at; put in certificates, kubeconfigs and join ' +
@@ -403,6 +411,35 @@ const IMAGE = {
   }),
 };
 
+/** `key=value,key=value`: what a NetworkPolicy's matchLabels can say */
+export function parseLabelSelector(v: string): Record<string, string> | undefined {
+  const labels: Record<string, string> = {};
+  for (const part of v.split(',')) {
+    const m = /^\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*=\s*([-A-Za-z0-9_.]*)\s*$/.exec(part);
+    if (!m) return undefined;
+    labels[m[1]!] = m[2]!;
+  }
+  return labels;
+}
+
+const selector = (v: string) =>
+  parseLabelSelector(v) ? undefined : 'want labels such as kubernetes.io/metadata.name=monitoring (key=value,...)';
+
+const METRICS_FENCE = {
+  metricsFromNamespaces: opt.string({
+    help:
+      'Add a NetworkPolicy that lets only pods of the namespaces with these labels reach /metrics (other ports ' +
+      'stay open)',
+    value: 'KEY=VALUE,...',
+    check: selector,
+  }),
+  metricsFromPods: opt.string({
+    help: 'With --metrics-from-namespaces: only the pods with these labels there',
+    value: 'KEY=VALUE,...',
+    check: selector,
+  }),
+};
+
 export const INSTALL_PROXY_OPTIONS = {
   ...COMMON,
   ...IMAGE,
@@ -437,6 +474,7 @@ export const INSTALL_PROXY_OPTIONS = {
     defaultText: '1.21 or later',
     check: (v) => (kubeMinor(v) === undefined ? 'want a Kubernetes version such as 1.20 or v1.20.2' : undefined),
   }),
+  ...METRICS_FENCE,
 } satisfies Specs;
 
 /** the minor version of a Kubernetes 1.x version such as 1.20, v1.20.2 or v1.20.2-eks */
@@ -460,6 +498,7 @@ export const INSTALL_AGENT_OPTIONS = {
       '--gateway-identity agent)',
     default: false,
   }),
+  ...METRICS_FENCE,
 } satisfies Specs;
 
 for (const s of [
