@@ -9,7 +9,7 @@ import {
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
-  PolicyApi,
+  VersionApi,
   makeInformer,
   type Cluster,
   type Informer,
@@ -119,13 +119,14 @@ export class HostCluster {
     }
   }
 
-  /** Whether the cluster serves policy/v1 (Kubernetes 1.21 and later), from its discovery. */
-  async servesPolicyV1(): Promise<boolean> {
+  /** The cluster's Kubernetes minor version (1.<minor>), as /version says; undefined when it says none. */
+  async minorVersion(): Promise<number | undefined> {
     try {
-      const group = await this.kc.makeApiClient(PolicyApi).getAPIGroup();
-      return group.versions.some((v) => v.version === 'v1');
+      const v = await this.kc.makeApiClient(VersionApi).getCode();
+      const m = /^(\d+)/.exec(v.minor);
+      return v.major === '1' && m ? Number(m[1]) : undefined;
     } catch (err) {
-      throw apiError('asking which versions of policy it serves', this.server, err);
+      throw apiError('asking its version', this.server, err);
     }
   }
 

@@ -1,4 +1,5 @@
 /** What `tower install` prints: the objects that run tower in a host cluster and in a member cluster. */
+import { KUBESPHERE_PORT_OFFSET, PORT_MAX, PORT_MIN } from './desired.ts';
 import { GROUP, NAMESPACE, PLURAL, VERSION } from './resource.ts';
 
 type Obj = Record<string, unknown>;
@@ -14,6 +15,12 @@ const time = { type: 'string', format: 'date-time' };
  * subresource (tower writes status either way).
  */
 const AGENT_HEALTH_PORT = 8081;
+const PROXY_AGENT_PORT = 8080;
+const PROXY_GATEWAY_PORT = 6443;
+/** the proxy's /metrics (and probes) on a port of its own, so that a NetworkPolicy can fence it alone */
+const PROXY_METRICS_PORT = 8081;
+/** the image's user and group (nonroot), and so the manifests' */
+export const RUN_AS_ID = 65532;
 
 /** the annotations Prometheus' Kubernetes pod discovery configurations commonly read */
 function scrape(port: number): Record<string, string> {
@@ -114,6 +121,87 @@ const PROXY_MEMORY_LIMIT = '256Mi';
 const AGENT_MEMORY_LIMIT = '192Mi';
 
 const TOWER_LABELS = { 'app.kubernetes.io/name': 'tower', app: 'tower' };
+
+/**
+ * Pod Security "restricted" (Kubernetes' Pod Security Standards): a fixed non-root user, RuntimeDefault seccomp,
+ * and in the container no privilege escalation, no capabilities, a read-only root filesystem.
+ */
+function restrictedPod(): Obj {
+  return {
+    runAsNonRoot: true,
+    runAsUser: RUN_AS_ID,
+    runAsGroup: RUN_AS_ID,
+    fsGroup: RUN_AS_ID,
+    seccompProfile: { type: 'RuntimeDefault' },
+  };
+}
+
+function restrictedContainer(): Obj {
+  return {
+    runAsNonRoot: true,
+    allowPrivilegeEscalation: false,
+    capabilities: { drop: ['ALL'] },
+    readOnlyRootFilesystem: true,
+    seccompProfile: { type: 'RuntimeDefault' },
+  };
+}
+
+/**
+ * Several replicas: on different nodes (and zones) where the cluster has them, and scheduled anyway where it has
+ * not, so that one node going takes one replica.
+ */
+function spread(labels: Record<string, string>): Obj {
+  const selector = { matchLabels: { ...labels } };
+  return {
+    affinity: {
+      podAntiAffinity: {
+        preferredDuringSchedulingIgnoredDuringExecution: [
+          { weight: 100, podAffinityTerm: { labelSelector: selector, topologyKey: 'kubernetes.io/hostname' } },
+        ],
+      },
+    },
+    topologySpreadConstraints: ['kubernetes.io/hostname', 'topology.kubernetes.io/zone'].map((topologyKey) => ({
+      maxSkew: 1,
+      topologyKey,
+      whenUnsatisfiable: 'ScheduleAnyway',
+      labelSelector: selector,
+    })),
+  };
+}
+
+/** Who may scrape /metrics: pods of the namespaces matching a label selector, optionally only some of their pods. */
+export interface MetricsFence {
+  namespaces: Record<string, string>;
+  pods?: Record<string, string>;
+}
+
+/**
+ * A NetworkPolicy that admits `open` ports from anywhere and `metricsPort` only from the fence's pods.
+ * A policy isolates a pod on every port, so each port that must stay open is listed.
+ */
+function metricsPolicy(
+  name: string,
+  labels: Record<string, string>,
+  metricsPort: number,
+  open: Obj[],
+  fence: MetricsFence,
+): Obj {
+  const peer: Obj = { namespaceSelector: { matchLabels: fence.namespaces } };
+  if (fence.pods) peer.podSelector = { matchLabels: fence.pods };
+  return {
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'NetworkPolicy',
+    metadata: { name, namespace: NAMESPACE, labels },
+    spec: {
+      podSelector: { matchLabels: { ...labels } },
+      policyTypes: ['Ingress'],
+      ingress: [
+        ...(open.length > 0 ? [{ ports: open }] : []),
+        { from: [peer], ports: [{ protocol: 'TCP', port: metricsPort }] },
+      ],
+    },
+  };
+}
 const SHUTDOWN_DELAY_S = 5;
 const SHUTDOWN_GRACE_S = 25;
 
@@ -124,6 +212,8 @@ export interface ProxyInstall {
   serviceType: string;
   /** policy/v1, or policy/v1beta1 for Kubernetes before 1.21 */
   pdbApiVersion: PdbApiVersion;
+  /** add a NetworkPolicy: /metrics only from these (needs NetworkPolicy endPort, Kubernetes 1.22) */
+  metricsFence?: MetricsFence;
 }
 
 export type PdbApiVersion = 'policy/v1' | 'policy/v1beta1';
@@ -139,8 +229,9 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
   // Service's endpoints catch up meanwhile
   const args = [
     'proxy',
-    '--port=8080',
-    '--gateway-port=6443',
+    `--port=${PROXY_AGENT_PORT}`,
+    `--gateway-port=${PROXY_GATEWAY_PORT}`,
+    `--metrics-port=${PROXY_METRICS_PORT}`,
     `--publish-service-address=${p.publishServiceAddress}`,
     `--shutdown-delay=${SHUTDOWN_DELAY_S}s`,
     `--shutdown-grace=${SHUTDOWN_GRACE_S}s`,
@@ -207,10 +298,12 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         // a new replica serves before an old one drains
         strategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
         template: {
-          metadata: { labels: TOWER_LABELS, annotations: scrape(8080) },
+          metadata: { labels: TOWER_LABELS, annotations: scrape(PROXY_METRICS_PORT) },
           spec: {
             serviceAccountName: 'tower',
             terminationGracePeriodSeconds: SHUTDOWN_DELAY_S + SHUTDOWN_GRACE_S + 5,
+            securityContext: restrictedPod(),
+            ...(p.replicas > 1 ? spread(TOWER_LABELS) : {}),
             containers: [
               {
                 name: 'proxy',
@@ -223,19 +316,24 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
                   { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
                 ],
                 ports: [
-                  { name: 'agents', containerPort: 8080 },
-                  { name: 'gateway', containerPort: 6443 },
+                  { name: 'agents', containerPort: PROXY_AGENT_PORT },
+                  { name: 'gateway', containerPort: PROXY_GATEWAY_PORT },
+                  { name: 'metrics', containerPort: PROXY_METRICS_PORT },
                 ],
-                livenessProbe: { httpGet: { path: '/livez', port: 8080 }, periodSeconds: 10, failureThreshold: 6 },
-                // every replica is ready while it serves; a draining one fails at once
-                readinessProbe: { httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 2, failureThreshold: 1 },
-                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: PROXY_MEMORY_LIMIT } },
-                securityContext: {
-                  runAsNonRoot: true,
-                  runAsUser: 65534,
-                  allowPrivilegeEscalation: false,
-                  readOnlyRootFilesystem: true,
+                // the agent port's probes: what agents and the Service depend on
+                livenessProbe: {
+                  httpGet: { path: '/livez', port: PROXY_AGENT_PORT },
+                  periodSeconds: 10,
+                  failureThreshold: 6,
                 },
+                // every replica is ready while it serves; a draining one fails at once
+                readinessProbe: {
+                  httpGet: { path: '/readyz', port: PROXY_AGENT_PORT },
+                  periodSeconds: 2,
+                  failureThreshold: 1,
+                },
+                resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: PROXY_MEMORY_LIMIT } },
+                securityContext: restrictedContainer(),
                 // the one writable place: the native crypto binding is written here once and loaded
                 volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
               },
@@ -255,11 +353,32 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
         // agents must reach every replica: each new connection may go to any of them
         sessionAffinity: 'None',
         ports: [
-          { name: 'agents', protocol: 'TCP', port: 8080, targetPort: 8080 },
-          { name: 'gateway', protocol: 'TCP', port: 6443, targetPort: 6443 },
+          { name: 'agents', protocol: 'TCP', port: PROXY_AGENT_PORT, targetPort: PROXY_AGENT_PORT },
+          { name: 'gateway', protocol: 'TCP', port: PROXY_GATEWAY_PORT, targetPort: PROXY_GATEWAY_PORT },
         ],
       },
     },
+    ...(p.metricsFence
+      ? [
+          metricsPolicy(
+            'tower',
+            TOWER_LABELS,
+            PROXY_METRICS_PORT,
+            [
+              { protocol: 'TCP', port: PROXY_AGENT_PORT },
+              { protocol: 'TCP', port: PROXY_GATEWAY_PORT },
+              // each cluster's own ports (its mc-<name> Service): Kubernetes API, then ks-apiserver
+              { protocol: 'TCP', port: PORT_MIN, endPort: PORT_MAX },
+              {
+                protocol: 'TCP',
+                port: PORT_MIN + KUBESPHERE_PORT_OFFSET,
+                endPort: PORT_MAX + KUBESPHERE_PORT_OFFSET,
+              },
+            ],
+            p.metricsFence,
+          ),
+        ]
+      : []),
     ...(p.replicas > 1
       ? [
           {
@@ -287,6 +406,8 @@ export interface AgentInstall {
    * instead of impersonation only
    */
   clusterAdmin?: boolean;
+  /** add a NetworkPolicy: the health port (/metrics) only from these */
+  metricsFence?: MetricsFence;
 }
 
 /**
@@ -355,6 +476,7 @@ export function agentManifests(a: AgentInstall): Obj[] {
           metadata: { labels, annotations: scrape(AGENT_HEALTH_PORT) },
           spec: {
             serviceAccountName: 'tower-agent',
+            securityContext: restrictedPod(),
             containers: [
               {
                 name: 'agent',
@@ -372,12 +494,7 @@ export function agentManifests(a: AgentInstall): Obj[] {
                 // ready while connected to the proxy: `kubectl get pods` shows a disconnected agent
                 readinessProbe: { httpGet: { path: '/readyz', port: AGENT_HEALTH_PORT }, periodSeconds: 10 },
                 resources: { requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: AGENT_MEMORY_LIMIT } },
-                securityContext: {
-                  runAsNonRoot: true,
-                  runAsUser: 65534,
-                  allowPrivilegeEscalation: false,
-                  readOnlyRootFilesystem: true,
-                },
+                securityContext: restrictedContainer(),
                 // the one writable place: the native crypto binding is written here once and loaded
                 volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
               },
@@ -387,5 +504,7 @@ export function agentManifests(a: AgentInstall): Obj[] {
         },
       },
     },
+    // the agent only dials out: its health port is all it listens on
+    ...(a.metricsFence ? [metricsPolicy('tower-agent', labels, AGENT_HEALTH_PORT, [], a.metricsFence)] : []),
   ];
 }
