@@ -3,6 +3,8 @@ import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor, parseLabelSele
 import { ConfigError } from '../errors.ts';
 import {
   agentManifests,
+  CRD_INSTALLED_BY,
+  CRD_MATCHES_KUBESPHERE,
   pdbApiVersionFor,
   proxyManifests,
   type MetricsFence,
@@ -39,7 +41,9 @@ export class InstallProxyCommand extends TowerCommand {
     usage: 'install proxy',
     summary: 'Print the manifests that run the proxy in a host cluster',
     details:
-      `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ` +
+      `With --with-crd KubeSphere's Cluster CRD (${CRD_MATCHES_KUBESPHERE}'s; refused with --kubeconfig when the ` +
+      `host ` +
+      `has one tower did not install) and with --with-namespace namespace kubesphere-system; always a ` +
       `ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes ` +
       `mode; liveness and readiness probes on /livez and /readyz, metrics on port 8081) and a Service for the ` +
       `agents; with --replicas over 1, a PodDisruptionBudget of the version the cluster serves (asked with ` +
@@ -68,6 +72,7 @@ export class InstallProxyCommand extends TowerCommand {
           `join commands, and only pods of this cluster reach it: for members elsewhere, give the address they ` +
           `reach and expose the Service (README: Expose the proxy)\n`,
       );
+    if (o.withCrd) await refuseForeignCrd(o.kubeconfig);
     const fence = metricsFence(o.metricsFromNamespaces, o.metricsFromPods);
     const minor = o.replicas > 1 || fence ? await targetMinor(o.kubeconfig, o.kubeVersion) : undefined;
     let pdbApiVersion: PdbApiVersion = 'policy/v1';
@@ -96,10 +101,33 @@ export class InstallProxyCommand extends TowerCommand {
         serviceType: o.serviceType,
         pdbApiVersion,
         metricsFence: fence,
+        withCrd: o.withCrd,
+        withNamespace: o.withNamespace,
       }),
     );
     return 0;
   }
+}
+
+/**
+ * --with-crd must not overwrite a Cluster CRD that tower did not install (a KubeSphere release's own): asked of the
+ * host when there is a kubeconfig.
+ */
+async function refuseForeignCrd(kubeconfig: string | undefined): Promise<void> {
+  if (!kubeconfig) {
+    process.stderr.write(
+      `--with-crd: not checked against a Cluster CRD the host may have already (KubeSphere's own); give ` +
+        `--kubeconfig <host> to check\n`,
+    );
+    return;
+  }
+  const { HostCluster } = await import('../mode/kubernetes/api.ts');
+  const installed = await new HostCluster(kubeconfig).clusterCrdAnnotations();
+  if (installed && installed[CRD_INSTALLED_BY] !== 'tower')
+    throw new ConfigError(
+      `the host already has a Cluster CRD (clusters.cluster.kubesphere.io) that tower did not install, ` +
+        `KubeSphere's own perhaps: leave out --with-crd so that it stays as it is`,
+    );
 }
 
 /** The target's Kubernetes minor version: asked when there is a kubeconfig, else --kube-version, else unknown. */
@@ -122,7 +150,8 @@ export class InstallAgentCommand extends TowerCommand {
     usage: 'install agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
     summary: 'Print the manifests that run an agent in a member cluster',
     details:
-      `A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a tower proxy acts ` +
+      `With --with-namespace namespace kubesphere-system; a ServiceAccount that may impersonate users and groups ` +
+      `and create SubjectAccessReviews (a tower proxy acts ` +
       `as each gateway user's certificate; --cluster-admin binds cluster-admin instead, for a Go tower proxy or ` +
       `--gateway-identity agent), the token in a Secret, and the agent's Deployment (liveness and readiness ` +
       `probes, metrics on port 8081). Pipe it to \`kubectl apply -f -\` against the member cluster.`,
@@ -176,6 +205,7 @@ export class InstallAgentCommand extends TowerCommand {
         insecureSkipProxyVerification: o.insecureSkipProxyVerification,
         clusterAdmin: o.clusterAdmin,
         metricsFence: metricsFence(o.metricsFromNamespaces, o.metricsFromPods),
+        withNamespace: o.withNamespace,
       }),
     );
     return 0;

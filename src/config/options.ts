@@ -440,9 +440,23 @@ const METRICS_FENCE = {
   }),
 };
 
+const WITH_NAMESPACE = {
+  withNamespace: opt.bool({
+    help: "Include the namespace kubesphere-system (KubeSphere's, so left out unless asked; no uninstall deletes it)",
+    default: false,
+  }),
+};
+
 export const INSTALL_PROXY_OPTIONS = {
   ...COMMON,
   ...IMAGE,
+  withCrd: opt.bool({
+    help:
+      "Include KubeSphere's Cluster CRD, for a host without KubeSphere; with --kubeconfig, refused when the host " +
+      'has a Cluster CRD that tower did not install',
+    default: false,
+  }),
+  ...WITH_NAMESPACE,
   replicas: opt.int({
     help:
       'Proxy replicas, every one serving; more than 1 adds --leader-elect (one writes the Clusters) and a ' +
@@ -486,6 +500,7 @@ export function kubeMinor(version: string): number | undefined {
 export const INSTALL_AGENT_OPTIONS = {
   ...COMMON,
   ...IMAGE,
+  ...WITH_NAMESPACE,
   name: NAME,
   token: TOKEN,
   proxyServer: opt.string({ help: "The proxy's agent endpoint as the member reaches it (required)", value: 'URL' }),
@@ -501,6 +516,18 @@ export const INSTALL_AGENT_OPTIONS = {
   ...METRICS_FENCE,
 } satisfies Specs;
 
+export const UNINSTALL_OPTIONS = {
+  ...COMMON,
+  kubeconfig: opt.string({ help: 'The cluster to remove tower from (required)', value: 'FILE' }),
+  dryRun: opt.bool({ help: 'List what would be deleted; delete nothing', default: false }),
+  purge: opt.bool({
+    help:
+      "Also delete tower's CA and SSH host key (Secrets tower-ca, tower-ssh-host-key): the kubeconfigs tower " +
+      "issued and the agents' --proxy-fingerprint then stop working",
+    default: false,
+  }),
+} satisfies Specs;
+
 for (const s of [
   PROXY_OPTIONS,
   AGENT_OPTIONS,
@@ -511,5 +538,6 @@ for (const s of [
   VERSION_OPTIONS,
   INSTALL_PROXY_OPTIONS,
   INSTALL_AGENT_OPTIONS,
+  UNINSTALL_OPTIONS,
 ])
   registerOptionNames(s);

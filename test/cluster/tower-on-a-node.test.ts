@@ -88,7 +88,7 @@ async function rolledOut(deployment: string): Promise<void> {
 }
 
 test('tower install proxy | kubectl apply: Ready by its own probes, not root, root filesystem read-only', async () => {
-  await install(['proxy', '--kubeconfig', ADMIN]);
+  await install(['proxy', '--kubeconfig', ADMIN, '--with-crd', '--with-namespace']);
   await rolledOut('tower');
   const pods = (await json(['get', 'pods', '-n', NS, '-l', 'app=tower'])).items;
   assert.equal(pods.length, 1);

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
+  ApiextensionsV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
@@ -112,10 +113,22 @@ export class HostCluster {
         throw new TowerError(
           'EKUBE',
           `namespace ${NAMESPACE} does not exist in the host cluster at ${this.server} ` +
-            `(create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy\`)`,
+            `(create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy --with-namespace\`)`,
         );
       if (apiStatus(err) === 403) return; // allowed to work in it without reading it
       throw apiError(`reading namespace ${NAMESPACE}`, this.server, err);
+    }
+  }
+
+  /** The Cluster CRD's annotations when the cluster has one, else undefined. */
+  async clusterCrdAnnotations(): Promise<Record<string, string> | undefined> {
+    try {
+      const crd = await orUndefined(
+        this.kc.makeApiClient(ApiextensionsV1Api).readCustomResourceDefinition({ name: `${PLURAL}.${GROUP}` }),
+      );
+      return crd && (crd.metadata?.annotations ?? {});
+    } catch (err) {
+      throw apiError('reading the Cluster CRD', this.server, err);
     }
   }
 

@@ -1,6 +1,6 @@
 /** What `tower install` prints: the objects that run tower in a host cluster and in a member cluster. */
 import { KUBESPHERE_PORT_OFFSET, PORT_MAX, PORT_MIN } from './desired.ts';
-import { GROUP, NAMESPACE, PLURAL, VERSION } from './resource.ts';
+import { AGENT_OWNED_LABELS, GROUP, NAMESPACE, PLURAL, PROXY_OWNED_LABELS, VERSION } from './resource.ts';
 
 type Obj = Record<string, unknown>;
 
@@ -10,10 +10,6 @@ const bool = { type: 'boolean' };
 const bytes = { type: 'string', format: 'byte' };
 const time = { type: 'string', format: 'date-time' };
 
-/**
- * KubeSphere's Cluster CRD, field for field (its ks-crds chart): a structural schema, no status
- * subresource (tower writes status either way).
- */
 const AGENT_HEALTH_PORT = 8081;
 const PROXY_AGENT_PORT = 8080;
 const PROXY_GATEWAY_PORT = 6443;
@@ -27,11 +23,25 @@ function scrape(port: number): Record<string, string> {
   return { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' };
 }
 
+/** the KubeSphere release whose Cluster CRD tower prints (ks-core chart, ks-crds, appVersion v4.1.0) */
+export const CRD_MATCHES_KUBESPHERE = 'v4.1.0';
+/** marks a Cluster CRD that tower installed: any other one is left alone */
+export const CRD_INSTALLED_BY = 'tower.kubesphere.io/installed-by';
+export const CRD_KUBESPHERE_VERSION = 'tower.kubesphere.io/kubesphere-version';
+
+/**
+ * KubeSphere's Cluster CRD, field for field (its ks-crds chart): a structural schema, no status
+ * subresource (tower writes status either way).
+ */
 export function clusterCrd(): Obj {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
     kind: 'CustomResourceDefinition',
-    metadata: { name: `${PLURAL}.${GROUP}` },
+    // no tower labels: a label-based delete of tower's objects must never take every Cluster with it
+    metadata: {
+      name: `${PLURAL}.${GROUP}`,
+      annotations: { [CRD_INSTALLED_BY]: 'tower', [CRD_KUBESPHERE_VERSION]: CRD_MATCHES_KUBESPHERE },
+    },
     spec: {
       group: GROUP,
       names: { kind: 'Cluster', listKind: 'ClusterList', plural: PLURAL, singular: 'cluster' },
@@ -113,6 +123,11 @@ export function clusterCrd(): Obj {
   };
 }
 
+/** KubeSphere's namespace, which tower shares: without tower's labels, so that no uninstall deletes it */
+function namespace(): Obj {
+  return { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } };
+}
+
 /**
  * What the pods may use: KubeSphere runs its Go tower under 256 MiB (proxy) and 200 MB (agent). Measured on a
  * real node by test/cluster (npm run test:cluster), which fails when either peaks over its limit.
@@ -121,6 +136,8 @@ const PROXY_MEMORY_LIMIT = '256Mi';
 const AGENT_MEMORY_LIMIT = '192Mi';
 
 const TOWER_LABELS = { 'app.kubernetes.io/name': 'tower', app: 'tower' };
+/** the objects' own labels (selectors keep TOWER_LABELS: a Deployment's cannot change) */
+const PROXY_META = { ...TOWER_LABELS, ...PROXY_OWNED_LABELS };
 
 /**
  * Pod Security "restricted" (Kubernetes' Pod Security Standards): a fixed non-root user, RuntimeDefault seccomp,
@@ -182,6 +199,7 @@ export interface MetricsFence {
 function metricsPolicy(
   name: string,
   labels: Record<string, string>,
+  meta: Record<string, string>,
   metricsPort: number,
   open: Obj[],
   fence: MetricsFence,
@@ -191,7 +209,7 @@ function metricsPolicy(
   return {
     apiVersion: 'networking.k8s.io/v1',
     kind: 'NetworkPolicy',
-    metadata: { name, namespace: NAMESPACE, labels },
+    metadata: { name, namespace: NAMESPACE, labels: meta },
     spec: {
       podSelector: { matchLabels: { ...labels } },
       policyTypes: ['Ingress'],
@@ -214,6 +232,9 @@ export interface ProxyInstall {
   pdbApiVersion: PdbApiVersion;
   /** add a NetworkPolicy: /metrics only from these (needs NetworkPolicy endPort, Kubernetes 1.22) */
   metricsFence?: MetricsFence;
+  /** shared with KubeSphere, so only on request: the Cluster CRD, the namespace */
+  withCrd?: boolean;
+  withNamespace?: boolean;
 }
 
 export type PdbApiVersion = 'policy/v1' | 'policy/v1beta1';
@@ -238,17 +259,17 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
   ];
   if (p.replicas > 1) args.push('--leader-elect');
   return [
-    clusterCrd(),
-    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
+    ...(p.withCrd ? [clusterCrd()] : []),
+    ...(p.withNamespace ? [namespace()] : []),
     {
       apiVersion: 'v1',
       kind: 'ServiceAccount',
-      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: PROXY_META },
     },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRole',
-      metadata: { name: 'tower', labels: TOWER_LABELS },
+      metadata: { name: 'tower', labels: PROXY_META },
       rules: [
         { apiGroups: [GROUP], resources: [PLURAL], verbs: ['get', 'list', 'watch', 'update'] },
         { apiGroups: [GROUP], resources: [`${PLURAL}/status`], verbs: ['update'] },
@@ -258,14 +279,14 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRoleBinding',
-      metadata: { name: 'tower', labels: TOWER_LABELS },
+      metadata: { name: 'tower', labels: PROXY_META },
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'tower' },
       subjects: [{ kind: 'ServiceAccount', name: 'tower', namespace: NAMESPACE }],
     },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'Role',
-      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: PROXY_META },
       rules: [
         { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'watch', 'create', 'update', 'delete'] },
         // create cannot be limited by name; reading is
@@ -284,14 +305,14 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'RoleBinding',
-      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: PROXY_META },
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'tower' },
       subjects: [{ kind: 'ServiceAccount', name: 'tower', namespace: NAMESPACE }],
     },
     {
       apiVersion: 'apps/v1',
       kind: 'Deployment',
-      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: PROXY_META },
       spec: {
         replicas: p.replicas,
         selector: { matchLabels: TOWER_LABELS },
@@ -346,7 +367,7 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
     {
       apiVersion: 'v1',
       kind: 'Service',
-      metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+      metadata: { name: 'tower', namespace: NAMESPACE, labels: PROXY_META },
       spec: {
         type: p.serviceType,
         selector: TOWER_LABELS,
@@ -363,6 +384,7 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
           metricsPolicy(
             'tower',
             TOWER_LABELS,
+            PROXY_META,
             PROXY_METRICS_PORT,
             [
               { protocol: 'TCP', port: PROXY_AGENT_PORT },
@@ -384,7 +406,7 @@ export function proxyManifests(p: ProxyInstall): Obj[] {
           {
             apiVersion: p.pdbApiVersion,
             kind: 'PodDisruptionBudget',
-            metadata: { name: 'tower', namespace: NAMESPACE, labels: TOWER_LABELS },
+            metadata: { name: 'tower', namespace: NAMESPACE, labels: PROXY_META },
             spec: { maxUnavailable: 1, selector: { matchLabels: TOWER_LABELS } },
           },
         ]
@@ -408,6 +430,8 @@ export interface AgentInstall {
   clusterAdmin?: boolean;
   /** add a NetworkPolicy: the health port (/metrics) only from these */
   metricsFence?: MetricsFence;
+  /** the namespace, shared with KubeSphere: only on request */
+  withNamespace?: boolean;
 }
 
 /**
@@ -426,6 +450,7 @@ export const AGENT_IMPERSONATOR_RULES = [
  */
 export function agentManifests(a: AgentInstall): Obj[] {
   const labels = { 'app.kubernetes.io/name': 'tower-agent', app: 'tower-agent' };
+  const meta = { ...labels, ...AGENT_OWNED_LABELS };
   const args = [
     'agent',
     `--name=${a.name}`,
@@ -439,36 +464,36 @@ export function agentManifests(a: AgentInstall): Obj[] {
   if (a.insecureSkipProxyVerification) args.push('--insecure-skip-proxy-verification');
   const role = a.clusterAdmin ? 'cluster-admin' : 'tower-agent';
   return [
-    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } },
-    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels } },
+    ...(a.withNamespace ? [namespace()] : []),
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'tower-agent', namespace: NAMESPACE, labels: meta } },
     ...(a.clusterAdmin
       ? []
       : [
           {
             apiVersion: 'rbac.authorization.k8s.io/v1',
             kind: 'ClusterRole',
-            metadata: { name: 'tower-agent', labels },
+            metadata: { name: 'tower-agent', labels: meta },
             rules: AGENT_IMPERSONATOR_RULES,
           },
         ]),
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRoleBinding',
-      metadata: { name: 'tower-agent', labels },
+      metadata: { name: 'tower-agent', labels: meta },
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role },
       subjects: [{ kind: 'ServiceAccount', name: 'tower-agent', namespace: NAMESPACE }],
     },
     {
       apiVersion: 'v1',
       kind: 'Secret',
-      metadata: { name: 'tower-agent', namespace: NAMESPACE, labels },
+      metadata: { name: 'tower-agent', namespace: NAMESPACE, labels: meta },
       type: 'Opaque',
       stringData: { token: a.token },
     },
     {
       apiVersion: 'apps/v1',
       kind: 'Deployment',
-      metadata: { name: 'tower-agent', namespace: NAMESPACE, labels },
+      metadata: { name: 'tower-agent', namespace: NAMESPACE, labels: meta },
       spec: {
         replicas: 1,
         selector: { matchLabels: labels },
@@ -505,6 +530,6 @@ export function agentManifests(a: AgentInstall): Obj[] {
       },
     },
     // the agent only dials out: its health port is all it listens on
-    ...(a.metricsFence ? [metricsPolicy('tower-agent', labels, AGENT_HEALTH_PORT, [], a.metricsFence)] : []),
+    ...(a.metricsFence ? [metricsPolicy('tower-agent', labels, meta, AGENT_HEALTH_PORT, [], a.metricsFence)] : []),
   ];
 }
