@@ -124,7 +124,14 @@ test(
 
     const svc = (await host.getService('mc-alpha'))!;
     assert.ok(svc, 'Service mc-alpha exists');
-    assert.deepEqual(svc.metadata.labels, { 'app.kubernetes.io/name': 'mc-alpha', app: 'mc-alpha' });
+    // the cluster's own labels, and tower's (what `tower uninstall` finds)
+    assert.deepEqual(svc.metadata.labels, {
+      'app.kubernetes.io/name': 'mc-alpha',
+      app: 'mc-alpha',
+      'app.kubernetes.io/managed-by': 'tower',
+      'app.kubernetes.io/part-of': 'tower',
+      'app.kubernetes.io/instance': 'tower-proxy',
+    });
     assert.deepEqual(svc.spec.selector, { 'app.kubernetes.io/name': 'tower', app: 'tower' });
     assert.deepEqual(
       svc.spec.ports.map((p) => [p.name, p.port, p.targetPort, p.protocol]),
