@@ -17,6 +17,8 @@ export const COMMANDS = [
   'version',
   'install proxy',
   'install agent',
+  'uninstall proxy',
+  'uninstall agent',
 ];
 const README = join(root, 'README.md');
 

@@ -5,7 +5,8 @@
 #
 #   scripts/test-cluster.sh build            prints the binary's path (builds it when missing)
 #   scripts/test-cluster.sh start STATE_DIR  starts etcd + apiserver, prints "ready https://127.0.0.1:PORT";
-#                                            writes STATE_DIR/admin.kubeconfig, STATE_DIR/token, *.pid
+#                                            writes STATE_DIR/admin.kubeconfig, STATE_DIR/token, *.pid;
+#                                            APISERVER_ARGS adds flags (e.g. more admission plugins)
 #   scripts/test-cluster.sh stop STATE_DIR   stops what start started (by PID)
 #   scripts/test-cluster.sh kill-apiserver STATE_DIR / start-apiserver STATE_DIR
 #                                            an API outage: kill -9 the apiserver, then start it again as it was
@@ -121,7 +122,7 @@ start() {
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --token-auth-file="$p/tokens.csv" \
     --authorization-mode=RBAC --service-cluster-ip-range=10.96.0.0/12 --endpoint-reconciler-type=none \
-    --enable-admission-plugins=NamespaceLifecycle,ServiceAccount ${NODE_APISERVER_ARGS:-} >"$d/apiserver.log" 2>&1 &
+    --enable-admission-plugins=NamespaceLifecycle,ServiceAccount ${NODE_APISERVER_ARGS:-} ${APISERVER_ARGS:-} >"$d/apiserver.log" 2>&1 &
   echo $! > "$d/apiserver.pid"
   cat > "$d/admin.kubeconfig" <<KC
 apiVersion: v1

@@ -8,6 +8,7 @@ import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
 import { RevokeCommand } from './cli/revoke.ts';
 import { TokenCommand } from './cli/token.ts';
+import { UninstallAgentCommand, UninstallProxyCommand } from './cli/uninstall.ts';
 import { VersionCommand } from './cli/version.ts';
 import { CRYPTO_PROBLEM } from './tunnel/ssh.ts';
 import { VERSION } from './version.ts';
@@ -23,6 +24,8 @@ const COMMANDS = [
   VersionCommand,
   InstallProxyCommand,
   InstallAgentCommand,
+  UninstallProxyCommand,
+  UninstallAgentCommand,
 ];
 const entries: CommandEntry[] = COMMANDS.map((cls) => ({ path: cls.paths[0]!, cls: cls as CommandEntry['cls'] }));
 

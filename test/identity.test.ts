@@ -32,6 +32,7 @@ before(async () => {
   const manifests = await tower([
     'install',
     'agent',
+    '--with-namespace',
     '--name',
     'alpha',
     '--token',

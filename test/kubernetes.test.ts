@@ -124,7 +124,14 @@ test(
 
     const svc = (await host.getService('mc-alpha'))!;
     assert.ok(svc, 'Service mc-alpha exists');
-    assert.deepEqual(svc.metadata.labels, { 'app.kubernetes.io/name': 'mc-alpha', app: 'mc-alpha' });
+    // the cluster's own labels, and tower's (what `tower uninstall` finds)
+    assert.deepEqual(svc.metadata.labels, {
+      'app.kubernetes.io/name': 'mc-alpha',
+      app: 'mc-alpha',
+      'app.kubernetes.io/managed-by': 'tower',
+      'app.kubernetes.io/part-of': 'tower',
+      'app.kubernetes.io/instance': 'tower-proxy',
+    });
     assert.deepEqual(svc.spec.selector, { 'app.kubernetes.io/name': 'tower', app: 'tower' });
     assert.deepEqual(
       svc.spec.ports.map((p) => [p.name, p.port, p.targetPort, p.protocol]),
@@ -819,7 +826,7 @@ test(
   },
 );
 
-test("tower install prints manifests that apply to real apiservers, with KubeSphere's Cluster CRD", async () => {
+test("tower install prints manifests that apply to real apiservers; --with-crd: KubeSphere's Cluster CRD", async () => {
   // asked, the test apiserver (1.20) says it serves no policy/v1: the budget is policy/v1beta1
   const proxyYaml = await tower([
     'install',
@@ -836,7 +843,17 @@ test("tower install prints manifests that apply to real apiservers, with KubeSph
     .split(/^---$/m)
     .map((d) => parseYaml(d))
     .filter(Boolean) as { kind: string; spec?: Record<string, unknown> }[];
-  const crd = docs.find((d) => d.kind === 'CustomResourceDefinition')!;
+  // shared with KubeSphere: only on request (this host has KubeSphere's own, which --with-crd would refuse)
+  assert.equal(
+    docs.find((d) => d.kind === 'CustomResourceDefinition' || d.kind === 'Namespace'),
+    undefined,
+  );
+  const withCrd = await tower(['install', 'proxy', '--with-crd']);
+  assert.equal(withCrd.code, 0, withCrd.stderr);
+  const crd = withCrd.stdout
+    .split(/^---$/m)
+    .map((d) => parseYaml(d) as { kind?: string; spec?: unknown })
+    .find((d) => d?.kind === 'CustomResourceDefinition')!;
   const theirs = parseYaml(readFileSync(CRD_FIXTURE, 'utf8')) as { spec: Record<string, unknown> };
   assert.deepEqual(crd.spec, theirs.spec, "the CRD is KubeSphere's");
   assert.match(proxyYaml.stdout, /--leader-elect/);
@@ -899,6 +916,7 @@ test("tower install prints manifests that apply to real apiservers, with KubeSph
   const agentYaml = await tower([
     'install',
     'agent',
+    '--with-namespace',
     '--name',
     'alpha',
     '--token',

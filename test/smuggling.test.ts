@@ -142,6 +142,7 @@ before(async () => {
   const manifests = await tower([
     'install',
     'agent',
+    '--with-namespace',
     '--name',
     'beta',
     '--token',

@@ -1,14 +1,38 @@
 import { stringify as toYaml } from 'yaml';
-import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor } from '../config/options.ts';
+import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor, parseLabelSelector } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
-import { agentManifests, pdbApiVersionFor, proxyManifests, type PdbApiVersion } from '../mode/kubernetes/manifests.ts';
+import {
+  agentManifests,
+  CRD_INSTALLED_BY,
+  CRD_MATCHES_KUBESPHERE,
+  pdbApiVersionFor,
+  proxyManifests,
+  type MetricsFence,
+  type PdbApiVersion,
+} from '../mode/kubernetes/manifests.ts';
 import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
 import { clusterNameProblem, reachOf } from '../config/names.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
+/** plain YAML: an object used twice (labels, selectors) is written twice, never as an anchor and an alias */
 function printAll(objects: Record<string, unknown>[]): void {
-  process.stdout.write(objects.map((o) => '---\n' + toYaml(o, { lineWidth: 0 })).join(''));
+  process.stdout.write(
+    objects.map((o) => '---\n' + toYaml(o, { lineWidth: 0, aliasDuplicateObjects: false })).join(''),
+  );
 }
+
+/** the NetworkPolicy's peers, from flags their checks have validated */
+function metricsFence(namespaces: string | undefined, pods: string | undefined): MetricsFence | undefined {
+  if (!namespaces) {
+    if (pods)
+      throw new ConfigError('--metrics-from-pods narrows --metrics-from-namespaces: give that too (e.g. monitoring)');
+    return undefined;
+  }
+  return { namespaces: parseLabelSelector(namespaces)!, ...(pods ? { pods: parseLabelSelector(pods)! } : {}) };
+}
+
+/** The port range that keeps the clusters' own ports open in the proxy's NetworkPolicy (endPort) is 1.22's. */
+const NETWORK_POLICY_END_PORT_MINOR = 22;
 
 export class InstallProxyCommand extends TowerCommand {
   static override paths = [['install', 'proxy']];
@@ -17,11 +41,14 @@ export class InstallProxyCommand extends TowerCommand {
     usage: 'install proxy',
     summary: 'Print the manifests that run the proxy in a host cluster',
     details:
-      `The Cluster CRD (KubeSphere's; applying it again changes nothing), namespace kubesphere-system, a ` +
+      `With --with-crd KubeSphere's Cluster CRD (${CRD_MATCHES_KUBESPHERE}'s; refused with --kubeconfig when the ` +
+      `host ` +
+      `has one tower did not install) and with --with-namespace namespace kubesphere-system; always a ` +
       `ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes ` +
-      `mode; liveness and readiness probes on /livez and /readyz, metrics on the agent port) and a Service for the ` +
+      `mode; liveness and readiness probes on /livez and /readyz, metrics on port 8081) and a Service for the ` +
       `agents; with --replicas over 1, a PodDisruptionBudget of the version the cluster serves (asked with ` +
-      `--kubeconfig, or told with --kube-version; policy/v1 otherwise). Pipe it to \`kubectl apply -f -\`.`,
+      `--kubeconfig, or told with --kube-version; policy/v1 otherwise) and spread over nodes. The pods pass Pod ` +
+      `Security "restricted" (user 65532). Pipe it to \`kubectl apply -f -\`.`,
     examples: [
       [
         'Install into the current cluster',
@@ -45,32 +72,75 @@ export class InstallProxyCommand extends TowerCommand {
           `join commands, and only pods of this cluster reach it: for members elsewhere, give the address they ` +
           `reach and expose the Service (README: Expose the proxy)\n`,
       );
+    if (o.withCrd) await refuseForeignCrd(o.kubeconfig);
+    const fence = metricsFence(o.metricsFromNamespaces, o.metricsFromPods);
+    const minor = o.replicas > 1 || fence ? await targetMinor(o.kubeconfig, o.kubeVersion) : undefined;
+    let pdbApiVersion: PdbApiVersion = 'policy/v1';
+    if (minor !== undefined) pdbApiVersion = pdbApiVersionFor(minor);
+    else if (o.replicas > 1)
+      process.stderr.write(
+        'the PodDisruptionBudget is policy/v1 (Kubernetes 1.21 and later); for an older cluster give ' +
+          '--kubeconfig <cluster> or --kube-version <version>\n',
+      );
+    if (fence && minor !== undefined && minor < NETWORK_POLICY_END_PORT_MINOR)
+      throw new ConfigError(
+        `--metrics-from-namespaces needs Kubernetes 1.${NETWORK_POLICY_END_PORT_MINOR} or later for the proxy ` +
+          `(its NetworkPolicy keeps the clusters' ports open with a port range, endPort) and this cluster is ` +
+          `1.${minor}: leave it out and fence /metrics (port 8081) where your network allows`,
+      );
+    if (fence && minor === undefined)
+      process.stderr.write(
+        `the NetworkPolicy keeps the clusters' ports open with a port range (endPort, Kubernetes ` +
+          `1.${NETWORK_POLICY_END_PORT_MINOR} and later); for an older cluster it fences them too\n`,
+      );
     printAll(
       proxyManifests({
         image: o.image,
         replicas: o.replicas,
         publishServiceAddress: o.publishServiceAddress,
         serviceType: o.serviceType,
-        pdbApiVersion: o.replicas > 1 ? await pdbApiVersion(o.kubeconfig, o.kubeVersion) : 'policy/v1',
+        pdbApiVersion,
+        metricsFence: fence,
+        withCrd: o.withCrd,
+        withNamespace: o.withNamespace,
       }),
     );
     return 0;
   }
 }
 
-/** What the target serves: asked when there is a kubeconfig, else from --kube-version, else the current one. */
-async function pdbApiVersion(kubeconfig: string | undefined, kubeVersion: string | undefined): Promise<PdbApiVersion> {
+/**
+ * --with-crd must not overwrite a Cluster CRD that tower did not install (a KubeSphere release's own): asked of the
+ * host when there is a kubeconfig.
+ */
+async function refuseForeignCrd(kubeconfig: string | undefined): Promise<void> {
+  if (!kubeconfig) {
+    process.stderr.write(
+      `--with-crd: not checked against a Cluster CRD the host may have already (KubeSphere's own); give ` +
+        `--kubeconfig <host> to check\n`,
+    );
+    return;
+  }
+  const { HostCluster } = await import('../mode/kubernetes/api.ts');
+  const installed = await new HostCluster(kubeconfig).clusterCrdAnnotations();
+  if (installed && installed[CRD_INSTALLED_BY] !== 'tower')
+    throw new ConfigError(
+      `the host already has a Cluster CRD (clusters.cluster.kubesphere.io) that tower did not install, ` +
+        `KubeSphere's own perhaps: leave out --with-crd so that it stays as it is`,
+    );
+}
+
+/** The target's Kubernetes minor version: asked when there is a kubeconfig, else --kube-version, else unknown. */
+async function targetMinor(
+  kubeconfig: string | undefined,
+  kubeVersion: string | undefined,
+): Promise<number | undefined> {
   if (kubeconfig) {
     // loaded only here: the Kubernetes client is large, and no other install path needs it
     const { HostCluster } = await import('../mode/kubernetes/api.ts');
-    return (await new HostCluster(kubeconfig).servesPolicyV1()) ? 'policy/v1' : 'policy/v1beta1';
+    return new HostCluster(kubeconfig).minorVersion();
   }
-  if (kubeVersion) return pdbApiVersionFor(kubeMinor(kubeVersion)!);
-  process.stderr.write(
-    'the PodDisruptionBudget is policy/v1 (Kubernetes 1.21 and later); for an older cluster give ' +
-      '--kubeconfig <cluster> or --kube-version <version>\n',
-  );
-  return 'policy/v1';
+  return kubeVersion ? kubeMinor(kubeVersion) : undefined;
 }
 
 export class InstallAgentCommand extends TowerCommand {
@@ -80,7 +150,8 @@ export class InstallAgentCommand extends TowerCommand {
     usage: 'install agent --name NAME --token TOKEN --proxy-server URL --proxy-fingerprint SHA256:...',
     summary: 'Print the manifests that run an agent in a member cluster',
     details:
-      `A ServiceAccount that may impersonate users and groups and create SubjectAccessReviews (a tower proxy acts ` +
+      `With --with-namespace namespace kubesphere-system; a ServiceAccount that may impersonate users and groups ` +
+      `and create SubjectAccessReviews (a tower proxy acts ` +
       `as each gateway user's certificate; --cluster-admin binds cluster-admin instead, for a Go tower proxy or ` +
       `--gateway-identity agent), the token in a Secret, and the agent's Deployment (liveness and readiness ` +
       `probes, metrics on port 8081). Pipe it to \`kubectl apply -f -\` against the member cluster.`,
@@ -133,6 +204,8 @@ export class InstallAgentCommand extends TowerCommand {
         kubesphereService: o.kubesphereService,
         insecureSkipProxyVerification: o.insecureSkipProxyVerification,
         clusterAdmin: o.clusterAdmin,
+        metricsFence: metricsFence(o.metricsFromNamespaces, o.metricsFromPods),
+        withNamespace: o.withNamespace,
       }),
     );
     return 0;

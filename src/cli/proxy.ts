@@ -66,6 +66,7 @@ export class ProxyCommand extends TowerCommand {
       host: o.host,
       port: o.port,
       gatewayPort: o.gatewayPort,
+      metricsPort: o.metricsPort,
       publishServiceAddress: o.publishServiceAddress,
       caCert: o.caCert,
       caKey: o.caKey,

@@ -94,6 +94,14 @@ export const PROXY_OPTIONS = {
     default: 6443,
     check: port,
   }),
+  metricsPort: opt.int({
+    help:
+      'Serve /livez, /readyz and /metrics on this port too, and /metrics no longer on the agent port (so that a ' +
+      'NetworkPolicy can fence it); 0 picks a free one',
+    value: 'PORT',
+    defaultText: 'off',
+    check: port,
+  }),
   publishServiceAddress: opt.string({
     help:
       'Host name or IP that agents and users reach the proxy at; put in certificates, kubeconfigs and join ' +
@@ -433,9 +441,52 @@ const IMAGE = {
   }),
 };
 
+/** `key=value,key=value`: what a NetworkPolicy's matchLabels can say */
+export function parseLabelSelector(v: string): Record<string, string> | undefined {
+  const labels: Record<string, string> = {};
+  for (const part of v.split(',')) {
+    const m = /^\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*=\s*([-A-Za-z0-9_.]*)\s*$/.exec(part);
+    if (!m) return undefined;
+    labels[m[1]!] = m[2]!;
+  }
+  return labels;
+}
+
+const selector = (v: string) =>
+  parseLabelSelector(v) ? undefined : 'want labels such as kubernetes.io/metadata.name=monitoring (key=value,...)';
+
+const METRICS_FENCE = {
+  metricsFromNamespaces: opt.string({
+    help:
+      'Add a NetworkPolicy that lets only pods of the namespaces with these labels reach /metrics (other ports ' +
+      'stay open)',
+    value: 'KEY=VALUE,...',
+    check: selector,
+  }),
+  metricsFromPods: opt.string({
+    help: 'With --metrics-from-namespaces: only the pods with these labels there',
+    value: 'KEY=VALUE,...',
+    check: selector,
+  }),
+};
+
+const WITH_NAMESPACE = {
+  withNamespace: opt.bool({
+    help: "Include the namespace kubesphere-system (KubeSphere's, so left out unless asked; no uninstall deletes it)",
+    default: false,
+  }),
+};
+
 export const INSTALL_PROXY_OPTIONS = {
   ...COMMON,
   ...IMAGE,
+  withCrd: opt.bool({
+    help:
+      "Include KubeSphere's Cluster CRD, for a host without KubeSphere; with --kubeconfig, refused when the host " +
+      'has a Cluster CRD that tower did not install',
+    default: false,
+  }),
+  ...WITH_NAMESPACE,
   replicas: opt.int({
     help:
       'Proxy replicas, every one serving; more than 1 adds --leader-elect (one writes the Clusters) and a ' +
@@ -467,6 +518,7 @@ export const INSTALL_PROXY_OPTIONS = {
     defaultText: '1.21 or later',
     check: (v) => (kubeMinor(v) === undefined ? 'want a Kubernetes version such as 1.20 or v1.20.2' : undefined),
   }),
+  ...METRICS_FENCE,
 } satisfies Specs;
 
 /** the minor version of a Kubernetes 1.x version such as 1.20, v1.20.2 or v1.20.2-eks */
@@ -478,6 +530,7 @@ export function kubeMinor(version: string): number | undefined {
 export const INSTALL_AGENT_OPTIONS = {
   ...COMMON,
   ...IMAGE,
+  ...WITH_NAMESPACE,
   name: NAME,
   token: TOKEN,
   proxyServer: opt.string({ help: "The proxy's agent endpoint as the member reaches it (required)", value: 'URL' }),
@@ -488,6 +541,19 @@ export const INSTALL_AGENT_OPTIONS = {
     help:
       'Bind cluster-admin instead of the impersonation-only ClusterRole (for a Go tower proxy or ' +
       '--gateway-identity agent)',
+    default: false,
+  }),
+  ...METRICS_FENCE,
+} satisfies Specs;
+
+export const UNINSTALL_OPTIONS = {
+  ...COMMON,
+  kubeconfig: opt.string({ help: 'The cluster to remove tower from (required)', value: 'FILE' }),
+  dryRun: opt.bool({ help: 'List what would be deleted; delete nothing', default: false }),
+  purge: opt.bool({
+    help:
+      "Also delete tower's CA, SSH host key and revocation list (Secrets tower-ca, tower-ssh-host-key, ConfigMap " +
+      "tower-revocations): the kubeconfigs tower issued and the agents' --proxy-fingerprint then stop working",
     default: false,
   }),
 } satisfies Specs;
@@ -502,5 +568,6 @@ for (const s of [
   VERSION_OPTIONS,
   INSTALL_PROXY_OPTIONS,
   INSTALL_AGENT_OPTIONS,
+  UNINSTALL_OPTIONS,
 ])
   registerOptionNames(s);

@@ -15,6 +15,7 @@ import { createSecureContext } from 'node:tls';
 import { readFileOrExplain } from '../config/files.ts';
 import { ConfigError, TowerError } from '../errors.ts';
 import { cachedMetrics, type HealthOptions } from '../observe/health.ts';
+import { HealthServer } from '../observe/health-server.ts';
 import type { Logger } from '../observe/log.ts';
 import type { Closer, Mode } from '../mode/mode.ts';
 import type { CertificateAuthority } from '../pki/ca.ts';
@@ -71,6 +72,8 @@ export interface ProxyOptions {
   host: string;
   port: number;
   gatewayPort: number;
+  /** serve /livez, /readyz and /metrics on this port too, and /metrics no longer on the agent port */
+  metricsPort?: number;
   publishServiceAddress: string;
   caCert?: string;
   caKey?: string;
@@ -94,6 +97,7 @@ export class Proxy {
   readonly metrics: ProxyMetrics;
   agentPort = 0;
   gatewayPort = 0;
+  metricsPort: number | undefined;
   hostKeyFingerprint = '';
   #opts: ProxyOptions;
   #log: Logger;
@@ -107,6 +111,7 @@ export class Proxy {
    */
   #gatewayPolicy: GatewayShared;
   #endpoint: AgentEndpoint | undefined;
+  #metricsServer: HealthServer | undefined;
   #gateway: Gateway | undefined;
   /** clusters served on ports of their own (Kubernetes mode) */
   #ports: ServedPorts | undefined;
@@ -184,12 +189,23 @@ export class Proxy {
     if (!wildcard) serverNames.push(this.#opts.host);
 
     // the agent port answers health and metrics from the start; agents only once this proxy serves
+    const health = this.#health();
+    if (this.#opts.metricsPort !== undefined) {
+      this.#metricsServer = new HealthServer(health);
+      this.metricsPort = await listenOrExplain(
+        this.#metricsServer.listen(this.#opts.metricsPort, this.#opts.host),
+        this.#opts.host,
+        this.#opts.metricsPort,
+        '--metrics-port',
+      );
+    }
     this.#endpoint = new AgentEndpoint({
       tunnel: new TunnelServer(hostKey),
       authorize: async (config, remote) => this.#admission.authorize(config, remote),
       onSession: (s) => this.#admission.admit(s),
       tls: await agentTls(this.#opts.agentTls, ca, serverNames),
-      health: this.#health(),
+      // with a metrics port, the agent port keeps its probes and sheds /metrics: a NetworkPolicy can then fence them
+      health: this.#metricsServer ? { ...health, metrics: undefined } : health,
       serverId: this.#opts.serverId,
       refusing: () =>
         this.#phase === 'serving'
@@ -281,6 +297,7 @@ export class Proxy {
     this.#log.info('proxy serving', {
       agents: `${this.#opts.host}:${this.agentPort}`,
       gateway: `${this.#opts.host}:${this.gatewayPort}`,
+      ...(this.metricsPort !== undefined ? { metrics: `${this.#opts.host}:${this.metricsPort}` } : {}),
       store: mode.clusters.location,
       clusters: this.#clusters.size,
       serverId: this.#opts.serverId,
@@ -419,7 +436,12 @@ export class Proxy {
     this.#peers?.close();
     this.registry.closeAll();
     await this.#replicas?.close();
-    await Promise.all([this.#endpoint?.close(), this.#gateway?.close(), this.#ports?.close()]);
+    await Promise.all([
+      this.#endpoint?.close(),
+      this.#gateway?.close(),
+      this.#ports?.close(),
+      this.#metricsServer?.close(),
+    ]);
     this.#status.stop();
     // only the proxy that held the file mode writes its final status (the Kubernetes mode's writer reads agents live)
     if (this.#claim) await Promise.all([...this.#clusters.names()].map((name) => this.#status.write(name)));

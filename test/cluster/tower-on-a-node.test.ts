@@ -88,7 +88,7 @@ async function rolledOut(deployment: string): Promise<void> {
 }
 
 test('tower install proxy | kubectl apply: Ready by its own probes, not root, root filesystem read-only', async () => {
-  await install(['proxy', '--kubeconfig', ADMIN]);
+  await install(['proxy', '--kubeconfig', ADMIN, '--with-crd', '--with-namespace']);
   await rolledOut('tower');
   const pods = (await json(['get', 'pods', '-n', NS, '-l', 'app=tower'])).items;
   assert.equal(pods.length, 1);
@@ -98,7 +98,7 @@ test('tower install proxy | kubectl apply: Ready by its own probes, not root, ro
   assert.equal(ready.status, 'True');
   const [proc] = await containersOf('proxy');
   assert.ok(proc, 'no tower proxy process in a pod on this machine');
-  assert.notEqual(proc.uid, 0, 'the proxy runs as root');
+  assert.equal(proc.uid, 65532, 'the proxy runs as the image user (nonroot)');
   // what ps, top and pidof call it (Node names its main thread MainThread)
   assert.equal(readFileSync(`/proc/${proc.pid}/comm`, 'utf8'), 'tower\n');
   assert.ok(proc.rootOptions.includes('ro'), `the proxy's root filesystem is mounted ${proc.rootOptions.join(',')}`);
@@ -128,7 +128,7 @@ test(
     const agent = (await json(['get', 'pods', '-n', NS, '-l', 'app=tower-agent'])).items[0];
     assert.equal(agent.status.conditions.find((x: { type: string }) => x.type === 'Ready').status, 'True');
     const [proc] = await containersOf('agent');
-    assert.notEqual(proc.uid, 0, 'the agent runs as root');
+    assert.equal(proc.uid, 65532, 'the agent runs as the image user (nonroot)');
     assert.ok(proc.rootOptions.includes('ro'));
     assert.equal(memoryValue(proc.memoryCgroup, 'memory.limit_in_bytes'), AGENT_LIMIT);
     const logs = await kOk(['logs', '-n', NS, agent.metadata.name]);

@@ -21,9 +21,13 @@ export interface MemberCluster {
   startApiserver(): Promise<void>;
 }
 
-export async function startMemberCluster(): Promise<MemberCluster> {
+/** `apiserverArgs`: more kube-apiserver flags, e.g. `--enable-admission-plugins=PodSecurityPolicy` (lists add up) */
+export async function startMemberCluster(opts: { apiserverArgs?: string[] } = {}): Promise<MemberCluster> {
   const dir = tempDir('apiserver');
-  const r = await run('bash', [SCRIPT, 'start', dir], { timeoutMs: 120_000 });
+  const r = await run('bash', [SCRIPT, 'start', dir], {
+    timeoutMs: 120_000,
+    env: { APISERVER_ARGS: (opts.apiserverArgs ?? []).join(' ') },
+  });
   const m = /ready (https:\/\/\S+)/.exec(r.stdout);
   if (r.code !== 0 || !m) throw new Error(`kube-apiserver did not start:\n${r.stdout}\n${r.stderr}`);
   return {

@@ -64,7 +64,7 @@ export function notServed(err: unknown): boolean {
 /** what to do when the host's API does not serve Clusters */
 export const CRD_MISSING_HINT =
   "apply KubeSphere's Cluster CRD (clusters.cluster.kubesphere.io), which `tower install proxy` prints: " +
-  'tower install proxy --kubeconfig <host> | kubectl --kubeconfig <host> apply -f -';
+  'tower install proxy --kubeconfig <host> --with-crd | kubectl --kubeconfig <host> apply -f -';
 
 /** A failed API call as an error for people: what was attempted, where, and why. */
 export function apiError(what: string, server: string, err: unknown): TowerError {
@@ -77,7 +77,7 @@ export function apiError(what: string, server: string, err: unknown): TowerError
         : notServed(err)
           ? ` (the API does not serve it: ${CRD_MISSING_HINT})`
           : status === 404 && /Cluster/.test(what)
-            ? ' (is the Cluster CRD installed? `tower install proxy | kubectl apply -f -`)'
+            ? ' (is the Cluster CRD installed? `tower install proxy --with-crd | kubectl apply -f -`)'
             : status === undefined
               ? ' (is the host cluster reachable?)'
               : '';

@@ -5,11 +5,12 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
+  ApiextensionsV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
-  PolicyApi,
+  VersionApi,
   makeInformer,
   type Cluster,
   type Informer,
@@ -112,20 +113,33 @@ export class HostCluster {
         throw new TowerError(
           'EKUBE',
           `namespace ${NAMESPACE} does not exist in the host cluster at ${this.server} ` +
-            `(create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy\`)`,
+            `(create it: kubectl create namespace ${NAMESPACE}, or apply \`tower install proxy --with-namespace\`)`,
         );
       if (apiStatus(err) === 403) return; // allowed to work in it without reading it
       throw apiError(`reading namespace ${NAMESPACE}`, this.server, err);
     }
   }
 
-  /** Whether the cluster serves policy/v1 (Kubernetes 1.21 and later), from its discovery. */
-  async servesPolicyV1(): Promise<boolean> {
+  /** The Cluster CRD's annotations when the cluster has one, else undefined. */
+  async clusterCrdAnnotations(): Promise<Record<string, string> | undefined> {
     try {
-      const group = await this.kc.makeApiClient(PolicyApi).getAPIGroup();
-      return group.versions.some((v) => v.version === 'v1');
+      const crd = await orUndefined(
+        this.kc.makeApiClient(ApiextensionsV1Api).readCustomResourceDefinition({ name: `${PLURAL}.${GROUP}` }),
+      );
+      return crd && (crd.metadata?.annotations ?? {});
     } catch (err) {
-      throw apiError('asking which versions of policy it serves', this.server, err);
+      throw apiError('reading the Cluster CRD', this.server, err);
+    }
+  }
+
+  /** The cluster's Kubernetes minor version (1.<minor>), as /version says; undefined when it says none. */
+  async minorVersion(): Promise<number | undefined> {
+    try {
+      const v = await this.kc.makeApiClient(VersionApi).getCode();
+      const m = /^(\d+)/.exec(v.minor);
+      return v.major === '1' && m ? Number(m[1]) : undefined;
+    } catch (err) {
+      throw apiError('asking its version', this.server, err);
     }
   }
 

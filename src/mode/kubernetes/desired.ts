@@ -10,7 +10,7 @@ import type { V1Service, V1ServicePort } from '@kubernetes/client-node';
 import { parse as parseYaml } from 'yaml';
 import { clusterNameProblem } from '../../config/names.ts';
 import type { Cluster } from '../mode.ts';
-import { NAMESPACE, notOurs, type ClusterCondition, type KubeCluster } from './resource.ts';
+import { NAMESPACE, PROXY_OWNED_LABELS, notOurs, type ClusterCondition, type KubeCluster } from './resource.ts';
 import { x509Facts, type CertificateFacts } from '../../pki/revocations.ts';
 
 export const PORT_MIN = 6000;
@@ -222,7 +222,7 @@ export function serviceToCreate(w: WantedService): V1Service {
     metadata: {
       name: w.name,
       namespace: NAMESPACE,
-      labels: { 'app.kubernetes.io/name': w.name, app: w.name },
+      labels: { 'app.kubernetes.io/name': w.name, app: w.name, ...PROXY_OWNED_LABELS },
       annotations: w.annotations,
     },
     spec: { selector: { 'app.kubernetes.io/name': 'tower', app: 'tower' }, ports: w.ports, type: w.type },

@@ -2,7 +2,7 @@ import type { V1Secret } from '@kubernetes/client-node';
 import { TowerError } from '../../errors.ts';
 import type { KeyMaterial, KeyMaterialKind, KeyStore } from '../../pki/keys.ts';
 import { apiError, apiStatus, orUndefined, type HostCluster } from './api.ts';
-import { NAMESPACE } from './resource.ts';
+import { NAMESPACE, PROXY_OWNED_LABELS } from './resource.ts';
 
 const SECRETS: Record<KeyMaterialKind, string> = { ca: 'tower-ca', 'ssh-host-key': 'tower-ssh-host-key' };
 
@@ -32,7 +32,7 @@ export class SecretKeys implements KeyStore {
       if (existing) return existing;
       const made = await create();
       const body: V1Secret = {
-        metadata: { name, namespace: NAMESPACE, labels: { 'app.kubernetes.io/name': 'tower' } },
+        metadata: { name, namespace: NAMESPACE, labels: { 'app.kubernetes.io/name': 'tower', ...PROXY_OWNED_LABELS } },
         type: 'Opaque',
         data: Object.fromEntries(Object.entries(made).map(([k, v]) => [k, Buffer.from(v).toString('base64')])),
       };

@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from '../../observe/log.ts';
 import { apiMessage, apiStatus, orUndefined, type HostCluster } from './api.ts';
+import { PROXY_OWNED_LABELS } from './resource.ts';
 
 export interface LeaseTimes {
   /** how long a lease holds after its last renewal (Go tower: 30 s) */
@@ -111,7 +112,7 @@ export class LeaderElector {
         await api.createNamespacedLease({
           namespace: this.#namespace,
           body: {
-            metadata: { name: this.#name, namespace: this.#namespace },
+            metadata: { name: this.#name, namespace: this.#namespace, labels: PROXY_OWNED_LABELS },
             spec: {
               holderIdentity: this.identity,
               leaseDurationSeconds: durationSeconds,

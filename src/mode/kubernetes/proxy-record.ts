@@ -4,7 +4,7 @@ import type { ClusterReport, ClusterRow, ProxyRecord, ProxyRecords } from '../mo
 import { apiError, orUndefined, type HostCluster } from './api.ts';
 import type { ClusterController } from './controller.ts';
 import { replicaLeases } from './replicas.ts';
-import { NAMESPACE } from './resource.ts';
+import { NAMESPACE, PROXY_OWNED_LABELS } from './resource.ts';
 
 const PROXY_RECORD = 'tower-proxy';
 
@@ -40,7 +40,11 @@ export class KubernetesProxyRecord implements ProxyRecords {
       hostKeyFingerprint: record.hostKeyFingerprint,
     };
     const body: V1ConfigMap = {
-      metadata: { name: PROXY_RECORD, namespace: NAMESPACE, labels: { 'app.kubernetes.io/name': 'tower' } },
+      metadata: {
+        name: PROXY_RECORD,
+        namespace: NAMESPACE,
+        labels: { 'app.kubernetes.io/name': 'tower', ...PROXY_OWNED_LABELS },
+      },
       data,
     };
     try {

@@ -3,12 +3,12 @@ import { serverIdProblem } from '../../config/names.ts';
 import type { Logger } from '../../observe/log.ts';
 import type { Replica, ReplicaTimes, Replicas } from '../../replicas.ts';
 import { apiMessage, apiStatus, orUndefined, type HostCluster, type Watcher } from './api.ts';
-import { NAMESPACE } from './resource.ts';
+import { NAMESPACE, PROXY_OWNED_LABELS } from './resource.ts';
 
 export const REPLICA_LEASE_PREFIX = 'tower-proxy-';
 const COMPONENT_LABEL = 'app.kubernetes.io/component';
 const COMPONENT = 'proxy-replica';
-const LABELS = { 'app.kubernetes.io/name': 'tower', [COMPONENT_LABEL]: COMPONENT };
+const LABELS = { 'app.kubernetes.io/name': 'tower', [COMPONENT_LABEL]: COMPONENT, ...PROXY_OWNED_LABELS };
 export const ADDRESS_ANNOTATION = 'tower.kubesphere.io/peer-address';
 export const DRAINING_ANNOTATION = 'tower.kubesphere.io/draining';
 /** how often the live set is worked out from what was last seen (local, no API call) */

@@ -12,6 +12,21 @@ export const CLUSTERS_PATH = `/apis/${GROUP}/${VERSION}/${PLURAL}`;
 /** where KubeSphere keeps its system objects, and tower its Services, Secrets and Lease */
 export const NAMESPACE = 'kubesphere-system';
 
+/**
+ * On everything tower creates in a cluster (installed or made at run time), never on the shared namespace or the
+ * Cluster CRD, so that `tower uninstall` removes exactly what tower made.
+ */
+export const PROXY_OWNED_LABELS = {
+  'app.kubernetes.io/managed-by': 'tower',
+  'app.kubernetes.io/part-of': 'tower',
+  'app.kubernetes.io/instance': 'tower-proxy',
+};
+export const AGENT_OWNED_LABELS = { ...PROXY_OWNED_LABELS, 'app.kubernetes.io/instance': 'tower-agent' };
+/** tower's CA and SSH host key: members' kubeconfigs and agents' fingerprints depend on them, kept unless purged */
+export const IDENTITY_SECRETS = ['tower-ca', 'tower-ssh-host-key'];
+/** the revocation list: kept with the CA that issued what it revokes, or a reinstall would let them back in */
+export const REVOCATIONS_CONFIGMAP = 'tower-revocations';
+
 const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
 export interface ClusterCondition {

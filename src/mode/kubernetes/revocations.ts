@@ -5,9 +5,8 @@ import { parseRevocations, revocationsDocument, type Revocation, type Revocation
 import type { RevocationRecords } from '../mode.ts';
 import type { HostCluster } from './api.ts';
 import { apiError, apiStatus, orUndefined } from './api-errors.ts';
-import { NAMESPACE } from './resource.ts';
+import { NAMESPACE, PROXY_OWNED_LABELS, REVOCATIONS_CONFIGMAP } from './resource.ts';
 
-export const REVOCATIONS_CONFIGMAP = 'tower-revocations';
 const KEY = 'revocations.yaml';
 /** writers that raced: each reads again and appends again */
 const WRITE_ATTEMPTS = 5;
@@ -40,7 +39,7 @@ export class KubernetesRevocations implements RevocationRecords {
             metadata: {
               name: REVOCATIONS_CONFIGMAP,
               namespace: NAMESPACE,
-              labels: { 'app.kubernetes.io/name': 'tower' },
+              labels: { 'app.kubernetes.io/name': 'tower', ...PROXY_OWNED_LABELS },
               annotations: { 'tower.kubesphere.io/written-by': 'tower revoke' },
             },
             data,

@@ -1,0 +1,98 @@
+/**
+ * What `tower uninstall` removes: every object carrying tower's labels (what `tower install` printed and what the
+ * proxy made at run time), found by label, never the namespace or the Cluster CRD, which carry none.
+ */
+import { KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
+import { apiError, apiStatus } from './api-errors.ts';
+import type { HostCluster } from './api.ts';
+import {
+  AGENT_OWNED_LABELS,
+  IDENTITY_SECRETS,
+  REVOCATIONS_CONFIGMAP,
+  NAMESPACE,
+  PROXY_OWNED_LABELS,
+} from './resource.ts';
+
+/** the kinds tower creates; a version the cluster does not serve is skipped (policy/v1 before 1.21) */
+const KINDS: { apiVersion: string; kind: string; namespaced: boolean }[] = [
+  { apiVersion: 'apps/v1', kind: 'Deployment', namespaced: true },
+  { apiVersion: 'v1', kind: 'Service', namespaced: true },
+  { apiVersion: 'v1', kind: 'ServiceAccount', namespaced: true },
+  { apiVersion: 'v1', kind: 'Secret', namespaced: true },
+  { apiVersion: 'v1', kind: 'ConfigMap', namespaced: true },
+  { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', namespaced: true },
+  { apiVersion: 'policy/v1', kind: 'PodDisruptionBudget', namespaced: true },
+  { apiVersion: 'policy/v1beta1', kind: 'PodDisruptionBudget', namespaced: true },
+  { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', namespaced: true },
+  { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', namespaced: true },
+  { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'RoleBinding', namespaced: true },
+  { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', namespaced: false },
+  { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', namespaced: false },
+];
+
+export type Part = 'proxy' | 'agent';
+
+export interface Owned {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  namespace?: string;
+}
+
+function selector(part: Part): string {
+  const labels = part === 'proxy' ? PROXY_OWNED_LABELS : AGENT_OWNED_LABELS;
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(',');
+}
+
+/** tower's objects of `part` in the cluster; the CA, host key and revocation list only when purging */
+export async function ownedObjects(host: HostCluster, part: Part, purge: boolean): Promise<Owned[]> {
+  const api = KubernetesObjectApi.makeApiClient(host.kc);
+  const found = new Map<string, Owned>();
+  for (const k of KINDS) {
+    let items: KubernetesObject[];
+    try {
+      const namespace = k.namespaced ? NAMESPACE : undefined;
+      items = (
+        await api.list(k.apiVersion, k.kind, namespace, undefined, undefined, undefined, undefined, selector(part))
+      ).items;
+    } catch (err) {
+      // a group version the cluster does not serve (discovery finds no such kind) holds nothing of tower's
+      if (apiStatus(err) === 404 || /Unrecognized API version and kind/.test(String(err))) continue;
+      throw apiError(`listing ${k.kind}s`, host.server, err);
+    }
+    for (const o of items) {
+      const name = o.metadata!.name!;
+      const kept =
+        (k.kind === 'Secret' && IDENTITY_SECRETS.includes(name)) ||
+        (k.kind === 'ConfigMap' && name === REVOCATIONS_CONFIGMAP);
+      if (!purge && kept) continue;
+      const namespace = o.metadata?.namespace;
+      // a PodDisruptionBudget served in two versions is one object
+      found.set(`${k.kind}/${namespace ?? ''}/${name}`, { apiVersion: k.apiVersion, kind: k.kind, name, namespace });
+    }
+  }
+  return [...found.values()];
+}
+
+/** deletes them; one already gone is not an error */
+export async function deleteObjects(host: HostCluster, objects: Owned[]): Promise<void> {
+  const api = KubernetesObjectApi.makeApiClient(host.kc);
+  for (const o of objects) {
+    try {
+      await api.delete(
+        { apiVersion: o.apiVersion, kind: o.kind, metadata: { name: o.name, namespace: o.namespace } },
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        // the pods and ReplicaSets follow through the garbage collector
+        'Background',
+      );
+    } catch (err) {
+      if (apiStatus(err) === 404) continue;
+      throw apiError(`deleting ${o.kind} ${o.namespace ? `${o.namespace}/` : ''}${o.name}`, host.server, err);
+    }
+  }
+}
