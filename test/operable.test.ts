@@ -82,6 +82,54 @@ describe("kubectl prints the answers tower makes itself, as the server's", () =>
     );
   });
 
+  test(
+    'a cluster whose agent never connected: on first use (no discovery cache) kubectl prints why at once, ' +
+      'having asked few times (nothing invites a retry that cannot help)',
+    async () => {
+      await stack.token('ghost');
+      const kc = await stack.kubeconfig('ghost');
+      const r = await kubectl(kc, ['--cache-dir', tempDir('kubectl-cache'), 'get', 'namespaces']);
+      assert.equal(r.code, 1);
+      // discovery's answer is text, which kubectl prints (a 503's it would replace with a generic line)
+      assert.match(
+        r.stderr,
+        pattern(
+          /^Error from server \(InternalError\): an error on the server /m,
+          /\("tower gateway: cluster \\"ghost\\" has no agent connected to tower/m,
+        ),
+      );
+      assert.doesNotMatch(r.stderr, /the server is currently unable to handle the request/);
+      // with Retry-After, client-go asks each discovery document 11 times (55 requests, a minute)
+      const asked = async () => {
+        const text = await (await fetch(`${stack.proxyUrl}/metrics`)).text();
+        return [...text.matchAll(/^tower_proxy_gateway_requests_total\{cluster="ghost",[^}]*\} (\d+)$/gm)].reduce(
+          (n, m) => n + Number(m[1]),
+          0,
+        );
+      };
+      const n = await waitUntil('the metrics to count them', async () => (await asked()) || undefined);
+      assert.ok(n <= 12, `kubectl asked ${n} times`);
+    },
+  );
+
+  test('an agent that just left may be back in a moment: kubectl waits for it (Retry-After) and succeeds', async () => {
+    const { token } = await stack.token('blink');
+    const first = stack.startAgent('blink', token, member.kubeconfig);
+    await first.waitFor(/connected to proxy/);
+    const kc = await stack.kubeconfig('blink');
+    const from = stack.proxy!.output.length;
+    await first.stop();
+    await stack.proxy!.waitFor(/agent disconnected cluster=blink/, 10_000, from);
+    const pending = kubectl(kc, ['--cache-dir', tempDir('kubectl-cache'), 'get', 'namespaces', '-o', 'name']);
+    await new Promise((r) => setTimeout(r, 2000));
+    const second = stack.startAgent('blink', token, member.kubeconfig);
+    await second.waitFor(/connected to proxy/);
+    const r = await pending;
+    await second.stop(); // the metrics tests below count the agents connected
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^namespace\/default$/m);
+  });
+
   test("504: the member's kube-apiserver does not answer within --request-timeout", async () => {
     const kc = await silentCluster(stack, 'silent');
     const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);

@@ -9,6 +9,11 @@ export interface Refusal {
   message: string;
   /** seconds a client should wait before retrying (429); sent as Retry-After and in the Status */
   retryAfter?: number;
+  /**
+   * sent as text/plain rather than a Status: client-go's discovery reads a failed answer's body only as
+   * text, and prints a 5xx's text (not a 503's); kubectl then says why it cannot go on
+   */
+  text?: boolean;
 }
 
 /** metav1.StatusReason by code; 502 has none in Kubernetes, and says what it is */
@@ -61,9 +66,9 @@ export function sendStatus(res: ServerResponse, r: Refusal): void {
     res.destroy();
     return;
   }
-  const body = statusBody(r);
+  const body = r.text ? `${r.message}\n` : statusBody(r);
   const headers: Record<string, string | number> = {
-    'content-type': 'application/json',
+    'content-type': r.text ? 'text/plain; charset=utf-8' : 'application/json',
     'content-length': Buffer.byteLength(body),
   };
   if (r.retryAfter !== undefined) headers['retry-after'] = r.retryAfter;

@@ -8,6 +8,8 @@ import type { AgentSession } from '../tunnel/server.ts';
 export class SessionRegistry extends EventEmitter {
   #byCluster = new Map<string, AgentSession[]>();
   #next = new Map<string, number>();
+  /** when each cluster's last session here went (ms), for a refusal that says whether waiting may help */
+  #lastGone = new Map<string, number>();
 
   add(session: AgentSession): void {
     const list = this.#byCluster.get(session.name) ?? [];
@@ -28,6 +30,12 @@ export class SessionRegistry extends EventEmitter {
       if (!s.closed && !except?.has(s)) return s;
     }
     return undefined;
+  }
+
+  /** whether the last agent of `name` here went within `ms` (it may be reconnecting) */
+  leftWithin(name: string, ms: number): boolean {
+    const gone = this.#lastGone.get(name);
+    return gone !== undefined && Date.now() - gone < ms;
   }
 
   count(name: string): number {
@@ -69,6 +77,7 @@ export class SessionRegistry extends EventEmitter {
     if (list.length === 0) {
       this.#byCluster.delete(session.name);
       this.#next.delete(session.name);
+      this.#lastGone.set(session.name, Date.now());
     }
     this.emit('change', session.name, list.length);
   }

@@ -292,18 +292,41 @@ test("members: a retry goes to the next agent with that agent's own host and cre
   two.emit('close');
 });
 
-test('members: none here and no replicas is a 503; an agent that announced no ks-apiserver a 502', async () => {
-  const registry = new SessionRegistry();
-  const members = new Members({ registry });
-  assert.equal(members.local(certRoute), undefined);
-  const none = await members.elsewhere(certRoute);
-  assert.ok(isRefusal(none) && none.status === 503 && none.retryAfter === 1);
-  const s = session();
-  registry.add(s);
-  const ks = members.local({ cluster: 'alpha', path: '/', target: 'kubesphere' });
-  assert.ok(ks && isRefusal(ks) && ks.status === 502);
-  s.emit('close');
-});
+test(
+  'members: none here and no replicas is a 503, to retry only while an agent may be reconnecting, and text for ' +
+    'discovery; an agent that announced no ks-apiserver a 502',
+  async () => {
+    const registry = new SessionRegistry();
+    const members = new Members({ registry });
+    assert.equal(members.local(certRoute), undefined);
+    // never connected: waiting cannot help
+    const none = await members.elsewhere(certRoute, 'GET');
+    assert.ok(isRefusal(none) && none.status === 503 && none.retryAfter === undefined && !none.text);
+    for (const path of ['/api', '/api/v1', '/apis', '/apis/apps', '/apis/apps/v1?timeout=32s', '/openapi/v2']) {
+      const d = await members.elsewhere({ ...certRoute, path }, 'GET');
+      assert.ok(isRefusal(d) && d.status === 502 && d.text, path);
+      assert.match(d.message, /^tower gateway: cluster "alpha" has no agent connected to tower/);
+    }
+    for (const [path, method] of [
+      ['/api/v1/namespaces', 'GET'],
+      ['/apis/apps/v1/deployments', 'GET'],
+      ['/api', 'POST'],
+    ]) {
+      const r = await members.elsewhere({ ...certRoute, path: path! }, method!);
+      assert.ok(isRefusal(r) && r.status === 503 && !r.text, `${method} ${path}`);
+    }
+    const s = session();
+    registry.add(s);
+    const ks = members.local({ cluster: 'alpha', path: '/', target: 'kubesphere' });
+    assert.ok(ks && isRefusal(ks) && ks.status === 502);
+    s.emit('close');
+    // an agent that just left may come back: clients retry, discovery included
+    for (const path of ['/api', '/api/v1/namespaces']) {
+      const r = await members.elsewhere({ ...certRoute, path }, 'GET');
+      assert.ok(isRefusal(r) && r.status === 503 && r.retryAfter === 1 && !r.text, path);
+    }
+  },
+);
 
 test('identity: as the certificate, or as asked once the member allowed it', async () => {
   const verdicts: string[] = [];

@@ -313,7 +313,7 @@ export class Gateway {
   #toMember(req: IncomingMessage, found: Found): Ready | Refusal | Promise<Ready | Refusal> {
     if (found.local) return this.#actingAs(req, found.route, found.local);
     return this.#members
-      .elsewhere(found.route)
+      .elsewhere(found.route, req.method ?? '')
       .then((way) => (isRefusal(way) ? way : this.#actingAs(req, found.route, way)));
   }
 
@@ -399,7 +399,7 @@ export class Gateway {
     };
     const ready = this.#toMember(req, found);
     // a lookup that fails is an agent not found: nothing may reject unhandled here
-    if (ready instanceof Promise) void ready.then(go, () => go(refusals.noAgent(found.route.cluster)));
+    if (ready instanceof Promise) void ready.then(go, () => go(this.#members.noAgent(found.route, req.method ?? '')));
     else go(ready);
   }
 
@@ -552,7 +552,7 @@ export class Gateway {
     };
     const ready = this.#toMember(req, found);
     // a lookup that fails is an agent not found: nothing may reject unhandled here
-    if (ready instanceof Promise) void ready.then(go, () => go(refusals.noAgent(route.cluster)));
+    if (ready instanceof Promise) void ready.then(go, () => go(this.#members.noAgent(route, req.method ?? '')));
     else go(ready);
   }
 }

@@ -13,6 +13,11 @@ import { MemberApiserver, MemberKubesphere, type Upstream } from '../upstream.ts
 import { refusals } from './refusals.ts';
 import type { Route, Target } from './route.ts';
 
+/** an agent that left this long ago may be reconnecting: clients are asked to retry meanwhile */
+export const RECONNECT_WINDOW_MS = 30_000;
+/** what client-go's discovery (kubectl's first requests) and OpenAPI reads ask for */
+const DISCOVERY = /^\/(api(\/v1)?|apis(\/[^/?]+){0,2}|version|openapi\/v[23](\/[^?]*)?)\/?(\?.*)?$/;
+
 type Member = MemberApiserver | MemberKubesphere;
 
 export interface MembersOptions {
@@ -45,14 +50,22 @@ export class Members {
     return new LocalWay(this, route, member);
   }
 
-  /** The way through another replica that holds an agent of the cluster; a 503 when none does. */
-  async elsewhere(route: Route): Promise<Way | Refusal> {
+  /** The way through another replica that holds an agent of the cluster; a refusal when none does. */
+  async elsewhere(route: Route, method: string): Promise<Way | Refusal> {
     const peers = this.#opts.peers;
-    if (!peers || route.fromPeer) return refusals.noAgent(route.cluster);
+    if (!peers || route.fromPeer) return this.noAgent(route, method);
     const replica = await peers.find(route.cluster);
-    if (!replica) return refusals.noAgent(route.cluster);
+    if (!replica) return this.noAgent(route, method);
     this.#opts.metrics?.peerForwards.inc({ replica: replica.id });
     return new PeerWay(peers, route, replica);
+  }
+
+  /** why no agent serves `route`, and whether waiting may help (see refusals.noAgent) */
+  noAgent(route: Route, method: string): Refusal {
+    return refusals.noAgent(route.cluster, {
+      reconnecting: this.#opts.registry.leftWithin(route.cluster, RECONNECT_WINDOW_MS),
+      discovery: method === 'GET' && DISCOVERY.test(route.path),
+    });
   }
 
   /** another agent of the cluster here, none of `tried` */

@@ -79,13 +79,18 @@ export const refusals = {
         ? 'ks-apiserver (KubeSphereSvcHost; agent flag --kubesphere-service)'
         : 'kube-apiserver'),
   }),
-  noAgent: (cluster: string): Refusal => ({
-    status: 503,
-    retryAfter: 1,
-    message:
+  /**
+   * No agent of the cluster anywhere. While one may be reconnecting (it left moments ago) clients are
+   * asked to retry (client-go does, up to 10 times, 1 s apart); otherwise retrying cannot help: the
+   * answer is at once, and discovery's is text, so that kubectl prints it rather than a generic line.
+   */
+  noAgent: (cluster: string, how: { reconnecting?: boolean; discovery?: boolean } = {}): Refusal => {
+    const message =
       `cluster "${cluster}" has no agent connected to tower ` +
-      `(start one with the command that "tower token ${cluster}" prints)`,
-  }),
+      `(start one with the command that "tower token ${cluster}" prints)`;
+    if (how.reconnecting) return { status: 503, retryAfter: 1, message };
+    return how.discovery ? { status: 502, text: true, message: `tower gateway: ${message}` } : { status: 503, message };
+  },
   badImpersonation: (problem: string): Refusal => ({ status: 400, message: `tower gateway: ${problem}` }),
   impersonationDenied: (why: string): Refusal => ({ status: 403, message: `tower gateway: ${why}` }),
   impersonationUnknown: (cluster: string, user: string, err: Error): Refusal => ({
