@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import { connect as tlsConnect } from 'node:tls';
+import { connect } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -778,7 +779,7 @@ test(
 
 test(
   '--leader-elect: a replica waiting for a Lease whose holder died exits after its drain on SIGTERM, ' +
-    'without waiting for the Lease to lapse',
+    'without waiting for the Lease to lapse or for connections that never spoke',
   async () => {
     // the writers' Lease, renewed just now by a replica that is gone: it holds for 10 minutes
     await host.must(
@@ -805,11 +806,23 @@ test(
       'waiting',
     ]);
     await waiting.waitFor(/leader election: waiting for the lease .*holder=dead-replica/);
+    // and connections that wait for nothing in particular, as a load balancer's do: one that never speaks, one
+    // that finished TLS and sends no request (each would be closed by its own deadline, 30 s at most)
+    const gatewayPort = Number(/gateway=127\.0\.0\.4:(\d+)/.exec(waiting.output)![1]);
+    const held = [
+      connect(gatewayPort, '127.0.0.4'),
+      connect(waiting.agentPort, '127.0.0.4'),
+      tlsConnect({ host: '127.0.0.4', port: gatewayPort, rejectUnauthorized: false }),
+    ];
+    for (const socket of held) socket.on('error', () => undefined);
+    await new Promise((resolve) => held[2]!.once('secureConnect', resolve));
     waiting.child.kill('SIGTERM');
-    // bounded far below the Lease's 10 minutes: ended by SIGKILL, it would exit with no code
-    const killer = setTimeout(() => waiting.child.kill('SIGKILL'), 60_000);
+    // bounded far below the Lease's 10 minutes and below the held connections' deadlines: ended by SIGKILL, it
+    // would exit with no code
+    const killer = setTimeout(() => waiting.child.kill('SIGKILL'), 20_000);
     const code = await waiting.exited;
     clearTimeout(killer);
+    for (const socket of held) socket.destroy();
     assert.equal(code, 0, waiting.output);
     assert.match(waiting.output, /drained/);
     const holder = await host.must([

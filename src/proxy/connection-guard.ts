@@ -59,6 +59,8 @@ export class ConnectionGuard {
   #counts: AddressCounts;
   /** "address:port" of each counted connection → its address */
   #counted = new Map<string, string>();
+  /** every connection accepted and still open: close() ends them, whatever they wait for */
+  #open = new Set<Duplex>();
   #deadlines = new WeakMap<Duplex, NodeJS.Timeout>();
   #refusals = new RepeatedEvents();
 
@@ -139,7 +141,11 @@ export class ConnectionGuard {
     }
     const key = peerKey(socket);
     this.#counted.set(key, address);
-    socket.once('close', () => this.release(socket));
+    this.#open.add(socket);
+    socket.once('close', () => {
+      this.#open.delete(socket);
+      this.release(socket);
+    });
     return true;
   }
 
@@ -171,8 +177,15 @@ export class ConnectionGuard {
     this.#deadlines.delete(socket);
   }
 
+  /**
+   * The end: every connection still open is closed, so that closing the listener does not wait for
+   * them. Without this a connection that never spoke (a load balancer's), a TLS handshake, or an
+   * upgraded connection past the drain held the process until its own deadline, up to 30 s.
+   */
   close(): void {
     this.#refusals.close();
+    for (const socket of this.#open) socket.destroy();
+    this.#open.clear();
   }
 
   #noteRefusal(which: string): void {
