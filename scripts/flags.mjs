@@ -17,6 +17,7 @@ export const COMMANDS = [
   'version',
   'install proxy',
   'install agent',
+  'install crd',
   'uninstall proxy',
   'uninstall agent',
 ];

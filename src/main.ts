@@ -3,7 +3,7 @@ import { AgentCommand } from './cli/agent.ts';
 import type { TowerCommand } from './cli/base.ts';
 import { ClustersCommand, DeleteCommand } from './cli/clusters.ts';
 import { commandHelp, nearest, normalizeSwitches, overview, scanArgs, type CommandEntry } from './cli/help.ts';
-import { InstallAgentCommand, InstallProxyCommand } from './cli/install.ts';
+import { InstallAgentCommand, InstallCrdCommand, InstallProxyCommand } from './cli/install.ts';
 import { KubeconfigCommand } from './cli/kubeconfig.ts';
 import { ProxyCommand } from './cli/proxy.ts';
 import { RevokeCommand } from './cli/revoke.ts';
@@ -24,6 +24,7 @@ const COMMANDS = [
   VersionCommand,
   InstallProxyCommand,
   InstallAgentCommand,
+  InstallCrdCommand,
   UninstallProxyCommand,
   UninstallAgentCommand,
 ];
@@ -77,7 +78,7 @@ async function main(args: string[]): Promise<number> {
     const sub = words.filter((w) => w.startsWith(`${first} `));
     if (sub.length)
       return fail(
-        `tower ${first}: name what to ${first}: ${sub.map((w) => w.split(' ')[1]).join(' or ')} (see: tower help)`,
+        `tower ${first}: name what to ${first}: ${orList(sub.map((w) => w.split(' ')[1]!))} (see: tower help)`,
       );
     return fail(`tower: unknown command "${first}"${near ? `; did you mean ${near}?` : ''} (see: tower help)`);
   }
@@ -112,6 +113,11 @@ async function main(args: string[]): Promise<number> {
     return fail(`${name}: ${syntaxProblem(why, scan.positionals.slice(takes))} (see: ${name} --help)`);
   }
   return cli.run(command);
+}
+
+/** "a or b", "a, b or c" */
+function orList(words: string[]): string {
+  return words.length < 2 ? words.join('') : `${words.slice(0, -1).join(', ')} or ${words.at(-1)}`;
 }
 
 /** clipanion's parse errors, said as what is wrong with the command line */

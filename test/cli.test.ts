@@ -100,7 +100,7 @@ test(
         /^tower token: missing NAME, the cluster's name \(e\.g\. tower token alpha; see: tower token --help\)\n$/,
       ],
       [['prxy'], /^tower: unknown command "prxy"; did you mean proxy\? \(see: tower help\)\n$/],
-      [['install'], /^tower install: name what to install: proxy or agent \(see: tower help\)\n$/],
+      [['install'], /^tower install: name what to install: proxy, agent or crd \(see: tower help\)\n$/],
       [['help', 'nothing'], /^tower help: unknown command "nothing" \(see: tower help\)\n$/],
       [
         ['proxy', '--access-log=maybe'],

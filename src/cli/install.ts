@@ -1,10 +1,18 @@
 import { stringify as toYaml } from 'yaml';
-import { INSTALL_AGENT_OPTIONS, INSTALL_PROXY_OPTIONS, kubeMinor, parseLabelSelector } from '../config/options.ts';
+import {
+  INSTALL_AGENT_OPTIONS,
+  INSTALL_CRD_OPTIONS,
+  INSTALL_PROXY_OPTIONS,
+  kubeMinor,
+  parseLabelSelector,
+} from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
 import {
   agentManifests,
+  clusterCrd,
   CRD_INSTALLED_BY,
   CRD_MATCHES_KUBESPHERE,
+  namespace,
   pdbApiVersionFor,
   proxyManifests,
   type MetricsFence,
@@ -109,6 +117,36 @@ export class InstallProxyCommand extends TowerCommand {
   }
 }
 
+export class InstallCrdCommand extends TowerCommand {
+  static override paths = [['install', 'crd']];
+  static override options = INSTALL_CRD_OPTIONS;
+  static override doc: CommandDoc = {
+    usage: 'install crd',
+    summary: "Print KubeSphere's Cluster CRD (and its namespace), for a host without KubeSphere",
+    details:
+      `KubeSphere's Cluster CRD as its ${CRD_MATCHES_KUBESPHERE} release defines it, marked as tower's, and with ` +
+      `--with-namespace the namespace kubesphere-system: what a proxy in Kubernetes mode needs on a host without ` +
+      `KubeSphere, and nothing else (no proxy). With --kubeconfig it refuses when the host has a Cluster CRD that ` +
+      `tower did not install. No uninstall deletes either. The same as tower install proxy --with-crd ` +
+      `--with-namespace prints besides the proxy.`,
+    examples: [
+      [
+        'A plain host, for a proxy run outside it',
+        'tower install crd --with-namespace --kubeconfig host.kubeconfig | ' +
+          'kubectl --kubeconfig host.kubeconfig apply -f -',
+      ],
+    ],
+  };
+  readonly command = 'install';
+
+  async run(): Promise<number> {
+    const o = this.load(INSTALL_CRD_OPTIONS);
+    await refuseForeignCrd(o.kubeconfig);
+    printAll([...(o.withNamespace ? [namespace()] : []), clusterCrd()]);
+    return 0;
+  }
+}
+
 /**
  * --with-crd must not overwrite a Cluster CRD that tower did not install (a KubeSphere release's own): asked of the
  * host when there is a kubeconfig.
@@ -116,7 +154,7 @@ export class InstallProxyCommand extends TowerCommand {
 async function refuseForeignCrd(kubeconfig: string | undefined): Promise<void> {
   if (!kubeconfig) {
     process.stderr.write(
-      `--with-crd: not checked against a Cluster CRD the host may have already (KubeSphere's own); give ` +
+      `the Cluster CRD is not checked against one the host may have already (KubeSphere's own); give ` +
         `--kubeconfig <host> to check\n`,
     );
     return;
@@ -126,7 +164,7 @@ async function refuseForeignCrd(kubeconfig: string | undefined): Promise<void> {
   if (installed && installed[CRD_INSTALLED_BY] !== 'tower')
     throw new ConfigError(
       `the host already has a Cluster CRD (clusters.cluster.kubesphere.io) that tower did not install, ` +
-        `KubeSphere's own perhaps: leave out --with-crd so that it stays as it is`,
+        `KubeSphere's own perhaps: it must stay as it is (leave out --with-crd, or tower install crd)`,
     );
 }
 

@@ -477,6 +477,15 @@ const WITH_NAMESPACE = {
   }),
 };
 
+export const INSTALL_CRD_OPTIONS = {
+  ...COMMON,
+  ...WITH_NAMESPACE,
+  kubeconfig: opt.string({
+    help: 'The host cluster, checked for a Cluster CRD that tower did not install (then refused)',
+    value: 'FILE',
+  }),
+} satisfies Specs;
+
 export const INSTALL_PROXY_OPTIONS = {
   ...COMMON,
   ...IMAGE,

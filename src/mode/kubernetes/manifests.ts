@@ -132,7 +132,7 @@ export function clusterCrd(): Obj {
 }
 
 /** KubeSphere's namespace, which tower shares: without tower's labels, so that no uninstall deletes it */
-function namespace(): Obj {
+export function namespace(): Obj {
   return { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NAMESPACE } };
 }
 
