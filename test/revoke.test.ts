@@ -4,14 +4,16 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parse } from 'yaml';
+import { CertificateAuthority } from '../src/pki/ca.ts';
+import { renderKubeconfig } from '../src/pki/kubeconfig.ts';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { KubeHost } from './support/kube.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import { tower, waitUntil } from './support/tower.ts';
+import { run, tower, waitUntil } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 /** the client certificate a kubeconfig holds */
@@ -187,6 +189,100 @@ describe('file store: a proxy and a real kube-apiserver', () => {
     assert.match(list.stdout, /certificates of user "jane" issued before/);
   });
 
+  /** a kubeconfig for alpha with a certificate the test issues itself with tower's CA */
+  async function issued(user: string, groups: string[], days: number, uris: string[] = []): Promise<string> {
+    const ca = await CertificateAuthority.load(
+      {
+        cert: readFileSync(join(stack.dataDir, 'ca.crt'), 'utf8'),
+        key: readFileSync(join(stack.dataDir, 'ca.key'), 'utf8'),
+      },
+      'test',
+    );
+    const leaf = await ca.issueClient(user, groups, days, 'alpha', uris);
+    const path = join(stack.dataDir, `issued-${Date.now()}.kubeconfig`);
+    writeFileSync(
+      path,
+      renderKubeconfig({
+        cluster: 'alpha',
+        server: `https://127.0.0.1:${stack.gatewayPort}/clusters/alpha`,
+        caPem: ca.certPem,
+        user,
+        certPem: leaf.cert,
+        keyPem: leaf.key,
+      }),
+    );
+    return path;
+  }
+
+  test(
+    'a certificate that expires while its watch is open: ' + 'the watch is closed, the next request refused',
+    async () => {
+      const kc = await issued('frank', ['viewers'], 6 / 86_400);
+      const watch = spawn('kubectl', ['--kubeconfig', kc, 'get', 'namespaces', '--watch', '--request-timeout=0'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const ended = new Promise<number | null>((resolve) => watch.on('exit', resolve));
+      try {
+        await waitUntil('the watch to list', () => new Promise((r) => watch.stdout.once('data', () => r(true))));
+        const notAfter = Date.parse(certificateOf(kc).validTo);
+        assert.ok(notAfter > Date.now(), 'it is good while the watch starts');
+        const outcome = await Promise.race([ended, new Promise((r) => setTimeout(() => r('running'), 20_000))]);
+        assert.notEqual(outcome, 'running', 'the watch of the expired certificate was closed');
+        assert.ok(Date.now() > notAfter, 'not before it expired');
+        const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
+        assert.notEqual(r.code, 0);
+        assert.match(r.stderr, /expired/);
+      } finally {
+        watch.kill();
+      }
+    },
+  );
+
+  test(
+    'a user name with spaces around it (it would act as the trimmed name) is refused, ' + 'at issue and at the gateway',
+    async () => {
+      const bad = await tower(['kubeconfig', 'alpha', '--user', ' jane'], stack.env);
+      assert.equal(bad.code, 1);
+      assert.match(
+        bad.stderr,
+        /^tower kubeconfig: invalid --user value " jane" from flag --user: must not be empty nor/,
+      );
+      const kc = await issued('jane ', ['viewers'], 1);
+      const r = await kubectl(kc, ['get', '--raw', '/api/v1/namespaces']);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /Forbidden.*subject holds a name with spaces around it/);
+    },
+  );
+
+  test("a certificate naming a replica, where there are none, is a user's like any other: revocable", async () => {
+    const kc = await issued('mallory', [], 1, ['urn:tower:peer:x']);
+    assert.equal((await kubectl(kc, ['get', '--raw', '/api/v1/namespaces'])).code, 1, 'mallory has no RBAC');
+    const serial = certificateOf(kc).serialNumber;
+    assert.equal((await tower(['revoke', '--serial', serial], stack.env)).code, 0);
+    await waitUntil('mallory to be refused', () => refusedAsRevoked(kc, /this client certificate is revoked/));
+  });
+
+  test(
+    'a FIFO, or a link to nothing, where the list should be: ' + 'every certificate refused; the proxy serves on',
+    async () => {
+      const gina = await stack.kubeconfig('alpha', ['--user', 'gina', '--group', 'viewers']);
+      const file = join(stack.dataDir, 'revocations.yaml');
+      const good = readFileSync(file, 'utf8');
+      for (const [make, what] of [
+        [['mkfifo', file], /is not a regular file/],
+        [['ln', '-s', join(stack.dataDir, 'nothing-here'), file], /cannot be read: a link to nothing/],
+      ] as const) {
+        rmSync(file);
+        assert.equal((await run(make[0], make.slice(1))).code, 0);
+        const stderr = await waitUntil('every certificate to be refused', () => refusedAsRevoked(gina, what));
+        assert.match(stderr, /tower cannot enforce its revocation list/);
+        rmSync(file);
+        writeFileSync(file, good);
+        await waitUntil('gina to be served again', async () => (await kubectl(gina, ['get', 'namespaces'])).code === 0);
+      }
+    },
+  );
+
   test(
     'a malformed list refuses every client certificate, naming the file, until it is fixed; ' + 'the proxy serves on',
     async () => {
@@ -225,7 +321,10 @@ describe('file store: a proxy and a real kube-apiserver', () => {
       [[], /give exactly one of --user NAME, --serial HEX, --issued-before TIME or --all/],
       [['--user', 'x', '--all'], /give exactly one of/],
       [['--serial', 'xyz'], /invalid --serial value "xyz" from flag --serial: want the hexadecimal serial number/],
-      [['--issued-before', 'yesterday'], /want a time such as 2026-01-31T12:00:00Z/],
+      [['--issued-before', 'yesterday'], /want an RFC 3339 time with its offset, such as 2026-01-31T12:00:00Z/],
+      [['--issued-before', '1'], /want an RFC 3339 time/],
+      [['--issued-before', '2026-02-30T00:00:00Z'], /want an RFC 3339 time/],
+      [['--issued-before', '2026-01-01T00:00:00'], /want an RFC 3339 time with its offset/],
       [['--issued-before', '2999-01-01T00:00:00Z'], /is in the future/],
       [['--list', '--all'], /--list changes nothing/],
     ] as const) {

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REVOKE_OPTIONS } from '../config/options.ts';
 import { ConfigError, StoreError } from '../errors.ts';
-import { normalizeSerial } from '../config/names.ts';
+import { normalizeSerial, rfc3339 } from '../config/names.ts';
 import { describeRevocation, type Revocation } from '../pki/revocations.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
@@ -35,7 +35,7 @@ export class RevokeCommand extends TowerCommand {
       throw new ConfigError(
         `give exactly one of --user NAME, --serial HEX, --issued-before TIME or --all (see: tower revoke --help)`,
       );
-    if (o.issuedBefore !== undefined && Date.parse(o.issuedBefore) > Date.now() + 60_000)
+    if (o.issuedBefore !== undefined && rfc3339(o.issuedBefore)! > Date.now())
       throw new ConfigError(
         `--issued-before ${o.issuedBefore} is in the future: it would also refuse every kubeconfig issued until ` +
           'then (for everything issued until now: --all)',
@@ -60,7 +60,7 @@ export class RevokeCommand extends TowerCommand {
           : o.user !== undefined
             ? { user: o.user, issuedBefore: until.toISOString(), revokedAt }
             : {
-                issuedBefore: o.issuedBefore ? new Date(o.issuedBefore).toISOString() : until.toISOString(),
+                issuedBefore: o.issuedBefore ? new Date(rfc3339(o.issuedBefore)!).toISOString() : until.toISOString(),
                 revokedAt,
               };
       const list = await store.add(entry);

@@ -64,3 +64,17 @@ export function serialProblem(s: string): string | undefined {
     ? undefined
     : 'want the hexadecimal serial number (up to 40 digits)';
 }
+
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/** The time (ms) an RFC 3339 timestamp with its offset names, or undefined (a day that does not exist included). */
+export function rfc3339(text: string): number | undefined {
+  const m = RFC3339.exec(text);
+  if (!m) return undefined;
+  const ms = Date.parse(text);
+  if (Number.isNaN(ms)) return undefined;
+  // Date.parse rolls 2026-02-30 over into March: the day must be the one written, in the writer's offset
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const day = new Date(Date.UTC(y, mo - 1, d));
+  return day.getUTCFullYear() === y && day.getUTCMonth() === mo - 1 && day.getUTCDate() === d ? ms : undefined;
+}

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { opt, registerOptionNames, type Specs } from './loader.ts';
 import { VERSION } from '../version.ts';
-import { serialProblem, serverIdProblem } from './names.ts';
+import { rfc3339, serialProblem, serverIdProblem } from './names.ts';
 
 /**
  * The option tables of every subcommand: the one place that says what each accepts, its default
@@ -357,7 +357,7 @@ export const KUBECONFIG_OPTIONS = {
     help: "User name: the certificate's CN, whom requests act as in the member",
     value: 'NAME',
     default: 'tower-admin',
-    check: (v) => (v.trim() ? undefined : 'must not be empty'),
+    check: (v) => (v.trim() && v === v.trim() ? undefined : 'must not be empty nor start or end with spaces'),
   }),
   group: opt.string({
     help: "Groups: the certificate's O, comma-separated for several",
@@ -404,7 +404,8 @@ export const REVOKE_OPTIONS = {
   issuedBefore: opt.string({
     help: 'Revoke every certificate issued before this time (RFC 3339, e.g. 2026-01-31T12:00:00Z)',
     value: 'TIME',
-    check: (v) => (Number.isNaN(Date.parse(v)) ? 'want a time such as 2026-01-31T12:00:00Z' : undefined),
+    check: (v) =>
+      rfc3339(v) === undefined ? 'want an RFC 3339 time with its offset, such as 2026-01-31T12:00:00Z' : undefined,
   }),
   all: opt.bool({
     help: 'Revoke every certificate issued until now (the same as --issued-before now)',

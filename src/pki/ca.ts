@@ -173,11 +173,12 @@ export class CertificateAuthority {
     cluster?: string,
     uris: string[] = [],
   ): Promise<IssuedCertificate> {
+    const now = Date.now();
     const ext: x509.Extension[] = [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])];
-    const names = [...(cluster ? [clusterUri(cluster)] : []), ...uris];
-    if (names.length)
-      ext.push(new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'url' as const, value }))));
-    return this.#issue(user, groups, days * DAY_MS, ext);
+    // when it was issued, exactly: notBefore is back-dated, and a revocation goes by the time of issue
+    const names = [...(cluster ? [clusterUri(cluster)] : []), ...uris, ISSUED_URI_PREFIX + now];
+    ext.push(new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'url' as const, value }))));
+    return this.#issue(user, groups, days * DAY_MS, ext, now);
   }
 
   async #issue(
@@ -185,9 +186,9 @@ export class CertificateAuthority {
     orgs: string[],
     lifetimeMs: number,
     extensions: x509.Extension[],
+    now = Date.now(),
   ): Promise<IssuedCertificate> {
     const keys = (await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify'])) as CryptoKeyPair;
-    const now = Date.now();
     // a leaf never outlives its CA
     const notAfter = new Date(Math.min(now + Math.round(lifetimeMs), this.cert.notAfter.getTime()));
     const subject = [...orgs.map((o) => ({ O: [o] })), { CN: [cn] }];
@@ -227,6 +228,18 @@ export function clusterUri(cluster: string): string {
 }
 
 /** The cluster a client certificate is bound to, from Node's `subjectaltname` string. */
+const ISSUED_URI_PREFIX = 'urn:tower:issued:';
+const ISSUED_URI = /^URI:urn:tower:issued:(\d{1,15})$/;
+
+/** When tower issued the certificate (ms), from the URI it carries; undefined for one another issuer made. */
+export function issuedAtOf(subjectAltName: string | undefined): number | undefined {
+  for (const part of (subjectAltName ?? '').split(', ')) {
+    const m = ISSUED_URI.exec(part);
+    if (m) return Number(m[1]);
+  }
+  return undefined;
+}
+
 export function boundCluster(subjectAltName: string | undefined): string | undefined {
   if (!subjectAltName) return undefined;
   for (const part of subjectAltName.split(', ')) {

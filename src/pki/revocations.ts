@@ -7,7 +7,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { normalizeSerial, serialProblem } from '../config/names.ts';
-import { ISSUE_BACKDATE_MS } from './ca.ts';
+import { issuedAtOf } from './ca.ts';
 
 export interface Revocation {
   /** one certificate, whatever its user and time */
@@ -30,8 +30,13 @@ export interface CertificateFacts {
   serial: string;
   /** the CN */
   user: string;
-  /** when tower issued it: its notBefore plus the back-dating every leaf gets */
+  /**
+   * when it was issued (ms): the time tower wrote into it, or for a certificate another issuer made
+   * with the CA, its notBefore (which errs towards revoking it)
+   */
   issuedAt: number;
+  /** when it, or the CA, expires (ms): checked on every request, not only at the handshake */
+  notAfter: number;
 }
 
 export const EMPTY_REVOCATIONS: RevocationList = { revocations: [] };
@@ -40,12 +45,13 @@ const MAX_ENTRIES = 10_000;
 const KEYS = new Set(['serial', 'user', 'issuedBefore', 'revokedAt']);
 const UNSAFE = /[\x00-\x1f\x7f]/;
 
-export function certificateFacts(cert: PeerCertificate): CertificateFacts {
+export function certificateFacts(cert: PeerCertificate, caNotAfter = Infinity): CertificateFacts {
   const cn = (cert.subject as unknown as Record<string, string | string[] | undefined> | undefined)?.CN;
   return {
     serial: normalizeSerial(cert.serialNumber ?? ''),
     user: Array.isArray(cn) ? (cn[0] ?? '') : (cn ?? ''),
-    issuedAt: Date.parse(cert.valid_from) + ISSUE_BACKDATE_MS,
+    issuedAt: issuedAtOf(cert.subjectaltname) ?? Date.parse(cert.valid_from),
+    notAfter: Math.min(Date.parse(cert.valid_to), caNotAfter),
   };
 }
 
@@ -55,20 +61,46 @@ export function x509Facts(cert: X509Certificate): CertificateFacts {
   return {
     serial: normalizeSerial(cert.serialNumber),
     user: cn,
-    issuedAt: Date.parse(cert.validFrom) + ISSUE_BACKDATE_MS,
+    issuedAt: issuedAtOf(cert.subjectAltName) ?? Date.parse(cert.validFrom),
+    notAfter: Date.parse(cert.validTo),
   };
+}
+
+/** A list made ready for checking every request: by serial and by user, each time parsed once. */
+export class RevocationIndex {
+  readonly size: number;
+  #serials = new Map<string, Revocation>();
+  /** per user, and for everyone (key undefined): the entry that revokes the latest issues */
+  #before = new Map<string | undefined, { until: number; r: Revocation }>();
+
+  constructor(list: RevocationList) {
+    this.size = list.revocations.length;
+    for (const r of list.revocations) {
+      if (r.serial !== undefined) {
+        this.#serials.set(r.serial, r);
+        continue;
+      }
+      const until = Date.parse(r.issuedBefore!);
+      const prev = this.#before.get(r.user);
+      if (!prev || until > prev.until) this.#before.set(r.user, { until, r });
+    }
+  }
+
+  /** The entry that revokes `cert`, or undefined. */
+  revokes(cert: CertificateFacts): Revocation | undefined {
+    const bySerial = this.#serials.get(cert.serial);
+    if (bySerial) return bySerial;
+    for (const key of [cert.user, undefined]) {
+      const e = this.#before.get(key);
+      if (e && cert.issuedAt < e.until) return e.r;
+    }
+    return undefined;
+  }
 }
 
 /** The entry that revokes `cert`, or undefined. */
 export function revokedBy(list: RevocationList, cert: CertificateFacts): Revocation | undefined {
-  for (const r of list.revocations) {
-    if (r.serial !== undefined) {
-      if (r.serial === cert.serial) return r;
-    } else if (r.user === undefined || r.user === cert.user) {
-      if (cert.issuedAt < Date.parse(r.issuedBefore!)) return r;
-    }
-  }
-  return undefined;
+  return new RevocationIndex(list).revokes(cert);
 }
 
 /** What an entry revokes, for messages and `tower revoke --list`. */

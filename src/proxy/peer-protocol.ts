@@ -24,10 +24,14 @@ export interface PeerSessions {
   sessions: Record<string, number>;
 }
 
+const PEER_SAN = /^URI:urn:tower:peer:([a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?)$/;
+
 /** The replica id a peer certificate names, from Node's `subjectaltname`; undefined for any other certificate. */
 export function peerOf(subjectAltName: string | undefined): string | undefined {
   for (const part of (subjectAltName ?? '').split(', ')) {
-    if (part.startsWith('URI:' + PEER_URI_PREFIX)) return part.slice(4 + PEER_URI_PREFIX.length);
+    // the whole part, so that a quoted name holding ", URI:urn:tower:peer:…" is not read as one
+    const m = PEER_SAN.exec(part);
+    if (m) return m[1];
   }
   return undefined;
 }

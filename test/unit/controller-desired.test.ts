@@ -251,7 +251,14 @@ describe('the mc-<name> Service', () => {
       metadata: {
         name: 'mc-alpha',
         namespace: 'kubesphere-system',
-        labels: { 'app.kubernetes.io/name': 'mc-alpha', app: 'mc-alpha' },
+        // tower's own labels too, by which tower uninstall finds it
+        labels: {
+          'app.kubernetes.io/name': 'mc-alpha',
+          app: 'mc-alpha',
+          'app.kubernetes.io/managed-by': 'tower',
+          'app.kubernetes.io/part-of': 'tower',
+          'app.kubernetes.io/instance': 'tower-proxy',
+        },
         annotations: {},
       },
       spec: {

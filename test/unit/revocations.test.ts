@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { normalizeSerial } from '../../src/config/names.ts';
-import { parseRevocations, revokedBy, type RevocationList } from '../../src/pki/revocations.ts';
+import { Logger } from '../../src/observe/log.ts';
+import { RevocationWatch } from '../../src/proxy/revocation-watch.ts';
+import { certificateFacts, parseRevocations, revokedBy, type RevocationList } from '../../src/pki/revocations.ts';
 
 const at = '2026-01-01T00:00:00Z';
+const facts = (serial: string, user: string, issuedAt: number) => ({ serial, user, issuedAt, notAfter: Infinity });
 
 test('revocations: a serial, a user or everyone, each up to a time; a later certificate is good', () => {
   const list = parseRevocations({
@@ -15,17 +18,11 @@ test('revocations: a serial, a user or everyone, each up to a time; a later cert
   }) as RevocationList;
   assert.equal(typeof list, 'object');
   const t = (iso: string) => Date.parse(iso);
-  assert.equal(
-    revokedBy(list, { serial: 'ABC', user: 'bob', issuedAt: t('2027-01-01T00:00:00Z') }),
-    list.revocations[0],
-  );
-  assert.equal(
-    revokedBy(list, { serial: '1', user: 'jane', issuedAt: t('2026-01-01T12:00:00Z') }),
-    list.revocations[1],
-  );
-  assert.equal(revokedBy(list, { serial: '1', user: 'jane', issuedAt: t('2026-01-02T00:00:00Z') }), undefined);
-  assert.equal(revokedBy(list, { serial: '1', user: 'bob', issuedAt: t('2025-12-31T23:59:59Z') }), list.revocations[2]);
-  assert.equal(revokedBy(list, { serial: '1', user: 'bob', issuedAt: t('2026-01-01T00:00:00Z') }), undefined);
+  assert.equal(revokedBy(list, facts('ABC', 'bob', t('2027-01-01T00:00:00Z'))), list.revocations[0]);
+  assert.equal(revokedBy(list, facts('1', 'jane', t('2026-01-01T12:00:00Z'))), list.revocations[1]);
+  assert.equal(revokedBy(list, facts('1', 'jane', t('2026-01-02T00:00:00Z'))), undefined);
+  assert.equal(revokedBy(list, facts('1', 'bob', t('2025-12-31T23:59:59Z'))), list.revocations[2]);
+  assert.equal(revokedBy(list, facts('1', 'bob', t('2026-01-01T00:00:00Z'))), undefined);
   assert.equal(normalizeSerial('00:0a:bc'), 'ABC');
 });
 
@@ -50,5 +47,68 @@ test('revocations: nothing stored is an empty list; what is not exactly a list i
     const r = parseRevocations(doc);
     assert.equal(typeof r, 'string', JSON.stringify(doc).slice(0, 80));
     assert.match(r as string, why);
+  }
+});
+
+test(
+  'the watch: a list it cannot read holds only so long; ' + 'an expired certificate is refused on every request',
+  async () => {
+    let fail = false;
+    const records = {
+      location: 'test list',
+      read: async () => {
+        if (fail) throw new Error('forbidden');
+        return { revocations: [{ user: 'jane', issuedBefore: '2026-01-02T00:00:00Z', revokedAt: at }] };
+      },
+      add: async () => ({ revocations: [] }),
+    };
+    const watch = new RevocationWatch(records, new Logger(), { pollMs: 10, staleMs: 150 });
+    const bob = facts('B0B', 'bob', Date.parse('2026-01-01T00:00:00Z'));
+    const jane = facts('1A', 'jane', Date.parse('2026-01-01T00:00:00Z'));
+    await watch.start();
+    try {
+      assert.equal(watch.refusal(bob), undefined);
+      assert.match(watch.refusal(jane)!, /revoked \(certificates of user "jane" issued before/);
+      // expired since its handshake: refused whatever the list says
+      assert.match(watch.refusal({ ...bob, notAfter: Date.now() - 1 })!, /^this client certificate expired at /);
+      fail = true;
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(watch.refusal(bob), undefined, 'the last list holds for a moment');
+      await new Promise((r) => setTimeout(r, 250));
+      assert.match(
+        watch.refusal(bob)!,
+        /cannot enforce its revocation list: test list has not been read for \d+s \(forbidden\)/,
+      );
+      fail = false;
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(watch.refusal(bob), undefined, 'read again: served again');
+    } finally {
+      watch.close();
+    }
+  },
+);
+
+test("facts: tower's own certificates say when they were issued; another issuer's go by notBefore", () => {
+  const base = {
+    serialNumber: '00ab',
+    subject: { CN: 'jane' },
+    valid_from: 'Jan  1 00:00:00 2026 GMT',
+    valid_to: 'Jan  2 00:00:00 2026 GMT',
+  };
+  const own = certificateFacts({
+    ...base,
+    subjectaltname: 'URI:urn:tower:cluster:alpha, URI:urn:tower:issued:1767225900000',
+  } as never);
+  assert.deepEqual(own, {
+    serial: 'AB',
+    user: 'jane',
+    issuedAt: 1767225900000,
+    notAfter: Date.parse('2026-01-02T00:00:00Z'),
+  });
+  // without the mark: notBefore, which errs towards revoking; a forged mark inside a quoted name is no mark
+  for (const subjectaltname of [undefined, 'URI:"urn:x, URI:urn:tower:issued:1767225900000"']) {
+    const other = certificateFacts({ ...base, subjectaltname } as never, Date.parse('2026-01-01T12:00:00Z'));
+    assert.equal(other.issuedAt, Date.parse('2026-01-01T00:00:00Z'));
+    assert.equal(other.notAfter, Date.parse('2026-01-01T12:00:00Z'), 'the CA expires first');
   }
 });

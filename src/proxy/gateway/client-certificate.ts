@@ -33,6 +33,11 @@ export class ClientCertificateCheck {
     this.#ca = new X509Certificate(caPem);
   }
 
+  /** when tower's CA expires (ms): no certificate it signed is good after */
+  get caNotAfter(): number {
+    return Date.parse(this.#ca.validTo);
+  }
+
   /** undefined when `der` is a good client certificate; else why not, for the 401 */
   problem(der: Buffer | undefined, now = Date.now()): string | undefined {
     if (!der || der.length === 0) return 'no client certificate';
@@ -57,6 +62,9 @@ export class ClientCertificateCheck {
     } catch {
       return 'an unreadable client certificate';
     }
+    // DER integers are signed: a first byte of 0x80 or more is a negative serial, which RFC 5280 forbids and
+    // tower revoke --serial could not name
+    if (parseInt(parsed.serialNumber.slice(0, 2), 16) >= 0x80) return 'a certificate with a negative serial number';
     for (const ext of parsed.extensions) {
       if (ext.critical && !UNDERSTOOD.has(ext.type))
         return `a certificate with an unknown critical extension ${ext.type}`;

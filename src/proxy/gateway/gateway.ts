@@ -261,15 +261,16 @@ export class Gateway {
     if (!c) {
       const cert = socket.getPeerCertificate(true);
       const problem = this.#certificateCheck!.problem(cert.raw);
-      const ofReplica = !problem && peerOf(cert.subjectaltname) !== undefined;
+      // a replica's certificate means something only where replicas exist, and only on the shared gateway;
+      // anywhere else it is a user's like any other, and revocable
+      const replica = !problem && this.#opts.peers && !this.#opts.cluster ? peerOf(cert.subjectaltname) : undefined;
       c = problem
         ? { problem, bound: undefined, identity: undefined }
         : {
             bound: boundCluster(cert.subjectaltname),
             identity: this.#actsAsCertificate(this.#rules.target) ? certificateIdentity(cert) : undefined,
-            // a replica's certificate means something only where replicas exist, and only on the shared gateway
-            replica: this.#opts.peers && !this.#opts.cluster ? peerOf(cert.subjectaltname) : undefined,
-            facts: ofReplica ? undefined : certificateFacts(cert),
+            replica,
+            facts: replica ? undefined : certificateFacts(cert, this.#certificateCheck!.caNotAfter),
           };
       this.#certificates.set(socket, c);
       if (c.facts) {
@@ -280,16 +281,21 @@ export class Gateway {
     return c;
   }
 
-  /** A revocation also ends what is open: watches, exec and port-forward sessions, kept-alive connections. */
+  /**
+   * A revocation, or a certificate's expiry, also ends what is open: watches, exec and port-forward
+   * sessions, kept-alive connections. Run after every read of the list.
+   */
   #closeRevoked(): void {
     const revocations = this.#opts.revocations!;
     for (const socket of this.#withCertificate) {
       const facts = this.#certificates.get(socket)?.facts;
-      if (!facts || !revocations.refusal(facts)) continue;
-      this.#log.info('closed a connection whose client certificate was revoked', {
-        user: facts.user,
-        serial: facts.serial,
+      const why = facts && revocations.refusal(facts);
+      if (!why) continue;
+      this.#log.info('closed a connection whose client certificate may no longer be used', {
+        user: facts!.user,
+        serial: facts!.serial,
         remote: socket.remoteAddress,
+        why,
       });
       socket.destroy();
     }
