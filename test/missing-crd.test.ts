@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { CRD_FIXTURE } from './support/kube.ts';
+import { pattern } from './support/pattern.ts';
 import { kubectl } from './support/stack.ts';
 import { freePort, removeDir, tempDir, tower, TowerProcess } from './support/tower.ts';
 
@@ -22,7 +23,10 @@ after(async () => {
   removeDir(home);
 });
 
-const FIX = /apply KubeSphere's Cluster CRD \(clusters\.cluster\.kubesphere\.io\).*tower install proxy --kubeconfig/;
+const FIX = pattern(
+  /apply KubeSphere's Cluster CRD \(clusters\.cluster\.kubesphere\.io\)/,
+  /.*tower install crd --with-namespace --kubeconfig/,
+);
 
 test('commands without the Cluster CRD: one line each, naming the CRD and how to apply it, no stack', async () => {
   for (const args of [

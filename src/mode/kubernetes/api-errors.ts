@@ -25,16 +25,14 @@ export function apiMessage(err: unknown): string {
         /* not JSON */
       }
     }
-    const msg =
-      typeof body === 'object' && body?.message
+    const raw =
+      typeof body === 'object' && typeof body?.message === 'string' && body.message
         ? body.message
         : typeof body === 'string' && body.trim()
-          ? body
-              .trim()
-              .replace(/\s*\n\s*/g, ' ')
-              .slice(0, 200)
+          ? body.slice(0, 200)
           : (e.message?.split('\n')[0] ?? '');
-    return `${status}: ${msg}`;
+    // one line, whatever the API put in its message: commands print it as their error
+    return `${status}: ${raw.trim().replace(/\s*\n\s*/g, ' ')}`;
   }
   const cause = e?.cause?.message;
   return cause ? `${e.message}: ${cause}` : String(e?.message ?? err);
@@ -63,8 +61,8 @@ export function notServed(err: unknown): boolean {
 
 /** what to do when the host's API does not serve Clusters */
 export const CRD_MISSING_HINT =
-  "apply KubeSphere's Cluster CRD (clusters.cluster.kubesphere.io), which `tower install proxy` prints: " +
-  'tower install proxy --kubeconfig <host> --with-crd | kubectl --kubeconfig <host> apply -f -';
+  "apply KubeSphere's Cluster CRD (clusters.cluster.kubesphere.io), which `tower install crd` prints: " +
+  'tower install crd --with-namespace --kubeconfig <host> | kubectl --kubeconfig <host> apply -f -';
 
 /** A failed API call as an error for people: what was attempted, where, and why. */
 export function apiError(what: string, server: string, err: unknown): TowerError {
