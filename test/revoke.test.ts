@@ -11,7 +11,7 @@ import { parse } from 'yaml';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { renderKubeconfig } from '../src/pki/kubeconfig.ts';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
-import { KubeHost } from './support/kube.ts';
+import { KubeHost, kubeconfigOf } from './support/kube.ts';
 import { kubectl, Stack } from './support/stack.ts';
 import { run, tower, waitUntil } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
@@ -441,6 +441,27 @@ describe('Kubernetes mode: two replicas, the list in a ConfigMap', () => {
       const fresh = join(host.dir, 'jane-fresh.kubeconfig');
       writeFileSync(fresh, reissue.stdout);
       assert.equal((await kubectl(fresh, ['get', 'namespaces'])).code, 0, 'a kubeconfig issued later works');
+
+      // --all revokes the Cluster's own kubeconfig too (KubeSphere's): the proxy that writes issues it anew
+      const serialOfCluster = async () =>
+        new X509Certificate(certPem(kubeconfigOf((await host.get('alpha'))!))).serialNumber;
+      const old = await serialOfCluster();
+      const all = await host.tower(['revoke', '--all']);
+      assert.equal(all.code, 0, all.stderr);
+      await waitUntil('fresh to be refused', () => refusedAsRevoked(fresh, /every certificate issued before/));
+      // a change of the Cluster makes the writer look at it now rather than at its next resync
+      await host.must(['annotate', 'cluster', 'alpha', 'test.tower/nudge=1', '--overwrite']);
+      await waitUntil('a new kubeconfig in the Cluster', async () => (await serialOfCluster()) !== old, 30_000);
+      const renewed = join(host.dir, 'cluster-own.kubeconfig');
+      writeFileSync(
+        renewed,
+        kubeconfigOf((await host.get('alpha'))!).replace(
+          /server: \S+/,
+          `server: https://${gatewayOf(b2)}/clusters/alpha`,
+        ),
+      );
+      const renewedGet = await kubectl(renewed, ['get', '--raw', '/api/v1/namespaces']);
+      assert.equal(renewedGet.code, 0, `the Cluster's new kubeconfig is good: ${renewedGet.stderr}`);
     },
   );
 });
