@@ -10,7 +10,14 @@ import { join } from 'node:path';
 import { after, afterEach, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
-import { condition, CRD_FIXTURE, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
+import {
+  condition,
+  CRD_FIXTURE,
+  fastReplicaFlags,
+  KubeHost,
+  kubeconfigOf,
+  type ClusterResource,
+} from './support/kube.ts';
 import { pattern } from './support/pattern.ts';
 import { joinCommand, kubectl } from './support/stack.ts';
 import { freePort, run, tower, TOWER, TowerProcess, waitUntil } from './support/tower.ts';
@@ -675,19 +682,7 @@ test(
 test(
   '--leader-elect: every replica serves and one writes; ' + 'when it dies another takes the lease and keeps everything',
   async () => {
-    const times = [
-      '--leader-elect',
-      '--leader-elect-lease-duration',
-      '4s',
-      '--leader-elect-renew-deadline',
-      '3s',
-      '--leader-elect-retry-period',
-      '500ms',
-      '--server-lease-duration',
-      '4s',
-      '--server-lease-renew-period',
-      '1s',
-    ];
+    const times = fastReplicaFlags('4s');
     const agentPort = await freePort();
     const first = await host.startProxy([...times, '--host', '127.0.0.2', '--server-id', 'first'], { agentPort });
     await first.waitFor(/leader election: leading/);

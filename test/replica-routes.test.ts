@@ -9,7 +9,7 @@ import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { condition, KubeHost } from './support/kube.ts';
+import { condition, fastReplicaFlags, KubeHost } from './support/kube.ts';
 import { RecordingUpstream, type Received } from './support/recording-upstream.ts';
 import { freePort, TowerProcess, waitUntil } from './support/tower.ts';
 
@@ -20,23 +20,7 @@ type ReplicaId = keyof typeof ADDRESS;
 /** the replica the agent dials; the other one must forward */
 const HOLDER: ReplicaId = 'r1';
 const CLUSTER = 'routes';
-const TIMES = [
-  '--leader-elect',
-  '--leader-elect-lease-duration',
-  '4s',
-  '--leader-elect-renew-deadline',
-  '3s',
-  '--leader-elect-retry-period',
-  '500ms',
-  '--server-lease-duration',
-  '5s',
-  '--server-lease-renew-period',
-  '1s',
-  '--shutdown-delay',
-  '0s',
-  '--shutdown-grace',
-  '5s',
-];
+const TIMES = [...fastReplicaFlags(), '--shutdown-delay', '0s', '--shutdown-grace', '5s'];
 const REQUEST_TIMEOUT_MS = 20_000;
 const STORY_TIMEOUT_MS = 180_000;
 /** what the client sends as its own credential on a certificate port: tower must drop it */

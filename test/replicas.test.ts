@@ -12,30 +12,14 @@ import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { Haproxy } from './support/haproxy.ts';
-import { condition, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
+import { condition, fastReplicaFlags, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { PEER_URI_PREFIX, PeerSignature } from '../src/proxy/peer-protocol.ts';
 import { kubectl } from './support/stack.ts';
 import { freePort, TowerProcess, waitUntil } from './support/tower.ts';
 
 const ADDRESS: Record<string, string> = { r1: '127.0.0.2', r2: '127.0.0.3', r3: '127.0.0.4', r4: '127.0.0.5' };
-const TIMES = [
-  '--leader-elect',
-  '--leader-elect-lease-duration',
-  '4s',
-  '--leader-elect-renew-deadline',
-  '3s',
-  '--leader-elect-retry-period',
-  '500ms',
-  '--server-lease-duration',
-  '5s',
-  '--server-lease-renew-period',
-  '1s',
-  '--shutdown-delay',
-  '1s',
-  '--shutdown-grace',
-  '10s',
-];
+const TIMES = [...fastReplicaFlags(), '--shutdown-delay', '1s', '--shutdown-grace', '10s'];
 const CLUSTERS = ['ha1', 'ha2'];
 const WATCHED = 'ha-watch';
 

@@ -11,7 +11,7 @@ import { parse } from 'yaml';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { renderKubeconfig } from '../src/pki/kubeconfig.ts';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
-import { KubeHost, kubeconfigOf } from './support/kube.ts';
+import { fastReplicaFlags, KubeHost, kubeconfigOf } from './support/kube.ts';
 import { kubectl, Stack } from './support/stack.ts';
 import { run, tower, waitUntil } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
@@ -354,23 +354,7 @@ describe('Kubernetes mode: two replicas, the list in a ConfigMap', () => {
       'revoking it holds on every replica and across restarts',
     async () => {
       // replicas as pods are: an address and an id each, one writing the Clusters
-      const flags = (n: number) => [
-        '--leader-elect',
-        '--leader-elect-lease-duration',
-        '4s',
-        '--leader-elect-renew-deadline',
-        '3s',
-        '--leader-elect-retry-period',
-        '500ms',
-        '--server-lease-duration',
-        '4s',
-        '--server-lease-renew-period',
-        '1s',
-        '--host',
-        `127.0.0.${n}`,
-        '--server-id',
-        `replica${n}`,
-      ];
+      const flags = (n: number) => [...fastReplicaFlags('4s'), '--host', `127.0.0.${n}`, '--server-id', `replica${n}`];
       const a = await host.startProxy(flags(1)); // where host.startAgent dials
       const b = await host.startProxy(flags(3));
       const gatewayOf = (p: { output: string }) => /gateway=(127\.0\.0\.\d+:\d+)/.exec(p.output)![1]!;
@@ -384,8 +368,8 @@ describe('Kubernetes mode: two replicas, the list in a ConfigMap', () => {
       assert.match(own.stderr, /acts as tower-admin in group system:masters/);
 
       // jane's, through either replica: the member's RBAC decides for jane, not system:masters
-      const kubeconfigs = [];
-      for (const p of [a, b]) {
+      /** `tower kubeconfig alpha --user jane --group viewers` through replica `p`'s gateway, to a file */
+      const janeVia = async (p: { output: string }, file: string) => {
         const r = await host.tower([
           'kubeconfig',
           'alpha',
@@ -398,10 +382,11 @@ describe('Kubernetes mode: two replicas, the list in a ConfigMap', () => {
         ]);
         assert.equal(r.code, 0, r.stderr);
         assert.equal(/^CN=(.*)$/m.exec(new X509Certificate(certPem(r.stdout)).subject)?.[1], 'jane');
-        const path = join(host.dir, `jane-${gatewayOf(p).replace(':', '-')}.kubeconfig`);
+        const path = join(host.dir, file);
         writeFileSync(path, r.stdout);
-        kubeconfigs.push(path);
-      }
+        return path;
+      };
+      const kubeconfigs = [await janeVia(a, 'jane-a.kubeconfig'), await janeVia(b, 'jane-b.kubeconfig')];
       for (const kc of kubeconfigs) {
         const get = await kubectl(kc, ['get', 'namespaces']);
         assert.equal(get.code, 0, get.stderr);
@@ -427,19 +412,7 @@ describe('Kubernetes mode: two replicas, the list in a ConfigMap', () => {
       const plain = await kubectl(viaB2, ['get', 'namespaces']);
       assert.notEqual(plain.code, 0);
       assert.match(plain.stderr, /You must be logged in to the server/, 'a 401, as kubectl reads it');
-      const reissue = await host.tower([
-        'kubeconfig',
-        'alpha',
-        '--user',
-        'jane',
-        '--group',
-        'viewers',
-        '--server',
-        `https://${gatewayOf(b2)}/clusters/alpha`,
-      ]);
-      assert.equal(reissue.code, 0, reissue.stderr);
-      const fresh = join(host.dir, 'jane-fresh.kubeconfig');
-      writeFileSync(fresh, reissue.stdout);
+      const fresh = await janeVia(b2, 'jane-fresh.kubeconfig');
       assert.equal((await kubectl(fresh, ['get', 'namespaces'])).code, 0, 'a kubeconfig issued later works');
 
       // --all revokes the Cluster's own kubeconfig too (KubeSphere's): the proxy that writes issues it anew

@@ -5,6 +5,7 @@
  * a certificate issued later (a new `tower kubeconfig`) is good again. Pure: reading, checking, adding.
  */
 import type { X509Certificate } from 'node:crypto';
+import { parse as parseYaml } from 'yaml';
 import type { PeerCertificate } from 'node:tls';
 import { normalizeSerial, serialProblem } from '../config/names.ts';
 import { issuedAtOf } from './ca.ts';
@@ -151,6 +152,18 @@ function parseEntry(item: unknown): Revocation | string {
     return { user: e.user, issuedBefore, revokedAt };
   }
   return { issuedBefore, revokedAt };
+}
+
+/** The list in stored YAML text, or why it is not one (messages start with `location`). */
+export function parseRevocationsText(text: string, location: string): RevocationList | string {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    return `${location} is not YAML (${(err as Error).message.split('\n')[0]})`;
+  }
+  const list = parseRevocations(doc);
+  return typeof list === 'string' ? `${location} ${list}` : list;
 }
 
 /** The stored document: YAML readers see one entry per revocation. */

@@ -8,7 +8,7 @@ import {
   type EntryPoint,
   type ExpectedIdentity,
 } from './framing-harness.ts';
-import { condition, KubeHost } from './kube.ts';
+import { condition, fastReplicaFlags, KubeHost } from './kube.ts';
 import { RecordingUpstream } from './recording-upstream.ts';
 import { Stack } from './stack.ts';
 import { freePort, TowerProcess, waitUntil } from './tower.ts';
@@ -94,23 +94,7 @@ export async function startFileModeStack(): Promise<FramingStack> {
 const REPLICAS = { r1: '127.0.30.1', r2: '127.0.30.2' } as const;
 type ReplicaId = keyof typeof REPLICAS;
 const KUBE_CLUSTER = 'delta';
-const REPLICA_FLAGS = [
-  '--leader-elect',
-  '--leader-elect-lease-duration',
-  '4s',
-  '--leader-elect-renew-deadline',
-  '3s',
-  '--leader-elect-retry-period',
-  '500ms',
-  '--server-lease-duration',
-  '5s',
-  '--server-lease-renew-period',
-  '1s',
-  '--shutdown-delay',
-  '0s',
-  '--shutdown-grace',
-  '5s',
-];
+const REPLICA_FLAGS = [...fastReplicaFlags(), '--shutdown-delay', '0s', '--shutdown-grace', '5s'];
 const START_TIMEOUT_MS = 60_000;
 
 /**

@@ -5,6 +5,26 @@ import { startMemberCluster, type MemberCluster } from './cluster.ts';
 import { kubectl } from './stack.ts';
 import { freePort, removeDir, ROOT, tempDir, tower, TowerProcess, waitUntil, type RunResult } from './tower.ts';
 
+/**
+ * Leader election and replica Leases on a test's scale (seconds rather than the defaults' tens), so that a replica's
+ * death is noticed within the test.
+ */
+export function fastReplicaFlags(serverLease = '5s'): string[] {
+  return [
+    '--leader-elect',
+    '--leader-elect-lease-duration',
+    '4s',
+    '--leader-elect-renew-deadline',
+    '3s',
+    '--leader-elect-retry-period',
+    '500ms',
+    '--server-lease-duration',
+    serverLease,
+    '--server-lease-renew-period',
+    '1s',
+  ];
+}
+
 export const CRD_FIXTURE = join(ROOT, 'test', 'fixtures', 'kubesphere-cluster-crd.yaml');
 
 export interface ClusterResource {

@@ -1,9 +1,14 @@
 import { constants } from 'node:fs';
 import { lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { stringify as toYaml } from 'yaml';
 import { StoreError } from '../../errors.ts';
-import { parseRevocations, revocationsDocument, type Revocation, type RevocationList } from '../../pki/revocations.ts';
+import {
+  parseRevocationsText,
+  revocationsDocument,
+  type Revocation,
+  type RevocationList,
+} from '../../pki/revocations.ts';
 import type { RevocationRecords } from '../mode.ts';
 import type { DataDir } from './data-dir.ts';
 
@@ -47,14 +52,7 @@ export class FileRevocations implements RevocationRecords {
       const code = (err as NodeJS.ErrnoException).code;
       return `${this.location} cannot be read: ${code === 'ENOENT' ? 'a link to nothing' : (code ?? String(err))}`;
     }
-    let doc: unknown;
-    try {
-      doc = parseYaml(text);
-    } catch (err) {
-      return `${this.location} is not YAML (${(err as Error).message.split('\n')[0]})`;
-    }
-    const list = parseRevocations(doc);
-    return typeof list === 'string' ? `${this.location} ${list}` : list;
+    return parseRevocationsText(text, this.location);
   }
 
   add(r: Revocation): Promise<RevocationList> {

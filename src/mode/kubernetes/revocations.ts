@@ -1,7 +1,12 @@
 import type { V1ConfigMap } from '@kubernetes/client-node';
-import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { stringify as toYaml } from 'yaml';
 import { ConflictError, StoreError, TowerError } from '../../errors.ts';
-import { parseRevocations, revocationsDocument, type Revocation, type RevocationList } from '../../pki/revocations.ts';
+import {
+  parseRevocationsText,
+  revocationsDocument,
+  type Revocation,
+  type RevocationList,
+} from '../../pki/revocations.ts';
 import type { RevocationRecords } from '../mode.ts';
 import type { HostCluster } from './api.ts';
 import { apiError, apiStatus, orUndefined } from './api-errors.ts';
@@ -78,13 +83,6 @@ export class KubernetesRevocations implements RevocationRecords {
   #parse(cm: V1ConfigMap): RevocationList | string {
     const text = cm.data?.[KEY];
     if (text === undefined) return `${this.location} has no key ${KEY}`;
-    let doc: unknown;
-    try {
-      doc = parseYaml(text);
-    } catch (err) {
-      return `${this.location} is not YAML (${(err as Error).message.split('\n')[0]})`;
-    }
-    const list = parseRevocations(doc);
-    return typeof list === 'string' ? `${this.location} ${list}` : list;
+    return parseRevocationsText(text, this.location);
   }
 }
