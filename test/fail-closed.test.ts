@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { pattern } from './support/pattern.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import { tower } from './support/tower.ts';
+import { run, tower } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 let stack: Stack;
@@ -76,6 +76,19 @@ test('an unreadable record (a directory where the file was) is refused the same 
   assert.equal(r.code, 1);
   assert.match(r.stderr, /alpha\.yaml cannot be read: EISDIR/);
   rmSync(file, { recursive: true });
+  writeFileSync(file, '');
+});
+
+test('a FIFO where the record was (it would block a read for ever) is refused the same way, at once', async () => {
+  rmSync(file);
+  assert.equal((await run('mkfifo', [file])).code, 0);
+  const r = await tower(['token', 'alpha'], stack.env);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /alpha\.yaml is not a regular file/);
+  // the proxy read it too, and serves on
+  await stack.proxy!.waitFor(/alpha\.yaml is not a regular file/);
+  assert.equal((await fetch(`${stack.proxyUrl}/readyz`)).status, 200);
+  rmSync(file);
   writeFileSync(file, '');
 });
 

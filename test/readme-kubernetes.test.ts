@@ -84,6 +84,7 @@ test("the README's Kubernetes-mode block runs as pasted, on a host without KubeS
     TOWER_GATEWAY_PORT: String(await freePort()),
   };
   let join_: string | undefined;
+  let tokenOutput = '';
   const lines = readmeBlock();
   assert.ok(lines.length >= 6, lines.join('\n'));
   for (const written of lines) {
@@ -103,7 +104,10 @@ test("the README's Kubernetes-mode block runs as pasted, on a host without KubeS
     }
     const r = await finished(p);
     assert.equal(r.code, 0, `${written}\n${r.output}`);
-    if (/^dist\/tower token /.test(written)) join_ = joinCommand(r.output);
+    if (/^dist\/tower token /.test(written)) {
+      join_ = joinCommand(r.output);
+      tokenOutput = r.output;
+    }
     if (/^kubectl .* get namespaces$/.test(written)) assert.match(r.output, /^default\s+Active/m, written);
   }
   // jane's is a gateway kubeconfig naming her, not the Cluster's own admin one
@@ -112,4 +116,18 @@ test("the README's Kubernetes-mode block runs as pasted, on a host without KubeS
   const create = await kubectl(join(dir, 'jane.kubeconfig'), ['create', 'namespace', 'janes']);
   assert.notEqual(create.code, 0);
   assert.match(create.stderr, /User "jane" cannot create resource "namespaces"/);
+
+  // the other way tower token offers, the agent in the member, applies as printed to a member without KubeSphere
+  const inCluster = /^ {2}(\S+ install agent .*) \| kubectl --kubeconfig <member kubeconfig> apply -f -$/m.exec(
+    tokenOutput,
+  );
+  assert.ok(inCluster, tokenOutput);
+  // (this proxy publishes a loopback address, which install agent rightly refuses: a member's name for it instead)
+  const printedLine = inCluster[1]
+    .replace(/^\S+/, 'dist/tower')
+    .replace(/http:\/\/127\.0\.0\.1:\d+/, 'http://tower.example:8080');
+  const applied = await finished(sh(`${printedLine} | kubectl --kubeconfig member.kubeconfig apply -f -`, dir, env));
+  assert.equal(applied.code, 0, applied.output);
+  assert.match(applied.output, /^namespace\/kubesphere-system created$/m);
+  assert.match(applied.output, /^deployment\.apps\/tower-agent created$/m);
 });

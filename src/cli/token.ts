@@ -76,8 +76,9 @@ export class TokenCommand extends TowerCommand {
           `\\\n    --kubeconfig <member kubeconfig>\n`,
       );
       process.stdout.write(
-        `or run the agent in the member cluster:\n  ${bin} install agent ${args} | kubectl --kubeconfig <member ` +
-          `kubeconfig> apply -f -\n`,
+        // --with-namespace: a member without KubeSphere has no kubesphere-system (no uninstall deletes it)
+        `or run the agent in the member cluster:\n  ${bin} install agent ${args} --with-namespace | kubectl ` +
+          `--kubeconfig <member kubeconfig> apply -f -\n`,
       );
       return 0;
     });

@@ -10,7 +10,7 @@ import {
   statSync,
   writeSync,
 } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,6 +18,8 @@ import { parse as parseYaml } from 'yaml';
 import { StoreError } from '../../errors.ts';
 
 const LOCK_WAIT_MS = 10_000;
+/** a record (a cluster, a status, the proxy's addresses) is a few hundred bytes; a file far bigger is not one */
+const MAX_RECORD_BYTES = 1024 * 1024;
 const LOCK_STALE_MS = 30_000;
 const LOCK_RETRY_MS = 15;
 
@@ -56,10 +58,21 @@ export class DataDir {
   }
 
   /** The YAML document at `path`. */
-  async readYaml(path: string): Promise<YamlRead> {
+  async readYaml(path: string, maxBytes = MAX_RECORD_BYTES): Promise<YamlRead> {
     let text: string;
     try {
-      text = await readFile(path, 'utf8');
+      // a FIFO would block the read (and a thread of Node's pool) for ever: opened without waiting, and read
+      // only when it is a regular file of a size a record can have
+      const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+      try {
+        const st = await handle.stat();
+        if (st.isDirectory()) return { problem: 'cannot be read: EISDIR' };
+        if (!st.isFile()) return { problem: 'is not a regular file' };
+        if (st.size > maxBytes) return { problem: `holds ${st.size} bytes, more than ${maxBytes}` };
+        text = await handle.readFile('utf8');
+      } finally {
+        await handle.close();
+      }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return { missing: true };

@@ -1,14 +1,8 @@
-import { constants } from 'node:fs';
-import { lstat, open } from 'node:fs/promises';
+import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { StoreError } from '../../errors.ts';
-import {
-  parseRevocationsText,
-  revocationsDocument,
-  type Revocation,
-  type RevocationList,
-} from '../../pki/revocations.ts';
+import { parseRevocations, revocationsDocument, type Revocation, type RevocationList } from '../../pki/revocations.ts';
 import type { RevocationRecords } from '../mode.ts';
 import type { DataDir } from './data-dir.ts';
 
@@ -30,29 +24,17 @@ export class FileRevocations implements RevocationRecords {
   }
 
   async read(): Promise<RevocationList | string> {
-    // anyone who can write the data dir can put something else here: a FIFO would block the read (and a
-    // thread of the pool) for ever, a huge file the memory, a dangling link would read as "nothing revoked"
-    let text: string;
-    try {
-      const link = await lstat(this.#path).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') return undefined;
-        throw err;
-      });
-      if (!link) return { revocations: [] };
-      const handle = await open(this.#path, constants.O_RDONLY | constants.O_NONBLOCK);
-      try {
-        const st = await handle.stat();
-        if (!st.isFile()) return `${this.location} is not a regular file`;
-        if (st.size > MAX_BYTES) return `${this.location} holds ${st.size} bytes, more than ${MAX_BYTES}`;
-        text = await handle.readFile('utf8');
-      } finally {
-        await handle.close();
-      }
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      return `${this.location} cannot be read: ${code === 'ENOENT' ? 'a link to nothing' : (code ?? String(err))}`;
-    }
-    return parseRevocationsText(text, this.location);
+    // a link to nothing would read as "nothing revoked": only a list that is not there at all is empty
+    const there = await lstat(this.#path).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? false : Promise.reject(err)),
+    );
+    if (!there) return { revocations: [] };
+    const read = await this.#data.readYaml(this.#path, MAX_BYTES);
+    if (read.missing) return `${this.location} cannot be read: a link to nothing`;
+    if (read.problem) return `${this.location} ${read.problem}`;
+    const list = parseRevocations(read.doc);
+    return typeof list === 'string' ? `${this.location} ${list}` : list;
   }
 
   add(r: Revocation): Promise<RevocationList> {
