@@ -112,9 +112,26 @@ test(
       /kubesphere-system/,
     );
 
+    // objects of someone else's that carry tower's labels (anyone who may patch them can set a label): not
+    // tower's names, so not deleted, the cluster-scoped ones least of all
+    const labels = [
+      'app.kubernetes.io/managed-by=tower',
+      'app.kubernetes.io/part-of=tower',
+      'app.kubernetes.io/instance=tower-proxy',
+    ];
+    await must(host.kubeconfig, ['create', 'clusterrole', 'someone-elses', '--verb=get', '--resource=pods']);
+    await must(host.kubeconfig, ['label', 'clusterrole', 'someone-elses', ...labels]);
+    await must(host.kubeconfig, ['-n', 'kubesphere-system', 'create', 'secret', 'generic', 'kubesphere-secret']);
+    await must(host.kubeconfig, ['-n', 'kubesphere-system', 'label', 'secret', 'kubesphere-secret', ...labels]);
+
     const purged = await tower(['uninstall', 'proxy', '--kubeconfig', host.kubeconfig, '--purge']);
     assert.equal(purged.code, 0, purged.stderr);
-    assert.deepEqual(await labelled(host.kubeconfig), []);
+    assert.deepEqual(await labelled(host.kubeconfig), [
+      'clusterrole.rbac.authorization.k8s.io/someone-elses',
+      'secret/kubesphere-secret',
+    ]);
+    await must(host.kubeconfig, ['delete', 'clusterrole', 'someone-elses']);
+    await must(host.kubeconfig, ['-n', 'kubesphere-system', 'delete', 'secret', 'kubesphere-secret']);
 
     // and the obvious `install | kubectl delete -f -` takes only what it printed
     await must(host.kubeconfig, ['apply', '-f', '-'], manifests);
@@ -219,5 +236,31 @@ test(
     const again = await tower(['uninstall', 'proxy', '--kubeconfig', plain.kubeconfig]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /^nothing of tower's proxy in https:\/\/127\.0\.0\.1:\d+$/m);
+  },
+);
+
+test(
+  'the Cluster CRD only with --kubeconfig (to check the host); ' + 'values kubectl would read as YAML 1.1 are quoted',
+  async () => {
+    for (const args of [
+      ['install', 'crd'],
+      ['install', 'proxy', ...ADDRESS, '--with-crd'],
+    ]) {
+      const r = await tower(args);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.match(r.stderr, /^tower install: printing the Cluster CRD needs --kubeconfig <host>: /);
+      assert.equal(r.stdout, '');
+    }
+    // YAML 1.2 would print `team: on`, which kubectl reads as true: the policy would then select nothing
+    const out = await printed([
+      'install',
+      'proxy',
+      ...ADDRESS,
+      '--metrics-from-namespaces',
+      'team=on',
+      '--kube-version',
+      '1.25',
+    ]);
+    assert.match(out, /^ +team: "on"$/m);
   },
 );

@@ -125,11 +125,14 @@ describe('file store: a proxy and a real kube-apiserver', () => {
       const watch = spawn('kubectl', ['--kubeconfig', jane, 'get', 'namespaces', '--watch', '--request-timeout=0'], {
         stdio: ['ignore', 'pipe', 'pipe'],
       });
+      // what it printed, read as it comes: a waiter that attached late would miss it for ever
+      let listed = '';
+      watch.stdout.on('data', (d: Buffer) => (listed += d.toString()));
       let watchErr = '';
       watch.stderr.on('data', (d: Buffer) => (watchErr += d.toString()));
       const watchEnded = new Promise<number | null>((resolve) => watch.on('exit', resolve));
       try {
-        await waitUntil('the watch to list', () => new Promise((r) => watch.stdout.once('data', () => r(true))));
+        await waitUntil('the watch to list', () => listed.length > 0);
 
         assert.equal(watch.exitCode, null, 'the watch runs until the revocation');
         const r = await tower(['revoke', '--user', 'jane'], stack.env);
@@ -221,9 +224,12 @@ describe('file store: a proxy and a real kube-apiserver', () => {
       const watch = spawn('kubectl', ['--kubeconfig', kc, 'get', 'namespaces', '--watch', '--request-timeout=0'], {
         stdio: ['ignore', 'pipe', 'pipe'],
       });
+      // what it printed, read as it comes: a waiter that attached late would miss it for ever
+      let listed = '';
+      watch.stdout.on('data', (d: Buffer) => (listed += d.toString()));
       const ended = new Promise<number | null>((resolve) => watch.on('exit', resolve));
       try {
-        await waitUntil('the watch to list', () => new Promise((r) => watch.stdout.once('data', () => r(true))));
+        await waitUntil('the watch to list', () => listed.length > 0);
         const notAfter = Date.parse(certificateOf(kc).validTo);
         assert.ok(notAfter > Date.now(), 'it is good while the watch starts');
         const outcome = await Promise.race([ended, new Promise((r) => setTimeout(() => r('running'), 20_000))]);

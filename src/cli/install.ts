@@ -22,10 +22,13 @@ import { normalizeProxyServer, proxyVerification } from '../agent/agent.ts';
 import { clusterNameProblem, reachOf } from '../config/names.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
 
-/** plain YAML: an object used twice (labels, selectors) is written twice, never as an anchor and an alias */
+/**
+ * plain YAML: an object used twice (labels, selectors) is written twice, never as an anchor and an alias; and
+ * quoted as YAML 1.1 reads it, as kubectl does: `team=on` stays the string "on", not true
+ */
 function printAll(objects: Record<string, unknown>[]): void {
   process.stdout.write(
-    objects.map((o) => '---\n' + toYaml(o, { lineWidth: 0, aliasDuplicateObjects: false })).join(''),
+    objects.map((o) => '---\n' + toYaml(o, { version: '1.1', lineWidth: 0, aliasDuplicateObjects: false })).join(''),
   );
 }
 
@@ -49,14 +52,14 @@ export class InstallProxyCommand extends TowerCommand {
     usage: 'install proxy',
     summary: 'Print the manifests that run the proxy in a host cluster',
     details:
-      `With --with-crd KubeSphere's Cluster CRD (${CRD_MATCHES_KUBESPHERE}'s; refused with --kubeconfig when the ` +
-      `host ` +
-      `has one tower did not install) and with --with-namespace namespace kubesphere-system; always a ` +
-      `ServiceAccount with RBAC limited to what the proxy touches, the Deployment (in-cluster config, Kubernetes ` +
-      `mode; liveness and readiness probes on /livez and /readyz, metrics on port 8081) and a Service for the ` +
-      `agents; with --replicas over 1, a PodDisruptionBudget of the version the cluster serves (asked with ` +
-      `--kubeconfig, or told with --kube-version; policy/v1 otherwise) and spread over nodes. The pods pass Pod ` +
-      `Security "restricted" (user 65532). Pipe it to \`kubectl apply -f -\`.`,
+      `With --with-crd KubeSphere's Cluster CRD (${CRD_MATCHES_KUBESPHERE}'s; needs --kubeconfig, and is ` +
+      `refused when the host has one tower did not install) and with --with-namespace namespace ` +
+      `kubesphere-system; always a ServiceAccount with RBAC limited to what the proxy touches, the ` +
+      `Deployment (in-cluster config, Kubernetes mode; liveness and readiness probes on /livez and /readyz, ` +
+      `metrics on port 8081) and a Service for the agents; with --replicas over 1, a PodDisruptionBudget of ` +
+      `the version the cluster serves (asked with --kubeconfig, or told with --kube-version; policy/v1 ` +
+      `otherwise) and spread over nodes. The pods pass Pod Security "restricted" (user 65532). Pipe it to ` +
+      `\`kubectl apply -f -\`.`,
     examples: [
       [
         'Install into the current cluster',
@@ -126,9 +129,9 @@ export class InstallCrdCommand extends TowerCommand {
     details:
       `KubeSphere's Cluster CRD as its ${CRD_MATCHES_KUBESPHERE} release defines it, marked as tower's, and with ` +
       `--with-namespace the namespace kubesphere-system: what a proxy in Kubernetes mode needs on a host without ` +
-      `KubeSphere, and nothing else (no proxy). With --kubeconfig it refuses when the host has a Cluster CRD that ` +
-      `tower did not install. No uninstall deletes either. The same as tower install proxy --with-crd ` +
-      `--with-namespace prints besides the proxy.`,
+      `KubeSphere, and nothing else (no proxy). It asks the host (--kubeconfig, required) and refuses when ` +
+      `the host has a Cluster CRD that tower did not install. No uninstall deletes either. The same as tower ` +
+      `install proxy --with-crd --with-namespace prints besides the proxy.`,
     examples: [
       [
         'A plain host, for a proxy run outside it',
@@ -152,13 +155,12 @@ export class InstallCrdCommand extends TowerCommand {
  * host when there is a kubeconfig.
  */
 async function refuseForeignCrd(kubeconfig: string | undefined): Promise<void> {
-  if (!kubeconfig) {
-    process.stderr.write(
-      `the Cluster CRD is not checked against one the host may have already (KubeSphere's own); give ` +
-        `--kubeconfig <host> to check\n`,
+  // applied over KubeSphere's own, the CRD's schema would prune what KubeSphere keeps in its Clusters
+  if (!kubeconfig)
+    throw new ConfigError(
+      `printing the Cluster CRD needs --kubeconfig <host>: tower checks that the host has no Cluster CRD it did ` +
+        `not install (KubeSphere's own), which applying this one would overwrite`,
     );
-    return;
-  }
   const { HostCluster } = await import('../mode/kubernetes/api.ts');
   const installed = await new HostCluster(kubeconfig).clusterCrdAnnotations();
   if (installed && installed[CRD_INSTALLED_BY] !== 'tower')

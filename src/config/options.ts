@@ -482,7 +482,7 @@ export const INSTALL_CRD_OPTIONS = {
   ...COMMON,
   ...WITH_NAMESPACE,
   kubeconfig: opt.string({
-    help: 'The host cluster, checked for a Cluster CRD that tower did not install (then refused)',
+    help: 'The host cluster (required), checked for a Cluster CRD that tower did not install (then refused)',
     value: 'FILE',
   }),
 } satisfies Specs;
@@ -492,8 +492,8 @@ export const INSTALL_PROXY_OPTIONS = {
   ...IMAGE,
   withCrd: opt.bool({
     help:
-      "Include KubeSphere's Cluster CRD, for a host without KubeSphere; with --kubeconfig, refused when the host " +
-      'has a Cluster CRD that tower did not install',
+      "Include KubeSphere's Cluster CRD, for a host without KubeSphere; needs --kubeconfig, and is refused when the " +
+      'host has a Cluster CRD that tower did not install',
     default: false,
   }),
   ...WITH_NAMESPACE,

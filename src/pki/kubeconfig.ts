@@ -33,7 +33,8 @@ export function renderKubeconfig(p: KubeconfigParams): string {
         'current-context': p.cluster,
         preferences: {},
       },
-      { lineWidth: 0 },
+      // kubectl reads YAML 1.1: a cluster named "yes" must stay a string
+      { version: '1.1', lineWidth: 0 },
     )
   );
 }

@@ -489,7 +489,9 @@ export function agentManifests(a: AgentInstall): Obj[] {
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'ClusterRoleBinding',
-      metadata: { name: 'tower-agent', labels: meta },
+      // named after what it grants: a binding's roleRef cannot change, so a switch between the two is a new binding
+      // (and the old one a kubectl delete), never an apply that fails half-way and leaves cluster-admin bound
+      metadata: { name: a.clusterAdmin ? 'tower-agent-cluster-admin' : 'tower-agent', labels: meta },
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role },
       subjects: [{ kind: 'ServiceAccount', name: 'tower-agent', namespace: NAMESPACE }],
     },

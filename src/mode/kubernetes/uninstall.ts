@@ -64,6 +64,8 @@ export async function ownedObjects(host: HostCluster, part: Part, purge: boolean
     }
     for (const o of items) {
       const name = o.metadata!.name!;
+      // a label anyone who may patch an object can set: only the names tower gives its objects are deleted
+      if (!named(part, k, name)) continue;
       const kept =
         (k.kind === 'Secret' && IDENTITY_SECRETS.includes(name)) ||
         (k.kind === 'ConfigMap' && name === REVOCATIONS_CONFIGMAP);
@@ -76,10 +78,33 @@ export async function ownedObjects(host: HostCluster, part: Part, purge: boolean
   return [...found.values()];
 }
 
-/** deletes them; one already gone is not an error */
+/**
+ * Whether `name` is one tower gives a `kind` of `part`: the installed objects' (tower, tower-agent, and the
+ * cluster-admin binding), and what the proxy makes while it runs (tower-* Secrets, ConfigMaps and Leases, the
+ * clusters' mc-<name> Services). Cluster-scoped objects only by their exact names.
+ */
+function named(part: Part, k: { kind: string; namespaced: boolean }, name: string): boolean {
+  if (part === 'agent')
+    return k.namespaced ? name === 'tower-agent' : name === 'tower-agent' || name === 'tower-agent-cluster-admin';
+  if (!k.namespaced) return name === 'tower';
+  return (
+    name === 'tower' ||
+    (name.startsWith('tower-') && !name.startsWith('tower-agent')) ||
+    (k.kind === 'Service' && name.startsWith('mc-'))
+  );
+}
+
+/** what loses its rights first: a proxy still running (its pods outlive the Deployment) can recreate nothing */
+const DELETION_ORDER = ['ClusterRoleBinding', 'RoleBinding', 'ServiceAccount', 'Deployment'];
+const rank = (kind: string) => {
+  const i = DELETION_ORDER.indexOf(kind);
+  return i < 0 ? DELETION_ORDER.length : i;
+};
+
+/** deletes them, the rights first; one already gone is not an error */
 export async function deleteObjects(host: HostCluster, objects: Owned[]): Promise<void> {
   const api = KubernetesObjectApi.makeApiClient(host.kc);
-  for (const o of objects) {
+  for (const o of [...objects].sort((a, b) => rank(a.kind) - rank(b.kind))) {
     try {
       await api.delete(
         { apiVersion: o.apiVersion, kind: o.kind, metadata: { name: o.name, namespace: o.namespace } },
