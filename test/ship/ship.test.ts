@@ -89,7 +89,9 @@ async function carry(
   const kc = tower('kubeconfig', ['kubeconfig', 'alpha', '--data-dir', dataDir]);
   assert.equal(await kc.exited, 0, kc.output);
   const file = join(scratch('kc'), 'alpha.kubeconfig');
-  writeFileSync(file, kc.output.slice(kc.output.indexOf('apiVersion')));
+  // the runner merges stdout and stderr (where tower kubeconfig says what it issued): the kubeconfig alone
+  const end = 'preferences: {}\n';
+  writeFileSync(file, kc.output.slice(kc.output.indexOf('apiVersion'), kc.output.indexOf(end) + end.length));
   const r = await kubectl(file, ['get', 'namespaces', '-o', 'name']);
   assert.equal(r.code, 0, r.stderr);
   return r.stdout;
