@@ -40,7 +40,6 @@ export interface CertificateFacts {
   notAfter: number;
 }
 
-export const EMPTY_REVOCATIONS: RevocationList = { revocations: [] };
 /** more entries than this is a list nobody keeps by hand: refused, as a malformed one */
 const MAX_ENTRIES = 10_000;
 const KEYS = new Set(['serial', 'user', 'issuedBefore', 'revokedAt']);
@@ -97,11 +96,6 @@ export class RevocationIndex {
     }
     return undefined;
   }
-}
-
-/** The entry that revokes `cert`, or undefined. */
-export function revokedBy(list: RevocationList, cert: CertificateFacts): Revocation | undefined {
-  return new RevocationIndex(list).revokes(cert);
 }
 
 /** What an entry revokes, for messages and `tower revoke --list`. */

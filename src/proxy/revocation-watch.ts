@@ -69,10 +69,6 @@ export class RevocationWatch {
     return () => this.#listeners.delete(fn);
   }
 
-  get entries(): number {
-    return this.#index?.size ?? 0;
-  }
-
   close(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { normalizeSerial } from '../../src/config/names.ts';
 import { Logger } from '../../src/observe/log.ts';
 import { RevocationWatch } from '../../src/proxy/revocation-watch.ts';
-import { certificateFacts, parseRevocations, revokedBy, type RevocationList } from '../../src/pki/revocations.ts';
+import { certificateFacts, parseRevocations, RevocationIndex, type RevocationList } from '../../src/pki/revocations.ts';
 
 const at = '2026-01-01T00:00:00Z';
 const facts = (serial: string, user: string, issuedAt: number) => ({ serial, user, issuedAt, notAfter: Infinity });
@@ -17,12 +17,13 @@ test('revocations: a serial, a user or everyone, each up to a time; a later cert
     ],
   }) as RevocationList;
   assert.equal(typeof list, 'object');
+  const index = new RevocationIndex(list);
   const t = (iso: string) => Date.parse(iso);
-  assert.equal(revokedBy(list, facts('ABC', 'bob', t('2027-01-01T00:00:00Z'))), list.revocations[0]);
-  assert.equal(revokedBy(list, facts('1', 'jane', t('2026-01-01T12:00:00Z'))), list.revocations[1]);
-  assert.equal(revokedBy(list, facts('1', 'jane', t('2026-01-02T00:00:00Z'))), undefined);
-  assert.equal(revokedBy(list, facts('1', 'bob', t('2025-12-31T23:59:59Z'))), list.revocations[2]);
-  assert.equal(revokedBy(list, facts('1', 'bob', t('2026-01-01T00:00:00Z'))), undefined);
+  assert.equal(index.revokes(facts('ABC', 'bob', t('2027-01-01T00:00:00Z'))), list.revocations[0]);
+  assert.equal(index.revokes(facts('1', 'jane', t('2026-01-01T12:00:00Z'))), list.revocations[1]);
+  assert.equal(index.revokes(facts('1', 'jane', t('2026-01-02T00:00:00Z'))), undefined);
+  assert.equal(index.revokes(facts('1', 'bob', t('2025-12-31T23:59:59Z'))), list.revocations[2]);
+  assert.equal(index.revokes(facts('1', 'bob', t('2026-01-01T00:00:00Z'))), undefined);
   assert.equal(normalizeSerial('00:0a:bc'), 'ABC');
 });
 
