@@ -45,6 +45,8 @@ export interface Received {
    */
   overlapped: boolean;
   upgrade: boolean;
+  /** the connection was closed under it, unanswered (`?drop=reused`) */
+  dropped?: boolean;
   /**
    * an upgrade's bytes after its head and announced body, before the answer: nothing should follow a refused upgrade
    */
@@ -114,10 +116,11 @@ const UPGRADE_SETTLE_MS = 50;
 const KEEP_ALIVE_MS = 600_000;
 const REVIEWS = '/apis/authorization.k8s.io/v1/subjectaccessreviews';
 
-/** a connection's number, and how many requests on it are still unanswered */
+/** a connection's number, how many requests on it are still unanswered, and how many were answered */
 interface ConnectionState {
   id: number;
   open: number;
+  served: number;
 }
 
 /**
@@ -130,7 +133,8 @@ interface ConnectionState {
  * `?ms=N` on a request (an upgrade too) delays its answer by N ms, time for a hostile peer to write
  * ahead of it; `?body-ms=N` sends the answer's head at once and its body N ms later; `?early=1`
  * answers as soon as the head arrives, before the body has (as Go's net/http does for a handler
- * that does not read it).
+ * that does not read it); `?drop=reused` on a connection that has answered before closes it
+ * unanswered, as a keep-alive close that crosses the request on the wire would (`dropped`).
  */
 export class RecordingUpstream {
   readonly events: RecorderEvent[] = [];
@@ -250,7 +254,7 @@ export class RecordingUpstream {
   #state(server: RecorderServer, socket: Duplex): ConnectionState {
     const known = this.#connections.get(socket);
     if (known) return known;
-    const c = { id: this.#nextConnection++, open: 0 };
+    const c = { id: this.#nextConnection++, open: 0, served: 0 };
     this.#connections.set(socket, c);
     socket.on('data', (d: Buffer) => {
       this.lastActivity = Date.now();
@@ -325,8 +329,16 @@ export class RecordingUpstream {
         connection.open--;
       }
     };
-    res.once('finish', done);
+    res.once('finish', () => {
+      connection.served++;
+      done();
+    });
     res.once('close', done);
+    if (!review && connection.served > 0 && /[?&]drop=reused(&|$)/.test(seen.url)) {
+      seen.dropped = true;
+      req.socket.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (d: Buffer) => {

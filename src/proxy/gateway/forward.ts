@@ -2,7 +2,9 @@
  * The last stage for a request: it goes to its upstream, and the answer comes back. A request
  * without a body that fails before any answer is retried through the next upstream of its way, with
  * that upstream's own headers: a safe one (GET, HEAD, OPTIONS) whenever, another only when it never
- * left for the member (its channel was refused), as Go's http.Transport does. Whatever the member
+ * left for the member (its channel was refused), as Go's http.Transport does. One that failed on a
+ * kept-alive connection the member closed as it went out (its idle timeout crossing the request) goes
+ * again on the same upstream, by the same rule. Whatever the member
  * answers, this request alone fails: 502 for a broken answer, 504 for none.
  */
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -19,6 +21,8 @@ import { WatchFrames } from './watch-frames.ts';
 
 /** upstreams tried for one request without a body before the gateway answers 502 */
 const MAX_ATTEMPTS = 3;
+/** fresh connections of one upstream tried after a kept-alive one failed under a request */
+const MAX_STALE_RETRIES = 2;
 /** requests that may reach the member twice (RFC 9110 §9.2.1): the others are retried only if none was sent */
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
@@ -58,6 +62,7 @@ export class Forwarder {
     actAs: ActAs,
     body: Body,
     verb: string,
+    staleRetries = 0,
   ): void {
     // the client's body broke while a member was being chosen (it has had its answer), or the client
     // left meanwhile (an impersonation asked of the member takes a round trip): nothing goes on
@@ -122,7 +127,21 @@ export class Forwarder {
         return;
       }
       const failed = () => sendStatus(res, refusals.unreachable(route.target, cluster, member.through, err));
-      if (!bodyless || (written && !SAFE.has(req.method ?? '')) || way.tried >= MAX_ATTEMPTS || res.destroyed) {
+      if (!bodyless || (written && !SAFE.has(req.method ?? '')) || res.destroyed) {
+        failed();
+        return;
+      }
+      // a kept-alive connection, closed by the member as the request went out: a fresh one may serve it
+      if (upstream.reusedSocket && staleRetries < MAX_STALE_RETRIES) {
+        this.#log.debug(1, 'a kept-alive connection failed under a request; sending it on a fresh one', {
+          cluster,
+          via: member.via,
+          err: err.message,
+        });
+        this.forward(req, res, route, way, actAs, body, verb, staleRetries + 1);
+        return;
+      }
+      if (way.tried >= MAX_ATTEMPTS) {
         failed();
         return;
       }
@@ -132,7 +151,7 @@ export class Forwarder {
           return;
         }
         this.#log.debug(1, 'retrying a request', { cluster, via: member.via, next: next.via, err: err.message });
-        this.forward(req, res, route, way, actAs, body, verb);
+        this.forward(req, res, route, way, actAs, body, verb, staleRetries);
       }, failed);
     });
     res.on('close', () => {
