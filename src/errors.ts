@@ -31,6 +31,7 @@ export const CODES = {
   ESSH: 'the SSH handshake failed',
   EHOSTKEY: "the proxy's host key is not the one pinned",
   EUNVERIFIED: 'nothing verifies the proxy',
+  EPOLICY: 'the member policy cannot be enforced',
   EREJECTED: "the proxy refused the agent's config",
   EUNAUTHORIZED: "the proxy refused the agent's name or token",
   EHELD: 'the replica reached is one the agent holds already',

@@ -4,6 +4,7 @@ import type { Logger } from '../observe/log.ts';
 import { MAX_REPLICAS, type ReplicaView } from '../tunnel/protocol.ts';
 import { ChannelCarrier } from './carrier.ts';
 import type { Credentials } from './credentials.ts';
+import type { PolicyHolder, PolicyStats } from './policy-source.ts';
 import { ProxySession } from './session.ts';
 
 const BACKOFF_BASE_MS = 1000;
@@ -41,6 +42,8 @@ export interface AgentOptions {
   maxStalledBytes?: number;
   /** each upstream dial's time in seconds, and whether it failed (metrics, with --health-port) */
   onDial?: (seconds: number, failed: boolean) => void;
+  /** the member policy judged on every request (--policy, --policy-configmap), started by the caller */
+  policy?: PolicyHolder;
   log: Logger;
 }
 
@@ -64,6 +67,8 @@ export interface AgentStats {
   /** bytes through ended sessions' connections; the live ones' are added when read */
   bytesRead: number;
   bytesWritten: number;
+  /** the member policy's counts, with one */
+  policy: PolicyStats | undefined;
 }
 
 /**
@@ -124,6 +129,7 @@ export class TowerAgent {
       sessions: this.#held.size,
       replicas: this.#replicas?.length ?? 1,
       stalledBytes: this.#carrier.stalledBytes,
+      policy: this.#opts.policy?.stats,
     };
   }
 

@@ -7,7 +7,7 @@ import { hostOf, splitHostPort } from '../tunnel/protocol.ts';
 import { CHANNEL_BUFFER_BYTES } from '../tunnel/ssh.ts';
 import { StallBudget, type Stall } from '../tunnel/stall-budget.ts';
 import type { Credentials } from './credentials.ts';
-import { ExchangeViolation, HttpExchange } from './exchange.ts';
+import { ExchangeViolation, HttpExchange, type ExchangeOptions } from './exchange.ts';
 
 export const UPSTREAM_DIAL_TIMEOUT_MS = 10_000;
 /** --max-stalled-memory: beside an idle agent's ~80 MiB, within a 200 MB memory limit */
@@ -36,6 +36,8 @@ export interface Carriage {
   tls?: Credentials;
   /** when the agent reads the channel's HTTP: the Authorization it adds to each request, if any */
   http?: { authorization: string | undefined };
+  /** the member policy's judgment of each request head on an HTTP channel: a refusal to answer instead */
+  judge?: ExchangeOptions['judge'];
 }
 
 /**
@@ -111,7 +113,7 @@ export class ChannelCarrier {
    * Dials the upstream first (with TLS when the carriage holds its credentials), so that a dead
    * upstream refuses the channel instead of half-opening it.
    */
-  #pipe(hostPort: string, { tls, http }: Carriage, accept: () => ClientChannel, reject: () => void): void {
+  #pipe(hostPort: string, { tls, http, judge }: Carriage, accept: () => ClientChannel, reject: () => void): void {
     const hp = splitHostPort(hostPort);
     if (!hp) {
       reject();
@@ -155,7 +157,7 @@ export class ChannelCarrier {
       upstream.on('error', () => ch.destroy());
       ch.on('error', () => upstream.destroy());
       const stall = this.#stalled.stream();
-      if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort, stall);
+      if (http) this.#pipeExchange(ch, upstream, http.authorization, hostPort, stall, judge);
       else {
         // the member's side by hand, so that an answer the tunnel cannot take counts as stalled
         upstream.on('data', (d: Buffer) => {
@@ -201,9 +203,11 @@ export class ChannelCarrier {
     authorization: string | undefined,
     hostPort: string,
     stall: Stall,
+    judge: Carriage['judge'],
   ): void {
     const exchange = new HttpExchange({
       authorization,
+      judge,
       toMember: (b) => {
         upstream.write(b);
       },

@@ -10,6 +10,7 @@
  * Bodies pass through untouched and uncopied; after a 101 everything does. Not a stream: bytes go
  * to `toMember` / `toProxy` in the caller's turn.
  */
+import type { HeadLines } from './request-info.ts';
 
 /** a request or response head larger than this is not HTTP the proxy or a member would send */
 export const MAX_HEAD_BYTES = 64 * 1024;
@@ -268,6 +269,11 @@ export interface ExchangeOptions {
    * (a 429 while it is over a limit), after which nothing more of the channel is forwarded
    */
   refuse?: () => Buffer | undefined;
+  /**
+   * asked at each request head that `refuse` let pass: the answer to give instead of forwarding it (a
+   * member policy's 403), after which nothing more of the channel is forwarded
+   */
+  judge?: (method: string, target: string, lines: HeadLines) => Buffer | undefined;
 }
 
 /** One channel's requests and answers, strictly in turn. */
@@ -341,7 +347,7 @@ export class HttpExchange {
     const upgrade = hasToken(head, 'connection', 'upgrade') && head.lines.some((l) => l.name === 'upgrade');
     const body = framing(head, what) ?? { kind: 'none' };
     if (upgrade && body.kind !== 'none') throw new ExchangeViolation(`${what}: an upgrade with a body`);
-    const refusal = this.#opts.refuse?.();
+    const refusal = this.#opts.refuse?.() ?? this.#opts.judge?.(m[1]!, m[2]!, head.lines);
     if (refusal) {
       this.#refused = true;
       this.#opts.toProxy(refusal);

@@ -124,6 +124,47 @@ export class AgentHealth {
         this.inc({ direction: 'to_proxy' }, s?.bytesWritten ?? 0);
       },
     });
+    new Counter({
+      name: 'tower_agent_policy_requests_total',
+      help:
+        'Requests the member policy judged, by decision (allowed, refused); only with --policy or ' +
+        '--policy-configmap',
+      labelNames: ['decision'],
+      registers,
+      collect() {
+        const p = stats()?.policy;
+        this.reset();
+        if (!p) return;
+        let refused = 0;
+        for (const n of p.refused.values()) refused += n;
+        this.inc({ decision: 'allowed' }, p.allowed);
+        this.inc({ decision: 'refused' }, refused);
+      },
+    });
+    new Counter({
+      name: 'tower_agent_policy_refusals_total',
+      help:
+        'Requests the member policy refused, by the rule that refused them, or (default), (unjudgeable), ' +
+        '(unavailable) or (kubesphere)',
+      labelNames: ['rule'],
+      registers,
+      collect() {
+        const p = stats()?.policy;
+        this.reset();
+        for (const [rule, n] of p?.refused ?? []) this.inc({ rule }, n);
+      },
+    });
+    new Gauge({
+      name: 'tower_agent_policy_ok',
+      help:
+        'With a member policy: 1 while it is read and in force, 0 while it cannot be used (every request is ' +
+        'refused)',
+      registers,
+      collect() {
+        const p = stats()?.policy;
+        if (p) this.set(p.ok ? 1 : 0);
+      },
+    });
     const duration = new Histogram({
       name: 'tower_agent_upstream_dial_duration_seconds',
       help: 'Time to connect to an upstream (kube-apiserver with its TLS, or ks-apiserver) for a channel',

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { ClientChannel } from 'ssh2';
-import { HostKeyMismatchError } from '../errors.ts';
+import { HostKeyMismatchError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { dialTunnel, type TunnelClientSession } from '../tunnel/client.ts';
 import {
@@ -16,6 +16,7 @@ import {
 import { VERSION } from '../version.ts';
 import type { ChannelCarrier } from './carrier.ts';
 import type { Credentials } from './credentials.ts';
+import type { PolicyHolder } from './policy-source.ts';
 import { dialWebSocket, HeldReplicaError, type ProxyConnection } from './dial.ts';
 
 export const HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -36,6 +37,8 @@ export interface SessionOptions {
   /** make the TLS to the kube-apiserver here when the proxy offers it */
   tlsAtAgent: boolean;
   keepaliveMs: number;
+  /** the member policy, judged here on every request; only a proxy that lets the agent read each request is joined */
+  policy?: PolicyHolder;
   log: Logger;
 }
 
@@ -117,6 +120,16 @@ export class ProxySession {
     const tlsHere = opts.tlsAtAgent && features.includes(FEATURE_TLS_AT_AGENT);
     // with both, no member credential is sent to the proxy at all
     const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
+    if (opts.policy && !authHere) {
+      stream.destroy();
+      // a proxy that makes the TLS, or holds the credentials, would carry what the agent cannot judge
+      throw new TowerError(
+        'EPOLICY',
+        'this proxy does not let the agent make the TLS to the kube-apiserver and add its credentials ' +
+          `(features ${FEATURE_TLS_AT_AGENT}, ${FEATURE_AUTH_AT_AGENT}), so the member policy could not be enforced: ` +
+          'not connecting (use a tower proxy of this version or later)',
+      );
+    }
     const authorization =
       authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
     // the control channel may open before dialTunnel resolves: it is read once the session exists
@@ -158,9 +171,20 @@ export class ProxySession {
         }
         // the agent reads the HTTP of every channel it can see into: TLS made here, or plain to ks-apiserver
         const http = tls || (hostPort === kubesphere && hostPort !== kubernetes);
+        const policy = opts.policy;
+        if (policy && !http) {
+          opts.log.warn('refused a channel the member policy could not see into', { target: hostPort, type });
+          reject();
+          return;
+        }
+        const upstream = tls ? 'kube-apiserver' : 'ks-apiserver';
         ctx.carrier.offer(
           hostPort,
-          { tls: tls ? creds : undefined, http: http ? { authorization: tls ? authorization : undefined } : undefined },
+          {
+            tls: tls ? creds : undefined,
+            http: http ? { authorization: tls ? authorization : undefined } : undefined,
+            judge: policy && ((method, target, lines) => policy.judge(upstream, method, target, lines)),
+          },
           accept,
           reject,
         );

@@ -6,7 +6,8 @@ import { log } from '../observe/log.ts';
 import { trimMemoryPeriodically } from '../observe/memory.ts';
 import { nameProcess } from '../native/index.ts';
 import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
-import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
+import { credentialsFromKubeconfig, credentialsInCluster, type Credentials } from '../agent/credentials.ts';
+import { configMapOrigin, fileOrigin, PolicyHolder } from '../agent/policy-source.ts';
 import { clusterNameProblem } from '../config/names.ts';
 import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
@@ -58,6 +59,7 @@ export class AgentCommand extends TowerCommand {
     const kubeconfig = o.kubeconfig;
     const credentials = kubeconfig ? () => credentialsFromKubeconfig(kubeconfig) : () => credentialsInCluster();
     credentials(); // fail now, with the reason, rather than in the retry loop
+    const policy = await memberPolicy({ ...o, name: o.name }, credentials);
     // loaded with the flag only: an agent without it carries no metrics library
     const health = o.healthPort !== undefined ? new (await import('../agent/health.ts')).AgentHealth() : undefined;
     const agent = new TowerAgent({
@@ -78,6 +80,7 @@ export class AgentCommand extends TowerCommand {
       maxChannels: o.maxChannels,
       maxStalledBytes: o.maxStalledMemory,
       onDial: health?.dial,
+      policy,
       log,
     });
     if (health && o.healthPort !== undefined) {
@@ -100,6 +103,7 @@ export class AgentCommand extends TowerCommand {
       verified: verifiedBy || 'no',
       keepalive: formatDuration(o.keepalive),
       crypto: CRYPTO_BACKEND,
+      policy: policy?.origin.describe ?? 'none',
     });
     const stop = () => agent.stop();
     process.once('SIGINT', stop);
@@ -111,10 +115,29 @@ export class AgentCommand extends TowerCommand {
     } finally {
       stopTrimming();
       health?.close();
+      policy?.close();
     }
     log.info('agent stopped');
     return 0;
   }
+}
+
+/** --policy or --policy-configmap, read once here so that a missing or malformed policy stops the agent now. */
+async function memberPolicy(
+  o: { policy?: string; policyConfigmap?: string; name: string; tlsAtAgent: boolean },
+  credentials: () => Credentials,
+): Promise<PolicyHolder | undefined> {
+  if (o.policy === undefined && o.policyConfigmap === undefined) return undefined;
+  if (o.policy !== undefined && o.policyConfigmap !== undefined)
+    throw new ConfigError('give --policy or --policy-configmap, not both');
+  if (!o.tlsAtAgent)
+    throw new ConfigError(
+      'a member policy needs --tls-at-agent: the agent must read each request to judge it, so it makes the TLS',
+    );
+  const origin = o.policy !== undefined ? fileOrigin(o.policy) : configMapOrigin(o.policyConfigmap!, credentials);
+  const holder = new PolicyHolder(origin, o.name, log);
+  await holder.start();
+  return holder;
 }
 
 function readProxyCa(path: string): string {

@@ -7,6 +7,7 @@ import {
   parseLabelSelector,
 } from '../config/options.ts';
 import { ConfigError } from '../errors.ts';
+import { presetPolicy, type Preset } from '../agent/policy.ts';
 import {
   agentManifests,
   clusterCrd,
@@ -236,6 +237,7 @@ export class InstallAgentCommand extends TowerCommand {
     }
     printAll(
       agentManifests({
+        policy: policyOf(o.policyPreset, o.policyNamespaces),
         image: o.image,
         name: o.name,
         token: o.token,
@@ -250,4 +252,21 @@ export class InstallAgentCommand extends TowerCommand {
     );
     return 0;
   }
+}
+
+/** The policy text of --policy-preset, its namespaces checked. */
+function policyOf(preset: string | undefined, namespaces: string | undefined): string | undefined {
+  if (preset === undefined) {
+    if (namespaces !== undefined) throw new ConfigError('--policy-namespaces goes with --policy-preset namespaced');
+    return undefined;
+  }
+  const list = (namespaces ?? '').split(',').filter((n) => n !== '');
+  if (preset === 'namespaced') {
+    if (list.length === 0)
+      throw new ConfigError('--policy-preset namespaced needs --policy-namespaces (e.g. --policy-namespaces team-a)');
+    const bad = list.find((n) => !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(n));
+    if (bad) throw new ConfigError(`--policy-namespaces: ${JSON.stringify(bad)} is not a namespace name`);
+  } else if (namespaces !== undefined)
+    throw new ConfigError('--policy-namespaces goes with --policy-preset namespaced, not ' + preset);
+  return presetPolicy(preset as Preset, list);
 }

@@ -312,6 +312,21 @@ export const AGENT_OPTIONS = {
     default: 24 * 2 ** 20,
     check: positive,
   }),
+  policy: opt.string({
+    help:
+      'A member policy (YAML, kind MemberPolicy; see docs/member-policy.md) that the agent enforces on every ' +
+      'request before it reaches the kube-apiserver; re-read every 2s, and every request is refused while it is ' +
+      'missing or malformed',
+    value: 'FILE',
+    defaultText: 'none',
+  }),
+  policyConfigmap: opt.string({
+    help:
+      "As --policy, from the key policy.yaml of a ConfigMap in the member, read with the agent's own " +
+      "credentials; the namespace defaults to the pod's",
+    value: '[NAMESPACE/]NAME',
+    defaultText: 'none',
+  }),
   healthPort: opt.int({
     help: 'Serve /livez, /readyz (connected to a proxy) and /metrics on this port; 0 picks a free one',
     value: 'PORT',
@@ -547,6 +562,19 @@ export const INSTALL_AGENT_OPTIONS = {
   proxyFingerprint: PROXY_FINGERPRINT,
   kubesphereService: KUBESPHERE_SERVICE,
   insecureSkipProxyVerification: INSECURE,
+  policyPreset: opt.string({
+    help:
+      'Also write a member policy for the agent to enforce, as ConfigMap tower-agent-policy (edit it later; the ' +
+      'agent re-reads it): read-only (get, list, watch; never Secrets, exec, attach, port-forward or proxy), or ' +
+      'namespaced (anything in --policy-namespaces, discovery, nothing else)',
+    value: 'PRESET',
+    defaultText: 'none',
+    check: oneOf('read-only', 'namespaced'),
+  }),
+  policyNamespaces: opt.string({
+    help: 'The namespaces of --policy-preset namespaced, comma-separated',
+    value: 'NS[,NS…]',
+  }),
   clusterAdmin: opt.bool({
     help:
       'Bind cluster-admin instead of the impersonation-only ClusterRole (for a Go tower proxy or ' +

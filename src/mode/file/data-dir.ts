@@ -10,11 +10,11 @@ import {
   statSync,
   writeSync,
 } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parse as parseYaml } from 'yaml';
+import { readRegularFile } from '../../config/files.ts';
 import { StoreError } from '../../errors.ts';
 
 const LOCK_WAIT_MS = 10_000;
@@ -59,27 +59,10 @@ export class DataDir {
 
   /** The YAML document at `path`. */
   async readYaml(path: string, maxBytes = MAX_RECORD_BYTES): Promise<YamlRead> {
-    let text: string;
+    const read = await readRegularFile(path, maxBytes);
+    if (!('text' in read)) return read;
     try {
-      // a FIFO would block the read (and a thread of Node's pool) for ever: opened without waiting, and read
-      // only when it is a regular file of a size a record can have
-      const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
-      try {
-        const st = await handle.stat();
-        if (st.isDirectory()) return { problem: 'cannot be read: EISDIR' };
-        if (!st.isFile()) return { problem: 'is not a regular file' };
-        if (st.size > maxBytes) return { problem: `holds ${st.size} bytes, more than ${maxBytes}` };
-        text = await handle.readFile('utf8');
-      } finally {
-        await handle.close();
-      }
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return { missing: true };
-      return { problem: `cannot be read: ${code ?? (err as Error).message}` };
-    }
-    try {
-      return { doc: parseYaml(text) ?? undefined };
+      return { doc: parseYaml(read.text) ?? undefined };
     } catch (err) {
       return { problem: `is not YAML (${(err as Error).message.split('\n')[0]})` };
     }

@@ -2,6 +2,7 @@
 import { KUBESPHERE_PORT_OFFSET, PORT_MAX, PORT_MIN } from './desired.ts';
 import {
   AGENT_OWNED_LABELS,
+  AGENT_POLICY_CONFIGMAP,
   GROUP,
   NAMESPACE,
   PLURAL,
@@ -442,6 +443,8 @@ export interface AgentInstall {
   metricsFence?: MetricsFence;
   /** the namespace, shared with KubeSphere: only on request */
   withNamespace?: boolean;
+  /** a member policy (YAML) for the agent to enforce, as ConfigMap tower-agent-policy that only the agent reads */
+  policy?: string;
 }
 
 /**
@@ -472,6 +475,7 @@ export function agentManifests(a: AgentInstall): Obj[] {
   ];
   if (a.proxyFingerprint) args.push(`--proxy-fingerprint=${a.proxyFingerprint}`);
   if (a.insecureSkipProxyVerification) args.push('--insecure-skip-proxy-verification');
+  if (a.policy !== undefined) args.push(`--policy-configmap=${AGENT_POLICY_CONFIGMAP}`);
   const role = a.clusterAdmin ? 'cluster-admin' : 'tower-agent';
   return [
     ...(a.withNamespace ? [namespace()] : []),
@@ -541,7 +545,34 @@ export function agentManifests(a: AgentInstall): Obj[] {
         },
       },
     },
+    ...(a.policy !== undefined ? policyObjects(a.policy, meta) : []),
     // the agent only dials out: its health port is all it listens on
     ...(a.metricsFence ? [metricsPolicy('tower-agent', labels, meta, AGENT_HEALTH_PORT, [], a.metricsFence)] : []),
+  ];
+}
+
+/** The member policy as a ConfigMap, and the right to read that one ConfigMap (the agent's only right there). */
+function policyObjects(policy: string, meta: Record<string, string>): Obj[] {
+  const name = AGENT_POLICY_CONFIGMAP;
+  return [
+    {
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: { name, namespace: NAMESPACE, labels: meta },
+      data: { 'policy.yaml': policy },
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'Role',
+      metadata: { name, namespace: NAMESPACE, labels: meta },
+      rules: [{ apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get'] }],
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'RoleBinding',
+      metadata: { name, namespace: NAMESPACE, labels: meta },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name },
+      subjects: [{ kind: 'ServiceAccount', name: 'tower-agent', namespace: NAMESPACE }],
+    },
   ];
 }

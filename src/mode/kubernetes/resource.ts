@@ -26,6 +26,8 @@ export const AGENT_OWNED_LABELS = { ...PROXY_OWNED_LABELS, 'app.kubernetes.io/in
 export const IDENTITY_SECRETS = ['tower-ca', 'tower-ssh-host-key'];
 /** the revocation list: kept with the CA that issued what it revokes, or a reinstall would let them back in */
 export const REVOCATIONS_CONFIGMAP = 'tower-revocations';
+/** the member policy that `tower install agent --policy-preset` writes, and the Role that lets the agent read it */
+export const AGENT_POLICY_CONFIGMAP = 'tower-agent-policy';
 
 const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 

@@ -7,6 +7,7 @@ import { apiError, apiStatus } from './api-errors.ts';
 import type { HostCluster } from './api.ts';
 import {
   AGENT_OWNED_LABELS,
+  AGENT_POLICY_CONFIGMAP,
   IDENTITY_SECRETS,
   REVOCATIONS_CONFIGMAP,
   NAMESPACE,
@@ -46,7 +47,10 @@ function selector(part: Part): string {
     .join(',');
 }
 
-/** tower's objects of `part` in the cluster; the CA, host key and revocation list only when purging */
+/**
+ * tower's objects of `part` in the cluster; the CA, host key, revocation list and the member's policy (the
+ * owner's, perhaps edited) only when purging
+ */
 export async function ownedObjects(host: HostCluster, part: Part, purge: boolean): Promise<Owned[]> {
   const api = KubernetesObjectApi.makeApiClient(host.kc);
   const found = new Map<string, Owned>();
@@ -68,7 +72,7 @@ export async function ownedObjects(host: HostCluster, part: Part, purge: boolean
       if (!named(part, k, name)) continue;
       const kept =
         (k.kind === 'Secret' && IDENTITY_SECRETS.includes(name)) ||
-        (k.kind === 'ConfigMap' && name === REVOCATIONS_CONFIGMAP);
+        (k.kind === 'ConfigMap' && (name === REVOCATIONS_CONFIGMAP || name === AGENT_POLICY_CONFIGMAP));
       if (!purge && kept) continue;
       const namespace = o.metadata?.namespace;
       // a PodDisruptionBudget served in two versions is one object
@@ -85,7 +89,9 @@ export async function ownedObjects(host: HostCluster, part: Part, purge: boolean
  */
 function named(part: Part, k: { kind: string; namespaced: boolean }, name: string): boolean {
   if (part === 'agent')
-    return k.namespaced ? name === 'tower-agent' : name === 'tower-agent' || name === 'tower-agent-cluster-admin';
+    return k.namespaced
+      ? name === 'tower-agent' || name === AGENT_POLICY_CONFIGMAP
+      : name === 'tower-agent' || name === 'tower-agent-cluster-admin';
   if (!k.namespaced) return name === 'tower';
   return (
     name === 'tower' ||

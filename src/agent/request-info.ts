@@ -1,0 +1,169 @@
+/**
+ * What a request head asks of the member, read as kube-apiserver reads it (its RequestInfo and
+ * impersonation filters), so that a member policy judges exactly what the member would do. Where
+ * the member could read a head in more than one way (an escape it decodes otherwise, a query split
+ * at `;` by an older Go, two Impersonate-User lines), the head is not judged at all: it is refused.
+ */
+
+/** Who the request acts as: the agent's own account, or the user the proxy impersonates. */
+export interface Subject {
+  /** no Impersonate-User: the request acts as the agent's own account */
+  agent: boolean;
+  /** the impersonated user ('' for the agent) */
+  user: string;
+  /** the impersonated groups, with those kube-apiserver adds (system:authenticated, a service account's) */
+  groups: string[];
+}
+
+export interface RequestInfo {
+  subject: Subject;
+  /** the Kubernetes verb (get, list, watch, create, update, patch, delete, deletecollection, proxy), or a method */
+  verb: string;
+  resourceRequest: boolean;
+  /** '' for the core group */
+  apiGroup: string;
+  /** `pods`, or `pods/exec` with its subresource */
+  resource: string;
+  /** '' when cluster-scoped */
+  namespace: string;
+  name: string;
+  /** the decoded path, as kube-apiserver sees it */
+  path: string;
+  /** the request's Audit-ID, for the logs ('' when it has none) */
+  auditId: string;
+  /** the query, decoded: `container`, `command` of an exec */
+  query: URLSearchParams;
+}
+
+/** the header lines of a head, names in lower case */
+export type HeadLines = readonly { name: string; value: string }[];
+
+const API_PREFIXES = new Set(['api', 'apis']);
+const SPECIAL_VERBS = new Set(['proxy', 'watch']);
+const NAMESPACE_SUBRESOURCES = new Set(['status', 'finalize']);
+const VERB_OF_METHOD: Record<string, string> = {
+  POST: 'create',
+  GET: 'get',
+  HEAD: 'get',
+  PUT: 'update',
+  PATCH: 'patch',
+  DELETE: 'delete',
+};
+/**
+ * Subresources that open a stream into a pod: judged as `create` whatever the method, as RBAC has
+ * always asked of kubectl (POST) and asks of WebSocket clients (GET) since Kubernetes 1.30
+ */
+const STREAM_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
+const WATCH_VALUES = new Set(['1', 'true', 't', 'y', 'yes']);
+const NOT_WATCH_VALUES = new Set(['0', 'false', 'f', 'n', 'no']);
+const SERVICE_ACCOUNT = /^system:serviceaccount:([^:]+):([^:]+)$/;
+
+/** The request as the member reads it, or why it cannot be told for certain. */
+export function requestInfo(method: string, target: string, lines: HeadLines): RequestInfo | string {
+  const subject = subjectOf(lines);
+  if (typeof subject === 'string') return subject;
+  if (!target.startsWith('/')) return 'a request target that is not a path';
+  const q = target.indexOf('?');
+  const rawPath = q < 0 ? target : target.slice(0, q);
+  const rawQuery = q < 0 ? '' : target.slice(q + 1);
+  const path = decodePath(rawPath);
+  if (path === undefined) return 'a path with a malformed %-escape';
+  const query = decodeQuery(rawQuery);
+  if (typeof query === 'string') return query;
+  const auditId = lines.find((l) => l.name === 'audit-id')?.value ?? '';
+  const info: RequestInfo = {
+    subject,
+    verb: method.toLowerCase(),
+    resourceRequest: false,
+    apiGroup: '',
+    resource: '',
+    namespace: '',
+    name: '',
+    path,
+    auditId,
+    query,
+  };
+  const trimmed = path.replace(/^\/+|\/+$/g, '');
+  let parts = trimmed === '' ? [] : trimmed.split('/');
+  // what one server reads as a segment and another does not: never judged
+  if (parts.some((p) => p === '' || p === '.' || p === '..')) return 'a path with empty, "." or ".." segments';
+  if (parts.length < 3 || !API_PREFIXES.has(parts[0]!)) return info;
+  const groupless = parts[0] === 'api';
+  parts = parts.slice(1);
+  if (!groupless) {
+    if (parts.length < 3) return info;
+    info.apiGroup = parts[0]!;
+    parts = parts.slice(1);
+  }
+  info.resourceRequest = true;
+  parts = parts.slice(1); // the version
+  if (SPECIAL_VERBS.has(parts[0]!)) {
+    if (parts.length < 2) return 'a path that names no resource after its verb';
+    info.verb = parts[0]!;
+    parts = parts.slice(1);
+  } else info.verb = VERB_OF_METHOD[method] ?? '';
+  if (parts[0] === 'namespaces') {
+    if (parts.length > 1) {
+      info.namespace = parts[1]!;
+      if (parts.length > 2 && !NAMESPACE_SUBRESOURCES.has(parts[2]!)) parts = parts.slice(2);
+    }
+  }
+  const subresource = parts.length >= 3 && info.verb !== 'proxy' ? parts[2]! : '';
+  info.name = parts.length >= 2 ? parts[1]! : '';
+  info.resource = (parts[0] ?? '') + (subresource ? `/${subresource}` : '');
+  if (info.name === '' && info.verb === 'get') {
+    const watch = query.get('watch');
+    if (watch === null) info.verb = 'list';
+    else if (WATCH_VALUES.has(watch.toLowerCase())) info.verb = 'watch';
+    else if (NOT_WATCH_VALUES.has(watch.toLowerCase())) info.verb = 'list';
+    else return `a watch parameter ${JSON.stringify(watch.slice(0, 32))} that is neither true nor false`;
+    // a list narrowed to one name by a field selector is judged by its verb alone, never by that name
+  }
+  if (info.name === '' && info.verb === 'delete') info.verb = 'deletecollection';
+  if (STREAM_SUBRESOURCES.has(subresource)) info.verb = 'create';
+  return info;
+}
+
+/** Impersonate-User and Impersonate-Group as kube-apiserver's impersonation filter reads them. */
+function subjectOf(lines: HeadLines): Subject | string {
+  let user: string | undefined;
+  const groups: string[] = [];
+  for (const { name, value } of lines) {
+    if (name === 'impersonate-user') {
+      if (user !== undefined) return 'Impersonate-User twice';
+      if (value === '') return 'an empty Impersonate-User';
+      user = value;
+    } else if (name === 'impersonate-group') groups.push(value);
+  }
+  if (user === undefined) {
+    if (groups.length > 0) return 'Impersonate-Group without Impersonate-User';
+    return { agent: true, user: '', groups: [] };
+  }
+  const sa = SERVICE_ACCOUNT.exec(user);
+  if (sa) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1]}`);
+  if (user !== 'system:anonymous' && !groups.includes('system:authenticated')) groups.push('system:authenticated');
+  return { agent: false, user, groups };
+}
+
+/** %-escapes decoded as Go's url.PathUnescape does ('+' stays); undefined for a malformed one */
+function decodePath(raw: string): string | undefined {
+  if (!raw.includes('%')) return raw;
+  if (/%(?![0-9a-fA-F]{2})/.test(raw)) return undefined;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    // an escape that is not UTF-8: Go keeps the bytes, which name nothing a policy could allow
+    return raw.replace(/%([0-9a-fA-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+  }
+}
+
+/**
+ * The query as Go's url.ParseQuery reads it: '&'-separated, '+' a space. A ';' separated pairs
+ * before Go 1.17 and voids them after, and a malformed escape voids its pair: either could make
+ * the member read a parameter the agent did not, so neither is judged.
+ */
+function decodeQuery(raw: string): URLSearchParams | string {
+  if (raw.includes(';')) return 'a query with ";" (members read it differently by Go version)';
+  if (/%(?![0-9a-fA-F]{2})/.test(raw)) return 'a query with a malformed %-escape';
+  return new URLSearchParams(raw);
+}
