@@ -17,6 +17,7 @@ export const WORKLOAD_NAMES = [
   'clusters',
   'replicas',
   'stalled',
+  'policy',
 ] as const;
 export type WorkloadName = (typeof WORKLOAD_NAMES)[number];
 

@@ -25,6 +25,7 @@ import { idle } from './workloads/idle.ts';
 import { idleMemory, LOADED_MEMORY_WAIT_MS, LOADING } from './workloads/memory.ts';
 import { metrics } from './workloads/metrics.ts';
 import { outage } from './workloads/outage.ts';
+import { policy } from './workloads/policy.ts';
 import { replicas } from './workloads/replicas.ts';
 import { scale } from './workloads/scale.ts';
 import { small } from './workloads/small.ts';
@@ -35,7 +36,7 @@ import { watch } from './workloads/watch.ts';
 /** the workloads on the three paths, after which the relays' memory is taken again */
 const ON_PATHS: Workload[] = [bulk, small, hops, watch];
 /** then the others, on tower alone; their tables follow in this order */
-const ON_TOWER: Workload[] = [cold, soak, idle, scale, outage, metrics, clusters, replicas, stalled];
+const ON_TOWER: Workload[] = [cold, soak, idle, scale, outage, metrics, clusters, replicas, stalled, policy];
 const WORKLOADS = [...ON_PATHS, ...ON_TOWER];
 
 /** The upstream's CA, its serving certificate and a client certificate it accepts, in files. */
