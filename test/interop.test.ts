@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { presetPolicy } from '../src/agent/policy.ts';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { kubectl, Stack } from './support/stack.ts';
@@ -124,6 +126,30 @@ describe('our agent with a Go tower proxy', () => {
     // keepalive pings (every second) are answered by the Go proxy: still connected after a few
     await new Promise((resolve) => setTimeout(resolve, 3000));
     assert.doesNotMatch(agent.output, /disconnected/);
+    await agent.stop();
+  });
+
+  test('with a member policy, our agent does not join a Go proxy (it carries what the agent cannot see)', async () => {
+    const policy = join(stack.dataDir, 'member-policy.yaml');
+    writeFileSync(policy, presetPolicy('read-only'));
+    const agent = stack.startAgent('alpha', token, member.kubeconfig, [
+      '--proxy-server',
+      `http://127.0.0.1:${listen}`,
+      '--proxy-fingerprint',
+      fingerprint,
+      '--policy',
+      policy,
+    ]);
+    await agent.waitFor(/the member policy could not be enforced: not connecting/);
+    assert.doesNotMatch(agent.output, /connected to proxy/);
+    const r = await kubectl(member.kubeconfig, [
+      '--server',
+      `https://127.0.0.1:${forward}`,
+      '--request-timeout=3s',
+      'get',
+      'ns',
+    ]);
+    assert.notEqual(r.code, 0, 'nothing reaches the member through the Go proxy');
     await agent.stop();
   });
 
