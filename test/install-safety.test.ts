@@ -217,6 +217,8 @@ test(
       'http://tower.example.com:8080',
       '--proxy-fingerprint',
       `SHA256:${'B'.repeat(43)}`,
+      '--policy-preset',
+      'read-only',
     ]);
     await must(plain.kubeconfig, ['apply', '-f', '-'], agent);
     const agentObjects = await labelled(plain.kubeconfig, 'app.kubernetes.io/instance=tower-agent');
@@ -224,6 +226,12 @@ test(
     const proxyObjects = await labelled(plain.kubeconfig, 'app.kubernetes.io/instance=tower-proxy');
     const agentGone = await tower(['uninstall', 'agent', '--kubeconfig', plain.kubeconfig]);
     assert.equal(agentGone.code, 0, agentGone.stderr);
+    // the member's policy is its owner's, perhaps edited since: kept, as the CA is, unless --purge
+    assert.deepEqual(await labelled(plain.kubeconfig, 'app.kubernetes.io/instance=tower-agent'), [
+      'configmap/tower-agent-policy',
+    ]);
+    const agentPurged = await tower(['uninstall', 'agent', '--kubeconfig', plain.kubeconfig, '--purge']);
+    assert.equal(agentPurged.code, 0, agentPurged.stderr);
     assert.deepEqual(await labelled(plain.kubeconfig, 'app.kubernetes.io/instance=tower-agent'), []);
     assert.deepEqual(await labelled(plain.kubeconfig, 'app.kubernetes.io/instance=tower-proxy'), proxyObjects);
 
