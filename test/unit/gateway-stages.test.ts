@@ -176,6 +176,9 @@ test('verb: as kube-apiserver names it', () => {
     ['GET', '/api/v1/pods?watch=true', 'watch'],
     ['GET', '/apis/apps/v1/deployments?labelSelector=x&watch=1', 'watch'],
     ['GET', '/version', 'get'],
+    // discovery names no resource: a list of nothing is the method's name
+    ['GET', '/api/v1?timeout=30s', 'get'],
+    ['GET', '/apis/apps/v1', 'get'],
     ['POST', '/api/v1/namespaces/a/pods', 'create'],
     ['PUT', '/api/v1/namespaces/a/pods/p', 'update'],
     ['PATCH', '/api/v1/namespaces/a/pods/p', 'patch'],

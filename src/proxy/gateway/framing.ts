@@ -43,13 +43,15 @@ export function kubernetesVerb(method: string, url: string): string {
   const parts = path.split('/').filter(Boolean);
   // /api/v1/… and /apis/<group>/<version>/…: what follows names resources; namespaces/<ns>/ scopes them
   let rest = parts[0] === 'api' ? parts.slice(2) : parts[0] === 'apis' ? parts.slice(3) : undefined;
-  if (rest && rest[0] === 'namespaces' && rest.length >= 3) rest = rest.slice(2);
-  const named = rest !== undefined && rest.length >= 2;
+  // no resource named (/version, /api, /apis/<group>/<version>): the method's name, as kube-apiserver has it
+  if (rest === undefined || rest.length === 0) return method.toLowerCase();
+  if (rest[0] === 'namespaces' && rest.length >= 3) rest = rest.slice(2);
+  const named = rest.length >= 2;
   switch (method) {
     case 'GET':
     case 'HEAD':
       if (/(^|&)watch=(true|1)(&|$)/.test(query)) return 'watch';
-      return rest === undefined || named ? 'get' : 'list';
+      return named ? 'get' : 'list';
     case 'POST':
       return 'create';
     case 'PUT':
