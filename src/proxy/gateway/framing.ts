@@ -59,10 +59,31 @@ export function kubernetesVerb(method: string, url: string): string {
     case 'PATCH':
       return 'patch';
     case 'DELETE':
-      return rest === undefined || named ? 'delete' : 'deletecollection';
+      return named ? 'delete' : 'deletecollection';
     default:
       return method.toLowerCase();
   }
+}
+
+/**
+ * The resource a request names (`pods`, `pods/exec`) and its namespace, as kube-apiserver's
+ * RequestInfo reads them (for the access log); nothing for a path that names no resource.
+ */
+export function kubernetesResource(url: string): { resource?: string; namespace?: string } {
+  const q = url.indexOf('?');
+  const parts = (q < 0 ? url : url.slice(0, q)).split('/').filter(Boolean);
+  let rest = parts[0] === 'api' ? parts.slice(2) : parts[0] === 'apis' ? parts.slice(3) : [];
+  // the deprecated /api/v1/watch/… form
+  if (rest[0] === 'watch') rest = rest.slice(1);
+  if (rest.length === 0) return {};
+  let namespace: string | undefined;
+  if (rest[0] === 'namespaces' && rest.length > 1) {
+    namespace = rest[1];
+    // a namespace's own subresources; anything else after namespaces/<ns>/ is a namespaced resource
+    if (rest.length > 2 && rest[2] !== 'status' && rest[2] !== 'finalize') rest = rest.slice(2);
+  }
+  const resource = rest.length >= 3 ? `${rest[0]}/${rest[2]}` : rest[0];
+  return { resource, namespace };
 }
 
 /** a request that streams until its client leaves (a watch, `logs -f`): not counted against the in-flight limit */
