@@ -475,7 +475,6 @@ export class Gateway {
     const who = routed?.identity ?? (cert && typeof cert.identity === 'object' ? cert.identity : undefined);
     const { resource, namespace } = routed ? kubernetesResource(routed.path) : {};
     this.#log.info('access', {
-      auditId,
       cluster,
       user: who?.user,
       groups: who?.groups.join(','),
@@ -488,6 +487,7 @@ export class Gateway {
       duration: `${Math.round(seconds * 1000)}ms`,
       remote: req.socket.remoteAddress,
       fromReplica: routed?.fromPeer,
+      auditId,
     });
   }
 
