@@ -182,13 +182,14 @@ describe('the gateway acts as the client certificate (CN → user, O → groups)
     assert.match(r.stderr, /User "jane" cannot (create|get) resource "pods\/exec"/);
   });
 
-  test('one access-log line per request: cluster, user, groups, verb, path, status, duration', async () => {
+  test('one access-log line per request: cluster, user, groups, verb, resource, path, status, Audit-ID', async () => {
     const from = stack.proxy!.output.length;
     await must(jane, ['get', 'configmaps', '-n', 'default']);
     const line = await stack.proxy!.waitFor(
       pattern(
-        /access cluster=alpha user=jane groups=viewers verb=list /,
-        /path="?\/api\/v1\/namespaces\/default\/configmaps\S* status=200 duration=\d+ms/,
+        /access cluster=alpha user=jane groups=viewers verb=list resource=configmaps namespace=default /,
+        /path="?\/api\/v1\/namespaces\/default\/configmaps\S* status=200 duration=\d+ms /,
+        /remote=127\.0\.0\.1 auditId=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n/,
       ),
       5000,
       from,

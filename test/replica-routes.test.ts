@@ -25,6 +25,7 @@ const REQUEST_TIMEOUT_MS = 20_000;
 const STORY_TIMEOUT_MS = 180_000;
 /** what the client sends as its own credential on a certificate port: tower must drop it */
 const CLIENT_TOKEN = 'Bearer client-own-token';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 type Surface = 'gateway' | 'cluster port' | 'ks port';
 interface Entry {
@@ -194,6 +195,8 @@ interface Sent extends Step {
   authorization: string;
   status: number;
   body: string;
+  /** the Audit-ID header(s) of the answer */
+  auditId?: string | string[];
   error?: string;
 }
 
@@ -208,7 +211,8 @@ function send(step: Step, order: string): Promise<Sent> {
   const label = `#${probes} ${order}: ${step.ask} on the ${describeEntry(step)}`;
   const ks = step.surface === 'ks port';
   const authorization = ks ? `Bearer ks-user-${probe}` : CLIENT_TOKEN;
-  const headers: OutgoingHttpHeaders = { authorization, accept: 'application/json' };
+  // a client's own Audit-ID: tower's goes to the member instead
+  const headers: OutgoingHttpHeaders = { authorization, accept: 'application/json', 'audit-id': `client-${probe}` };
   if (ks || step.ask === 'impersonate system:masters') {
     // a user of its own per probe: tower caches the member's verdicts for 10 s, and each probe must ask anew
     headers['impersonate-user'] = impersonatedUser(probe);
@@ -231,8 +235,8 @@ function send(step: Step, order: string): Promise<Sent> {
   if (step.surface === 'gateway') path = `/clusters/${CLUSTER}${path}`;
   const tls = ks ? undefined : { ...jane, checkServerIdentity: () => undefined };
   return new Promise((resolve) => {
-    const done = (status: number, text: string, error?: string) =>
-      resolve({ ...step, probe, label, authorization, status, body: text, error });
+    const done = (status: number, text: string, error?: string, auditId?: string | string[]) =>
+      resolve({ ...step, probe, label, authorization, status, body: text, error, auditId });
     // a connection per request: what is under test is the replicas' state, not the client's pool
     const opts = {
       host: ADDRESS[step.via],
@@ -249,7 +253,7 @@ function send(step: Step, order: string): Promise<Sent> {
       res.setEncoding('utf8').on('data', (d: string) => {
         text += d;
       });
-      res.on('end', () => done(res.statusCode ?? 0, text));
+      res.on('end', () => done(res.statusCode ?? 0, text, undefined, res.headersDistinct['audit-id']));
       res.on('error', (err) => done(res.statusCode ?? 0, text, err.message));
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)));
@@ -299,6 +303,13 @@ function judge(s: Sent): string[] {
   for (const a of arrived)
     if (a.towerHeaders.length)
       out.push(`${s.label}: tower's own headers reached the member (${a.towerHeaders.join(', ')})`);
+  // one Audit-ID, tower's, which the client got back: never the client's own
+  const answeredId = JSON.stringify(s.auditId);
+  if (!s.error && !(Array.isArray(s.auditId) && s.auditId.length === 1 && UUID.test(s.auditId[0]!)))
+    out.push(`${s.label}: the client got Audit-ID ${answeredId}, not one of tower's`);
+  for (const a of arrived)
+    if (JSON.stringify(a.auditIds) !== answeredId)
+      out.push(`${s.label}: ${a.server} got Audit-ID ${JSON.stringify(a.auditIds)}, the client ${answeredId}`);
   if (s.surface === 'ks port') {
     // unauthenticated by KubeSphere's design: ks-apiserver authenticates the caller, so it must be the only server it
     // reaches

@@ -149,7 +149,7 @@ export const PROXY_OPTIONS = {
   }),
   gatewayMaxConnectionsPerAddress: opt.int({ help: 'The same, per client address', default: 1_000, check: positive }),
   accessLog: opt.bool({
-    help: 'One log line per gateway request: cluster, user, groups, verb, path, status, duration',
+    help: 'One log line per gateway request: its Audit-ID, cluster, user, groups, verb, resource, status, duration',
     default: false,
   }),
   agentTls: opt.bool({

@@ -50,18 +50,25 @@ export function statusBody(r: Refusal): string {
   );
 }
 
-/** The Status as a whole HTTP response, for a socket that has no ServerResponse (upgrades, parse errors). */
-export function rawStatus(r: Refusal): string {
+/**
+ * The Status as a whole HTTP response, for a socket that has no ServerResponse (upgrades, parse
+ * errors), with the request's Audit-ID when it has one (a UUID tower made: nothing to escape).
+ */
+export function rawStatus(r: Refusal, auditId?: string): string {
   const body = statusBody(r);
   const retry = r.retryAfter !== undefined ? `Retry-After: ${r.retryAfter}\r\n` : '';
+  const audit = auditId ? `Audit-ID: ${auditId}\r\n` : '';
   return (
-    `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nContent-Type: ` +
-    `application/json\r\n${retry}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+    `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nContent-Type: application/json\r\n${audit}` +
+    `${retry}Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
   );
 }
 
-/** Never throws: a response that can no longer carry a Status (headers gone out, socket gone) is ended as it is. */
-export function sendStatus(res: ServerResponse, r: Refusal): void {
+/**
+ * Never throws: a response that can no longer carry a Status (headers gone out, socket gone) is ended
+ * as it is. With the request's Audit-ID when it has one.
+ */
+export function sendStatus(res: ServerResponse, r: Refusal, auditId?: string): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
@@ -72,6 +79,7 @@ export function sendStatus(res: ServerResponse, r: Refusal): void {
     'content-length': Buffer.byteLength(body),
   };
   if (r.retryAfter !== undefined) headers['retry-after'] = r.retryAfter;
+  if (auditId) headers['Audit-ID'] = auditId;
   // the reason phrase is set explicitly: a failed writeHead leaves the upstream's bad one behind
   res.writeHead(r.status, STATUS_CODES[r.status] ?? 'Error', headers);
   res.end(body);

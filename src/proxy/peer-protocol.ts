@@ -14,6 +14,12 @@ export const PEER_HEADERS = {
   identity: 'x-tower-peer-identity',
   /** "<ms>.<HMAC>" over what decides the request (PeerSignature), made with a key only replicas hold */
   signature: 'x-tower-peer-signature',
+  /**
+   * the Audit-ID the forwarding replica chose, which the member and both access logs then show. Not
+   * signed: it decides nothing of whom or where, and a request that carries it was built by a replica
+   * (its signature says so); a client's X-Tower-* never leave the first replica.
+   */
+  auditId: 'x-tower-peer-audit-id',
 } as const;
 export const PEER_API = '/peer/v1/';
 

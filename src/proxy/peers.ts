@@ -258,7 +258,8 @@ export class PeerUpstream implements Upstream {
   /**
    * The client's headers, less what says who it is (a client's own impersonation stays, for that
    * replica to judge as this one would), plus the cluster, the target and the identity this replica
-   * verified, signed together with the request's method and path.
+   * verified, signed together with the request's method and path; and the request's Audit-ID,
+   * which that replica sends on to the member (not signed: see PEER_HEADERS.auditId).
    */
   headers(req: IncomingMessage, route: Route): OutgoingHttpHeaders {
     const keepAuth = route.target === 'kubesphere';
@@ -268,6 +269,7 @@ export class PeerUpstream implements Upstream {
     out[PEER_HEADERS.target] = route.target;
     const identity = route.identity ? encodeIdentity(route.identity) : '';
     if (identity) out[PEER_HEADERS.identity] = identity;
+    if (route.auditId) out[PEER_HEADERS.auditId] = route.auditId;
     out[PEER_HEADERS.signature] = this.#signature.sign({
       method: req.method ?? '',
       path: route.path,

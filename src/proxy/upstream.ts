@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream';
 import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
 import type { ServerChannel } from 'ssh2';
+import { AUDIT_ID_HEADER } from '../http/audit-id.ts';
 import { CHANNEL_TYPE_TLS, FEATURE_TLS_AT_AGENT, hostOf, normalizeHostPort } from '../tunnel/protocol.ts';
 import { MAX_CHANNELS_PER_SESSION, type AgentSession } from '../tunnel/server.ts';
 import { dropBearerProtocol, forwardedHeaders } from './gateway/headers.ts';
@@ -97,7 +98,7 @@ abstract class SessionUpstream implements Upstream {
    * Who the request acts as is never the client's word: on a certificate's route its Authorization,
    * Impersonate-*, X-Remote-* and bearer subprotocol go, and the certificate's identity (or an
    * impersonation the member allowed it) is sent. Otherwise only the client's Authorization is
-   * dropped, unless the member authenticates clients itself (ks-apiserver).
+   * dropped, unless the member authenticates clients itself (ks-apiserver). The Audit-ID is tower's.
    */
   headers(req: IncomingMessage, route: Route, actAs: ActAs): OutgoingHttpHeaders {
     const certificate = route.identity !== undefined;
@@ -107,6 +108,8 @@ abstract class SessionUpstream implements Upstream {
     out.host = this.hostHeader;
     if (this.authorization) out.authorization = this.authorization;
     if (actAs) impersonationHeaders(out, actAs);
+    // kube-apiserver writes it into the request's audit events (and answers it)
+    if (route.auditId) out[AUDIT_ID_HEADER] = route.auditId;
     return out;
   }
 

@@ -1,8 +1,15 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { removeDir, ROOT, run, tempDir } from './tower.ts';
 
 const SCRIPT = join(ROOT, 'scripts', 'test-cluster.sh');
+/** every request's event, without bodies, once its response is complete */
+const AUDIT_POLICY = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+`;
 
 /** A real kube-apiserver v1.20.2 + etcd on loopback (scripts/test-cluster.sh). */
 export interface MemberCluster {
@@ -13,6 +20,8 @@ export interface MemberCluster {
   /** a system:masters bearer token */
   token: string;
   caPem: string;
+  /** the apiserver's audit log (JSON lines, one event per request), when started with `audit` */
+  auditLog?: string;
   /** stops etcd and the apiserver (by PID) and removes the state dir */
   stop(): Promise<void>;
   /** an API outage: kill -9 the apiserver (etcd keeps its state) */
@@ -21,12 +30,23 @@ export interface MemberCluster {
   startApiserver(): Promise<void>;
 }
 
-/** `apiserverArgs`: more kube-apiserver flags, e.g. `--enable-admission-plugins=PodSecurityPolicy` (lists add up) */
-export async function startMemberCluster(opts: { apiserverArgs?: string[] } = {}): Promise<MemberCluster> {
+/**
+ * `apiserverArgs`: more kube-apiserver flags, e.g. `--enable-admission-plugins=PodSecurityPolicy` (lists add up);
+ * `audit`: an audit log of every request at Metadata level (`auditLog`)
+ */
+export async function startMemberCluster(
+  opts: { apiserverArgs?: string[]; audit?: boolean } = {},
+): Promise<MemberCluster> {
   const dir = tempDir('apiserver');
+  const args = [...(opts.apiserverArgs ?? [])];
+  const auditLog = opts.audit ? join(dir, 'audit.log') : undefined;
+  if (auditLog) {
+    writeFileSync(join(dir, 'audit-policy.yaml'), AUDIT_POLICY);
+    args.push(`--audit-policy-file=${join(dir, 'audit-policy.yaml')}`, `--audit-log-path=${auditLog}`);
+  }
   const r = await run('bash', [SCRIPT, 'start', dir], {
     timeoutMs: 120_000,
-    env: { APISERVER_ARGS: (opts.apiserverArgs ?? []).join(' ') },
+    env: { APISERVER_ARGS: args.join(' ') },
   });
   const m = /ready (https:\/\/\S+)/.exec(r.stdout);
   if (r.code !== 0 || !m) throw new Error(`kube-apiserver did not start:\n${r.stdout}\n${r.stderr}`);
@@ -36,6 +56,7 @@ export async function startMemberCluster(opts: { apiserverArgs?: string[] } = {}
     kubeconfig: join(dir, 'admin.kubeconfig'),
     token: readFileSync(join(dir, 'token'), 'utf8').trim(),
     caPem: readFileSync(join(dir, 'pki', 'ca.crt'), 'utf8'),
+    auditLog,
     killApiserver: async () => {
       const k = await run('bash', [SCRIPT, 'kill-apiserver', dir]);
       if (k.code !== 0) throw new Error(`kill-apiserver failed: ${k.stderr}`);

@@ -31,6 +31,8 @@ export interface Received {
   impersonateOther: string[];
   /** names of X-Tower-* headers: tower's own, between replicas, never meant for a member */
   towerHeaders: string[];
+  /** every Audit-ID header value that arrived: tower's one, never a client's */
+  auditIds: string[];
   /** trailer field names, lower case (an identity header must never ride in one) */
   trailers: string[];
   body: Buffer;
@@ -301,6 +303,7 @@ export class RecordingUpstream {
         (k) => k.startsWith('impersonate-') && k !== 'impersonate-user' && k !== 'impersonate-group',
       ),
       towerHeaders: Object.keys(distinct).filter((k) => k.startsWith('x-tower-')),
+      auditIds: distinct['audit-id'] ?? [],
       trailers: [],
       body: Buffer.alloc(0),
       complete: false,

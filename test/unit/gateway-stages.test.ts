@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Logger } from '../../src/observe/log.ts';
 import { actAs } from '../../src/proxy/gateway/act-as.ts';
-import { kubernetesVerb, requestBody } from '../../src/proxy/gateway/framing.ts';
+import { rawStatus } from '../../src/http/status.ts';
+import { kubernetesResource, kubernetesVerb, requestBody } from '../../src/proxy/gateway/framing.ts';
+import { downstreamHeaders, rawHead } from '../../src/proxy/gateway/headers.ts';
 import { Members } from '../../src/proxy/gateway/members.ts';
 import { isRefusal } from '../../src/proxy/gateway/refusals.ts';
 import { route, type ClientCertificate, type Route, type RouteRules } from '../../src/proxy/gateway/route.ts';
@@ -176,6 +178,9 @@ test('verb: as kube-apiserver names it', () => {
     ['GET', '/api/v1/pods?watch=true', 'watch'],
     ['GET', '/apis/apps/v1/deployments?labelSelector=x&watch=1', 'watch'],
     ['GET', '/version', 'get'],
+    // discovery names no resource: a list of nothing is the method's name
+    ['GET', '/api/v1?timeout=30s', 'get'],
+    ['GET', '/apis/apps/v1', 'get'],
     ['POST', '/api/v1/namespaces/a/pods', 'create'],
     ['PUT', '/api/v1/namespaces/a/pods/p', 'update'],
     ['PATCH', '/api/v1/namespaces/a/pods/p', 'patch'],
@@ -356,4 +361,101 @@ test('identity: as the certificate, or as asked once the member allowed it', asy
   assert.deepEqual(await as([['Impersonate-User', 'admin']], { reviewer: undefined }), { actAs: undefined });
   assert.equal(verdicts.length, asked);
   member.pool.destroy();
+});
+
+test("audit ID: every upstream hears tower's, never the client's; only a replica's signed request hands one on", () => {
+  const id = '6f1c2b1e-8d3a-4c52-9e7f-0a1b2c3d4e5f';
+  const routed: Route = { ...certRoute, auditId: id };
+  // every copy the client sent, whatever its case, and its try at the replicas' own header
+  const client = request('GET', '/x', [
+    ['Audit-ID', 'chosen-by-client'],
+    ['audit-id', 'another'],
+    ['X-Tower-Peer-Audit-Id', '00000000-0000-4000-8000-000000000000'],
+  ]);
+  const s = session({ kubesphereSvcHost: 'ks-apiserver.kubesphere-system.svc' });
+  const member = new MemberApiserver(s);
+  const ks = new MemberKubesphere(s);
+  assert.equal(member.headers(client, routed, jane)['audit-id'], id);
+  assert.equal(ks.headers(client, { ...routed, target: 'kubesphere' }, undefined)['audit-id'], id);
+  const plain = member.headers(client, certRoute, jane);
+  assert.equal(plain['audit-id'], undefined, "no ID of tower's, and none of the client's");
+  const peer = new PeerUpstream(
+    { id: 'r2', address: '127.0.0.2:8443', draining: false },
+    'kubernetes',
+    createSecureContext({}),
+    signature,
+  );
+  const toPeer = peer.headers(client, routed);
+  assert.equal(toPeer[PEER_HEADERS.auditId], id);
+  assert.equal(toPeer['audit-id'], undefined);
+  for (const p of [member, ks, peer]) p.pool.destroy();
+
+  const replica: ClientCertificate = { bound: undefined, identity: undefined, replica: 'r2' };
+  const forwarded = (auditId: string) => ({
+    [PEER_HEADERS.cluster]: 'alpha',
+    [PEER_HEADERS.target]: 'kubernetes',
+    [PEER_HEADERS.identity]: encodeIdentity(jane),
+    [PEER_HEADERS.auditId]: auditId,
+    [PEER_HEADERS.signature]: signature.sign({
+      method: 'GET',
+      path: '/api',
+      cluster: 'alpha',
+      target: 'kubernetes',
+      identity: encodeIdentity(jane),
+    }),
+  });
+  const fromPeer = route(head('/api', forwarded(id)), replica, rules({ signature }));
+  assert.ok(!isRefusal(fromPeer));
+  assert.equal(fromPeer.auditId, id);
+  const odd = route(head('/api', forwarded('chosen-by-client')), replica, rules({ signature }));
+  assert.ok(!isRefusal(odd));
+  assert.equal(odd.auditId, undefined, 'not one tower makes: the gateway makes its own');
+  // a user's certificate: the header is nobody's word
+  const user = route(head('/clusters/alpha/api', { [PEER_HEADERS.auditId]: id }), janeCert, rules());
+  assert.ok(!isRefusal(user));
+  assert.equal(user.auditId, undefined);
+});
+
+test("audit ID: the client's answer carries tower's, in place of the member's, however it is written", () => {
+  const id = '6f1c2b1e-8d3a-4c52-9e7f-0a1b2c3d4e5f';
+  const answer = {
+    statusCode: 403,
+    statusMessage: 'Forbidden',
+    headers: { 'audit-id': 'members-own', 'content-type': 'application/json' },
+    rawHeaders: ['Audit-Id', 'members-own', 'Content-Type', 'application/json'],
+  } as unknown as IncomingMessage;
+  assert.deepEqual(downstreamHeaders(answer, id), { 'Audit-ID': id, 'content-type': 'application/json' });
+  const raw = rawHead(answer, id, true);
+  assert.deepEqual(
+    raw.split('\r\n').filter((l) => /^audit-id:/i.test(l)),
+    [`Audit-ID: ${id}`],
+  );
+  assert.match(rawStatus({ status: 403, message: 'no' }, id), new RegExp(`\r\nAudit-ID: ${id}\r\n`));
+  assert.doesNotMatch(rawStatus({ status: 403, message: 'no' }), /Audit-ID/i);
+});
+
+test('resource: as kube-apiserver names it in its audit events (objectRef resource/subresource, namespace)', () => {
+  const cases: [string, { resource?: string; namespace?: string }][] = [
+    ['/api/v1/namespaces/a/pods?limit=500', { resource: 'pods', namespace: 'a' }],
+    ['/api/v1/namespaces/a/pods/p/exec?command=true', { resource: 'pods/exec', namespace: 'a' }],
+    ['/apis/apps/v1/namespaces/a/deployments/d/scale', { resource: 'deployments/scale', namespace: 'a' }],
+    ['/api/v1/pods?watch=1', { resource: 'pods', namespace: undefined }],
+    ['/api/v1/watch/namespaces/a/pods', { resource: 'pods', namespace: 'a' }],
+    ['/api/v1/namespaces', { resource: 'namespaces', namespace: undefined }],
+    ['/api/v1/namespaces/a', { resource: 'namespaces', namespace: 'a' }],
+    ['/api/v1/namespaces/a/finalize', { resource: 'namespaces/finalize', namespace: 'a' }],
+    ['/apis/rbac.authorization.k8s.io/v1/clusterroles/x', { resource: 'clusterroles', namespace: undefined }],
+    ['/api/v1', {}],
+    ['/apis/apps/v1?timeout=30s', {}],
+    ['/version', {}],
+    ['/kapis/resources.kubesphere.io/v1alpha3/namespaces', {}],
+  ];
+  for (const [url, want] of cases) {
+    const got = kubernetesResource(url);
+    assert.deepEqual(
+      { resource: got.resource, namespace: got.namespace },
+      { resource: want.resource, namespace: want.namespace },
+      url,
+    );
+  }
 });

@@ -82,7 +82,7 @@ export class Forwarder {
       // the body piped in is exactly what its framing says: Node's parser delivered it so
       upstream = httpRequest({ agent: member.pool, method: req.method, path, headers });
     } catch (err) {
-      sendStatus(res, refusals.cannotForward(cluster, err as Error));
+      sendStatus(res, refusals.cannotForward(cluster, err as Error), route.auditId);
       req.resume();
       return;
     }
@@ -123,10 +123,11 @@ export class Forwarder {
         return;
       }
       if (timedOut) {
-        sendStatus(res, refusals.timedOut(route.target, cluster, timeoutMs));
+        sendStatus(res, refusals.timedOut(route.target, cluster, timeoutMs), route.auditId);
         return;
       }
-      const failed = () => sendStatus(res, refusals.unreachable(route.target, cluster, member.through, err));
+      const failed = () =>
+        sendStatus(res, refusals.unreachable(route.target, cluster, member.through, err), route.auditId);
       if (!bodyless || (written && !SAFE.has(req.method ?? '')) || res.destroyed) {
         failed();
         return;
@@ -177,7 +178,7 @@ export class Forwarder {
     let problem = code >= 200 && code <= 599 ? undefined : `an invalid status code ${code}`;
     if (!problem) {
       try {
-        res.writeHead(code, up.statusMessage, downstreamHeaders(up));
+        res.writeHead(code, up.statusMessage, downstreamHeaders(up, route.auditId));
       } catch (err) {
         problem = `a response head that cannot be relayed (${(err as Error).message})`;
       }
@@ -185,7 +186,7 @@ export class Forwarder {
     if (problem) {
       up.destroy();
       upstream.destroy();
-      sendStatus(res, refusals.badAnswer(route.target, route.cluster, problem));
+      sendStatus(res, refusals.badAnswer(route.target, route.cluster, problem), route.auditId);
       return;
     }
     // a streamed answer (a watch) must reach the client before its first event; one with a

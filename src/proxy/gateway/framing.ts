@@ -43,13 +43,15 @@ export function kubernetesVerb(method: string, url: string): string {
   const parts = path.split('/').filter(Boolean);
   // /api/v1/… and /apis/<group>/<version>/…: what follows names resources; namespaces/<ns>/ scopes them
   let rest = parts[0] === 'api' ? parts.slice(2) : parts[0] === 'apis' ? parts.slice(3) : undefined;
-  if (rest && rest[0] === 'namespaces' && rest.length >= 3) rest = rest.slice(2);
-  const named = rest !== undefined && rest.length >= 2;
+  // no resource named (/version, /api, /apis/<group>/<version>): the method's name, as kube-apiserver has it
+  if (rest === undefined || rest.length === 0) return method.toLowerCase();
+  if (rest[0] === 'namespaces' && rest.length >= 3) rest = rest.slice(2);
+  const named = rest.length >= 2;
   switch (method) {
     case 'GET':
     case 'HEAD':
       if (/(^|&)watch=(true|1)(&|$)/.test(query)) return 'watch';
-      return rest === undefined || named ? 'get' : 'list';
+      return named ? 'get' : 'list';
     case 'POST':
       return 'create';
     case 'PUT':
@@ -57,10 +59,31 @@ export function kubernetesVerb(method: string, url: string): string {
     case 'PATCH':
       return 'patch';
     case 'DELETE':
-      return rest === undefined || named ? 'delete' : 'deletecollection';
+      return named ? 'delete' : 'deletecollection';
     default:
       return method.toLowerCase();
   }
+}
+
+/**
+ * The resource a request names (`pods`, `pods/exec`) and its namespace, as kube-apiserver's
+ * RequestInfo reads them (for the access log); nothing for a path that names no resource.
+ */
+export function kubernetesResource(url: string): { resource?: string; namespace?: string } {
+  const q = url.indexOf('?');
+  const parts = (q < 0 ? url : url.slice(0, q)).split('/').filter(Boolean);
+  let rest = parts[0] === 'api' ? parts.slice(2) : parts[0] === 'apis' ? parts.slice(3) : [];
+  // the deprecated /api/v1/watch/… form
+  if (rest[0] === 'watch') rest = rest.slice(1);
+  if (rest.length === 0) return {};
+  let namespace: string | undefined;
+  if (rest[0] === 'namespaces' && rest.length > 1) {
+    namespace = rest[1];
+    // a namespace's own subresources; anything else after namespaces/<ns>/ is a namespaced resource
+    if (rest.length > 2 && rest[2] !== 'status' && rest[2] !== 'finalize') rest = rest.slice(2);
+  }
+  const resource = rest.length >= 3 ? `${rest[0]}/${rest[2]}` : rest[0];
+  return { resource, namespace };
 }
 
 /** a request that streams until its client leaves (a watch, `logs -f`): not counted against the in-flight limit */

@@ -16,6 +16,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
+import { newAuditId } from '../../http/audit-id.ts';
 import { rawStatus, sendStatus, type Refusal } from '../../http/status.ts';
 import { truncate, type Logger } from '../../observe/log.ts';
 import { boundCluster } from '../../pki/ca.ts';
@@ -34,7 +35,7 @@ import { Admission, type InflightRequests } from './admission.ts';
 import { ClientCertificateCheck } from './client-certificate.ts';
 import { Conversations } from './conversation.ts';
 import { Forwarder } from './forward.ts';
-import { kubernetesVerb, requestBody } from './framing.ts';
+import { kubernetesResource, kubernetesVerb, requestBody } from './framing.ts';
 import { Members, type Way } from './members.ts';
 import { isRefusal, refusals } from './refusals.ts';
 import { route as routeOf, type ClientCertificate, type Route, type RouteRules, type Target } from './route.ts';
@@ -337,12 +338,15 @@ export class Gateway {
       req.resume();
       return;
     }
+    // every answer carries it, the gateway's own refusals too, so that the client can join it with
+    // the access log line (a forwarding replica's replaces it once routed)
+    let auditId = newAuditId();
     // a body that turns out not to be HTTP (a bad chunk): what was forwarded of it is cut off, and
     // its answer is a 400, the connection's last
     conversation.owe(req, res, (err: NodeJS.ErrnoException) => {
       this.#forwarder.bodyBroke(req);
       res.shouldKeepAlive = false;
-      if (!res.headersSent && !res.destroyed) sendStatus(res, refusals.malformedBody(err));
+      if (!res.headersSent && !res.destroyed) sendStatus(res, refusals.malformedBody(err), auditId);
       else res.destroy();
     });
     // a draining replica's clients reconnect, through their load balancer, to another one
@@ -359,14 +363,15 @@ export class Gateway {
     const started = performance.now();
     const refuse = (r: Refusal) => {
       this.#log.debug(1, 'gateway refused a request', { url: req.url, status: r.status, why: r.message });
-      if (!res.headersSent && !res.destroyed) sendStatus(res, r);
+      if (!res.headersSent && !res.destroyed) sendStatus(res, r, auditId);
       req.resume();
     };
     const found = this.#route(req);
     const routed = isRefusal(found) ? found : found.route;
+    auditId = auditIdOf(found, auditId);
     // once per request: the in-flight limit and the metrics both go by it
     const verb = verbOf(req, routed);
-    res.once('close', () => this.#finished(req, routed, res.statusCode, started, verb));
+    res.once('close', () => this.#finished(req, routed, res.statusCode, started, auditId, verb));
     if (continueOutOfTurn) {
       res.shouldKeepAlive = false;
       conversation.refuse();
@@ -445,13 +450,15 @@ export class Gateway {
   /**
    * Counts a request that is done (an upgrade once answered) and logs it with --access-log. The
    * cluster label is a routed cluster's only: never a name a client made up. `path` is as the
-   * member sees it (the route's), or as the client sent it when there was no route.
+   * member sees it (the route's), or as the client sent it when there was no route. The user is
+   * whom the request acted as: the certificate's, or the one a forwarding replica verified.
    */
   #finished(
     req: IncomingMessage,
     route: Route | Refusal,
     status: number,
     started: number,
+    auditId: string,
     verb = verbOf(req, route),
   ): void {
     const cluster = 'cluster' in route ? route.cluster : undefined;
@@ -464,17 +471,23 @@ export class Gateway {
     }
     if (!this.#opts.accessLog) return;
     const cert = this.#opts.tls ? this.#certificates.get(req.socket as TLSSocket) : undefined;
-    const who = cert && typeof cert.identity === 'object' ? cert.identity : undefined;
+    const routed = 'path' in route ? route : undefined;
+    const who = routed?.identity ?? (cert && typeof cert.identity === 'object' ? cert.identity : undefined);
+    const { resource, namespace } = routed ? kubernetesResource(routed.path) : {};
     this.#log.info('access', {
       cluster,
       user: who?.user,
       groups: who?.groups.join(','),
       as: req.headers['impersonate-user'],
       verb,
+      resource,
+      namespace,
       path,
       status,
       duration: `${Math.round(seconds * 1000)}ms`,
       remote: req.socket.remoteAddress,
+      fromReplica: routed?.fromPeer,
+      auditId,
     });
   }
 
@@ -524,12 +537,13 @@ export class Gateway {
   #onUpgradeInTurn(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const started = performance.now();
     socket.on('error', () => socket.destroy());
+    const found = this.#route(req);
+    const auditId = auditIdOf(found);
     const refuse = (r: Refusal, route?: Route) => {
       this.#log.debug(1, 'gateway refused an upgrade', { url: req.url, status: r.status, why: r.message });
-      if (socket.writable) socket.end(rawStatus(r));
-      this.#finished(req, route ?? r, r.status, started);
+      if (socket.writable) socket.end(rawStatus(r, auditId));
+      this.#finished(req, route ?? r, r.status, started, auditId);
     };
-    const found = this.#route(req);
     if (isRefusal(found)) {
       refuse(found);
       return;
@@ -553,7 +567,7 @@ export class Gateway {
       }
       this.#upgrader.upgrade(req, socket, head, route, ready.way, ready.actAs, {
         refuse: (r) => refuse(r, route),
-        answered: (status) => this.#finished(req, route, status, started),
+        answered: (status) => this.#finished(req, route, status, started, auditId),
       });
     };
     const ready = this.#toMember(req, found);
@@ -568,6 +582,15 @@ export class Gateway {
  */
 function verbOf(req: IncomingMessage, route: Route | Refusal): string {
   return kubernetesVerb(req.method ?? '', 'path' in route ? route.path : (req.url ?? ''));
+}
+
+/**
+ * The request's Audit-ID: the one a forwarding replica chose (a peer route), else a fresh one, kept
+ * on the route for the upstream to send on. Never the client's.
+ */
+function auditIdOf(found: Found | Refusal, fresh = newAuditId()): string {
+  if (isRefusal(found)) return fresh;
+  return (found.route.auditId ??= fresh);
 }
 
 /** Writes a Status straight to a socket that has no ServerResponse, and ends the connection with it. */

@@ -3,6 +3,7 @@
  * answer may come back. Each upstream builds its own request headers from these (`Upstream.headers`).
  */
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import { AUDIT_ID_HEADER } from '../../http/audit-id.ts';
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -25,8 +26,8 @@ const BEARER_PROTOCOL = 'base64url.bearer.authorization.k8s.io.';
 
 /**
  * A client's request headers as they may travel on: without hop-by-hop ones (and those its
- * Connection names), Host, its framing, tower's own X-Tower-* (never a client's word), and what
- * `drop` names.
+ * Connection names), Host, its framing, tower's own X-Tower-* and its Audit-ID (never a client's
+ * word; each upstream sets tower's), and what `drop` names.
  */
 export function forwardedHeaders(req: IncomingMessage, drop: (name: string) => boolean): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
@@ -39,6 +40,7 @@ export function forwardedHeaders(req: IncomingMessage, drop: (name: string) => b
       k === 'host' ||
       v === undefined ||
       k.startsWith('x-tower-') ||
+      k === AUDIT_ID_HEADER ||
       drop(k)
     )
       continue;
@@ -68,24 +70,35 @@ export function dropBearerProtocol(out: OutgoingHttpHeaders): void {
   else delete out['sec-websocket-protocol'];
 }
 
-/** An answer's headers as they go back to the client: without hop-by-hop ones. */
-export function downstreamHeaders(up: IncomingMessage): OutgoingHttpHeaders {
+/**
+ * An answer's headers as they go back to the client: without hop-by-hop ones, and with tower's
+ * Audit-ID instead of the member's (the same, unless the member did not take tower's: the access
+ * log, which the client's ID must join, has tower's).
+ */
+export function downstreamHeaders(up: IncomingMessage, auditId: string | undefined): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
+  if (auditId) out['Audit-ID'] = auditId;
   const listed = new Set((up.headers.connection ?? '').split(',').map((s) => s.trim().toLowerCase()));
   for (const [k, v] of Object.entries(up.headers)) {
-    if (HOP_BY_HOP.has(k) || listed.has(k) || v === undefined) continue;
+    if (HOP_BY_HOP.has(k) || listed.has(k) || v === undefined || k === AUDIT_ID_HEADER) continue;
     out[k] = v;
   }
   return out;
 }
 
-/** An answer's head as raw bytes, for a socket that has no ServerResponse (an upgrade's). */
-export function rawHead(res: IncomingMessage, close = false): string {
+/**
+ * An answer's head as raw bytes, for a socket that has no ServerResponse (an upgrade's), with
+ * tower's Audit-ID instead of the member's.
+ */
+export function rawHead(res: IncomingMessage, auditId: string | undefined, close = false): string {
   let s = `HTTP/1.1 ${res.statusCode} ${res.statusMessage}\r\n`;
+  if (auditId) s += `Audit-ID: ${auditId}\r\n`;
   for (let i = 0; i < res.rawHeaders.length; i += 2) {
+    const name = res.rawHeaders[i]!;
+    if (name.length === AUDIT_ID_HEADER.length && name.toLowerCase() === AUDIT_ID_HEADER) continue;
     // a relayed refusal is framed by closing the connection: Node already removed the chunking
-    if (close && /^(connection|transfer-encoding|content-length)$/i.test(res.rawHeaders[i]!)) continue;
-    s += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`;
+    if (close && /^(connection|transfer-encoding|content-length)$/i.test(name)) continue;
+    s += `${name}: ${res.rawHeaders[i + 1]}\r\n`;
   }
   if (close) s += 'Connection: close\r\n';
   return s + '\r\n';

@@ -3,6 +3,7 @@
  * or the refusal. Pure but for the store's `knows` and a log line for an unsigned replica request.
  */
 import type { IncomingHttpHeaders } from 'node:http';
+import { peerAuditId } from '../../http/audit-id.ts';
 import type { Refusal } from '../../http/status.ts';
 import type { Logger } from '../../observe/log.ts';
 import { clusterNameProblem } from '../../config/names.ts';
@@ -26,6 +27,8 @@ export interface Route {
   identity?: Identity;
   /** the replica that forwarded this request: it is served by this replica's agents or not at all */
   fromPeer?: string;
+  /** the request's Audit-ID: the forwarding replica's on a peer route, else the gateway's, once routed */
+  auditId?: string;
 }
 
 /** What a TLS connection's certificate says, read once per connection. */
@@ -132,7 +135,8 @@ function peerRoute(head: RequestHead, replica: string, rules: RouteRules): Route
     identity = decodeIdentity(typeof identityHeader === 'string' ? identityHeader : undefined);
     if (!identity) return refusals.peerNoIdentity(replica);
   }
-  return { path: head.url || '/', cluster: name, target, identity, fromPeer: replica };
+  const auditId = peerAuditId(head.headers[PEER_HEADERS.auditId]);
+  return { path: head.url || '/', cluster: name, target, identity, fromPeer: replica, ...(auditId && { auditId }) };
 }
 
 function safeDecode(s: string): string {

@@ -105,7 +105,7 @@ export class Upgrader {
             upSocket.destroy();
           });
           upSocket.on('close', () => socket.destroy());
-          socket.write(rawHead(upRes));
+          socket.write(rawHead(upRes, route.auditId));
           if (upHead.length) socket.write(upHead);
           if (head.length) upSocket.write(head);
           // the member's side by hand, so that a client that stops reading counts as stalled
@@ -127,7 +127,7 @@ export class Upgrader {
           }
           // the upgrade was refused (403, 400, …): relay the answer as it is
           upRes.on('error', () => socket.destroy());
-          socket.write(rawHead(upRes, true));
+          socket.write(rawHead(upRes, route.auditId, true));
           upRes.pipe(socket);
           outcome.answered(upRes.statusCode ?? 0);
         });
