@@ -454,6 +454,11 @@ describe('the real kubectl and kube-apiserver: the presets, as `tower install ag
       assert.match(r.stderr, why);
     }
     assert.equal((await kubectl(member.kubeconfig, ['get', 'namespace', 'janes'])).code, 1, 'nothing was created');
+    // each refusal the agent logged is, by its Audit-ID, a 403 in the proxy's access log
+    const refusedIds = [...agent.output.matchAll(/member policy refused a request .*auditId=(\S+)/g)].map((m) => m[1]!);
+    assert.ok(refusedIds.length >= cases.length, agent.output);
+    for (const id of refusedIds)
+      assert.match(stack.proxy!.output, new RegExp(`access .*status=403 .*auditId=${id}`), `the proxy logged ${id}`);
   });
 
   test('the ConfigMap changed to the namespaced preset: team-a is hers, the rest is not', async () => {
