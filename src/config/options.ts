@@ -592,7 +592,7 @@ export const UNINSTALL_OPTIONS = {
     help:
       "Also delete tower's CA, SSH host key and revocation list (Secrets tower-ca, tower-ssh-host-key, ConfigMap " +
       "tower-revocations): the kubeconfigs tower issued and the agents' --proxy-fingerprint then stop working; " +
-      "for the agent, its member policy (ConfigMap tower-agent-policy)",
+      'for the agent, its member policy (ConfigMap tower-agent-policy)',
     default: false,
   }),
 } satisfies Specs;
