@@ -3,6 +3,7 @@ import { ConfigRejectedError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { MAX_REPLICAS, type ReplicaView } from '../tunnel/protocol.ts';
 import { ChannelCarrier } from './carrier.ts';
+import { ExecRecorder, type RecordingOptions, type RecordingStats } from './recording.ts';
 import type { Credentials } from './credentials.ts';
 import { ProxySession } from './session.ts';
 
@@ -41,6 +42,8 @@ export interface AgentOptions {
   maxStalledBytes?: number;
   /** each upstream dial's time in seconds, and whether it failed (metrics, with --health-port) */
   onDial?: (seconds: number, failed: boolean) => void;
+  /** exec and attach sessions on record (--record-exec) */
+  recording?: RecordingOptions;
   log: Logger;
 }
 
@@ -64,6 +67,8 @@ export interface AgentStats {
   /** bytes through ended sessions' connections; the live ones' are added when read */
   bytesRead: number;
   bytesWritten: number;
+  /** with --record-exec: the sessions recorded, or not, and what the recordings hold */
+  recordings: RecordingStats | undefined;
 }
 
 /**
@@ -83,6 +88,7 @@ export class TowerAgent {
   #wake: (() => void) | undefined;
   #stopping = new AbortController();
   #carrier: ChannelCarrier;
+  #recorder: ExecRecorder | undefined;
   #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
 
   constructor(opts: AgentOptions) {
@@ -96,7 +102,8 @@ export class TowerAgent {
     }
     this.#opts = opts;
     this.#log = opts.log;
-    this.#carrier = new ChannelCarrier(opts);
+    this.#recorder = opts.recording ? new ExecRecorder(opts.recording, opts.name, opts.log) : undefined;
+    this.#carrier = new ChannelCarrier({ ...opts, recorder: this.#recorder });
   }
 
   /** channels open now */
@@ -124,6 +131,7 @@ export class TowerAgent {
       sessions: this.#held.size,
       replicas: this.#replicas?.length ?? 1,
       stalledBytes: this.#carrier.stalledBytes,
+      recordings: this.#recorder?.stats,
     };
   }
 

@@ -119,6 +119,7 @@ export class ProxySession {
     const authHere = tlsHere && features.includes(FEATURE_AUTH_AT_AGENT);
     const authorization =
       authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
+    let unreadableSaid = false;
     // the control channel may open before dialTunnel resolves: it is read once the session exists
     const early: { session?: ProxySession; control?: ClientChannel } = {};
     const tunnel = await dialTunnel(stream, {
@@ -158,6 +159,18 @@ export class ProxySession {
         }
         // the agent reads the HTTP of every channel it can see into: TLS made here, or plain to ks-apiserver
         const http = tls || (hostPort === kubesphere && hostPort !== kubernetes);
+        if (!http && ctx.carrier.recording) {
+          // an exec through it would go unrecorded
+          if (!unreadableSaid)
+            opts.log.warn(
+              'refusing channels to the kube-apiserver that the agent cannot read: exec sessions are recorded ' +
+                '(--record-exec), and this proxy did not take TLS made at the agent',
+              { target: hostPort },
+            );
+          unreadableSaid = true;
+          reject();
+          return;
+        }
         ctx.carrier.offer(
           hostPort,
           { tls: tls ? creds : undefined, http: http ? { authorization: tls ? authorization : undefined } : undefined },

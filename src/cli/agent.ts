@@ -7,6 +7,7 @@ import { trimMemoryPeriodically } from '../observe/memory.ts';
 import { nameProcess } from '../native/index.ts';
 import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster } from '../agent/credentials.ts';
+import type { RecordingOptions } from '../agent/recording.ts';
 import { clusterNameProblem } from '../config/names.ts';
 import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
@@ -54,6 +55,7 @@ export class AgentCommand extends TowerCommand {
           'connect anyway',
       );
     }
+    const recording = recordingOf(o);
     const proxyCa = o.proxyCa ? readProxyCa(o.proxyCa) : undefined;
     const kubeconfig = o.kubeconfig;
     const credentials = kubeconfig ? () => credentialsFromKubeconfig(kubeconfig) : () => credentialsInCluster();
@@ -78,6 +80,7 @@ export class AgentCommand extends TowerCommand {
       maxChannels: o.maxChannels,
       maxStalledBytes: o.maxStalledMemory,
       onDial: health?.dial,
+      recording,
       log,
     });
     if (health && o.healthPort !== undefined) {
@@ -115,6 +118,32 @@ export class AgentCommand extends TowerCommand {
     log.info('agent stopped');
     return 0;
   }
+}
+
+/** --record-*: what to record, where; the other flags mean nothing without --record-exec */
+function recordingOf(o: {
+  recordExec?: string;
+  recordStdin: boolean;
+  recordFailure: string;
+  recordMaxBytes: number;
+  tlsAtAgent: boolean;
+}): RecordingOptions | undefined {
+  if (!o.recordExec) {
+    if (o.recordStdin) throw new ConfigError('--record-stdin records with --record-exec DIR: give it too');
+    return undefined;
+  }
+  // only the channels the agent reads can be recorded; without them every kube-apiserver channel is refused
+  if (!o.tlsAtAgent)
+    throw new ConfigError(
+      '--record-exec needs the TLS to the kube-apiserver made at the agent: --no-tls-at-agent would leave ' +
+        'nothing it can record',
+    );
+  return {
+    dir: o.recordExec,
+    stdin: o.recordStdin,
+    failure: o.recordFailure === 'open' ? 'open' : 'closed',
+    maxBytes: o.recordMaxBytes,
+  };
 }
 
 function readProxyCa(path: string): string {
