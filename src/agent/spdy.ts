@@ -265,6 +265,11 @@ export class SpdyExecReader implements ExecStreamReader {
     this.#server.feed(bytes);
   }
 
+  /** header blocks not yet inflated (what waits for them is reported once they are) */
+  get pending(): number {
+    return this.#failed ? 0 : this.#inflater.pending;
+  }
+
   close(): void {
     this.#inflater.close();
     this.#waiting = [];
