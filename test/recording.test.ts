@@ -94,52 +94,55 @@ async function recordedFile(agent: TowerProcess, from: number): Promise<string> 
   return m[1]!;
 }
 
-test("a user's kubectl exec is on record: the cast replays to what kubectl printed; who, what, where in its header", async () => {
-  const dir = join(stack.dataDir, 'recordings');
-  const { agent, jane } = await recordedCluster('rec', dir);
-  const typed = 'recorded through the tunnel ✓\nand a second line, ünïcödé\n';
-  const mark = agent.output.length;
-  const r = await kubectl(jane, ['exec', '-i', 'echo', '--', 'cat'], typed);
-  assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout, typed);
-  const file = await recordedFile(agent, mark);
-  const cast = readCast(file);
-  assert.equal(replayed(cast), r.stdout);
-  assert.equal(cast.header.version, 2);
-  assert.deepEqual(
-    cast.events.filter((e) => e[1] === 'i'),
-    [],
-    'what was typed is not recorded without --record-stdin',
-  );
-  const t = cast.header.tower;
-  assert.equal(t.cluster, 'rec');
-  assert.equal(t.user, 'jane');
-  assert.ok(t.groups.includes('viewers'), t.groups.join(','));
-  assert.deepEqual(
-    [t.namespace, t.pod, t.command, t.stdin, t.stdinRecorded],
-    ['default', 'echo', ['cat'], true, false],
-  );
-  assert.equal(t.protocol, 'v5.channel.k8s.io');
-  assert.equal(t.answer, 101);
-  assert.deepEqual(t.exit, { code: 0, status: 'Success' });
-  assert.ok(t.ended && t.ended >= t.started, `${t.started} .. ${t.ended}`);
-  // the Audit-ID the proxy set (a proxy that sets one) is the one the member received, and names the file
-  const received = upstream.upgrades.at(-1)!;
-  assert.match(received.target, /^\/api\/v1\/namespaces\/default\/pods\/echo\/exec\?/);
-  const auditId = received.headers['audit-id'];
-  assert.equal(t.auditId, typeof auditId === 'string' ? auditId : null);
-  const id = t.auditId ?? '[0-9a-f]{16}';
-  assert.match(file.slice(dir.length + 1), new RegExp(`^\\d{8}T\\d{6}\\.\\d{3}Z-${id}\\.cast$`));
-  assert.equal(statSync(file).mode & 0o777, 0o600);
-  assert.equal(statSync(dir).mode & 0o077, 0, "the directory is the agent's alone");
+test(
+  "a user's kubectl exec is on record: the cast replays to what kubectl printed; " + 'who, what, where in its header',
+  async () => {
+    const dir = join(stack.dataDir, 'recordings');
+    const { agent, jane } = await recordedCluster('rec', dir);
+    const typed = 'recorded through the tunnel ✓\nand a second line, ünïcödé\n';
+    const mark = agent.output.length;
+    const r = await kubectl(jane, ['exec', '-i', 'echo', '--', 'cat'], typed);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, typed);
+    const file = await recordedFile(agent, mark);
+    const cast = readCast(file);
+    assert.equal(replayed(cast), r.stdout);
+    assert.equal(cast.header.version, 2);
+    assert.deepEqual(
+      cast.events.filter((e) => e[1] === 'i'),
+      [],
+      'what was typed is not recorded without --record-stdin',
+    );
+    const t = cast.header.tower;
+    assert.equal(t.cluster, 'rec');
+    assert.equal(t.user, 'jane');
+    assert.ok(t.groups.includes('viewers'), t.groups.join(','));
+    assert.deepEqual(
+      [t.namespace, t.pod, t.command, t.stdin, t.stdinRecorded],
+      ['default', 'echo', ['cat'], true, false],
+    );
+    assert.equal(t.protocol, 'v5.channel.k8s.io');
+    assert.equal(t.answer, 101);
+    assert.deepEqual(t.exit, { code: 0, status: 'Success' });
+    assert.ok(t.ended && t.ended >= t.started, `${t.started} .. ${t.ended}`);
+    // the Audit-ID the proxy set (a proxy that sets one) is the one the member received, and names the file
+    const received = upstream.upgrades.at(-1)!;
+    assert.match(received.target, /^\/api\/v1\/namespaces\/default\/pods\/echo\/exec\?/);
+    const auditId = received.headers['audit-id'];
+    assert.equal(t.auditId, typeof auditId === 'string' ? auditId : null);
+    const id = t.auditId ?? '[0-9a-f]{16}';
+    assert.match(file.slice(dir.length + 1), new RegExp(`^\\d{8}T\\d{6}\\.\\d{3}Z-${id}\\.cast$`));
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.equal(statSync(dir).mode & 0o077, 0, "the directory is the agent's alone");
 
-  const mark2 = agent.output.length;
-  const failed = await kubectl(jane, ['exec', '-i', 'echo', '--', 'exit', '3'], 'x');
-  assert.equal(failed.code, 3, failed.stderr);
-  const second = readCast(await recordedFile(agent, mark2));
-  assert.equal(replayed(second), failed.stdout);
-  assert.equal(second.header.tower.exit?.code, 3);
-});
+    const mark2 = agent.output.length;
+    const failed = await kubectl(jane, ['exec', '-i', 'echo', '--', 'exit', '3'], 'x');
+    assert.equal(failed.code, 3, failed.stderr);
+    const second = readCast(await recordedFile(agent, mark2));
+    assert.equal(replayed(second), failed.stdout);
+    assert.equal(second.header.tower.exit?.code, 3);
+  },
+);
 
 test('--record-stdin: what was typed is on record too, as input events', async () => {
   const { agent, jane } = await recordedCluster('rec-stdin', join(stack.dataDir, 'recordings-stdin'), [
@@ -178,29 +181,32 @@ test('fail-closed: with nowhere to record, the exec is refused by the agent and 
   assert.equal(get.code, 0, get.stderr);
 });
 
-test('fail-closed: once the recordings hold --record-max-bytes, execs are refused; none is deleted to make room', async () => {
-  const dir = join(stack.dataDir, 'recordings-full');
-  mkdirSync(dir, { mode: 0o700 });
-  const old = join(dir, '20260101T000000.000Z-old.cast');
-  writeFileSync(old, 'x'.repeat(10_000));
-  const { agent, jane } = await recordedCluster('rec-full', dir, ['--record-max-bytes', '8Ki', '--health-port', '0']);
-  const port = Number((await agent.waitFor(/"msg":"health and metrics serving".*?"address":"[^"]*:(\d+)"/))[1]);
-  const before = upstream.upgrades.length;
-  const r = await kubectl(jane, ['exec', '-i', 'echo', '--', 'cat'], 'never seen\n');
-  assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /hold 10000 bytes, its limit \(--record-max-bytes\) is 8192/);
-  assert.equal(upstream.upgrades.length, before);
-  assert.deepEqual(readdirSync(dir), ['20260101T000000.000Z-old.cast']);
-  const metrics = (await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())
-    .split('\n')
-    .filter((l) => l.startsWith('tower_agent_recordings'))
-    .join('\n');
-  // kubectl asks twice: over WebSocket, then over SPDY when that is refused; each refusal is logged and counted
-  const refused = agent.output.match(/refused an exec: its recording cannot start/g)?.length ?? 0;
-  assert.ok(refused >= 1);
-  assert.match(metrics, new RegExp(`^tower_agent_recordings_total\\{result="refused"\\} ${refused}$`, 'm'));
-  assert.match(metrics, /^tower_agent_recordings_bytes 10000$/m);
-});
+test(
+  'fail-closed: once the recordings hold --record-max-bytes, execs are refused; ' + 'none is deleted to make room',
+  async () => {
+    const dir = join(stack.dataDir, 'recordings-full');
+    mkdirSync(dir, { mode: 0o700 });
+    const old = join(dir, '20260101T000000.000Z-old.cast');
+    writeFileSync(old, 'x'.repeat(10_000));
+    const { agent, jane } = await recordedCluster('rec-full', dir, ['--record-max-bytes', '8Ki', '--health-port', '0']);
+    const port = Number((await agent.waitFor(/"msg":"health and metrics serving".*?"address":"[^"]*:(\d+)"/))[1]);
+    const before = upstream.upgrades.length;
+    const r = await kubectl(jane, ['exec', '-i', 'echo', '--', 'cat'], 'never seen\n');
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /hold 10000 bytes, its limit \(--record-max-bytes\) is 8192/);
+    assert.equal(upstream.upgrades.length, before);
+    assert.deepEqual(readdirSync(dir), ['20260101T000000.000Z-old.cast']);
+    const metrics = (await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())
+      .split('\n')
+      .filter((l) => l.startsWith('tower_agent_recordings'))
+      .join('\n');
+    // kubectl asks twice: over WebSocket, then over SPDY when that is refused; each refusal is logged and counted
+    const refused = agent.output.match(/refused an exec: its recording cannot start/g)?.length ?? 0;
+    assert.ok(refused >= 1);
+    assert.match(metrics, new RegExp(`^tower_agent_recordings_total\\{result="refused"\\} ${refused}$`, 'm'));
+    assert.match(metrics, /^tower_agent_recordings_bytes 10000$/m);
+  },
+);
 
 test('fail-open: with nowhere to record, the exec goes on unrecorded and the agent says so', async () => {
   const blocker = join(stack.dataDir, 'not-a-directory-either');

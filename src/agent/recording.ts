@@ -32,7 +32,9 @@ import { WebSocketExecReader } from './ws-channels.ts';
  * rewritten in place at the end with the end time, exit status and terminal size, so a file cut short (the agent
  * killed) still plays and says it has no end. Bytes that are not UTF-8 are shown as U+FFFD, as a terminal would;
  * a character split across frames is kept whole. Recordings are never deleted or rotated here: they are evidence;
- * once those in DIR reach --record-max-bytes, new sessions cannot be recorded.
+ * once those in DIR reach --record-max-bytes, new sessions cannot be recorded. An upgrade the member refuses (RBAC,
+ * no such pod, a protocol it does not speak, as when kubectl tries WebSocket first) leaves no file: no session
+ * took place, and the kube-apiserver's audit log has the request.
  *
  * --record-failure closed (the default): a session that cannot be recorded does not happen: an exec or attach whose
  * recording cannot start is answered 403 here, before anything reaches the kube-apiserver; one whose recording
@@ -261,9 +263,10 @@ export class ExecRecorder {
   }
 
   /** A recording ended: how. */
-  ended(recording: SessionRecording, result: 'recorded' | 'failed'): void {
+  ended(recording: SessionRecording, result: 'recorded' | 'failed' | 'none'): void {
     this.#live.delete(recording);
-    this.#stats[result]++;
+    if (result === 'none') this.#stats.bytes -= recording.bytes;
+    else this.#stats[result]++;
   }
 
   /** What the files in the directory hold, the live recordings' by their own count. */
@@ -389,6 +392,7 @@ export class SessionRecording implements UpgradeTap {
   #stopped = false;
   #ending = false;
   #closed = false;
+  #noSession = false;
   bytes: number;
 
   constructor(init: SessionRecordingInit) {
@@ -401,7 +405,11 @@ export class SessionRecording implements UpgradeTap {
 
   answered(status: number, values: (name: string) => string[]): void {
     this.#header.tower.answer = status;
-    if (status !== 101) return;
+    // refused (RBAC, no such pod, a protocol it does not speak): no session, nothing printed; the file goes at the end
+    if (status !== 101) {
+      this.#noSession = true;
+      return;
+    }
     const upgrade = (values('upgrade')[0] ?? '').toLowerCase();
     const events = {
       data: (s: ExecStream, b: Buffer) => this.#data(s, b),
@@ -409,8 +417,9 @@ export class SessionRecording implements UpgradeTap {
     };
     try {
       if (upgrade === 'websocket') {
-        const protocol = values('sec-websocket-protocol')[0] ?? '';
-        this.#header.tower.protocol = protocol || 'websocket';
+        // none chosen: Kubernetes' default, which a client that asks for none gets
+        const protocol = values('sec-websocket-protocol')[0] || 'channel.k8s.io';
+        this.#header.tower.protocol = protocol;
         if (values('sec-websocket-extensions').length)
           throw new UnreadableStream('a WebSocket extension was negotiated');
         this.#reader = new WebSocketExecReader(protocol, events);
@@ -552,6 +561,18 @@ export class SessionRecording implements UpgradeTap {
     this.#closed = true;
     const { fd, headerBytes, recorder, log } = this.#init;
     const t = this.#header.tower;
+    if (this.#noSession) {
+      closeFd(fd, () => {
+        try {
+          unlinkSync(this.file);
+        } catch {
+          // gone already
+        }
+        recorder.ended(this, 'none');
+        log.debug(1, `no ${t.subresource} session to record: the member answered ${t.answer}`, { file: this.file });
+      });
+      return;
+    }
     const text = JSON.stringify(this.#header);
     const fits = Buffer.byteLength(text) < headerBytes;
     const done = (err?: Error | null) => {
@@ -561,6 +582,7 @@ export class SessionRecording implements UpgradeTap {
       recorder.ended(this, result);
       log.info(result === 'recorded' ? `${t.subresource} session recorded` : `${t.subresource} recording incomplete`, {
         file: this.file,
+        protocol: t.protocol ?? undefined,
         user: t.user ?? '(the agent)',
         pod: `${t.namespace}/${t.pod}`,
         container: t.container ?? undefined,

@@ -215,17 +215,20 @@ describe('SPDY/3.1 as kubectl speaks it', () => {
     }
   });
 
-  test('garbage, another version, a header frame over the limit and a block zlib cannot read stop the reader', async () => {
-    const quiet = () => new SpdyExecReader({ data: () => undefined, failed: () => undefined });
-    assert.throws(() => quiet().fromClient(Buffer.from([0x80, 0x02, 0, 1, 0, 0, 0, 0])), UnreadableStream);
-    assert.throws(() => quiet().fromClient(control(1, Buffer.alloc(70_000))), UnreadableStream);
-    assert.throws(() => quiet().fromClient(control(1, Buffer.alloc(4))), UnreadableStream);
-    let failed: Error | undefined;
-    const r = new SpdyExecReader({ data: () => undefined, failed: (e) => (failed = e) });
-    await settle(r, () => r.fromClient(synStream(1, Buffer.from('not zlib at all'))));
-    assert.ok(failed instanceof UnreadableStream, String(failed));
-    r.close();
-  });
+  test(
+    'garbage, another version, a header frame over the limit ' + 'and a block zlib cannot read stop the reader',
+    async () => {
+      const quiet = () => new SpdyExecReader({ data: () => undefined, failed: () => undefined });
+      assert.throws(() => quiet().fromClient(Buffer.from([0x80, 0x02, 0, 1, 0, 0, 0, 0])), UnreadableStream);
+      assert.throws(() => quiet().fromClient(control(1, Buffer.alloc(70_000))), UnreadableStream);
+      assert.throws(() => quiet().fromClient(control(1, Buffer.alloc(4))), UnreadableStream);
+      let failed: Error | undefined;
+      const r = new SpdyExecReader({ data: () => undefined, failed: (e) => (failed = e) });
+      await settle(r, () => r.fromClient(synStream(1, Buffer.from('not zlib at all'))));
+      assert.ok(failed instanceof UnreadableStream, String(failed));
+      r.close();
+    },
+  );
 
   test('data waiting for its stream to be named is bounded', () => {
     const r = new SpdyExecReader({ data: () => undefined, failed: () => undefined });
