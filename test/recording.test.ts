@@ -208,6 +208,25 @@ test(
   },
 );
 
+test('fail-closed: a session whose recording reaches --record-max-bytes midway is ended there', async () => {
+  const dir = join(stack.dataDir, 'recordings-midway');
+  // room for the header line (about 4.5 KiB) and a little output, not for 64 KiB of it
+  const { agent, jane } = await recordedCluster('rec-midway', dir, ['--record-max-bytes', '16Ki']);
+  const mark = agent.output.length;
+  const typed = 'y'.repeat(64 * 1024) + '\n';
+  const r = await kubectl(jane, ['exec', '-i', 'echo', '--', 'cat'], typed);
+  assert.notEqual(r.code, 0, 'the session was ended');
+  assert.ok(r.stdout.length < 64 * 1024, `kubectl printed ${r.stdout.length} bytes`);
+  await agent.waitFor(/ended an exec session: its recording failed.*reached their limit/, 20_000, mark);
+  const m = await agent.waitFor(/"msg":"exec recording incomplete".*?"file":"([^"]+)"/, 20_000, mark);
+  const cast = readCast(m[1]!);
+  assert.match(cast.header.tower.stopped ?? '', /--record-max-bytes 16384/);
+  // what it holds is the session's output up to there (kubectl may have been cut off before or after that point)
+  assert.ok(replayed(cast).length > 0 && typed.startsWith(replayed(cast)));
+  assert.ok(typed.startsWith(r.stdout));
+  assert.ok(statSync(m[1]!).size <= 16 * 1024);
+});
+
 test('fail-open: with nowhere to record, the exec goes on unrecorded and the agent says so', async () => {
   const blocker = join(stack.dataDir, 'not-a-directory-either');
   writeFileSync(blocker, '');
