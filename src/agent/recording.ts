@@ -47,8 +47,9 @@ export type RecordFailure = 'open' | 'closed';
 export const DEFAULT_RECORD_MAX_BYTES = 2 ** 30;
 /** the header line's room to grow when it is rewritten at the end */
 const HEADER_RESERVE_BYTES = 4096;
-/** what may wait for the disk; past it the disk does not keep up and the recording fails */
-const MAX_PENDING_WRITE_BYTES = 4 * 2 ** 20;
+/** what may wait for the disk, per session and in all; past it the disk does not keep up: the recording fails */
+const MAX_PENDING_WRITE_BYTES = 2 ** 20;
+const MAX_ALL_PENDING_WRITE_BYTES = 16 * 2 ** 20;
 /** the error stream (the exit Status) and the resize stream: small JSON, held up to this */
 const MAX_STATUS_BYTES = 4096;
 const MAX_RESIZE_BYTES = 1024;
@@ -132,6 +133,8 @@ export class ExecRecorder {
   readonly #log: Logger;
   readonly #live = new Set<SessionRecording>();
   #stats: RecordingStats = { recorded: 0, failed: 0, refused: 0, unrecorded: 0, bytes: 0 };
+  /** what waits for the disk, in all sessions */
+  #pendingBytes = 0;
 
   constructor(opts: RecordingOptions, cluster: string, log: Logger) {
     this.opts = opts;
@@ -260,6 +263,17 @@ export class ExecRecorder {
     if (this.#stats.bytes + bytes > this.opts.maxBytes) return false;
     this.#stats.bytes += bytes;
     return true;
+  }
+
+  /** Counts `bytes` more waiting for the disk; false when all sessions' would exceed what may wait. */
+  holdPending(bytes: number): boolean {
+    if (this.#pendingBytes + bytes > MAX_ALL_PENDING_WRITE_BYTES) return false;
+    this.#pendingBytes += bytes;
+    return true;
+  }
+
+  releasePending(bytes: number): void {
+    this.#pendingBytes -= bytes;
   }
 
   /** A recording ended: how. */
@@ -392,7 +406,6 @@ export class SessionRecording implements UpgradeTap {
   #stopped = false;
   #ending = false;
   #closed = false;
-  #noSession = false;
   bytes: number;
 
   constructor(init: SessionRecordingInit) {
@@ -406,10 +419,7 @@ export class SessionRecording implements UpgradeTap {
   answered(status: number, values: (name: string) => string[]): void {
     this.#header.tower.answer = status;
     // refused (RBAC, no such pod, a protocol it does not speak): no session, nothing printed; the file goes at the end
-    if (status !== 101) {
-      this.#noSession = true;
-      return;
-    }
+    if (status !== 101) return;
     const upgrade = (values('upgrade')[0] ?? '').toLowerCase();
     const events = {
       data: (s: ExecStream, b: Buffer) => this.#data(s, b),
@@ -422,7 +432,9 @@ export class SessionRecording implements UpgradeTap {
         this.#header.tower.protocol = protocol;
         if (values('sec-websocket-extensions').length)
           throw new UnreadableStream('a WebSocket extension was negotiated');
-        this.#reader = new WebSocketExecReader(protocol, events);
+        const wanted = new Set<ExecStream>(['stdout', 'stderr', 'error', 'resize']);
+        if (this.#header.tower.stdinRecorded) wanted.add('stdin');
+        this.#reader = new WebSocketExecReader(protocol, events, wanted);
       } else if (upgrade === 'spdy/3.1') {
         this.#header.tower.protocol = `SPDY/3.1 ${values('x-stream-protocol-version')[0] ?? ''}`.trim();
         this.#reader = new SpdyExecReader(events);
@@ -527,12 +539,12 @@ export class SessionRecording implements UpgradeTap {
       return;
     }
     this.bytes += bytes;
-    this.#pendingBytes += bytes;
-    this.#pending.push(line);
-    if (this.#pendingBytes > MAX_PENDING_WRITE_BYTES) {
-      this.#fail(`over ${MAX_PENDING_WRITE_BYTES} bytes wait for the disk`);
+    if (this.#pendingBytes + bytes > MAX_PENDING_WRITE_BYTES || !this.#init.recorder.holdPending(bytes)) {
+      this.#fail('the disk does not keep up: too much of the recordings waits to be written');
       return;
     }
+    this.#pendingBytes += bytes;
+    this.#pending.push(line);
     this.#flush();
   }
 
@@ -545,10 +557,12 @@ export class SessionRecording implements UpgradeTap {
       return;
     }
     const buf = Buffer.from(this.#pending.join(''));
+    const held = this.#pendingBytes;
     this.#pending = [];
     this.#pendingBytes = 0;
     this.#writing = true;
     write(fd, buf, 0, buf.length, this.#position, (err) => {
+      this.#init.recorder.releasePending(held);
       this.#writing = false;
       this.#position += buf.length;
       if (err) this.#fail(`cannot write ${this.file}: ${err.message}`);
@@ -561,7 +575,8 @@ export class SessionRecording implements UpgradeTap {
     this.#closed = true;
     const { fd, headerBytes, recorder, log } = this.#init;
     const t = this.#header.tower;
-    if (this.#noSession) {
+    // the member refused the upgrade, or the channel ended before it answered
+    if (t.answer !== 101) {
       closeFd(fd, () => {
         try {
           unlinkSync(this.file);
@@ -608,9 +623,10 @@ export class SessionRecording implements UpgradeTap {
     this.#stopped = true;
     this.#header.tower.stopped = truncated(why);
     this.#reader?.close();
+    const { recorder, log, kill } = this.#init;
+    recorder.releasePending(this.#pendingBytes);
     this.#pending = [];
     this.#pendingBytes = 0;
-    const { recorder, log, kill } = this.#init;
     const t = this.#header.tower;
     const closed = recorder.opts.failure === 'closed';
     log.warn(

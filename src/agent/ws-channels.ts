@@ -24,6 +24,7 @@ export const CHANNEL_PROTOCOLS: ReadonlyMap<string, { base64: boolean }> = new M
 ]);
 
 const CHANNELS: readonly ExecStream[] = ['stdin', 'stdout', 'stderr', 'error', 'resize'];
+const ALL_STREAMS: ReadonlySet<ExecStream> = new Set(CHANNELS);
 const MAX_HEAD_BYTES = 14;
 const MAX_CONTROL_PAYLOAD_BYTES = 125;
 const OP_CONTINUATION = 0;
@@ -53,10 +54,22 @@ export class WebSocketChannelReader {
   #closed = false;
 
   /** `masked`: the client's direction, whose frames RFC 6455 masks; the server's never are */
-  constructor(opts: { masked: boolean; base64: boolean; onData: (channel: number, bytes: Buffer) => void }) {
+  readonly #wanted: (channel: number) => boolean;
+
+  /**
+   * `masked`: the client's direction, whose frames RFC 6455 masks; the server's never are. `wanted`: the channels
+   * whose payload is reported (the others are skipped, not unmasked nor decoded)
+   */
+  constructor(opts: {
+    masked: boolean;
+    base64: boolean;
+    onData: (channel: number, bytes: Buffer) => void;
+    wanted?: (channel: number) => boolean;
+  }) {
     this.#masked = opts.masked;
     this.#base64 = opts.base64;
     this.#onData = opts.onData;
+    this.#wanted = opts.wanted ?? (() => true);
   }
 
   feed(input: Buffer): void {
@@ -70,7 +83,11 @@ export class WebSocketChannelReader {
       const part = input.subarray(at, at + n);
       at += n;
       this.#remaining -= n;
-      if (!this.#control) this.#payload(this.#unmask(part));
+      if (!this.#control) {
+        // past its channel byte, a message nobody wants is skipped as it is
+        if (this.#channel >= 0 && !this.#wanted(this.#channel)) this.#maskAt = (this.#maskAt + part.length) & 3;
+        else this.#payload(this.#unmask(part));
+      }
       if (this.#remaining === 0) this.#frameEnded();
     }
   }
@@ -155,7 +172,7 @@ export class WebSocketChannelReader {
         this.#channel = first;
       }
       bytes = bytes.subarray(1);
-      if (bytes.length === 0) return;
+      if (bytes.length === 0 || !this.#wanted(this.#channel)) return;
     }
     if (!this.#base64) {
       this.#onData(this.#channel, bytes);
@@ -170,7 +187,8 @@ export class WebSocketChannelReader {
   #frameEnded(): void {
     this.#remaining = -1;
     if (this.#control || !this.#fin) return;
-    if (this.#base64Rest && this.#channel >= 0) this.#onData(this.#channel, Buffer.from(this.#base64Rest, 'base64'));
+    if (this.#base64Rest && this.#channel >= 0 && this.#wanted(this.#channel))
+      this.#onData(this.#channel, Buffer.from(this.#base64Rest, 'base64'));
     this.#inMessage = false;
     this.#channel = -1;
     this.#base64Rest = '';
@@ -182,7 +200,8 @@ export class WebSocketExecReader implements ExecStreamReader {
   #client: WebSocketChannelReader;
   #server: WebSocketChannelReader;
 
-  constructor(protocol: string, events: ExecStreamEvents) {
+  /** `wanted`: the streams reported (stdin's payload is not even unmasked without it) */
+  constructor(protocol: string, events: ExecStreamEvents, wanted: ReadonlySet<ExecStream> = ALL_STREAMS) {
     const known = CHANNEL_PROTOCOLS.get(protocol);
     if (!known) throw new UnreadableStream(`WebSocket subprotocol ${JSON.stringify(protocol.slice(0, 64))}`);
     const route = (allowed: ReadonlySet<ExecStream>) => (channel: number, bytes: Buffer) => {
@@ -190,8 +209,19 @@ export class WebSocketExecReader implements ExecStreamReader {
       // channel 255 (v5) closes a stream; unknown channels carry nothing a person saw
       if (stream && allowed.has(stream)) events.data(stream, bytes);
     };
-    this.#client = new WebSocketChannelReader({ masked: true, base64: known.base64, onData: route(FROM_CLIENT) });
-    this.#server = new WebSocketChannelReader({ masked: false, base64: known.base64, onData: route(FROM_SERVER) });
+    const want = (channel: number) => wanted.has(CHANNELS[channel]!);
+    this.#client = new WebSocketChannelReader({
+      masked: true,
+      base64: known.base64,
+      onData: route(FROM_CLIENT),
+      wanted: want,
+    });
+    this.#server = new WebSocketChannelReader({
+      masked: false,
+      base64: known.base64,
+      onData: route(FROM_SERVER),
+      wanted: want,
+    });
   }
 
   fromClient(bytes: Buffer): void {

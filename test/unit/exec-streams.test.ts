@@ -82,6 +82,21 @@ describe('WebSocket channel protocols', () => {
     assert.deepEqual(wire, before);
   });
 
+  test('a stream not wanted (stdin without --record-stdin) is skipped, the others still read', () => {
+    const wire = Buffer.concat([
+      wsFrame(2, Buffer.from('\x00secret'), false, mask),
+      wsFrame(0, Buffer.from(' password\n'), true, mask),
+      wsFrame(2, Buffer.from('\x04{"Width":90,"Height":20}'), true, mask),
+    ]);
+    for (const seen of everySplit(wire, (data) => {
+      const r = new WebSocketExecReader('v5.channel.k8s.io', { data, failed: assert.fail }, new Set(['resize']));
+      return (c) => r.fromClient(c);
+    })) {
+      assert.deepEqual([...seen.keys()], ['resize']);
+      assert.equal(seen.get('resize'), '{"Width":90,"Height":20}');
+    }
+  });
+
   test('base64 channels: the digit names the channel, the text decodes across fragments', () => {
     const b64 = Buffer.from('printed ✓ text\n').toString('base64');
     const wire = Buffer.concat([
