@@ -221,8 +221,9 @@ test('fail-closed: a session whose recording reaches --record-max-bytes midway i
   const m = await agent.waitFor(/"msg":"exec recording incomplete".*?"file":"([^"]+)"/, 20_000, mark);
   const cast = readCast(m[1]!);
   assert.match(cast.header.tower.stopped ?? '', /--record-max-bytes 16384/);
-  // what it holds is the session's output up to there (kubectl may have been cut off before or after that point)
-  assert.ok(replayed(cast).length > 0 && typed.startsWith(replayed(cast)));
+  // what it holds is the session's output up to there, at most (the first output event may alone be over the
+  // budget); kubectl may have been cut off before or after that point
+  assert.ok(typed.startsWith(replayed(cast)));
   assert.ok(typed.startsWith(r.stdout));
   assert.ok(statSync(m[1]!).size <= 16 * 1024);
 });
