@@ -6,9 +6,11 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
+import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { kubectl, Stack } from './support/stack.ts';
-import type { TowerProcess } from './support/tower.ts';
+import { freePort, type TowerProcess } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 let upstream: TestUpstream;
@@ -258,3 +260,52 @@ test('a member that answers the upgrade with garbage: the session is ended, the 
   assert.equal(again.code, 0, again.stderr);
   assert.equal(again.stdout, 'after\n');
 });
+
+test(
+  'with a proxy that does not take TLS at the agent (a Go tower proxy), a recording agent refuses its ' +
+    'kube-apiserver channels: no exec, nor anything else, passes unread',
+  async () => {
+    const listen = await freePort();
+    const forward = await freePort();
+    const token = 'go-proxy-token';
+    const proxy = startGoPeer(await goPeerBinary(), [
+      'proxy',
+      '-listen',
+      `127.0.0.1:${listen}`,
+      '-forward',
+      `127.0.0.1:${forward}`,
+      '-name',
+      'alpha',
+      '-token',
+      token,
+    ]);
+    try {
+      const fingerprint = (await proxy.waitFor(/^serving .* fingerprint=(SHA256:\S+)$/m))[1]!;
+      const agent = stack.startAgent('alpha', token, memberKubeconfig, [
+        '--proxy-server',
+        `http://127.0.0.1:${listen}`,
+        '--proxy-fingerprint',
+        fingerprint,
+        '--record-exec',
+        join(stack.dataDir, 'recordings-go'),
+      ]);
+      await agent.waitFor(/connected to proxy/);
+      const before = { requests: upstream.requests.length, upgrades: upstream.upgrades.length };
+      // the Go proxy forwards raw TCP: a client's own TLS would go end to end, where the agent cannot read it
+      const outcome = await new Promise<string>((resolve) => {
+        const socket = tlsConnect({ host: '127.0.0.1', port: forward, rejectUnauthorized: false });
+        socket.once('secureConnect', () => {
+          socket.destroy();
+          resolve('a TLS session with the member');
+        });
+        socket.once('error', (err) => resolve(`refused: ${err.message}`));
+        socket.once('close', () => resolve('refused: closed'));
+      });
+      assert.match(outcome, /^refused/);
+      await agent.waitFor(/refusing channels to the kube-apiserver that the agent cannot read/);
+      assert.deepEqual({ requests: upstream.requests.length, upgrades: upstream.upgrades.length }, before);
+    } finally {
+      await proxy.stop('SIGKILL');
+    }
+  },
+);
