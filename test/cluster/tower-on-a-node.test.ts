@@ -263,12 +263,20 @@ async function busybox(name: string, command: string, extra: Record<string, unkn
   await kOk(['wait', '-n', APP_NS, '--for=condition=Ready', `pod/${name}`, '--timeout=120s'], undefined, 130_000);
 }
 
-/** runs kubectl in a pseudo-terminal (python's pty), typing `typed`; its output and exit status */
-function inTerminal(args: string[], typed: string): Promise<{ code: number | null; output: string }> {
+/** runs kubectl in a pseudo-terminal (python's pty; of `size` columns and rows if given), typing `typed`; its output
+ * and exit status */
+function inTerminal(
+  args: string[],
+  typed: string,
+  size?: { columns: number; rows: number },
+): Promise<{ code: number | null; output: string }> {
   const script = [
-    'import os, pty, sys, time',
+    'import fcntl, os, pty, struct, sys, termios, time',
     'pid, fd = pty.fork()',
     'if pid == 0:',
+    ...(size
+      ? [`    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", ${size.rows}, ${size.columns}, 0, 0))`]
+      : []),
     '    os.execvp(sys.argv[1], sys.argv[1:])',
     'time.sleep(2)',
     `os.write(fd, ${JSON.stringify(typed)}.encode())`,
@@ -412,6 +420,29 @@ test(
         'stdin is not recorded without --record-stdin',
       );
       assert.deepEqual(piped.header.tower.exit, { code: 0, status: 'Success' });
+
+      // a terminal: its size is the recording's, what it showed is what the recording shows
+      const mark = agent.output.length;
+      const tty = await inTerminal(
+        ['--kubeconfig', kc, 'exec', '-it', '-n', APP_NS, 'box', '--', 'sh'],
+        'echo "a terminal of $(stty size)"; echo typed-$((6*7)); exit 5\n',
+        { columns: 101, rows: 31 },
+      );
+      assert.match(tty.output, /a terminal of 31 101/, tty.output);
+      assert.match(tty.output, /typed-42/, tty.output);
+      const m = await agent.waitFor(/"msg":"exec session recorded".*?"file":"([^"]+)","protocol":"SPDY/, 30_000, mark);
+      const [header, ...events] = readFileSync(m[1]!, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l));
+      const shown = events.filter((e: [number, string, string]) => e[1] === 'o').map((e: string[]) => e[2]);
+      assert.equal(shown.join(''), tty.output);
+      assert.deepEqual([header.width, header.height, header.tower.tty], [101, 31, true]);
+      assert.ok(
+        events.some((e: [number, string, string]) => e[1] === 'r' && e[2] === '101x31'),
+        'the resize kubectl sent',
+      );
+      assert.equal(header.tower.exit?.code, tty.code);
     } finally {
       await agent.stop();
       await k(['delete', 'cluster', RECORDED]);
