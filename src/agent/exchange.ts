@@ -7,8 +7,9 @@
  * forwarded. So a framing bug anywhere upstream cannot become a second request made with the
  * agent's rights, nor an answer that reaches a client other than the one whose request it answers.
  *
- * Bodies pass through untouched and uncopied; after a 101 everything does. Not a stream: bytes go
- * to `toMember` / `toProxy` in the caller's turn.
+ * Bodies pass through untouched and uncopied; after a 101 everything does, shown as it leaves to a tap
+ * when one was asked for (the exec recorder), which reads it and never holds it back. Not a stream:
+ * bytes go to `toMember` / `toProxy` in the caller's turn.
  */
 
 /** a request or response head larger than this is not HTTP the proxy or a member would send */

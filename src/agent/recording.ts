@@ -43,8 +43,6 @@ import { WebSocketExecReader } from './ws-channels.ts';
  */
 
 export type RecordFailure = 'open' | 'closed';
-/** --record-max-bytes */
-export const DEFAULT_RECORD_MAX_BYTES = 2 ** 30;
 /** the header line's room to grow when it is rewritten at the end */
 const HEADER_RESERVE_BYTES = 4096;
 /** what may wait for the disk, per session and in all; past it the disk does not keep up: the recording fails */
