@@ -26,7 +26,7 @@ export const MAX_HEADER_FRAME_BYTES = 64 * 1024;
 const MAX_INFLATED_BYTES = 64 * 1024;
 const MAX_HEADER_PAIRS = 256;
 /** DATA on streams not yet named, held while their SYN_STREAM's header block inflates (asynchronously) */
-const MAX_WAITING_BYTES = 1024 * 1024;
+const MAX_WAITING_BYTES = 256 * 1024;
 
 /** The SPDY/3 header dictionary (draft 3, §2.6.10.1): length-prefixed names, then a run of common values. */
 export const SPDY_DICTIONARY: Buffer = (() => {
