@@ -436,7 +436,9 @@ test(
         .filter(Boolean)
         .map((l) => JSON.parse(l));
       const shown = events.filter((e: [number, string, string]) => e[1] === 'o').map((e: string[]) => e[2]);
-      assert.equal(shown.join(''), tty.output);
+      // all the container printed; kubectl's own last line it made from the exit status, which the header holds
+      assert.equal(tty.code, 5, tty.output);
+      assert.equal(shown.join('') + 'command terminated with exit code 5\r\n', tty.output);
       assert.deepEqual([header.width, header.height, header.tower.tty], [101, 31, true]);
       assert.ok(
         events.some((e: [number, string, string]) => e[1] === 'r' && e[2] === '101x31'),
