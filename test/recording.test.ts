@@ -4,12 +4,12 @@
 // recording that cannot start refuses the exec before the member sees it (fail-closed), or lets it go on
 // (fail-open); a member that answers the upgrade with garbage ends the session and not the agent.
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
 import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
-import { kubectl, Stack } from './support/stack.ts';
+import { kubectl, run, Stack } from './support/stack.ts';
 import { freePort, type TowerProcess } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
@@ -90,6 +90,35 @@ const replayed = (cast: Cast) =>
     .map((e) => e[2])
     .join('');
 
+/**
+ * What `asciinema cat FILE` prints: a player's reading of the file. It reads /dev/tty, so it runs in a pseudo-terminal
+ * (python's pty) with its stdout to a file, which nothing in between translates.
+ */
+async function asciinemaCat(cast: string): Promise<string> {
+  const out = `${cast}.played`;
+  const script = [
+    'import os, pty, sys',
+    'out = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)',
+    'pid, fd = pty.fork()',
+    'if pid == 0:',
+    '    os.dup2(out, 1)',
+    '    os.execvp("asciinema", ["asciinema", "cat", sys.argv[1]])',
+    'while True:',
+    '    try:',
+    '        if not os.read(fd, 4096):',
+    '            break',
+    '    except OSError:',
+    '        break',
+    '_, status = os.waitpid(pid, 0)',
+    'sys.exit(os.waitstatus_to_exitcode(status))',
+  ].join('\n');
+  const r = await run('python3', ['-c', script, cast, out], { timeoutMs: 30_000 });
+  assert.equal(r.code, 0, `asciinema cat ${cast}: ${r.stdout}${r.stderr}`);
+  const printed = readFileSync(out, 'utf8');
+  rmSync(out);
+  return printed;
+}
+
 /** the file the agent logged for the next session it recorded after `from` */
 async function recordedFile(agent: TowerProcess, from: number): Promise<string> {
   const m = await agent.waitFor(/"msg":"exec session recorded".*?"file":"([^"]+)"/, 20_000, from);
@@ -109,6 +138,8 @@ test(
     const file = await recordedFile(agent, mark);
     const cast = readCast(file);
     assert.equal(replayed(cast), r.stdout);
+    // and as asciinema, the player the file is for, prints it (Debian's asciinema; .ci/run installs it)
+    assert.equal(await asciinemaCat(file), r.stdout);
     assert.equal(cast.header.version, 2);
     assert.deepEqual(
       cast.events.filter((e) => e[1] === 'i'),

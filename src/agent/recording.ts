@@ -207,7 +207,11 @@ export class ExecRecorder {
     );
     if (this.#stats.bytes + line.length > maxBytes) {
       // recordings moved away since are no longer counted
-      this.#stats.bytes = this.#scan();
+      try {
+        this.#stats.bytes = this.#scan();
+      } catch (err) {
+        throw new RecordingProblem(`cannot read ${dir}: ${(err as Error).message}`);
+      }
       if (this.#stats.bytes + line.length > maxBytes)
         throw new RecordingProblem(
           `the recordings in ${dir} hold ${this.#stats.bytes} bytes, its limit (--record-max-bytes) is ${maxBytes}`,
