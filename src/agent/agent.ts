@@ -3,6 +3,7 @@ import { ConfigRejectedError, TowerError } from '../errors.ts';
 import type { Logger } from '../observe/log.ts';
 import { MAX_REPLICAS, type ReplicaView } from '../tunnel/protocol.ts';
 import { ChannelCarrier } from './carrier.ts';
+import { ExecRecorder, type RecordingOptions, type RecordingStats } from './recording.ts';
 import type { Credentials } from './credentials.ts';
 import type { PolicyHolder, PolicyStats } from './policy-source.ts';
 import { ProxySession } from './session.ts';
@@ -44,6 +45,8 @@ export interface AgentOptions {
   onDial?: (seconds: number, failed: boolean) => void;
   /** the member policy judged on every request (--policy, --policy-configmap), started by the caller */
   policy?: PolicyHolder;
+  /** exec and attach sessions on record (--record-exec) */
+  recording?: RecordingOptions;
   log: Logger;
 }
 
@@ -69,6 +72,8 @@ export interface AgentStats {
   bytesWritten: number;
   /** the member policy's counts, with one */
   policy: PolicyStats | undefined;
+  /** with --record-exec: the sessions recorded, or not, and what the recordings hold */
+  recordings: RecordingStats | undefined;
 }
 
 /**
@@ -88,6 +93,7 @@ export class TowerAgent {
   #wake: (() => void) | undefined;
   #stopping = new AbortController();
   #carrier: ChannelCarrier;
+  #recorder: ExecRecorder | undefined;
   #stats = { reconnects: 0, failures: 0, bytesRead: 0, bytesWritten: 0 };
 
   constructor(opts: AgentOptions) {
@@ -101,7 +107,8 @@ export class TowerAgent {
     }
     this.#opts = opts;
     this.#log = opts.log;
-    this.#carrier = new ChannelCarrier(opts);
+    this.#recorder = opts.recording ? new ExecRecorder(opts.recording, opts.name, opts.log) : undefined;
+    this.#carrier = new ChannelCarrier({ ...opts, recorder: this.#recorder });
   }
 
   /** channels open now */
@@ -130,6 +137,7 @@ export class TowerAgent {
       replicas: this.#replicas?.length ?? 1,
       stalledBytes: this.#carrier.stalledBytes,
       policy: this.#opts.policy?.stats,
+      recordings: this.#recorder?.stats,
     };
   }
 

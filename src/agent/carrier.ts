@@ -8,6 +8,7 @@ import { CHANNEL_BUFFER_BYTES } from '../tunnel/ssh.ts';
 import { StallBudget, type Stall } from '../tunnel/stall-budget.ts';
 import type { Credentials } from './credentials.ts';
 import { ExchangeViolation, HttpExchange, type ExchangeOptions } from './exchange.ts';
+import { SessionRecording, type ExecRecorder } from './recording.ts';
 
 export const UPSTREAM_DIAL_TIMEOUT_MS = 10_000;
 /** --max-stalled-memory: beside an idle agent's ~80 MiB, within a 200 MB memory limit */
@@ -27,6 +28,8 @@ export interface CarrierOptions {
   maxStalledBytes?: number;
   /** each upstream dial's time in seconds, and whether it failed (metrics, with --health-port) */
   onDial?: (seconds: number, failed: boolean) => void;
+  /** records exec and attach sessions (--record-exec) */
+  recorder?: ExecRecorder;
   log: Logger;
 }
 
@@ -73,6 +76,11 @@ export class ChannelCarrier {
   /** requests answered 429 here (or channels refused) because stalled answers held --max-stalled-memory */
   get stalledRefusals(): number {
     return this.#stalledRefusals;
+  }
+
+  /** exec and attach sessions are recorded: a channel the agent cannot read must not reach the kube-apiserver */
+  get recording(): boolean {
+    return this.#opts.recorder !== undefined;
   }
 
   /** bytes reserved now by answers the tunnel cannot take */
@@ -205,6 +213,8 @@ export class ChannelCarrier {
     stall: Stall,
     judge: Carriage['judge'],
   ): void {
+    const recorder = this.#opts.recorder;
+    let recording: SessionRecording | undefined;
     const exchange = new HttpExchange({
       authorization,
       judge,
@@ -219,7 +229,20 @@ export class ChannelCarrier {
         upstream.end();
       },
       refuse: () => (this.#stalled.exhausted ? this.#stalledAnswer() : undefined),
+      tap: recorder
+        ? (request) => {
+            const tap = recorder.begin(request, () => {
+              ch.destroy();
+              upstream.destroy();
+            });
+            if (tap instanceof SessionRecording) recording = tap;
+            return tap;
+          }
+        : undefined,
     });
+    // the recording ends with its channel, however that ends
+    ch.once('close', () => recording?.end());
+    upstream.once('close', () => recording?.end());
     const violated = (err: unknown) => {
       this.#closeBroken(err, hostPort);
       ch.destroy();

@@ -7,8 +7,9 @@
  * forwarded. So a framing bug anywhere upstream cannot become a second request made with the
  * agent's rights, nor an answer that reaches a client other than the one whose request it answers.
  *
- * Bodies pass through untouched and uncopied; after a 101 everything does. Not a stream: bytes go
- * to `toMember` / `toProxy` in the caller's turn.
+ * Bodies pass through untouched and uncopied; after a 101 everything does, shown as it leaves to a tap
+ * when one was asked for (the exec recorder), which reads it and never holds it back. Not a stream:
+ * bytes go to `toMember` / `toProxy` in the caller's turn.
  */
 import type { HeadLines } from './request-info.ts';
 
@@ -244,6 +245,11 @@ function framing(head: Head, what: string): Body | undefined {
   return undefined;
 }
 
+function valuesOf(head: Head, name: string): string[] {
+  const lower = name.toLowerCase();
+  return head.lines.filter((l) => l.name === lower).map((l) => l.value);
+}
+
 function hasToken(head: Head, header: string, token: string): boolean {
   return head.lines.some(
     (l) =>
@@ -274,6 +280,29 @@ export interface ExchangeOptions {
    * member policy's 403), after which nothing more of the channel is forwarded
    */
   judge?: (method: string, target: string, lines: HeadLines) => Buffer | undefined;
+  /**
+   * asked at each upgrade request head the exchange forwards: a tap shown, once the member switches protocols, a
+   * copy of what passes each way (it never alters nor delays it), or an answer the agent gives itself instead, as
+   * with `refuse`
+   */
+  tap?: (request: RequestView) => UpgradeTap | Buffer | undefined;
+}
+
+/** A request head, as a tap reads it. */
+export interface RequestView {
+  method: string;
+  target: string;
+  /** every value of a header, in order (name in any case) */
+  values: (name: string) => string[];
+}
+
+/** What watches an upgraded exchange; it must not throw. */
+export interface UpgradeTap {
+  /** the member's final answer to the upgrade: 101 and its head's header values, or a status that ends it */
+  answered: (status: number, values: (name: string) => string[]) => void;
+  /** bytes after the 101, as they were relayed */
+  fromProxy: (b: Buffer) => void;
+  fromMember: (b: Buffer) => void;
 }
 
 /** One channel's requests and answers, strictly in turn. */
@@ -291,6 +320,9 @@ export class HttpExchange {
   #tunnel = false;
   /** a request was answered here instead: nothing more goes to the member */
   #refused = false;
+  #tap: UpgradeTap | undefined;
+  /** the tap is shown what passes: from the first byte after the 101 */
+  #tapping = false;
   /** requests forwarded so far */
   requests = 0;
 
@@ -300,7 +332,9 @@ export class HttpExchange {
     this.#requests = new MessageStream(
       'a request from the proxy',
       (b) => {
-        if (!this.#refused) opts.toMember(b);
+        if (this.#refused) return;
+        opts.toMember(b);
+        if (this.#tapping) this.#tap!.fromProxy(b);
       },
       {
         begin: () => {
@@ -310,13 +344,21 @@ export class HttpExchange {
         end: () => this.#requestSent(),
       },
     );
-    this.#answers = new MessageStream('an answer from the member', opts.toProxy, {
-      begin: () => {
-        if (!this.#open || this.#open.answered) throw new ExchangeViolation('the member sent an answer to no request');
+    this.#answers = new MessageStream(
+      'an answer from the member',
+      (b) => {
+        opts.toProxy(b);
+        if (this.#tapping) this.#tap!.fromMember(b);
       },
-      head: (head, raw) => this.#answer(head, raw),
-      end: () => this.#answerEnded(),
-    });
+      {
+        begin: () => {
+          if (!this.#open || this.#open.answered)
+            throw new ExchangeViolation('the member sent an answer to no request');
+        },
+        head: (head, raw) => this.#answer(head, raw),
+        end: () => this.#answerEnded(),
+      },
+    );
   }
 
   /** after a 101: bytes pass through as they are */
@@ -347,7 +389,10 @@ export class HttpExchange {
     const upgrade = hasToken(head, 'connection', 'upgrade') && head.lines.some((l) => l.name === 'upgrade');
     const body = framing(head, what) ?? { kind: 'none' };
     if (upgrade && body.kind !== 'none') throw new ExchangeViolation(`${what}: an upgrade with a body`);
-    const refusal = this.#opts.refuse?.() ?? this.#opts.judge?.(m[1]!, m[2]!, head.lines);
+    const refusal =
+      this.#opts.refuse?.() ??
+      this.#opts.judge?.(m[1]!, m[2]!, head.lines) ??
+      (upgrade ? this.#tapOf(m[1]!, m[2]!, head) : undefined);
     if (refusal) {
       this.#refused = true;
       this.#opts.toProxy(refusal);
@@ -361,6 +406,14 @@ export class HttpExchange {
     let text = head.first + '\r\n';
     for (const l of head.lines) if (l.name !== 'authorization') text += l.raw + '\r\n';
     return { out: Buffer.concat([Buffer.from(text, 'latin1'), this.#authLine, CRLF]), body };
+  }
+
+  /** Asks for a tap on this upgrade: undefined, or the answer the agent gives instead of forwarding it. */
+  #tapOf(method: string, target: string, head: Head): Buffer | undefined {
+    const tapped = this.#opts.tap?.({ method, target, values: (name) => valuesOf(head, name) });
+    if (Buffer.isBuffer(tapped)) return tapped;
+    this.#tap = tapped;
+    return undefined;
   }
 
   #requestSent(): void {
@@ -379,12 +432,14 @@ export class HttpExchange {
       if (!open.upgrade || !open.sent)
         throw new ExchangeViolation(`${what}: 101 Switching Protocols to a request that did not ask for it`);
       this.#tunnel = true;
+      this.#tap?.answered(code, (name) => valuesOf(head, name));
       // after this head, both ways carry another protocol
       return { out, body: { kind: 'none' } };
     }
     // interim answers (100 Continue, 103) precede the final one
     if (code < 200) return { out, body: { kind: 'none' } };
     open.answered = true;
+    if (open.upgrade) this.#tap?.answered(code, (name) => valuesOf(head, name));
     if (open.head || code === 204 || code === 304) {
       framing(head, what);
       return { out, body: { kind: 'none' } };
@@ -394,6 +449,8 @@ export class HttpExchange {
 
   #answerEnded(): void {
     if (this.#tunnel) {
+      // what the proxy sent after its request, held until now, is the first the tap sees
+      this.#tapping = this.#tap !== undefined;
       this.#requests.tunnel();
       this.#answers.tunnel();
       this.#open = undefined;

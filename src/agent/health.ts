@@ -82,6 +82,29 @@ export class AgentHealth {
         this.inc(stats()?.violations ?? 0);
       },
     });
+    new Counter({
+      name: 'tower_agent_recordings_total',
+      help:
+        'Exec and attach sessions with --record-exec, by result: recorded; failed (its recording failed midway: ' +
+        'ended, or went on unrecorded with --record-failure open); refused (its recording could not start); ' +
+        'unrecorded (could not start, went on: --record-failure open)',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const r = stats()?.recordings;
+        this.reset();
+        if (!r) return;
+        for (const result of ['recorded', 'failed', 'refused', 'unrecorded'] as const) this.inc({ result }, r[result]);
+      },
+    });
+    new Gauge({
+      name: 'tower_agent_recordings_bytes',
+      help: 'What the files in the --record-exec directory hold, as the agent counts them (its --record-max-bytes)',
+      registers,
+      collect() {
+        this.set(stats()?.recordings?.bytes ?? 0);
+      },
+    });
     const agent = () => this.#agent;
     new Gauge({
       name: 'tower_agent_stalled_memory_bytes',

@@ -132,6 +132,7 @@ export class ProxySession {
     }
     const authorization =
       authHere && creds.bearerToken?.length ? `Bearer ${creds.bearerToken.toString('latin1').trim()}` : undefined;
+    let unreadableSaid = false;
     // the control channel may open before dialTunnel resolves: it is read once the session exists
     const early: { session?: ProxySession; control?: ClientChannel } = {};
     const tunnel = await dialTunnel(stream, {
@@ -174,6 +175,18 @@ export class ProxySession {
         const policy = opts.policy;
         if (policy && !http) {
           opts.log.warn('refused a channel the member policy could not see into', { target: hostPort, type });
+          reject();
+          return;
+        }
+        if (!http && ctx.carrier.recording) {
+          // an exec through it would go unrecorded
+          if (!unreadableSaid)
+            opts.log.warn(
+              'refusing channels to the kube-apiserver that the agent cannot read: exec sessions are recorded ' +
+                '(--record-exec), and this proxy did not take TLS made at the agent',
+              { target: hostPort },
+            );
+          unreadableSaid = true;
           reject();
           return;
         }

@@ -8,6 +8,7 @@ import { nameProcess } from '../native/index.ts';
 import { normalizeProxyServer, proxyVerification, TowerAgent } from '../agent/agent.ts';
 import { credentialsFromKubeconfig, credentialsInCluster, type Credentials } from '../agent/credentials.ts';
 import { configMapOrigin, fileOrigin, PolicyHolder } from '../agent/policy-source.ts';
+import type { RecordingOptions } from '../agent/recording.ts';
 import { clusterNameProblem } from '../config/names.ts';
 import { CRYPTO_BACKEND } from '../tunnel/ssh.ts';
 import { TowerCommand, type CommandDoc } from './base.ts';
@@ -55,6 +56,7 @@ export class AgentCommand extends TowerCommand {
           'connect anyway',
       );
     }
+    const recording = recordingOf(o);
     const proxyCa = o.proxyCa ? readProxyCa(o.proxyCa) : undefined;
     const kubeconfig = o.kubeconfig;
     const credentials = kubeconfig ? () => credentialsFromKubeconfig(kubeconfig) : () => credentialsInCluster();
@@ -81,6 +83,7 @@ export class AgentCommand extends TowerCommand {
       maxStalledBytes: o.maxStalledMemory,
       onDial: health?.dial,
       policy,
+      recording,
       log,
     });
     if (health && o.healthPort !== undefined) {
@@ -138,6 +141,32 @@ async function memberPolicy(
   const holder = new PolicyHolder(origin, o.name, log);
   await holder.start();
   return holder;
+}
+
+/** --record-*: what to record, where; the other flags mean nothing without --record-exec */
+function recordingOf(o: {
+  recordExec?: string;
+  recordStdin: boolean;
+  recordFailure: string;
+  recordMaxBytes: number;
+  tlsAtAgent: boolean;
+}): RecordingOptions | undefined {
+  if (!o.recordExec) {
+    if (o.recordStdin) throw new ConfigError('--record-stdin records with --record-exec DIR: give it too');
+    return undefined;
+  }
+  // only the channels the agent reads can be recorded; without them every kube-apiserver channel is refused
+  if (!o.tlsAtAgent)
+    throw new ConfigError(
+      '--record-exec needs the TLS to the kube-apiserver made at the agent: --no-tls-at-agent would leave ' +
+        'nothing it can record',
+    );
+  return {
+    dir: o.recordExec,
+    stdin: o.recordStdin,
+    failure: o.recordFailure === 'open' ? 'open' : 'closed',
+    maxBytes: o.recordMaxBytes,
+  };
 }
 
 function readProxyCa(path: string): string {

@@ -327,6 +327,32 @@ export const AGENT_OPTIONS = {
     value: '[NAMESPACE/]NAME',
     defaultText: 'none',
   }),
+  recordExec: opt.string({
+    help:
+      'Record every exec and attach session in this directory: what it printed, as asciicast v2 files ' +
+      '(`asciinema play FILE`) with the user, pod, container, command and Audit-ID; never deleted here',
+    value: 'DIR',
+    defaultText: 'off',
+  }),
+  recordStdin: opt.bool({
+    help: 'With --record-exec: record what was typed too (passwords included)',
+    default: false,
+  }),
+  recordFailure: opt.string({
+    help:
+      'With --record-exec, a session that cannot be recorded: closed refuses it (403) or ends it; open lets it ' +
+      'go on unrecorded, said in the log',
+    value: 'MODE',
+    default: 'closed',
+    check: oneOf('closed', 'open'),
+  }),
+  recordMaxBytes: opt.size({
+    help:
+      'With --record-exec: what the files in its directory may hold in all; past it, sessions are not recorded ' +
+      '(see --record-failure). A size such as 1Gi',
+    default: 2 ** 30,
+    check: positive,
+  }),
   healthPort: opt.int({
     help: 'Serve /livez, /readyz (connected to a proxy) and /metrics on this port; 0 picks a free one',
     value: 'PORT',

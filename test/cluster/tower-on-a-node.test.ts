@@ -31,6 +31,8 @@ import {
 } from './node.ts';
 
 const CLUSTER = 'alpha';
+/** a second cluster, the same node, whose agent runs on this machine and records exec sessions */
+const RECORDED = 'recorded';
 const PROXY_LIMIT = 256 * 1024 * 1024;
 const AGENT_LIMIT = 192 * 1024 * 1024;
 const APP_NS = 'workloads';
@@ -261,12 +263,20 @@ async function busybox(name: string, command: string, extra: Record<string, unkn
   await kOk(['wait', '-n', APP_NS, '--for=condition=Ready', `pod/${name}`, '--timeout=120s'], undefined, 130_000);
 }
 
-/** runs kubectl in a pseudo-terminal (python's pty), typing `typed`; its output and exit status */
-function inTerminal(args: string[], typed: string): Promise<{ code: number | null; output: string }> {
+/** runs kubectl in a pseudo-terminal (python's pty; of `size` columns and rows if given), typing `typed`; its output
+ * and exit status */
+function inTerminal(
+  args: string[],
+  typed: string,
+  size?: { columns: number; rows: number },
+): Promise<{ code: number | null; output: string }> {
   const script = [
-    'import os, pty, sys, time',
+    'import fcntl, os, pty, struct, sys, termios, time',
     'pid, fd = pty.fork()',
     'if pid == 0:',
+    ...(size
+      ? [`    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", ${size.rows}, ${size.columns}, 0, 0))`]
+      : []),
     '    os.execvp(sys.argv[1], sys.argv[1:])',
     'time.sleep(2)',
     `os.write(fd, ${JSON.stringify(typed)}.encode())`,
@@ -313,6 +323,134 @@ test('exec with stdin, and with a TTY, through the gateway into a real container
   assert.match(tty.output, /a terminal of/, tty.output);
   assert.equal(tty.code, 5, tty.output);
 });
+
+test(
+  'exec on record: an agent on this machine with --record-exec carries kubectl exec (SPDY/3.1 to this v1.20 ' +
+    'node) into a real container; the cast replays to exactly what kubectl printed, and says how it ended',
+  async () => {
+    await kOk(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'cluster.kubesphere.io/v1alpha1',
+        kind: 'Cluster',
+        metadata: { name: RECORDED },
+        spec: { joinFederation: true, enable: true, provider: 'tower-node', connection: { type: 'proxy' } },
+      }),
+    );
+    const printed = await towerOk(['token', RECORDED, '--kubeconfig', ADMIN]);
+    const token = /^token: ([0-9a-f]{64})$/m.exec(printed)?.[1];
+    const fingerprint = /--proxy-fingerprint (SHA256:\S+)/.exec(printed)?.[1];
+    assert.ok(token && fingerprint, printed);
+    // the proxy's agent port through its Service, as the in-cluster agent reaches it, from this machine
+    const service = await json(['get', 'service', '-n', NS, 'tower']);
+    const dir = join(work, 'recordings');
+    const agent = new TowerProcess('agent on record', [
+      'agent',
+      '--name',
+      RECORDED,
+      '--token',
+      token,
+      '--proxy-server',
+      `http://${service.spec.clusterIP}:8080`,
+      '--proxy-fingerprint',
+      fingerprint,
+      '--kubeconfig',
+      ADMIN,
+      '--record-exec',
+      dir,
+      '--log-format',
+      'json',
+    ]);
+    try {
+      await agent.waitFor(/connected to proxy/, 60_000);
+      const kc = await fromThisMachine(
+        await towerOk([
+          'kubeconfig',
+          RECORDED,
+          '--kubeconfig',
+          ADMIN,
+          '--gateway',
+          '--user',
+          'ops',
+          '--group',
+          'system:masters',
+        ]),
+        join(work, 'recorded-ops.kubeconfig'),
+      );
+      const recorded = async (args: string[], input?: string) => {
+        const mark = agent.output.length;
+        const r = await waitUntil('the gateway to carry an exec to the new cluster', async () => {
+          const r = await kubectl(kc, ['exec', '-n', APP_NS, ...args], input);
+          return /no agent|not connected|ServiceUnavailable/.test(r.stderr) ? undefined : r;
+        });
+        // kubectl tries WebSocket first, which this node does not speak as it asks: the SPDY session is the one
+        const m = await agent.waitFor(
+          /"msg":"exec session recorded".*?"file":"([^"]+)","protocol":"SPDY/,
+          30_000,
+          mark,
+        );
+        const [header, ...events] = readFileSync(m[1]!, 'utf8')
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l));
+        const replay = events
+          .filter((e: [number, string, string]) => e[1] === 'o')
+          .map((e: [number, string, string]) => e[2])
+          .join('');
+        return { r, header, events, replay };
+      };
+
+      const printedText = await recorded(['box', '--', 'sh', '-c', 'echo "on record: $(hostname)"; seq 1 500; exit 4']);
+      assert.equal(printedText.r.code, 4, printedText.r.stderr);
+      assert.match(printedText.r.stdout, /^on record: box\n1\n2\n/);
+      assert.equal(printedText.replay, printedText.r.stdout);
+      const t = printedText.header.tower;
+      assert.match(t.protocol, /^SPDY\/3\.1 v4\.channel\.k8s\.io$/);
+      assert.deepEqual([t.user, t.namespace, t.pod, t.exit?.code], ['ops', APP_NS, 'box', 4]);
+      assert.deepEqual(t.command, ['sh', '-c', 'echo "on record: $(hostname)"; seq 1 500; exit 4']);
+
+      const typed = 'typed into a real container\n';
+      const piped = await recorded(['-i', 'box', '--', 'cat'], typed);
+      assert.equal(piped.r.code, 0, piped.r.stderr);
+      assert.equal(piped.r.stdout, typed);
+      assert.equal(piped.replay, typed);
+      assert.deepEqual(
+        piped.events.filter((e: [number, string, string]) => e[1] === 'i'),
+        [],
+        'stdin is not recorded without --record-stdin',
+      );
+      assert.deepEqual(piped.header.tower.exit, { code: 0, status: 'Success' });
+
+      // a terminal: its size is the recording's, what it showed is what the recording shows
+      const mark = agent.output.length;
+      const tty = await inTerminal(
+        ['--kubeconfig', kc, 'exec', '-it', '-n', APP_NS, 'box', '--', 'sh'],
+        'echo "a terminal of $(stty size)"; echo typed-$((6*7)); exit 5\n',
+        { columns: 101, rows: 31 },
+      );
+      assert.match(tty.output, /a terminal of 31 101/, tty.output);
+      assert.match(tty.output, /typed-42/, tty.output);
+      const m = await agent.waitFor(/"msg":"exec session recorded".*?"file":"([^"]+)","protocol":"SPDY/, 30_000, mark);
+      const [header, ...events] = readFileSync(m[1]!, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l));
+      const shown = events.filter((e: [number, string, string]) => e[1] === 'o').map((e: string[]) => e[2]);
+      // all the container printed; kubectl's own last line it made from the exit status, which the header holds
+      assert.equal(tty.code, 5, tty.output);
+      assert.equal(shown.join('') + 'command terminated with exit code 5\r\n', tty.output);
+      assert.deepEqual([header.width, header.height, header.tower.tty], [101, 31, true]);
+      assert.ok(
+        events.some((e: [number, string, string]) => e[1] === 'r' && e[2] === '101x31'),
+        'the resize kubectl sent',
+      );
+      assert.equal(header.tower.exit?.code, tty.code);
+    } finally {
+      await agent.stop();
+      await k(['delete', 'cluster', RECORDED]);
+    }
+  },
+);
 
 test('attach, logs -f and port-forward through the gateway', async () => {
   await busybox('talker', 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.3; done');

@@ -34,6 +34,10 @@ export class TestUpstream {
   readonly impersonation = new Set<string>();
   /** the SubjectAccessReviews asked, as "<user> <resource> <name>" */
   readonly reviews: string[] = [];
+  /** every upgrade request (exec) that arrived, in order */
+  readonly upgrades: { target: string; headers: IncomingMessage['headers'] }[] = [];
+  /** when set, an exec is answered 101 (v5.channel.k8s.io) and then these bytes, which are not that protocol */
+  execGarbage: Buffer | undefined;
   #wss = new WebSocketServer({
     noServer: true,
     perMessageDeflate: false,
@@ -53,6 +57,15 @@ export class TestUpstream {
     server.on('upgrade', (req, socket, head) => {
       if (!u.#authenticate(req)) {
         socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      u.upgrades.push({ target: req.url ?? '', headers: req.headers });
+      if (u.execGarbage) {
+        socket.write(
+          'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+            `Sec-WebSocket-Accept: x\r\nSec-WebSocket-Protocol: ${EXEC_PROTOCOL}\r\n\r\n`,
+        );
+        socket.end(u.execGarbage);
         return;
       }
       u.#wss.handleUpgrade(req, socket, head, (ws) => u.#exec(req, ws));
