@@ -343,6 +343,38 @@ for (const [routeName, route] of Object.entries(ROUTES)) {
       },
     );
 
+    // Go ends a line at a bare LF; the agent once split only at CRLF and trimmed the LF off a value, so that a
+    // request hidden after "X-A: b\n\r\n" (or in a trailer) reached the member with the agent's credential
+    for (const [where, bytes] of [
+      [
+        'a header line',
+        (n: number) => {
+          // Go: a head ending at "b\n\r\n", a body of LENGTH bytes ("X-Pad: aaa…"), then the hidden POST;
+          // the agent once read one head (X-Pad's value running into the POST's request line) and one body
+          const length = 400;
+          const body = JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: `second-${n}` } });
+          return (
+            `GET /first?probe=first-${n} HTTP/1.1\r\nHost: member\r\nContent-Length: ${length}\r\n` +
+            `X-A: b\n\r\nX-Pad: ${'a'.repeat(length - 'X-Pad: '.length)}` +
+            `POST /api/v1/namespaces?probe=second-${n} HTTP/1.1\r\nImpersonate-User: mallory\r\n` +
+            `Impersonate-Group: system:masters\r\nContent-Length: ${length}\r\n\r\n${body.padEnd(length)}`
+          );
+        },
+      ],
+      [
+        'a trailer',
+        (n: number) =>
+          `POST /first?probe=first-${n} HTTP/1.1\r\nHost: member\r\nTransfer-Encoding: chunked\r\n\r\n` +
+          `5\r\nhello\r\n0\r\nX-T: a\n\n${smuggled(`second-${n}`).replace(/\r\n/g, '\n')}\r\n\r\n`,
+      ],
+    ] as const) {
+      test(`a bare LF in ${where}, hiding a request: ${HOLD_LINE}`, async () => {
+        const n = ++probes;
+        const verdict = await attempt(route, bytes(n), '', 'one write', `second-${n}`);
+        assert.deepEqual(verdict, { secondReachedMember: [], channelClosed: true, agentLogged: true });
+      });
+    }
+
     test(
       'afterwards the agent still serves the proxy: ' + 'only the offending channels were closed, not the session',
       async () => {

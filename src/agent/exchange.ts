@@ -20,7 +20,7 @@ const CRLF = Buffer.from('\r\n');
 const NOTHING = Buffer.alloc(0);
 const HEAD_END = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.[01]$/;
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP\/1\.([01])$/;
 const STATUS_LINE = /^HTTP\/1\.[01] ([1-9]\d\d)(?: [^\x00-\x08\x0a-\x1f\x7f]*)?$/;
 const CHUNK_SIZE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*)?$/;
 
@@ -57,7 +57,11 @@ interface Hooks {
  */
 class MessageStream {
   #state: State = 'head';
-  #partial: Buffer | undefined;
+  /** what arrived of a head or chunk line so far, read by read (joined once, when it ends) */
+  #partial: Buffer[] | undefined;
+  #partialBytes = 0;
+  /** the last bytes of #partial, where the end of a head or line may begin */
+  #tail: Buffer = NOTHING;
   #remaining = 0;
   readonly #what: string;
   readonly #push: (b: Buffer) => void;
@@ -74,7 +78,7 @@ class MessageStream {
     this.#state = 'tunnel';
     const rest = this.#partial;
     this.#partial = undefined;
-    if (rest) this.#push(rest);
+    if (rest) this.#push(Buffer.concat(rest));
   }
 
   get idle(): boolean {
@@ -132,12 +136,15 @@ class MessageStream {
           const found = this.#upTo(buf, CRLF, MAX_LINE_BYTES, 'chunk line');
           if (!found) return;
           buf = found.rest;
-          this.#push(found.text);
           const line = found.text.subarray(0, found.text.length - 2).toString('latin1');
+          // judged before it goes on: a line one end reads as two (a bare LF) never reaches the member
+          if (/[\r\n]/.test(line)) throw new ExchangeViolation(`${this.#what}: a bare CR or LF in a chunk line`);
+          if (this.#state === 'trailers' && line.length > 0) headerLine(line, `${this.#what}: a trailer`);
+          else if (this.#state === 'chunk-size' && !CHUNK_SIZE.test(line))
+            throw new ExchangeViolation(`${this.#what}: a malformed chunk size`);
+          this.#push(found.text);
           if (this.#state === 'chunk-size') {
-            const m = CHUNK_SIZE.exec(line);
-            if (!m) throw new ExchangeViolation(`${this.#what}: a malformed chunk size`);
-            const size = parseInt(m[1]!, 16);
+            const size = parseInt(CHUNK_SIZE.exec(line)![1]!, 16);
             if (size === 0) this.#state = 'trailers';
             else {
               this.#state = 'chunk-data';
@@ -145,8 +152,6 @@ class MessageStream {
             }
           } else if (line.length === 0) {
             this.#ended();
-          } else if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:/.test(line)) {
-            throw new ExchangeViolation(`${this.#what}: a malformed trailer`);
           }
           break;
         }
@@ -187,38 +192,60 @@ class MessageStream {
    * rest; undefined while `end` has not arrived (at most `max` bytes are kept waiting for it).
    */
   #upTo(buf: Buffer, end: Buffer, max: number, what: string): { text: Buffer; rest: Buffer } | undefined {
-    const joined = this.#partial ? Buffer.concat([this.#partial, buf]) : buf;
-    // a head may end in the CRLF this read begins with: look back as far as `end` is long
-    const at = joined.indexOf(end, this.#partial ? Math.max(0, this.#partial.length - end.length + 1) : 0);
-    if (at < 0) {
-      if (joined.length > max) throw new ExchangeViolation(`${this.#what}: a ${what} over ${max} bytes`);
-      this.#partial = Buffer.from(joined);
+    if (this.#partial === undefined) {
+      const at = buf.indexOf(end);
+      if (at >= 0) return { text: buf.subarray(0, at + end.length), rest: buf.subarray(at + end.length) };
+      if (buf.length > max) throw new ExchangeViolation(`${this.#what}: a ${what} over ${max} bytes`);
+      this.#partial = [Buffer.from(buf)];
+      this.#partialBytes = buf.length;
+      this.#tail = this.#partial[0]!.subarray(Math.max(0, buf.length - end.length + 1));
       return undefined;
     }
+    // `end` may begin in what came before: only that tail is searched again, never all that is held
+    const window = Buffer.concat([this.#tail, buf]);
+    const at = window.indexOf(end);
+    if (at < 0) {
+      this.#partialBytes += buf.length;
+      if (this.#partialBytes > max) throw new ExchangeViolation(`${this.#what}: a ${what} over ${max} bytes`);
+      this.#partial.push(Buffer.from(buf));
+      this.#tail = window.subarray(Math.max(0, window.length - end.length + 1));
+      return undefined;
+    }
+    const cut = at + end.length - this.#tail.length;
+    const text = Buffer.concat([...this.#partial, buf.subarray(0, cut)]);
     this.#partial = undefined;
-    return { text: joined.subarray(0, at + end.length), rest: joined.subarray(at + end.length) };
+    this.#partialBytes = 0;
+    this.#tail = NOTHING;
+    return { text, rest: buf.subarray(cut) };
   }
 }
 
 /** A head's lines; undefined for the empty lines allowed between messages. */
 function parseHead(text: string, what: string): Head | undefined {
+  // Go ends a line at a bare LF, and these split only at CRLF: "X: a\n\r\n" would end a head there
+  // and not here, and what follows would be a request the agent never read
+  if (/\r(?!\n)|(?<!\r)\n/.test(text)) throw new ExchangeViolation(`${what}: a bare CR or LF in a head`);
   const all = text.split('\r\n');
   // a stray CRLF before a message is allowed (RFC 9112 §2.2)
   while (all.length && all[0] === '') all.shift();
   if (all.length === 0) return undefined;
   const lines: Head['lines'] = [];
-  for (let i = 1; i < all.length; i++) {
-    const raw = all[i]!;
-    const colon = raw.indexOf(':');
-    const name = colon > 0 ? raw.slice(0, colon) : '';
-    // folded lines, nameless ones, spaces before the colon: read otherwise by one server or another
-    if (!TOKEN.test(name)) throw new ExchangeViolation(`${what}: a malformed header line`);
-    const value = raw.slice(colon + 1).trim();
-    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value))
-      throw new ExchangeViolation(`${what}: a control character in header ${name}`);
-    lines.push({ name: name.toLowerCase(), value, raw });
-  }
+  for (let i = 1; i < all.length; i++) lines.push(headerLine(all[i]!, what));
   return { first: all[0]!, lines };
+}
+
+/** One header (or trailer) line, as every reader of it agrees it reads; a violation otherwise. */
+function headerLine(raw: string, what: string): Head['lines'][number] {
+  const colon = raw.indexOf(':');
+  const name = colon > 0 ? raw.slice(0, colon) : '';
+  // folded lines, nameless ones, spaces before the colon: read otherwise by one server or another
+  if (!TOKEN.test(name)) throw new ExchangeViolation(`${what}: a malformed header line`);
+  const rawValue = raw.slice(colon + 1);
+  // judged before trimming (JavaScript's trim takes more than HTTP's spaces and tabs)
+  if (/[\x00-\x08\x0a-\x1f\x7f]/.test(rawValue))
+    throw new ExchangeViolation(`${what}: a control character in header ${name}`);
+  const value = rawValue.replace(/^[ \t]+|[ \t]+$/g, '');
+  return { name: name.toLowerCase(), value, raw: `${name}: ${value}` };
 }
 
 /** How a head frames its body: by the one reading both ends agree on, or a violation. */
@@ -340,7 +367,7 @@ export class HttpExchange {
         begin: () => {
           if (this.#open) throw new ExchangeViolation('the proxy sent a request before the previous answer ended');
         },
-        head: (head, raw) => this.#request(head, raw),
+        head: (head) => this.#request(head),
         end: () => this.#requestSent(),
       },
     );
@@ -381,7 +408,7 @@ export class HttpExchange {
     this.#answers.closed();
   }
 
-  #request(head: Head, raw: Buffer): Message {
+  #request(head: Head): Message {
     const what = 'a request from the proxy';
     const m = REQUEST_LINE.exec(head.first);
     if (!m) throw new ExchangeViolation(`${what}: a malformed request line`);
@@ -389,6 +416,9 @@ export class HttpExchange {
     const upgrade = hasToken(head, 'connection', 'upgrade') && head.lines.some((l) => l.name === 'upgrade');
     const body = framing(head, what) ?? { kind: 'none' };
     if (upgrade && body.kind !== 'none') throw new ExchangeViolation(`${what}: an upgrade with a body`);
+    // Go ignores Transfer-Encoding in HTTP/1.0, and would read the chunks as requests
+    if (m[3] === '0' && head.lines.some((l) => l.name === 'transfer-encoding'))
+      throw new ExchangeViolation(`${what}: Transfer-Encoding in HTTP/1.0`);
     const refusal =
       this.#opts.refuse?.() ??
       this.#opts.judge?.(m[1]!, m[2]!, head.lines) ??
@@ -402,9 +432,11 @@ export class HttpExchange {
     }
     this.#open = { head: m[1] === 'HEAD', upgrade, sent: false, answered: false, ended: false };
     this.requests++;
-    if (!this.#authLine) return { out: raw, body };
+    // the head goes on as the agent read it, line by line, never as the bytes that came: nothing it did not
+    // read the same way the member will can pass
     let text = head.first + '\r\n';
-    for (const l of head.lines) if (l.name !== 'authorization') text += l.raw + '\r\n';
+    for (const l of head.lines) if (!this.#authLine || l.name !== 'authorization') text += l.raw + '\r\n';
+    if (!this.#authLine) return { out: Buffer.from(text + '\r\n', 'latin1'), body };
     return { out: Buffer.concat([Buffer.from(text, 'latin1'), this.#authLine, CRLF]), body };
   }
 
