@@ -189,7 +189,7 @@ export class PolicyHolder {
 
   /** the policy as last read, unless it failed or went stale */
   get #inForce(): MemberPolicy | undefined {
-    if (this.#policy && Date.now() - this.#lastRead > POLICY_STALE_MS) {
+    if (this.#policy && performance.now() - this.#lastRead > POLICY_STALE_MS) {
       this.#fail(`not read for ${POLICY_STALE_MS / 1000} s`);
     }
     return this.#problem === undefined ? this.#policy : undefined;
@@ -264,7 +264,7 @@ export class PolicyHolder {
       const r = await this.origin.read();
       if ('problem' in r) {
         // a read that failed on the way keeps the last policy, until it goes stale
-        if (r.transient && this.#policy && Date.now() - this.#lastRead <= POLICY_STALE_MS) {
+        if (r.transient && this.#policy && performance.now() - this.#lastRead <= POLICY_STALE_MS) {
           this.#log.debug(1, 'cannot read the member policy; keeping the last one', { problem: r.problem });
           return;
         }
@@ -272,7 +272,7 @@ export class PolicyHolder {
         this.#fail(r.problem);
         return;
       }
-      this.#lastRead = Date.now();
+      this.#lastRead = performance.now();
       if (r.text === this.#text && this.#problem === undefined) return;
       this.#text = r.text;
       try {

@@ -54,8 +54,8 @@ const VERB_OF_METHOD: Record<string, string> = {
  * always asked of kubectl (POST) and asks of WebSocket clients (GET) since Kubernetes 1.30
  */
 const STREAM_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
-const WATCH_VALUES = new Set(['1', 'true', 't', 'y', 'yes']);
-const NOT_WATCH_VALUES = new Set(['0', 'false', 'f', 'n', 'no']);
+/** a `watch` parameter that is not a watch, as apimachinery reads booleans: anything else (even empty) is one */
+const NOT_WATCH_VALUES = new Set(['0', 'false']);
 const SERVICE_ACCOUNT = /^system:serviceaccount:([^:]+):([^:]+)$/;
 
 /** The request as the member reads it, or why it cannot be told for certain. */
@@ -113,10 +113,7 @@ export function requestInfo(method: string, target: string, lines: HeadLines): R
   info.resource = (parts[0] ?? '') + (subresource ? `/${subresource}` : '');
   if (info.name === '' && info.verb === 'get') {
     const watch = query.get('watch');
-    if (watch === null) info.verb = 'list';
-    else if (WATCH_VALUES.has(watch.toLowerCase())) info.verb = 'watch';
-    else if (NOT_WATCH_VALUES.has(watch.toLowerCase())) info.verb = 'list';
-    else return `a watch parameter ${JSON.stringify(watch.slice(0, 32))} that is neither true nor false`;
+    info.verb = watch === null || NOT_WATCH_VALUES.has(watch.toLowerCase()) ? 'list' : 'watch';
     // a list narrowed to one name by a field selector is judged by its verb alone, never by that name
   }
   if (info.name === '' && info.verb === 'delete') info.verb = 'deletecollection';
@@ -128,20 +125,28 @@ export function requestInfo(method: string, target: string, lines: HeadLines): R
 function subjectOf(lines: HeadLines): Subject | string {
   let user: string | undefined;
   const groups: string[] = [];
-  for (const { name, value } of lines) {
+  for (const { name, value: latin1 } of lines) {
+    if (name !== 'impersonate-user' && name !== 'impersonate-group') continue;
+    // heads are read byte for byte; kube-apiserver reads these names as UTF-8, as a policy's are written
+    const value = Buffer.from(latin1, 'latin1').toString('utf8');
+    if (Buffer.from(value, 'utf8').toString('latin1') !== latin1) return `${name} that is not UTF-8`;
     if (name === 'impersonate-user') {
       if (user !== undefined) return 'Impersonate-User twice';
       if (value === '') return 'an empty Impersonate-User';
       user = value;
-    } else if (name === 'impersonate-group') groups.push(value);
+    } else groups.push(value);
   }
   if (user === undefined) {
     if (groups.length > 0) return 'Impersonate-Group without Impersonate-User';
     return { agent: true, user: '', groups: [] };
   }
   const sa = SERVICE_ACCOUNT.exec(user);
-  if (sa) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1]}`);
-  if (user !== 'system:anonymous' && !groups.includes('system:authenticated')) groups.push('system:authenticated');
+  if (sa && groups.length === 0) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1]}`);
+  // as kube-apiserver's impersonation filter adds them
+  if (user === 'system:anonymous') {
+    if (!groups.includes('system:unauthenticated')) groups.push('system:unauthenticated');
+  } else if (!groups.includes('system:authenticated') && !groups.includes('system:unauthenticated'))
+    groups.push('system:authenticated');
   return { agent: false, user, groups };
 }
 

@@ -28,6 +28,11 @@ test('requests are read as kube-apiserver reads them: verb, group, resource, sub
     ['GET', '/api/v1/namespaces/default/pods?watch=true&resourceVersion=1', 'watch /pods ns=default name='],
     ['GET', '/api/v1/namespaces/default/pods?watch=1', 'watch /pods ns=default name='],
     ['GET', '/api/v1/namespaces/default/pods?watch=false', 'list /pods ns=default name='],
+    ['GET', '/api/v1/namespaces/default/pods?watch=FALSE', 'list /pods ns=default name='],
+    ['GET', '/api/v1/namespaces/default/pods?watch=0', 'list /pods ns=default name='],
+    // apimachinery reads every other value as true: "no" and "" are watches too
+    ['GET', '/api/v1/namespaces/default/pods?watch=no', 'watch /pods ns=default name='],
+    ['GET', '/api/v1/namespaces/default/pods?watch=', 'watch /pods ns=default name='],
     ['GET', '/api/v1/watch/namespaces/default/pods', 'watch /pods ns=default name='],
     ['GET', '/api/v1/namespaces/default/pods/web', 'get /pods ns=default name=web'],
     ['HEAD', '/api/v1/namespaces/default/pods/web', 'get /pods ns=default name=web'],
@@ -62,6 +67,16 @@ test('who a request acts as: the impersonated user and groups, with those kube-a
   assert.deepEqual(info('GET', '/api', []).subject, { agent: true, user: '', groups: [] });
   const sa = info('GET', '/api', [{ name: 'impersonate-user', value: 'system:serviceaccount:ci:builder' }]);
   assert.deepEqual(sa.subject.groups, ['system:serviceaccounts', 'system:serviceaccounts:ci', 'system:authenticated']);
+  const saWithGroup = info('GET', '/api', [
+    { name: 'impersonate-user', value: 'system:serviceaccount:ci:builder' },
+    { name: 'impersonate-group', value: 'ci' },
+  ]);
+  assert.deepEqual(saWithGroup.subject.groups, ['ci', 'system:authenticated'], 'given groups replace the SA groups');
+  const anonymous = info('GET', '/api', [{ name: 'impersonate-user', value: 'system:anonymous' }]);
+  assert.deepEqual(anonymous.subject.groups, ['system:unauthenticated']);
+  // a head is read byte for byte (latin1): the name is the UTF-8 the member reads
+  const jose = info('GET', '/api', [{ name: 'impersonate-user', value: Buffer.from('josé').toString('latin1') }]);
+  assert.equal(jose.subject.user, 'josé');
 });
 
 test('a head the member could read otherwise than the agent is never judged: why is said', () => {
@@ -70,7 +85,7 @@ test('a head the member could read otherwise than the agent is never judged: why
     ['GET', '/api/v1/namespaces/default/./secrets', JANE, /"\."/],
     ['GET', '/api/v1/namespaces/default/pods/%2e%2e/x', JANE, /"\.\."/],
     ['GET', '/api/v1/pods?watch=true;watch=false', JANE, /";"/],
-    ['GET', '/api/v1/pods?watch=maybe', JANE, /watch parameter/],
+    ['GET', '/api', [{ name: 'impersonate-user', value: 'jos\xe9' }], /not UTF-8/],
     ['GET', '/api/v1/pods/%zz', JANE, /escape/],
     ['GET', 'http://member/api/v1/pods', JANE, /not a path/],
     ['GET', '/api', [...JANE, { name: 'impersonate-user', value: 'root' }], /twice/],
@@ -93,6 +108,12 @@ test('the read-only preset: reads pass; writes, exec, Secrets and the agent itse
   assert.equal(verdict('GET', '/api/v1/namespaces/default/pods'), 'allowed');
   assert.equal(verdict('GET', '/api/v1/namespaces/default/pods?watch=true'), 'allowed');
   assert.equal(verdict('GET', '/apis'), 'allowed');
+  assert.equal(verdict('GET', '/logs/'), 'refused by (default)', "the apiserver host's logs are no resource to read");
+  assert.equal(verdict('GET', '/debug/pprof/profile'), 'refused by (default)');
+  assert.equal(
+    verdict('GET', '/apis/subresources.kubevirt.io/v1/namespaces/a/virtualmachineinstances/vm/vnc'),
+    'refused by never-into-pods',
+  );
   assert.equal(verdict('POST', '/api/v1/namespaces/default/pods'), 'refused by (default)');
   assert.equal(verdict('DELETE', '/api/v1/namespaces/default/pods/web'), 'refused by (default)');
   assert.equal(verdict('POST', '/api/v1/namespaces/default/pods/web/exec'), 'refused by never-into-pods');
@@ -115,6 +136,9 @@ test('the namespaced preset: anything in its namespaces, discovery, and nothing 
   assert.ok(allowed('POST', '/api/v1/namespaces/team-a/pods'));
   assert.ok(allowed('POST', '/api/v1/namespaces/team-a/pods/web/exec'));
   assert.ok(allowed('GET', '/api/v1/namespaces/team-a'));
+  assert.ok(!allowed('PATCH', '/api/v1/namespaces/team-a'), "its labels stay the owner's");
+  assert.ok(!allowed('DELETE', '/api/v1/namespaces/team-a'));
+  assert.ok(!allowed('PUT', '/api/v1/namespaces/team-a/finalize'));
   assert.ok(allowed('GET', '/apis/apps/v1'));
   assert.ok(!allowed('GET', '/api/v1/namespaces/team-b/pods'));
   assert.ok(!allowed('GET', '/api/v1/pods'), 'a list across namespaces is not in team-a');
