@@ -200,27 +200,39 @@ export function presetPolicy(preset: Preset, namespaces: string[] = []): string 
     '    action: deny',
     `    users: ["${AGENT_SUBJECT}"]`,
   ];
+  const discovery = [
+    '  - name: discovery',
+    '    action: allow',
+    '    verbs: [get]',
+    '    nonResourceURLs: [/api, /api/*, /apis, /apis/*, /version, /openapi/*]',
+  ];
   if (preset === 'read-only')
     return [
       ...head,
       '  - name: never-secrets',
       '    action: deny',
       '    resources: [secrets]',
+      '  # streams into pods and nodes, whatever API serves them (KubeVirt has consoles and VNC)',
       '  - name: never-into-pods',
       '    action: deny',
-      '    resources: [pods/exec, pods/attach, pods/portforward, "*/proxy"]',
+      '    resources: ["*/exec", "*/attach", "*/portforward", "*/proxy", "*/console", "*/vnc"]',
+      ...discovery,
       '  - name: read-only',
       '    action: allow',
       '    verbs: [get, list, watch]',
+      '    resources: ["*"]',
       '',
     ].join('\n');
   if (namespaces.length === 0) throw new PolicyError('the namespaced preset needs at least one namespace');
   return [
     ...head,
-    '  - name: discovery',
-    '    action: allow',
-    '    verbs: [get]',
-    '    nonResourceURLs: [/api, /api/*, /apis, /apis/*, /version, /openapi/*]',
+    ...discovery,
+    "  # a Namespace object counts as in itself: its labels (which admission reads) and its deletion stay the owner's",
+    '  - name: namespaces-read-only',
+    '    action: deny',
+    '    verbs: [create, update, patch, delete, deletecollection]',
+    '    apiGroups: [""]',
+    '    resources: [namespaces, "namespaces/*"]',
     '  - name: own-namespaces',
     '    action: allow',
     `    namespaces: [${namespaces.map((n) => JSON.stringify(n)).join(', ')}]`,
