@@ -205,7 +205,10 @@ test('fail-closed: with nowhere to record, the exec is refused by the agent and 
   const before = upstream.upgrades.length;
   const r = await kubectl(jane, ['exec', '-i', 'echo', '--', 'cat'], 'never seen\n');
   assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /exec sessions are recorded here \(--record-exec\), and this one's recording cannot start/);
+  assert.match(
+    r.stderr,
+    /exec and attach sessions are recorded here \(--record-exec\), and this exec's recording cannot start/,
+  );
   assert.match(r.stderr, /nothing was sent to the kube-apiserver/);
   assert.equal(upstream.upgrades.length, before, 'the member received no exec');
   await agent.waitFor(/refused an exec: its recording cannot start/);

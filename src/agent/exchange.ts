@@ -277,17 +277,6 @@ function valuesOf(head: Head, name: string): string[] {
   return head.lines.filter((l) => l.name === lower).map((l) => l.value);
 }
 
-function hasToken(head: Head, header: string, token: string): boolean {
-  return head.lines.some(
-    (l) =>
-      l.name === header &&
-      l.value
-        .toLowerCase()
-        .split(',')
-        .some((t) => t.trim() === token),
-  );
-}
-
 export interface ExchangeOptions {
   /** the member's credentials: each request head loses any Authorization and gains this one */
   authorization?: string;
@@ -308,9 +297,9 @@ export interface ExchangeOptions {
    */
   judge?: (method: string, target: string, lines: HeadLines) => Buffer | undefined;
   /**
-   * asked at each upgrade request head the exchange forwards: a tap shown, once the member switches protocols, a
-   * copy of what passes each way (it never alters nor delays it), or an answer the agent gives itself instead, as
-   * with `refuse`
+   * asked at each request head the exchange would forward: for an upgrade, a tap shown, once the member switches
+   * protocols, a copy of what passes each way (it never alters nor delays it); for any request, an answer the agent
+   * gives itself instead, as with `refuse`
    */
   tap?: (request: RequestView) => UpgradeTap | Buffer | undefined;
 }
@@ -319,6 +308,8 @@ export interface ExchangeOptions {
 export interface RequestView {
   method: string;
   target: string;
+  /** whether the member may switch protocols on it (Go's reading: a Connection that mentions upgrade) */
+  upgrade: boolean;
   /** every value of a header, in order (name in any case) */
   values: (name: string) => string[];
 }
@@ -327,9 +318,12 @@ export interface RequestView {
 export interface UpgradeTap {
   /** the member's final answer to the upgrade: 101 and its head's header values, or a status that ends it */
   answered: (status: number, values: (name: string) => string[]) => void;
-  /** bytes after the 101, as they were relayed */
-  fromProxy: (b: Buffer) => void;
-  fromMember: (b: Buffer) => void;
+  /**
+   * bytes after the 101, shown before they are relayed; false: they must not be (the session was ended because
+   * they cannot be recorded)
+   */
+  fromProxy: (b: Buffer) => boolean;
+  fromMember: (b: Buffer) => boolean;
 }
 
 /** One channel's requests and answers, strictly in turn. */
@@ -360,8 +354,9 @@ export class HttpExchange {
       'a request from the proxy',
       (b) => {
         if (this.#refused) return;
+        // read by the tap first: what a fail-closed recording cannot read never reaches the member
+        if (this.#tapping && !this.#tap!.fromProxy(b)) return;
         opts.toMember(b);
-        if (this.#tapping) this.#tap!.fromProxy(b);
       },
       {
         begin: () => {
@@ -374,8 +369,9 @@ export class HttpExchange {
     this.#answers = new MessageStream(
       'an answer from the member',
       (b) => {
+        // and what it cannot read never reaches the client
+        if (this.#tapping && !this.#tap!.fromMember(b)) return;
         opts.toProxy(b);
-        if (this.#tapping) this.#tap!.fromMember(b);
       },
       {
         begin: () => {
@@ -413,16 +409,15 @@ export class HttpExchange {
     const m = REQUEST_LINE.exec(head.first);
     if (!m) throw new ExchangeViolation(`${what}: a malformed request line`);
     if (m[1] === 'CONNECT') throw new ExchangeViolation(`${what}: CONNECT`);
-    const upgrade = hasToken(head, 'connection', 'upgrade') && head.lines.some((l) => l.name === 'upgrade');
+    // as Go's httpstream.IsUpgradeRequest, which kube-apiserver's proxies use: any Connection that mentions it
+    const upgrade = head.lines.some((l) => l.name === 'connection' && l.value.toLowerCase().includes('upgrade'));
     const body = framing(head, what) ?? { kind: 'none' };
     if (upgrade && body.kind !== 'none') throw new ExchangeViolation(`${what}: an upgrade with a body`);
     // Go ignores Transfer-Encoding in HTTP/1.0, and would read the chunks as requests
     if (m[3] === '0' && head.lines.some((l) => l.name === 'transfer-encoding'))
       throw new ExchangeViolation(`${what}: Transfer-Encoding in HTTP/1.0`);
     const refusal =
-      this.#opts.refuse?.() ??
-      this.#opts.judge?.(m[1]!, m[2]!, head.lines) ??
-      (upgrade ? this.#tapOf(m[1]!, m[2]!, head) : undefined);
+      this.#opts.refuse?.() ?? this.#opts.judge?.(m[1]!, m[2]!, head.lines) ?? this.#tapOf(m[1]!, m[2]!, head, upgrade);
     if (refusal) {
       this.#refused = true;
       this.#opts.toProxy(refusal);
@@ -441,10 +436,11 @@ export class HttpExchange {
   }
 
   /** Asks for a tap on this upgrade: undefined, or the answer the agent gives instead of forwarding it. */
-  #tapOf(method: string, target: string, head: Head): Buffer | undefined {
-    const tapped = this.#opts.tap?.({ method, target, values: (name) => valuesOf(head, name) });
+  #tapOf(method: string, target: string, head: Head, upgrade: boolean): Buffer | undefined {
+    const tapped = this.#opts.tap?.({ method, target, upgrade, values: (name) => valuesOf(head, name) });
     if (Buffer.isBuffer(tapped)) return tapped;
-    this.#tap = tapped;
+    // only an upgrade has anything after its head to watch
+    if (upgrade) this.#tap = tapped;
     return undefined;
   }
 

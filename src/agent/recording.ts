@@ -18,6 +18,7 @@ import { rawStatus } from '../http/status.ts';
 import type { Logger } from '../observe/log.ts';
 import { UnreadableStream, type ExecStream, type ExecStreamReader } from './exec-streams.ts';
 import type { RequestView, UpgradeTap } from './exchange.ts';
+import { queryFlag, requestInfo } from './request-info.ts';
 import { SpdyExecReader } from './spdy.ts';
 import { WebSocketExecReader } from './ws-channels.ts';
 
@@ -90,35 +91,51 @@ export interface ExecRequest {
   node?: string;
 }
 
+/** the kubelet's own API paths (through nodes/NAME/proxy) that run a command or stream into a container */
+const KUBELET_STREAMS = new Set(['exec', 'attach', 'run', 'cri', 'portForward']);
+
 /**
- * An exec or attach of a pod, as the kube-apiserver routes it: `/api/v1/namespaces/NS/pods/POD/exec|attach`, and
- * the kubelet's own `/api/v1/nodes/NODE/proxy/exec|attach/NS/POD/CONTAINER`. Segments are percent-decoded and empty
- * ones dropped first, so that a spelling the apiserver would route there is not missed here.
+ * An exec or attach of a pod, read as kube-apiserver reads the request (the member policy's reader: the path
+ * decoded once, a `;` query or a `..` segment not read at all): `/api/v1/namespaces/NS/pods/POD/exec|attach`, and
+ * the kubelet's own `/api/v1/nodes/NODE/proxy/exec|attach/NS/POD/[UID/]CONTAINER` (or `/api/v1/proxy/nodes/…`).
+ * `{ unrecordable }` for a request that may run a command in a container and cannot be recorded: one that cannot be
+ * read for certain, or the kubelet's `run`, `cri` or `portForward`; undefined for any other request.
  */
-export function execRequest(target: string): ExecRequest | undefined {
-  const q = target.indexOf('?');
-  const path = q < 0 ? target : target.slice(0, q);
-  const query = new URLSearchParams(q < 0 ? '' : target.slice(q + 1));
-  let s: string[];
-  try {
-    s = path.split('/').filter(Boolean).map(decodeURIComponent);
-  } catch {
-    return undefined;
-  }
-  if (s[0] !== 'api' || s[1] !== 'v1') return undefined;
-  const flag = (name: string) => query.get(name) === 'true' || query.get(name) === '1';
-  const asked = { command: query.getAll('command'), stdin: flag('stdin'), tty: flag('tty') };
-  if (s.length === 7 && s[2] === 'namespaces' && s[4] === 'pods' && (s[6] === 'exec' || s[6] === 'attach'))
+export function execRequest(method: string, target: string): ExecRequest | { unrecordable: string } | undefined {
+  const info = requestInfo(method, target, []);
+  if (typeof info === 'string') return { unrecordable: `a request the agent cannot read for certain (${info})` };
+  const asked = {
+    container: info.query.get('container') ?? undefined,
+    command: info.query.getAll('command'),
+    stdin: queryFlag(info.query, 'stdin'),
+    tty: queryFlag(info.query, 'tty'),
+  };
+  if (!info.resourceRequest || info.apiGroup !== '') return undefined;
+  if (info.resource === 'pods/exec' || info.resource === 'pods/attach')
     return {
-      subresource: s[6],
-      namespace: s[3]!,
-      pod: s[5]!,
-      container: query.get('container') ?? undefined,
+      subresource: info.resource === 'pods/exec' ? 'exec' : 'attach',
+      namespace: info.namespace,
+      pod: info.name,
       ...asked,
     };
-  if (s.length >= 8 && s[2] === 'nodes' && s[4] === 'proxy' && (s[5] === 'exec' || s[5] === 'attach'))
-    return { subresource: s[5], namespace: s[6]!, pod: s[7]!, container: s[s.length - 1], node: s[3], ...asked };
-  return undefined;
+  const s = info.path.replace(/^\/+|\/+$/g, '').split('/');
+  // nodes/NAME/proxy/REST, or the older proxy/nodes/NAME/REST
+  const rest =
+    s[2] === 'nodes' && s[4] === 'proxy' ? s.slice(5) : s[2] === 'proxy' && s[3] === 'nodes' ? s.slice(5) : undefined;
+  if (!rest || !KUBELET_STREAMS.has(rest[0]!)) return undefined;
+  const node = s[2] === 'nodes' ? s[3] : s[4];
+  if ((rest[0] === 'exec' || rest[0] === 'attach') && (rest.length === 4 || rest.length === 5))
+    return {
+      subresource: rest[0],
+      namespace: rest[1]!,
+      pod: rest[2]!,
+      node,
+      ...asked,
+      container: rest[rest.length - 1],
+    };
+  return {
+    unrecordable: `the kubelet's ${rest[0]} API (${rest.slice(0, 4).join('/')}), which runs what is not recorded`,
+  };
 }
 
 /** Why a recording cannot start or go on; its message is said to the client (closed) and logged. */
@@ -163,34 +180,41 @@ export class ExecRecorder {
    * unrecorded). `kill` ends the session (closed, when its recording fails midway).
    */
   begin(request: RequestView, kill: () => void): SessionRecording | Buffer | undefined {
-    const exec = execRequest(request.target);
-    if (!exec) return undefined;
+    const exec = execRequest(request.method, request.target);
+    // an exec that is no upgrade runs nothing (the kubelet streams or refuses); the kubelet's run API needs none
+    if (!exec || (!request.upgrade && !('unrecordable' in exec))) return undefined;
     const who = {
       user: request.values('impersonate-user')[0],
       groups: request.values('impersonate-group'),
       auditId: request.values('audit-id')[0],
     };
+    const what = 'unrecordable' in exec ? 'request' : exec.subresource;
     try {
+      if ('unrecordable' in exec) throw new RecordingProblem(`it is ${exec.unrecordable}`);
       return this.#open(exec, who, kill);
     } catch (err) {
       const problem = err instanceof RecordingProblem ? err.message : String(err);
-      const fields = { user: who.user, pod: `${exec.namespace}/${exec.pod}`, auditId: who.auditId, why: problem };
+      const pod = 'unrecordable' in exec ? undefined : `${exec.namespace}/${exec.pod}`;
+      const fields = {
+        user: who.user,
+        pod,
+        path: pod ? undefined : request.target,
+        auditId: who.auditId,
+        why: problem,
+      };
       if (this.opts.failure === 'open') {
         this.#stats.unrecorded++;
-        this.#log.warn(
-          `${exec.subresource} goes on unrecorded (--record-failure open): its recording cannot start`,
-          fields,
-        );
+        this.#log.warn(`${what} goes on unrecorded (--record-failure open): its recording cannot start`, fields);
         return undefined;
       }
       this.#stats.refused++;
-      this.#log.warn(`refused an ${exec.subresource}: its recording cannot start`, fields);
+      this.#log.warn(`refused ${what === 'request' ? 'a' : 'an'} ${what}: its recording cannot start`, fields);
       return Buffer.from(
         rawStatus({
           status: 403,
           message:
-            `tower agent of cluster "${this.#cluster}": ${exec.subresource} sessions are recorded here ` +
-            `(--record-exec), and this one's recording cannot start: ${problem}; nothing was sent to the ` +
+            `tower agent of cluster "${this.#cluster}": exec and attach sessions are recorded here ` +
+            `(--record-exec), and this ${what}'s recording cannot start: ${problem}; nothing was sent to the ` +
             'kube-apiserver',
         }),
       );
@@ -449,22 +473,25 @@ export class SessionRecording implements UpgradeTap {
     }
   }
 
-  fromProxy(b: Buffer): void {
-    if (!this.#reader || this.#stopped) return;
-    try {
-      this.#reader.fromClient(b);
-    } catch (err) {
-      this.#fail(err instanceof UnreadableStream ? err.message : `the agent failed reading it: ${String(err)}`);
-    }
+  /** read before it is relayed: false once the recording failed and the session was ended (closed) */
+  fromProxy(b: Buffer): boolean {
+    return this.#read(b, true);
   }
 
-  fromMember(b: Buffer): void {
-    if (!this.#reader || this.#stopped) return;
-    try {
-      this.#reader.fromServer(b);
-    } catch (err) {
-      this.#fail(err instanceof UnreadableStream ? err.message : `the agent failed reading it: ${String(err)}`);
+  fromMember(b: Buffer): boolean {
+    return this.#read(b, false);
+  }
+
+  #read(b: Buffer, fromClient: boolean): boolean {
+    if (this.#reader && !this.#stopped) {
+      try {
+        if (fromClient) this.#reader.fromClient(b);
+        else this.#reader.fromServer(b);
+      } catch (err) {
+        this.#fail(err instanceof UnreadableStream ? err.message : `the agent failed reading it: ${String(err)}`);
+      }
     }
+    return !(this.#stopped && this.#init.recorder.opts.failure === 'closed');
   }
 
   /** The session's channel closed: what is left is written, then the header's end. */

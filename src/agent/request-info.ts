@@ -58,6 +58,12 @@ const STREAM_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
 const NOT_WATCH_VALUES = new Set(['0', 'false']);
 const SERVICE_ACCOUNT = /^system:serviceaccount:([^:]+):([^:]+)$/;
 
+/** A boolean query parameter as apimachinery reads it: present, and neither 0 nor false. */
+export function queryFlag(query: URLSearchParams, name: string): boolean {
+  const v = query.get(name);
+  return v !== null && !NOT_WATCH_VALUES.has(v.toLowerCase());
+}
+
 /** The request as the member reads it, or why it cannot be told for certain. */
 export function requestInfo(method: string, target: string, lines: HeadLines): RequestInfo | string {
   const subject = subjectOf(lines);
@@ -112,8 +118,7 @@ export function requestInfo(method: string, target: string, lines: HeadLines): R
   info.name = parts.length >= 2 ? parts[1]! : '';
   info.resource = (parts[0] ?? '') + (subresource ? `/${subresource}` : '');
   if (info.name === '' && info.verb === 'get') {
-    const watch = query.get('watch');
-    info.verb = watch === null || NOT_WATCH_VALUES.has(watch.toLowerCase()) ? 'list' : 'watch';
+    info.verb = queryFlag(query, 'watch') ? 'watch' : 'list';
     // a list narrowed to one name by a field selector is judged by its verb alone, never by that name
   }
   if (info.name === '' && info.verb === 'delete') info.verb = 'deletecollection';

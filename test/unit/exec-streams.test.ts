@@ -84,8 +84,7 @@ describe('WebSocket channel protocols', () => {
 
   test('a stream not wanted (stdin without --record-stdin) is skipped, the others still read', () => {
     const wire = Buffer.concat([
-      wsFrame(2, Buffer.from('\x00secret'), false, mask),
-      wsFrame(0, Buffer.from(' password\n'), true, mask),
+      wsFrame(2, Buffer.from('\x00secret password\n'), true, mask),
       wsFrame(2, Buffer.from('\x04{"Width":90,"Height":20}'), true, mask),
     ]);
     for (const seen of everySplit(wire, (data) => {
@@ -118,6 +117,11 @@ describe('WebSocket channel protocols', () => {
     assert.throws(() => server().fromServer(wsFrame(0, Buffer.from('x'))), UnreadableStream);
     assert.throws(() => server().fromServer(Buffer.from('HTTP/1.1 200 OK\r\n\r\n')), UnreadableStream);
     assert.throws(() => server().fromClient(wsFrame(2, Buffer.from('\x00x'))), UnreadableStream);
+    // the kubelet reads each client frame as a message of its own: a continuation's first byte is a channel there
+    assert.throws(
+      () => server().fromClient(wsFrame(2, Buffer.from('\x04{"Width":80}'), false, mask)),
+      UnreadableStream,
+    );
     assert.throws(
       () => new WebSocketExecReader('v9.unknown', { data: () => undefined, failed: assert.fail }),
       UnreadableStream,
@@ -245,6 +249,33 @@ describe('SPDY/3.1 as kubectl speaks it', () => {
     },
   );
 
+  test('a header spdystream reads otherwise, or a stream id opened again, stops the reader', async () => {
+    const cases: [string, (block: (h: Record<string, string>) => Promise<Buffer>) => Promise<Buffer>][] = [
+      // spdystream splits at NUL and reads "stdout"
+      ['a NUL in a value', async (block) => synStream(1, await block({ streamtype: 'stdout\0x' }))],
+      ['a name in capitals', async (block) => synStream(1, await block({ StreamType: 'stdout' }))],
+      [
+        // spdystream resets the second SYN_STREAM 3: the stream stays stdout
+        'a stream id opened again',
+        async (block) =>
+          Buffer.concat([
+            synStream(1, await block({ streamtype: 'error' })),
+            synStream(3, await block({ streamtype: 'stdout' })),
+            synStream(3, await block({ streamtype: 'resize' })),
+          ]),
+      ],
+      ['an even stream id from the client', async (block) => synStream(2, await block({ streamtype: 'stdout' }))],
+    ];
+    for (const [what, bytes] of cases) {
+      let failed: Error | undefined;
+      const r = new SpdyExecReader({ data: () => undefined, failed: (e) => (failed = e) });
+      const wire = await bytes(await compressor());
+      await settle(r, () => r.fromClient(wire));
+      assert.ok(failed instanceof UnreadableStream, `${what}: ${String(failed)}`);
+      r.close();
+    }
+  });
+
   test('data waiting for its stream to be named is bounded', () => {
     const r = new SpdyExecReader({ data: () => undefined, failed: () => undefined });
     // a header block that never completes inflating: data behind it would wait for ever
@@ -257,8 +288,13 @@ describe('SPDY/3.1 as kubectl speaks it', () => {
 });
 
 describe('which requests are exec or attach', () => {
+  const exec = (target: string) => execRequest('POST', target);
+  const field = (target: string, k: 'subresource' | 'pod' | 'container' | 'namespace') => {
+    const e = exec(target);
+    return e && !('unrecordable' in e) ? e[k] : e;
+  };
   test('the pods subresources and the kubelet through nodes/proxy, however the path is spelled', () => {
-    const e = execRequest('/api/v1/namespaces/ns/pods/web/exec?container=c&command=sh&command=-c&stdin=true&tty=1');
+    const e = exec('/api/v1/namespaces/ns/pods/web/exec?container=c&command=sh&command=-c&stdin=true&tty=1');
     assert.deepEqual(e, {
       subresource: 'exec',
       namespace: 'ns',
@@ -268,10 +304,40 @@ describe('which requests are exec or attach', () => {
       stdin: true,
       tty: true,
     });
-    assert.equal(execRequest('//api/v1/namespaces/ns/pods/web/%61ttach/')?.subresource, 'attach');
-    assert.equal(execRequest('/api/v1/nodes/n1/proxy/exec/ns/web/c?command=id')?.container, 'c');
-    assert.equal(execRequest('/api/v1/namespaces/ns/pods/web/portforward'), undefined);
-    assert.equal(execRequest('/api/v1/namespaces/ns/pods/web/log'), undefined);
-    assert.equal(execRequest('/api/v1/namespaces/ns/pods/web/%zz'), undefined);
+    assert.equal(field('//api/v1/namespaces/ns/pods/web/%61ttach/', 'subresource'), 'attach');
+    // the apiserver decodes the whole path before it routes it: "p%2Fexec" is pod p's exec
+    assert.equal(field('/api/v1/namespaces/ns/pods/p%2Fexec?command=id', 'pod'), 'p');
+    assert.equal(field('/api/v1/nodes/n1/proxy/exec/ns/web/c?command=id', 'container'), 'c');
+    assert.equal(field('/api/v1/nodes/n1/proxy/exec%2Fns%2Fweb%2Fc', 'container'), 'c');
+    assert.equal(field('/api/v1/proxy/nodes/n1/attach/ns/web/uid/c', 'container'), 'c');
+    assert.equal(exec('/api/v1/namespaces/ns/pods/web/portforward'), undefined);
+    assert.equal(exec('/api/v1/namespaces/ns/pods/web/log'), undefined);
+    assert.equal(exec('/api/v1/nodes/n1/proxy/containerLogs/ns/web/c'), undefined);
+  });
+
+  test('stdin and tty as apimachinery reads booleans: anything but 0 or false', () => {
+    const flags = (q: string) => {
+      const e = exec(`/api/v1/namespaces/ns/pods/web/exec?${q}`);
+      return e && !('unrecordable' in e) ? `${e.stdin} ${e.tty}` : e;
+    };
+    assert.equal(flags('stdin=yes&tty=True'), 'true true');
+    assert.equal(flags('stdin=&tty'), 'true true');
+    assert.equal(flags('stdin=False&tty=0'), 'false false');
+    assert.equal(flags('command=id'), 'false false');
+  });
+
+  test('what may run a command and cannot be recorded, or cannot be read for certain, is said so', () => {
+    for (const target of [
+      '/api/v1/nodes/n1/proxy/run/default/p/c?cmd=id',
+      '/api/v1/nodes/n1/proxy/cri/exec/abc',
+      '/api/v1/nodes/n1/proxy/portForward/default/p',
+      '/api/v1/nodes/n1/proxy/x/../exec/default/p/c',
+      '/api/v1/nodes/n1/proxy/exec/default/p',
+      '/api/v1/namespaces/ns/pods/web/exec?command=id;command=rm',
+      '/api/v1/namespaces/ns/pods/web/%zz',
+    ]) {
+      const e = exec(target);
+      assert.ok(e && 'unrecordable' in e, `${target}: ${JSON.stringify(e)}`);
+    }
   });
 });
