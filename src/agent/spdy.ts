@@ -221,6 +221,10 @@ function parseBlock(buf: Buffer): { headers: Map<string, string>; used: number }
     if (name === undefined) return undefined;
     const value = string();
     if (value === undefined) return undefined;
+    // spdystream splits a value at NUL (and a reader takes the first part); a name twice or in capitals is read
+    // one way or another: none is read here as anything
+    if (headers.has(name) || name !== name.toLowerCase() || value.includes('\0'))
+      throw new UnreadableStream(`a SPDY header ${JSON.stringify(name.slice(0, 32))} that is read more than one way`);
     headers.set(name, value);
   }
   return { headers, used: at };
@@ -239,13 +243,26 @@ export class SpdyExecReader implements ExecStreamReader {
   #waiting: { fromClient: boolean; streamId: number; bytes: Buffer }[] = [];
   #waitingBytes = 0;
   #failed = false;
+  /** the client's last stream: spdystream resets a stream id at or below it, and the first one stands */
+  #lastClientStream = 0;
 
   constructor(events: ExecStreamEvents) {
     this.#events = events;
     this.#inflater = new SpdyHeaderInflater(
       (type, streamId, headers) => {
-        const kind = headers.get('streamtype');
-        if (type === TYPE_SYN_STREAM && kind && STREAM_TYPES.has(kind)) this.#streams.set(streamId, kind as ExecStream);
+        if (type === TYPE_SYN_STREAM) {
+          if (streamId % 2 === 0 || streamId <= this.#lastClientStream) {
+            this.#fail(
+              new UnreadableStream(
+                `a SPDY stream ${streamId} opened by the client after its stream ${this.#lastClientStream}`,
+              ),
+            );
+            return;
+          }
+          this.#lastClientStream = streamId;
+          const kind = headers.get('streamtype');
+          if (kind && STREAM_TYPES.has(kind)) this.#streams.set(streamId, kind as ExecStream);
+        }
         if (this.#inflater.pending === 0) this.#drain();
       },
       (err) => this.#fail(err),

@@ -131,6 +131,10 @@ export class WebSocketChannelReader {
       if (!fin || length > MAX_CONTROL_PAYLOAD_BYTES) throw new UnreadableStream('a malformed WebSocket control frame');
       // nothing after a close is part of the session
       if (opcode === OP_CLOSE) this.#closed = true;
+    } else if (this.#masked && (!fin || opcode === OP_CONTINUATION)) {
+      // the kubelet (x/net/websocket) reads each frame as a message, its first byte a channel: a fragment is read
+      // otherwise here and there
+      throw new UnreadableStream('a fragmented WebSocket message from the client');
     } else if (opcode === OP_CONTINUATION) {
       if (!this.#inMessage) throw new UnreadableStream('a WebSocket continuation frame outside a message');
     } else if (opcode === OP_TEXT || opcode === OP_BINARY) {
@@ -178,7 +182,10 @@ export class WebSocketChannelReader {
       this.#onData(this.#channel, bytes);
       return;
     }
-    const text = this.#base64Rest + bytes.toString('latin1');
+    // as Go's decoder: CR and LF are skipped, anything else outside the alphabet is an error
+    const clean = bytes.toString('latin1').replace(/[\r\n]/g, '');
+    if (/[^A-Za-z0-9+/=]/.test(clean)) throw new UnreadableStream('a base64 channel message that is not base64');
+    const text = this.#base64Rest + clean;
     const whole = text.length - (text.length % 4);
     this.#base64Rest = text.slice(whole);
     if (whole > 0) this.#onData(this.#channel, Buffer.from(text.slice(0, whole), 'base64'));
