@@ -7,10 +7,9 @@ import { after, before, describe, test } from 'node:test';
 import { parse, parseAllDocuments } from 'yaml';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { kubernetesVerb } from '../src/proxy/gateway/framing.ts';
-import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
+import { installAgent, startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { pattern } from './support/pattern.ts';
 import { kubectl, Stack, writeTokenKubeconfig } from './support/stack.ts';
-import { tower } from './support/tower.ts';
 import { TestUpstream } from './support/upstream.ts';
 
 let member: MemberCluster;
@@ -29,21 +28,8 @@ const must = async (kc: string, args: string[], input?: string) => {
 before(async () => {
   member = await startMemberCluster();
   // the agent's ServiceAccount with exactly the RBAC that `tower install agent` grants: impersonation, no more
-  const manifests = await tower([
-    'install',
-    'agent',
-    '--with-namespace',
-    '--name',
-    'alpha',
-    '--token',
-    'a'.repeat(64),
-    '--proxy-server',
-    'http://tower.example:8080',
-    '--proxy-fingerprint',
-    `SHA256:${'A'.repeat(43)}`,
-  ]);
-  assert.equal(manifests.code, 0, manifests.stderr);
-  const role = parseAllDocuments(manifests.stdout)
+  const { manifests, saToken } = await installAgent(member, 'alpha');
+  const role = parseAllDocuments(manifests)
     .map((d) => d.toJS())
     .find((d) => d?.kind === 'ClusterRole');
   assert.deepEqual(
@@ -54,10 +40,6 @@ before(async () => {
     ['create', 'impersonate', 'impersonate'],
     'no rights beyond impersonation and SubjectAccessReviews',
   );
-  await must(member.kubeconfig, ['apply', '-f', '-'], manifests.stdout);
-  const saToken = (
-    await must(member.kubeconfig, ['-n', 'kubesphere-system', 'create', 'token', 'tower-agent', '--duration', '1h'])
-  ).trim();
   stack = new Stack();
   await stack.startProxy(['--access-log']);
   const agentKc = writeTokenKubeconfig(

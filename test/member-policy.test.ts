@@ -13,7 +13,7 @@ import { parseAllDocuments } from 'yaml';
 import { presetPolicy } from '../src/agent/policy.ts';
 import { CHANNEL_TYPE, CHANNEL_TYPE_TLS } from '../src/tunnel/protocol.ts';
 import type { AgentSession } from '../src/tunnel/server.ts';
-import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
+import { installAgent, startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { FakeProxy } from './support/fake-proxy.ts';
 import { RecordingUpstream } from './support/recording-upstream.ts';
 import { kubectl, Stack, writeTokenKubeconfig } from './support/stack.ts';
@@ -368,29 +368,10 @@ describe('the real kubectl and kube-apiserver: the presets, as `tower install ag
 
   before(async () => {
     member = await startMemberCluster();
-    const manifests = await tower([
-      'install',
-      'agent',
-      '--with-namespace',
-      '--name',
-      'owned',
-      '--token',
-      AGENT_TOKEN,
-      '--proxy-server',
-      'http://tower.example:8080',
-      '--proxy-fingerprint',
-      `SHA256:${'A'.repeat(43)}`,
-      '--policy-preset',
-      'read-only',
-    ]);
-    assert.equal(manifests.code, 0, manifests.stderr);
-    const docs = parseAllDocuments(manifests.stdout).map((d) => d.toJS());
+    const { manifests, saToken } = await installAgent(member, 'owned', ['--policy-preset', 'read-only']);
+    const docs = parseAllDocuments(manifests).map((d) => d.toJS());
     const deployment = docs.find((d) => d?.kind === 'Deployment');
     assert.ok(deployment.spec.template.spec.containers[0].args.includes('--policy-configmap=tower-agent-policy'));
-    await must(member.kubeconfig, ['apply', '-f', '-'], manifests.stdout);
-    const saToken = (
-      await must(member.kubeconfig, ['-n', 'kubesphere-system', 'create', 'token', 'tower-agent', '--duration', '1h'])
-    ).trim();
     // jane may do anything in the member: only the policy stands in her way
     await must(member.kubeconfig, [
       'create',

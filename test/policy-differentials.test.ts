@@ -12,10 +12,10 @@ import type { ServerChannel } from 'ssh2';
 import { presetPolicy } from '../src/agent/policy.ts';
 import { CHANNEL_TYPE_TLS } from '../src/tunnel/protocol.ts';
 import type { AgentSession } from '../src/tunnel/server.ts';
-import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
+import { installAgent, startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { FakeProxy } from './support/fake-proxy.ts';
 import { kubectl, writeTokenKubeconfig } from './support/stack.ts';
-import { removeDir, run, tempDir, tower, TowerProcess } from './support/tower.ts';
+import { removeDir, run, tempDir, TowerProcess } from './support/tower.ts';
 
 const AGENT_TOKEN = 'e'.repeat(64);
 
@@ -37,26 +37,7 @@ describe('the read-only preset, read by the agent as the real kube-apiserver rea
   before(async () => {
     member = await startMemberCluster();
     dir = tempDir('policy-differentials');
-    const manifests = await tower([
-      'install',
-      'agent',
-      '--with-namespace',
-      '--name',
-      'owned',
-      '--token',
-      AGENT_TOKEN,
-      '--proxy-server',
-      'http://tower.example:8080',
-      '--proxy-fingerprint',
-      `SHA256:${'A'.repeat(43)}`,
-      '--policy-preset',
-      'read-only',
-    ]);
-    assert.equal(manifests.code, 0, manifests.stderr);
-    await must(['apply', '-f', '-'], manifests.stdout);
-    const saToken = (
-      await must(['-n', 'kubesphere-system', 'create', 'token', 'tower-agent', '--duration', '1h'])
-    ).trim();
+    const { saToken } = await installAgent(member, 'owned', ['--policy-preset', 'read-only']);
     await must(['-n', 'kube-system', 'create', 'secret', 'generic', 'crown-jewels', '--from-literal=k=s3cr3t']);
     await must(['create', 'clusterrolebinding', 'jane-admin', '--clusterrole=cluster-admin', '--user=jane']);
     await must(['create', 'clusterrolebinding', 'jose-admin', '--clusterrole=cluster-admin', '--user=jos\u00e9']);

@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { removeDir, ROOT, run, tempDir } from './tower.ts';
+import { removeDir, ROOT, run, tempDir, tower } from './tower.ts';
 
 const SCRIPT = join(ROOT, 'scripts', 'test-cluster.sh');
 /** every request's event, without bodies, once its response is complete */
@@ -70,4 +70,38 @@ export async function startMemberCluster(
       removeDir(dir);
     },
   };
+}
+
+/**
+ * What `tower install agent` prints for cluster `name` (with `extra` flags: a policy preset, say), applied to the
+ * member, and a token of the agent's ServiceAccount: an agent outside the member then runs with exactly the RBAC
+ * the install grants.
+ */
+export async function installAgent(
+  member: MemberCluster,
+  name: string,
+  extra: string[] = [],
+): Promise<{ manifests: string; saToken: string }> {
+  const printed = await tower([
+    'install',
+    'agent',
+    '--with-namespace',
+    '--name',
+    name,
+    '--token',
+    'a'.repeat(64),
+    '--proxy-server',
+    'http://tower.example:8080',
+    '--proxy-fingerprint',
+    `SHA256:${'A'.repeat(43)}`,
+    ...extra,
+  ]);
+  if (printed.code !== 0) throw new Error(`tower install agent failed: ${printed.stderr}`);
+  const kubectl = (args: string[], input?: string) =>
+    run('kubectl', ['--kubeconfig', member.kubeconfig, ...args], { input, timeoutMs: 60_000 });
+  const applied = await kubectl(['apply', '-f', '-'], printed.stdout);
+  if (applied.code !== 0) throw new Error(`applying tower install agent failed: ${applied.stderr}`);
+  const token = await kubectl(['-n', 'kubesphere-system', 'create', 'token', 'tower-agent', '--duration', '1h']);
+  if (token.code !== 0) throw new Error(`kubectl create token failed: ${token.stderr}`);
+  return { manifests: printed.stdout, saToken: token.stdout.trim() };
 }
