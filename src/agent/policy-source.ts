@@ -203,18 +203,20 @@ export class PolicyHolder {
   /** The agent's judgment of one request head. */
   judge(upstream: PolicyUpstream, method: string, target: string, lines: HeadLines): Buffer | undefined {
     const policy = this.#inForce;
-    const auditId = lines.find((l) => l.name === 'audit-id')?.value;
-    if (!policy) return this.#refuse('(unavailable)', `cannot be used: ${this.#problem}`, { method, auditId });
+    // read only for a refusal's log line: a request that passes costs nothing more
+    const auditId = () => lines.find((l) => l.name === 'audit-id')?.value;
+    if (!policy)
+      return this.#refuse('(unavailable)', `cannot be used: ${this.#problem}`, { method, auditId: auditId() });
     if (upstream === 'ks-apiserver') {
       if (policy.kubesphere === 'allow') return this.#allow();
       return this.#refuse('(kubesphere)', 'does not carry requests to ks-apiserver (kubesphere: deny)', {
         method,
-        auditId,
+        auditId: auditId(),
       });
     }
     const info = requestInfo(method, target, lines);
     if (typeof info === 'string')
-      return this.#refuse('(unjudgeable)', `cannot judge a request with ${info}`, { method, auditId });
+      return this.#refuse('(unjudgeable)', `cannot judge a request with ${info}`, { method, auditId: auditId() });
     const own = this.origin.configMap;
     if (
       own &&
@@ -225,7 +227,7 @@ export class PolicyHolder {
       !READS.has(info.verb)
     )
       return this.#refuse('(policy-itself)', 'never lets the tunnel write the ConfigMaps beside it', {
-        auditId,
+        auditId: auditId(),
         user: info.subject.agent ? '@agent' : info.subject.user,
         verb: info.verb,
         namespace: info.namespace,
@@ -235,7 +237,7 @@ export class PolicyHolder {
     const what = describeRequest(info);
     const why = verdict.rule ? `rule "${verdict.rule}" denies ${what}` : `no rule allows ${what} (default: deny)`;
     return this.#refuse(verdict.rule ?? '(default)', `refuses this request: ${why}`, {
-      auditId,
+      auditId: auditId(),
       user: info.subject.agent ? '@agent' : info.subject.user,
       groups: info.subject.groups.join(','),
       verb: info.verb,

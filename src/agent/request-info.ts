@@ -57,6 +57,9 @@ const STREAM_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
 /** a `watch` parameter that is not a watch, as apimachinery reads booleans: anything else (even empty) is one */
 const NOT_WATCH_VALUES = new Set(['0', 'false']);
 const SERVICE_ACCOUNT = /^system:serviceaccount:([^:]+):([^:]+)$/;
+const ASCII = /^[\x00-\x7f]*$/;
+/** shared by every request without a query: nothing writes to it */
+const NO_QUERY = new URLSearchParams();
 
 /** A boolean query parameter as apimachinery reads it: present, and neither 0 nor false. */
 export function queryFlag(query: URLSearchParams, name: string): boolean {
@@ -133,8 +136,12 @@ function subjectOf(lines: HeadLines): Subject | string {
   for (const { name, value: latin1 } of lines) {
     if (name !== 'impersonate-user' && name !== 'impersonate-group') continue;
     // heads are read byte for byte; kube-apiserver reads these names as UTF-8, as a policy's are written
-    const value = Buffer.from(latin1, 'latin1').toString('utf8');
-    if (Buffer.from(value, 'utf8').toString('latin1') !== latin1) return `${name} that is not UTF-8`;
+    // (ASCII, nearly every name, reads the same either way)
+    let value = latin1;
+    if (!ASCII.test(latin1)) {
+      value = Buffer.from(latin1, 'latin1').toString('utf8');
+      if (Buffer.from(value, 'utf8').toString('latin1') !== latin1) return `${name} that is not UTF-8`;
+    }
     if (name === 'impersonate-user') {
       if (user !== undefined) return 'Impersonate-User twice';
       if (value === '') return 'an empty Impersonate-User';
@@ -173,6 +180,7 @@ function decodePath(raw: string): string | undefined {
  * the member read a parameter the agent did not, so neither is judged.
  */
 function decodeQuery(raw: string): URLSearchParams | string {
+  if (raw === '') return NO_QUERY;
   if (raw.includes(';')) return 'a query with ";" (members read it differently by Go version)';
   if (/%(?![0-9a-fA-F]{2})/.test(raw)) return 'a query with a malformed %-escape';
   return new URLSearchParams(raw);
