@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { readRegularFile } from '../config/files.ts';
 import { ConfigError } from '../errors.ts';
+import { AUDIT_ID_HEADER } from '../http/audit-id.ts';
 import { rawStatus } from '../http/status.ts';
 import type { Logger } from '../observe/log.ts';
 import { hostOf, splitHostPort } from '../tunnel/protocol.ts';
@@ -195,16 +196,11 @@ export class PolicyHolder {
     return this.#problem === undefined ? this.#policy : undefined;
   }
 
-  /** Whether the channels of `upstream` may be opened at all. */
-  carries(upstream: PolicyUpstream): boolean {
-    return upstream === 'kube-apiserver' || this.#inForce?.kubesphere === 'allow';
-  }
-
   /** The agent's judgment of one request head. */
   judge(upstream: PolicyUpstream, method: string, target: string, lines: HeadLines): Buffer | undefined {
     const policy = this.#inForce;
     // read only for a refusal's log line: a request that passes costs nothing more
-    const auditId = () => lines.find((l) => l.name === 'audit-id')?.value;
+    const auditId = () => lines.find((l) => l.name === AUDIT_ID_HEADER)?.value;
     if (!policy)
       return this.#refuse('(unavailable)', `cannot be used: ${this.#problem}`, { method, auditId: auditId() });
     if (upstream === 'ks-apiserver') {

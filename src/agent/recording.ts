@@ -14,6 +14,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { TextDecoder } from 'node:util';
+import { AUDIT_ID_HEADER } from '../http/audit-id.ts';
 import { rawStatus } from '../http/status.ts';
 import type { Logger } from '../observe/log.ts';
 import { UnreadableStream, type ExecStream, type ExecStreamReader } from './exec-streams.ts';
@@ -186,7 +187,7 @@ export class ExecRecorder {
     const who = {
       user: request.values('impersonate-user')[0],
       groups: request.values('impersonate-group'),
-      auditId: request.values('audit-id')[0],
+      auditId: request.values(AUDIT_ID_HEADER)[0],
     };
     const what = 'unrecordable' in exec ? 'request' : exec.subresource;
     try {

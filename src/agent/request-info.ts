@@ -29,8 +29,6 @@ export interface RequestInfo {
   name: string;
   /** the decoded path, as kube-apiserver sees it */
   path: string;
-  /** the request's Audit-ID, for the logs ('' when it has none) */
-  auditId: string;
   /** the query, decoded: `container`, `command` of an exec */
   query: URLSearchParams;
 }
@@ -54,8 +52,8 @@ const VERB_OF_METHOD: Record<string, string> = {
  * always asked of kubectl (POST) and asks of WebSocket clients (GET) since Kubernetes 1.30
  */
 const STREAM_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
-/** a `watch` parameter that is not a watch, as apimachinery reads booleans: anything else (even empty) is one */
-const NOT_WATCH_VALUES = new Set(['0', 'false']);
+/** the only false values of a boolean query parameter, as apimachinery reads them (even empty is true) */
+const FALSE_VALUES = new Set(['0', 'false']);
 const SERVICE_ACCOUNT = /^system:serviceaccount:([^:]+):([^:]+)$/;
 const ASCII = /^[\x00-\x7f]*$/;
 /** shared by every request without a query: nothing writes to it */
@@ -64,7 +62,7 @@ const NO_QUERY = new URLSearchParams();
 /** A boolean query parameter as apimachinery reads it: present, and neither 0 nor false. */
 export function queryFlag(query: URLSearchParams, name: string): boolean {
   const v = query.get(name);
-  return v !== null && !NOT_WATCH_VALUES.has(v.toLowerCase());
+  return v !== null && !FALSE_VALUES.has(v.toLowerCase());
 }
 
 /** The request as the member reads it, or why it cannot be told for certain. */
@@ -79,7 +77,6 @@ export function requestInfo(method: string, target: string, lines: HeadLines): R
   if (path === undefined) return 'a path with a malformed %-escape';
   const query = decodeQuery(rawQuery);
   if (typeof query === 'string') return query;
-  const auditId = lines.find((l) => l.name === 'audit-id')?.value ?? '';
   const info: RequestInfo = {
     subject,
     verb: method.toLowerCase(),
@@ -89,7 +86,6 @@ export function requestInfo(method: string, target: string, lines: HeadLines): R
     namespace: '',
     name: '',
     path,
-    auditId,
     query,
   };
   const trimmed = path.replace(/^\/+|\/+$/g, '');
