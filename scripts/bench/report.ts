@@ -1,7 +1,9 @@
 // What the bench prints: the figures on the three paths with their ratios, the relays' CPU and peak RSS,
-// the floor, memory, then each workload's own table; and the same as JSON for --json.
+// the floor, memory, each workload's own table, then the fast path's goals judged from this run; and the
+// same as JSON for --json.
 import type { Bench, Usage, Workload } from './context.ts';
 import { fmt, ratio } from './format.ts';
+import { goalsTable, judgeGoals } from './goals.ts';
 import { floorTable } from './workloads/floor.ts';
 import { memoryTable } from './workloads/memory.ts';
 
@@ -58,6 +60,8 @@ export function report(bench: Bench, workloads: Workload[], elapsed: number): { 
   for (const w of workloads) {
     if (w.table && bench.results.has(w.name)) tables.push(w.table(bench.results.get(w.name), bench));
   }
+  const goals = judgeGoals({ rows: bench.rows, usage: merged, memory: bench.memory });
+  tables.push(goalsTable(goals));
   const lines = tables.filter((t) => t.length).flatMap((t) => [...t, '']);
   lines.push(
     `(${new Date().toISOString()}, ${elapsed.toFixed(0)} s, ${quick ? 'quick' : 'default'} settings` +
@@ -68,6 +72,7 @@ export function report(bench: Bench, workloads: Workload[], elapsed: number): { 
     rows: bench.rows,
     usage: [...merged.values()],
     memory: bench.memory,
+    goals,
     ...Object.fromEntries(bench.results),
     elapsedSeconds: elapsed,
     quick,
