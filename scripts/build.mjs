@@ -135,7 +135,7 @@ const seaConfig = (addons, codeCache) => ({
   useSnapshot: false,
   // a small young generation keeps RSS flat while bulk data streams through (188 → 145 MiB peak
   // for a 256 MiB transfer), at no measurable cost in throughput; V8 collects on the main thread
-  // alone, without waking worker threads (src/gc.ts says why, and sets the flag that cannot be here)
+  // alone, without waking worker threads (src/observe/gc.ts says why, and sets the flag that cannot be here)
   execArgv: ['--max-semi-space-size=2', '--single-threaded-gc'],
   assets: {
     'kube-client.cjs': kubeClient,

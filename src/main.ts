@@ -1,4 +1,4 @@
-import './gc.ts';
+import './observe/gc.ts';
 import { Cli } from 'clipanion';
 import { AgentCommand } from './cli/agent.ts';
 import type { TowerCommand } from './cli/base.ts';
