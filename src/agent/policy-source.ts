@@ -155,6 +155,11 @@ export interface PolicyStats {
  * The member policy in force, and the agent's judgment of each request head with it: undefined to
  * carry the request, or the 403 (a Kubernetes Status naming the policy and the rule) to answer instead.
  */
+/** the request's Audit-ID, read only for a refusal's log line: a request that passes costs nothing more */
+function auditIdOf(lines: HeadLines): string | undefined {
+  return lines.find((l) => l.name === AUDIT_ID_HEADER)?.value;
+}
+
 export class PolicyHolder {
   readonly origin: PolicyOrigin;
   readonly #cluster: string;
@@ -199,20 +204,21 @@ export class PolicyHolder {
   /** The agent's judgment of one request head. */
   judge(upstream: PolicyUpstream, method: string, target: string, lines: HeadLines): Buffer | undefined {
     const policy = this.#inForce;
-    // read only for a refusal's log line: a request that passes costs nothing more
-    const auditId = () => lines.find((l) => l.name === AUDIT_ID_HEADER)?.value;
     if (!policy)
-      return this.#refuse('(unavailable)', `cannot be used: ${this.#problem}`, { method, auditId: auditId() });
+      return this.#refuse('(unavailable)', `cannot be used: ${this.#problem}`, { method, auditId: auditIdOf(lines) });
     if (upstream === 'ks-apiserver') {
       if (policy.kubesphere === 'allow') return this.#allow();
       return this.#refuse('(kubesphere)', 'does not carry requests to ks-apiserver (kubesphere: deny)', {
         method,
-        auditId: auditId(),
+        auditId: auditIdOf(lines),
       });
     }
     const info = requestInfo(method, target, lines);
     if (typeof info === 'string')
-      return this.#refuse('(unjudgeable)', `cannot judge a request with ${info}`, { method, auditId: auditId() });
+      return this.#refuse('(unjudgeable)', `cannot judge a request with ${info}`, {
+        method,
+        auditId: auditIdOf(lines),
+      });
     const own = this.origin.configMap;
     if (
       own &&
@@ -223,7 +229,7 @@ export class PolicyHolder {
       !READS.has(info.verb)
     )
       return this.#refuse('(policy-itself)', 'never lets the tunnel write the ConfigMaps beside it', {
-        auditId: auditId(),
+        auditId: auditIdOf(lines),
         user: info.subject.agent ? '@agent' : info.subject.user,
         verb: info.verb,
         namespace: info.namespace,
@@ -233,7 +239,7 @@ export class PolicyHolder {
     const what = describeRequest(info);
     const why = verdict.rule ? `rule "${verdict.rule}" denies ${what}` : `no rule allows ${what} (default: deny)`;
     return this.#refuse(verdict.rule ?? '(default)', `refuses this request: ${why}`, {
-      auditId: auditId(),
+      auditId: auditIdOf(lines),
       user: info.subject.agent ? '@agent' : info.subject.user,
       groups: info.subject.groups.join(','),
       verb: info.verb,

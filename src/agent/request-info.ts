@@ -29,8 +29,8 @@ export interface RequestInfo {
   name: string;
   /** the decoded path, as kube-apiserver sees it */
   path: string;
-  /** the query, decoded: `container`, `command` of an exec */
-  query: URLSearchParams;
+  /** the query, decoded, read-only (requests without one share an empty one): `container`, `command` of an exec */
+  query: QueryView;
 }
 
 /** the header lines of a head, names in lower case */
@@ -56,11 +56,14 @@ const STREAM_SUBRESOURCES = new Set(['exec', 'attach', 'portforward']);
 const FALSE_VALUES = new Set(['0', 'false']);
 const SERVICE_ACCOUNT = /^system:serviceaccount:([^:]+):([^:]+)$/;
 const ASCII = /^[\x00-\x7f]*$/;
-/** shared by every request without a query: nothing writes to it */
-const NO_QUERY = new URLSearchParams();
+/** shared by every request without a query: QueryView lets nothing write to it */
+const NO_QUERY: QueryView = new URLSearchParams();
+
+/** what a judged request's query offers: reading */
+export type QueryView = Pick<URLSearchParams, 'get' | 'getAll' | 'has'>;
 
 /** A boolean query parameter as apimachinery reads it: present, and neither 0 nor false. */
-export function queryFlag(query: URLSearchParams, name: string): boolean {
+export function queryFlag(query: QueryView, name: string): boolean {
   const v = query.get(name);
   return v !== null && !FALSE_VALUES.has(v.toLowerCase());
 }
@@ -175,7 +178,7 @@ function decodePath(raw: string): string | undefined {
  * before Go 1.17 and voids them after, and a malformed escape voids its pair: either could make
  * the member read a parameter the agent did not, so neither is judged.
  */
-function decodeQuery(raw: string): URLSearchParams | string {
+function decodeQuery(raw: string): QueryView | string {
   if (raw === '') return NO_QUERY;
   if (raw.includes(';')) return 'a query with ";" (members read it differently by Go version)';
   if (/%(?![0-9a-fA-F]{2})/.test(raw)) return 'a query with a malformed %-escape';
