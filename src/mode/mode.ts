@@ -125,6 +125,8 @@ export interface ReconcileContext {
   agents(name: string): number | Promise<number>;
   /** whether `tower revoke` revoked a certificate: a kubeconfig the mode wrote with it is issued anew */
   revoked?: (facts: CertificateFacts) => boolean;
+  /** `fn` runs whenever a new revocation list is read, so that `revoked` is asked again at once */
+  onRevised?: (fn: () => void) => void;
   /** a reconcile failed (counted in the proxy's metrics) */
   onError?: () => void;
 }

@@ -278,6 +278,7 @@ export class Proxy {
       ca,
       agents: (name) => this.#agentsAnywhere(name),
       revoked: (facts) => this.#revocations.revokes(facts),
+      onRevised: (fn) => void this.#revocations.onRevised(fn),
       onError: () => this.metrics.reconcileErrors.inc(),
     });
     await this.#clusters.start();

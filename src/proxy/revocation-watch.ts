@@ -29,6 +29,8 @@ export class RevocationWatch {
   #lastError = '';
   #timer: NodeJS.Timeout | undefined;
   #listeners = new Set<() => void>();
+  /** run when a list that differs from the last is read */
+  #revised = new Set<() => void>();
 
   #pollMs: number;
   #staleMs: number;
@@ -69,10 +71,17 @@ export class RevocationWatch {
     return () => this.#listeners.delete(fn);
   }
 
+  /** `fn` runs when a new list is read (not at every read): what was issued with a revoked certificate is renewed */
+  onRevised(fn: () => void): () => void {
+    this.#revised.add(fn);
+    return () => this.#revised.delete(fn);
+  }
+
   close(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#listeners.clear();
+    this.#revised.clear();
   }
 
   #schedule(): void {
@@ -128,6 +137,7 @@ export class RevocationWatch {
         revocationsBefore: before,
       });
     else this.#log.info('revocation list read', { entries: index!.size, from: this.#records.location });
+    for (const fn of this.#revised) fn();
   }
 }
 

@@ -122,9 +122,12 @@ export class ClusterController {
     for (const c of this.#clusters.informer.list()) this.#queue.add(c.metadata.name);
     this.#ready = true;
     await this.#drain();
-    this.#resync = setInterval(() => {
+    const all = () => {
       for (const c of this.#clusters.informer.list()) this.enqueue(c.metadata.name);
-    }, RESYNC_MS);
+    };
+    this.#resync = setInterval(all, RESYNC_MS);
+    // a kubeconfig written with a certificate revoked since is issued anew now, not at the next resync
+    this.#ctx.onRevised?.(all);
     this.#resync.unref();
     // agents that have not come back after the grace period get AgentAvailable False
     this.#graceTimer = setTimeout(() => {
