@@ -63,8 +63,9 @@ export class ClientCertificateCheck {
       return 'an unreadable client certificate';
     }
     // DER integers are signed: a first byte of 0x80 or more is a negative serial, which RFC 5280 forbids and
-    // tower revoke --serial could not name
-    if (parseInt(parsed.serialNumber.slice(0, 2), 16) >= 0x80) return 'a certificate with a negative serial number';
+    // tower revoke --serial could not name. Node's reading says so with a minus; @peculiar/x509's drops the
+    // 0x00 that keeps a positive serial such as 0x009A… positive, so its first digits cannot tell.
+    if (cert.serialNumber.startsWith('-')) return 'a certificate with a negative serial number';
     for (const ext of parsed.extensions) {
       if (ext.critical && !UNDERSTOOD.has(ext.type))
         return `a certificate with an unknown critical extension ${ext.type}`;
