@@ -106,6 +106,8 @@ export interface ClusterReport {
   note?: string;
   /** said instead of an empty table, when the mode has something better to say */
   whenEmpty?: string;
+  /** what reading them changed (on stderr, whatever the output format) */
+  changed?: string;
 }
 
 /** What the running proxy records for the commands: where it serves, and each cluster's agents. */

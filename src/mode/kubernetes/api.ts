@@ -21,6 +21,7 @@ import { Agent as UndiciAgent, type Dispatcher } from 'undici';
 import type { AgentOptions } from 'node:https';
 import { ConfigError, TowerError } from '../../errors.ts';
 import { apiError, apiMessage, apiStatus, notServed, orUndefined } from './api-errors.ts';
+import { sameJson } from './desired.ts';
 import { GROUP, NAMESPACE, PLURAL, VERSION, type KubeCluster } from './resource.ts';
 import type { Logger } from '../../observe/log.ts';
 
@@ -92,6 +93,16 @@ export class HostCluster {
       name: body.metadata.name,
       body,
     }) as Promise<KubeCluster>;
+  }
+
+  /**
+   * Writes the whole Cluster, status too (resourceVersion checked): KubeSphere's CRD has no status
+   * subresource, and where one has, the status goes in a second update.
+   */
+  async updateCluster(body: KubeCluster): Promise<KubeCluster> {
+    const written = await this.replaceCluster(body);
+    if (sameJson(written.status ?? {}, body.status ?? {})) return written;
+    return this.replaceClusterStatus({ ...written, status: body.status });
   }
 
   replaceClusterStatus(body: KubeCluster): Promise<KubeCluster> {

@@ -25,7 +25,6 @@ import {
   ownsService,
   PORT_MAX,
   PORT_MIN,
-  REASON_PROXY_STOPPED,
   sameJson,
   served,
   servedChange,
@@ -33,6 +32,7 @@ import {
   serviceName,
   serviceToCreate,
   serviceToReplace,
+  unserved,
   verdict,
   type WantedService,
 } from './desired.ts';
@@ -159,11 +159,9 @@ export class ClusterController {
   }
 
   /**
-   * This replica is the last one and stops: every Cluster it served with AgentAvailable True gets Unknown,
-   * reason ProxyStopped, since no proxy will carry its agent's requests and none can tell whether the agent
-   * runs. lastTransitionTime is left at when it became True: a proxy that starts and finds the agent back
-   * returns it to True without a transition (a restart is not a flap); one that does not sets False after
-   * the agents' grace period. Only the writer does this; a failure is logged and the rest still written.
+   * This replica is the last one and stops: every Cluster it served with AgentAvailable True is left
+   * `unserved` (Unknown). A proxy that starts and does not find the agent back sets False after the agents'
+   * grace period. Only the writer does this; a failure is logged and the rest still written.
    */
   async withdraw(): Promise<void> {
     if (!this.#writer) return;
@@ -176,15 +174,7 @@ export class ClusterController {
       if (!current || !conditions.some((c) => c.type === COND_AGENT && c.status === 'True')) continue;
       const desired = structuredClone(current);
       desired.status!.conditions = conditions.map((c) =>
-        c.type === COND_AGENT
-          ? {
-              ...c,
-              status: 'Unknown',
-              reason: REASON_PROXY_STOPPED,
-              message: 'No tower proxy serves this cluster: the last replica stopped.',
-              lastUpdateTime: now,
-            }
-          : c,
+        c.type === COND_AGENT ? unserved(c, 'the last replica stopped', now) : c,
       );
       try {
         await this.#persist(current, desired);
@@ -366,11 +356,7 @@ export class ClusterController {
   /** Writes `desired` over `current` (resourceVersion checked), status included either way. */
   async #persist(current: KubeCluster, desired: KubeCluster): Promise<KubeCluster> {
     const name = current.metadata.name;
-    let written = await this.#host.replaceCluster(desired);
-    // a CRD with a status subresource ignores status in a whole-object update
-    if (!sameJson(written.status ?? {}, desired.status ?? {})) {
-      written = await this.#host.replaceClusterStatus({ ...written, status: desired.status });
-    }
+    const written = await this.#host.updateCluster(desired);
     this.#log.debug(1, 'updated Cluster', { cluster: name, resourceVersion: written.metadata.resourceVersion });
     this.#written.set(name, { over: current.metadata.resourceVersion ?? '', obj: written });
     return written;

@@ -359,6 +359,23 @@ interface Condition {
 export const REASON_PROXY_STOPPED = 'ProxyStopped';
 
 /**
+ * The AgentAvailable a proxy that no longer serves leaves: Unknown, reason ProxyStopped, since no proxy will
+ * carry the agent's requests and none can tell whether the agent runs. lastTransitionTime stays at when it
+ * became True: a proxy that starts and finds the agent back returns it to True without a transition (see
+ * setCondition). `why`: "the last replica stopped" (it says so on its way out), or that every replica's
+ * Lease lapsed (found by a reader of the Leases).
+ */
+export function unserved(c: ClusterCondition, why: string, nowIso: string): ClusterCondition {
+  return {
+    ...c,
+    status: 'Unknown',
+    reason: REASON_PROXY_STOPPED,
+    message: `No tower proxy serves this cluster: ${why}.`,
+    lastUpdateTime: nowIso,
+  };
+}
+
+/**
  * Adds or updates a condition; lastTransitionTime moves only when the status does. An empty reason is left
  * out. The one exception: AgentAvailable back to True after a stopped proxy's Unknown (a restart, its agent
  * back) keeps the time it last became True, since the agent's availability never changed, only whether a

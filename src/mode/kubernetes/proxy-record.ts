@@ -1,10 +1,11 @@
 import type { V1ConfigMap } from '@kubernetes/client-node';
 import type { Logger } from '../../observe/log.ts';
 import type { ClusterReport, ClusterRow, ProxyRecord, ProxyRecords } from '../mode.ts';
-import { apiError, orUndefined, type HostCluster } from './api.ts';
+import { apiError, apiMessage, apiStatus, orUndefined, type HostCluster } from './api.ts';
+import { unserved } from './desired.ts';
 import type { ClusterController } from './controller.ts';
 import { replicaLeases } from './replicas.ts';
-import { NAMESPACE, PROXY_OWNED_LABELS } from './resource.ts';
+import { NAMESPACE, PROXY_OWNED_LABELS, type ClusterCondition, type KubeCluster } from './resource.ts';
 
 const PROXY_RECORD = 'tower-proxy';
 
@@ -64,44 +65,88 @@ export class KubernetesProxyRecord implements ProxyRecords {
     this.#controller()?.enqueue(name);
   }
 
-  /** The Cluster resources of type proxy and their AgentAvailable condition. */
+  /**
+   * The Cluster resources of type proxy and their AgentAvailable condition. A replica killed outright writes
+   * nothing on its way out: when every replica's Lease has lapsed, the conditions still True are set as a
+   * stopping last replica would have (`unserved`), where this kubeconfig may; where it may not, the rows say so.
+   * No Lease at all: the last one withdrew it and wrote the conditions, or the proxy is not tower.
+   */
   async report(): Promise<ClusterReport> {
     const { items } = await this.#host.listClusters().catch((err: unknown) => {
       throw apiError('listing Clusters', this.#host.server, err);
     });
-    // a replica killed outright writes nothing on its way out: its Lease, lapsed, tells that none serves now
-    // (no Lease at all: the last one withdrew it and wrote the conditions, or the proxy is not tower)
     const leases = await replicaLeases(this.#host);
     const noneServes = leases !== undefined && leases.total > 0 && leases.live === 0;
-    const rows = items
-      .filter((c) => c.spec?.connection?.type === 'proxy')
-      .map((c): ClusterRow => {
-        const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
-        const initialized = c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True');
-        if (noneServes && available?.status === 'True') {
-          return {
-            name: c.metadata.name,
-            agents: 0,
-            lastSeen: available.lastUpdateTime ?? available.lastTransitionTime,
-            note:
-              "no tower proxy serves it: every replica's Lease has lapsed (the last one died); its Cluster " +
-              'still says AgentAvailable, as it was last written',
-          };
-        }
-        const up = available?.status === 'True';
-        return {
+    const corrected: string[] = [];
+    const rows: ClusterRow[] = [];
+    for (const c of items) {
+      if (c.spec?.connection?.type !== 'proxy') continue;
+      const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
+      if (noneServes && available?.status === 'True') {
+        const problem = await this.#markUnserved(c);
+        if (!problem) corrected.push(c.metadata.name);
+        rows.push({
           name: c.metadata.name,
-          // the proxy sets AgentAvailable when an agent first connects
-          agents: available ? (up ? 1 : 0) : initialized ? 0 : undefined,
-          connectedSince: up ? available?.lastTransitionTime : undefined,
-          lastSeen: up ? new Date().toISOString() : available?.lastTransitionTime,
-          note: up
-            ? undefined
-            : (available?.message ??
-              (initialized ? 'no agent has connected yet' : 'not initialized by a tower proxy yet (is one running?)')),
-        };
-      })
-      .sort((a, b) => a.name.localeCompare(b.name));
-    return { rows };
+          agents: 0,
+          lastSeen: available.lastUpdateTime ?? available.lastTransitionTime,
+          note:
+            `${LAPSED}; ` +
+            (problem
+              ? `its Cluster still says AgentAvailable True (${problem})`
+              : 'its AgentAvailable is now Unknown, as the last replica would have left it'),
+        });
+        continue;
+      }
+      rows.push(this.#row(c, available));
+    }
+    rows.sort((a, b) => a.name.localeCompare(b.name));
+    return {
+      rows,
+      ...(corrected.length
+        ? { changed: `set AgentAvailable Unknown on Cluster ${corrected.join(', ')}: ${LAPSED}` }
+        : {}),
+    };
+  }
+
+  #row(c: KubeCluster, available: ClusterCondition | undefined): ClusterRow {
+    const initialized = c.status?.conditions?.some((x) => x.type === 'Initialized' && x.status === 'True');
+    const up = available?.status === 'True';
+    return {
+      name: c.metadata.name,
+      // the proxy sets AgentAvailable when an agent first connects
+      agents: available ? (up ? 1 : 0) : initialized ? 0 : undefined,
+      connectedSince: up ? available?.lastTransitionTime : undefined,
+      lastSeen: up ? new Date().toISOString() : available?.lastTransitionTime,
+      note: up
+        ? undefined
+        : (available?.message ??
+          (initialized ? 'no agent has connected yet' : 'not initialized by a tower proxy yet (is one running?)')),
+    };
+  }
+
+  /**
+   * Writes the `unserved` AgentAvailable on the Cluster as read (its resourceVersion a precondition, so a proxy
+   * that started meanwhile wins). What kept it from doing so, or undefined when done.
+   */
+  async #markUnserved(c: KubeCluster): Promise<string | undefined> {
+    const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+    const status = {
+      ...c.status,
+      conditions: (c.status?.conditions ?? []).map((x) =>
+        x.type === 'AgentAvailable' ? unserved(x, LAPSED_WHY, now) : x,
+      ),
+    };
+    try {
+      await this.#host.updateCluster({ ...c, status });
+      return undefined;
+    } catch (err) {
+      const code = apiStatus(err);
+      if (code === 403) return 'this kubeconfig may not update Clusters to correct it';
+      if (code === 409) return 'it changed while being corrected: run tower clusters again';
+      return `cannot correct it: ${apiMessage(err)}`;
+    }
   }
 }
+
+const LAPSED_WHY = "every replica's Lease has lapsed (the last one died)";
+const LAPSED = `no tower proxy serves it: ${LAPSED_WHY}`;

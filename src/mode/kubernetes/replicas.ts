@@ -177,13 +177,11 @@ export class LeaseReplicas implements Replicas {
     const names = new Set<string>();
     for (const lease of this.#watch.informer.list()) {
       const name = lease.metadata?.name ?? '';
-      if (lease.metadata?.labels?.[COMPONENT_LABEL] !== COMPONENT || !name.startsWith(REPLICA_LEASE_PREFIX)) continue;
+      if (!isReplicaLease(lease)) continue;
       names.add(name);
       if (name === this.#name) continue;
-      const id = lease.spec?.holderIdentity ?? '';
-      const address = lease.metadata?.annotations?.[ADDRESS_ANNOTATION] ?? '';
       const renewed = String(lease.spec?.renewTime ?? '');
-      const key = `${id}|${renewed}|${lease.metadata?.resourceVersion ?? ''}`;
+      const key = `${lease.spec?.holderIdentity ?? ''}|${renewed}|${lease.metadata?.resourceVersion ?? ''}`;
       let seen = this.#seen.get(name);
       if (!seen || seen.key !== key) {
         // first sight of a Lease renewed long ago (by a replica that died before this one started) counts from then
@@ -192,14 +190,12 @@ export class LeaseReplicas implements Replicas {
         this.#seen.set(name, seen);
       }
       const heldMs = (lease.spec?.leaseDurationSeconds ?? Math.round(this.#times.leaseMs / 1000)) * 1000;
-      const age = now - seen.at;
-      if (age > 2 * heldMs) {
+      if (now - seen.at > 2 * heldMs) {
         void this.#collect(lease);
         continue;
       }
-      if (age > heldMs || serverIdProblem(id) || !validAddress(address) || `${REPLICA_LEASE_PREFIX}${id}` !== name)
-        continue;
-      live.push({ id, address, draining: lease.metadata?.annotations?.[DRAINING_ANNOTATION] === 'true' });
+      const replica = liveReplica(lease, seen.at, now);
+      if (replica) live.push(replica);
     }
     for (const n of this.#seen.keys()) if (!names.has(n)) this.#seen.delete(n);
     live.sort((a, b) => (a === this.self ? -1 : b === this.self ? 1 : a.id < b.id ? -1 : 1));
@@ -237,23 +233,47 @@ function validAddress(a: string): boolean {
   return a.length <= 300 && /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(a);
 }
 
+/** A Lease of a tower replica, by its label and name (the others in the namespace are not ours to judge). */
+function isReplicaLease(lease: V1Lease): boolean {
+  return (
+    lease.metadata?.labels?.[COMPONENT_LABEL] === COMPONENT &&
+    (lease.metadata?.name ?? '').startsWith(REPLICA_LEASE_PREFIX)
+  );
+}
+
+/**
+ * The one rule of a replica's liveness, for the replicas and `tower clusters` alike: the replica a Lease names,
+ * when it was renewed (`renewedMs`, on the reader's clock) within its duration, before `nowMs`, and names a
+ * valid holder and address. undefined when it lapsed or is not a replica's.
+ */
+function liveReplica(lease: V1Lease, renewedMs: number, nowMs: number): Replica | undefined {
+  const id = lease.spec?.holderIdentity ?? '';
+  const address = lease.metadata?.annotations?.[ADDRESS_ANNOTATION] ?? '';
+  const heldMs = (lease.spec?.leaseDurationSeconds ?? 0) * 1000;
+  if (!isReplicaLease(lease) || !(nowMs - renewedMs <= heldMs)) return undefined;
+  if (serverIdProblem(id) || !validAddress(address) || `${REPLICA_LEASE_PREFIX}${id}` !== lease.metadata?.name)
+    return undefined;
+  return { id, address, draining: lease.metadata?.annotations?.[DRAINING_ANNOTATION] === 'true' };
+}
+
 /**
  * What the replicas' Leases say now, read once (for `tower clusters`): how many tower replicas there are
- * Leases of, and how many of them are live (renewed within their duration, by the API server's times, and
- * not draining). undefined when the Leases cannot be read.
+ * Leases of, and how many serve (live by `liveReplica` and not draining). Each Lease's renewal is judged
+ * against the API server's clock (its answer's Date, to the second, so a lapse counts from a second later),
+ * as the replicas' own clocks and this one's may disagree. undefined when the Leases cannot be read.
  */
 export async function replicaLeases(host: HostCluster): Promise<{ total: number; live: number } | undefined> {
   try {
-    const { items } = await host.coordination.listNamespacedLease({
+    const answer = await host.coordination.listNamespacedLeaseWithHttpInfo({
       namespace: NAMESPACE,
       labelSelector: `${COMPONENT_LABEL}=${COMPONENT}`,
     });
-    const now = Date.now();
-    const ours = items.filter((l) => (l.metadata?.name ?? '').startsWith(REPLICA_LEASE_PREFIX));
+    const serverNow = Date.parse(answer.headers['date'] ?? '');
+    const now = Number.isNaN(serverNow) ? Date.now() : serverNow - 1_000;
+    const ours = answer.data.items.filter(isReplicaLease);
     const live = ours.filter((l) => {
       const renewed = Date.parse(String(l.spec?.renewTime ?? ''));
-      const heldMs = (l.spec?.leaseDurationSeconds ?? 0) * 1000;
-      return renewed + heldMs >= now && l.metadata?.annotations?.[DRAINING_ANNOTATION] !== 'true';
+      return liveReplica(l, renewed, now)?.draining === false;
     });
     return { total: ours.length, live: live.length };
   } catch {
