@@ -33,7 +33,7 @@ async function signed(ca: { cert: string; key: string }, serialHex: string): Pro
   return Buffer.from(AsnConvert.serialize(cert));
 }
 
-test('client certificates: a positive serial such as 0x009A… is good, a negative one is not', async () => {
+test('client certificates: a positive serial such as 0x009A… is good; a negative, zero or overlong one is not', async () => {
   const ca = await CertificateAuthority.create();
   const check = new ClientCertificateCheck(ca.cert);
   assert.equal(check.problem(await signed(ca, '0a1b2c')), undefined);
@@ -41,4 +41,11 @@ test('client certificates: a positive serial such as 0x009A… is good, a negati
   assert.equal(check.problem(await signed(ca, '009a1b2c3d4e5f60718293a4b5c6d7e8')), undefined);
   assert.equal(check.problem(await signed(ca, '9a1b2c')), 'a certificate with a negative serial number');
   assert.equal(check.problem(await signed(ca, 'ff')), 'a certificate with a negative serial number');
+  // at most 20 bytes, positive, as RFC 5280 has it: what tower revoke --serial can name
+  assert.equal(check.problem(await signed(ca, '00' + 'ab'.repeat(19))), undefined);
+  assert.equal(check.problem(await signed(ca, '7f' + 'ab'.repeat(19))), undefined);
+  const long = 'a certificate with a serial number longer than 20 bytes';
+  assert.equal(check.problem(await signed(ca, '01' + 'ab'.repeat(20))), long);
+  assert.equal(check.problem(await signed(ca, '7f' + 'ab'.repeat(60))), long);
+  assert.equal(check.problem(await signed(ca, '00')), 'a certificate with serial number 0');
 });

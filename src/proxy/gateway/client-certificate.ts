@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
+import { normalizeSerial, serialProblem } from '../../config/names.ts';
 
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 /** extensions a verifier knows how to honour when marked critical (OpenSSL refuses any other) */
@@ -66,6 +67,10 @@ export class ClientCertificateCheck {
     // tower revoke --serial could not name. Node's reading says so with a minus; @peculiar/x509's drops the
     // 0x00 that keeps a positive serial such as 0x009A… positive, so its first digits cannot tell.
     if (cert.serialNumber.startsWith('-')) return 'a certificate with a negative serial number';
+    // RFC 5280: a positive serial of at most 20 bytes, which tower revoke --serial can name (40 digits)
+    const serial = normalizeSerial(cert.serialNumber);
+    if (serial === '0') return 'a certificate with serial number 0';
+    if (serialProblem(serial)) return 'a certificate with a serial number longer than 20 bytes';
     for (const ext of parsed.extensions) {
       if (ext.critical && !UNDERSTOOD.has(ext.type))
         return `a certificate with an unknown critical extension ${ext.type}`;
