@@ -140,3 +140,78 @@ test(
     await again.stop('SIGTERM');
   },
 );
+
+/** Lease `tower-proxy-<id>` as a replica writes it, renewed at `renewedAgoMs` before now by the test's clock */
+async function writeLease(id: string, renewedAgoMs: number, name = `tower-proxy-${id}`): Promise<void> {
+  const renewTime = new Date(Date.now() - renewedAgoMs).toISOString().replace('Z', '000Z');
+  const lease = {
+    apiVersion: 'coordination.k8s.io/v1',
+    kind: 'Lease',
+    metadata: {
+      name,
+      namespace: 'kubesphere-system',
+      labels: { 'app.kubernetes.io/name': 'tower', 'app.kubernetes.io/component': 'proxy-replica' },
+      annotations: { 'tower.kubesphere.io/peer-address': '127.0.0.9:6443' },
+    },
+    spec: { holderIdentity: id, leaseDurationSeconds: 4, renewTime },
+  };
+  await host.must(['apply', '-f', '-'], JSON.stringify(lease));
+}
+
+/** Cluster `name` saying AgentAvailable True, last written `writtenAgoMs` ago, as if a proxy had set it */
+async function claimAvailable(name: string, writtenAgoMs: number): Promise<void> {
+  const at = new Date(Date.now() - writtenAgoMs).toISOString().replace(/\.\d+Z$/, 'Z');
+  const conditions = [
+    { type: 'AgentAvailable', status: 'True', lastUpdateTime: at, lastTransitionTime: at, message: 'connected' },
+  ];
+  await host.must(['patch', 'cluster', name, '--type', 'merge', '-p', JSON.stringify({ status: { conditions } })]);
+}
+
+test(
+  'what tower clusters does not take for a lapse: a replica whose clock runs behind, still renewing; a Lease ' +
+    "that is not a replica's; a condition written after the Leases lapsed",
+  async () => {
+    // the Leases the tests before left (a killed replica's stays until another replica deletes it)
+    await host.must(['-n', 'kubesphere-system', 'delete', 'lease', '-l', 'app.kubernetes.io/component=proxy-replica']);
+    await host.applyCluster('gamma');
+    await claimAvailable('gamma', 120_000);
+    const claimed = () => host.get('gamma').then((c) => available(c!));
+    const lapsed = /set AgentAvailable Unknown/;
+    // a replica a minute behind the API server, renewing every second: its renewals look a minute old
+    await writeLease('slow', 60_000);
+    let renewing = true;
+    const renewals = (async () => {
+      for (let i = 0; renewing && i < 120; i++) {
+        await new Promise((r) => setTimeout(r, 1000));
+        await writeLease('slow', 60_000);
+      }
+    })();
+    const behind = await host.tower(['clusters']);
+    renewing = false;
+    await renewals;
+    assert.equal(behind.code, 0, behind.stderr);
+    assert.match(behind.stderr, /every tower replica's Lease looks lapsed: watching them for 4s to be sure/);
+    assert.doesNotMatch(behind.stderr, lapsed);
+    assert.match(behind.stdout, /^gamma\s+1\s/m);
+    assert.ok(await claimed());
+    // the same Lease, no longer renewed: the replica is gone
+    const gone = await host.tower(['clusters']);
+    assert.match(gone.stderr, /^set AgentAvailable Unknown on Cluster gamma: /m, gone.stderr);
+    assert.equal(await claimed(), false);
+    await host.must(['-n', 'kubesphere-system', 'delete', 'lease', 'tower-proxy-slow']);
+    // a Lease with tower's label whose holder is not the replica its name says: not a replica's
+    await claimAvailable('gamma', 120_000);
+    await writeLease('other', 600_000, 'tower-proxy-mismatch');
+    const foreign = await host.tower(['clusters']);
+    assert.doesNotMatch(foreign.stderr, lapsed);
+    assert.ok(await claimed());
+    await host.must(['-n', 'kubesphere-system', 'delete', 'lease', 'tower-proxy-mismatch']);
+    // a replica's Lease that lapsed ten minutes ago, and a condition written since (by a proxy that is not tower)
+    await writeLease('dead', 600_000);
+    await claimAvailable('gamma', 5_000);
+    const since = await host.tower(['clusters']);
+    assert.doesNotMatch(since.stderr, lapsed);
+    assert.ok(await claimed());
+    await host.must(['-n', 'kubesphere-system', 'delete', 'lease', 'tower-proxy-dead']);
+  },
+);

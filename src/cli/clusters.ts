@@ -57,8 +57,9 @@ export class ClustersCommand extends TowerCommand {
       "Name, agent sessions, connected since, last seen; -o wide adds the agents' versions and addresses. The " +
       'file store shows what the running proxy recorded; in Kubernetes mode, the proxy Clusters and their ' +
       'AgentAvailable condition (one row per Cluster, AGENTS 1 while any agent is connected). When every proxy ' +
-      "replica's Lease has lapsed (the last one was killed), it sets the conditions still True to Unknown, as a " +
-      'stopping replica would have, where the kubeconfig may update Clusters, and says so.',
+      "replica's Lease has lapsed (the last one was killed; watched up to 15 s to be sure), it sets the " +
+      'conditions still True to Unknown, as a stopping replica would have, where the kubeconfig may update ' +
+      'Clusters, and says so.',
     examples: [
       ['Which clusters are connected', 'tower clusters'],
       ['As JSON', 'tower clusters -o json'],
@@ -70,7 +71,9 @@ export class ClustersCommand extends TowerCommand {
     const o = this.load(CLUSTERS_OPTIONS);
     const table = o.output === 'table' || o.output === 'wide';
     return this.withMode(o, async (mode) => {
-      const { rows, note, whenEmpty, changed } = await mode.proxyRecord.report();
+      const { rows, note, whenEmpty, changed } = await mode.proxyRecord.report((line) =>
+        process.stderr.write(`${printable(line)}\n`),
+      );
       if (changed) process.stderr.write(`${printable(changed)}\n`);
       if (note && table) process.stderr.write(`${note}\n`);
       if (rows.length === 0 && table && whenEmpty) process.stderr.write(`${whenEmpty}\n`);

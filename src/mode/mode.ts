@@ -116,8 +116,8 @@ export interface ProxyRecords {
   write(record: ProxyRecord): Promise<void>;
   /** the proxy's word on a cluster's agents, after every change of them */
   writeStatus(name: string, status: ClusterStatus): Promise<void>;
-  /** every cluster with its agents, as the proxy last recorded them */
-  report(): Promise<ClusterReport>;
+  /** every cluster with its agents, as the proxy last recorded them; `say` tells the user of a wait */
+  report(say?: (line: string) => void): Promise<ClusterReport>;
 }
 
 /** What a mode that reconciles (Kubernetes mode) needs from the proxy. */

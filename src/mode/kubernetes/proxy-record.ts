@@ -4,7 +4,7 @@ import type { ClusterReport, ClusterRow, ProxyRecord, ProxyRecords } from '../mo
 import { apiError, apiMessage, apiStatus, orUndefined, type HostCluster } from './api.ts';
 import { unserved } from './desired.ts';
 import type { ClusterController } from './controller.ts';
-import { replicaLeases } from './replicas.ts';
+import { servingReplicas } from './replicas.ts';
 import { NAMESPACE, PROXY_OWNED_LABELS, type ClusterCondition, type KubeCluster } from './resource.ts';
 
 const PROXY_RECORD = 'tower-proxy';
@@ -71,18 +71,22 @@ export class KubernetesProxyRecord implements ProxyRecords {
    * stopping last replica would have (`unserved`), where this kubeconfig may; where it may not, the rows say so.
    * No Lease at all: the last one withdrew it and wrote the conditions, or the proxy is not tower.
    */
-  async report(): Promise<ClusterReport> {
+  async report(say: (line: string) => void = () => undefined): Promise<ClusterReport> {
     const { items } = await this.#host.listClusters().catch((err: unknown) => {
       throw apiError('listing Clusters', this.#host.server, err);
     });
-    const leases = await replicaLeases(this.#host);
+    const leases = await servingReplicas(this.#host, (ms) =>
+      say(`every tower replica's Lease looks lapsed: watching them for ${ms / 1000}s to be sure`),
+    );
     const noneServes = leases !== undefined && leases.total > 0 && leases.live === 0;
+    // a condition written after the last Lease lapsed is someone else's (a proxy that is not tower): left alone
+    const leftByReplicas = (c: ClusterCondition) => !(Date.parse(c.lastUpdateTime ?? '') > (leases?.lapsesAt ?? 0));
     const corrected: string[] = [];
     const rows: ClusterRow[] = [];
     for (const c of items) {
       if (c.spec?.connection?.type !== 'proxy') continue;
       const available = c.status?.conditions?.find((x) => x.type === 'AgentAvailable');
-      if (noneServes && available?.status === 'True') {
+      if (noneServes && available?.status === 'True' && leftByReplicas(available)) {
         const problem = await this.#markUnserved(c);
         if (!problem) corrected.push(c.metadata.name);
         rows.push({

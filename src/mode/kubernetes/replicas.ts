@@ -241,41 +241,76 @@ function isReplicaLease(lease: V1Lease): boolean {
   );
 }
 
-/**
- * The one rule of a replica's liveness, for the replicas and `tower clusters` alike: the replica a Lease names,
- * when it was renewed (`renewedMs`, on the reader's clock) within its duration, before `nowMs`, and names a
- * valid holder and address. undefined when it lapsed or is not a replica's.
- */
-function liveReplica(lease: V1Lease, renewedMs: number, nowMs: number): Replica | undefined {
+/** The replica a Lease of tower's names, when its holder and address are what the replicas would serve with. */
+function replicaOf(lease: V1Lease): Replica | undefined {
   const id = lease.spec?.holderIdentity ?? '';
   const address = lease.metadata?.annotations?.[ADDRESS_ANNOTATION] ?? '';
-  const heldMs = (lease.spec?.leaseDurationSeconds ?? 0) * 1000;
-  if (!isReplicaLease(lease) || !(nowMs - renewedMs <= heldMs)) return undefined;
-  if (serverIdProblem(id) || !validAddress(address) || `${REPLICA_LEASE_PREFIX}${id}` !== lease.metadata?.name)
-    return undefined;
+  if (!isReplicaLease(lease) || serverIdProblem(id) || !validAddress(address)) return undefined;
+  if (`${REPLICA_LEASE_PREFIX}${id}` !== lease.metadata?.name) return undefined;
   return { id, address, draining: lease.metadata?.annotations?.[DRAINING_ANNOTATION] === 'true' };
 }
 
 /**
- * What the replicas' Leases say now, read once (for `tower clusters`): how many tower replicas there are
- * Leases of, and how many serve (live by `liveReplica` and not draining). Each Lease's renewal is judged
- * against the API server's clock (its answer's Date, to the second, so a lapse counts from a second later),
- * as the replicas' own clocks and this one's may disagree. undefined when the Leases cannot be read.
+ * The one rule of a replica's liveness, for the replicas and `tower clusters` alike: the replica a Lease names
+ * (`replicaOf`), when it was renewed (`renewedMs`) within its duration before `nowMs`. undefined when it lapsed
+ * or is not a replica's.
  */
-export async function replicaLeases(host: HostCluster): Promise<{ total: number; live: number } | undefined> {
-  try {
+function liveReplica(lease: V1Lease, renewedMs: number, nowMs: number): Replica | undefined {
+  const heldMs = (lease.spec?.leaseDurationSeconds ?? 0) * 1000;
+  return nowMs - renewedMs <= heldMs ? replicaOf(lease) : undefined;
+}
+
+/** how long `tower clusters` watches Leases that look lapsed before it believes them, at most */
+const CONFIRM_MAX_MS = 15_000;
+
+export interface ServingReplicas {
+  /** the Leases of tower replicas (as `replicaOf` reads them) */
+  total: number;
+  /** how many of them serve: live and not draining */
+  live: number;
+  /** when the last of them lapses, by the clocks that renewed them (ms) */
+  lapsesAt: number;
+}
+
+/**
+ * Which tower replicas serve, as their Leases say (for `tower clusters`); undefined when they cannot be read.
+ * A renewal time is written by the replica's clock, so it is judged against the API server's (its answer's
+ * Date, a second's slack), which the caller's may not match. When every Lease looks lapsed, that is confirmed
+ * by reading them again each second for their shortest duration (at most 15 s, `onConfirm` told first): a
+ * Lease written meanwhile (a replica whose clock runs behind, renewing) serves.
+ */
+export async function servingReplicas(
+  host: HostCluster,
+  onConfirm: (ms: number) => void = () => undefined,
+): Promise<ServingReplicas | undefined> {
+  const read = async () => {
     const answer = await host.coordination.listNamespacedLeaseWithHttpInfo({
       namespace: NAMESPACE,
       labelSelector: `${COMPONENT_LABEL}=${COMPONENT}`,
     });
     const serverNow = Date.parse(answer.headers['date'] ?? '');
-    const now = Number.isNaN(serverNow) ? Date.now() : serverNow - 1_000;
-    const ours = answer.data.items.filter(isReplicaLease);
-    const live = ours.filter((l) => {
-      const renewed = Date.parse(String(l.spec?.renewTime ?? ''));
-      return liveReplica(l, renewed, now)?.draining === false;
-    });
-    return { total: ours.length, live: live.length };
+    return {
+      now: Number.isNaN(serverNow) ? Date.now() : serverNow - 1_000,
+      leases: answer.data.items.filter((l) => replicaOf(l) !== undefined),
+    };
+  };
+  try {
+    const { now, leases } = await read();
+    const renewed = (l: V1Lease) => Date.parse(String(l.spec?.renewTime ?? ''));
+    const held = (l: V1Lease) => (l.spec?.leaseDurationSeconds ?? 0) * 1000;
+    const lapsesAt = Math.max(0, ...leases.map((l) => renewed(l) + held(l)).filter((t) => !Number.isNaN(t)));
+    const live = leases.filter((l) => liveReplica(l, renewed(l), now)?.draining === false).length;
+    if (live > 0 || leases.length === 0) return { total: leases.length, live, lapsesAt };
+    const version = new Map(leases.map((l) => [l.metadata?.name, l.metadata?.resourceVersion]));
+    const confirmMs = Math.min(CONFIRM_MAX_MS, ...leases.map(held));
+    onConfirm(confirmMs);
+    for (let waited = 0; waited < confirmMs; waited += 1_000) {
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const again = await read();
+      const written = again.leases.filter((l) => version.get(l.metadata?.name) !== l.metadata?.resourceVersion);
+      if (written.some((l) => !replicaOf(l)?.draining)) return { total: again.leases.length, live: 1, lapsesAt };
+    }
+    return { total: leases.length, live: 0, lapsesAt };
   } catch {
     return undefined;
   }
