@@ -12,7 +12,14 @@ import { parse as parseYaml } from 'yaml';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { goPeerBinary, startGoPeer } from './support/go-peer.ts';
 import { Haproxy } from './support/haproxy.ts';
-import { condition, fastReplicaFlags, KubeHost, kubeconfigOf, type ClusterResource } from './support/kube.ts';
+import {
+  condition,
+  fastReplicaFlags,
+  KubeHost,
+  kubeconfigOf,
+  replicaLease,
+  type ClusterResource,
+} from './support/kube.ts';
 import { CertificateAuthority } from '../src/pki/ca.ts';
 import { PEER_URI_PREFIX, PeerSignature } from '../src/proxy/peer-protocol.ts';
 import { kubectl } from './support/stack.ts';
@@ -613,18 +620,8 @@ test('a Go v1 agent connected to one replica: requests through the others are fo
 });
 
 test("Leases that are not a live replica's are ignored, and expired ones removed", async () => {
-  const micro = (d: Date) => d.toISOString().replace('Z', '000Z');
-  const lease = (name: string, holder: string, renewed: Date) => ({
-    apiVersion: 'coordination.k8s.io/v1',
-    kind: 'Lease',
-    metadata: {
-      name,
-      namespace: 'kubesphere-system',
-      labels: { 'app.kubernetes.io/name': 'tower', 'app.kubernetes.io/component': 'proxy-replica' },
-      annotations: { 'tower.kubesphere.io/peer-address': 'evil.example:1' },
-    },
-    spec: { holderIdentity: holder, leaseDurationSeconds: 5, renewTime: micro(renewed) },
-  });
+  const lease = (name: string, holder: string, renewed: Date) =>
+    replicaLease(name, holder, renewed, { address: 'evil.example:1' });
   await host.must(
     ['apply', '-f', '-'],
     JSON.stringify({

@@ -2,12 +2,12 @@
 // no proxy serves it any more: the last replica stopping says so on its way out; one killed outright leaves
 // a Lease that lapses, which `tower clusters` finds and writes down.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { startMemberCluster, type MemberCluster } from './support/cluster.ts';
 import { pattern } from './support/pattern.ts';
-import { condition, KubeHost, type ClusterResource } from './support/kube.ts';
+import { condition, KubeHost, replicaLease, type ClusterResource } from './support/kube.ts';
 import { tempDir, tower, waitUntil } from './support/tower.ts';
 
 let host: KubeHost;
@@ -25,8 +25,8 @@ const available = (c: ClusterResource) => condition(c, 'AgentAvailable')?.status
 const REPLICA_LEASE = ['--server-lease-duration', '4s', '--server-lease-renew-period', '1s'];
 
 /** a proxy serving Cluster `name` with its agent connected, AgentAvailable True */
-async function serving(name: string) {
-  const proxy = await host.startProxy(REPLICA_LEASE);
+async function serving(name: string, env: NodeJS.ProcessEnv = {}) {
+  const proxy = await host.startProxy(REPLICA_LEASE, { env });
   await host.applyCluster(name);
   const c = await host.waitCluster(name, 'a token', (x) => Boolean(x.spec?.connection?.token));
   const agent = host.startAgent(name, c.spec!.connection!.token!, proxy.agentPort, member);
@@ -143,18 +143,7 @@ test(
 
 /** Lease `tower-proxy-<id>` as a replica writes it, renewed at `renewedAgoMs` before now by the test's clock */
 async function writeLease(id: string, renewedAgoMs: number, name = `tower-proxy-${id}`): Promise<void> {
-  const renewTime = new Date(Date.now() - renewedAgoMs).toISOString().replace('Z', '000Z');
-  const lease = {
-    apiVersion: 'coordination.k8s.io/v1',
-    kind: 'Lease',
-    metadata: {
-      name,
-      namespace: 'kubesphere-system',
-      labels: { 'app.kubernetes.io/name': 'tower', 'app.kubernetes.io/component': 'proxy-replica' },
-      annotations: { 'tower.kubesphere.io/peer-address': '127.0.0.9:6443' },
-    },
-    spec: { holderIdentity: id, leaseDurationSeconds: 4, renewTime },
-  };
+  const lease = replicaLease(name, id, new Date(Date.now() - renewedAgoMs), { seconds: 4 });
   await host.must(['apply', '-f', '-'], JSON.stringify(lease));
 }
 
@@ -213,5 +202,34 @@ test(
     assert.doesNotMatch(since.stderr, lapsed);
     assert.ok(await claimed());
     await host.must(['-n', 'kubesphere-system', 'delete', 'lease', 'tower-proxy-dead']);
+  },
+);
+
+test(
+  "a replica whose clock runs 30 s behind writes its Lease on the API server's clock: tower clusters finds it " +
+    'serving at once and writes nothing',
+  async () => {
+    const lib = ['x86_64-linux-gnu', 'aarch64-linux-gnu']
+      .map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`)
+      .find((path) => existsSync(path));
+    assert.ok(lib, "libfaketime (Debian's faketime) is needed: apt-get install faketime");
+    // 30 s: far beyond the 4 s Lease, and the host's certificates (made as its file began) are valid to it
+    const behind = { LD_PRELOAD: lib, FAKETIME: '-30s', FAKETIME_DONT_FAKE_MONOTONIC: '1' };
+    await host.must(['-n', 'kubesphere-system', 'delete', 'lease', '-l', 'app.kubernetes.io/component=proxy-replica']);
+    const { proxy, agent } = await serving('delta', behind);
+    const id = /serverId=(\S+)/.exec(proxy.output)![1]!;
+    const lease = await waitUntil('a renewal on the API server clock', async () => {
+      const json = await host.must(['-n', 'kubesphere-system', 'get', 'lease', `tower-proxy-${id}`, '-o', 'json']);
+      const renewed = Date.parse(JSON.parse(json).spec.renewTime);
+      return Math.abs(Date.now() - renewed) < 10_000 ? renewed : undefined;
+    });
+    assert.ok(lease);
+    const listed = await host.tower(['clusters']);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /^delta\s+1\s/m);
+    assert.doesNotMatch(listed.stderr, /looks lapsed|set AgentAvailable/);
+    assert.ok(available((await host.get('delta'))!));
+    await agent.stop();
+    await proxy.stop('SIGTERM');
   },
 );

@@ -86,7 +86,7 @@ export class KubeHost {
   /** Starts `tower proxy --kubeconfig <host>` on free loopback ports; waits for it to serve unless told not to. */
   async startProxy(
     extra: string[] = [],
-    opts: { agentPort?: number; wait?: boolean } = {},
+    opts: { agentPort?: number; wait?: boolean; env?: NodeJS.ProcessEnv } = {},
   ): Promise<TowerProcess & { agentPort: number }> {
     const agentPort = opts.agentPort ?? (await freePort());
     const gatewayPort = await freePort();
@@ -104,7 +104,7 @@ export class KubeHost {
         String(gatewayPort),
         ...extra,
       ],
-      { TOWER_HOME: this.dir },
+      { TOWER_HOME: this.dir, ...opts.env },
     );
     this.processes.push(p);
     if (opts.wait !== false) await p.waitFor(/proxy serving/, 60_000);
@@ -241,6 +241,30 @@ export class KubeHost {
     await this.cluster.stop();
     removeDir(this.dir);
   }
+}
+
+/** A Lease as a tower proxy replica writes it (label, holder, peer address), renewed at `renewed`. */
+export function replicaLease(
+  name: string,
+  holder: string,
+  renewed: Date,
+  opts: { address?: string; seconds?: number } = {},
+): Record<string, unknown> {
+  return {
+    apiVersion: 'coordination.k8s.io/v1',
+    kind: 'Lease',
+    metadata: {
+      name,
+      namespace: 'kubesphere-system',
+      labels: { 'app.kubernetes.io/name': 'tower', 'app.kubernetes.io/component': 'proxy-replica' },
+      annotations: { 'tower.kubesphere.io/peer-address': opts.address ?? '127.0.0.9:6443' },
+    },
+    spec: {
+      holderIdentity: holder,
+      leaseDurationSeconds: opts.seconds ?? 5,
+      renewTime: renewed.toISOString().replace('Z', '000Z'),
+    },
+  };
 }
 
 export function condition(

@@ -79,7 +79,8 @@ export class KubernetesProxyRecord implements ProxyRecords {
       say(`every tower replica's Lease looks lapsed: watching them for ${ms / 1000}s to be sure`),
     );
     const noneServes = leases !== undefined && leases.total > 0 && leases.live === 0;
-    // a condition written after the last Lease lapsed is someone else's (a proxy that is not tower): left alone
+    // a condition written after the last Lease lapsed (and a duration more) is someone else's, a proxy that is
+    // not tower's: left alone
     const leftByReplicas = (c: ClusterCondition) => !(Date.parse(c.lastUpdateTime ?? '') > (leases?.lapsesAt ?? 0));
     const corrected: string[] = [];
     const rows: ClusterRow[] = [];

@@ -38,6 +38,8 @@ export class LeaseReplicas implements Replicas {
   #collecting = new Set<string>();
   /** when this replica last renewed its own Lease: while it cannot, the others' silence proves nothing */
   #renewedAt = Date.now();
+  /** the API server's clock less this one's, as its answers' Date says (to the second): Lease times are its */
+  #serverOffsetMs = 0;
   #apiLost = false;
 
   constructor(host: HostCluster, self: Replica, times: ReplicaTimes, log: Logger) {
@@ -113,16 +115,19 @@ export class LeaseReplicas implements Replicas {
   async #renew(): Promise<void> {
     if (this.#closed) return;
     const api = this.#host.coordination;
-    const now = new V1MicroTime();
     const annotations: Record<string, string> = { [ADDRESS_ANNOTATION]: this.self.address };
     if (this.self.draining) annotations[DRAINING_ANNOTATION] = 'true';
-    const spec = {
-      holderIdentity: this.self.id,
-      leaseDurationSeconds: Math.max(1, Math.round(this.#times.leaseMs / 1000)),
-      renewTime: now,
-    };
     try {
-      const lease = await orUndefined(api.readNamespacedLease({ name: this.#name, namespace: NAMESPACE }));
+      const read = await orUndefined(api.readNamespacedLeaseWithHttpInfo({ name: this.#name, namespace: NAMESPACE }));
+      if (read) this.#learnClock(read.headers['date']);
+      const lease = read?.data;
+      // on the API server's clock (once an answer told it), so that a reader need not trust this one's
+      const now = new V1MicroTime(Date.now() + this.#serverOffsetMs);
+      const spec = {
+        holderIdentity: this.self.id,
+        leaseDurationSeconds: Math.max(1, Math.round(this.#times.leaseMs / 1000)),
+        renewTime: now,
+      };
       if (!lease) {
         await api.createNamespacedLease({
           namespace: NAMESPACE,
@@ -155,6 +160,12 @@ export class LeaseReplicas implements Replicas {
     }
   }
 
+  /** The offset to the API server's clock, from an answer's Date (whole seconds: read as the middle of one). */
+  #learnClock(date: string | undefined): void {
+    const server = Date.parse(date ?? '');
+    if (!Number.isNaN(server)) this.#serverOffsetMs = server + 500 - Date.now();
+  }
+
   /** Works out the live replicas from the cache; reports a change; deletes Leases long expired. */
   #evaluate(): void {
     if (!this.#watch || this.#closed) return;
@@ -184,8 +195,9 @@ export class LeaseReplicas implements Replicas {
       const key = `${lease.spec?.holderIdentity ?? ''}|${renewed}|${lease.metadata?.resourceVersion ?? ''}`;
       let seen = this.#seen.get(name);
       if (!seen || seen.key !== key) {
-        // first sight of a Lease renewed long ago (by a replica that died before this one started) counts from then
-        const at = seen ? now : Math.min(now, Date.parse(renewed) || now);
+        // first sight of a Lease renewed long ago (by a replica that died before this one started) counts from then,
+        // its renewal (on the API server's clock) read on this one's
+        const at = seen ? now : Math.min(now, Date.parse(renewed) - this.#serverOffsetMs || now);
         seen = { key, at };
         this.#seen.set(name, seen);
       }
@@ -246,6 +258,7 @@ function replicaOf(lease: V1Lease): Replica | undefined {
   const id = lease.spec?.holderIdentity ?? '';
   const address = lease.metadata?.annotations?.[ADDRESS_ANNOTATION] ?? '';
   if (!isReplicaLease(lease) || serverIdProblem(id) || !validAddress(address)) return undefined;
+  if (!((lease.spec?.leaseDurationSeconds ?? 0) >= 1)) return undefined; // a replica always says how long
   if (`${REPLICA_LEASE_PREFIX}${id}` !== lease.metadata?.name) return undefined;
   return { id, address, draining: lease.metadata?.annotations?.[DRAINING_ANNOTATION] === 'true' };
 }
@@ -268,16 +281,16 @@ export interface ServingReplicas {
   total: number;
   /** how many of them serve: live and not draining */
   live: number;
-  /** when the last of them lapses, by the clocks that renewed them (ms) */
+  /** when the last of them lapses (ms), plus its duration again, for what clocks may still disagree */
   lapsesAt: number;
 }
 
 /**
  * Which tower replicas serve, as their Leases say (for `tower clusters`); undefined when they cannot be read.
- * A renewal time is written by the replica's clock, so it is judged against the API server's (its answer's
- * Date, a second's slack), which the caller's may not match. When every Lease looks lapsed, that is confirmed
- * by reading them again each second for their shortest duration (at most 15 s, `onConfirm` told first): a
- * Lease written meanwhile (a replica whose clock runs behind, renewing) serves.
+ * A replica writes its renewal time on the API server's clock, as the server's answers' Date tells it (older
+ * versions wrote their own), so it is judged against the server's Date, with a second's slack. When every
+ * Lease looks lapsed, that is confirmed by reading them again each second for their longest duration (at most
+ * 15 s, `onConfirm` told first): a Lease written meanwhile (a replica renewing, whatever its clock) serves.
  */
 export async function servingReplicas(
   host: HostCluster,
@@ -298,11 +311,11 @@ export async function servingReplicas(
     const { now, leases } = await read();
     const renewed = (l: V1Lease) => Date.parse(String(l.spec?.renewTime ?? ''));
     const held = (l: V1Lease) => (l.spec?.leaseDurationSeconds ?? 0) * 1000;
-    const lapsesAt = Math.max(0, ...leases.map((l) => renewed(l) + held(l)).filter((t) => !Number.isNaN(t)));
+    const lapsesAt = Math.max(0, ...leases.map((l) => renewed(l) + 2 * held(l)).filter((t) => !Number.isNaN(t)));
     const live = leases.filter((l) => liveReplica(l, renewed(l), now)?.draining === false).length;
     if (live > 0 || leases.length === 0) return { total: leases.length, live, lapsesAt };
     const version = new Map(leases.map((l) => [l.metadata?.name, l.metadata?.resourceVersion]));
-    const confirmMs = Math.min(CONFIRM_MAX_MS, ...leases.map(held));
+    const confirmMs = Math.min(CONFIRM_MAX_MS, Math.max(...leases.map(held)));
     onConfirm(confirmMs);
     for (let waited = 0; waited < confirmMs; waited += 1_000) {
       await new Promise((resolve) => setTimeout(resolve, 1_000));
