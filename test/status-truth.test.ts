@@ -141,6 +141,15 @@ test(
   },
 );
 
+/** the environment that runs a process with its clock `offset` from the machine's (libfaketime, preloaded) */
+function clockOff(offset: string): NodeJS.ProcessEnv {
+  const lib = ['x86_64-linux-gnu', 'aarch64-linux-gnu']
+    .map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`)
+    .find((path) => existsSync(path));
+  assert.ok(lib, "libfaketime (Debian's faketime) is needed: apt-get install faketime");
+  return { LD_PRELOAD: lib, FAKETIME: offset, FAKETIME_DONT_FAKE_MONOTONIC: '1' };
+}
+
 /** Lease `tower-proxy-<id>` as a replica writes it, renewed at `renewedAgoMs` before now by the test's clock */
 async function writeLease(id: string, renewedAgoMs: number, name = `tower-proxy-${id}`): Promise<void> {
   const lease = replicaLease(name, id, new Date(Date.now() - renewedAgoMs), { seconds: 4 });
@@ -209,12 +218,8 @@ test(
   "a replica whose clock runs 30 s behind writes its Lease on the API server's clock: tower clusters finds it " +
     'serving at once and writes nothing',
   async () => {
-    const lib = ['x86_64-linux-gnu', 'aarch64-linux-gnu']
-      .map((arch) => `/usr/lib/${arch}/faketime/libfaketime.so.1`)
-      .find((path) => existsSync(path));
-    assert.ok(lib, "libfaketime (Debian's faketime) is needed: apt-get install faketime");
     // 30 s: far beyond the 4 s Lease, and the host's certificates (made as its file began) are valid to it
-    const behind = { LD_PRELOAD: lib, FAKETIME: '-30s', FAKETIME_DONT_FAKE_MONOTONIC: '1' };
+    const behind = clockOff('-30s');
     await host.must(['-n', 'kubesphere-system', 'delete', 'lease', '-l', 'app.kubernetes.io/component=proxy-replica']);
     const { proxy, agent } = await serving('delta', behind);
     const id = /serverId=(\S+)/.exec(proxy.output)![1]!;
@@ -231,5 +236,21 @@ test(
     assert.ok(available((await host.get('delta'))!));
     await agent.stop();
     await proxy.stop('SIGTERM');
+  },
+);
+
+test(
+  "a replica whose clock runs 60 s ahead keeps its peer: it reads the peer's renewals through the API server's " +
+    'clock, and deletes no Lease as long gone',
+  async () => {
+    await host.must(['-n', 'kubesphere-system', 'delete', 'lease', '-l', 'app.kubernetes.io/component=proxy-replica']);
+    const steady = await host.startProxy([...REPLICA_LEASE, '--server-id', 'steady']);
+    const ahead = await host.startProxy([...REPLICA_LEASE, '--server-id', 'ahead'], { env: clockOff('+60s') });
+    // announced (ids) or changed (id@address), once it counts the other as live
+    await ahead.waitFor(/replicas=ahead(@\S+)?,steady\b/, 20_000);
+    await steady.waitFor(/replicas=steady(@\S+)?,ahead\b/, 20_000);
+    assert.doesNotMatch(ahead.output, /deleted the Lease of a replica that is gone/);
+    assert.doesNotMatch(steady.output, /deleted the Lease of a replica that is gone/);
+    await Promise.all([ahead.stop('SIGTERM'), steady.stop('SIGTERM')]);
   },
 );

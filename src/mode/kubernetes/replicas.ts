@@ -129,13 +129,16 @@ export class LeaseReplicas implements Replicas {
         renewTime: now,
       };
       if (!lease) {
-        await api.createNamespacedLease({
+        const created = await api.createNamespacedLeaseWithHttpInfo({
           namespace: NAMESPACE,
           body: {
             metadata: { name: this.#name, namespace: NAMESPACE, labels: LABELS, annotations },
             spec: { ...spec, acquireTime: now },
           },
         });
+        // the first Lease went out on this clock; the others' are read on the server's from now on (start()
+        // watches them only after this)
+        this.#learnClock(created.headers['date']);
         this.#renewedAt = Date.now();
         return;
       }
