@@ -72,12 +72,18 @@ export class KubernetesProxyRecord implements ProxyRecords {
    * No Lease at all: the last one withdrew it and wrote the conditions, or the proxy is not tower.
    */
   async report(say: (line: string) => void = () => undefined): Promise<ClusterReport> {
-    const { items } = await this.#host.listClusters().catch((err: unknown) => {
-      throw apiError('listing Clusters', this.#host.server, err);
+    const list = () =>
+      this.#host.listClusters().catch((err: unknown) => {
+        throw apiError('listing Clusters', this.#host.server, err);
+      });
+    let { items } = await list();
+    let waited = false;
+    const leases = await servingReplicas(this.#host, (ms) => {
+      waited = true;
+      say(`every tower replica's Lease looks lapsed: watching them for ${ms / 1000}s to be sure`);
     });
-    const leases = await servingReplicas(this.#host, (ms) =>
-      say(`every tower replica's Lease looks lapsed: watching them for ${ms / 1000}s to be sure`),
-    );
+    // what a proxy may have written during the watch: the Clusters as they are now, not as they were
+    if (waited) ({ items } = await list());
     const noneServes = leases !== undefined && leases.total > 0 && leases.live === 0;
     // a condition written after the last Lease lapsed (and a duration more) is someone else's, a proxy that is
     // not tower's: left alone
